@@ -1,0 +1,27 @@
+# `make demo` and `make test` each build .venv on first use; nothing else needs installing by hand.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.edgewise-installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch is pinned to the CPU build that lies on disk; installing it first keeps pip from a CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[train,test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/edgewise quickstart --out demo-out
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf demo-out .pytest_cache build src/*.egg-info

@@ -1,0 +1,88 @@
+"""The in-memory dataset and its seeded, stratified train/validation/test split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgewise.errors import DataError
+
+
+@dataclass
+class Dataset:
+    """Samples `x` (float32, batch first) with optional integer labels `y`.
+
+    `preprocessing` records what was applied to raw readings to get `x`, so a device can repeat it.
+    """
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray | None
+    labels: list[str]
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.x.ndim < 2 or len(self.x) == 0:
+            raise DataError(f"dataset {self.name!r} is empty (x has shape {tuple(self.x.shape)})")
+        if self.y is not None and len(self.y) != len(self.x):
+            raise DataError(f"dataset {self.name!r}: {len(self.x)} samples but {len(self.y)} labels")
+        self.x = np.ascontiguousarray(self.x, dtype=np.float32)
+        if self.y is not None:
+            self.y = np.asarray(self.y, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        if self.labels:
+            return len(self.labels)
+        return int(self.y.max()) + 1 if self.y is not None else 0
+
+    def subset(self, idx: np.ndarray, suffix: str) -> Dataset:
+        y = None if self.y is None else self.y[idx]
+        return Dataset(f"{self.name}:{suffix}", self.x[idx], y, self.labels, self.preprocessing)
+
+    def reshaped(self, sample_shape: tuple[int, ...]) -> Dataset:
+        """The same data viewed in a model's input shape; refuses when the element counts differ."""
+        if self.sample_shape == tuple(sample_shape):
+            return self
+        if int(np.prod(self.sample_shape)) != int(np.prod(sample_shape)):
+            raise DataError(
+                f"data samples have shape {self.sample_shape} but the model expects {tuple(sample_shape)}"
+            )
+        x = self.x.reshape((len(self.x), *sample_shape))
+        return Dataset(self.name, x, self.y, self.labels, self.preprocessing)
+
+
+@dataclass
+class Splits:
+    train: Dataset
+    val: Dataset
+    test: Dataset
+
+
+def split(ds: Dataset, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), seed: int = 0) -> Splits:
+    """Seeded split; stratified by label when labels exist so small sets keep every class in each part."""
+    if len(ds) < 3:
+        raise DataError(f"dataset {ds.name!r} has {len(ds)} samples; at least 3 are needed to split")
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[], [], []]
+    groups = [np.arange(len(ds))] if ds.y is None else [np.flatnonzero(ds.y == c) for c in np.unique(ds.y)]
+    for g in groups:
+        g = rng.permutation(g)
+        n_train = int(round(len(g) * fractions[0]))
+        n_val = int(round(len(g) * fractions[1]))
+        parts[0] += g[:n_train].tolist()
+        parts[1] += g[n_train : n_train + n_val].tolist()
+        parts[2] += g[n_train + n_val :].tolist()
+    idx = [np.sort(np.array(p, dtype=np.int64)) for p in parts]
+    if any(len(i) == 0 for i in idx):
+        raise DataError(f"dataset {ds.name!r} is too small to split into train/validation/test")
+    return Splits(ds.subset(idx[0], "train"), ds.subset(idx[1], "val"), ds.subset(idx[2], "test"))

@@ -1,0 +1,141 @@
+"""Loaders for datasets that ship inside installed packages, and for the user's own files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgewise.data.dataset import Dataset, Splits, split
+from edgewise.errors import DataError
+
+BUNDLED = {
+    "digits": "scikit-learn handwritten digits, 1x8x8 grey images, 10 classes (append :SIZE to upscale)",
+    "basicmotions": "aeon BasicMotions, 6-axis smartwatch accelerometer+gyroscope, 6x100, 4 classes",
+    "textlines": "rendered text crops on real photo backgrounds, 3x48x192, upright (0) vs rotated (180)",
+}
+
+
+def _digits(size: int | None) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None, :, :]
+    name = "digits"
+    if size is not None and size != 8:
+        import torch
+        import torch.nn.functional as F
+
+        x = F.interpolate(torch.from_numpy(x), size=(size, size), mode="bilinear", align_corners=False).numpy()
+        name = f"digits:{size}"
+    pre = {"scale": 1.0 / 16.0, "layout": "NCHW", "resize": [x.shape[2], x.shape[3]]}
+    return Dataset(name, x, d.target, [str(i) for i in range(10)], pre)
+
+
+def _basicmotions() -> Dataset:
+    from aeon.datasets import load_basic_motions
+
+    xs, ys = zip(*(load_basic_motions(split=s) for s in ("train", "test")))
+    x = np.concatenate(xs).astype(np.float32)
+    y_str = np.concatenate(ys)
+    labels = sorted(set(y_str.tolist()))
+    y = np.array([labels.index(v) for v in y_str])
+    channels = ["acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z"]
+    return Dataset("basicmotions", x, y, labels, {"layout": "NCT", "channels": channels, "standardize": True})
+
+
+def _npz(path: Path) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "x" not in f:
+                raise DataError(f"{path}: .npz needs an array named 'x' (found: {', '.join(f.files) or 'none'})")
+            x = f["x"]
+            y = f["y"] if "y" in f else None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e})") from e
+    return _user_dataset(path, x, y)
+
+
+def _csv(path: Path) -> Dataset:
+    try:
+        header = path.read_text().splitlines()[0].split(",")
+    except (OSError, UnicodeDecodeError, IndexError) as e:
+        raise DataError(f"{path}: not a readable CSV file") from e
+    has_header = any(not _is_number(h) for h in header)
+    try:
+        table = np.loadtxt(path, delimiter=",", skiprows=1 if has_header else 0, dtype=np.float64, ndmin=2)
+    except ValueError as e:
+        raise DataError(f"{path}: CSV must be numeric ({e})") from e
+    names = [h.strip().lower() for h in header] if has_header else []
+    label_col = next((i for i, n in enumerate(names) if n in ("label", "y", "target", "class")), None)
+    if label_col is None:
+        return _user_dataset(path, table, None)
+    y = table[:, label_col]
+    x = np.delete(table, label_col, axis=1)
+    return _user_dataset(path, x, y)
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def _user_dataset(path: Path, x: np.ndarray, y: np.ndarray | None) -> Dataset:
+    if x.size == 0:
+        raise DataError(f"{path}: dataset is empty")
+    if not np.issubdtype(x.dtype, np.number):
+        raise DataError(f"{path}: x must be numeric, got {x.dtype}")
+    if x.ndim == 1:
+        x = x[:, None]
+    if not np.isfinite(x).all():
+        raise DataError(f"{path}: x holds NaN or infinite values")
+    labels: list[str] = []
+    if y is not None:
+        if y.shape[0] != x.shape[0]:
+            raise DataError(f"{path}: {x.shape[0]} samples in x but {y.shape[0]} labels in y")
+        if np.issubdtype(y.dtype, np.floating) and not np.all(np.mod(y, 1) == 0):
+            raise DataError(f"{path}: labels y must be integers")
+        y = y.astype(np.int64)
+        if y.min() < 0:
+            raise DataError(f"{path}: labels y must be >= 0")
+        labels = [str(i) for i in range(int(y.max()) + 1)]
+    return Dataset(path.stem, x.astype(np.float32), y, labels, {"source": str(path)})
+
+
+def load(spec: str) -> Dataset:
+    """A bundled name (`digits`, `digits:64`, `basicmotions`, `textlines`) or a `.npz` / `.csv` path."""
+    name, _, arg = spec.partition(":")
+    if name == "digits":
+        if arg and not arg.isdigit():
+            raise DataError(f"digits size must be an integer, got {arg!r}")
+        return _digits(int(arg) if arg else None)
+    if name == "basicmotions":
+        return _basicmotions()
+    if name == "textlines":
+        from edgewise.data.textlines import textlines
+
+        return textlines(int(arg) if arg.isdigit() else 600)
+    path = Path(spec)
+    if path.suffix.lower() not in (".npz", ".csv"):
+        known = ", ".join(BUNDLED)
+        raise DataError(f"unknown dataset {spec!r}: use one of {known}, or a .npz / .csv file")
+    if not path.is_file():
+        raise DataError(f"dataset file not found: {path}")
+    return _npz(path) if path.suffix.lower() == ".npz" else _csv(path)
+
+
+def load_splits(spec: str, seed: int = 0) -> Splits:
+    """Load and split; per-channel standardisation uses train statistics only (no leakage)."""
+    ds = load(spec)
+    parts = split(ds, seed=seed)
+    if ds.preprocessing.get("standardize"):
+        axes = tuple(i for i in range(parts.train.x.ndim) if i != 1)
+        mean = parts.train.x.mean(axis=axes, keepdims=True)
+        std = parts.train.x.std(axis=axes, keepdims=True) + 1e-6
+        for part in (parts.train, parts.val, parts.test):
+            part.x = ((part.x - mean) / std).astype(np.float32)
+            part.preprocessing = {**ds.preprocessing, "mean": mean.ravel().tolist(), "std": std.ravel().tolist()}
+    return parts

@@ -1,0 +1,25 @@
+"""The error types edgewise raises; the CLI turns each into a one-line message."""
+
+
+class EdgewiseError(Exception):
+    """Base of every error edgewise raises on purpose (bad input, budgets, corrupt files)."""
+
+
+class DataError(EdgewiseError):
+    """A dataset is missing, empty, malformed or does not fit the model."""
+
+
+class ModelError(EdgewiseError):
+    """A model file is missing, corrupt, not ONNX, or uses an unsupported opset."""
+
+
+class TargetError(EdgewiseError):
+    """A target profile is unknown or malformed."""
+
+
+class OptimizeError(EdgewiseError):
+    """A pass failed, or no candidate fits the target's budget."""
+
+
+class BundleError(EdgewiseError):
+    """A bundle is incomplete, tampered with, or cannot be written."""

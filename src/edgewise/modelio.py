@@ -1,0 +1,140 @@
+"""Load, validate and describe ONNX models: the one place that turns a file into a checked ModelProto."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from edgewise.errors import ModelError
+
+MIN_OPSET = 11
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]  # str for symbolic dims such as the batch
+
+    def as_dict(self) -> dict[str, object]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+def load_onnx(path: Path | str) -> onnx.ModelProto:
+    """Read and check an ONNX file; every failure is a ModelError that says what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}")
+    if path.is_dir():
+        for name in ("model.onnx",):
+            if (path / name).is_file():
+                return load_onnx(path / name)
+        raise ModelError(f"{path} is a directory without a model.onnx")
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # protobuf raises DecodeError, others raise ValueError/OSError
+        raise ModelError(f"{path}: not an ONNX model ({type(e).__name__})") from e
+    if not model.graph.node:
+        raise ModelError(f"{path}: not an ONNX model (empty or non-ONNX file)")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:
+        raise ModelError(f"{path}: invalid ONNX model ({str(e).splitlines()[0]})") from e
+    opset = default_opset(model)
+    if opset < MIN_OPSET:
+        raise ModelError(f"{path}: opset {opset} is not supported (need >= {MIN_OPSET}); re-export it")
+    return model
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def upgrade_opset(model: onnx.ModelProto, target: int = 13) -> onnx.ModelProto:
+    """Per-channel quantization needs opset >= 13; onnx's version converter lifts older models."""
+    if default_opset(model) >= target:
+        return model
+    try:
+        return onnx.version_converter.convert_version(model, target)
+    except Exception as e:
+        raise ModelError(f"cannot upgrade model from opset {default_opset(model)} to {target}: {e}") from e
+
+
+def _spec(v: onnx.ValueInfoProto) -> TensorSpec:
+    t = v.type.tensor_type
+    dims: list[int | str] = []
+    for d in t.shape.dim:
+        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?"))
+    return TensorSpec(v.name, helper.tensor_dtype_to_np_dtype(t.elem_type).name, tuple(dims))
+
+
+def _initializer_names(model: onnx.ModelProto) -> set[str]:
+    return {i.name for i in model.graph.initializer}
+
+
+def inputs(model: onnx.ModelProto) -> list[TensorSpec]:
+    init = _initializer_names(model)
+    return [_spec(v) for v in model.graph.input if v.name not in init]
+
+
+def outputs(model: onnx.ModelProto) -> list[TensorSpec]:
+    return [_spec(v) for v in model.graph.output]
+
+
+def sample_shape(model: onnx.ModelProto) -> tuple[int | str, ...]:
+    """The single input's shape without the batch dimension."""
+    ins = inputs(model)
+    if len(ins) != 1:
+        raise ModelError(f"edgewise optimizes single-input models; this one has {len(ins)} inputs")
+    return ins[0].shape[1:]
+
+
+def pin_input_shape(model: onnx.ModelProto, shape: tuple[int, ...]) -> onnx.ModelProto:
+    """Fix symbolic non-batch input dims to the data's sample shape (imported models often leave H, W open).
+
+    Refuses when a fixed dim disagrees with the data.
+    """
+    model_shape = sample_shape(model)
+    if len(model_shape) != len(shape):
+        raise ModelError(f"data samples have shape {tuple(shape)} but the model expects {model_shape}")
+    for want, have in zip(model_shape, shape):
+        if isinstance(want, int) and want > 0 and want != have:
+            raise ModelError(f"data samples have shape {tuple(shape)} but the model expects {model_shape}")
+    if all(isinstance(d, int) and d > 0 for d in model_shape):
+        return model
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    init = _initializer_names(m)
+    inp = next(v for v in m.graph.input if v.name not in init)
+    for d, value in zip(list(inp.type.tensor_type.shape.dim)[1:], shape):
+        d.Clear()
+        d.dim_value = int(value)
+    # Stale inferred shapes would contradict the pinned dims; let inference redo them.
+    del m.graph.value_info[:]
+    return m
+
+
+def weight_bytes(model: onnx.ModelProto, op_types: tuple[str, ...] | None = None) -> int:
+    """Bytes of initializers, optionally only those feeding the given op types (e.g. MatMul/Gemm)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    if op_types is None:
+        names = set(inits)
+    else:
+        names = {n for node in model.graph.node if node.op_type in op_types for n in node.input if n in inits}
+    total = 0
+    for n in names:
+        t = inits[n]
+        total += len(t.raw_data) if t.raw_data else onnx.numpy_helper.to_array(t).nbytes
+    return total
+
+
+def float_type(elem: int) -> bool:
+    return elem in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)
+
+
+def to_numpy_dtype(spec: TensorSpec) -> np.dtype:
+    return np.dtype(spec.dtype)

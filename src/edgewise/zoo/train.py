@@ -1,0 +1,141 @@
+"""Training and evaluation of zoo models; keeps the weights that scored best on the validation split."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgewise.data import Dataset, Splits
+from edgewise.errors import ModelError
+from edgewise.zoo.models import build, count_params
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+EpochHook = Callable[[int, int, dict[str, float]], None]
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    lr: float = 3e-3
+    batch_size: int = 64
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+
+@dataclass
+class TrainedModel:
+    """A zoo model with what is needed to rebuild it: architecture, width, sample shape, labels."""
+
+    arch: str
+    width: float
+    sample_shape: tuple[int, ...]
+    labels: list[str]
+    module: nn.Module
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def params(self) -> int:
+        return count_params(self.module)
+
+    def meta(self) -> dict[str, Any]:
+        return {"arch": self.arch, "width": self.width, "sample_shape": list(self.sample_shape),
+                "labels": self.labels, "preprocessing": self.preprocessing, "metrics": self.metrics,
+                "params": self.params}
+
+    def save(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(self.module.state_dict(), out / "checkpoint.pt")
+        (out / "train.json").write_text(json.dumps(self.meta(), indent=2))
+        from edgewise.zoo.export import export_onnx
+
+        export_onnx(self.module, self.sample_shape, out / "model.onnx")
+
+
+def load_trained(path: Path) -> TrainedModel:
+    """Rebuild a model saved by `TrainedModel.save` (a directory with train.json and checkpoint.pt)."""
+    meta_path = path / "train.json"
+    if not meta_path.is_file() or not (path / "checkpoint.pt").is_file():
+        raise ModelError(f"{path} is not an edgewise training directory (needs train.json + checkpoint.pt)")
+    meta = json.loads(meta_path.read_text())
+    module = build(meta["arch"], tuple(meta["sample_shape"]), len(meta["labels"]), meta["width"])
+    try:
+        state = torch.load(path / "checkpoint.pt", map_location="cpu", weights_only=True)
+        module.load_state_dict(state)
+    except Exception as e:  # torch raises several unrelated types for a bad checkpoint
+        raise ModelError(f"{path / 'checkpoint.pt'}: cannot load checkpoint ({e})") from e
+    module.eval()
+    return TrainedModel(meta["arch"], meta["width"], tuple(meta["sample_shape"]), meta["labels"], module,
+                        meta.get("preprocessing", {}), meta.get("metrics", {}))
+
+
+@torch.no_grad()
+def predict_logits(module: nn.Module, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    module.eval()
+    outs = [module(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
+    return np.concatenate(outs)
+
+
+def evaluate_torch(module: nn.Module, ds: Dataset) -> float:
+    if ds.y is None:
+        raise ModelError(f"dataset {ds.name} has no labels to evaluate against")
+    return float((predict_logits(module, ds.x).argmax(1) == ds.y).mean())
+
+
+def fit(module: nn.Module, splits: Splits, cfg: TrainConfig, loss_fn: LossFn | None = None,
+        on_epoch: EpochHook | None = None) -> dict[str, float]:
+    """Adam + cosine schedule; returns metrics of the best validation epoch, whose weights it restores."""
+    if splits.train.y is None:
+        raise ModelError("training needs labels: the dataset has no `y`")
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x, y = torch.from_numpy(splits.train.x), torch.from_numpy(splits.train.y)
+    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
+    loss_fn = loss_fn or (lambda logits, _x, target: F.cross_entropy(logits, target))
+    best: tuple[float, dict[str, Any]] = (-1.0, copy.deepcopy(module.state_dict()))
+    for epoch in range(cfg.epochs):
+        module.train()
+        perm = torch.randperm(len(x), generator=gen)
+        total = 0.0
+        for i in range(0, len(x), cfg.batch_size):
+            idx = perm[i : i + cfg.batch_size]
+            if len(idx) < 2:  # BatchNorm cannot train on a single sample
+                continue
+            opt.zero_grad()
+            loss = loss_fn(module(x[idx]), x[idx], y[idx])
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        sched.step()
+        val_acc = evaluate_torch(module, splits.val)
+        if val_acc > best[0]:
+            best = (val_acc, copy.deepcopy(module.state_dict()))
+        if on_epoch:
+            on_epoch(epoch + 1, cfg.epochs, {"loss": total / len(x), "val_accuracy": val_acc})
+    module.load_state_dict(best[1])
+    module.eval()
+    return {"val_accuracy": best[0], "test_accuracy": evaluate_torch(module, splits.test)}
+
+
+def train(arch: str, splits: Splits, cfg: TrainConfig | None = None, width: float = 1.0,
+          on_epoch: EpochHook | None = None) -> TrainedModel:
+    cfg = cfg or TrainConfig()
+    torch.manual_seed(cfg.seed)
+    ds = splits.train
+    module = build(arch, ds.sample_shape, ds.num_classes, width)
+    metrics = fit(module, splits, cfg, on_epoch=on_epoch)
+    return TrainedModel(arch, width, ds.sample_shape, ds.labels, module, ds.preprocessing, metrics)
+
+
+def as_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return asdict(cfg)
