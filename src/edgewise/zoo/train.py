@@ -29,6 +29,11 @@ class TrainConfig:
     batch_size: int = 64
     weight_decay: float = 1e-4
     seed: int = 0
+    min_steps: int = 0  # small datasets get more epochs so the optimizer takes at least this many steps
+
+    def epochs_for(self, n_train: int) -> int:
+        steps_per_epoch = max(1, -(-n_train // self.batch_size))
+        return max(self.epochs, -(-self.min_steps // steps_per_epoch))
 
 
 @dataclass
@@ -100,10 +105,11 @@ def fit(module: nn.Module, splits: Splits, cfg: TrainConfig, loss_fn: LossFn | N
     gen = torch.Generator().manual_seed(cfg.seed)
     x, y = torch.from_numpy(splits.train.x), torch.from_numpy(splits.train.y)
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
+    epochs = cfg.epochs_for(len(x))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
     loss_fn = loss_fn or (lambda logits, _x, target: F.cross_entropy(logits, target))
     best: tuple[float, dict[str, Any]] = (-1.0, copy.deepcopy(module.state_dict()))
-    for epoch in range(cfg.epochs):
+    for epoch in range(epochs):
         module.train()
         perm = torch.randperm(len(x), generator=gen)
         total = 0.0
@@ -121,7 +127,7 @@ def fit(module: nn.Module, splits: Splits, cfg: TrainConfig, loss_fn: LossFn | N
         if val_acc > best[0]:
             best = (val_acc, copy.deepcopy(module.state_dict()))
         if on_epoch:
-            on_epoch(epoch + 1, cfg.epochs, {"loss": total / len(x), "val_accuracy": val_acc})
+            on_epoch(epoch + 1, epochs, {"loss": total / len(x), "val_accuracy": val_acc})
     module.load_state_dict(best[1])
     module.eval()
     return {"val_accuracy": best[0], "test_accuracy": evaluate_torch(module, splits.test)}

@@ -1,0 +1,58 @@
+"""The bundle manifest: what the model is, how it was made, what it measured, and every file's hash."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from edgewise.errors import BundleError
+
+FORMAT_VERSION = 1
+_SEMVER = re.compile(r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
+
+
+@dataclass
+class Manifest:
+    name: str
+    version: str
+    target: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    labels: list[str]
+    preprocessing: dict[str, Any]
+    precision: str
+    recipe: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    created: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if not _SEMVER.match(self.version):
+            raise BundleError(f"version {self.version!r} is not semantic (MAJOR.MINOR.PATCH)")
+
+    def canonical_bytes(self) -> bytes:
+        """Sorted keys, no whitespace, UTF-8: the exact bytes a signature covers."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise BundleError(f"manifest.json is not valid JSON ({e})") from e
+        if not isinstance(data, dict):
+            raise BundleError("manifest.json must hold a JSON object")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise BundleError(f"unsupported bundle format {data.get('format_version')!r} (this edgewise reads "
+                              f"{FORMAT_VERSION})")
+        known = set(cls.__dataclass_fields__)
+        missing = [k for k in known if k not in data and k not in ("files", "created", "format_version")]
+        if missing:
+            raise BundleError(f"manifest.json lacks {', '.join(sorted(missing))}")
+        return cls(**{k: v for k, v in data.items() if k in known})
