@@ -9,15 +9,21 @@ from edgewise.errors import ModelError
 
 
 def make_session(model: onnx.ModelProto | bytes | str, threads: int = 1,
-                 providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> ort.InferenceSession:
+                 providers: tuple[str, ...] = ("CPUExecutionProvider",),
+                 reference: bool = False) -> ort.InferenceSession:
     """A session with full graph optimization; `threads=0` lets ORT use every core.
+
+    `reference=True` stops at basic optimizations, so a QDQ model runs as Dequantize -> float op ->
+    Quantize: exact int8 semantics up to rounding, without the fused x86 kernels (whose u8 x s8 products
+    can saturate on CPUs without VNNI). That is how an MCU's int8 C kernels compute.
 
     Providers not present in this ONNX Runtime build are skipped (CPU is always the last resort).
     """
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if reference
+                                   else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     so.log_severity_level = 3
     have = set(ort.get_available_providers())
     chosen = [p for p in providers if p in have] or ["CPUExecutionProvider"]

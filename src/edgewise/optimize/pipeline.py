@@ -1,0 +1,87 @@
+"""optimize end to end: load the model and data, search, and write bundle + reports atomically."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgewise.bundle import Manifest, write_bundle
+from edgewise.data import Splits, load_splits
+from edgewise.fsutil import atomic_dir
+from edgewise.modelio import inputs, outputs
+from edgewise.optimize.search import Log, SearchOptions, SearchResult, finalize, search
+from edgewise.source import Source, fit_data, load_source
+from edgewise.profile.report import render_html, render_json
+from edgewise.targets import TargetProfile
+
+
+@dataclass
+class OptimizeOutcome:
+    result: SearchResult
+    out: Path
+    bundle: Path | None
+    report: dict[str, Any]
+
+
+def _report(source: Source, result: SearchResult, opts: SearchOptions, splits: Splits) -> dict[str, Any]:
+    return {
+        "model": source.name,
+        "target": asdict(result.target),
+        "max_accuracy_drop": opts.max_accuracy_drop,
+        "accuracy_kind": "accuracy" if splits.val.y is not None else "top1_agreement_with_fp32",
+        "data": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+        "why": result.why,
+        "chosen": result.chosen.summary() if result.chosen else None,
+        "baseline": result.baseline.summary(),
+        "candidates": [c.summary() for c in [result.baseline] + result.candidates],
+        "sensitivity": result.sensitivity,
+        "exclusions": result.exclusions,
+        "notes": result.notes,
+        "final": result.final,
+    }
+
+
+def optimize(model_path: Path, data: str, target: TargetProfile, out: Path, opts: SearchOptions | None = None,
+             name: str | None = None, version: str = "0.1.0", log: Log = lambda _m: None) -> OptimizeOutcome:
+    opts = opts or SearchOptions()
+    source, splits = fit_data(load_source(model_path), load_splits(data))
+    result = search(source, splits, target, opts, log)
+    if result.chosen is not None:
+        log("measuring the chosen model against the starting model on the test split")
+        finalize(result, splits)
+    report = _report(source, result, opts, splits)
+    bundle_path = None
+    with atomic_dir(out) as tmp:
+        (tmp / "report.json").write_text(render_json(report))
+        (tmp / "report.html").write_text(render_html(report))
+        if result.chosen is not None and result.chosen.model is not None:
+            manifest = _manifest(source, result, name or source.name, version)
+            write_bundle(tmp / "bundle", manifest, {"model.onnx": result.chosen.model.SerializeToString()})
+            bundle_path = out / "bundle"
+    return OptimizeOutcome(result, out, bundle_path, report)
+
+
+def _manifest(source: Source, result: SearchResult, name: str, version: str) -> Manifest:
+    chosen = result.chosen
+    assert chosen is not None and chosen.model is not None
+    m = chosen.model
+    metrics = {k: v for k, v in result.final.items() if not isinstance(v, np.generic)}
+    return Manifest(
+        name=name, version=version, target=result.target.name,
+        inputs=[s.as_dict() for s in inputs(m)], outputs=[s.as_dict() for s in outputs(m)],
+        labels=list(source.labels), preprocessing=_jsonable(source.preprocessing),
+        precision=chosen.precision, recipe=[{"candidate": chosen.id}] + chosen.recipe, metrics=_jsonable(metrics))
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def model_summary(model: onnx.ModelProto) -> dict[str, Any]:
+    return {"inputs": [s.as_dict() for s in inputs(model)], "outputs": [s.as_dict() for s in outputs(model)],
+            "nodes": len(model.graph.node)}

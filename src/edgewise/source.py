@@ -1,0 +1,63 @@
+"""The starting model: where it came from, and how it is made to agree with the data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edgewise.data import Splits
+from edgewise.errors import DataError, ModelError
+from edgewise.modelio import load_onnx, outputs, pin_input_shape, sample_shape
+
+
+@dataclass
+class Source:
+    """The starting model: fp32 ONNX (input shape pinned), and the torch module when it came from the zoo."""
+
+    name: str
+    model: onnx.ModelProto
+    labels: list[str]
+    preprocessing: dict[str, Any]
+    trained: Any = None  # edgewise.zoo.TrainedModel; typed loosely so the core imports no torch
+
+
+def load_source(path: Path) -> Source:
+    """A zoo training directory (torch passes available), a bundle directory, or an .onnx file."""
+    path = Path(path)
+    if path.is_dir() and (path / "train.json").is_file():
+        from edgewise.zoo import load_trained
+
+        tm = load_trained(path)
+        return Source(tm.arch, load_onnx(path / "model.onnx"), tm.labels, tm.preprocessing, tm)
+    if path.is_dir() and (path / "manifest.json").is_file():
+        from edgewise.bundle import read_bundle
+
+        man = read_bundle(path)
+        return Source(man.name, load_onnx(path / "model.onnx"), man.labels, man.preprocessing)
+    if path.suffix.lower() in (".pt", ".pth"):
+        raise ModelError(f"{path}: convert torch models first with `edgewise import {path} --input-shape ...`")
+    return Source(path.stem, load_onnx(path), [], {})
+
+
+def fit_data(source: Source, splits: Splits) -> tuple[Source, Splits]:
+    """Make model and data agree: pin the model's open dims to the data, or view the data in the model's shape."""
+    shape = sample_shape(source.model)
+    data_shape = splits.train.sample_shape
+    if all(isinstance(d, int) and d > 0 for d in shape):
+        shape_i = tuple(int(d) for d in shape)
+        splits = Splits(*(p.reshaped(shape_i) for p in (splits.train, splits.val, splits.test)))
+    else:
+        source.model = pin_input_shape(source.model, data_shape)
+    out = outputs(source.model)
+    classes = out[0].shape[-1] if out and out[0].shape and isinstance(out[0].shape[-1], int) else None
+    y = splits.train.y
+    if classes and y is not None and int(y.max()) >= classes:
+        raise DataError(f"data has labels up to {int(y.max())} but the model outputs {classes} classes")
+    if not source.labels:
+        source.labels = splits.train.labels or ([str(i) for i in range(classes)] if classes else [])
+    if not source.preprocessing:
+        source.preprocessing = splits.train.preprocessing
+    return source, splits
