@@ -1,0 +1,360 @@
+"""The `edgewise` command: a thin shell over the Python API, one verb per lifecycle step."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from edgewise.errors import EdgewiseError
+
+app = typer.Typer(help="edgewise: train, optimize, benchmark and package AI models for edge devices.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+bundle_app = typer.Typer(help="Inspect and verify bundles (model.onnx + manifest.json).", no_args_is_help=True)
+targets_app = typer.Typer(help="List and show device target profiles.", no_args_is_help=True)
+app.add_typer(bundle_app, name="bundle")
+app.add_typer(targets_app, name="targets")
+console = Console(stderr=True)
+out_console = Console()
+
+
+def _kb(n: float | None) -> str:
+    return "-" if n is None else (f"{n / 1024:,.1f} KB" if n < 10 * 2**20 else f"{n / 2**20:,.1f} MB")
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v * 100:.2f}%"
+
+
+def _train(model: str, data: str, out: Path, epochs: int, width: float, seed: int) -> Any:
+    from edgewise.data import load_splits
+    from edgewise.zoo import TrainConfig, train as train_model
+
+    splits = load_splits(data, seed=seed)
+    cfg = TrainConfig(epochs=epochs, seed=seed)
+    with Progress(TextColumn("[bold]training {task.fields[arch]}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("train", total=cfg.epochs_for(len(splits.train)), arch=model, status="")
+
+        def on_epoch(epoch: int, total: int, m: dict[str, float]) -> None:
+            progress.update(task, completed=epoch, total=total,
+                            status=f"loss {m['loss']:.3f}  val {m['val_accuracy'] * 100:.1f}%")
+
+        trained = train_model(model, splits, cfg, width=width, on_epoch=on_epoch)
+    from edgewise.fsutil import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        trained.save(tmp)
+    out_console.print(f"trained [bold]{model}[/] on {data}: {trained.params:,} params, "
+                      f"val {_pct(trained.metrics['val_accuracy'])}, test {_pct(trained.metrics['test_accuracy'])}")
+    out_console.print(f"wrote {out}/model.onnx, checkpoint.pt, train.json")
+    return trained
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Option("--model", "-m", help="zoo architecture: mlp, cnn, dscnn, cnn1d, mobilenetv3-small")],
+    data: Annotated[str, typer.Option("--data", "-d", help="digits, digits:64, basicmotions, textlines, or a .npz/.csv file")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output directory (model.onnx, checkpoint.pt, train.json)")],
+    epochs: Annotated[int, typer.Option(help="training epochs (small sets get more, to reach 300 steps)")] = 30,
+    width: Annotated[float, typer.Option(help="channel width multiplier")] = 1.0,
+    seed: Annotated[int, typer.Option(help="seed for the split and training")] = 0,
+) -> None:
+    """Train a zoo model on DATA, evaluate it on the test split, and export ONNX.
+
+    Example: edgewise train --model cnn --data digits --out runs/cnn
+    """
+    _train(model, data, out, epochs, width, seed)
+
+
+def _search_log(status: Any) -> Any:
+    def log(msg: str) -> None:
+        console.print(f"  [dim]·[/] {msg}")
+        status.update(f"[bold]optimizing:[/] {msg}")
+
+    return log
+
+
+def _print_search(outcome: Any) -> None:
+    r = outcome.result
+    table = Table(title=f"{outcome.report['model']} on {r.target.name}: candidates (validation split)")
+    for col in ("candidate", "precision", "score", "drop", "size", "p50 ms", "peak mem", "verdict"):
+        table.add_column(col, overflow="fold")
+    for c in [r.baseline] + r.candidates:
+        m = c.metrics
+        verdict = ("[red]rejected[/]: " + c.reason) if c.status != "ok" else (
+            "; ".join(c.violations) or ("[green]chosen[/]" if c is r.chosen else "fits"))
+        table.add_row(c.id, c.precision, _pct(m.get("score")),
+                      "-" if "accuracy_drop_points" not in m else f"{m['accuracy_drop_points']:+.2f}",
+                      _kb(m.get("size_bytes")), "-" if "latency_p50_ms" not in m else f"{m['latency_p50_ms']:.3f}",
+                      _kb(m.get("peak_memory_bytes")), verdict)
+    out_console.print(table)
+    if r.chosen is None:
+        return
+    f = r.final
+    out_console.print(f"[bold green]chosen[/] {r.why}")
+    out_console.print(f"test split: accuracy {_pct(f['baseline_accuracy'])} -> {_pct(f['accuracy'])}, "
+                      f"size {_kb(f['baseline_size_bytes'])} -> {_kb(f['size_bytes'])}, "
+                      f"p50 {f['baseline_latency_p50_ms']:.3f} -> {f['latency_p50_ms']:.3f} ms")
+
+
+@app.command()
+def optimize(
+    model: Annotated[Path, typer.Argument(help="an .onnx file, a `train` output directory, or a bundle")],
+    target: Annotated[str, typer.Option("--target", "-t", help="mcu-256k, cortex-a, edge-node, edge-server or a .toml")],
+    data: Annotated[str, typer.Option("--data", "-d", help="calibration/validation/test data (bundled name or file)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output directory: bundle/, report.html, report.json")],
+    max_accuracy_drop: Annotated[float, typer.Option(help="tolerated accuracy drop, percentage points")] = 1.0,
+    torch_passes: Annotated[bool, typer.Option(help="try structured pruning and distillation (zoo models)")] = True,
+    calibration_samples: Annotated[int, typer.Option(help="upper bound on calibration samples")] = 256,
+    name: Annotated[str | None, typer.Option(help="bundle name (default: the model's)")] = None,
+    version: Annotated[str, typer.Option(help="bundle semantic version")] = "0.1.0",
+) -> None:
+    """Try recipes for TARGET, keep the Pareto front, and bundle the best model that fits.
+
+    Example: edgewise optimize runs/cnn --target mcu-256k --data digits --out runs/cnn-mcu
+    """
+    from edgewise.optimize.pipeline import optimize as run_optimize
+    from edgewise.optimize.search import SearchOptions
+    from edgewise.targets import load_target
+
+    profile = load_target(target)
+    opts = SearchOptions(max_accuracy_drop=max_accuracy_drop, torch_passes=torch_passes,
+                         calibration_samples=calibration_samples)
+    with console.status(f"[bold]optimizing {model} for {profile.name}") as status:
+        outcome = run_optimize(model, data, profile, out, opts, name=name, version=version, log=_search_log(status))
+    _print_search(outcome)
+    out_console.print(f"report: {out / 'report.html'}  ({out / 'report.json'})")
+    if outcome.bundle is None:
+        raise EdgewiseError(outcome.result.why)
+    out_console.print(f"bundle: {outcome.bundle}")
+
+
+def _load_models(models: list[tuple[str, Path]], splits: Any) -> tuple[list[tuple[str, Any, Any]], set[str]]:
+    """Load each model and fit the data to it; bundles for int8-only targets are scored as the device would."""
+    from edgewise.bundle import read_bundle
+    from edgewise.source import fit_data, load_source
+    from edgewise.targets import load_target
+
+    loaded, reference = [], set()
+    for label, path in models:
+        src, sp = fit_data(load_source(path), splits)
+        loaded.append((label, src.model, sp))
+        if (path / "manifest.json").is_file():
+            target = read_bundle(path).target
+            try:
+                if load_target(target).int8_only:
+                    reference.add(label)
+            except EdgewiseError:
+                pass  # a bundle for a target this install does not know: score it as ONNX Runtime runs it
+    return loaded, reference
+
+
+@app.command()
+def bench(
+    models: Annotated[list[Path], typer.Argument(help="one or more .onnx files, bundles or train directories; the first is the reference")],
+    data: Annotated[str, typer.Option("--data", "-d", help="bundled dataset name or file; the test split is used")],
+    target: Annotated[str, typer.Option(help="target whose energy per MAC prices the estimate")] = "cortex-a",
+    batch: Annotated[int, typer.Option(help="larger batch for the throughput figure")] = 32,
+    runs: Annotated[int, typer.Option(help="latency runs per model after warm-up")] = 300,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures as JSON")] = None,
+) -> None:
+    """Measure models side by side: latency p50/p90/p99, throughput, size, peak memory, accuracy, energy.
+
+    Example: edgewise bench runs/cnn runs/cnn-mcu/bundle --data digits
+    """
+    from edgewise.data import load_splits
+    from edgewise.profile.bench import bench as run_bench
+    from edgewise.targets import load_target
+
+    profile = load_target(target)
+    splits = load_splits(data)
+    loaded, reference = _load_models([(str(p), p) for p in models], splits)
+    sp = loaded[0][2]
+    with console.status("[bold]benchmarking"):
+        rows = run_bench([(n, m) for n, m, _ in loaded], sp, profile, batch=batch, runs=runs, reference=reference)
+    table = Table(title=f"benchmark on {data} (test split, {rows[0]['test_samples']} samples)")
+    for col in ("model", "accuracy", "agree", "size", "p50 1t", "p90 1t", "p99 1t", f"p50 {rows[0]['all_cores']}t",
+                "speedup", f"thr b1", f"thr b{batch}", "peak mem", "MACs", "energy*"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        l1, la = r["latency_1t"], r["latency_all"]
+        table.add_row(r["model"], _pct(r["accuracy"]), _pct(r["top1_agreement"]), _kb(r["size_bytes"]),
+                      f"{l1['p50_ms']:.3f}", f"{l1['p90_ms']:.3f}", f"{l1['p99_ms']:.3f}", f"{la['p50_ms']:.3f}",
+                      f"{r['speedup_1t']:.2f}x", f"{r['throughput_b1_1t']:,.0f}/s",
+                      f"{r[f'throughput_b{batch}_1t']:,.0f}/s", _kb(r["peak_memory"]["rss_delta_bytes"]),
+                      f"{r['macs']:,}", f"{r['energy_uj_estimate']:.3f} µJ")
+    out_console.print(table)
+    out_console.print(f"latency in ms at batch 1; * energy is an estimate: MACs x {profile.energy_pj_per_mac} pJ/MAC "
+                      f"({profile.name}); peak mem = RSS high-water mark of a fresh process (ORT included)")
+    if json_out:
+        json_out.write_text(json.dumps(rows, indent=2))
+        out_console.print(f"wrote {json_out}")
+
+
+@app.command("import")
+def import_model(
+    model: Annotated[Path, typer.Argument(help="a .onnx file, or a torch .pt holding a whole nn.Module")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output .onnx path")],
+    input_shape: Annotated[str | None, typer.Option(help="sample shape without batch, e.g. 3,32,32 (torch only)")] = None,
+    opset: Annotated[int, typer.Option(help="upgrade ONNX models older than this opset")] = 13,
+) -> None:
+    """Bring a third-party model in: check an ONNX file (upgrading its opset) or export a torch module.
+
+    Example: edgewise import classifier.onnx --out models/cls.onnx
+    """
+    import onnx
+
+    from edgewise.modelio import default_opset, inputs, load_onnx, outputs, upgrade_opset
+
+    if model.suffix.lower() in (".pt", ".pth"):
+        if not input_shape:
+            raise EdgewiseError("torch models need --input-shape, e.g. --input-shape 3,32,32")
+        try:
+            shape = tuple(int(d) for d in input_shape.split(","))
+        except ValueError as e:
+            raise EdgewiseError(f"--input-shape must be comma-separated integers, got {input_shape!r}") from e
+        from edgewise.zoo.export import import_torch
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        m = import_torch(model, shape, out)
+    else:
+        m = upgrade_opset(load_onnx(model), opset)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        onnx.save(m, str(tmp))
+        tmp.replace(out)
+    ins = ", ".join(f"{s.name}{list(s.shape)}" for s in inputs(m))
+    outs = ", ".join(f"{s.name}{list(s.shape)}" for s in outputs(m))
+    out_console.print(f"imported {model} -> {out}: opset {default_opset(m)}, {len(m.graph.node)} nodes, "
+                      f"inputs {ins}, outputs {outs}")
+
+
+@bundle_app.command("verify")
+def bundle_verify(path: Annotated[Path, typer.Argument(help="bundle directory")]) -> None:
+    """Check every file's size and sha256 against the manifest (non-zero exit on any mismatch).
+
+    Example: edgewise bundle verify runs/cnn-mcu/bundle
+    """
+    from edgewise.bundle import verify_bundle
+
+    man = verify_bundle(path)
+    out_console.print(f"[green]ok[/] {man.name} {man.version} for {man.target}: {len(man.files)} file(s) verified")
+
+
+@bundle_app.command("inspect")
+def bundle_inspect(path: Annotated[Path, typer.Argument(help="bundle directory")]) -> None:
+    """Print a bundle's manifest: model, target, inputs/outputs, recipe and metrics.
+
+    Example: edgewise bundle inspect runs/cnn-mcu/bundle
+    """
+    from edgewise.bundle import read_bundle
+
+    out_console.print_json(read_bundle(path).to_json())
+
+
+@targets_app.command("list")
+def targets_list() -> None:
+    """List the built-in target profiles.
+
+    Example: edgewise targets list
+    """
+    from edgewise.targets import available
+
+    table = Table(title="built-in targets")
+    for col in ("name", "tier", "RAM", "flash", "latency budget", "precisions", "objective"):
+        table.add_column(col, overflow="fold")
+    for t in available():
+        table.add_row(t.name, t.tier, _kb(t.ram_bytes), _kb(t.flash_bytes), f"{t.latency_budget_ms:g} ms",
+                      ", ".join(t.precisions), t.objective)
+    out_console.print(table)
+
+
+@targets_app.command("show")
+def targets_show(name: Annotated[str, typer.Argument(help="built-in name or path to a .toml")]) -> None:
+    """Show one target profile in full.
+
+    Example: edgewise targets show mcu-256k
+    """
+    from dataclasses import asdict
+
+    from edgewise.targets import load_target
+
+    out_console.print_json(json.dumps(asdict(load_target(name))))
+
+
+@app.command()
+def quickstart(
+    out: Annotated[Path, typer.Option("--out", "-o", help="where runs, bundles and reports go")] = Path("demo-out"),
+    epochs: Annotated[int, typer.Option(help="training epochs for the digits CNN")] = 25,
+) -> None:
+    """The whole loop on bundled data: train a CNN on digits, optimize it for mcu-256k and edge-node,
+    benchmark fp32 vs optimized side by side, and write bundles and HTML reports.
+
+    Example: edgewise quickstart --out demo-out
+    """
+    import time
+
+    from edgewise.data import load_splits
+    from edgewise.optimize.pipeline import optimize as run_optimize
+    from edgewise.optimize.search import SearchOptions
+    from edgewise.profile.bench import bench as run_bench
+    from edgewise.targets import load_target
+
+    start = time.perf_counter()
+    out_console.rule("[bold]1/3 train: cnn on scikit-learn digits")
+    _train("cnn", "digits", out / "train", epochs, 1.0, 0)
+    outcomes = {}
+    for i, t in enumerate(("mcu-256k", "edge-node")):
+        out_console.rule(f"[bold]2/3 optimize for {t}")
+        with console.status(f"[bold]optimizing for {t}") as status:
+            outcomes[t] = run_optimize(out / "train", "digits", load_target(t), out / t, SearchOptions(),
+                                       name="digits-cnn", log=_search_log(status))
+        _print_search(outcomes[t])
+        if outcomes[t].bundle is None:
+            raise EdgewiseError(outcomes[t].result.why)
+    out_console.rule("[bold]3/3 benchmark fp32 vs optimized (same machine, same run)")
+    splits = load_splits("digits")
+    models = [("fp32 (trained)", out / "train")] + [(f"{t} bundle", out / t / "bundle") for t in outcomes]
+    loaded, reference = _load_models(models, splits)
+    with console.status("[bold]benchmarking"):
+        rows = run_bench([(n, m) for n, m, _ in loaded], loaded[0][2], load_target("edge-node"), runs=200,
+                         reference=reference)
+    table = Table(title="digits test split, batch 1 latency on this machine")
+    for col in ("model", "accuracy", "size", "size ratio", "p50 1 thread", "speedup", "p99", "peak mem"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["model"], _pct(r["accuracy"]), _kb(r["size_bytes"]), f"{r['size_ratio']:.2f}x",
+                      f"{r['latency_1t']['p50_ms']:.3f} ms", f"{r['speedup_1t']:.2f}x",
+                      f"{r['latency_1t']['p99_ms']:.3f} ms", _kb(r["peak_memory"]["rss_delta_bytes"]))
+    out_console.print(table)
+    if reference:
+        out_console.print("accuracy of " + ", ".join(sorted(reference)) + " is scored with int8 reference semantics "
+                          "(as an MCU's integer kernels compute); latency is ONNX Runtime's on this machine")
+    (out / "bench.json").write_text(json.dumps(rows, indent=2))
+    out_console.rule("[bold]done")
+    for t, o in outcomes.items():
+        out_console.print(f"{t:10s} bundle {o.bundle}   report {o.out / 'report.html'}")
+    out_console.print(f"benchmark  {out / 'bench.json'}   (took {time.perf_counter() - start:.0f} s)")
+
+
+def main() -> None:
+    """Entry point: every EdgewiseError becomes one line on stderr and exit code 1, never a traceback."""
+    try:
+        app(prog_name="edgewise")
+    except EdgewiseError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("interrupted; nothing was left half-written")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

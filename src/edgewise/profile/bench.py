@@ -1,0 +1,63 @@
+"""Benchmark one or more models side by side on the same data, machine and run."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edgewise.data import Splits
+from edgewise.profile.macs import count_macs
+from edgewise.profile.measure import evaluate, measure_latency, measure_memory, measure_throughput, run_model
+from edgewise.profile.runtime import make_session
+from edgewise.targets import TargetProfile
+
+
+def bench(models: list[tuple[str, onnx.ModelProto]], splits: Splits, target: TargetProfile, batch: int = 32,
+          runs: int = 300, memory: bool = True, reference: set[str] | None = None) -> list[dict[str, Any]]:
+    """Latency p50/p90/p99 (batch 1, one thread and all cores, interleaved across models), throughput at
+    batch 1 and `batch`, size on disk, peak memory, test accuracy and an energy estimate per inference.
+
+    The first model is the reference for fidelity (top-1 agreement, cosine) when the data has no labels.
+    Models named in `reference` (bundles for int8-only MCU targets) are scored with int8 reference
+    semantics, as the device's integer kernels compute; their latency is still ORT's on this machine.
+    """
+    reference = reference or set()
+    test = splits.test
+    rows: list[dict[str, Any]] = []
+    ref_out = None
+    for name, model in models:
+        sess = make_session(model, threads=1, reference=name in reference)
+        out = run_model(sess, test.x)
+        ref_out = out if ref_out is None else ref_out
+        fid = evaluate(out, test.y, ref_out)
+        macs = count_macs(model)
+        rows.append({"model": name, "size_bytes": len(model.SerializeToString()), "accuracy": fid.accuracy,
+                     "top1_agreement": fid.top1_agreement, "cosine": fid.cosine, "macs": macs,
+                     "energy_uj_estimate": macs * target.energy_pj_per_mac * 1e-6,
+                     "energy_pj_per_mac": target.energy_pj_per_mac, "test_samples": len(test),
+                     "accuracy_semantics": "int8 reference" if name in reference else "onnxruntime"})
+    cores = os.cpu_count() or 1
+    for threads, key in ((1, "latency_1t"), (0, "latency_all")):
+        sessions = [make_session(m, threads=threads) for _, m in models]
+        for row, stats in zip(rows, measure_latency(sessions, test.x[0], runs=runs)):
+            row[key] = stats.as_dict()
+        for row, sess in zip(rows, sessions):
+            suffix = "1t" if threads == 1 else "all"
+            row[f"throughput_b1_{suffix}"] = measure_throughput(sess, test.x, 1, seconds=0.5)
+            row[f"throughput_b{batch}_{suffix}"] = measure_throughput(sess, test.x, batch, seconds=0.5)
+    rows[0]["all_cores"] = cores
+    if memory:
+        with tempfile.TemporaryDirectory(prefix="edgewise-bench-") as tmp:
+            for i, (row, (_, model)) in enumerate(zip(rows, models)):
+                path = Path(tmp) / f"m{i}.onnx"
+                onnx.save(model, str(path))
+                row["peak_memory"] = measure_memory(path, threads=1)
+    base = rows[0]["latency_1t"]["p50_ms"]
+    for row in rows:
+        row["speedup_1t"] = base / row["latency_1t"]["p50_ms"]
+        row["size_ratio"] = rows[0]["size_bytes"] / row["size_bytes"]
+    return rows
