@@ -20,8 +20,8 @@ bundle_app = typer.Typer(help="Inspect and verify bundles (model.onnx + manifest
 targets_app = typer.Typer(help="List and show device target profiles.", no_args_is_help=True)
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(targets_app, name="targets")
-console = Console(stderr=True)
-out_console = Console()
+console = Console(stderr=True, soft_wrap=True)
+out_console = Console(soft_wrap=True)
 
 
 def _kb(n: float | None) -> str:

@@ -42,7 +42,9 @@ class SearchOptions:
     torch_passes: bool = True  # structured pruning and distillation, when a torch model is at hand
     prune_keep: float = 0.65
     finetune_epochs: int = 10
+    finetune_min_steps: int = 300
     distill_epochs: int = 40
+    distill_min_steps: int = 600
     sensitivity_max_layers: int = 48
     measure_memory: bool = True
 
@@ -90,7 +92,7 @@ def _torch_parents(source: Source, splits: Splits, opts: SearchOptions, log: Log
     with tempfile.TemporaryDirectory(prefix="edgewise-torch-") as tmp:
         try:
             log(f"structured pruning (keep {opts.prune_keep:.0%} of channels) + fine-tuning")
-            ft = TrainConfig(epochs=opts.finetune_epochs, lr=1e-3, min_steps=300)
+            ft = TrainConfig(epochs=opts.finetune_epochs, lr=1e-3, min_steps=opts.finetune_min_steps)
             pruned = structured_prune(tm.module, opts.prune_keep, splits, ft)
             model = export_onnx(pruned, tm.sample_shape, Path(tmp) / "pruned.onnx")
             desc = f"structured pruning: {tm.params:,} -> {count_params(pruned):,} params, fine-tuned"
@@ -103,7 +105,7 @@ def _torch_parents(source: Source, splits: Splits, opts: SearchOptions, log: Log
         try:
             width = pick_student_width(tm.arch, tm.sample_shape, len(tm.labels), tm.params)
             log(f"distilling a {tm.arch} student (width {width}) from the model")
-            cfg = TrainConfig(epochs=opts.distill_epochs, min_steps=600)
+            cfg = TrainConfig(epochs=opts.distill_epochs, min_steps=opts.distill_min_steps)
             student = distill(tm.module, tm.arch, width, splits, cfg)
             model = export_onnx(student, tm.sample_shape, Path(tmp) / "student.onnx")
             desc = f"distilled {tm.arch} student, width {width}: {count_params(student):,} params"

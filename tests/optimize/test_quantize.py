@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+from onnx import numpy_helper
+
+from edgewise.errors import OptimizeError
+from edgewise.modelio import load_onnx, weight_bytes
+from edgewise.optimize.quantize import Quantizer, StaticConfig, StreamingReader, quantize_int4_weights
+from edgewise.profile import evaluate, make_session, run_model
+
+
+@pytest.fixture(scope="module")
+def quantizer(trained_cnn_dir, digits):
+    q = Quantizer(load_onnx(trained_cnn_dir / "model.onnx"), digits.train.x, max_samples=128)
+    yield q
+    q.close()
+
+
+def test_static_int8_is_per_channel_qdq_and_much_smaller(quantizer, trained_cnn_dir, digits):
+    # Execute
+    model = quantizer.static(StaticConfig(method="percentile", reduce_range=True))
+    # Assert
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    scales = [numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith("_scale")]
+    assert any(s.ndim == 1 and s.size > 1 for s in scales), "per-channel weight scales"
+    fp32 = load_onnx(trained_cnn_dir / "model.onnx")
+    assert len(fp32.SerializeToString()) / len(model.SerializeToString()) > 2.5
+    ref = run_model(make_session(fp32), digits.val.x)
+    fid = evaluate(run_model(make_session(model), digits.val.x), digits.val.y, ref)
+    assert fid.top1_agreement > 0.97
+
+
+def test_every_calibration_method_runs(quantizer, digits):
+    for method in ("minmax", "percentile", "entropy"):
+        model = quantizer.static(StaticConfig(method=method))
+        assert run_model(make_session(model), digits.val.x[:8]).shape == (8, 10)
+    assert len(quantizer.ranges("minmax")) > 5
+    with pytest.raises(OptimizeError, match="unknown calibration"):
+        quantizer.static(StaticConfig(method="magic"))
+
+
+def test_calibration_streams_a_bounded_number_of_samples():
+    x = np.zeros((1000, 3), np.float32)
+    reader = StreamingReader("input", x, batch=16, max_samples=100)
+    seen = 0
+    while (batch := reader.get_next()) is not None:
+        seen += len(batch["input"])
+    assert seen == 100
+
+
+def test_dynamic_int8_loads_on_onnxruntime(quantizer, digits):
+    model = quantizer.dynamic(("MatMul", "Gemm"))
+    assert any(n.op_type in ("DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul")
+               for n in model.graph.node) or weight_bytes(model) > 0
+    run_model(make_session(model), digits.val.x[:4])
+
+
+def test_int4_weight_only_is_over_6x_smaller_on_matmul_weights(tmp_path, digits):
+    from edgewise.zoo import TrainConfig, train
+
+    tm = train("mlp", digits, TrainConfig(epochs=2))
+    tm.save(tmp_path)
+    fp32 = load_onnx(tmp_path / "model.onnx")
+    q4 = quantize_int4_weights(fp32)
+    before = weight_bytes(fp32, ("MatMul", "Gemm"))
+    after = weight_bytes(q4, ("MatMulNBits",))
+    assert before / after >= 6.0
+    ref = run_model(make_session(fp32), digits.val.x)
+    assert evaluate(run_model(make_session(q4), digits.val.x), digits.val.y, ref).top1_agreement > 0.95
+
+
+def test_int4_refuses_a_model_without_matmul():
+    from tests.optimize.test_fuse import _conv_bn_model
+
+    with pytest.raises(OptimizeError, match="no MatMul/Gemm"):
+        quantize_int4_weights(_conv_bn_model())

@@ -1,0 +1,100 @@
+from pathlib import Path
+
+import pytest
+
+from edgewise.data import load_splits
+from edgewise.optimize.pipeline import optimize
+from edgewise.optimize.search import search
+from edgewise.source import fit_data, load_source
+from edgewise.targets import load_target
+
+
+@pytest.fixture(scope="module")
+def edge_node_result(trained_cnn_dir, digits):
+    from edgewise.optimize.search import SearchOptions
+
+    opts = SearchOptions(latency_runs=30, measure_memory=True, finetune_epochs=2, finetune_min_steps=60,
+                         distill_epochs=4, distill_min_steps=80, calibration_samples=64)
+    src, splits = fit_data(load_source(trained_cnn_dir), digits)
+    return search(src, splits, load_target("edge-node"), opts)
+
+
+def test_every_offered_candidate_ran_on_onnxruntime(edge_node_result):
+    r = edge_node_result
+    assert r.chosen is not None and r.chosen.feasible
+    for c in r.candidates:
+        assert c.status == "rejected" or "score" in c.metrics, c.id
+    parents = {c.parent for c in r.candidates}
+    assert parents == {"baseline", "pruned", "distilled"}
+    assert any(c.precision == "int4" for c in r.candidates) and any(c.id.endswith("ortdefaults") for c in r.candidates)
+
+
+def test_latency_objective_never_ships_a_slower_model(edge_node_result):
+    r = edge_node_result
+    assert r.chosen.metrics["latency_p50_ms"] <= r.baseline.metrics["latency_p50_ms"]
+    assert r.chosen.metrics["accuracy_drop_points"] <= 1.0
+    assert any(c.pareto for c in r.candidates + [r.baseline])
+    assert r.sensitivity, "per-layer sensitivity is always measured for the report"
+
+
+def test_memory_is_measured_in_a_fresh_process(edge_node_result):
+    mem = edge_node_result.baseline.metrics["peak_memory_bytes"]
+    assert mem and mem > 100_000
+
+
+def test_mcu_target_gets_only_int8(trained_cnn_dir, digits, fast_opts):
+    src, splits = fit_data(load_source(trained_cnn_dir), digits)
+    r = search(src, splits, load_target("mcu-256k"), fast_opts)
+    assert r.chosen is not None and r.chosen.precision == "int8"
+    assert all(c.precision in ("int8", "fp32") for c in r.candidates)
+    assert r.chosen.metrics["peak_memory_bytes"] <= 64 * 1024
+    assert "estimated" in r.chosen.metrics["latency_source"]
+
+
+def test_a_budget_nothing_meets_says_why(trained_cnn_dir, digits, fast_opts, tmp_path):
+    tiny = tmp_path / "tiny.toml"
+    tiny.write_text('name = "tiny"\nram_bytes = 100\nflash_bytes = 2000\nlatency_budget_ms = 10\n'
+                    'precisions = ["int8"]\nobjective = "size"\ntier = "endpoint"\nmacs_per_second = 1e6\n')
+    out = tmp_path / "out"
+    outcome = optimize(trained_cnn_dir, "digits", load_target(str(tiny)), out, fast_opts)
+    assert outcome.bundle is None and not (out / "bundle").exists()
+    assert "nothing fits tiny" in outcome.result.why and "RAM, target has" in outcome.result.why
+    assert (out / "report.html").is_file(), "the report still explains the failure"
+
+
+def test_pipeline_writes_bundle_and_reports(trained_cnn_dir, fast_opts, tmp_path):
+    from edgewise.bundle import verify_bundle
+
+    out = tmp_path / "opt"
+    outcome = optimize(trained_cnn_dir, "digits", load_target("cortex-a"), out, fast_opts, version="1.2.3")
+    man = verify_bundle(out / "bundle")
+    for key in ("accuracy", "baseline_accuracy", "size_bytes", "baseline_size_bytes", "latency_p50_ms",
+                "baseline_latency_p50_ms"):
+        assert key in man.metrics, key
+    assert man.version == "1.2.3" and man.labels[:3] == ["0", "1", "2"] and man.recipe[0]["candidate"]
+    assert man.inputs[0]["shape"][1:] == [1, 8, 8]
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64" in html and outcome.report["chosen"]["id"] in html
+
+
+def test_unlabelled_data_scores_fidelity_to_the_starting_model(trained_cnn_dir, fast_opts, tmp_path):
+    import numpy as np
+
+    x = load_splits("digits").test.x
+    np.savez(tmp_path / "unlabelled.npz", x=x.reshape(len(x), -1))  # flat rows: reshaped to the model's input
+    fast_opts.torch_passes = False
+    outcome = optimize(trained_cnn_dir, str(tmp_path / "unlabelled.npz"), load_target("cortex-a"),
+                       tmp_path / "o", fast_opts)
+    assert outcome.report["accuracy_kind"] == "top1_agreement_with_fp32"
+    assert outcome.result.final["baseline_accuracy"] == 1.0
+
+
+def test_real_third_party_model_keeps_99_percent_agreement(rapidocr_cls, fast_opts, tmp_path):
+    """PaddleOCR's MobileNetV3 text-direction classifier, optimized for a Raspberry-Pi class target."""
+    fast_opts.sensitivity_max_layers = 3
+    fast_opts.calibration_samples = 32
+    outcome = optimize(rapidocr_cls, "textlines:160", load_target("cortex-a"), tmp_path / "o", fast_opts)
+    f = outcome.result.final
+    assert outcome.bundle is not None
+    assert f["top1_agreement"] >= 0.99
+    assert f["latency_p50_ms"] <= f["baseline_latency_p50_ms"] * 1.15  # noise margin; never knowingly slower

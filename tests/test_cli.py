@@ -1,0 +1,122 @@
+"""The `edgewise` command end to end, as a user runs it, in real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+
+def ew(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgewise.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+
+
+def assert_clean_failure(proc: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    assert fragment in proc.stderr, proc.stderr
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "cnn"
+    proc = ew("train", "--model", "cnn", "--data", "digits", "--out", str(out), "--epochs", "6")
+    assert proc.returncode == 0, proc.stderr
+    assert "trained cnn on digits" in proc.stdout
+    return out
+
+
+def test_help_on_every_verb():
+    for verb in ([], ["train"], ["optimize"], ["bench"], ["import"], ["bundle", "verify"], ["bundle", "inspect"],
+                 ["targets", "list"], ["targets", "show"], ["quickstart"]):
+        proc = ew(*verb, "--help")
+        assert proc.returncode == 0 and "Usage" in proc.stdout, verb
+
+
+def test_train_optimize_bench_end_to_end(trained: Path, tmp_path: Path):
+    # Execute
+    opt = ew("optimize", str(trained), "--target", "edge-node", "--data", "digits", "--out", str(tmp_path / "o"),
+             "--no-torch-passes", "--calibration-samples", "64")
+    verify = ew("bundle", "verify", str(tmp_path / "o" / "bundle"))
+    bench = ew("bench", str(trained), str(tmp_path / "o" / "bundle"), "--data", "digits", "--runs", "30",
+               "--json", str(tmp_path / "bench.json"))
+    # Assert
+    assert opt.returncode == 0, opt.stderr
+    assert "chosen" in opt.stdout and "bundle:" in opt.stdout
+    assert verify.returncode == 0 and "verified" in verify.stdout
+    assert bench.returncode == 0, bench.stderr
+    rows = json.loads((tmp_path / "bench.json").read_text())
+    assert len(rows) == 2 and rows[0]["accuracy"] > 0.8
+    for key in ("latency_1t", "latency_all", "throughput_b1_1t", "throughput_b32_1t", "peak_memory",
+                "energy_uj_estimate", "size_bytes"):
+        assert key in rows[1], key
+    assert rows[1]["latency_1t"]["p50_ms"] <= rows[1]["latency_1t"]["p99_ms"]
+
+
+def test_import_upgrades_a_real_model(rapidocr_cls: Path, tmp_path: Path):
+    proc = ew("import", str(rapidocr_cls), "--out", str(tmp_path / "cls.onnx"))
+    assert proc.returncode == 0, proc.stderr
+    assert "opset 13" in proc.stdout
+    assert onnx.load(str(tmp_path / "cls.onnx")).opset_import[0].version == 13
+
+
+def test_tampered_bundle_fails_verify(trained: Path, tmp_path: Path):
+    from edgewise.bundle import Manifest, write_bundle
+
+    b = write_bundle(tmp_path / "b", Manifest("m", "1.0.0", "edge-node", [], [], [], {}, "fp32", [], {}),
+                     {"model.onnx": (trained / "model.onnx").read_bytes()})
+    with open(b / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    assert_clean_failure(ew("bundle", "verify", str(b)), "does not match")
+
+
+def _opset9(path: Path) -> None:
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 9)]), str(path))
+
+
+def test_bad_input_gives_one_line_and_no_output(trained: Path, tmp_path: Path):
+    out = tmp_path / "never"
+    (tmp_path / "junk.onnx").write_bytes(np.random.default_rng(0).bytes(2048))
+    (tmp_path / "notes.onnx").write_text("not a model")
+    _opset9(tmp_path / "old.onnx")
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((20, 3, 5), np.float32), y=np.zeros(20))
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 64), np.float32))
+    base = ["--target", "edge-node", "--out", str(out), "--no-torch-passes"]
+    cases = [
+        (["optimize", str(tmp_path / "missing.onnx"), "--data", "digits", *base], "not found"),
+        (["optimize", str(tmp_path / "junk.onnx"), "--data", "digits", *base], "ONNX"),
+        (["optimize", str(tmp_path / "notes.onnx"), "--data", "digits", *base], "ONNX"),
+        (["optimize", str(tmp_path / "old.onnx"), "--data", "digits", *base], "opset 9 is not supported"),
+        (["optimize", str(trained), "--data", str(tmp_path / "wrong.npz"), *base], "expects"),
+        (["optimize", str(trained), "--data", str(tmp_path / "empty.npz"), *base], "empty"),
+        (["optimize", str(trained), "--data", "digits", "--target", "toaster", "--out", str(out)], "unknown target"),
+        (["bench", str(tmp_path / "junk.onnx"), "--data", "digits"], "ONNX"),
+        (["train", "--model", "transformer-xl", "--data", "digits", "--out", str(out)], "unknown model"),
+    ]
+    for args, fragment in cases:
+        assert_clean_failure(ew(*args), fragment)
+        assert not out.exists(), f"{args} left output behind"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".never")], "temp dirs cleaned up"
+
+
+def test_a_budget_nothing_meets_fails_with_the_reason(trained: Path, tmp_path: Path):
+    tiny = tmp_path / "tiny.toml"
+    tiny.write_text('name = "tiny"\nram_bytes = 64\nflash_bytes = 1000000\nlatency_budget_ms = 100\n'
+                    'precisions = ["int8"]\nobjective = "size"\ntier = "endpoint"\nmacs_per_second = 6e7\n')
+    proc = ew("optimize", str(trained), "--target", str(tiny), "--data", "digits", "--out", str(tmp_path / "o"),
+              "--no-torch-passes", "--calibration-samples", "32")
+    assert_clean_failure(proc, "nothing fits tiny")
+    assert "RAM, target has" in proc.stderr
+    assert not (tmp_path / "o" / "bundle").exists()
