@@ -26,7 +26,7 @@ def test_every_offered_candidate_ran_on_onnxruntime(edge_node_result):
         assert c.status == "rejected" or "score" in c.metrics, c.id
     parents = {c.parent for c in r.candidates}
     assert parents == {"baseline", "pruned", "distilled"}
-    assert any(c.precision == "int4" for c in r.candidates) and any(c.id.endswith("ortdefaults") for c in r.candidates)
+    assert any(c.precision == "int4" for c in r.candidates) and any(c.id.endswith("ort-defaults") for c in r.candidates)
 
 
 def test_latency_objective_never_ships_a_slower_model(edge_node_result):

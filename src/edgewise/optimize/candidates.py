@@ -50,7 +50,9 @@ def static_configs(target: TargetProfile, primary: bool) -> list[StaticConfig]:
     """
     methods = ("minmax", "percentile", "entropy") if primary else ("minmax", "percentile")
     if target.int8_only:
-        return [StaticConfig(method=m, activations="int8", ops=None) for m in methods]
+        # CMSIS-NN / TFLite Micro kernels take per-channel and per-tensor weights; per-tensor is smaller.
+        return [StaticConfig(method=m, activations="int8", ops=None, weights_per_channel=pc)
+                for m in methods for pc in (True, False)]
     cfgs = [StaticConfig(method=m, reduce_range=rr) for m in methods for rr in (False, True)]
     if primary:
         cfgs.append(ORT_DEFAULTS)

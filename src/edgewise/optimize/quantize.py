@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from onnxruntime.quantization import (
 
 from edgewise.errors import OptimizeError
 from edgewise.modelio import upgrade_opset
-from edgewise.optimize.fuse import gemm_to_matmul
+from edgewise.optimize.fuse import fold_conv_bn, gemm_to_matmul
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
            "entropy": CalibrationMethod.Entropy}
@@ -83,13 +84,29 @@ class StaticConfig:
 ORT_DEFAULTS = StaticConfig(method="minmax", activations="int8", weights_per_channel=False, ops=None)
 
 
-def _prepare(model: onnx.ModelProto, path: Path) -> None:
-    """ORT's pre-processing (shape inference + basic optimization); symbolic inference may fail on odd graphs."""
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """ORT's quantization tools log tracebacks and print progress for conditions they recover from."""
+    logging.disable(logging.CRITICAL)
     try:
-        quant_pre_process(model, str(path))
-    except Exception:  # noqa: BLE001 - retry without the fragile symbolic shape inference
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _prepare(model: onnx.ModelProto, path: Path) -> None:
+    """Weights as initializers with BatchNorm folded in (ORT only quantizes initializers), then ORT's
+    pre-processing; its symbolic shape inference fails on some exporters' graphs, so retry without it."""
+    folded, _ = fold_conv_bn(model)
+    with _quiet():
         try:
-            quant_pre_process(model, str(path), skip_symbolic_shape=True)
+            quant_pre_process(folded, str(path))
+            return
+        except Exception:  # noqa: BLE001 - retry without the fragile symbolic shape inference
+            pass
+        try:
+            quant_pre_process(folded, str(path), skip_symbolic_shape=True)
         except Exception as e:
             raise OptimizeError(f"cannot prepare model for quantization: {str(e).splitlines()[0][:200]}") from e
 
@@ -124,9 +141,8 @@ class Quantizer:
         extra = {"CalibPercentile": 99.99, "CalibMovingAverage": False}
         if cfg.activations == "int8":
             extra["ActivationSymmetric"] = False
-        # percentile/entropy calibrators print progress to stdout
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
+            with _quiet():
                 quantize_static(
                     str(self.fp32), str(out), self._reader(), quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=list(cfg.ops) if cfg.ops else None, per_channel=cfg.weights_per_channel, reduce_range=cfg.reduce_range,
@@ -154,8 +170,9 @@ class Quantizer:
     def dynamic(self, ops: tuple[str, ...] = ("MatMul", "Gemm")) -> onnx.ModelProto:
         out = self.dir / "dynamic.onnx"
         try:
-            quantize_dynamic(str(self.fp32), str(out), op_types_to_quantize=list(ops), per_channel=False,
-                             weight_type=QuantType.QInt8)
+            with _quiet():
+                quantize_dynamic(str(self.fp32), str(out), op_types_to_quantize=list(ops), per_channel=False,
+                                 weight_type=QuantType.QInt8)
         except Exception as e:
             raise OptimizeError(f"int8 dynamic failed: {str(e).splitlines()[0][:200]}") from e
         return onnx.load(str(out))

@@ -22,9 +22,10 @@ from edgewise.optimize.candidates import (
     recipe_static,
     static_configs,
 )
+from edgewise.optimize.compact import compact
 from edgewise.optimize.fuse import fuse
 from edgewise.optimize.pareto import choose, pareto_front
-from edgewise.optimize.quantize import Quantizer, StaticConfig, quantize_int4_weights
+from edgewise.optimize.quantize import ORT_DEFAULTS, Quantizer, StaticConfig, quantize_int4_weights
 from edgewise.optimize.sensitivity import auto_exclusions, layer_sensitivity, mixed_precision, quantizable_nodes
 from edgewise.profile import count_macs, evaluate, make_session, measure_latency, measure_memory, run_model
 from edgewise.profile.arena import live_tensor_peak
@@ -149,7 +150,9 @@ def _generate(source: Source, splits: Splits, target: TargetProfile, opts: Searc
             best_cfg: StaticConfig | None = None
             for cfg in static_configs(target, primary):
                 cid = f"{parent}-int8-{cfg.method}" + ("-s7" if cfg.reduce_range else "") + (
-                    "-ortdefaults" if cfg.ops is None and not cfg.weights_per_channel else "")
+                    "" if cfg.weights_per_channel else "-per-tensor")
+                if cfg == ORT_DEFAULTS:
+                    cid = f"{parent}-int8-ort-defaults"
                 try:
                     model = q.static(cfg)
                     cands.append(Candidate(cid, cfg.label(), parent, "int8",
@@ -187,6 +190,9 @@ def _generate(source: Source, splits: Splits, target: TargetProfile, opts: Searc
     logical = {p[0]: p[2] for p in parents}
     for c in cands:
         c.logical = logical[c.parent]
+        if c.model is not None:
+            c.model = compact(c.model)
+            c.recipe = c.recipe + [{"pass": "compact", "what": "short names, no inferred shapes, no zero int32 zero points"}]
     return cands
 
 
