@@ -1,0 +1,56 @@
+"""Shared helpers for the benchmark scripts: cached training, and RESULTS.md sections."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "RESULTS.md"
+WORK = Path(os.environ.get("EDGEWISE_BENCH_DIR", ROOT.parent / "bench-out"))
+
+
+def machine() -> str:
+    import onnxruntime
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    flags = open("/proc/cpuinfo").read()
+    isa = "VNNI" if ("avx512_vnni" in flags or "avx_vnni" in flags) else ("AVX2, no VNNI" if "avx2" in flags else "?")
+    return (f"{cpu} ({isa}), {os.cpu_count()} cores; Python {sys.version.split()[0]}, "
+            f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}")
+
+
+def trained(arch: str, data: str, epochs: int, width: float = 1.0) -> Path:
+    """Train once per (arch, data, epochs, width) and reuse the directory on later runs."""
+    from edgewise.data import load_splits
+    from edgewise.zoo import TrainConfig, train
+
+    out = WORK / f"{arch}-{data.replace(':', '_')}-e{epochs}-w{width}"
+    if not (out / "train.json").is_file():
+        print(f"training {arch} on {data} ({epochs} epochs)...", flush=True)
+        train(arch, load_splits(data), TrainConfig(epochs=epochs), width=width).save(out)
+    return out
+
+
+def write_section(name: str, markdown: str) -> None:
+    """Replace (or append) the section between the markers for `name` in RESULTS.md."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{markdown.rstrip()}\n{end}"
+    if start in text:
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _m: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(text)
+    print(f"updated section '{name}' in {RESULTS}")
+
+
+def table(headers: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,9 @@
+"""Run every benchmark in turn; each writes its own section of benchmarks/RESULTS.md."""
+
+import runpy
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+for script in ("bench_int4.py", "bench_prune_distill.py", "bench_int8.py"):
+    print(f"== {script}", flush=True)
+    runpy.run_path(str(HERE / script), run_name="__main__")
