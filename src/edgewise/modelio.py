@@ -119,8 +119,13 @@ def pin_input_shape(model: onnx.ModelProto, shape: tuple[int, ...]) -> onnx.Mode
 
 
 def weight_bytes(model: onnx.ModelProto, op_types: tuple[str, ...] | None = None) -> int:
-    """Bytes of initializers, optionally only those feeding the given op types (e.g. MatMul/Gemm)."""
+    """Bytes of constant tensors (initializers and Constant nodes), optionally only those feeding the
+    given op types (e.g. MatMul/Gemm)."""
     inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        if node.op_type == "Constant" and value is not None:
+            inits[node.output[0]] = value
     if op_types is None:
         names = set(inits)
     else:

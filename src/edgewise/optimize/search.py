@@ -151,7 +151,7 @@ def _generate(source: Source, splits: Splits, target: TargetProfile, opts: Searc
             for cfg in static_configs(target, primary):
                 cid = f"{parent}-int8-{cfg.method}" + ("-s7" if cfg.reduce_range else "") + (
                     "" if cfg.weights_per_channel else "-per-tensor")
-                if cfg == ORT_DEFAULTS:
+                if cfg == ORT_DEFAULTS and not target.int8_only:
                     cid = f"{parent}-int8-ort-defaults"
                 try:
                     model = q.static(cfg)
