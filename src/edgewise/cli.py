@@ -113,6 +113,8 @@ def optimize(
     max_accuracy_drop: Annotated[float, typer.Option(help="tolerated accuracy drop, percentage points")] = 1.0,
     torch_passes: Annotated[bool, typer.Option(help="try structured pruning and distillation (zoo models)")] = True,
     calibration_samples: Annotated[int, typer.Option(help="upper bound on calibration samples")] = 256,
+    recipe: Annotated[list[str] | None, typer.Option(help="only candidates whose id matches this glob, e.g. "
+                                                       "'baseline-int8-percentile*' or 'pruned-*' (repeatable)")] = None,
     name: Annotated[str | None, typer.Option(help="bundle name (default: the model's)")] = None,
     version: Annotated[str, typer.Option(help="bundle semantic version")] = "0.1.0",
 ) -> None:
@@ -126,7 +128,7 @@ def optimize(
 
     profile = load_target(target)
     opts = SearchOptions(max_accuracy_drop=max_accuracy_drop, torch_passes=torch_passes,
-                         calibration_samples=calibration_samples)
+                         calibration_samples=calibration_samples, only=tuple(recipe or ()))
     with console.status(f"[bold]optimizing {model} for {profile.name}") as status:
         outcome = run_optimize(model, data, profile, out, opts, name=name, version=version, log=_search_log(status))
     _print_search(outcome)

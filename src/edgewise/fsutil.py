@@ -1,4 +1,4 @@
-"""All-or-nothing output directories: build in a hidden sibling, then rename into place."""
+"""All-or-nothing output directories: build in a hidden sibling, fsync, then rename into place."""
 
 from __future__ import annotations
 
@@ -12,24 +12,38 @@ from pathlib import Path
 from edgewise.errors import EdgewiseError
 
 
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
-def atomic_dir(out: Path, replace: bool = True) -> Iterator[Path]:
+def atomic_dir(out: Path, replace: bool = True, error: type[EdgewiseError] = EdgewiseError) -> Iterator[Path]:
     """Yield a temp directory beside `out`; on success it becomes `out`, on any error it vanishes.
 
     An existing `out` is swapped out only after the new directory is complete (and removed only then).
+    OS errors surface as `error` with the path and reason.
     """
     out = Path(out)
     if out.exists() and not replace:
-        raise EdgewiseError(f"{out} already exists (pass --force to replace it)")
+        raise error(f"{out} already exists (pass --force to replace it)")
     if out.exists() and not out.is_dir():
-        raise EdgewiseError(f"{out} exists and is not a directory")
+        raise error(f"{out} exists and is not a directory")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     except OSError as e:
-        raise EdgewiseError(f"cannot write to {out.parent}: {e.strerror or e}") from e
+        raise error(f"cannot write to {out}: {e.strerror or e}") from e
     try:
         yield tmp
+        for root, _dirs, files in os.walk(tmp):
+            for name in files:
+                with open(Path(root) / name, "rb") as f:
+                    os.fsync(f.fileno())
+        fsync_dir(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.rename(out, old)
@@ -37,9 +51,10 @@ def atomic_dir(out: Path, replace: bool = True) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, out)
+        fsync_dir(out.parent)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise EdgewiseError(f"cannot write {out}: {e.strerror or e}") from e
+        raise error(f"cannot write {out}: {e.strerror or e}") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -98,3 +98,11 @@ def test_real_third_party_model_keeps_99_percent_agreement(rapidocr_cls, fast_op
     assert outcome.bundle is not None
     assert f["top1_agreement"] >= 0.99
     assert f["latency_p50_ms"] <= f["baseline_latency_p50_ms"] * 1.15  # noise margin; never knowingly slower
+
+
+def test_recipe_patterns_run_one_pass_alone(trained_cnn_dir, digits, fast_opts):
+    fast_opts.only = ("baseline-int8-percentile-s7",)
+    src, splits = fit_data(load_source(trained_cnn_dir), digits)
+    r = search(src, splits, load_target("cortex-a"), fast_opts)
+    assert [c.id for c in r.candidates] == ["baseline-int8-percentile-s7"]
+    assert r.chosen is not None and r.chosen.id in ("baseline-int8-percentile-s7", "baseline-fp32")

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import tempfile
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from edgewise.bundle.manifest import Manifest
 from edgewise.errors import BundleError
+from edgewise.fsutil import atomic_dir
 
 MANIFEST = "manifest.json"
 
@@ -22,14 +21,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_bundle(out: Path, manifest: Manifest, files: dict[str, bytes | Path]) -> Path:
@@ -44,12 +35,7 @@ def write_bundle(out: Path, manifest: Manifest, files: dict[str, bytes | Path]) 
     for name in files:
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise BundleError(f"bundle file name {name!r} must be a relative path inside the bundle")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as e:
-        raise BundleError(f"cannot write bundle to {out}: {e.strerror or e}") from e
-    try:
+    with atomic_dir(out, error=BundleError) as tmp:
         entries: dict[str, dict[str, object]] = {}
         for name, content in sorted(files.items()):
             dest = tmp / name
@@ -60,26 +46,7 @@ def write_bundle(out: Path, manifest: Manifest, files: dict[str, bytes | Path]) 
                 dest.write_bytes(content)
             entries[name] = {"sha256": sha256_file(dest), "size": dest.stat().st_size}
         created = manifest.created or datetime.now(UTC).isoformat(timespec="seconds")
-        final = replace(manifest, files=entries, created=created)
-        with open(tmp / MANIFEST, "w") as f:
-            f.write(final.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-        _fsync_dir(out.parent)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise BundleError(f"cannot write bundle to {out}: {e.strerror or e}") from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / MANIFEST).write_text(replace(manifest, files=entries, created=created).to_json())
     return out
 
 

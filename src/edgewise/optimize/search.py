@@ -3,6 +3,7 @@ front, and pick the best that fits the target's budget within the accuracy toler
 
 from __future__ import annotations
 
+import fnmatch
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -48,6 +49,15 @@ class SearchOptions:
     distill_min_steps: int = 600
     sensitivity_max_layers: int = 48
     measure_memory: bool = True
+    # Glob patterns over candidate ids (e.g. "baseline-int8-percentile*", "pruned-*"): run only those
+    # passes. Empty: try everything. The starting model is always measured as the reference.
+    only: tuple[str, ...] = ()
+
+    def wants(self, candidate_id: str) -> bool:
+        return not self.only or any(fnmatch.fnmatch(candidate_id, p) for p in self.only)
+
+    def wants_parent(self, parent: str) -> bool:
+        return not self.only or any(p.startswith(parent) or p.startswith("*") for p in self.only)
 
 
 @dataclass
@@ -81,6 +91,10 @@ class _Runner:
         return run_model(self.session(model), x)
 
 
+class _Skip(Exception):
+    """A pass the user's --recipe patterns leave out."""
+
+
 def _torch_parents(source: Source, splits: Splits, opts: SearchOptions, log: Log) -> list[tuple[str, str, onnx.ModelProto, int, list[dict[str, Any]]]]:
     """Structured-pruned and distilled fp32 models (only for zoo models, which carry their torch module)."""
     from edgewise.optimize.distill import distill, pick_student_width
@@ -92,6 +106,8 @@ def _torch_parents(source: Source, splits: Splits, opts: SearchOptions, log: Log
     out = []
     with tempfile.TemporaryDirectory(prefix="edgewise-torch-") as tmp:
         try:
+            if not opts.wants_parent("pruned"):
+                raise _Skip
             log(f"structured pruning (keep {opts.prune_keep:.0%} of channels) + fine-tuning")
             ft = TrainConfig(epochs=opts.finetune_epochs, lr=1e-3, min_steps=opts.finetune_min_steps)
             pruned = structured_prune(tm.module, opts.prune_keep, splits, ft)
@@ -101,9 +117,13 @@ def _torch_parents(source: Source, splits: Splits, opts: SearchOptions, log: Log
                         [{"pass": "prune", "kind": "structured-channel", "keep_ratio": opts.prune_keep,
                           "params_before": tm.params, "params_after": count_params(pruned),
                           "finetune_epochs": ft.epochs_for(len(splits.train))}]))
+        except _Skip:
+            pass
         except EdgewiseError as e:
             log(f"structured pruning skipped: {e}")
         try:
+            if not opts.wants_parent("distilled"):
+                raise _Skip
             width = pick_student_width(tm.arch, tm.sample_shape, len(tm.labels), tm.params)
             log(f"distilling a {tm.arch} student (width {width}) from the model")
             cfg = TrainConfig(epochs=opts.distill_epochs, min_steps=opts.distill_min_steps)
@@ -113,6 +133,8 @@ def _torch_parents(source: Source, splits: Splits, opts: SearchOptions, log: Log
             out.append(("distilled", desc, model, count_params(student),
                         [{"pass": "distill", "student": tm.arch, "width": width, "temperature": 2.0,
                           "alpha": 0.5, "teacher_params": tm.params, "student_params": count_params(student)}]))
+        except _Skip:
+            pass
         except EdgewiseError as e:
             log(f"distillation skipped: {e}")
     return out
@@ -188,6 +210,7 @@ def _generate(source: Source, splits: Splits, target: TargetProfile, opts: Searc
                 cands.append(Candidate("baseline-int4-weights", "int4 weight-only", parent, "int4", recipe, None,
                                        macs, nparams, "rejected", str(e)))
     logical = {p[0]: p[2] for p in parents}
+    cands = [c for c in cands if opts.wants(c.id)]
     for c in cands:
         c.logical = logical[c.parent]
         if c.model is not None:
