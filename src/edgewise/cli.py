@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -356,6 +357,12 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted; nothing was left half-written")
         sys.exit(130)
+    except Exception as e:  # a bug, not bad input: still one line, with a way to see the traceback
+        if os.environ.get("EDGEWISE_DEBUG"):
+            raise
+        console.print(f"[bold red]error:[/] internal error ({type(e).__name__}: {e}); "
+                      "rerun with EDGEWISE_DEBUG=1 for the traceback and please report it", highlight=False)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

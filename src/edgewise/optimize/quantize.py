@@ -186,7 +186,10 @@ def quantize_int4_weights(model: onnx.ModelProto, block_size: int = 32) -> onnx.
 
     Gemm is first rewritten as MatMul + Add so fully connected layers from torch exports are covered.
     """
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    except ImportError as e:
+        raise OptimizeError(f"int4 weight-only needs {e.name or 'a missing package'} (pip install onnx-ir)") from e
 
     prepared = gemm_to_matmul(upgrade_opset(model, 13))
     try:
