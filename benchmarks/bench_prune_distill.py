@@ -34,13 +34,13 @@ def main() -> None:
             files[name] = export_onnx(module, tm.sample_shape, WORK / f"{arch}-{name}.onnx")
         lat = measure_latency([make_session(files[k]) for k in ("fp32", "pruned", "student")], splits.test.x[0], runs=300)
         size = {k: (WORK / f"{arch}-{k}.onnx").stat().st_size for k in files}
-        for name, module, l in (("structured prune 35%", pruned, lat[1]), (f"distill (width {width})", student, lat[2])):
+        for name, module, stats in (("structured prune 35%", pruned, lat[1]), (f"distill (width {width})", student, lat[2])):
             acc = evaluate_torch(module, splits.test)
             key = "pruned" if "prune" in name else "student"
             rows.append([f"{arch} / {data}", name, f"{tm.params:,} -> {count_params(module):,}",
                          f"{tm.params / count_params(module):.2f}x", f"{base_acc * 100:.2f}%", f"{acc * 100:.2f}%",
                          f"{(base_acc - acc) * 100:+.2f}", f"{size['fp32'] / size[key]:.2f}x",
-                         f"{lat[0].p50_ms / l.p50_ms:.2f}x"])
+                         f"{lat[0].p50_ms / stats.p50_ms:.2f}x"])
     md = (f"## Structured pruning and distillation\n\nMachine: {machine()}. Test split accuracy; ONNX file size "
           "and batch-1 one-thread latency measured in the same run as the fp32 model.\n\n"
           + table(["model", "pass", "params", "fewer params", "fp32 acc", "after", "drop (pts)", "file smaller",

@@ -35,7 +35,8 @@ def _pct(v: float | None) -> str:
 
 def _train(model: str, data: str, out: Path, epochs: int, width: float, seed: int) -> Any:
     from edgewise.data import load_splits
-    from edgewise.zoo import TrainConfig, train as train_model
+    from edgewise.zoo import TrainConfig
+    from edgewise.zoo import train as train_model
 
     splits = load_splits(data, seed=seed)
     cfg = TrainConfig(epochs=epochs, seed=seed)
@@ -184,7 +185,7 @@ def bench(
         rows = run_bench([(n, m) for n, m, _ in loaded], sp, profile, batch=batch, runs=runs, reference=reference)
     table = Table(title=f"benchmark on {data} (test split, {rows[0]['test_samples']} samples)")
     for col in ("model", "accuracy", "agree", "size", "p50 1t", "p90 1t", "p99 1t", f"p50 {rows[0]['all_cores']}t",
-                "speedup", f"thr b1", f"thr b{batch}", "peak mem", "MACs", "energy*"):
+                "speedup", "thr b1", f"thr b{batch}", "peak mem", "MACs", "energy*"):
         table.add_column(col, overflow="fold")
     for r in rows:
         l1, la = r["latency_1t"], r["latency_all"]

@@ -15,8 +15,8 @@ from edgewise.data import Splits, load_splits
 from edgewise.fsutil import atomic_dir
 from edgewise.modelio import inputs, outputs
 from edgewise.optimize.search import Log, SearchOptions, SearchResult, finalize, search
-from edgewise.source import Source, fit_data, load_source
 from edgewise.profile.report import render_html, render_json
+from edgewise.source import Source, fit_data, load_source
 from edgewise.targets import TargetProfile
 
 

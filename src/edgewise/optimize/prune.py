@@ -95,7 +95,7 @@ def channel_prune(module: nn.Module, keep_ratio: float) -> nn.Module:
     if not isinstance(module, nn.Sequential):
         raise OptimizeError("structured pruning supports the zoo's sequential models (mlp, cnn, dscnn, cnn1d)")
     layers = list(copy.deepcopy(module))
-    last_linear = max((i for i, l in enumerate(layers) if isinstance(l, nn.Linear)), default=-1)
+    last_linear = max((i for i, layer in enumerate(layers) if isinstance(layer, nn.Linear)), default=-1)
     prev: torch.Tensor | None = None
     out: list[nn.Module] = []
     for i, layer in enumerate(layers):

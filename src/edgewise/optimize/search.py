@@ -27,7 +27,12 @@ from edgewise.optimize.compact import compact
 from edgewise.optimize.fuse import fuse
 from edgewise.optimize.pareto import choose, pareto_front
 from edgewise.optimize.quantize import ORT_DEFAULTS, Quantizer, StaticConfig, quantize_int4_weights
-from edgewise.optimize.sensitivity import auto_exclusions, layer_sensitivity, mixed_precision, quantizable_nodes
+from edgewise.optimize.sensitivity import (
+    auto_exclusions,
+    layer_sensitivity,
+    mixed_precision,
+    quantizable_nodes,
+)
 from edgewise.profile import count_macs, evaluate, make_session, measure_latency, measure_memory, run_model
 from edgewise.profile.arena import live_tensor_peak
 from edgewise.source import Source
