@@ -105,3 +105,20 @@ def test_recipe_patterns_run_one_pass_alone(trained_cnn_dir, digits, fast_opts):
     r = search(src, splits, load_target("cortex-a"), fast_opts)
     assert [c.id for c in r.candidates] == ["baseline-int8-percentile-s7"]
     assert r.chosen is not None and r.chosen.id in ("baseline-int8-percentile-s7", "baseline-fp32")
+
+
+def test_a_slower_choice_is_caught_by_the_confirmation_run(trained_cnn_dir, digits, fast_opts):
+    from edgewise.optimize.search import finalize
+
+    # Prepare: int8 dynamic with ConvInteger is several times slower than fp32 on x86 CPUs
+    fast_opts.only = ("baseline-int8-dynamic-conv",)
+    src, splits = fit_data(load_source(trained_cnn_dir), digits)
+    r = search(src, splits, load_target("cortex-a"), fast_opts)
+    slow = r.candidates[0]
+    assert slow.metrics["latency_p50_ms"] > 1.3 * r.baseline.metrics["latency_p50_ms"]
+    r.chosen = slow  # as if noise had made it look fast during the search
+    # Execute
+    final = finalize(r, splits, runs=100)
+    # Assert
+    assert r.chosen is r.baseline and final["speedup"] > 0
+    assert any("never slower" in n for n in r.notes)

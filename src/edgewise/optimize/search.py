@@ -414,6 +414,17 @@ def finalize(result: SearchResult, splits: Splits, runs: int = 300) -> dict[str,
              "energy_uj_estimate": c.metrics["energy_uj_estimate"], "split": "test", "test_samples": len(test)}
     if result.target.runs_onnxruntime:
         sb, sc = measure_latency([runner.session(b.model), runner.session(c.model)], test.x[0], runs=runs)
+        if (result.target.objective == "latency" and b.feasible and c is not b
+                and sc.p50_ms > sb.p50_ms):
+            # A second, longer look before concluding: single measurements on a shared machine are noisy.
+            sb, sc = measure_latency([runner.session(b.model), runner.session(c.model)], test.x[0], runs=2 * runs)
+            if sc.p50_ms > sb.p50_ms:
+                result.notes.append(f"{c.id} measured {sb.p50_ms / sc.p50_ms:.3f}x the starting model's speed in "
+                                    "the confirmation run; shipping the starting model instead (never slower)")
+                result.chosen = b
+                result.why = (f"{b.id}: no candidate beat the starting model's latency on {result.target.name} "
+                              "when measured again")
+                return finalize(result, splits, runs)
         final.update({"latency_ms": sc.as_dict(), "baseline_latency_ms": sb.as_dict(),
                       "latency_p50_ms": sc.p50_ms, "baseline_latency_p50_ms": sb.p50_ms,
                       "speedup": sb.p50_ms / sc.p50_ms, "latency_threads": result.target.threads or "all"})
