@@ -23,3 +23,7 @@ class OptimizeError(EdgewiseError):
 
 class BundleError(EdgewiseError):
     """A bundle is incomplete, tampered with, or cannot be written."""
+
+
+class CodegenError(EdgewiseError):
+    """A model cannot be compiled to C: not int8, an unsupported op, dynamic shapes, or over budget."""

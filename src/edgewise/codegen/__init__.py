@@ -1,0 +1,1 @@
+"""Tier 1: int8 ONNX -> dependency-free C99 with a static arena memory plan."""

@@ -1,0 +1,99 @@
+"""A NumPy executor of the IntGraph with exactly the C kernels' integer arithmetic.
+
+The generated C must match it bit for bit; it in turn is compared with ONNX Runtime's reference (float)
+execution of the QDQ model, where rounding may differ by one step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgewise.codegen.graph import IntGraph, IntOp
+from edgewise.codegen.quant import requantize, saturate_int8
+
+
+def _windows(x: np.ndarray, a: dict[str, int], pad_value: int) -> np.ndarray:
+    """(C, Ho, Wo, kh, kw) view of the padded input; padding holds `pad_value`."""
+    c, h, w = a.get("cin", a.get("c")), a["h"], a["w"]
+    x = x.reshape(c, h, w).astype(np.int64)
+    ph_end = max(0, (a["ho"] - 1) * a["sh"] + a["kh"] - h - a["pt"])
+    pw_end = max(0, (a["wo"] - 1) * a["sw"] + a["kw"] - w - a["pl"])
+    xp = np.pad(x, ((0, 0), (a["pt"], ph_end), (a["pl"], pw_end)), constant_values=pad_value)
+    win = np.lib.stride_tricks.sliding_window_view(xp, (a["kh"], a["kw"]), axis=(1, 2))
+    return win[:, :: a["sh"], :: a["sw"]][:, : a["ho"], : a["wo"]]
+
+
+def _conv(op: IntOp, x: np.ndarray) -> np.ndarray:
+    a, k = op.attrs, op.consts
+    win = _windows(x, a, a["zin"]) - a["zin"]  # padding contributes (zin - zin) = 0
+    w = k["weights"].astype(np.int64)
+    if a["depthwise"]:
+        acc = np.einsum("chwij,cij->chw", win, w[:, 0])
+    else:
+        acc = np.einsum("dhwij,cdij->chw", win, w)
+    acc = acc + k["bias"].astype(np.int64)[:, None, None]
+    y = requantize(acc, k["mult"][:, None, None], k["shift"][:, None, None]) + a["zout"]
+    return saturate_int8(y)
+
+
+def _fc(op: IntOp, x: np.ndarray) -> np.ndarray:
+    a, k = op.attrs, op.consts
+    acc = k["weights"].astype(np.int64) @ (x.reshape(-1).astype(np.int64) - a["zin"]) + k["bias"]
+    return saturate_int8(requantize(acc, k["mult"], k["shift"]) + a["zout"])
+
+
+def _maxpool(op: IntOp, x: np.ndarray) -> np.ndarray:
+    a, k = op.attrs, op.consts
+    m = _windows(x, a, -(1 << 20)).max(axis=(3, 4))
+    if a["same_scale"]:
+        return m.astype(np.int8)
+    return saturate_int8(requantize(m - a["zin"], k["mult"][0], k["shift"][0]) + a["zout"])
+
+
+def _avgpool(op: IntOp, x: np.ndarray) -> np.ndarray:
+    a, k = op.attrs, op.consts
+    acc = (_windows(x, a, a["zin"]) - a["zin"]).sum(axis=(3, 4))
+    return saturate_int8(requantize(acc, k["mult"][0], k["shift"][0]) + a["zout"])
+
+
+def _clamp(op: IntOp, x: np.ndarray) -> np.ndarray:
+    a, k = op.attrs, op.consts
+    y = requantize(x.astype(np.int64) - a["zin"], k["mult"][0], k["shift"][0]) + a["zout"]
+    return saturate_int8(y, a["lo"], a["hi"])
+
+
+def _add(op: IntOp, xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
+    a, k = op.attrs, op.consts
+    m, s = k["mult"], k["shift"]
+    ta = requantize((xa.astype(np.int64) - a["za"]) << 20, m[0], s[0])
+    tb = requantize((xb.astype(np.int64) - a["zb"]) << 20, m[1], s[1])
+    return saturate_int8(requantize(ta + tb, m[2], s[2]) + a["zout"])
+
+
+def run_reference(graph: IntGraph, x: np.ndarray) -> np.ndarray:
+    """int8 input (one sample, the input tensor's shape) -> int8 output, as the C code computes it."""
+    values = {graph.input: np.asarray(x, dtype=np.int8)}
+    for op in graph.ops:
+        ins = [values[i] for i in op.inputs]
+        if op.kind == "conv":
+            y = _conv(op, ins[0])
+        elif op.kind == "fc":
+            y = _fc(op, ins[0])
+        elif op.kind == "maxpool":
+            y = _maxpool(op, ins[0])
+        elif op.kind == "avgpool":
+            y = _avgpool(op, ins[0])
+        elif op.kind == "clamp":
+            y = _clamp(op, ins[0])
+        elif op.kind == "add":
+            y = _add(op, ins[0], ins[1])
+        else:  # reshape
+            y = ins[0]
+        values[op.output] = np.asarray(y, dtype=np.int8).reshape(graph.tensors[op.output].shape)
+    return values[graph.output]
+
+
+def quantize_input(graph: IntGraph, x: np.ndarray) -> np.ndarray:
+    """ONNX QuantizeLinear on the float input: round half to even, add the zero point, saturate."""
+    t = graph.tensors[graph.input]
+    return saturate_int8(np.rint(x / np.float32(t.scale)) + t.zero_point)

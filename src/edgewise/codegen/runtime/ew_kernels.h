@@ -1,0 +1,37 @@
+/* edgewise int8 kernels: dependency-free C99, no malloc, no floating point.
+ *
+ * Tensors are int8, NCHW without the batch dimension (1-D signals are H = 1). Every op requantizes its
+ * int32 accumulator with a Q31 multiplier m and a right shift s (real scale = m * 2^-s):
+ *     y = zero_point_out + ((acc * m + 2^(s-1)) >> s), saturated to int8.
+ * Right shifts of negative values are arithmetic on every compiler edgewise targets (gcc, clang,
+ * arm-none-eabi-gcc); the generated tests check that the results match edgewise's reference bit for bit.
+ */
+#ifndef EW_KERNELS_H
+#define EW_KERNELS_H
+
+#include <stdint.h>
+
+void ew_conv(const int8_t *x, int cin, int h, int w, const int8_t *wt, const int32_t *bias, int cout,
+             int kh, int kw, int sh, int sw, int pt, int pl, int ho, int wo, int depthwise,
+             int32_t zin, int32_t zout, const int32_t *mult, const int32_t *shift, int8_t *y);
+
+void ew_fc(const int8_t *x, int k, const int8_t *wt, const int32_t *bias, int n, int32_t zin, int32_t zout,
+           const int32_t *mult, const int32_t *shift, int8_t *y);
+
+void ew_maxpool(const int8_t *x, int c, int h, int w, int kh, int kw, int sh, int sw, int pt, int pl,
+                int ho, int wo, int same_scale, int32_t zin, int32_t zout, int32_t mult, int32_t shift,
+                int8_t *y);
+
+void ew_avgpool(const int8_t *x, int c, int h, int w, int kh, int kw, int sh, int sw, int pt, int pl,
+                int ho, int wo, int32_t zin, int32_t zout, int32_t mult, int32_t shift, int8_t *y);
+
+void ew_add(const int8_t *a, const int8_t *b, int n, int32_t za, int32_t zb, int32_t zout,
+            const int32_t *mult, const int32_t *shift, int8_t *y);
+
+void ew_clamp(const int8_t *x, int n, int32_t zin, int32_t zout, int32_t mult, int32_t shift,
+              int32_t lo, int32_t hi, int8_t *y);
+
+/* Index of the largest value: the predicted class of a classifier's int8 logits. */
+int ew_argmax(const int8_t *x, int n);
+
+#endif

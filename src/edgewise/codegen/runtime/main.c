@@ -1,0 +1,41 @@
+/* Demo program: runs the model on int8 inputs and prints each output vector and its argmax.
+ *
+ * Hosted build: reads samples of EW_INPUT_SIZE bytes from stdin until EOF.
+ * -DEW_EMBEDDED_INPUTS: runs the samples compiled in from inputs.h (for boards without stdin; output
+ * goes through semihosting's printf).
+ */
+#include <stdio.h>
+#include "model.h"
+#include "ew_kernels.h"
+
+#ifdef EW_EMBEDDED_INPUTS
+#include "inputs.h"
+#endif
+
+static void print_output(const int8_t *out)
+{
+    int i;
+    for (i = 0; i < EW_OUTPUT_SIZE; i++)
+        printf(i ? " %d" : "%d", (int)out[i]);
+    printf(" | %d\n", ew_argmax(out, EW_OUTPUT_SIZE));
+}
+
+int main(void)
+{
+    static int8_t in[EW_INPUT_SIZE];
+    static int8_t out[EW_OUTPUT_SIZE];
+#ifdef EW_EMBEDDED_INPUTS
+    int s;
+    for (s = 0; s < EW_NUM_INPUTS; s++) {
+        ew_model_invoke(ew_inputs[s], out);
+        print_output(out);
+    }
+    (void)in;
+#else
+    while (fread(in, 1, EW_INPUT_SIZE, stdin) == EW_INPUT_SIZE) {
+        ew_model_invoke(in, out);
+        print_output(out);
+    }
+#endif
+    return 0;
+}
