@@ -36,7 +36,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_help_on_every_verb():
-    for verb in ([], ["train"], ["optimize"], ["bench"], ["import"], ["bundle", "verify"], ["bundle", "inspect"],
+    for verb in ([], ["train"], ["optimize"], ["bench"], ["import"], ["compile"], ["bundle", "verify"], ["bundle", "inspect"],
                  ["targets", "list"], ["targets", "show"], ["quickstart"]):
         proc = ew(*verb, "--help")
         assert proc.returncode == 0 and "Usage" in proc.stdout, verb

@@ -202,6 +202,35 @@ def bench(
         out_console.print(f"wrote {json_out}")
 
 
+@app.command("compile")
+def compile_cmd(
+    bundle: Annotated[Path, typer.Argument(help="an int8 bundle (from `edgewise optimize --target mcu-256k`)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="directory for model.c/.h, the kernels and main.c")],
+    target: Annotated[str, typer.Option("--target", "-t", help="target whose RAM/flash budget must hold")] = "mcu-256k",
+    update_bundle: Annotated[bool, typer.Option(help="also record the C sources and figures in the bundle")] = True,
+) -> None:
+    """Compile an int8 bundle to dependency-free C99 with a static memory plan (tier 1: microcontrollers).
+
+    Example: edgewise compile runs/cnn-mcu/bundle --out runs/cnn-c
+    """
+    from edgewise.codegen.compile import compile_bundle
+    from edgewise.targets import load_target
+
+    profile = load_target(target)
+    compiled = compile_bundle(bundle, out, profile, update_bundle=update_bundle)
+    f = compiled.figures()
+    table = Table(title=f"{bundle} -> C99 for {profile.name}")
+    for col in ("ops", "MACs", "arena (RAM)", "lower bound", "planner", "weights (flash)"):
+        table.add_column(col)
+    table.add_row(str(f["ops"]), f"{f['macs']:,}", f"{f['arena_bytes']:,} B", f"{f['arena_lower_bound_bytes']:,} B",
+                  f["planner"], f"{f['constants_bytes']:,} B")
+    out_console.print(table)
+    out_console.print(f"wrote {out}/: " + ", ".join(sorted(compiled.sources)) + ", memory.json")
+    out_console.print(f"build: gcc -std=c99 -O2 -o model {out}/model.c {out}/ew_kernels.c {out}/main.c")
+    if update_bundle:
+        out_console.print(f"bundle {bundle} now carries c/ and its figures (manifest artifacts.c)")
+
+
 @app.command("import")
 def import_model(
     model: Annotated[Path, typer.Argument(help="a .onnx file, or a torch .pt holding a whole nn.Module")],

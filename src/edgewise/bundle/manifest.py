@@ -26,6 +26,8 @@ class Manifest:
     recipe: list[dict[str, Any]]
     metrics: dict[str, Any]
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # What later stages added: e.g. "c" (generated C sources and their RAM/flash figures).
+    artifacts: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     format_version: int = FORMAT_VERSION
 
@@ -52,7 +54,7 @@ class Manifest:
             raise BundleError(f"unsupported bundle format {data.get('format_version')!r} (this edgewise reads "
                               f"{FORMAT_VERSION})")
         known = set(cls.__dataclass_fields__)
-        missing = [k for k in known if k not in data and k not in ("files", "created", "format_version")]
+        missing = [k for k in known if k not in data and k not in ("files", "artifacts", "created", "format_version")]
         if missing:
             raise BundleError(f"manifest.json lacks {', '.join(sorted(missing))}")
         return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,9 +1,14 @@
 /* edgewise int8 kernels; see ew_kernels.h for the arithmetic. */
 #include "ew_kernels.h"
 
+/* acc * m * 2^-s rounded half to even (ONNX QuantizeLinear's rounding), in integers only. */
 static int32_t ew_requant(int32_t acc, int32_t m, int32_t s)
 {
-    return (int32_t)(((int64_t)acc * m + ((int64_t)1 << (s - 1))) >> s);
+    const int64_t v = (int64_t)acc * m;
+    const int64_t q = v >> s;
+    const int64_t r = v - q * ((int64_t)1 << s);
+    const int64_t half = (int64_t)1 << (s - 1);
+    return (int32_t)(q + (r > half || (r == half && (q & 1))));
 }
 
 static int8_t ew_sat(int32_t v, int32_t lo, int32_t hi)

@@ -2,7 +2,7 @@
  *
  * Tensors are int8, NCHW without the batch dimension (1-D signals are H = 1). Every op requantizes its
  * int32 accumulator with a Q31 multiplier m and a right shift s (real scale = m * 2^-s):
- *     y = zero_point_out + ((acc * m + 2^(s-1)) >> s), saturated to int8.
+ *     y = zero_point_out + round_half_even(acc * m * 2^-s), saturated to int8, in 64-bit integers.
  * Right shifts of negative values are arithmetic on every compiler edgewise targets (gcc, clang,
  * arm-none-eabi-gcc); the generated tests check that the results match edgewise's reference bit for bit.
  */

@@ -1,0 +1,73 @@
+"""compile: a bundle's int8 model -> C sources, a memory report, and the bundle updated to carry them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edgewise.bundle import read_bundle, verify_bundle, write_bundle
+from edgewise.codegen.emit import render
+from edgewise.codegen.graph import IntGraph
+from edgewise.codegen.lower import lower
+from edgewise.codegen.planner import Plan, plan
+from edgewise.errors import CodegenError
+from edgewise.fsutil import atomic_dir
+from edgewise.targets import TargetProfile
+
+
+@dataclass
+class Compiled:
+    graph: IntGraph
+    plan: Plan
+    sources: dict[str, str]
+
+    def figures(self) -> dict[str, Any]:
+        return {"arena_bytes": self.plan.arena_bytes, "arena_lower_bound_bytes": self.plan.lower_bound_bytes,
+                "planner": self.plan.strategy, "planner_tried": self.plan.tried,
+                "constants_bytes": self.graph.flash_bytes(), "macs": self.graph.macs, "ops": len(self.graph.ops)}
+
+
+def compile_model(model: onnx.ModelProto, name: str = "model", labels: list[str] | None = None) -> Compiled:
+    graph = lower(model)
+    p = plan(graph)
+    return Compiled(graph, p, render(graph, p, name, labels or []))
+
+
+def check_budget(c: Compiled, target: TargetProfile) -> None:
+    """RAM: the arena; flash: the constants (code size comes from a real cross-build, see benchmarks)."""
+    f = c.figures()
+    if f["arena_bytes"] > target.ram_bytes:
+        raise CodegenError(f"needs {f['arena_bytes'] / 1024:.1f} KB RAM for the arena, {target.name} has "
+                           f"{target.ram_bytes / 1024:.0f} KB")
+    if f["constants_bytes"] > target.flash_bytes:
+        raise CodegenError(f"needs {f['constants_bytes'] / 1024:.1f} KB flash for weights, {target.name} has "
+                           f"{target.flash_bytes / 1024:.0f} KB")
+
+
+def compile_bundle(bundle: Path, out: Path, target: TargetProfile, update_bundle: bool = True) -> Compiled:
+    """Write the C sources and memory.json to `out` (all or nothing) and record them in the bundle."""
+    manifest = verify_bundle(bundle)
+    model = onnx.load(str(bundle / "model.onnx"))
+    compiled = compile_model(model, manifest.name, manifest.labels)
+    check_budget(compiled, target)
+    figures = {**compiled.figures(), "target": target.name}
+    with atomic_dir(out, error=CodegenError) as tmp:
+        for fname, text in compiled.sources.items():
+            (tmp / fname).write_text(text)
+        (tmp / "memory.json").write_text(json.dumps(figures, indent=2))
+    if update_bundle:
+        files: dict[str, bytes | Path] = {n: bundle / n for n in read_bundle(bundle).files if not n.startswith("c/")}
+        files.update({f"c/{n}": t.encode() for n, t in compiled.sources.items()})
+        artifacts = {**manifest.artifacts, "c": figures}
+        write_bundle(bundle, _with(manifest, artifacts=artifacts), files)
+    return compiled
+
+
+def _with(manifest, **changes):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    return replace(manifest, files={}, **changes)
