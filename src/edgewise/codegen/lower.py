@@ -151,13 +151,15 @@ class _Lowering:
         bias = self._bias(node, 2, x, sw, cout)
         m, s = self._multipliers(x.scale * np.broadcast_to(sw, (cout,)) / y.scale)
         w2 = w.reshape(cout, -1, kernel[0], kernel[1]).astype(np.int8)
+        bias = _fold_zero_point(bias, w2, x.zero_point, node)
         op = IntOp("conv", node.name, [x.name], y.name,
                    {"cin": cin, "h": in_hw[0], "w": in_hw[1], "cout": cout, "kh": kernel[0], "kw": kernel[1],
                     "sh": strides[0], "sw": strides[1], "pt": pads[0], "pl": pads[1], "ho": out_hw[0],
                     "wo": out_hw[1], "depthwise": int(depthwise), "zin": x.zero_point,
-                    "zout": y.zero_point},
-                   {"weights": w2, "bias": bias, "mult": m, "shift": s})
+                    "zout": y.zero_point, "col": _pad16(int(np.prod(w2.shape[1:])))},
+                   {"weights": _pad_rows(w2), "bias": bias, "mult": m, "shift": s})
         op.macs = int(np.prod(out_hw)) * cout * int(np.prod(w2.shape[1:]))
+        op.attrs["k"] = int(np.prod(w2.shape[1:]))
         self.ops.append(op)
 
     def _bias(self, node: onnx.NodeProto, idx: int, x: QTensor, sw: np.ndarray, n: int) -> np.ndarray:
@@ -185,6 +187,7 @@ class _Lowering:
             raise CodegenError(f"node {node.name}: input has {x.size} values, weights expect {k}")
         bias = self._bias(node, 2, x, sw, n) if node.op_type == "Gemm" else np.zeros(n, dtype=np.int32)
         m, s = self._multipliers(x.scale * np.broadcast_to(sw, (n,)) / y.scale)
+        bias = _fold_zero_point(bias, w, x.zero_point, node)
         op = IntOp("fc", node.name, [x.name], y.name, {"k": k, "n": n, "zin": x.zero_point, "zout": y.zero_point},
                    {"weights": np.ascontiguousarray(w.astype(np.int8)), "bias": bias, "mult": m, "shift": s})
         op.macs = n * k
@@ -286,6 +289,26 @@ class _Lowering:
         if out_dq is None or out_dq.input[0] not in self.tensors:
             raise CodegenError("the model output is not an int8 tensor dequantized at the end")
         return IntGraph(first.name, out_dq.input[0], self.tensors, self.ops, in_name, g.output[0].name)
+
+
+def _pad16(n: int) -> int:
+    return (n + 15) // 16 * 16
+
+
+def _pad_rows(w: np.ndarray) -> np.ndarray:
+    """(cout, ...) weights as (cout, k padded to 16) rows of zeros after the real taps."""
+    rows = w.reshape(len(w), -1)
+    out = np.zeros((len(w), _pad16(rows.shape[1])), dtype=np.int8)
+    out[:, : rows.shape[1]] = rows
+    return out
+
+
+def _fold_zero_point(bias: np.ndarray, w: np.ndarray, zin: int, node: onnx.NodeProto) -> np.ndarray:
+    """bias - zin * sum(w) per output: sum((x - zin) * w) + b == sum(x * w) + folded. Must fit int32."""
+    folded = bias.astype(np.int64) - zin * w.reshape(len(w), -1).astype(np.int64).sum(axis=1)
+    if np.abs(folded).max(initial=0) >= 2**31:
+        raise CodegenError(f"node {node.name}: bias overflows int32 after folding the input zero point")
+    return folded.astype(np.int32)
 
 
 def lower(model: onnx.ModelProto) -> IntGraph:

@@ -65,7 +65,10 @@ def buffers(graph: IntGraph) -> tuple[list[Buffer], dict[str, str]]:
     end = len(graph.ops)
     last[root(graph.output)] = end  # the output is read by the caller after the last op
     flat = {t: root(t) for t in aliases}
-    return [Buffer(t, _align(graph.tensors[t].size), first[t], last[t]) for t in first], flat
+    bufs = [Buffer(t, _align(graph.tensors[t].size), first[t], last[t]) for t in first]
+    # Kernel scratch (a convolution's receptive-field column) lives only while its op runs.
+    bufs += [Buffer(f"scratch{i}", _align(op.attrs["col"]), i, i) for i, op in enumerate(graph.ops) if "col" in op.attrs]
+    return bufs, flat
 
 
 def lower_bound(bufs: list[Buffer]) -> int:

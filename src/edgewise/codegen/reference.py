@@ -25,8 +25,9 @@ def _windows(x: np.ndarray, a: dict[str, int], pad_value: int) -> np.ndarray:
 
 def _conv(op: IntOp, x: np.ndarray) -> np.ndarray:
     a, k = op.attrs, op.consts
-    win = _windows(x, a, a["zin"]) - a["zin"]  # padding contributes (zin - zin) = 0
-    w = k["weights"].astype(np.int64)
+    win = _windows(x, a, a["zin"])  # padding holds zin; the bias holds -zin * sum(w)
+    cg = 1 if a["depthwise"] else a["cin"]
+    w = k["weights"][:, : a["k"]].reshape(a["cout"], cg, a["kh"], a["kw"]).astype(np.int64)
     if a["depthwise"]:
         acc = np.einsum("chwij,cij->chw", win, w[:, 0])
     else:
@@ -38,7 +39,7 @@ def _conv(op: IntOp, x: np.ndarray) -> np.ndarray:
 
 def _fc(op: IntOp, x: np.ndarray) -> np.ndarray:
     a, k = op.attrs, op.consts
-    acc = k["weights"].astype(np.int64) @ (x.reshape(-1).astype(np.int64) - a["zin"]) + k["bias"]
+    acc = k["weights"].astype(np.int64) @ x.reshape(-1).astype(np.int64) + k["bias"]
     return saturate_int8(requantize(acc, k["mult"], k["shift"]) + a["zout"])
 
 

@@ -3,6 +3,10 @@
  * Tensors are int8, NCHW without the batch dimension (1-D signals are H = 1). Every op requantizes its
  * int32 accumulator with a Q31 multiplier m and a right shift s (real scale = m * 2^-s):
  *     y = zero_point_out + round_half_even(acc * m * 2^-s), saturated to int8, in 64-bit integers.
+ * Convolutions and fully connected layers take a bias that already holds -zin * sum(weights), so their
+ * inner loop is a plain int8 dot product; a convolution's weight rows are zero-padded to
+ * kp bytes (a multiple of 16) and it takes `col`, a kp-byte scratch buffer in the arena for one
+ * receptive field.
  * Right shifts of negative values are arithmetic on every compiler edgewise targets (gcc, clang,
  * arm-none-eabi-gcc); the generated tests check that the results match edgewise's reference bit for bit.
  */
@@ -12,10 +16,10 @@
 #include <stdint.h>
 
 void ew_conv(const int8_t *x, int cin, int h, int w, const int8_t *wt, const int32_t *bias, int cout,
-             int kh, int kw, int sh, int sw, int pt, int pl, int ho, int wo, int depthwise,
-             int32_t zin, int32_t zout, const int32_t *mult, const int32_t *shift, int8_t *y);
+             int kh, int kw, int sh, int sw, int pt, int pl, int ho, int wo, int depthwise, int kp,
+             int32_t zin, int32_t zout, const int32_t *mult, const int32_t *shift, int8_t *col, int8_t *y);
 
-void ew_fc(const int8_t *x, int k, const int8_t *wt, const int32_t *bias, int n, int32_t zin, int32_t zout,
+void ew_fc(const int8_t *x, int k, const int8_t *wt, const int32_t *bias, int n, int32_t zout,
            const int32_t *mult, const int32_t *shift, int8_t *y);
 
 void ew_maxpool(const int8_t *x, int c, int h, int w, int kh, int kw, int sh, int sw, int pt, int pl,
