@@ -120,3 +120,33 @@ def test_a_budget_nothing_meets_fails_with_the_reason(trained: Path, tmp_path: P
     assert_clean_failure(proc, "nothing fits tiny")
     assert "RAM, target has" in proc.stderr
     assert not (tmp_path / "o" / "bundle").exists()
+
+
+def test_compile_an_optimized_bundle_to_c_and_run_it(trained: Path, tmp_path: Path):
+    # Prepare: an int8 bundle for the MCU target
+    opt = ew("optimize", str(trained), "--target", "mcu-256k", "--data", "digits", "--out", str(tmp_path / "o"),
+             "--no-torch-passes", "--recipe", "baseline-int8-*", "--calibration-samples", "64")
+    assert opt.returncode == 0, opt.stderr
+    # Execute
+    proc = ew("compile", str(tmp_path / "o" / "bundle"), "--out", str(tmp_path / "c"))
+    # Assert
+    assert proc.returncode == 0, proc.stderr
+    assert "arena" in proc.stdout and (tmp_path / "c" / "model.c").is_file()
+    assert ew("bundle", "verify", str(tmp_path / "o" / "bundle")).returncode == 0
+    exe = tmp_path / "c" / "model"
+    build = subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O2", "-o", str(exe),
+                            *(str(tmp_path / "c" / f) for f in ("model.c", "ew_kernels.c", "main.c"))],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run([str(exe)], input=bytes(64), capture_output=True)
+    assert run.returncode == 0 and len(run.stdout.decode().split("|")[0].split()) == 10
+
+
+def test_compile_refuses_a_float_bundle_with_the_pass_to_run(trained: Path, tmp_path: Path):
+    opt = ew("optimize", str(trained), "--target", "edge-server", "--data", "digits", "--out", str(tmp_path / "o"),
+             "--no-torch-passes", "--recipe", "baseline-fused", "--calibration-samples", "32")
+    assert opt.returncode == 0, opt.stderr
+    assert_clean_failure(ew("compile", str(tmp_path / "o" / "bundle"), "--out", str(tmp_path / "c")),
+                         "optimize")
+    assert not (tmp_path / "c").exists()
+    assert_clean_failure(ew("compile", str(tmp_path / "nope"), "--out", str(tmp_path / "c")), "not a bundle")

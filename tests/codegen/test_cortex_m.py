@@ -1,0 +1,49 @@
+"""The generated C on a real microcontroller toolchain and an emulated Cortex-M4 (qemu mps2-an386).
+
+CI installs the toolchain (.ci/run); on a machine without it these tests skip, except under CI=true,
+where a missing tool is a failure rather than a silent skip.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+from edgewise.codegen.compile import compile_model
+from edgewise.codegen.emit import render_inputs
+from edgewise.codegen.reference import quantize_input, run_reference
+from edgewise.codegen.toolchain import arm_sizes, build_arm, run_qemu
+from edgewise.data import load_splits
+
+from .conftest import build_host, have, run_program
+
+TOOLS = ("arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm")
+missing = [t for t in TOOLS if not have(t)]
+if missing and not os.environ.get("CI"):
+    pytest.skip(f"not installed: {', '.join(missing)} (see .ci/run)", allow_module_level=True)
+
+
+@pytest.mark.parametrize("fixture, data", [("digits_bundle", "digits"), ("motion_bundle", "basicmotions")])
+def test_cortex_m4_build_runs_under_qemu_and_matches_the_host(request, tmp_path, fixture, data):
+    # Prepare
+    compiled = compile_model(onnx.load(str(request.getfixturevalue(fixture) / "model.onnx")))
+    x = load_splits(data).test.x[:6]
+    q = np.stack([quantize_input(compiled.graph, s) for s in x])
+    for name, text in compiled.sources.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "inputs.h").write_text(render_inputs(q))
+    # Execute
+    elf = build_arm(tmp_path, tmp_path / "model.elf")
+    lines = run_qemu(elf).strip().splitlines()
+    sizes = arm_sizes(tmp_path, tmp_path)
+    # Assert: the emulated MCU computes exactly what the host build and the reference compute
+    on_mcu = np.array([[int(v) for v in line.split("|")[0].split()] for line in lines])
+    on_host = run_program(build_host(compiled.sources, tmp_path / "host"), q)
+    assert np.array_equal(on_mcu, on_host)
+    assert np.array_equal(on_mcu, np.stack([run_reference(compiled.graph, s) for s in q]))
+    assert sizes["bss"] >= compiled.plan.arena_bytes, "the arena is static RAM"
+    assert sizes["text"] + sizes["data"] >= compiled.graph.flash_bytes(), "weights live in flash"
+    assert sizes["bss"] <= 64 * 1024 and sizes["text"] + sizes["data"] <= 1024 * 1024
