@@ -328,7 +328,7 @@ def quickstart(
     epochs: Annotated[int, typer.Option(help="training epochs for the digits CNN")] = 25,
 ) -> None:
     """The whole loop on bundled data: train a CNN on digits, optimize it for mcu-256k and edge-node,
-    benchmark fp32 vs optimized side by side, and write bundles and HTML reports.
+    compile the MCU bundle to C, benchmark fp32 vs optimized side by side, write bundles and HTML reports.
 
     Example: edgewise quickstart --out demo-out
     """
@@ -341,18 +341,25 @@ def quickstart(
     from edgewise.targets import load_target
 
     start = time.perf_counter()
-    out_console.rule("[bold]1/3 train: cnn on scikit-learn digits")
+    out_console.rule("[bold]1/4 train: cnn on scikit-learn digits")
     _train("cnn", "digits", out / "train", epochs, 1.0, 0)
     outcomes = {}
     for i, t in enumerate(("mcu-256k", "edge-node")):
-        out_console.rule(f"[bold]2/3 optimize for {t}")
+        out_console.rule(f"[bold]2/4 optimize for {t}")
         with console.status(f"[bold]optimizing for {t}") as status:
             outcomes[t] = run_optimize(out / "train", "digits", load_target(t), out / t, SearchOptions(),
                                        name="digits-cnn", log=_search_log(status))
         _print_search(outcomes[t])
         if outcomes[t].bundle is None:
             raise EdgewiseError(outcomes[t].result.why)
-    out_console.rule("[bold]3/3 benchmark fp32 vs optimized (same machine, same run)")
+    out_console.rule("[bold]3/4 compile the mcu-256k bundle to C (tier 1)")
+    from edgewise.codegen.compile import compile_bundle
+
+    compiled = compile_bundle(out / "mcu-256k" / "bundle", out / "mcu-256k-c", load_target("mcu-256k"))
+    f = compiled.figures()
+    out_console.print(f"{f['ops']} ops, {f['macs']:,} MACs; arena {f['arena_bytes']:,} B RAM (lower bound "
+                      f"{f['arena_lower_bound_bytes']:,} B), weights {f['constants_bytes']:,} B flash -> {out / 'mcu-256k-c'}")
+    out_console.rule("[bold]4/4 benchmark fp32 vs optimized (same machine, same run)")
     splits = load_splits("digits")
     models = [("fp32 (trained)", out / "train")] + [(f"{t} bundle", out / t / "bundle") for t in outcomes]
     loaded, reference = _load_models(models, splits)
@@ -374,6 +381,7 @@ def quickstart(
     out_console.rule("[bold]done")
     for t, o in outcomes.items():
         out_console.print(f"{t:10s} bundle {o.bundle}   report {o.out / 'report.html'}")
+    out_console.print(f"C sources  {out / 'mcu-256k-c'}   (gcc -std=c99 -O2 *.c builds the demo program)")
     out_console.print(f"benchmark  {out / 'bench.json'}   (took {time.perf_counter() - start:.0f} s)")
 
 

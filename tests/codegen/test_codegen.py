@@ -185,6 +185,9 @@ def test_compile_bundle_records_c_and_refuses_over_budget(digits_bundle, tmp_pat
     man = verify_bundle(bundle)
     assert {f"c/{n}" for n in compiled.sources} <= set(man.files)
     assert man.artifacts["c"]["arena_bytes"] == compiled.plan.arena_bytes
+    # optimize's budget check used the same compiler figures
+    assert man.metrics["ram_bytes"] == compiled.plan.arena_bytes
+    assert man.metrics["flash_bytes"] == compiled.graph.flash_bytes()
     assert json.loads((tmp_path / "c" / "memory.json").read_text())["constants_bytes"] > 0
     tiny = tmp_path / "tiny.toml"
     tiny.write_text('name = "tiny"\nram_bytes = 100\nflash_bytes = 1000000\nlatency_budget_ms = 10\n'
