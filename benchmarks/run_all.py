@@ -4,6 +4,6 @@ import runpy
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-for script in ("bench_int4.py", "bench_prune_distill.py", "bench_int8.py"):
+for script in ("bench_int4.py", "bench_prune_distill.py", "bench_int8.py", "bench_codegen.py"):
     print(f"== {script}", flush=True)
     runpy.run_path(str(HERE / script), run_name="__main__")
