@@ -27,3 +27,15 @@ class BundleError(EdgewiseError):
 
 class CodegenError(EdgewiseError):
     """A model cannot be compiled to C: not int8, an unsupported op, dynamic shapes, or over budget."""
+
+
+class AgentError(EdgewiseError):
+    """The device agent cannot do what was asked: bad input, full queue or disk, unknown model."""
+
+
+class QueueFull(AgentError):
+    """The durable queue is at its byte bound and its policy is to refuse."""
+
+
+class StorageError(AgentError):
+    """The disk under the durable queue is full or failing; nothing was acknowledged."""

@@ -1,0 +1,1 @@
+"""Device runtime: model manager, inference service, cascade, store-and-forward queue, sync."""
