@@ -1,0 +1,93 @@
+"""The one I/O boundary between a tier and the tier above it.
+
+The sync loop and the cascade talk only to `Upstream`: `HttpUpstream` speaks HTTP to the next
+agent, `InProcessUpstream` hands batches to a receiver in the same process (tests, simulations).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import urllib.error
+import urllib.request
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+from edgewise.agent.queue import Item
+from edgewise.errors import AgentError
+
+
+class UpstreamUnavailable(AgentError):
+    """The link is down or the upstream failed: keep the items, retry later."""
+
+
+def encode_batch(items: Sequence[Item]) -> bytes:
+    return json.dumps({"events": [{"key": i.key, "topic": i.topic, "priority": i.priority, "created": i.created,
+                                   "payload": base64.b64encode(i.payload).decode()} for i in items]}).encode()
+
+
+def decode_batch(body: bytes) -> list[Item]:
+    """Parse a batch; any malformed field is an AgentError naming it (the receiver answers 400)."""
+    try:
+        data = json.loads(body)
+        events = data["events"]
+        if not isinstance(events, list):
+            raise TypeError("events must be a list")
+        return [Item(str(e["key"]), str(e["topic"]), base64.b64decode(e["payload"], validate=True),
+                     int(e.get("priority", 0)), float(e.get("created", 0.0))) for e in events]
+    except (ValueError, KeyError, TypeError) as e:
+        raise AgentError(f"malformed event batch: {type(e).__name__}: {e}") from e
+
+
+class Upstream(ABC):
+    @abstractmethod
+    def deliver(self, items: Sequence[Item]) -> None:
+        """Hand items over; return only once the receiver has stored them (it de-duplicates by key)."""
+
+    @abstractmethod
+    def predict(self, model: str, inputs: list[Any]) -> dict[str, Any]:
+        """Ask the tier above to answer a request this tier is not confident about."""
+
+
+class HttpUpstream(Upstream):
+    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def _post(self, path: str, body: bytes) -> bytes:
+        req = urllib.request.Request(self.url + path, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                return resp.read()
+        except urllib.error.HTTPError as e:
+            if e.code >= 500 or e.code == 429:
+                raise UpstreamUnavailable(f"upstream {self.url} answered {e.code}") from e
+            raise AgentError(f"upstream {self.url} refused the request: {e.code} {e.read()[:200]!r}") from e
+        except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as e:
+            raise UpstreamUnavailable(f"upstream {self.url} unreachable: {getattr(e, 'reason', e)}") from e
+
+    def deliver(self, items: Sequence[Item]) -> None:
+        self._post("/v1/events", encode_batch(items))
+
+    def predict(self, model: str, inputs: list[Any]) -> dict[str, Any]:
+        return json.loads(self._post(f"/predict?model={model}", json.dumps({"inputs": inputs}).encode()))
+
+
+class InProcessUpstream(Upstream):
+    """Delivers to a receiver object in this process; `online=False` simulates a dead link."""
+
+    def __init__(self, receiver: Any, predictor: Any = None) -> None:
+        self.receiver, self.predictor, self.online = receiver, predictor, True
+
+    def deliver(self, items: Sequence[Item]) -> None:
+        if not self.online:
+            raise UpstreamUnavailable("in-process upstream is offline")
+        self.receiver.store(items)
+
+    def predict(self, model: str, inputs: list[Any]) -> dict[str, Any]:
+        if not self.online or self.predictor is None:
+            raise UpstreamUnavailable("in-process upstream is offline")
+        return self.predictor(model, inputs)
