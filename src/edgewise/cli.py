@@ -231,6 +231,65 @@ def compile_cmd(
         out_console.print(f"bundle {bundle} now carries c/ and its figures (manifest artifacts.c)")
 
 
+agent_app = typer.Typer(help="Run the on-device agent (inference service, cascade, store-and-forward).",
+                        invoke_without_command=True)
+app.add_typer(agent_app, name="agent")
+
+
+@agent_app.callback()
+def agent(
+    ctx: typer.Context,
+    bundle: Annotated[list[Path] | None, typer.Option("--bundle", "-b", help="bundle to serve (repeatable)")] = None,
+    tier: Annotated[str | None, typer.Option(help="endpoint, node or server")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="queue, received events and audit log live here")] = None,
+    upstream: Annotated[str | None, typer.Option(help="URL of the tier above, e.g. http://127.0.0.1:8081")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (loopback unless --host says otherwise)")] = None,
+    host: Annotated[str | None, typer.Option(help="address to bind")] = None,
+    escalate: Annotated[str | None, typer.Option(help="privacy: 'none' (default) or 'raw' inputs may go upstream")] = None,
+    config: Annotated[Path | None, typer.Option(help="agent.toml: privacy, cascade, queue and models sections")] = None,
+) -> None:
+    """Serve bundles over HTTP (POST /predict, GET /health, GET /metrics, docs at /docs).
+
+    Example: edgewise agent --bundle runs/cnn-mcu/bundle --tier node --data-dir /var/lib/edgewise --port 8081
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from edgewise.agent.runner import AgentConfig, serve
+
+    overrides = {"bundles": bundle or None, "tier": tier, "data_dir": data_dir, "upstream": upstream, "port": port,
+                 "host": host, "escalate": escalate}
+    if config is not None:
+        cfg = AgentConfig.from_toml(config, **overrides)
+    else:
+        cfg = AgentConfig(**{k: v for k, v in overrides.items() if v is not None})
+    if not cfg.bundles and cfg.tier != "server":
+        raise EdgewiseError("an endpoint or node agent needs at least one --bundle")
+    console.print(f"edgewise agent ({cfg.tier}) on http://{cfg.host}:{cfg.port} serving "
+                  f"{', '.join(str(b) for b in cfg.bundles) or 'no models'}; data in {cfg.data_dir}")
+    serve(cfg)
+
+
+@agent_app.command("audit")
+def agent_audit(data_dir: Annotated[Path, typer.Option(help="the agent's data directory")] = Path("agent-data")) -> None:
+    """Print what left the device: each upstream send with its fields, item count, bytes and destination.
+
+    Example: edgewise agent audit --data-dir /var/lib/edgewise
+    """
+    from datetime import datetime
+
+    from edgewise.agent.audit import AuditLog
+
+    if not (data_dir / "audit.db").is_file():
+        raise EdgewiseError(f"no audit log in {data_dir}")
+    table = Table(title=f"upstream sends recorded in {data_dir}")
+    for col in ("time", "kind", "destination", "fields", "items", "bytes"):
+        table.add_column(col, overflow="fold")
+    for r in AuditLog(data_dir / "audit.db").rows():
+        table.add_row(datetime.fromtimestamp(r["ts"]).isoformat(timespec="seconds"), r["kind"], r["destination"],
+                      ", ".join(r["fields"]), str(r["items"]), f"{r['bytes']:,}")
+    out_console.print(table)
+
+
 @app.command("import")
 def import_model(
     model: Annotated[Path, typer.Argument(help="a .onnx file, or a torch .pt holding a whole nn.Module")],

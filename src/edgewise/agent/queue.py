@@ -214,3 +214,61 @@ class DurableQueue:
             self._db.execute("ROLLBACK")
         except sqlite3.OperationalError:
             pass
+
+
+class GroupCommitter:
+    """Many producers, one writer: items submitted within a few milliseconds share one transaction
+    (one fsync), and each `submit` returns only after its items are durable."""
+
+    def __init__(self, queue: DurableQueue, max_batch: int = 512, max_wait_s: float = 0.002) -> None:
+        import queue as stdqueue
+
+        self.queue, self.max_batch, self.max_wait_s = queue, max_batch, max_wait_s
+        self._pending: stdqueue.Queue = stdqueue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="edgewise-group-commit", daemon=True)
+        self._thread.start()
+        self.on_commit: list = []  # callbacks (e.g. wake the syncer)
+
+    def submit(self, items: Sequence[NewItem], timeout: float = 30.0) -> list[str]:
+        done = threading.Event()
+        box: dict[str, object] = {}
+        self._pending.put((list(items), done, box))
+        if not done.wait(timeout):
+            raise StorageError("durable queue did not commit in time")
+        if "error" in box:
+            raise box["error"]  # type: ignore[misc]
+        return box["keys"]  # type: ignore[return-value]
+
+    def _run(self) -> None:
+        import queue as stdqueue
+
+        while not self._stop.is_set():
+            try:
+                first = self._pending.get(timeout=0.1)
+            except stdqueue.Empty:
+                continue
+            batch = [first]
+            deadline = time.monotonic() + self.max_wait_s
+            while sum(len(b[0]) for b in batch) < self.max_batch:
+                try:
+                    batch.append(self._pending.get(timeout=max(0.0, deadline - time.monotonic())))
+                except stdqueue.Empty:
+                    break
+            try:
+                keys = self.queue.append_many([it for items, _, _ in batch for it in items])
+                pos = 0
+                for items, done, box in batch:
+                    box["keys"] = keys[pos : pos + len(items)]
+                    pos += len(items)
+            except AgentError as e:  # one failed commit fails every producer in it: none was acknowledged
+                for _, _, box in batch:
+                    box["error"] = e
+            for _, done, _ in batch:
+                done.set()
+            for callback in self.on_commit:
+                callback()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)

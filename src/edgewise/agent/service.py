@@ -5,22 +5,71 @@ Thin on purpose: parsing and status codes here, everything else in queue / recei
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
 
+from edgewise.agent.inputs import BadInput, parse_json_inputs, parse_npy, validate
+from edgewise.agent.models import ModelBudgetExceeded
 from edgewise.agent.receiver import EventStore
 from edgewise.agent.upstream import decode_batch
-from edgewise.errors import AgentError, StorageError
+from edgewise.errors import AgentError, QueueFull, StorageError
 
 MAX_BODY_BYTES = 16 * 2**20
 
 
-def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any = None, tier: str = "server") -> FastAPI:
+def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any = None, tier: str = "server",
+               inference: Any = None) -> FastAPI:
     app = FastAPI(title=f"edgewise agent ({tier})", version="0.1.0")
     received = {"batches": 0, "events": 0, "duplicates": 0, "malformed": 0}
+    errors = {"bad_input": 0, "unknown_model": 0, "overloaded": 0, "storage": 0}
+
+    @app.post("/predict")
+    async def predict(request: Request, model: str | None = None) -> JSONResponse:
+        """Run a model: JSON `{"inputs": [...]}` (batch first) or a binary `.npy` body
+        (Content-Type: application/x-npy). Low-confidence samples go to the tier above when allowed."""
+        if inference is None:
+            return JSONResponse({"error": "this agent serves no models"}, status_code=404)
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            return JSONResponse({"error": f"request over {MAX_BODY_BYTES} bytes"}, status_code=413)
+        names = inference.models.names
+        name = model or (names[0] if len(names) == 1 else None)
+        if name is None:
+            return JSONResponse({"error": f"several models are served; pass ?model= one of {names}"}, status_code=400)
+        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
+        try:
+            manifest = inference.models.manifest(name)
+        except AgentError as e:
+            errors["unknown_model"] += 1
+            return JSONResponse({"error": str(e)}, status_code=404)
+        try:
+            if ctype == "application/x-npy":
+                x = parse_npy(body)
+            elif ctype in ("application/json", ""):
+                try:
+                    x = parse_json_inputs(json.loads(body))
+                except json.JSONDecodeError as e:
+                    raise BadInput(f"body is not valid JSON ({e.msg} at position {e.pos})") from e
+            else:
+                return JSONResponse({"error": f"unsupported content type {ctype!r}: use application/json or "
+                                              "application/x-npy"}, status_code=415)
+            x = validate(x, manifest)
+            results = await run_in_threadpool(inference.predict, name, x)
+        except BadInput as e:
+            errors["bad_input"] += 1
+            return JSONResponse({"error": str(e)}, status_code=422)
+        except (ModelBudgetExceeded, QueueFull) as e:
+            errors["overloaded"] += 1
+            return JSONResponse({"error": str(e)}, status_code=503)
+        except StorageError as e:
+            errors["storage"] += 1
+            return JSONResponse({"error": str(e)}, status_code=507)
+        return JSONResponse({"results": results, "tier": tier, "model": name, "version": manifest.version})
 
     @app.post("/v1/events")
     async def post_events(request: Request) -> JSONResponse:
@@ -50,6 +99,9 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
             out["sync"] = {k: v for k, v in asdict(syncer.stats).items() if k != "errors"}
         if queue is not None:
             out["queue"] = queue.stats()
+        if inference is not None:
+            out["models"] = inference.models.health()
+            out["cascade"] = inference.counts
         return out
 
     @app.get("/metrics", response_class=PlainTextResponse)
@@ -67,6 +119,13 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
             lines += ["# TYPE edgewise_sync_sent_total counter", f"edgewise_sync_sent_total {s.sent}",
                       "# TYPE edgewise_sync_failures_total counter", f"edgewise_sync_failures_total {s.failures}",
                       "# TYPE edgewise_sync_online gauge", f"edgewise_sync_online {int(s.online)}"]
+        if inference is not None:
+            for k, v in inference.counts.items():
+                lines += [f"# TYPE edgewise_predict_{k}_total counter", f"edgewise_predict_{k}_total {v}"]
+            lines += ["# TYPE edgewise_models_memory_bytes gauge",
+                      f"edgewise_models_memory_bytes {inference.models.used_bytes()}"]
+        for k, v in errors.items():
+            lines += [f"# TYPE edgewise_errors_{k}_total counter", f"edgewise_errors_{k}_total {v}"]
         return "\n".join(lines) + "\n"
 
     return app

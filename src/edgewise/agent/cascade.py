@@ -1,0 +1,132 @@
+"""Answer locally when confident, escalate the rest to the tier above; degrade gracefully offline.
+
+What may leave the device is the deployment's `PrivacyPolicy`: by default results only (label, score,
+model, version, timestamps) and no escalation with raw inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgewise.agent.models import ModelManager
+from edgewise.agent.queue import GroupCommitter, NewItem
+from edgewise.agent.upstream import Upstream, UpstreamUnavailable
+from edgewise.errors import AgentError
+
+TIERS = ("endpoint", "node", "server")
+RESULT_FIELDS = ("model", "version", "label", "score", "tier", "ts", "degraded")
+
+
+@dataclass
+class PrivacyPolicy:
+    escalate: str = "none"  # none | raw: may low-confidence inputs go to the tier above?
+    review_offline: bool = True  # escalations that could not be sent are queued for later review
+    send_results: bool = True  # results (RESULT_FIELDS only) are queued for upstream
+
+    def __post_init__(self) -> None:
+        if self.escalate not in ("none", "raw"):
+            raise AgentError(f"privacy escalate must be 'none' or 'raw', got {self.escalate!r}")
+
+
+@dataclass
+class CascadeConfig:
+    tier: str = "server"
+    default_threshold: float = 0.9
+    thresholds: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> label -> threshold
+
+    def threshold(self, model: str, label: str) -> float:
+        return self.thresholds.get(model, {}).get(label, self.default_threshold)
+
+
+def probabilities(out: np.ndarray) -> np.ndarray:
+    """Softmax of logits; outputs that already are probabilities pass through."""
+    out = out.reshape(len(out), -1).astype(np.float64)
+    if np.all(out >= 0) and np.allclose(out.sum(1), 1.0, atol=1e-3):
+        return out
+    e = np.exp(out - out.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+class Inference:
+    def __init__(self, models: ModelManager, cascade: CascadeConfig, policy: PrivacyPolicy,
+                 committer: GroupCommitter | None = None, upstream: Upstream | None = None) -> None:
+        if cascade.tier not in TIERS:
+            raise AgentError(f"tier must be one of {TIERS}, got {cascade.tier!r}")
+        self.models, self.cascade, self.policy = models, cascade, policy
+        self.committer, self.upstream = committer, upstream
+        self.counts = {"requests": 0, "samples": 0, "local": 0, "escalated": 0, "degraded": 0,
+                       "blocked_by_policy": 0, "review_queued": 0}
+
+    def predict(self, name: str, x: np.ndarray) -> list[dict[str, Any]]:
+        t0 = time.perf_counter()
+        m = self.models.get(name)
+        m.requests += 1
+        out = m.session.run(None, {m.session.get_inputs()[0].name: x})[0]
+        probs = probabilities(out)
+        labels = m.manifest.labels or [str(i) for i in range(probs.shape[1])]
+        local_ms = (time.perf_counter() - t0) * 1e3
+        results: list[dict[str, Any]] = []
+        unsure: list[int] = []
+        for i, p in enumerate(probs):
+            k = int(p.argmax())
+            label = labels[k] if k < len(labels) else str(k)
+            results.append({"label": label, "class": k, "score": float(p[k]), "tier": self.cascade.tier,
+                            "latency_ms": local_ms, "degraded": False, "model": name,
+                            "version": m.manifest.version, "outputs": out[i].tolist()})
+            if self.cascade.tier != "server" and float(p[k]) < self.cascade.threshold(name, label):
+                unsure.append(i)
+        self._escalate(name, x, unsure, results)
+        self.counts["requests"] += 1
+        self.counts["samples"] += len(results)
+        self._queue_results(results)
+        return results
+
+    def _escalate(self, name: str, x: np.ndarray, unsure: list[int], results: list[dict[str, Any]]) -> None:
+        if not unsure:
+            self.counts["local"] += len(results)
+            return
+        self.counts["local"] += len(results) - len(unsure)
+        if self.policy.escalate != "raw" or self.upstream is None:
+            self.counts["blocked_by_policy"] += len(unsure) if self.upstream is not None else 0
+            self.counts["local"] += len(unsure)
+            return
+        t0 = time.perf_counter()
+        try:
+            answer = self.upstream.predict(name, x[unsure].tolist())
+            remote = answer["results"]
+        except UpstreamUnavailable:
+            for i in unsure:
+                results[i]["degraded"] = True
+            self.counts["degraded"] += len(unsure)
+            if self.policy.review_offline and self.committer is not None:
+                self.committer.submit([NewItem(json.dumps({"model": name, "inputs": x[i].tolist(),
+                                                           "local_label": results[i]["label"],
+                                                           "local_score": results[i]["score"],
+                                                           "ts": time.time()}).encode(), topic="review")
+                                       for i in unsure])
+                self.counts["review_queued"] += len(unsure)
+            return
+        except (KeyError, TypeError, ValueError, AgentError) as e:  # a broken answer: keep ours, say so
+            for i in unsure:
+                results[i]["degraded"] = True
+                results[i]["upstream_error"] = str(e)[:200]
+            self.counts["degraded"] += len(unsure)
+            return
+        upstream_ms = (time.perf_counter() - t0) * 1e3
+        for i, r in zip(unsure, remote):
+            results[i].update({k: r[k] for k in ("label", "class", "score", "tier", "outputs") if k in r})
+            results[i]["latency_ms"] += upstream_ms
+            results[i]["escalated_from"] = self.cascade.tier
+        self.counts["escalated"] += len(unsure)
+
+    def _queue_results(self, results: list[dict[str, Any]]) -> None:
+        if not self.policy.send_results or self.committer is None:
+            return
+        now = time.time()
+        self.committer.submit([NewItem(json.dumps({**{k: r[k] for k in RESULT_FIELDS if k in r}, "ts": now}).encode(),
+                                       topic="result") for r in results])

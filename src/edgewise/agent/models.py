@@ -1,0 +1,116 @@
+"""The model manager: verified bundles, ONNX Runtime sessions loaded on demand within a memory budget."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime as ort
+
+from edgewise.bundle import Manifest, verify_bundle
+from edgewise.errors import AgentError, EdgewiseError
+from edgewise.profile.arena import live_tensor_peak
+from edgewise.profile.runtime import make_session
+
+POLICIES = ("evict-lru", "refuse")
+
+
+class ModelBudgetExceeded(AgentError):
+    """Loading the model would exceed the memory budget and the policy is to refuse."""
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    manifest: Manifest
+    session: ort.InferenceSession
+    memory_bytes: int
+    providers: list[str]
+    loaded_at: float = field(default_factory=time.time)
+    requests: int = 0
+
+
+def memory_estimate(model_path: Path) -> int:
+    """Weights plus the fp32 live-activation peak at batch 1: deterministic, so budgets behave the same
+    on every device (measured RSS is reported beside it in /health)."""
+    model = onnx.load(str(model_path))
+    return model_path.stat().st_size + live_tensor_peak(model, 4)
+
+
+class ModelManager:
+    """Holds several models within `budget_bytes`; least recently used ones are evicted (or loading is
+    refused) when a new one would not fit, and are reloaded on their next request."""
+
+    def __init__(self, budget_bytes: int = 512 * 2**20, policy: str = "evict-lru", threads: int = 1,
+                 providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
+        if policy not in POLICIES:
+            raise AgentError(f"model manager policy must be one of {POLICIES}, got {policy!r}")
+        self.budget, self.policy, self.threads, self.providers = budget_bytes, policy, threads, providers
+        self._bundles: dict[str, tuple[Path, Manifest, int]] = {}
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self.evictions = 0
+        self.loads = 0
+
+    def register(self, bundle: Path) -> str:
+        """Verify a bundle (every file's hash) and make its model servable under the manifest's name."""
+        try:
+            manifest = verify_bundle(bundle)
+        except EdgewiseError as e:
+            raise AgentError(f"cannot serve {bundle}: {e}") from e
+        need = memory_estimate(Path(bundle) / "model.onnx")
+        if need > self.budget:
+            raise ModelBudgetExceeded(f"model {manifest.name} needs {need:,} bytes; the budget is {self.budget:,}")
+        self._bundles[manifest.name] = (Path(bundle), manifest, need)
+        return manifest.name
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._bundles)
+
+    def manifest(self, name: str) -> Manifest:
+        if name not in self._bundles:
+            raise AgentError(f"unknown model {name!r}; serving: {', '.join(self._bundles) or 'none'}")
+        return self._bundles[name][1]
+
+    def used_bytes(self) -> int:
+        return sum(m.memory_bytes for m in self._loaded.values())
+
+    def get(self, name: str) -> LoadedModel:
+        with self._lock:
+            if name in self._loaded:
+                self._loaded.move_to_end(name)
+                return self._loaded[name]
+            path, manifest, need = self._bundles.get(name, (None, None, 0))
+            if path is None or manifest is None:
+                raise AgentError(f"unknown model {name!r}; serving: {', '.join(self._bundles) or 'none'}")
+            while self._loaded and self.used_bytes() + need > self.budget:
+                if self.policy == "refuse":
+                    raise ModelBudgetExceeded(
+                        f"loading {name} ({need:,} bytes) would exceed the budget ({self.used_bytes():,} of "
+                        f"{self.budget:,} bytes in use); policy: refuse")
+                self._loaded.popitem(last=False)
+                self.evictions += 1
+            session = make_session((path / "model.onnx").read_bytes(), threads=self.threads, providers=self.providers)
+            loaded = LoadedModel(name, manifest, session, need, session.get_providers())
+            self._loaded[name] = loaded
+            self.loads += 1
+            return loaded
+
+    def health(self) -> dict[str, Any]:
+        wanted = list(self.providers)
+        have = ort.get_available_providers()
+        fallback = [p for p in wanted if p not in have]
+        return {"budget_bytes": self.budget, "used_bytes": self.used_bytes(), "policy": self.policy,
+                "loaded": {n: {"version": m.manifest.version, "memory_bytes": m.memory_bytes,
+                               "providers": m.providers, "requests": m.requests} for n, m in self._loaded.items()},
+                "registered": self.names, "evictions": self.evictions, "loads": self.loads,
+                "execution_providers": {"wanted": wanted, "available": have,
+                                        "fallback": (f"{', '.join(fallback)} not available: running on "
+                                                     f"{next((p for p in wanted if p in have), 'CPUExecutionProvider')}")
+                                        if fallback else None}}

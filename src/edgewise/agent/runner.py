@@ -1,0 +1,111 @@
+"""Wire an agent together from its config: model manager, queue, sync, cascade, HTTP service."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from edgewise.agent.audit import AuditingUpstream, AuditLog
+from edgewise.agent.cascade import CascadeConfig, Inference, PrivacyPolicy
+from edgewise.agent.models import ModelManager
+from edgewise.agent.queue import DurableQueue, GroupCommitter
+from edgewise.agent.receiver import EventStore
+from edgewise.agent.sync import Syncer
+from edgewise.agent.upstream import HttpUpstream
+from edgewise.errors import AgentError
+
+
+@dataclass
+class AgentConfig:
+    bundles: list[Path] = field(default_factory=list)
+    tier: str = "server"
+    data_dir: Path = Path("agent-data")
+    upstream: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    threads: int = 1
+    model_budget_bytes: int = 512 * 2**20
+    model_policy: str = "evict-lru"
+    queue_max_bytes: int = 256 * 2**20
+    queue_max_age_s: float = 7 * 86400
+    queue_when_full: str = "drop-oldest"
+    default_threshold: float = 0.9
+    thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
+    escalate: str = "none"
+    review_offline: bool = True
+    send_results: bool = True
+
+    @classmethod
+    def from_toml(cls, path: Path, **overrides: Any) -> AgentConfig:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise AgentError(f"cannot read agent config {path}: {e}") from e
+        flat: dict[str, Any] = {}
+        for section in ("privacy", "cascade", "queue", "models"):
+            flat.update(data.pop(section, {}))
+        flat.update(data)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(flat) - known)
+        if unknown:
+            raise AgentError(f"{path}: unknown agent settings {', '.join(unknown)}")
+        flat.update({k: v for k, v in overrides.items() if v is not None})
+        if "bundles" in flat:
+            flat["bundles"] = [Path(b) for b in flat["bundles"]]
+        if "data_dir" in flat:
+            flat["data_dir"] = Path(flat["data_dir"])
+        return cls(**flat)
+
+
+@dataclass
+class Agent:
+    config: AgentConfig
+    app: Any
+    inference: Inference | None
+    queue: DurableQueue | None
+    committer: GroupCommitter | None
+    syncer: Syncer | None
+    events: EventStore | None
+    audit: AuditLog
+
+    def close(self) -> None:
+        if self.syncer is not None:
+            self.syncer.stop()
+        if self.committer is not None:
+            self.committer.close()
+
+
+def build_agent(cfg: AgentConfig) -> Agent:
+    from edgewise.agent.service import create_app
+
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    audit = AuditLog(cfg.data_dir / "audit.db")
+    models = ModelManager(cfg.model_budget_bytes, cfg.model_policy, cfg.threads)
+    for b in cfg.bundles:
+        models.register(Path(b))
+    queue = committer = syncer = upstream = None
+    if cfg.upstream:
+        upstream = AuditingUpstream(HttpUpstream(cfg.upstream), audit, cfg.upstream)
+        queue = DurableQueue(cfg.data_dir / "queue.db", cfg.queue_max_bytes, cfg.queue_max_age_s, cfg.queue_when_full)
+        committer = GroupCommitter(queue)
+        syncer = Syncer(queue, upstream).start()
+        committer.on_commit.append(syncer.notify)
+    events = EventStore(cfg.data_dir / "events.db") if cfg.tier != "endpoint" else None
+    inference = None
+    if models.names:
+        inference = Inference(models, CascadeConfig(cfg.tier, cfg.default_threshold, cfg.thresholds),
+                              PrivacyPolicy(cfg.escalate, cfg.review_offline, cfg.send_results), committer, upstream)
+    app = create_app(events, syncer, queue, cfg.tier, inference)
+    return Agent(cfg, app, inference, queue, committer, syncer, events, audit)
+
+
+def serve(cfg: AgentConfig) -> None:
+    import uvicorn
+
+    agent = build_agent(cfg)
+    try:
+        uvicorn.run(agent.app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
+    finally:
+        agent.close()

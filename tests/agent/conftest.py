@@ -1,0 +1,100 @@
+"""Bundles for agent tests, and helpers to run agents as real processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgewise.bundle import Manifest, write_bundle
+from edgewise.data import load_splits
+from edgewise.modelio import inputs, outputs
+
+
+def make_bundle(out: Path, arch: str, epochs: int, name: str, width: float = 1.0) -> Path:
+    """A zoo model trained briefly on digits, packed as a bundle (fp32, as `optimize` would for a server)."""
+    import onnx
+
+    from edgewise.zoo import TrainConfig, train
+
+    tm = train(arch, load_splits("digits"), TrainConfig(epochs=epochs), width=width)
+    tm.save(out / "train")
+    model = onnx.load(str(out / "train" / "model.onnx"))
+    manifest = Manifest(name, "1.0.0", "edge-server", [s.as_dict() for s in inputs(model)],
+                        [s.as_dict() for s in outputs(model)], tm.labels, tm.preprocessing, "fp32", [],
+                        {"accuracy": tm.metrics["test_accuracy"]})
+    return write_bundle(out / "bundle", manifest, {"model.onnx": (out / "train" / "model.onnx").read_bytes()})
+
+
+@pytest.fixture(scope="session")
+def tier_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiers")
+    return {"endpoint": make_bundle(root / "e", "mlp", 8, "digits", 0.5),
+            "node": make_bundle(root / "n", "cnn", 3, "digits"),
+            "server": make_bundle(root / "s", "cnn", 10, "digits")}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AgentProc:
+    def __init__(self, args: list[str], port: int, data_dir: Path) -> None:
+        self.args, self.port, self.data_dir = args, port, data_dir
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> AgentProc:
+        self.proc = subprocess.Popen([sys.executable, "-m", "edgewise.cli", "agent", *self.args,
+                                      "--port", str(self.port), "--data-dir", str(self.data_dir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=1).read()
+                return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(self.proc.stderr.read().decode()[-2000:])
+                time.sleep(0.1)
+        raise RuntimeError("agent did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def get(self, path: str) -> dict:
+        return json.loads(urllib.request.urlopen(self.url + path, timeout=10).read())
+
+    def post(self, path: str, body: bytes, ctype: str = "application/json") -> tuple[int, dict]:
+        req = urllib.request.Request(self.url + path, data=body, method="POST", headers={"Content-Type": ctype})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+
+def predict(agent: AgentProc, x: np.ndarray) -> list[dict]:
+    status, body = agent.post("/predict", json.dumps({"inputs": x.tolist()}).encode())
+    assert status == 200, body
+    return body["results"]
+
+
+def wait_for(cond, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not reached in time")

@@ -1,0 +1,119 @@
+"""Three real agent processes (endpoint -> node -> server) on loopback: cascade, offline, privacy, bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+from edgewise.agent.audit import AuditLog
+from edgewise.agent.receiver import EventStore
+from edgewise.data import load_splits
+
+from .conftest import AgentProc, free_port, predict, wait_for
+
+X = load_splits("digits").test.x
+Y = load_splits("digits").test.y
+
+
+@pytest.fixture
+def tiers(tier_bundles, tmp_path):
+    ports = {t: free_port() for t in ("endpoint", "node", "server")}
+    server = AgentProc(["--bundle", str(tier_bundles["server"]), "--tier", "server"], ports["server"],
+                       tmp_path / "server")
+    node = AgentProc(["--bundle", str(tier_bundles["node"]), "--tier", "node", "--escalate", "raw",
+                      "--upstream", f"http://127.0.0.1:{ports['server']}"], ports["node"], tmp_path / "node")
+    endpoint = AgentProc(["--bundle", str(tier_bundles["endpoint"]), "--tier", "endpoint", "--escalate", "raw",
+                          "--upstream", f"http://127.0.0.1:{ports['node']}"], ports["endpoint"], tmp_path / "endpoint")
+    agents = {"server": server.start(), "node": node.start(), "endpoint": endpoint.start()}
+    yield agents
+    for a in agents.values():
+        a.kill()
+
+
+def test_cascade_answers_at_each_tier_and_results_flow_up(tiers):
+    # Execute
+    results = predict(tiers["endpoint"], X[:120])
+    # Assert: confident answers stay at the endpoint, the rest climb; every answer says where it came from
+    answered = {r["tier"] for r in results}
+    assert "endpoint" in answered and answered & {"node", "server"}
+    for r in results:
+        assert r["tier"] == "endpoint" or r["escalated_from"] in ("endpoint", "node")
+        assert r["tier"] == "endpoint" or r["score"] >= 0 and not r["degraded"]
+    accuracy = np.mean([int(r["label"]) == y for r, y in zip(results, Y[:120])])
+    assert accuracy > 0.85
+    # results reach the node's event store through the endpoint's queue, holding no raw input
+    node_events = EventStore(tiers["node"].data_dir / "events.db")
+    wait_for(lambda: len(node_events) >= 120)
+    for payload in node_events.payloads():
+        assert set(json.loads(payload)) <= {"model", "version", "label", "score", "tier", "ts", "degraded"}
+
+
+def test_node_killed_endpoint_degrades_queues_and_delivers_exactly_once_after_restart(tiers):
+    # Prepare
+    endpoint, node = tiers["endpoint"], tiers["node"]
+    predict(endpoint, X[:10])
+    node_events = EventStore(node.data_dir / "events.db")
+    wait_for(lambda: len(node_events) >= 10)
+    # Execute: the link to the node dies
+    node.kill()
+    offline = predict(endpoint, X[10:110])
+    health = endpoint.get("/health")
+    node.start()
+    wait_for(lambda: endpoint.get("/health")["queue"]["depth"] == 0, timeout=60)
+    # Assert
+    unsure = [r for r in offline if r["tier"] == "endpoint" and r["degraded"]]
+    assert unsure, "low-confidence answers were given locally and marked degraded"
+    assert all(not r["degraded"] for r in offline if r["score"] >= 0.9)
+    assert health["sync"]["online"] is False and health["queue"]["depth"] > 0
+    keys = node_events.keys()
+    assert len(keys) == len(set(keys)) == 110 + len(unsure), "results + review items, each exactly once"
+
+
+def test_bad_requests_get_clear_4xx_and_the_agent_stays_up(tiers):
+    e = tiers["endpoint"]
+    cases = [
+        (b"{not json", "application/json", 422, "not valid JSON"),
+        (json.dumps({"inputs": [[1, 2, 3]]}).encode(), "application/json", 422, "expects [batch, 1, 8, 8]"),
+        (json.dumps({"wrong": 1}).encode(), "application/json", 422, '"inputs"'),
+        (json.dumps({"inputs": [[[[float("nan")] * 8] * 8]]}).encode(), "application/json", 422, "NaN"),
+        (b"\x93NUMPY garbage", "application/x-npy", 422, ".npy"),
+        (b"<xml/>", "text/xml", 415, "content type"),
+    ]
+    for body, ctype, code, fragment in cases:
+        status, answer = e.post("/predict", body, ctype)
+        assert status == code and fragment in answer["error"], (status, answer)
+    status, answer = e.post("/predict?model=nope", b"{}")
+    assert status == 404 and "unknown model" in answer["error"]
+    buf = io.BytesIO()
+    np.save(buf, X[:3])
+    status, answer = e.post("/predict", buf.getvalue(), "application/x-npy")
+    assert status == 200 and len(answer["results"]) == 3
+    import urllib.request
+
+    metrics = urllib.request.urlopen(e.url + "/metrics", timeout=10).read().decode()
+    assert e.get("/health")["status"] == "ok" and "edgewise_errors_bad_input_total 5" in metrics
+
+
+def test_default_privacy_policy_sends_results_only(tier_bundles, tmp_path):
+    # Prepare: a node that keeps the default policy (no escalation with raw inputs)
+    server = AgentProc(["--tier", "server"], free_port(), tmp_path / "server").start()
+    node = AgentProc(["--bundle", str(tier_bundles["endpoint"]), "--tier", "node",
+                      "--upstream", server.url], free_port(), tmp_path / "node").start()
+    try:
+        # Execute
+        results = predict(node, X[:60])
+        server_events = EventStore(tmp_path / "server" / "events.db")
+        wait_for(lambda: len(server_events) >= 60)
+    finally:
+        node.kill()
+        server.kill()
+    # Assert: nothing was escalated, and what crossed holds no input values
+    assert {r["tier"] for r in results} == {"node"}
+    for payload in server_events.payloads():
+        assert "inputs" not in json.loads(payload)
+    audit = AuditLog(tmp_path / "node" / "audit.db").rows()
+    assert audit and all(r["kind"] == "events" and "inputs" not in r["fields"] for r in audit)
+    assert sum(r["items"] for r in audit) >= 60

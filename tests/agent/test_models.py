@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+
+from edgewise.agent.cascade import CascadeConfig, Inference, PrivacyPolicy, probabilities
+from edgewise.agent.inputs import BadInput, validate
+from edgewise.agent.models import ModelBudgetExceeded, ModelManager, memory_estimate
+from edgewise.agent.runner import AgentConfig
+from edgewise.bundle import verify_bundle
+from edgewise.errors import AgentError
+
+from .conftest import make_bundle
+
+
+@pytest.fixture(scope="module")
+def two_bundles(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mm")
+    return make_bundle(root / "a", "mlp", 1, "model-a", 0.5), make_bundle(root / "b", "cnn", 1, "model-b")
+
+
+def test_lru_eviction_keeps_within_budget_and_reloads_on_demand(two_bundles):
+    a, b = two_bundles
+    need = max(memory_estimate(a / "model.onnx"), memory_estimate(b / "model.onnx"))
+    mm = ModelManager(budget_bytes=int(need * 1.5), policy="evict-lru")
+    mm.register(a), mm.register(b)
+    mm.get("model-a")
+    mm.get("model-b")  # does not fit beside model-a: model-a is evicted
+    assert list(mm.health()["loaded"]) == ["model-b"] and mm.evictions == 1
+    mm.get("model-a")
+    assert mm.loads == 3 and mm.used_bytes() <= mm.budget
+
+
+def test_refuse_policy_and_models_too_big_for_any_budget(two_bundles):
+    a, b = two_bundles
+    mm = ModelManager(budget_bytes=memory_estimate(b / "model.onnx") + 10, policy="refuse")
+    mm.register(a), mm.register(b)
+    mm.get("model-b")
+    with pytest.raises(ModelBudgetExceeded, match="policy: refuse"):
+        mm.get("model-a")
+    with pytest.raises(ModelBudgetExceeded, match="budget"):
+        ModelManager(budget_bytes=100).register(a)
+    with pytest.raises(AgentError, match="unknown model"):
+        mm.get("nope")
+
+
+def test_tampered_bundle_is_not_served(two_bundles, tmp_path):
+    import shutil
+
+    a, _ = two_bundles
+    shutil.copytree(a, tmp_path / "t")
+    with open(tmp_path / "t" / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(AgentError, match="cannot serve"):
+        ModelManager().register(tmp_path / "t")
+
+
+def test_input_validation_messages(two_bundles):
+    man = verify_bundle(two_bundles[1])
+    assert validate(np.zeros((1, 8, 8), np.float32), man).shape == (1, 1, 8, 8), "a single sample gets a batch"
+    with pytest.raises(BadInput, match=r"expects \[batch, 1, 8, 8\]"):
+        validate(np.zeros((2, 64), np.float32), man)
+    with pytest.raises(BadInput, match="batch must be"):
+        validate(np.zeros((0, 1, 8, 8), np.float32), man)
+
+
+def test_server_tier_always_answers_and_thresholds_are_per_label(two_bundles):
+    mm = ModelManager()
+    mm.register(two_bundles[1])
+    x = np.random.default_rng(0).random((5, 1, 8, 8)).astype(np.float32)
+    server = Inference(mm, CascadeConfig("server", default_threshold=1.1), PrivacyPolicy())
+    assert {r["tier"] for r in server.predict("model-b", x)} == {"server"}
+    cfg = CascadeConfig("node", 0.9, {"model-b": {"3": 0.5}})
+    assert cfg.threshold("model-b", "3") == 0.5 and cfg.threshold("model-b", "4") == 0.9
+    p = probabilities(np.array([[1.0, 2.0, 3.0]]))
+    assert abs(p.sum() - 1) < 1e-9 and p.argmax() == 2
+    with pytest.raises(AgentError):
+        PrivacyPolicy(escalate="everything")
+
+
+def test_agent_config_from_toml(tmp_path):
+    p = tmp_path / "agent.toml"
+    p.write_text('tier = "node"\nport = 9000\n[privacy]\nescalate = "raw"\n[cascade]\ndefault_threshold = 0.8\n'
+                 '[cascade.thresholds.digits]\n"3" = 0.95\n[queue]\nqueue_when_full = "refuse"\n')
+    cfg = AgentConfig.from_toml(p, port=9100)
+    assert (cfg.tier, cfg.port, cfg.escalate, cfg.default_threshold) == ("node", 9100, "raw", 0.8)
+    assert cfg.thresholds == {"digits": {"3": 0.95}} and cfg.queue_when_full == "refuse"
+    p.write_text('tier = "node"\nwhatever = 1\n')
+    with pytest.raises(AgentError, match="unknown agent settings whatever"):
+        AgentConfig.from_toml(p)
