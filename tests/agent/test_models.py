@@ -71,6 +71,7 @@ def test_server_tier_always_answers_and_thresholds_are_per_label(two_bundles):
     cfg = CascadeConfig("node", 0.9, {"model-b": {"3": 0.5}})
     assert cfg.threshold("model-b", "3") == 0.5 and cfg.threshold("model-b", "4") == 0.9
     p = probabilities(np.array([[1.0, 2.0, 3.0]]))
+    assert probabilities(np.array([[0.2, 0.8]]), already=True).tolist() == [[0.2, 0.8]]
     assert abs(p.sum() - 1) < 1e-9 and p.argmax() == 2
     with pytest.raises(AgentError):
         PrivacyPolicy(escalate="everything")
@@ -86,3 +87,12 @@ def test_agent_config_from_toml(tmp_path):
     p.write_text('tier = "node"\nwhatever = 1\n')
     with pytest.raises(AgentError, match="unknown agent settings whatever"):
         AgentConfig.from_toml(p)
+
+
+def test_top1_matches_numpy_softmax():
+    from edgewise.agent.cascade import top1
+
+    rows = np.random.default_rng(0).standard_normal((20, 10)) * 5
+    classes, scores = top1(rows.tolist())
+    p = probabilities(rows)
+    assert classes == p.argmax(1).tolist() and np.allclose(scores, p.max(1))

@@ -31,6 +31,8 @@ class LoadedModel:
     session: ort.InferenceSession
     memory_bytes: int
     providers: list[str]
+    input_name: str = ""
+    outputs_probabilities: bool = False  # the graph ends in Softmax: scores are its outputs as they are
     loaded_at: float = field(default_factory=time.time)
     requests: int = 0
 
@@ -83,9 +85,10 @@ class ModelManager:
 
     def get(self, name: str) -> LoadedModel:
         with self._lock:
-            if name in self._loaded:
+            m = self._loaded.get(name)
+            if m is not None:
                 self._loaded.move_to_end(name)
-                return self._loaded[name]
+                return m
             path, manifest, need = self._bundles.get(name, (None, None, 0))
             if path is None or manifest is None:
                 raise AgentError(f"unknown model {name!r}; serving: {', '.join(self._bundles) or 'none'}")
@@ -96,8 +99,12 @@ class ModelManager:
                         f"{self.budget:,} bytes in use); policy: refuse")
                 self._loaded.popitem(last=False)
                 self.evictions += 1
-            session = make_session((path / "model.onnx").read_bytes(), threads=self.threads, providers=self.providers)
-            loaded = LoadedModel(name, manifest, session, need, session.get_providers())
+            data = (path / "model.onnx").read_bytes()
+            session = make_session(data, threads=self.threads, providers=self.providers)
+            graph = onnx.load_from_string(data).graph
+            ends_in_softmax = any(n.op_type == "Softmax" and n.output[0] == graph.output[0].name for n in graph.node)
+            loaded = LoadedModel(name, manifest, session, need, session.get_providers(),
+                                 session.get_inputs()[0].name, ends_in_softmax)
             self._loaded[name] = loaded
             self.loads += 1
             return loaded
