@@ -290,6 +290,64 @@ def agent_audit(data_dir: Annotated[Path, typer.Option(help="the agent's data di
     out_console.print(table)
 
 
+cascade_app = typer.Typer(help="Plan the cascade across tiers.", no_args_is_help=True)
+app.add_typer(cascade_app, name="cascade")
+
+
+@cascade_app.command("calibrate")
+def cascade_calibrate(
+    bundle: Annotated[list[Path], typer.Option("--bundle", "-b", help="one bundle per tier, bottom (endpoint) first")],
+    data: Annotated[str, typer.Option("--data", "-d", help="labelled data; thresholds come from its validation split")],
+    out_dir: Annotated[Path, typer.Option(help="writes endpoint.toml / node.toml agent configs here")] = Path("cascade"),
+    max_drop: Annotated[float, typer.Option(help="tolerated end-to-end accuracy drop vs the top tier, points")] = 0.5,
+) -> None:
+    """Choose each tier's confidence threshold so the cascade forwards as little as possible while its
+    accuracy stays within --max-drop of the top tier alone; write them into agent configs.
+
+    Example: edgewise cascade calibrate -b runs/e/bundle -b runs/n/bundle -b runs/s/bundle --data digits
+    """
+    from edgewise.agent.calibrate import calibrate, simulate
+    from edgewise.agent.cascade import probabilities
+    from edgewise.data import load_splits
+    from edgewise.profile import make_session, run_model
+    from edgewise.source import fit_data, load_source
+
+    if len(bundle) < 2:
+        raise EdgewiseError("calibration needs at least two tiers (--bundle given twice or more)")
+    splits = load_splits(data)
+    if splits.val.y is None:
+        raise EdgewiseError("calibration needs labelled data")
+    probs = {"val": [], "test": []}
+    for b in bundle:
+        src, sp = fit_data(load_source(b), splits)
+        sess = make_session(src.model)
+        for part in ("val", "test"):
+            probs[part].append(probabilities(run_model(sess, getattr(sp, part).x)))
+    plan = calibrate(probs["val"], splits.val.y, max_drop)
+    tier_names = ["endpoint", "node", "server"][: len(bundle)] if len(bundle) <= 3 else [f"tier{i}" for i in range(len(bundle))]
+    tier, pred = simulate(probs["test"], splits.test.y, plan.thresholds)
+    table = Table(title=f"cascade on {data}: thresholds from validation, checked on the test split")
+    for col in ("tier", "threshold", "answers (val)", "answers (test)", "accuracy of its answers (test)"):
+        table.add_column(col)
+    for t, name in enumerate(tier_names):
+        mask = tier == t
+        acc = f"{(pred[mask] == splits.test.y[mask]).mean() * 100:.2f}%" if mask.any() else "-"
+        thr = f"{plan.thresholds[t]:.4f}" if t < len(plan.thresholds) else "(answers the rest)"
+        table.add_row(name, thr, f"{plan.shares[t] * 100:.1f}%", f"{mask.mean() * 100:.1f}%", acc)
+    out_console.print(table)
+    test_top = (probs["test"][-1].argmax(1) == splits.test.y).mean()
+    out_console.print(f"end-to-end accuracy: validation {plan.accuracy * 100:.2f}% (top tier alone "
+                      f"{plan.top_accuracy * 100:.2f}%), test {(pred == splits.test.y).mean() * 100:.2f}% "
+                      f"(top tier alone {test_top * 100:.2f}%)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for t, name in enumerate(tier_names[:-1]):
+        path = out_dir / f"{name}.toml"
+        path.write_text(f'# written by `edgewise cascade calibrate` on {data}\ntier = "{name if name in ("endpoint", "node") else "node"}"\n'
+                        f'bundles = ["{bundle[t]}"]\n\n[privacy]\nescalate = "raw"\n\n[cascade]\n'
+                        f"default_threshold = {plan.thresholds[t]:.6f}\n")
+        out_console.print(f"wrote {path}")
+
+
 @app.command("import")
 def import_model(
     model: Annotated[Path, typer.Argument(help="a .onnx file, or a torch .pt holding a whole nn.Module")],
