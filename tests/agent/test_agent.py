@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from edgewise.agent.audit import AuditLog
+from edgewise.agent.cascade import RESULT_FIELDS
 from edgewise.agent.receiver import EventStore
 from edgewise.data import load_splits
 
@@ -48,7 +49,7 @@ def test_cascade_answers_at_each_tier_and_results_flow_up(tiers):
     node_events = EventStore(tiers["node"].data_dir / "events.db")
     wait_for(lambda: len(node_events) >= 120)
     for payload in node_events.payloads():
-        assert set(json.loads(payload)) <= {"model", "version", "label", "score", "tier", "ts", "degraded"}
+        assert set(json.loads(payload)) <= set(RESULT_FIELDS)
 
 
 def test_node_killed_endpoint_degrades_queues_and_delivers_exactly_once_after_restart(tiers):
@@ -60,6 +61,7 @@ def test_node_killed_endpoint_degrades_queues_and_delivers_exactly_once_after_re
     # Execute: the link to the node dies
     node.kill()
     offline = predict(endpoint, X[10:110])
+    wait_for(lambda: endpoint.get("/health")["sync"]["online"] is False)  # the syncer's next attempt failed
     health = endpoint.get("/health")
     node.start()
     wait_for(lambda: endpoint.get("/health")["queue"]["depth"] == 0, timeout=60)

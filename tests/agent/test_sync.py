@@ -116,14 +116,14 @@ def test_malformed_batches_get_400_and_the_server_stays_up(tmp_path):
     port = free_port()
     server = start_receiver(tmp_path / "e.db", port)
     try:
-        for body in (b"not json", b'{"events": 3}', b'{"events": [{"key": "k"}]}',
+        for body in (b"not json", b'{"events": 3}', b'{"events": [{"key": "k"}]}', b"\x1f\x8b broken gzip",
                      b'{"events": [{"key": "k", "topic": "t", "payload": "%%%"}]}'):
             req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/events", data=body, method="POST")
             with pytest.raises(urllib.error.HTTPError) as e:
                 urllib.request.urlopen(req, timeout=5)
             assert e.value.code == 400 and b"malformed" in e.value.read()
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        assert "edgewise_received_malformed_total 4" in metrics
+        assert "edgewise_received_malformed_total 5" in metrics
     finally:
         server.kill()
         server.wait()

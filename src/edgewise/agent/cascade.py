@@ -20,7 +20,9 @@ from edgewise.agent.upstream import Upstream, UpstreamUnavailable
 from edgewise.errors import AgentError
 
 TIERS = ("endpoint", "node", "server")
-RESULT_FIELDS = ("model", "version", "label", "score", "tier", "ts", "degraded")
+# All a result event carries upstream, with short keys because results are most of what a device sends:
+# model, version, label, score, timestamp, and (only when they differ from the default) tier and degraded.
+RESULT_FIELDS = ("m", "v", "l", "s", "ts", "tier", "d")
 
 
 @dataclass
@@ -144,6 +146,14 @@ class Inference:
     def _queue_results(self, results: list[dict[str, Any]]) -> None:
         if not self.policy.send_results or self.committer is None:
             return
-        now = time.time()
-        self.committer.submit([NewItem(json.dumps({**{k: r[k] for k in RESULT_FIELDS if k in r}, "ts": now}).encode(),
-                                       topic="result") for r in results])
+        now = round(time.time(), 3)
+        events = []
+        for r in results:
+            e: dict[str, Any] = {"m": r["model"], "v": r["version"], "l": r["label"], "s": round(r["score"], 4),
+                                 "ts": now}
+            if r["tier"] != self.cascade.tier:
+                e["tier"] = r["tier"]
+            if r["degraded"]:
+                e["d"] = 1
+            events.append(NewItem(json.dumps(e, separators=(",", ":")).encode(), topic="result"))
+        self.committer.submit(events)

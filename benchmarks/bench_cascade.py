@@ -1,0 +1,114 @@
+"""The three-tier cascade on digits with real agent processes on loopback: an int8 model at the endpoint
+(the one `optimize` chose for mcu-256k), the zoo CNN at the node, a 2x wider CNN at the server; thresholds
+from `cascade calibrate` on the validation split; every test sample sent to the endpoint as its own request.
+
+Run: .venv/bin/python benchmarks/bench_cascade.py   (writes the 'cascade' section of benchmarks/RESULTS.md)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import WORK, machine, table, trained, write_section  # noqa: E402
+
+from edgewise.agent.audit import AuditLog  # noqa: E402
+from edgewise.agent.calibrate import calibrate  # noqa: E402
+from edgewise.agent.cascade import probabilities  # noqa: E402
+from edgewise.bundle import Manifest, write_bundle  # noqa: E402
+from edgewise.data import load_splits  # noqa: E402
+from edgewise.modelio import inputs, outputs  # noqa: E402
+from edgewise.profile import make_session, run_model  # noqa: E402
+from tests.agent.conftest import AgentProc, free_port  # noqa: E402
+
+
+def as_bundle(train_dir: Path, out: Path, name: str) -> Path:
+    model = onnx.load(str(train_dir / "model.onnx"))
+    meta = json.loads((train_dir / "train.json").read_text())
+    man = Manifest(name, "1.0.0", "edge-server", [s.as_dict() for s in inputs(model)],
+                   [s.as_dict() for s in outputs(model)], meta["labels"], meta["preprocessing"], "fp32", [], {})
+    return write_bundle(out, man, {"model.onnx": (train_dir / "model.onnx").read_bytes()})
+
+
+def main() -> None:
+    splits = load_splits("digits")
+    endpoint_bundle = WORK / "opt-digits-cnn-mcu" / "bundle"
+    if not endpoint_bundle.is_dir():
+        raise SystemExit("run benchmarks/bench_int8.py first (it makes the mcu-256k bundle)")
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        bundles = [endpoint_bundle, as_bundle(trained("cnn", "digits", 25), tmp / "node", "digits-cnn"),
+                   as_bundle(trained("cnn", "digits", 40, width=2.0), tmp / "server", "digits-cnn-wide")]
+        names = ["endpoint", "node", "server"]
+        val = [probabilities(run_model(make_session(onnx.load(str(b / "model.onnx")), reference=(i == 0)),
+                                       splits.val.x)) for i, b in enumerate(bundles)]
+        plan = calibrate(val, splits.val.y, max_drop_points=0.5)
+        ports = [free_port() for _ in names]
+        agents = []
+        for i in (2, 1, 0):
+            args = ["--bundle", str(bundles[i]), "--tier", names[i]]
+            if i < 2:
+                cfg = tmp / f"{names[i]}.toml"
+                cfg.write_text(f'tier = "{names[i]}"\n[privacy]\nescalate = "raw"\n[cascade]\n'
+                               f"default_threshold = {plan.thresholds[i]}\n")
+                args += ["--config", str(cfg), "--upstream", f"http://127.0.0.1:{ports[i + 1]}"]
+            agents.append(AgentProc(args, ports[i], tmp / f"data-{names[i]}").start())
+        endpoint = agents[-1]
+        rows = []
+        try:
+            for x in splits.test.x[:20]:  # warm-up
+                endpoint.post("/predict", json.dumps({"inputs": x[None].tolist()}).encode())
+            raw_bytes = 0
+            for x, y in zip(splits.test.x, splits.test.y):
+                body = json.dumps({"inputs": x[None].tolist()}).encode()
+                raw_bytes += len(body)
+                t = time.perf_counter()
+                status, answer = endpoint.post("/predict", body)
+                ms = (time.perf_counter() - t) * 1e3
+                r = answer["results"][0]
+                rows.append((r["tier"], int(r["label"]) == int(y), ms))
+            deadline = time.time() + 30
+            while time.time() < deadline and endpoint.get("/health")["queue"]["depth"] > 0:
+                time.sleep(0.2)
+        finally:
+            for a in agents:
+                a.kill()
+        sent = {n: sum(r["bytes"] for r in AuditLog(tmp / f"data-{n}" / "audit.db").rows()) for n in ("endpoint", "node")}
+        server_alone = float((val[2].argmax(1) == splits.val.y).mean())
+        test_server = float((probabilities(run_model(make_session(onnx.load(str(bundles[2] / "model.onnx"))),
+                                                     splits.test.x)).argmax(1) == splits.test.y).mean())
+    tiers = np.array([t for t, _, _ in rows])
+    ok = np.array([c for _, c, _ in rows])
+    ms = np.array([m for _, _, m in rows])
+    table_rows = []
+    for n, thr in zip(names, plan.thresholds + [None]):
+        mask = tiers == n
+        table_rows.append([n, "-" if thr is None else f"{thr:.4f}", f"{mask.mean() * 100:.1f}%",
+                           f"{ok[mask].mean() * 100:.2f}%" if mask.any() else "-",
+                           f"{np.percentile(ms[mask], 50):.2f}" if mask.any() else "-",
+                           f"{np.percentile(ms[mask], 99):.2f}" if mask.any() else "-",
+                           f"{sent.get(n, 0):,}" if n != "server" else "-"])
+    md = (f"## Cascade: endpoint -> node -> server on digits\n\nMachine: {machine()}. Three agent processes on "
+          f"loopback; {len(rows)} test samples, one request each, sent to the endpoint. Thresholds from "
+          "`calibrate` on the validation split (tolerance 0.5 points). Latency is the client's, end to end. "
+          "Bytes: what each tier sent upstream (escalated inputs + result events, from its audit log).\n\n"
+          + table(["answered at", "threshold", "share", "accuracy of its answers", "p50 ms", "p99 ms",
+                   "bytes sent upstream"], table_rows)
+          + f"\n\n- end-to-end accuracy {ok.mean() * 100:.2f}% vs the server model alone {test_server * 100:.2f}% "
+          f"(validation: cascade {plan.accuracy * 100:.2f}%, server alone {server_alone * 100:.2f}%)\n"
+          f"- bytes the endpoint sent upstream: {sent['endpoint']:,} = {sent['endpoint'] / raw_bytes * 100:.1f}% of "
+          f"sending every input to the server ({raw_bytes:,} bytes of JSON requests)\n")
+    write_section("cascade", md)
+
+
+if __name__ == "__main__":
+    main()
