@@ -7,6 +7,7 @@ Run: .venv/bin/python benchmarks/bench_cascade.py   (writes the 'cascade' sectio
 
 from __future__ import annotations
 
+import gzip
 import json
 import sys
 import tempfile
@@ -67,10 +68,11 @@ def main() -> None:
         try:
             for x in splits.test.x[:20]:  # warm-up
                 endpoint.post("/predict", json.dumps({"inputs": x[None].tolist()}).encode())
-            raw_bytes = 0
+            raw_bytes = gz_bytes = 0
             for x, y in zip(splits.test.x, splits.test.y):
                 body = json.dumps({"inputs": x[None].tolist()}).encode()
                 raw_bytes += len(body)
+                gz_bytes += len(gzip.compress(body))
                 t = time.perf_counter()
                 status, answer = endpoint.post("/predict", body)
                 ms = (time.perf_counter() - t) * 1e3
@@ -106,7 +108,8 @@ def main() -> None:
           + f"\n\n- end-to-end accuracy {ok.mean() * 100:.2f}% vs the server model alone {test_server * 100:.2f}% "
           f"(validation: cascade {plan.accuracy * 100:.2f}%, server alone {server_alone * 100:.2f}%)\n"
           f"- bytes the endpoint sent upstream: {sent['endpoint']:,} = {sent['endpoint'] / raw_bytes * 100:.1f}% of "
-          f"sending every input to the server ({raw_bytes:,} bytes of JSON requests)\n")
+          f"sending every input to the server ({raw_bytes:,} bytes of JSON requests; "
+          f"{gz_bytes:,} if each were gzip-compressed: {sent['endpoint'] / gz_bytes * 100:.1f}%)\n")
     write_section("cascade", md)
 
 

@@ -60,8 +60,8 @@ def test_link_down_then_back_without_restart_resumes_by_itself(tmp_path):
     # Execute: produce while offline, then the link returns
     keys = queue.append_many([NewItem(f"e{i}".encode()) for i in range(40)])
     syncer.notify()
-    time.sleep(0.2)
-    assert len(store) == 0 and syncer.stats.failures > 0 and len(queue) == 40
+    wait_for(lambda: syncer.stats.failures > 0)
+    assert len(store) == 0 and len(queue) == 40
     up.online = True
     wait_for(lambda: len(store) == 40)
     syncer.stop()
