@@ -1,5 +1,5 @@
 """The three-tier cascade on digits with real agent processes on loopback: an int8 model at the endpoint
-(the one `optimize` chose for mcu-256k), the zoo CNN at the node, a 2x wider CNN at the server; thresholds
+(the one `optimize` chose for mcu-256k, run as its generated C through ctypes), the zoo CNN at the node, a 2x wider CNN at the server; thresholds
 from `cascade calibrate` on the validation split; every test sample sent to the endpoint as its own request.
 
 Run: .venv/bin/python benchmarks/bench_cascade.py   (writes the 'cascade' section of benchmarks/RESULTS.md)
@@ -12,7 +12,6 @@ import json
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +56,8 @@ def main() -> None:
         agents = []
         for i in (2, 1, 0):
             args = ["--bundle", str(bundles[i]), "--tier", names[i]]
+            if i == 0:  # the endpoint runs the generated C, as the microcontroller would
+                args += ["--runtime", "c"]
             if i < 2:
                 cfg = tmp / f"{names[i]}.toml"
                 cfg.write_text(f'tier = "{names[i]}"\n[privacy]\nescalate = "raw"\n[cascade]\n'

@@ -246,6 +246,8 @@ def agent(
     port: Annotated[int | None, typer.Option(help="HTTP port (loopback unless --host says otherwise)")] = None,
     host: Annotated[str | None, typer.Option(help="address to bind")] = None,
     escalate: Annotated[str | None, typer.Option(help="privacy: 'none' (default) or 'raw' inputs may go upstream")] = None,
+    runtime: Annotated[str | None, typer.Option(help="'onnxruntime' (default) or 'c': run int8 bundles as the "
+                                                     "generated C, through ctypes (needs gcc)")] = None,
     config: Annotated[Path | None, typer.Option(help="agent.toml: privacy, cascade, queue and models sections")] = None,
 ) -> None:
     """Serve bundles over HTTP (POST /predict, GET /health, GET /metrics, docs at /docs).
@@ -257,7 +259,7 @@ def agent(
     from edgewise.agent.runner import AgentConfig, serve
 
     overrides = {"bundles": bundle or None, "tier": tier, "data_dir": data_dir, "upstream": upstream, "port": port,
-                 "host": host, "escalate": escalate}
+                 "host": host, "escalate": escalate, "runtime": runtime}
     if config is not None:
         cfg = AgentConfig.from_toml(config, **overrides)
     else:

@@ -96,3 +96,24 @@ def test_top1_matches_numpy_softmax():
     classes, scores = top1(rows.tolist())
     p = probabilities(rows)
     assert classes == p.argmax(1).tolist() and np.allclose(scores, p.max(1))
+
+
+def test_c_runtime_serves_an_int8_bundle_like_the_device(tmp_path):
+    """The endpoint tier runs the generated C through ctypes; it agrees with the integer reference."""
+    from edgewise.codegen.lower import lower
+    from edgewise.codegen.reference import quantize_input, run_reference
+    from edgewise.data import load_splits
+    from tests.codegen.conftest import _mcu_bundle
+
+    bundle = _mcu_bundle(tmp_path, "cnn", "digits", 3)
+    mm = ModelManager(runtime="c", build_dir=tmp_path / "build")
+    name = mm.register(bundle)
+    x = load_splits("digits").test.x[:40]
+    inf = Inference(mm, CascadeConfig("endpoint"), PrivacyPolicy(send_results=False))
+    results = inf.predict(name, x)
+    import onnx
+
+    graph = lower(onnx.load(str(bundle / "model.onnx")))
+    ref = [int(np.argmax(run_reference(graph, quantize_input(graph, s)))) for s in x]
+    assert [r["class"] for r in results] == ref
+    assert mm.health()["loaded"][name]["providers"] == ["edgewise-C (int8, ctypes)"]

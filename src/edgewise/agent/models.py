@@ -49,7 +49,11 @@ class ModelManager:
     refused) when a new one would not fit, and are reloaded on their next request."""
 
     def __init__(self, budget_bytes: int = 512 * 2**20, policy: str = "evict-lru", threads: int = 1,
-                 providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
+                 providers: tuple[str, ...] = ("CPUExecutionProvider",), runtime: str = "onnxruntime",
+                 build_dir: Path | None = None) -> None:
+        if runtime not in ("onnxruntime", "c"):
+            raise AgentError(f"runtime must be 'onnxruntime' or 'c', got {runtime!r}")
+        self.runtime, self.build_dir = runtime, build_dir or Path("agent-data") / "c-build"
         if policy not in POLICIES:
             raise AgentError(f"model manager policy must be one of {POLICIES}, got {policy!r}")
         self.budget, self.policy, self.threads, self.providers = budget_bytes, policy, threads, providers
@@ -100,7 +104,15 @@ class ModelManager:
                 self._loaded.popitem(last=False)
                 self.evictions += 1
             data = (path / "model.onnx").read_bytes()
-            session = make_session(data, threads=self.threads, providers=self.providers)
+            if self.runtime == "c":  # the generated C, as the device runs it
+                from edgewise.agent.cmodel import CSession
+
+                try:
+                    session = CSession(path / "model.onnx", self.build_dir)
+                except EdgewiseError as e:
+                    raise AgentError(f"cannot run {name} as C: {e}") from e
+            else:
+                session = make_session(data, threads=self.threads, providers=self.providers)
             graph = onnx.load_from_string(data).graph
             ends_in_softmax = any(n.op_type == "Softmax" and n.output[0] == graph.output[0].name for n in graph.node)
             loaded = LoadedModel(name, manifest, session, need, session.get_providers(),

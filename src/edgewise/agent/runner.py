@@ -26,6 +26,7 @@ class AgentConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     threads: int = 1
+    runtime: str = "onnxruntime"  # or "c": run the bundle's generated C through ctypes (endpoint tier)
     model_budget_bytes: int = 512 * 2**20
     model_policy: str = "evict-lru"
     queue_max_bytes: int = 256 * 2**20
@@ -82,7 +83,8 @@ def build_agent(cfg: AgentConfig) -> Agent:
 
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     audit = AuditLog(cfg.data_dir / "audit.db")
-    models = ModelManager(cfg.model_budget_bytes, cfg.model_policy, cfg.threads)
+    models = ModelManager(cfg.model_budget_bytes, cfg.model_policy, cfg.threads, runtime=cfg.runtime,
+                          build_dir=cfg.data_dir / "c-build")
     for b in cfg.bundles:
         models.register(Path(b))
     queue = committer = syncer = upstream = None
