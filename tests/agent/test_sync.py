@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,11 +18,7 @@ from edgewise.agent.receiver import EventStore
 from edgewise.agent.sync import Syncer, next_backoff
 from edgewise.agent.upstream import HttpUpstream, InProcessUpstream, UpstreamUnavailable
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .conftest import free_port, wait_for
 
 
 def start_receiver(db: Path, port: int) -> subprocess.Popen:
@@ -39,15 +34,6 @@ def start_receiver(db: Path, port: int) -> subprocess.Popen:
                 raise RuntimeError(proc.stderr.read().decode())
             time.sleep(0.1)
     raise RuntimeError("receiver did not start")
-
-
-def wait_for(cond, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 def test_link_down_then_back_without_restart_resumes_by_itself(tmp_path):

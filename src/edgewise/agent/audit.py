@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -11,15 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from edgewise.agent.queue import Item
+from edgewise.agent.store import connect
 from edgewise.agent.upstream import Upstream, encode_batch
 
 
 class AuditLog:
     def __init__(self, path: Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = connect(path)
         self._db.execute("CREATE TABLE IF NOT EXISTS audit (ts REAL, kind TEXT, destination TEXT, fields TEXT, "
                          "items INTEGER, bytes INTEGER)")
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgewise.agent.store import connect
 from edgewise.errors import AgentError, QueueFull, StorageError
 
 POLICIES = ("drop-oldest", "refuse")
@@ -65,12 +66,9 @@ class DurableQueue:
         if when_full not in POLICIES:
             raise AgentError(f"queue policy must be one of {POLICIES}, got {when_full!r}")
         self.path, self.max_bytes, self.max_age_s, self.when_full = Path(path), max_bytes, max_age_s, when_full
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db = connect(self.path)
             if max_pages is not None:  # caps the file size: how tests reproduce a full disk
                 self._db.execute(f"PRAGMA max_page_count={int(max_pages)}")
             self._db.executescript(_SCHEMA)

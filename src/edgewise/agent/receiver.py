@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgewise.agent.queue import Item
+from edgewise.agent.store import connect
 from edgewise.errors import StorageError
 
 
@@ -15,11 +16,8 @@ class EventStore:
     """SQLite table keyed by idempotency key: a redelivered batch changes nothing (exactly-once effect)."""
 
     def __init__(self, path: Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = connect(path)
         self._db.execute("CREATE TABLE IF NOT EXISTS events (key TEXT PRIMARY KEY, topic TEXT, priority INTEGER, "
                          "created REAL, received REAL DEFAULT (unixepoch('subsec')), payload BLOB)")
         self.duplicates = 0
