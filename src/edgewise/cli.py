@@ -248,6 +248,8 @@ def agent(
     escalate: Annotated[str | None, typer.Option(help="privacy: 'none' (default) or 'raw' inputs may go upstream")] = None,
     runtime: Annotated[str | None, typer.Option(help="'onnxruntime' (default) or 'c': run int8 bundles as the "
                                                      "generated C, through ctypes (needs gcc)")] = None,
+    mqtt: Annotated[str | None, typer.Option(help="MQTT broker HOST:PORT: readings on edgewise/<tier>/in/<model>, "
+                                                  "results on .../out/<model>")] = None,
     config: Annotated[Path | None, typer.Option(help="agent.toml: privacy, cascade, queue and models sections")] = None,
 ) -> None:
     """Serve bundles over HTTP (POST /predict, GET /health, GET /metrics, docs at /docs).
@@ -259,7 +261,7 @@ def agent(
     from edgewise.agent.runner import AgentConfig, serve
 
     overrides = {"bundles": bundle or None, "tier": tier, "data_dir": data_dir, "upstream": upstream, "port": port,
-                 "host": host, "escalate": escalate, "runtime": runtime}
+                 "host": host, "escalate": escalate, "runtime": runtime, "mqtt": mqtt}
     if config is not None:
         cfg = AgentConfig.from_toml(config, **overrides)
     else:

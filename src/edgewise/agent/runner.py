@@ -34,6 +34,9 @@ class AgentConfig:
     queue_when_full: str = "drop-oldest"
     default_threshold: float = 0.9
     thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
+    mqtt: str | None = None  # host:port of a broker: readings in, results out (QoS 1, persistent session)
+    mqtt_prefix: str | None = None  # default edgewise/<tier>
+    mqtt_client_id: str | None = None  # default edgewise-<tier>-<port>
     escalate: str = "none"
     review_offline: bool = True
     send_results: bool = True
@@ -70,8 +73,11 @@ class Agent:
     syncer: Syncer | None
     events: EventStore | None
     audit: AuditLog
+    mqtt: Any = None
 
     def close(self) -> None:
+        if self.mqtt is not None:
+            self.mqtt.stop()
         if self.syncer is not None:
             self.syncer.stop()
         if self.committer is not None:
@@ -99,8 +105,19 @@ def build_agent(cfg: AgentConfig) -> Agent:
     if models.names:
         inference = Inference(models, CascadeConfig(cfg.tier, cfg.default_threshold, cfg.thresholds),
                               PrivacyPolicy(cfg.escalate, cfg.review_offline, cfg.send_results), committer, upstream)
-    app = create_app(events, syncer, queue, cfg.tier, inference)
-    return Agent(cfg, app, inference, queue, committer, syncer, events, audit)
+    bridge = None
+    if cfg.mqtt:
+        if inference is None:
+            raise AgentError("MQTT ingestion needs at least one --bundle to answer with")
+        from edgewise.agent.mqtt import MqttBridge
+
+        host, _, port = cfg.mqtt.rpartition(":")
+        if not host or not port.isdigit():
+            raise AgentError(f"--mqtt must be HOST:PORT, got {cfg.mqtt!r}")
+        bridge = MqttBridge(inference, host, int(port), cfg.mqtt_client_id or f"edgewise-{cfg.tier}-{cfg.port}",
+                            cfg.mqtt_prefix or f"edgewise/{cfg.tier}").start()
+    app = create_app(events, syncer, queue, cfg.tier, inference, bridge)
+    return Agent(cfg, app, inference, queue, committer, syncer, events, audit, bridge)
 
 
 def serve(cfg: AgentConfig) -> None:

@@ -23,7 +23,7 @@ MAX_BODY_BYTES = 16 * 2**20
 
 
 def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any = None, tier: str = "server",
-               inference: Any = None) -> FastAPI:
+               inference: Any = None, mqtt: Any = None) -> FastAPI:
     app = FastAPI(title=f"edgewise agent ({tier})", version="0.1.0")
     received = {"batches": 0, "events": 0, "duplicates": 0, "malformed": 0}
     errors = {"bad_input": 0, "unknown_model": 0, "overloaded": 0, "storage": 0}
@@ -102,6 +102,8 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         if inference is not None:
             out["models"] = inference.models.health()
             out["cascade"] = inference.counts
+        if mqtt is not None:
+            out["mqtt"] = {**mqtt.counts, "connected": mqtt.client.is_connected()}
         return out
 
     @app.get("/metrics", response_class=PlainTextResponse)
@@ -126,6 +128,9 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
                       f"edgewise_models_memory_bytes {inference.models.used_bytes()}"]
         for k, v in errors.items():
             lines += [f"# TYPE edgewise_errors_{k}_total counter", f"edgewise_errors_{k}_total {v}"]
+        if mqtt is not None:
+            for k, v in mqtt.counts.items():
+                lines += [f"# TYPE edgewise_mqtt_{k}_total counter", f"edgewise_mqtt_{k}_total {v}"]
         return "\n".join(lines) + "\n"
 
     return app

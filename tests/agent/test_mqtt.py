@@ -1,0 +1,105 @@
+"""MQTT ingestion against a real Mosquitto broker (Debian package, started by the test)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from edgewise.data import load_splits
+
+from .conftest import AgentProc, free_port, wait_for
+
+BROKER = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+if BROKER is None and not os.environ.get("CI"):
+    pytest.skip("mosquitto not installed (see .ci/run)", allow_module_level=True)
+
+X = load_splits("digits").test.x
+
+
+@pytest.fixture
+def broker(tmp_path: Path):
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen([BROKER, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: _can_connect(port), timeout=10)
+    yield port
+    proc.kill()
+    proc.wait()
+
+
+def _can_connect(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+class Sensor:
+    """A device-side client: publishes readings and collects what the agent publishes back."""
+
+    def __init__(self, port: int, prefix: str) -> None:
+        self.got: list[dict] = []
+        self.errors: list[dict] = []
+        self.lock = threading.Lock()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sensor-{port}")
+        self.c.on_message = self._msg
+        self.c.connect("127.0.0.1", port)
+        self.c.subscribe([(f"{prefix}/out/+", 1), (f"{prefix}/errors", 1)])
+        self.c.loop_start()
+        self.prefix = prefix
+        time.sleep(0.3)
+
+    def _msg(self, _c, _u, msg) -> None:  # type: ignore[no-untyped-def]
+        with self.lock:
+            (self.errors if msg.topic.endswith("/errors") else self.got).append(json.loads(msg.payload))
+
+    def publish(self, model: str, payload: bytes) -> None:
+        self.c.publish(f"{self.prefix}/in/{model}", payload, qos=1).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def test_readings_in_results_out_malformed_answered_and_persistent_session(broker, tier_bundles, tmp_path):
+    # Prepare
+    args = ["--bundle", str(tier_bundles["node"]), "--tier", "node", "--mqtt", f"127.0.0.1:{broker}"]
+    port = free_port()
+    agent = AgentProc(args, port, tmp_path / "agent").start()
+    sensor = Sensor(broker, "edgewise/node")
+    try:
+        # Execute: good readings, then malformed ones
+        for i in range(5):
+            sensor.publish("digits", json.dumps({"id": i, "inputs": X[i : i + 1].tolist()}).encode())
+        for bad in (b"not json", json.dumps({"id": 99, "inputs": [[1, 2]]}).encode(), b'{"id": 7}'):
+            sensor.publish("digits", bad)
+        sensor.publish("no-such-model", json.dumps({"id": 5, "inputs": X[:1].tolist()}).encode())
+        wait_for(lambda: len(sensor.got) == 5 and len(sensor.errors) == 4)
+        # the agent goes away; readings published meanwhile wait in its persistent session
+        agent.kill()
+        for i in range(10, 13):
+            sensor.publish("digits", json.dumps({"id": i, "inputs": X[i : i + 1].tolist()}).encode())
+        agent.start()
+        wait_for(lambda: len(sensor.got) == 8, timeout=30)
+        health = agent.get("/health")
+    finally:
+        sensor.close()
+        agent.kill()
+    # Assert
+    assert sorted(m["id"] for m in sensor.got) == [0, 1, 2, 3, 4, 10, 11, 12]
+    assert all(m["results"][0]["tier"] == "node" for m in sensor.got)
+    assert {e["id"] for e in sensor.errors} == {None, 99, 7, 5}
+    assert any("expects [batch, 1, 8, 8]" in e["error"] for e in sensor.errors)
+    assert health["mqtt"]["connected"] is True
