@@ -119,3 +119,48 @@ def test_default_privacy_policy_sends_results_only(tier_bundles, tmp_path):
     audit = AuditLog(tmp_path / "node" / "audit.db").rows()
     assert audit and all(r["kind"] == "events" and "inputs" not in r["fields"] for r in audit)
     assert sum(r["items"] for r in audit) >= 60
+
+
+def test_agent_kill_9_during_a_burst_loses_no_acknowledged_result(tier_bundles, tmp_path):
+    """The endpoint is killed mid-burst while its upstream is down; after both come back, every result
+    whose request was answered 200 reaches the node, and no result arrives twice."""
+    import threading
+
+    node_port, ep_port = free_port(), free_port()
+    node = AgentProc(["--bundle", str(tier_bundles["node"]), "--tier", "node"], node_port, tmp_path / "node")
+    endpoint = AgentProc(["--bundle", str(tier_bundles["endpoint"]), "--tier", "endpoint",
+                          "--upstream", f"http://127.0.0.1:{node_port}"], ep_port, tmp_path / "endpoint").start()
+    acked = []
+    stop = threading.Event()
+
+    def client(offset: int) -> None:
+        i = offset
+        while not stop.is_set():
+            try:
+                status, _ = endpoint.post("/predict", json.dumps({"inputs": X[i % 300 : i % 300 + 1].tolist()}).encode())
+            except OSError:
+                return
+            if status == 200:
+                acked.append(i)
+            i += 4
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(acked) >= 60)
+    endpoint.kill()  # SIGKILL in the middle of the burst
+    stop.set()
+    for t in threads:
+        t.join()
+    n_acked = len(acked)
+    node.start()
+    endpoint.start()
+    node_events = EventStore(tmp_path / "node" / "events.db")
+    try:
+        wait_for(lambda: endpoint.get("/health")["queue"]["depth"] == 0, timeout=60)
+    finally:
+        endpoint.kill()
+        node.kill()
+    keys = node_events.keys()
+    assert len(keys) == len(set(keys)), "nothing delivered twice"
+    assert len(keys) >= n_acked, f"{n_acked} results were acknowledged, {len(keys)} arrived"
