@@ -117,3 +117,24 @@ def test_c_runtime_serves_an_int8_bundle_like_the_device(tmp_path):
     ref = [int(np.argmax(run_reference(graph, quantize_input(graph, s)))) for s in x]
     assert [r["class"] for r in results] == ref
     assert mm.health()["loaded"][name]["providers"] == ["edgewise-C (int8, ctypes)"]
+
+
+def test_execution_providers_follow_the_target_with_the_fallback_stated(two_bundles, tmp_path):
+    """An edge-node bundle asks for TensorRT/CUDA; on a CPU-only machine health says it fell back."""
+    import onnxruntime as ort
+
+    from edgewise.bundle import read_bundle, write_bundle
+
+    a, _ = two_bundles
+    man = read_bundle(a)
+    from dataclasses import replace
+
+    node_bundle = write_bundle(tmp_path / "node", replace(man, target="edge-node", files={}),
+                               {"model.onnx": a / "model.onnx"})
+    mm = ModelManager()
+    name = mm.register(node_bundle)
+    mm.get(name)
+    eps = mm.health()["execution_providers"][name]
+    assert eps["wanted"][:2] == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert eps["running_on"] == "CPUExecutionProvider" and "not available here" in eps["fallback"]

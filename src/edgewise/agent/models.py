@@ -58,6 +58,7 @@ class ModelManager:
             raise AgentError(f"model manager policy must be one of {POLICIES}, got {policy!r}")
         self.budget, self.policy, self.threads, self.providers = budget_bytes, policy, threads, providers
         self._bundles: dict[str, tuple[Path, Manifest, int]] = {}
+        self._providers: dict[str, tuple[str, ...]] = {}
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self.evictions = 0
@@ -73,7 +74,18 @@ class ModelManager:
         if need > self.budget:
             raise ModelBudgetExceeded(f"model {manifest.name} needs {need:,} bytes; the budget is {self.budget:,}")
         self._bundles[manifest.name] = (Path(bundle), manifest, need)
+        self._providers[manifest.name] = self._target_providers(manifest.target)
         return manifest.name
+
+    def _target_providers(self, target: str) -> tuple[str, ...]:
+        """Execution providers the bundle's target profile asks for (CUDA/TensorRT on an edge node, ...),
+        falling back to this manager's default for targets this install does not know."""
+        from edgewise.targets import load_target
+
+        try:
+            return load_target(target).execution_providers
+        except EdgewiseError:
+            return self.providers
 
     @property
     def names(self) -> list[str]:
@@ -112,7 +124,7 @@ class ModelManager:
                 except EdgewiseError as e:
                     raise AgentError(f"cannot run {name} as C: {e}") from e
             else:
-                session = make_session(data, threads=self.threads, providers=self.providers)
+                session = make_session(data, threads=self.threads, providers=self._providers[name])
             graph = onnx.load_from_string(data).graph
             ends_in_softmax = any(n.op_type == "Softmax" and n.output[0] == graph.output[0].name for n in graph.node)
             loaded = LoadedModel(name, manifest, session, need, session.get_providers(),
@@ -122,14 +134,15 @@ class ModelManager:
             return loaded
 
     def health(self) -> dict[str, Any]:
-        wanted = list(self.providers)
         have = ort.get_available_providers()
-        fallback = [p for p in wanted if p not in have]
+        eps = {}
+        for name, wanted in self._providers.items():
+            missing = [p for p in wanted if p not in have]
+            running = next((p for p in wanted if p in have), "CPUExecutionProvider")
+            eps[name] = {"wanted": list(wanted), "running_on": running,
+                         "fallback": f"{', '.join(missing)} not available here: running on {running}" if missing else None}
         return {"budget_bytes": self.budget, "used_bytes": self.used_bytes(), "policy": self.policy,
                 "loaded": {n: {"version": m.manifest.version, "memory_bytes": m.memory_bytes,
                                "providers": m.providers, "requests": m.requests} for n, m in self._loaded.items()},
                 "registered": self.names, "evictions": self.evictions, "loads": self.loads,
-                "execution_providers": {"wanted": wanted, "available": have,
-                                        "fallback": (f"{', '.join(fallback)} not available: running on "
-                                                     f"{next((p for p in wanted if p in have), 'CPUExecutionProvider')}")
-                                        if fallback else None}}
+                "available_providers": have, "execution_providers": eps}
