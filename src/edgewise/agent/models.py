@@ -61,6 +61,7 @@ class ModelManager:
         self._providers: dict[str, tuple[str, ...]] = {}
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
+        self._last: LoadedModel | None = None
         self.evictions = 0
         self.loads = 0
 
@@ -100,10 +101,16 @@ class ModelManager:
         return sum(m.memory_bytes for m in self._loaded.values())
 
     def get(self, name: str) -> LoadedModel:
+        # Hot path: the model asked for is already the most recently used one; no lock, no reordering.
+        # (Reading a dict while another thread updates it is safe in CPython; the slow path takes the lock.)
+        m = self._last
+        if m is not None and m.name == name and name in self._loaded:
+            return m
         with self._lock:
             m = self._loaded.get(name)
             if m is not None:
                 self._loaded.move_to_end(name)
+                self._last = m
                 return m
             path, manifest, need = self._bundles.get(name, (None, None, 0))
             if path is None or manifest is None:
@@ -130,6 +137,7 @@ class ModelManager:
             loaded = LoadedModel(name, manifest, session, need, session.get_providers(),
                                  session.get_inputs()[0].name, ends_in_softmax)
             self._loaded[name] = loaded
+            self._last = loaded
             self.loads += 1
             return loaded
 

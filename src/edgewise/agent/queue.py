@@ -218,7 +218,7 @@ class GroupCommitter:
     """Many producers, one writer: items submitted within a few milliseconds share one transaction
     (one fsync), and each `submit` returns only after its items are durable."""
 
-    def __init__(self, queue: DurableQueue, max_batch: int = 512, max_wait_s: float = 0.002) -> None:
+    def __init__(self, queue: DurableQueue, max_batch: int = 1024, max_wait_s: float = 0.0) -> None:
         import queue as stdqueue
 
         self.queue, self.max_batch, self.max_wait_s = queue, max_batch, max_wait_s
@@ -246,13 +246,19 @@ class GroupCommitter:
                 first = self._pending.get(timeout=0.1)
             except stdqueue.Empty:
                 continue
+            # Take whatever queued up while the previous commit was fsyncing: batches grow with load by
+            # themselves, and a lone request is committed at once (max_wait_s > 0 lingers on purpose).
             batch = [first]
+            size = len(first[0])
             deadline = time.monotonic() + self.max_wait_s
-            while sum(len(b[0]) for b in batch) < self.max_batch:
+            while size < self.max_batch:
                 try:
-                    batch.append(self._pending.get(timeout=max(0.0, deadline - time.monotonic())))
+                    wait = deadline - time.monotonic()
+                    item = self._pending.get(timeout=wait) if wait > 0 else self._pending.get_nowait()
                 except stdqueue.Empty:
                     break
+                batch.append(item)
+                size += len(item[0])
             try:
                 keys = self.queue.append_many([it for items, _, _ in batch for it in items])
                 pos = 0
