@@ -138,3 +138,16 @@ def test_execution_providers_follow_the_target_with_the_fallback_stated(two_bund
     assert eps["wanted"][:2] == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         assert eps["running_on"] == "CPUExecutionProvider" and "not available here" in eps["fallback"]
+
+
+def test_the_device_side_never_imports_torch():
+    """DESIGN: a device installs edgewise[agent]; nothing on the agent's path may pull in the training stack."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['sklearn'] = None\n"
+            "import edgewise.agent.runner, edgewise.agent.service, edgewise.agent.cmodel, edgewise.agent.mqtt\n"
+            "import edgewise.agent.calibrate, edgewise.codegen.compile\n"
+            "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
