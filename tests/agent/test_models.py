@@ -151,3 +151,21 @@ def test_the_device_side_never_imports_torch():
             "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_inputs_outside_the_trained_range_are_refused(tmp_path, fast_opts):
+    from edgewise.data import load_splits
+    from edgewise.optimize.pipeline import optimize
+    from edgewise.targets import load_target
+    from edgewise.zoo import TrainConfig, train
+
+    train("mlp", load_splits("digits"), TrainConfig(epochs=1)).save(tmp_path / "t")
+    fast_opts.torch_passes = False
+    fast_opts.only = ("baseline-fused",)
+    bundle = optimize(tmp_path / "t", "digits", load_target("edge-server"), tmp_path / "o", fast_opts).bundle
+    man = verify_bundle(bundle)
+    lo, hi = man.preprocessing["input_range"]
+    assert lo < 0 <= 1 < hi  # digits are scaled to [0, 1]
+    validate(np.full((1, 1, 8, 8), 0.5, np.float32), man)
+    with pytest.raises(BadInput, match="outside the model's input range"):
+        validate(np.full((1, 1, 8, 8), 16.0, np.float32), man)  # raw 0..16 pixels: the scale was forgotten

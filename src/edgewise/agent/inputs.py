@@ -50,6 +50,12 @@ def validate(x: np.ndarray, manifest: Manifest) -> np.ndarray:
         raise BadInput(f"batch must be between 1 and {MAX_BATCH}, got {x.shape[0]}")
     if not np.isfinite(x).all():
         raise BadInput("inputs hold NaN or infinite values")
+    bounds = (manifest.preprocessing or {}).get("input_range")
+    if bounds is not None:
+        lo, hi = float(x.min()), float(x.max())
+        if lo < bounds[0] or hi > bounds[1]:
+            raise BadInput(f"inputs span [{lo:.4g}, {hi:.4g}], outside the model's input range "
+                           f"[{bounds[0]:.4g}, {bounds[1]:.4g}]: check the preprocessing ({manifest.preprocessing})")
     if spec.get("dtype", "float32") != "float32":
         raise BadInput(f"model input dtype {spec['dtype']} is not supported by the agent yet")
     return np.ascontiguousarray(x, dtype=np.float32)

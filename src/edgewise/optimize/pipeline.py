@@ -60,21 +60,26 @@ def optimize(model_path: Path, data: str, target: TargetProfile, out: Path, opts
         (tmp / "report.json").write_text(render_json(report))
         (tmp / "report.html").write_text(render_html(report))
         if result.chosen is not None and result.chosen.model is not None:
-            manifest = _manifest(source, result, name or source.name, version)
+            manifest = _manifest(source, result, name or source.name, version, splits.train.x)
             write_bundle(tmp / "bundle", manifest, {"model.onnx": result.chosen.model.SerializeToString()})
             bundle_path = out / "bundle"
     return OptimizeOutcome(result, out, bundle_path, report)
 
 
-def _manifest(source: Source, result: SearchResult, name: str, version: str) -> Manifest:
+def _manifest(source: Source, result: SearchResult, name: str, version: str, train_x: np.ndarray) -> Manifest:
     chosen = result.chosen
     assert chosen is not None and chosen.model is not None
     m = chosen.model
     metrics = {k: v for k, v in result.final.items() if not isinstance(v, np.generic)}
+    # The range the model saw in training, widened by 10% each way: devices refuse inputs far outside it
+    # (a wrong scale or a broken sensor), instead of answering nonsense confidently.
+    lo, hi = float(train_x.min()), float(train_x.max())
+    pad = 0.1 * max(hi - lo, 1e-6)
+    preprocessing = {**_jsonable(source.preprocessing), "input_range": [lo - pad, hi + pad]}
     return Manifest(
         name=name, version=version, target=result.target.name,
         inputs=[s.as_dict() for s in inputs(m)], outputs=[s.as_dict() for s in outputs(m)],
-        labels=list(source.labels), preprocessing=_jsonable(source.preprocessing),
+        labels=list(source.labels), preprocessing=preprocessing,
         precision=chosen.precision, recipe=[{"candidate": chosen.id}] + chosen.recipe, metrics=_jsonable(metrics))
 
 
