@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import helper
 
 from edgewise.errors import ModelError
 
@@ -136,10 +135,3 @@ def weight_bytes(model: onnx.ModelProto, op_types: tuple[str, ...] | None = None
         total += len(t.raw_data) if t.raw_data else onnx.numpy_helper.to_array(t).nbytes
     return total
 
-
-def float_type(elem: int) -> bool:
-    return elem in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)
-
-
-def to_numpy_dtype(spec: TensorSpec) -> np.dtype:
-    return np.dtype(spec.dtype)

@@ -96,7 +96,7 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
     def health() -> dict[str, Any]:
         out: dict[str, Any] = {"status": "ok", "tier": tier}
         if syncer is not None:
-            out["sync"] = {k: v for k, v in asdict(syncer.stats).items() if k != "errors"}
+            out["sync"] = asdict(syncer.stats)
         if queue is not None:
             out["queue"] = queue.stats()
         if inference is not None:

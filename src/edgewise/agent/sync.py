@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from edgewise.agent.queue import DurableQueue
 from edgewise.agent.upstream import Upstream, UpstreamUnavailable
@@ -24,7 +24,6 @@ class SyncStats:
     last_error: str = ""
     backoff_s: float = 0.0
     online: bool = True
-    errors: list[str] = field(default_factory=list)
 
 
 def next_backoff(current: float, base: float, cap: float, rng: random.Random) -> float:

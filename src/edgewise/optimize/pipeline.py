@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 from edgewise.bundle import Manifest, write_bundle
 from edgewise.data import Splits, load_splits
@@ -86,7 +85,3 @@ def _manifest(source: Source, result: SearchResult, name: str, version: str, tra
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
-
-def model_summary(model: onnx.ModelProto) -> dict[str, Any]:
-    return {"inputs": [s.as_dict() for s in inputs(model)], "outputs": [s.as_dict() for s in outputs(model)],
-            "nodes": len(model.graph.node)}

@@ -11,7 +11,7 @@ import io
 import logging
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -176,9 +176,6 @@ class Quantizer:
         except Exception as e:
             raise OptimizeError(f"int8 dynamic failed: {str(e).splitlines()[0][:200]}") from e
         return onnx.load(str(out))
-
-    def with_defaults(self, cfg: StaticConfig, **changes: object) -> StaticConfig:
-        return replace(cfg, **changes)  # type: ignore[arg-type]
 
 
 def quantize_int4_weights(model: onnx.ModelProto, block_size: int = 32) -> onnx.ModelProto:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,3 @@ def train(arch: str, splits: Splits, cfg: TrainConfig | None = None, width: floa
     metrics = fit(module, splits, cfg, on_epoch=on_epoch)
     return TrainedModel(arch, width, ds.sample_shape, ds.labels, module, ds.preprocessing, metrics)
 
-
-def as_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return asdict(cfg)
