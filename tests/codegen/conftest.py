@@ -47,16 +47,13 @@ def dscnn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def build_host(src: dict[str, str], out: Path) -> Path:
-    """gcc with the flags the issue names: C99, all warnings as errors, -O2."""
+    """Write the sources and build them as the toolchain does: gcc -std=c99 -Wall -Wextra -Werror -O2."""
+    from edgewise.codegen.toolchain import build_host as toolchain_build
+
     out.mkdir(parents=True, exist_ok=True)
     for name, text in src.items():
         (out / name).write_text(text)
-    exe = out / "model"
-    proc = subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O2", "-o", str(exe),
-                           str(out / "model.c"), str(out / "ew_kernels.c"), str(out / "main.c")],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return exe
+    return toolchain_build(out, out / "model")
 
 
 def run_program(exe: Path, samples: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ and expiry is counted, never silent.
 
 from __future__ import annotations
 
+import queue as stdqueue
 import sqlite3
 import threading
 import time
@@ -219,8 +220,6 @@ class GroupCommitter:
     (one fsync), and each `submit` returns only after its items are durable."""
 
     def __init__(self, queue: DurableQueue, max_batch: int = 1024, max_wait_s: float = 0.0) -> None:
-        import queue as stdqueue
-
         self.queue, self.max_batch, self.max_wait_s = queue, max_batch, max_wait_s
         self._pending: stdqueue.Queue = stdqueue.Queue()
         self._stop = threading.Event()
@@ -239,8 +238,6 @@ class GroupCommitter:
         return box["keys"]  # type: ignore[return-value]
 
     def _run(self) -> None:
-        import queue as stdqueue
-
         while not self._stop.is_set():
             try:
                 first = self._pending.get(timeout=0.1)

@@ -194,19 +194,19 @@ def _generate(source: Source, splits: Splits, target: TargetProfile, opts: Searc
             if primary and best_cfg is not None:
                 cands += _primary_extras(q, best_cfg, source, target, opts, runner, base_val, splits, result, log,
                                          macs, nparams)
+            if primary and allowed("int8", target) and target.runs_onnxruntime:
+                # Dynamic int8 needs no calibration: it reuses the graph the static passes prepared.
+                for ops in (("MatMul", "Gemm"), ("Conv", "MatMul", "Gemm")):
+                    cid = "baseline-int8-dynamic" + ("-conv" if "Conv" in ops else "")
+                    recipe = [{"pass": "quantize", "mode": "dynamic", "weights": "int8", "ops": list(ops)}]
+                    desc = f"int8 dynamic ({'+'.join(o.lower() for o in ops)})"
+                    try:
+                        cands.append(Candidate(cid, desc, parent, "int8", recipe, q.dynamic(ops), macs, nparams))
+                    except EdgewiseError as e:
+                        cands.append(Candidate(cid, desc, parent, "int8", recipe, None, macs, nparams, "rejected",
+                                               str(e)))
         finally:
             q.close()
-        if primary and allowed("int8", target) and target.runs_onnxruntime:
-            for ops in (("MatMul", "Gemm"), ("Conv", "MatMul", "Gemm")):
-                cid = "baseline-int8-dynamic" + ("-conv" if "Conv" in ops else "")
-                recipe = [{"pass": "quantize", "mode": "dynamic", "weights": "int8", "ops": list(ops)}]
-                desc = f"int8 dynamic ({'+'.join(o.lower() for o in ops)})"
-                try:
-                    q2 = Quantizer(pmodel, train_x[:1], 1)
-                    cands.append(Candidate(cid, desc, parent, "int8", recipe, q2.dynamic(ops), macs, nparams))
-                    q2.close()
-                except EdgewiseError as e:
-                    cands.append(Candidate(cid, desc, parent, "int8", recipe, None, macs, nparams, "rejected", str(e)))
         if primary and allowed("int4", target) and has_weight_matmul(pmodel):
             recipe = [{"pass": "quantize", "mode": "weight-only", "weights": "int4", "block_size": 32,
                        "symmetric": True, "ops": ["MatMul", "Gemm"]}]
@@ -232,7 +232,8 @@ def _primary_extras(q: Quantizer, cfg: StaticConfig, source: Source, target: Tar
     """Sensitivity, automatic exclusions and mixed precision, all on the starting model."""
     out: list[Candidate] = []
     val_x = splits.val.x
-    nodes = quantizable_nodes(onnx.load(str(q.fp32)), cfg.ops)
+    prepared = onnx.load(str(q.fp32))
+    nodes = quantizable_nodes(prepared, cfg.ops)
     if len(nodes) > opts.sensitivity_max_layers:
         result.notes.append(f"sensitivity measured on the first {opts.sensitivity_max_layers} of {len(nodes)} layers")
         nodes = nodes[: opts.sensitivity_max_layers]
@@ -244,7 +245,7 @@ def _primary_extras(q: Quantizer, cfg: StaticConfig, source: Source, target: Tar
     if not allowed("mixed", target):
         return out
     try:
-        result.exclusions = auto_exclusions(onnx.load(str(q.fp32)), q.ranges("minmax"), q.ranges("percentile"))
+        result.exclusions = auto_exclusions(prepared, q.ranges("minmax"), q.ranges("percentile"))
     except EdgewiseError as e:
         result.notes.append(f"automatic exclusion analysis failed: {e}")
     if result.exclusions:
@@ -383,8 +384,7 @@ def search(source: Source, splits: Splits, target: TargetProfile, opts: SearchOp
     if target.objective == "latency" and allowed("fp32", target) and baseline.status == "ok":
         # Never ship a model slower than the one we started from.
         base_ms = baseline.metrics["latency_p50_ms"]
-        slower = [c for c in feasible if c.metrics["latency_p50_ms"] > base_ms]
-        feasible = [c for c in feasible if c not in slower]
+        feasible = [c for c in feasible if c.metrics["latency_p50_ms"] <= base_ms]
     if feasible:
         result.chosen = feasible[choose([_point(c) for c in feasible], target.objective)]
         result.why = _why(result.chosen, baseline, target)
