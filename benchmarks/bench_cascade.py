@@ -24,19 +24,9 @@ from _common import WORK, machine, table, trained, write_section  # noqa: E402
 from edgewise.agent.audit import AuditLog  # noqa: E402
 from edgewise.agent.calibrate import calibrate  # noqa: E402
 from edgewise.agent.cascade import probabilities  # noqa: E402
-from edgewise.bundle import Manifest, write_bundle  # noqa: E402
 from edgewise.data import load_splits  # noqa: E402
-from edgewise.modelio import inputs, outputs  # noqa: E402
 from edgewise.profile import make_session, run_model  # noqa: E402
-from tests.agent.conftest import AgentProc, free_port  # noqa: E402
-
-
-def as_bundle(train_dir: Path, out: Path, name: str) -> Path:
-    model = onnx.load(str(train_dir / "model.onnx"))
-    meta = json.loads((train_dir / "train.json").read_text())
-    man = Manifest(name, "1.0.0", "edge-server", [s.as_dict() for s in inputs(model)],
-                   [s.as_dict() for s in outputs(model)], meta["labels"], meta["preprocessing"], "fp32", [], {})
-    return write_bundle(out, man, {"model.onnx": (train_dir / "model.onnx").read_bytes()})
+from tests.agent.conftest import AgentProc, bundle_trained, free_port  # noqa: E402
 
 
 def main() -> None:
@@ -46,8 +36,8 @@ def main() -> None:
         raise SystemExit("run benchmarks/bench_int8.py first (it makes the mcu-256k bundle)")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        bundles = [endpoint_bundle, as_bundle(trained("cnn", "digits", 25), tmp / "node", "digits-cnn"),
-                   as_bundle(trained("cnn", "digits", 40, width=2.0), tmp / "server", "digits-cnn-wide")]
+        bundles = [endpoint_bundle, bundle_trained(trained("cnn", "digits", 25), tmp / "node", "digits-cnn"),
+                   bundle_trained(trained("cnn", "digits", 40, width=2.0), tmp / "server", "digits-cnn-wide")]
         names = ["endpoint", "node", "server"]
         val = [probabilities(run_model(make_session(onnx.load(str(b / "model.onnx")), reference=(i == 0)),
                                        splits.val.x)) for i, b in enumerate(bundles)]

@@ -18,19 +18,25 @@ from edgewise.data import load_splits
 from edgewise.modelio import inputs, outputs
 
 
-def make_bundle(out: Path, arch: str, epochs: int, name: str, width: float = 1.0) -> Path:
-    """A zoo model trained briefly on digits, packed as a bundle (fp32, as `optimize` would for a server)."""
+def bundle_trained(train_dir: Path, out: Path, name: str, metrics: dict | None = None) -> Path:
+    """Pack a `train` output directory as an fp32 bundle (as `optimize` would for a server)."""
     import onnx
 
+    model = onnx.load(str(train_dir / "model.onnx"))
+    meta = json.loads((train_dir / "train.json").read_text())
+    manifest = Manifest(name, "1.0.0", "edge-server", [s.as_dict() for s in inputs(model)],
+                        [s.as_dict() for s in outputs(model)], meta["labels"], meta["preprocessing"], "fp32", [],
+                        metrics or {})
+    return write_bundle(out, manifest, {"model.onnx": (train_dir / "model.onnx").read_bytes()})
+
+
+def make_bundle(out: Path, arch: str, epochs: int, name: str, width: float = 1.0) -> Path:
+    """A zoo model trained briefly on digits, packed as a bundle."""
     from edgewise.zoo import TrainConfig, train
 
     tm = train(arch, load_splits("digits"), TrainConfig(epochs=epochs), width=width)
     tm.save(out / "train")
-    model = onnx.load(str(out / "train" / "model.onnx"))
-    manifest = Manifest(name, "1.0.0", "edge-server", [s.as_dict() for s in inputs(model)],
-                        [s.as_dict() for s in outputs(model)], tm.labels, tm.preprocessing, "fp32", [],
-                        {"accuracy": tm.metrics["test_accuracy"]})
-    return write_bundle(out / "bundle", manifest, {"model.onnx": (out / "train" / "model.onnx").read_bytes()})
+    return bundle_trained(out / "train", out / "bundle", name, {"accuracy": tm.metrics["test_accuracy"]})
 
 
 @pytest.fixture(scope="session")
