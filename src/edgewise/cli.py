@@ -245,7 +245,9 @@ def agent(
     upstream: Annotated[str | None, typer.Option(help="URL of the tier above, e.g. http://127.0.0.1:8081")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (loopback unless --host says otherwise)")] = None,
     host: Annotated[str | None, typer.Option(help="address to bind")] = None,
-    escalate: Annotated[str | None, typer.Option(help="privacy: 'none' (default) or 'raw' inputs may go upstream")] = None,
+    escalate: Annotated[str | None, typer.Option(help="privacy: what unsure samples send upstream: 'none' (default), "
+                                                      "'raw' inputs, or 'features' (the model's embedding, to the "
+                                                      "tier above's <model>-tail; see `bundle split`)")] = None,
     runtime: Annotated[str | None, typer.Option(help="'onnxruntime' (default) or 'c': run int8 bundles as the "
                                                      "generated C, through ctypes (needs gcc)")] = None,
     mqtt: Annotated[str | None, typer.Option(help="MQTT broker HOST:PORT: readings on edgewise/<tier>/in/<model>, "
@@ -400,6 +402,24 @@ def bundle_verify(path: Annotated[Path, typer.Argument(help="bundle directory")]
 
     man = verify_bundle(path)
     out_console.print(f"[green]ok[/] {man.name} {man.version} for {man.target}: {len(man.files)} file(s) verified")
+
+
+@bundle_app.command("split")
+def bundle_split(
+    path: Annotated[Path, typer.Argument(help="bundle directory")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="where to write the tail bundle")],
+    at: Annotated[str | None, typer.Option(help="tensor to split at (default: the input of the last Gemm/MatMul)")] = None,
+) -> None:
+    """Write the tail of a bundle's model as a bundle named <model>-tail, for features-mode escalation:
+    the device sends the embedding at the split point instead of the raw input, the tier above runs the tail.
+
+    Example: edgewise bundle split runs/cnn/bundle --out runs/cnn-tail
+    """
+    from edgewise.bundle.split import split_bundle
+
+    m = split_bundle(path, out, at)
+    feat = m.artifacts["split"]["features"]
+    out_console.print(f"wrote {out}: {m.name} {m.version}, input {feat['name']}{feat['shape']}")
 
 
 @bundle_app.command("inspect")

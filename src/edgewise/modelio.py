@@ -135,3 +135,54 @@ def weight_bytes(model: onnx.ModelProto, op_types: tuple[str, ...] | None = None
         total += len(t.raw_data) if t.raw_data else onnx.numpy_helper.to_array(t).nbytes
     return total
 
+
+
+def embedding_tensor(model: onnx.ModelProto) -> str:
+    """The tensor a classifier's last Gemm/MatMul reads: the penultimate embedding, the usual split point."""
+    for node in reversed(model.graph.node):
+        if node.op_type in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "MatMulNBits"):
+            return node.input[0]
+    raise ModelError("the model has no final Gemm/MatMul to split at; name the tensor")
+
+
+def tensor_names(model: onnx.ModelProto) -> set[str]:
+    return {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+
+
+def expose(model: onnx.ModelProto, tensor: str) -> onnx.ModelProto:
+    """The same model with an intermediate tensor as a second output (for features-mode escalation)."""
+    if tensor not in tensor_names(model):
+        raise ModelError(f"the model has no tensor named {tensor!r}")
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    if tensor not in {o.name for o in m.graph.output}:
+        m.graph.output.append(helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+    return m
+
+
+def split_at(model: onnx.ModelProto, tensor: str) -> onnx.ModelProto:
+    """The tail of `model` from `tensor` to its outputs: a model whose single input is that tensor."""
+    if tensor not in tensor_names(model):
+        raise ModelError(f"the model has no tensor named {tensor!r}")
+    if tensor in {i.name for i in model.graph.input}:
+        raise ModelError(f"{tensor!r} is the model's input; split at an intermediate tensor")
+    inferred = onnx.shape_inference.infer_shapes(model)
+    from onnx.utils import Extractor
+
+    try:
+        tail = Extractor(inferred).extract_model([tensor], [o.name for o in model.graph.output])
+    except Exception as e:
+        raise ModelError(f"cannot split at {tensor!r}: {e}") from e
+    known = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    if tensor not in known or not known[tensor].type.tensor_type.HasField("shape"):
+        raise ModelError(f"the shape of {tensor!r} cannot be inferred; cannot make it a model input")
+    inp = tail.graph.input[0]
+    dims = inp.type.tensor_type.shape.dim
+    if dims:  # the batch stays symbolic, as it is in the whole model
+        dims[0].Clear()
+        dims[0].dim_param = "batch"
+    available = {tensor} | {i.name for i in tail.graph.initializer} | {o for n in tail.graph.node for o in n.output}
+    if any(i and i not in available for n in tail.graph.node for i in n.input):
+        raise ModelError(f"{tensor!r} does not cut the graph: later layers also read earlier tensors")
+    onnx.checker.check_model(tail)
+    return tail

@@ -164,3 +164,86 @@ def test_agent_kill_9_during_a_burst_loses_no_acknowledged_result(tier_bundles, 
     keys = node_events.keys()
     assert len(keys) == len(set(keys)), "nothing delivered twice"
     assert len(keys) >= n_acked, f"{n_acked} results were acknowledged, {len(keys)} arrived"
+
+
+class CapturingProxy:
+    """A loopback HTTP hop that records every body on its way to the tier above: what actually crossed."""
+
+    def __init__(self, target: str) -> None:
+        import http.server
+        import threading
+        import urllib.request
+
+        self.bodies: list[tuple[str, bytes]] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                proxy.bodies.append((self.path, body))
+                req = urllib.request.Request(target + self.path, data=body, method="POST",
+                                             headers={k: v for k, v in self.headers.items()
+                                                      if k in ("Content-Type", "Content-Encoding")})
+                try:
+                    with urllib.request.urlopen(req, timeout=30) as r:
+                        status, data = r.status, r.read()
+                except urllib.error.HTTPError as e:
+                    status, data = e.code, e.read()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:  # noqa: ANN002
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_features_mode_sends_embeddings_never_raw_inputs(tier_bundles, tmp_path):
+    # Prepare: the node serves the tail of the endpoint's model; the endpoint escalates unsure samples
+    # as their embedding, through a proxy that keeps what crossed
+    import onnx
+    import onnxruntime as ort
+
+    from edgewise.bundle.split import split_bundle
+    from edgewise.modelio import embedding_tensor, expose
+
+    split_bundle(tier_bundles["endpoint"], tmp_path / "tail")
+    node = AgentProc(["--bundle", str(tmp_path / "tail"), "--tier", "node"], free_port(), tmp_path / "node").start()
+    proxy = CapturingProxy(node.url)
+    (tmp_path / "endpoint.toml").write_text('[privacy]\nescalate = "features"\n\n[cascade]\ndefault_threshold = 0.99\n')
+    endpoint = AgentProc(["--bundle", str(tier_bundles["endpoint"]), "--tier", "endpoint", "--upstream", proxy.url,
+                          "--config", str(tmp_path / "endpoint.toml")], free_port(), tmp_path / "endpoint").start()
+    try:
+        # Execute
+        results = predict(endpoint, X[:80])
+        wait_for(lambda: any(p == "/v1/events" for p, _ in proxy.bodies))
+    finally:
+        endpoint.kill()
+        node.kill()
+        proxy.close()
+    # Assert: some samples went up and were answered by the node's tail, exactly as the whole model would
+    whole = onnx.load(str(tier_bundles["endpoint"] / "model.onnx"))
+    sess = ort.InferenceSession(expose(whole, embedding_tensor(whole)).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    logits, features = sess.run(None, {sess.get_inputs()[0].name: X[:80]})
+    escalated = [i for i, r in enumerate(results) if r["tier"] == "node"]
+    assert 0 < len(escalated) < 80
+    assert all(results[i]["class"] == int(logits[i].argmax()) for i in escalated)
+    # What crossed: embeddings of exactly the escalated samples, addressed to the tail; no raw input row
+    sent = [np.load(io.BytesIO(b)) for p, b in proxy.bodies if p.startswith("/predict")]
+    assert all(p == "/predict?model=digits-tail" for p, _ in proxy.bodies if p.startswith("/predict"))
+    rows = np.concatenate(sent)
+    np.testing.assert_allclose(rows, features[escalated], rtol=1e-5, atol=1e-5)
+    raw = X[:80].reshape(80, -1)
+    crossed = b"".join(b for _, b in proxy.bodies)
+    assert not any(np.allclose(r, x) for r in rows for x in raw if r.shape == x.shape)
+    assert X[escalated[0]].astype(np.float32).tobytes()[:64] not in crossed
+    audit = AuditLog(tmp_path / "endpoint" / "audit.db").rows()
+    assert {tuple(r["fields"]) for r in audit if r["kind"] == "escalation"} == {("features", "model")}

@@ -42,6 +42,31 @@ def test_refuse_policy_and_models_too_big_for_any_budget(two_bundles):
         mm.get("nope")
 
 
+def test_budget_accounts_the_memory_optimize_measured_and_health_reports_the_live_rss(two_bundles, tmp_path):
+    # Prepare: the same model, once with a measured peak in its manifest (as optimize writes it)
+    import json
+    import shutil
+
+    from edgewise.bundle import read_bundle, write_bundle
+
+    a, _ = two_bundles
+    man = read_bundle(a)
+    man.metrics["peak_memory_bytes"] = 40 * 2**20
+    write_bundle(tmp_path / "measured", man, {"model.onnx": (a / "model.onnx").read_bytes()})
+    estimate = memory_estimate(a / "model.onnx")
+    # Execute
+    mm = ModelManager(budget_bytes=64 * 2**20)
+    mm.register(tmp_path / "measured")
+    m = mm.get("model-a")
+    health = json.loads(json.dumps(mm.health()))
+    # Assert: the measured figure (larger than the estimate) is what the budget holds
+    assert estimate < 40 * 2**20 and m.memory_bytes == 40 * 2**20 == mm.used_bytes()
+    assert isinstance(health["loaded"]["model-a"]["rss_delta_bytes"], int)
+    with pytest.raises(ModelBudgetExceeded):
+        ModelManager(budget_bytes=30 * 2**20).register(tmp_path / "measured")
+    shutil.rmtree(tmp_path / "measured")
+
+
 def test_tampered_bundle_is_not_served(two_bundles, tmp_path):
     import shutil
 

@@ -9,9 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgewise.agent.queue import Item
 from edgewise.agent.store import connect
-from edgewise.agent.upstream import Upstream, encode_batch
+from edgewise.agent.upstream import Upstream, encode_batch, encode_npy
 
 
 class AuditLog:
@@ -53,7 +55,6 @@ class AuditingUpstream(Upstream):
         self.audit.record("events", self.destination, _fields(items), len(items), len(encode_batch(items)))
         self.inner.deliver(items)
 
-    def predict(self, model: str, inputs: list[Any]) -> dict[str, Any]:
-        self.audit.record("escalation", self.destination, ["model", "inputs"], len(inputs),
-                          len(json.dumps({"inputs": inputs})))
-        return self.inner.predict(model, inputs)
+    def predict(self, model: str, x: np.ndarray, what: str = "inputs") -> dict[str, Any]:
+        self.audit.record("escalation", self.destination, ["model", what], len(x), len(encode_npy(x)))
+        return self.inner.predict(model, x, what)

@@ -17,23 +17,27 @@ import numpy as np
 from edgewise.agent.models import ModelManager
 from edgewise.agent.queue import GroupCommitter, NewItem
 from edgewise.agent.upstream import Upstream, UpstreamUnavailable
+from edgewise.bundle.split import tail_name
 from edgewise.errors import AgentError
 
 TIERS = ("endpoint", "node", "server")
 # All a result event carries upstream, with short keys because results are most of what a device sends:
 # model, version, label, score, timestamp, and (only when they differ from the default) tier and degraded.
 RESULT_FIELDS = ("m", "v", "l", "s", "ts", "tier", "d")
+ESCALATE = ("none", "raw", "features")
 
 
 @dataclass
 class PrivacyPolicy:
-    escalate: str = "none"  # none | raw: may low-confidence inputs go to the tier above?
+    # none | raw | features: may low-confidence samples go to the tier above, and as what? `features` sends
+    # the model's embedding (see bundle.split) to the tier above's `<model>-tail`, never the raw input.
+    escalate: str = "none"
     review_offline: bool = True  # escalations that could not be sent are queued for later review
     send_results: bool = True  # results (RESULT_FIELDS only) are queued for upstream
 
     def __post_init__(self) -> None:
-        if self.escalate not in ("none", "raw"):
-            raise AgentError(f"privacy escalate must be 'none' or 'raw', got {self.escalate!r}")
+        if self.escalate not in ESCALATE:
+            raise AgentError(f"privacy escalate must be one of {', '.join(ESCALATE)}, got {self.escalate!r}")
 
 
 @dataclass
@@ -84,7 +88,8 @@ class Inference:
         t0 = time.perf_counter()
         m = self.models.get(name)
         m.requests += 1
-        out = m.session.run(None, {m.input_name: x})[0]
+        outs = m.session.run(None, {m.input_name: x})
+        out = outs[0]
         rows = out.reshape(len(out), -1).tolist()
         classes, scores = top1(rows, m.outputs_probabilities)
         labels = m.manifest.labels or [str(i) for i in range(len(rows[0]))]
@@ -99,31 +104,41 @@ class Inference:
                             "version": m.manifest.version, "outputs": rows[i]})
             if escalating and score < self.cascade.threshold(name, label):
                 unsure.append(i)
-        self._escalate(name, x, unsure, results)
+        if self.policy.escalate == "features" and unsure:
+            # What goes up: the embedding (or, for a tail model, the embedding it was given), never x.
+            if "split" in m.manifest.artifacts:
+                self._escalate(name, x, unsure, results, "features")
+            elif m.features_at is None:
+                raise AgentError(f"features mode: {name} was loaded without an embedding output")
+            else:
+                self._escalate(tail_name(name), outs[1], unsure, results, "features")
+        else:
+            self._escalate(name, x, unsure, results)
         self.counts["requests"] += 1
         self.counts["samples"] += len(results)
         self._queue_results(results)
         return results
 
-    def _escalate(self, name: str, x: np.ndarray, unsure: list[int], results: list[dict[str, Any]]) -> None:
+    def _escalate(self, name: str, x: np.ndarray, unsure: list[int], results: list[dict[str, Any]],
+                  what: str = "inputs") -> None:
         if not unsure:
             self.counts["local"] += len(results)
             return
         self.counts["local"] += len(results) - len(unsure)
-        if self.policy.escalate != "raw" or self.upstream is None:
+        if self.policy.escalate == "none" or self.upstream is None:
             self.counts["blocked_by_policy"] += len(unsure) if self.upstream is not None else 0
             self.counts["local"] += len(unsure)
             return
         t0 = time.perf_counter()
         try:
-            answer = self.upstream.predict(name, x[unsure].tolist())
+            answer = self.upstream.predict(name, x[unsure], what)
             remote = answer["results"]
         except UpstreamUnavailable:
             for i in unsure:
                 results[i]["degraded"] = True
             self.counts["degraded"] += len(unsure)
             if self.policy.review_offline and self.committer is not None:
-                self.committer.submit([NewItem(json.dumps({"model": name, "inputs": x[i].tolist(),
+                self.committer.submit([NewItem(json.dumps({"model": name, what: x[i].tolist(),
                                                            "local_label": results[i]["label"],
                                                            "local_score": results[i]["score"],
                                                            "ts": time.time()}).encode(), topic="review")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -9,11 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
 from edgewise.bundle import Manifest, verify_bundle
 from edgewise.errors import AgentError, EdgewiseError
+from edgewise.modelio import embedding_tensor, expose
 from edgewise.profile.arena import live_tensor_peak
 from edgewise.profile.runtime import make_session
 
@@ -33,7 +36,9 @@ class LoadedModel:
     providers: list[str]
     input_name: str = ""
     outputs_probabilities: bool = False  # the graph ends in Softmax: scores are its outputs as they are
+    features_at: str | None = None  # second session output: the embedding sent upstream in features mode
     loaded_at: float = field(default_factory=time.time)
+    rss_delta_bytes: int | None = None  # measured when loading: RSS after session + one run, minus before
     requests: int = 0
 
 
@@ -44,15 +49,37 @@ def memory_estimate(model_path: Path) -> int:
     return model_path.stat().st_size + live_tensor_peak(model, 4)
 
 
+def memory_need(bundle: Path, manifest: Manifest) -> int:
+    """What the budget accounts for a model: the larger of the estimate and the peak memory `optimize`
+    measured for it in a fresh process on its target (RSS delta of session + runs), when the bundle has it."""
+    measured = manifest.metrics.get("peak_memory_bytes")
+    estimate = memory_estimate(Path(bundle) / "model.onnx")
+    return max(estimate, int(measured)) if isinstance(measured, (int, float)) else estimate
+
+
+def rss_bytes() -> int | None:
+    """This process's resident set size (Linux /proc); None elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class ModelManager:
     """Holds several models within `budget_bytes`; least recently used ones are evicted (or loading is
     refused) when a new one would not fit, and are reloaded on their next request."""
 
     def __init__(self, budget_bytes: int = 512 * 2**20, policy: str = "evict-lru", threads: int = 1,
                  providers: tuple[str, ...] = ("CPUExecutionProvider",), runtime: str = "onnxruntime",
-                 build_dir: Path | None = None) -> None:
+                 build_dir: Path | None = None, features: bool = False, features_at: str | None = None) -> None:
         if runtime not in ("onnxruntime", "c"):
             raise AgentError(f"runtime must be 'onnxruntime' or 'c', got {runtime!r}")
+        if features and runtime == "c":
+            raise AgentError("features-mode escalation needs the ONNX Runtime runtime: the generated C "
+                             "returns only the model's output")
+        # Features mode: sessions also return an intermediate tensor (default: the penultimate embedding).
+        self.features, self.features_at = features, features_at
         self.runtime, self.build_dir = runtime, build_dir or Path("agent-data") / "c-build"
         if policy not in POLICIES:
             raise AgentError(f"model manager policy must be one of {POLICIES}, got {policy!r}")
@@ -71,7 +98,7 @@ class ModelManager:
             manifest = verify_bundle(bundle)
         except EdgewiseError as e:
             raise AgentError(f"cannot serve {bundle}: {e}") from e
-        need = memory_estimate(Path(bundle) / "model.onnx")
+        need = memory_need(Path(bundle), manifest)
         if need > self.budget:
             raise ModelBudgetExceeded(f"model {manifest.name} needs {need:,} bytes; the budget is {self.budget:,}")
         self._bundles[manifest.name] = (Path(bundle), manifest, need)
@@ -123,6 +150,8 @@ class ModelManager:
                 self._loaded.popitem(last=False)
                 self.evictions += 1
             data = (path / "model.onnx").read_bytes()
+            rss_before = rss_bytes()
+            features_at = None
             if self.runtime == "c":  # the generated C, as the device runs it
                 from edgewise.agent.cmodel import CSession
 
@@ -131,15 +160,39 @@ class ModelManager:
                 except EdgewiseError as e:
                     raise AgentError(f"cannot run {name} as C: {e}") from e
             else:
+                if self.features and "split" not in manifest.artifacts:  # a tail forwards its own input
+                    proto = onnx.load_from_string(data)
+                    try:
+                        features_at = self.features_at or embedding_tensor(proto)
+                        data = expose(proto, features_at).SerializeToString()
+                    except EdgewiseError as e:
+                        raise AgentError(f"cannot serve {name} in features mode: {e}") from e
                 session = make_session(data, threads=self.threads, providers=self._providers[name])
             graph = onnx.load_from_string(data).graph
             ends_in_softmax = any(n.op_type == "Softmax" and n.output[0] == graph.output[0].name for n in graph.node)
             loaded = LoadedModel(name, manifest, session, need, session.get_providers(),
-                                 session.get_inputs()[0].name, ends_in_softmax)
+                                 session.get_inputs()[0].name, ends_in_softmax, features_at)
+            if rss_before is not None:
+                self._warm_up(loaded)
+                after = rss_bytes()
+                loaded.rss_delta_bytes = None if after is None else max(0, after - rss_before)
             self._loaded[name] = loaded
             self._last = loaded
             self.loads += 1
             return loaded
+
+    @staticmethod
+    def _warm_up(m: LoadedModel) -> None:
+        """One batch-1 run on zeros, so the measured memory includes the activations' arena."""
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in m.manifest.inputs[0]["shape"]] \
+            if m.manifest.inputs else []
+        if not shape:
+            return
+        dtype = np.dtype(m.manifest.inputs[0].get("dtype", "float32"))
+        try:
+            m.session.run(None, {m.input_name: np.zeros(shape, dtype)})
+        except Exception:  # a warm-up must never stop a model from loading; its first request will tell
+            pass
 
     def health(self) -> dict[str, Any]:
         have = ort.get_available_providers()
@@ -151,6 +204,7 @@ class ModelManager:
                          "fallback": f"{', '.join(missing)} not available here: running on {running}" if missing else None}
         return {"budget_bytes": self.budget, "used_bytes": self.used_bytes(), "policy": self.policy,
                 "loaded": {n: {"version": m.manifest.version, "memory_bytes": m.memory_bytes,
+                               "rss_delta_bytes": m.rss_delta_bytes,
                                "providers": m.providers, "requests": m.requests} for n, m in self._loaded.items()},
                 "registered": self.names, "evictions": self.evictions, "loads": self.loads,
                 "available_providers": have, "execution_providers": eps}

@@ -37,7 +37,8 @@ class AgentConfig:
     mqtt: str | None = None  # host:port of a broker: readings in, results out (QoS 1, persistent session)
     mqtt_prefix: str | None = None  # default edgewise/<tier>
     mqtt_client_id: str | None = None  # default edgewise-<tier>-<port>
-    escalate: str = "none"
+    escalate: str = "none"  # none | raw | features
+    features_at: str | None = None  # features mode: tensor to send (default: the penultimate embedding)
     review_offline: bool = True
     send_results: bool = True
 
@@ -90,7 +91,8 @@ def build_agent(cfg: AgentConfig) -> Agent:
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     audit = AuditLog(cfg.data_dir / "audit.db")
     models = ModelManager(cfg.model_budget_bytes, cfg.model_policy, cfg.threads, runtime=cfg.runtime,
-                          build_dir=cfg.data_dir / "c-build")
+                          build_dir=cfg.data_dir / "c-build", features=cfg.escalate == "features",
+                          features_at=cfg.features_at)
     for b in cfg.bundles:
         models.register(Path(b))
     queue = committer = syncer = upstream = None
