@@ -13,14 +13,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from edgewise.cli_fleet import device_app, fleet_app, keys_app
 from edgewise.errors import EdgewiseError
 
 app = typer.Typer(help="edgewise: train, optimize, benchmark and package AI models for edge devices.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-bundle_app = typer.Typer(help="Inspect and verify bundles (model.onnx + manifest.json).", no_args_is_help=True)
+bundle_app = typer.Typer(help="Inspect, verify, sign and split bundles (model.onnx + manifest.json).", no_args_is_help=True)
 targets_app = typer.Typer(help="List and show device target profiles.", no_args_is_help=True)
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(targets_app, name="targets")
+app.add_typer(keys_app, name="keys")
+app.add_typer(fleet_app, name="fleet")
+app.add_typer(device_app, name="device")
 console = Console(stderr=True, soft_wrap=True)
 out_console = Console(soft_wrap=True)
 
@@ -253,6 +257,9 @@ def agent(
     mqtt: Annotated[str | None, typer.Option(help="MQTT broker HOST:PORT: readings on edgewise/<tier>/in/<model>, "
                                                   "results on .../out/<model>")] = None,
     config: Annotated[Path | None, typer.Option(help="agent.toml: privacy, cascade, queue and models sections")] = None,
+    fleet_poll: Annotated[float | None, typer.Option(help="poll the fleet for model updates every ~N seconds "
+                                                          "(after `edgewise device enroll`)")] = None,
+    trust: Annotated[list[Path] | None, typer.Option(help="release public key(s) OTA bundles must be signed with")] = None,
 ) -> None:
     """Serve bundles over HTTP (POST /predict, GET /health, GET /metrics, docs at /docs).
 
@@ -263,13 +270,14 @@ def agent(
     from edgewise.agent.runner import AgentConfig, serve
 
     overrides = {"bundles": bundle or None, "tier": tier, "data_dir": data_dir, "upstream": upstream, "port": port,
-                 "host": host, "escalate": escalate, "runtime": runtime, "mqtt": mqtt}
+                 "host": host, "escalate": escalate, "runtime": runtime, "mqtt": mqtt, "fleet_poll_s": fleet_poll,
+                 "trust": trust or None}
     if config is not None:
         cfg = AgentConfig.from_toml(config, **overrides)
     else:
         cfg = AgentConfig(**{k: v for k, v in overrides.items() if v is not None})
-    if not cfg.bundles and cfg.tier != "server":
-        raise EdgewiseError("an endpoint or node agent needs at least one --bundle")
+    if not cfg.bundles and cfg.tier != "server" and cfg.fleet_poll_s <= 0:
+        raise EdgewiseError("an endpoint or node agent needs at least one --bundle (or --fleet-poll to get one)")
     console.print(f"edgewise agent ({cfg.tier}) on http://{cfg.host}:{cfg.port} serving "
                   f"{', '.join(str(b) for b in cfg.bundles) or 'no models'}; data in {cfg.data_dir}")
     serve(cfg)
@@ -393,15 +401,47 @@ def import_model(
 
 
 @bundle_app.command("verify")
-def bundle_verify(path: Annotated[Path, typer.Argument(help="bundle directory")]) -> None:
-    """Check every file's size and sha256 against the manifest (non-zero exit on any mismatch).
+def bundle_verify(
+    path: Annotated[Path, typer.Argument(help="bundle directory")],
+    key: Annotated[list[Path] | None, typer.Option("--key", "-k", help="trusted public key (.pub) or a directory "
+                                                                       "of them; repeatable. Checks the signature")] = None,
+) -> None:
+    """Check every file's size and sha256 against the manifest, and with --key the Ed25519 signature
+    (non-zero exit and the reason on any mismatch).
 
-    Example: edgewise bundle verify runs/cnn-mcu/bundle
+    Example: edgewise bundle verify runs/cnn-mcu/bundle --key keys/release.pub
     """
     from edgewise.bundle import verify_bundle
 
+    if key:
+        from edgewise.bundle.signing import TrustStore, verify_signed_bundle
+
+        man, kid = verify_signed_bundle(path, TrustStore.load(key))
+        out_console.print(f"[green]ok[/] {man.name} {man.version} for {man.target}: {len(man.files)} file(s) "
+                          f"verified, signed by key {kid}")
+        return
     man = verify_bundle(path)
     out_console.print(f"[green]ok[/] {man.name} {man.version} for {man.target}: {len(man.files)} file(s) verified")
+
+
+@bundle_app.command("sign")
+def bundle_sign(
+    path: Annotated[Path, typer.Argument(help="bundle directory")],
+    key: Annotated[Path, typer.Option("--key", "-k", help="Ed25519 private key (from `edgewise keys gen`)")],
+    golden: Annotated[int, typer.Option(help="golden input/output pairs to add for the device self-test")] = 4,
+) -> None:
+    """Add golden self-test pairs (if missing), then sign the canonical manifest bytes with Ed25519.
+
+    Example: edgewise bundle sign runs/cnn-mcu/bundle --key keys/release.key
+    """
+    from edgewise.bundle.selftest import add_golden
+    from edgewise.bundle.signing import load_private, sign_bundle
+
+    private = load_private(key)
+    if golden > 0:
+        add_golden(path, golden)
+    sig = sign_bundle(path, private)
+    out_console.print(f"signed {path} with key {sig['key_id']}")
 
 
 @bundle_app.command("split")

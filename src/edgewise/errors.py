@@ -39,3 +39,11 @@ class QueueFull(AgentError):
 
 class StorageError(AgentError):
     """The disk under the durable queue is full or failing; nothing was acknowledged."""
+
+
+class SignatureError(BundleError):
+    """A bundle or metadata signature is missing, malformed, made by an untrusted key, or does not verify."""
+
+
+class FleetError(EdgewiseError):
+    """The fleet server or a device updater refused an operation (bad request, auth, state)."""

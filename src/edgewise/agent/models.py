@@ -115,6 +115,22 @@ class ModelManager:
         except EdgewiseError:
             return self.providers
 
+    def replace(self, bundle: Path) -> str:
+        """Serve a new bundle under its name (an OTA switch): verified and loaded now, so a model that
+        fails to load raises here and the caller can roll back; the old session goes once this succeeds."""
+        name = self.register(bundle)
+        with self._lock:
+            old = self._loaded.pop(name, None)
+            self._last = None
+        try:
+            self.get(name)
+        except Exception:
+            if old is not None:
+                with self._lock:
+                    self._loaded[name] = old
+            raise
+        return name
+
     @property
     def names(self) -> list[str]:
         return list(self._bundles)

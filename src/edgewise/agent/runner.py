@@ -37,6 +37,8 @@ class AgentConfig:
     mqtt: str | None = None  # host:port of a broker: readings in, results out (QoS 1, persistent session)
     mqtt_prefix: str | None = None  # default edgewise/<tier>
     mqtt_client_id: str | None = None  # default edgewise-<tier>-<port>
+    fleet_poll_s: float = 0.0  # > 0: poll the fleet for updates (needs `edgewise device enroll` first)
+    trust: list[Path] = field(default_factory=list)  # release public keys bundles must be signed with
     escalate: str = "none"  # none | raw | features
     features_at: str | None = None  # features mode: tensor to send (default: the penultimate embedding)
     review_offline: bool = True
@@ -59,6 +61,8 @@ class AgentConfig:
         flat.update({k: v for k, v in overrides.items() if v is not None})
         if "bundles" in flat:
             flat["bundles"] = [Path(b) for b in flat["bundles"]]
+        if "trust" in flat:
+            flat["trust"] = [Path(t) for t in flat["trust"]]
         if "data_dir" in flat:
             flat["data_dir"] = Path(flat["data_dir"])
         return cls(**flat)
@@ -75,8 +79,11 @@ class Agent:
     events: EventStore | None
     audit: AuditLog
     mqtt: Any = None
+    updater: Any = None
 
     def close(self) -> None:
+        if self.updater is not None:
+            self.updater.stop()
         if self.mqtt is not None:
             self.mqtt.stop()
         if self.syncer is not None:
@@ -95,6 +102,11 @@ def build_agent(cfg: AgentConfig) -> Agent:
                           features_at=cfg.features_at)
     for b in cfg.bundles:
         models.register(Path(b))
+    updater = None
+    if cfg.fleet_poll_s > 0:
+        from edgewise.agent.ota import OtaThread
+
+        updater = OtaThread(cfg.data_dir / "ota", cfg.trust, models, cfg.fleet_poll_s)  # serves the active slot
     queue = committer = syncer = upstream = None
     if cfg.upstream:
         upstream = AuditingUpstream(HttpUpstream(cfg.upstream), audit, cfg.upstream)
@@ -104,7 +116,7 @@ def build_agent(cfg: AgentConfig) -> Agent:
         committer.on_commit.append(syncer.notify)
     events = EventStore(cfg.data_dir / "events.db") if cfg.tier != "endpoint" else None
     inference = None
-    if models.names:
+    if models.names or updater is not None:
         inference = Inference(models, CascadeConfig(cfg.tier, cfg.default_threshold, cfg.thresholds),
                               PrivacyPolicy(cfg.escalate, cfg.review_offline, cfg.send_results), committer, upstream)
     bridge = None
@@ -118,8 +130,10 @@ def build_agent(cfg: AgentConfig) -> Agent:
             raise AgentError(f"--mqtt must be HOST:PORT, got {cfg.mqtt!r}")
         bridge = MqttBridge(inference, host, int(port), cfg.mqtt_client_id or f"edgewise-{cfg.tier}-{cfg.port}",
                             cfg.mqtt_prefix or f"edgewise/{cfg.tier}").start()
-    app = create_app(events, syncer, queue, cfg.tier, inference, bridge)
-    return Agent(cfg, app, inference, queue, committer, syncer, events, audit, bridge)
+    app = create_app(events, syncer, queue, cfg.tier, inference, bridge, updater)
+    if updater is not None:
+        updater.start()
+    return Agent(cfg, app, inference, queue, committer, syncer, events, audit, bridge, updater)
 
 
 def serve(cfg: AgentConfig) -> None:

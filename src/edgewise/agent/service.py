@@ -23,7 +23,7 @@ MAX_BODY_BYTES = 16 * 2**20
 
 
 def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any = None, tier: str = "server",
-               inference: Any = None, mqtt: Any = None) -> FastAPI:
+               inference: Any = None, mqtt: Any = None, ota: Any = None) -> FastAPI:
     app = FastAPI(title=f"edgewise agent ({tier})", version="0.1.0")
     received = {"batches": 0, "events": 0, "duplicates": 0, "malformed": 0}
     errors = {"bad_input": 0, "unknown_model": 0, "overloaded": 0, "storage": 0}
@@ -104,6 +104,8 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
             out["cascade"] = inference.counts
         if mqtt is not None:
             out["mqtt"] = {**mqtt.counts, "connected": mqtt.client.is_connected()}
+        if ota is not None:
+            out["ota"] = ota.status()
         return out
 
     @app.get("/metrics", response_class=PlainTextResponse)

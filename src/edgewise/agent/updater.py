@@ -1,0 +1,313 @@
+"""The device updater: poll the fleet, download with resume, verify, stage in the inactive slot,
+self-test, switch atomically, check health, roll back on any failure, and report every step.
+
+Async on httpx, so the same code runs inside an agent (one device) and in the fleet simulator (a
+thousand devices as tasks in one process). Every network call has a timeout; retries are bounded and
+reported; a device that gives up says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from edgewise.agent.slots import Slots
+from edgewise.bundle.archive import unpack
+from edgewise.bundle.selftest import check_golden
+from edgewise.bundle.signing import TrustStore, verify_signed_bundle
+from edgewise.errors import AgentError, EdgewiseError
+from edgewise.fleet.store import canonical
+from edgewise.fleet.versions import older
+
+
+@dataclass
+class Identity:
+    server: str
+    device_id: str
+    secret: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.device_id}.{self.secret}"}
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"server": self.server, "device_id": self.device_id, "secret": self.secret}, f)
+
+    @classmethod
+    def load(cls, path: Path) -> Identity:
+        try:
+            return cls(**json.loads(Path(path).read_text()))
+        except (OSError, ValueError, TypeError) as e:
+            raise AgentError(f"cannot read device identity {path}: {e}; enrol with `edgewise device enroll`") from e
+
+
+async def enroll(client: httpx.AsyncClient, server: str, token: str, name: str, timeout_s: float = 10) -> Identity:
+    try:
+        r = await client.post(f"{server}/v1/device/enroll", json={"token": token, "name": name}, timeout=timeout_s)
+    except httpx.HTTPError as e:
+        raise AgentError(f"cannot reach the fleet at {server}: {e}") from e
+    if r.status_code != 200:
+        raise AgentError(f"enrolment refused ({r.status_code}): {r.text[:200]}")
+    return Identity(server, **r.json())
+
+
+def model_selftest(bundle: Path) -> dict[str, Any]:
+    """Load the bundle's model in ONNX Runtime and run its golden pairs."""
+    from edgewise.profile.runtime import make_session
+
+    try:
+        session = make_session((bundle / "model.onnx").read_bytes(), threads=1)
+    except Exception as e:  # ORT raises its own exception types for every kind of broken model
+        raise AgentError(f"model does not load: {str(e).splitlines()[0][:200]}") from e
+    name = session.get_inputs()[0].name
+    t = time.perf_counter()
+    out = check_golden(bundle, lambda x: session.run(None, {name: x})[0])
+    return out | {"latency_ms": (time.perf_counter() - t) * 1e3 / max(1, out["pairs"])}
+
+
+class Updater:
+    def __init__(self, ident: Identity, slots: Slots, release_keys: TrustStore, fleet_keys: TrustStore,
+                 client: httpx.AsyncClient, selftest: Callable[[Path], dict[str, Any]] = model_selftest,
+                 on_switch: Callable[[Path], Awaitable[None] | None] | None = None,
+                 health: Callable[[Path], dict[str, Any]] | None = None,
+                 timeout_s: float = 10.0, retries: int = 4, backoff_s: float = 0.2) -> None:
+        self.ident, self.slots, self.release_keys, self.fleet_keys = ident, slots, release_keys, fleet_keys
+        self.client, self.selftest, self.on_switch = client, selftest, on_switch
+        self.health = health or selftest
+        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self.downloads = self.slots.root / "download"
+        self.recovered = self.slots.recover()  # after a power cut: the active slot verifies, or the previous one
+        self.bytes_downloaded = 0
+        self.log: list[tuple[str, bool, str]] = []
+
+    # ---- plumbing -----------------------------------------------------------------------------------
+    async def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """One API call with a timeout and bounded retries on transport errors, 5xx and 429."""
+        last: Exception | None = None
+        for attempt in range(self.retries):
+            try:
+                r = await self.client.request(method, self.ident.server + path, headers=self.ident.auth,
+                                              timeout=self.timeout_s, **kw)
+                if r.status_code < 500 and r.status_code != 429:
+                    return r
+                last = AgentError(f"{method} {path}: {r.status_code}")
+            except httpx.HTTPError as e:
+                last = e
+            await asyncio.sleep(self.backoff_s * 2**attempt * (0.5 + random.random()))
+        raise AgentError(f"fleet unreachable after {self.retries} tries: {last}")
+
+    async def report(self, step: str, ok: bool, serial: int | None, detail: str = "", **metrics: Any) -> None:
+        """Report a step; reports that cannot be sent wait in a file and go with the next poll."""
+        self.log.append((step, ok, detail))
+        body = {"step": step, "ok": ok, "serial": serial, "detail": detail[:900], "model": self.slots.state.model,
+                "active_version": self.slots.state.version, "version": metrics.pop("version", None), **metrics}
+        pending = self.slots.root / "reports.jsonl"
+        try:
+            await self._flush_reports()
+            r = await self._call("POST", "/v1/device/report", json=body)
+            if r.status_code != 200:
+                raise AgentError(f"report refused: {r.status_code}")
+        except AgentError:
+            with open(pending, "a") as f:
+                f.write(json.dumps(body) + "\n")
+
+    async def _flush_reports(self) -> None:
+        pending = self.slots.root / "reports.jsonl"
+        if not pending.exists():
+            return
+        for line in pending.read_text().splitlines():
+            try:
+                await self._call("POST", "/v1/device/report", json=json.loads(line))
+            except (AgentError, ValueError):
+                return
+        pending.unlink(missing_ok=True)
+
+    # ---- the update --------------------------------------------------------------------------------
+    async def fetch_assignment(self) -> dict[str, Any]:
+        r = await self._call("GET", "/v1/device/assignment")
+        if r.status_code != 200:
+            raise AgentError(f"assignment refused: {r.status_code} {r.text[:200]}")
+        try:
+            doc = r.json()
+            a = doc["assignment"]
+            self.fleet_keys.verify(canonical(a), doc["signature"])
+        except (ValueError, KeyError, TypeError, EdgewiseError) as e:
+            raise AgentError(f"assignment metadata does not verify: {e}") from e
+        if a.get("device_id") != self.ident.device_id:
+            raise AgentError("assignment is for another device")
+        if float(a.get("expires", 0)) < time.time():
+            raise AgentError("assignment metadata has expired (stale or replayed)")
+        if int(a.get("serial", 0)) < self.slots.state.last_serial:
+            raise AgentError(f"assignment serial {a.get('serial')} is older than {self.slots.state.last_serial} "
+                             "already seen (replayed)")
+        return a
+
+    async def poll_once(self) -> str:
+        """One round: 'idle', 'current', 'installed', 'refused', 'failed' or 'rolled_back'."""
+        await self._flush_reports()
+        try:
+            a = await self.fetch_assignment()
+        except AgentError as e:
+            self.log.append(("assignment", False, str(e)))
+            return "refused"
+        serial = int(a["serial"])
+        st = self.slots.state
+        if serial == 0:
+            return "idle"
+        if serial > st.last_serial:
+            st.last_serial = serial
+            self.slots.save()
+        if a["version"] == st.version and a["model"] == st.model:
+            if st.installed_serial != serial:  # e.g. restarted after the switch, or a rollback to this version
+                await self._confirm_health(serial, a["version"])
+            return "current"
+        if st.extra.get("failed_serial") == serial:
+            return "failed"  # this assignment already failed here; wait for a new one
+        if st.version and older(a["version"], st.version) and not a.get("rollback"):
+            return await self._fail(serial, "verify", f"refused downgrade {st.version} -> {a['version']} "
+                                                      "without a signed rollback instruction", a["version"])
+        return await self._install(a)
+
+    async def _fail(self, serial: int, step: str, detail: str, version: str) -> str:
+        self.slots.state.extra["failed_serial"] = serial
+        self.slots.save()
+        await self.report(step, False, serial, detail, version=version)
+        return "failed"
+
+    async def _install(self, a: dict[str, Any]) -> str:
+        serial, version = int(a["serial"]), a["version"]
+        try:
+            archive = await self._download(a)
+        except AgentError as e:
+            return await self._fail(serial, "gave_up" if "tries" in str(e) else "download", str(e), version)
+        await self.report("download", True, serial, f"{a['size']} bytes", version=version)
+        slot = self.slots.inactive
+        target = self.slots.clear_inactive()
+        try:
+            await asyncio.to_thread(unpack, archive, target)
+            manifest, key = await asyncio.to_thread(verify_signed_bundle, target, self.release_keys)
+            if (manifest.name, manifest.version) != (a["model"], version):
+                raise AgentError(f"bundle is {manifest.name} {manifest.version}, assignment says {a['model']} {version}")
+        except EdgewiseError as e:
+            archive.unlink(missing_ok=True)
+            return await self._fail(serial, "verify", str(e), version)
+        await self.report("verify", True, serial, f"signed by {key}", version=version)
+        try:
+            st = await asyncio.to_thread(self.selftest, target)
+        except EdgewiseError as e:
+            return await self._fail(serial, "selftest", str(e), version)
+        await self.report("selftest", True, serial, json.dumps(st), version=version)
+        self.slots.activate(slot, manifest.name, version, None)
+        archive.unlink(missing_ok=True)
+        await self.report("switch", True, serial, f"slot {slot}", version=version)
+        return await self._confirm_health(serial, version)
+
+    async def _confirm_health(self, serial: int, version: str) -> str:
+        """After a switch: hand the model to the service and check it; roll back if either fails."""
+        active = self.slots.active_dir
+        try:
+            if self.on_switch is not None and active is not None:
+                res = self.on_switch(active)
+                if asyncio.iscoroutine(res):
+                    await res
+            h = await asyncio.to_thread(self.health, active) if active is not None else {}
+        except Exception as e:  # whatever broke, the device must end on a model that works
+            prev = self.slots.state.previous
+            detail = f"health check failed: {str(e)[:300]}"
+            if prev and prev.get("slot"):
+                self.slots.activate(prev["slot"], self.slots.state.model or "", prev["version"], None)
+                self.slots.state.previous = None
+                self.slots.save()
+                if self.on_switch is not None:
+                    try:
+                        res = self.on_switch(self.slots.dir(prev["slot"]))
+                        if asyncio.iscoroutine(res):
+                            await res
+                    except Exception:
+                        pass
+                detail += f"; rolled back to {prev['version']}"
+            await self._fail(serial, "health", detail, version)
+            return "rolled_back"
+        self.slots.state.installed_serial = serial
+        self.slots.state.extra.pop("failed_serial", None)
+        self.slots.save()
+        await self.report("health", True, serial, "", version=version, error_rate=h.get("error_rate", 0.0),
+                          latency_ms=h.get("latency_ms"))
+        return "installed"
+
+    async def _download(self, a: dict[str, Any]) -> Path:
+        """Fetch the archive to `download/<sha>.part`, resuming with Range; verify size and sha256."""
+        self.downloads.mkdir(parents=True, exist_ok=True)
+        sha, size = a["sha256"], int(a["size"])
+        part = self.downloads / f"{sha}.part"
+        done = self.downloads / f"{sha}.tar.gz"
+        if done.exists() and done.stat().st_size == size:
+            return done
+        last: Exception | None = None
+        for attempt in range(self.retries):
+            have = part.stat().st_size if part.exists() else 0
+            if have > size:
+                part.unlink()
+                have = 0
+            headers = dict(self.ident.auth)
+            if have:
+                headers["Range"] = f"bytes={have}-"
+            try:
+                async with self.client.stream("GET", a["url"], headers=headers, timeout=self.timeout_s) as r:
+                    if r.status_code == 416 and have == size:
+                        break
+                    if r.status_code not in (200, 206):
+                        raise AgentError(f"download refused: {r.status_code}")
+                    with open(part, "ab" if r.status_code == 206 else "wb") as f:
+                        async for chunk in r.aiter_bytes(1 << 16):
+                            self.bytes_downloaded += len(chunk)
+                            f.write(chunk)
+                            if f.tell() > size:
+                                raise AgentError(f"server sent more than the {size} bytes the assignment says")
+                        f.flush()
+                        os.fsync(f.fileno())
+                break
+            except (httpx.HTTPError, OSError) as e:
+                last = e
+                await asyncio.sleep(self.backoff_s * 2**attempt * (0.5 + random.random()))
+        else:
+            raise AgentError(f"download failed after {self.retries} tries: {last}")
+        got = part.stat().st_size if part.exists() else 0
+        if got != size:
+            part.unlink(missing_ok=True)
+            raise AgentError(f"download is {got} bytes, the assignment says {size} (truncated)")
+        h = hashlib.sha256()
+        with open(part, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        if h.hexdigest() != sha:
+            part.unlink()
+            raise AgentError("download does not match its sha256 (corrupted in transit or tampered)")
+        part.replace(done)
+        return done
+
+    async def run(self, interval_s: float = 30.0, stop: asyncio.Event | None = None) -> None:
+        """Poll forever with jitter (so a fleet does not arrive in lockstep) until `stop` is set."""
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            try:
+                await self.poll_once()
+            except Exception as e:  # never let one bad round end the updater
+                self.log.append(("poll", False, str(e)[:300]))
+            try:
+                await asyncio.wait_for(stop.wait(), interval_s * (0.5 + random.random()))
+            except TimeoutError:
+                pass

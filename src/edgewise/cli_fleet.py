@@ -1,0 +1,213 @@
+"""CLI verbs for keys, the fleet server and its admin API, and device enrolment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgewise.errors import EdgewiseError
+
+out = Console()
+keys_app = typer.Typer(help="Ed25519 signing keys: generate, endorse a successor (rotation).", no_args_is_help=True)
+fleet_app = typer.Typer(help="The fleet server and its admin API: registry, devices, rollouts.", no_args_is_help=True)
+device_app = typer.Typer(help="The device side of the fleet: enrolment.", no_args_is_help=True)
+
+Server = Annotated[str, typer.Option(envvar="EDGEWISE_FLEET", help="fleet server URL")]
+Token = Annotated[str, typer.Option(envvar="EDGEWISE_ADMIN_TOKEN", help="admin token (or $EDGEWISE_ADMIN_TOKEN)")]
+
+
+def _client(server: str, token: str):  # type: ignore[no-untyped-def]
+    from edgewise.fleet.client import FleetClient
+
+    return FleetClient(server, token)
+
+
+@keys_app.command("gen")
+def keys_gen(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="directory for NAME.key (private) and NAME.pub")],
+    name: Annotated[str, typer.Option(help="file name stem")] = "release",
+) -> None:
+    """Generate an Ed25519 key pair (the private key is written with mode 0600; never overwritten).
+
+    Example: edgewise keys gen --out keys
+    """
+    from edgewise.bundle.signing import generate_keys, key_id, load_public
+
+    priv, pub = generate_keys(out_dir, name)
+    out.print(f"wrote {priv} (keep secret) and {pub}; key id {key_id(load_public(pub))}")
+
+
+@keys_app.command("endorse")
+def keys_endorse(
+    key: Annotated[Path, typer.Option("--key", "-k", help="the currently trusted private key")],
+    new: Annotated[Path, typer.Option("--new", help="the successor's public key (.pub)")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="write NAME.endorsement.json here")],
+) -> None:
+    """Sign a new public key with the trusted one: devices holding the old key accept the new one once the
+    endorsement sits in their trust directory (key rotation without re-flashing).
+
+    Example: edgewise keys endorse --key keys/release.key --new keys2/release.pub --out trust/release2.endorsement.json
+    """
+    import json
+
+    from edgewise.bundle.signing import endorse, load_private, load_public
+
+    if not out_file.name.endswith(".endorsement.json"):
+        raise EdgewiseError("--out must end in .endorsement.json")
+    cert = endorse(load_private(key), load_public(new))
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(json.dumps(cert, indent=2))
+    out.print(f"wrote {out_file}: key {cert['key_id']} endorsed by {cert['endorsed_by']['key_id']}")
+
+
+@fleet_app.command("serve")
+def fleet_serve(
+    data_dir: Annotated[Path, typer.Option(help="bundles, the fleet key and (by default) the SQLite database")] = Path("fleet-data"),
+    db: Annotated[str | None, typer.Option(help="sqlite path or postgresql://user@host/db (default: DATA_DIR/fleet.db)")] = None,
+    trust: Annotated[list[Path] | None, typer.Option(help="release public key(s) the registry accepts signatures from")] = None,
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port")] = 8700,
+    assignment_ttl: Annotated[float, typer.Option(help="seconds before assignment metadata expires")] = 3600.0,
+) -> None:
+    """Run the fleet server: admin API (/v1/admin), device API (/v1/device), web console at /.
+
+    Example: edgewise fleet serve --data-dir /var/lib/edgewise-fleet --trust keys/release.pub --port 8700
+    """
+    from edgewise.fleet.server import ServerConfig, _admin_token, serve
+
+    cfg = ServerConfig(data_dir=data_dir, db=db, trust=list(trust or []), assignment_ttl_s=assignment_ttl)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    where = "$EDGEWISE_ADMIN_TOKEN" if os.environ.get("EDGEWISE_ADMIN_TOKEN") else str(data_dir / "admin.token")
+    _admin_token(cfg)
+    out.print(f"edgewise fleet on http://{host}:{port} (console at /); admin token in {where}; "
+              f"database {db or data_dir / 'fleet.db'}")
+    serve(cfg, host, port)
+
+
+@fleet_app.command("upload")
+def fleet_upload(bundle: Annotated[Path, typer.Argument(help="signed bundle directory")], server: Server = "http://127.0.0.1:8700",
+                 token: Token = "") -> None:
+    """Upload a bundle to the registry (its signature status is checked and recorded).
+
+    Example: edgewise fleet upload runs/cnn-mcu/bundle --server http://127.0.0.1:8700
+    """
+    m = _client(server, token).upload(bundle)
+    out.print(f"uploaded {m['name']} {m['version']} ({m['size']:,} bytes), signature: {m['signature']}")
+
+
+@fleet_app.command("enroll-token")
+def fleet_enroll_token(tags: Annotated[list[str] | None, typer.Option("--tag", help="tag(s) the device gets")] = None,
+                       server: Server = "http://127.0.0.1:8700", token: Token = "") -> None:
+    """Make a one-time enrolment token for a device.
+
+    Example: edgewise fleet enroll-token --tag cameras
+    """
+    out.print(_client(server, token).enroll_token(list(tags or [])))
+
+
+@fleet_app.command("devices")
+def fleet_devices(tag: Annotated[str | None, typer.Option(help="only devices with this tag")] = None,
+                  server: Server = "http://127.0.0.1:8700", token: Token = "") -> None:
+    """List enrolled devices with their model versions.
+
+    Example: edgewise fleet devices --tag cameras
+    """
+    table = Table()
+    for col in ("id", "name", "tags", "model", "version", "last step"):
+        table.add_column(col)
+    for d in _client(server, token).devices(tag):
+        table.add_row(d["id"][:12], d["name"], ", ".join(d["tags"]), d["model"] or "", d["version"] or "", d["state"] or "")
+    out.print(table)
+
+
+@fleet_app.command("rollout")
+def fleet_rollout(
+    model: Annotated[str, typer.Argument(help="model name")],
+    version: Annotated[str, typer.Argument(help="version in the registry")],
+    tag: Annotated[str, typer.Option("--tag", help="devices with this tag")],
+    waves: Annotated[str, typer.Option(help="cumulative percentages")] = "1,10,50,100",
+    max_failure_rate: Annotated[float, typer.Option(help="health gate: failed share allowed")] = 0.0,
+    max_error_rate: Annotated[float, typer.Option(help="health gate: mean error rate allowed")] = 0.05,
+    wave_timeout: Annotated[float, typer.Option(help="seconds before silent devices count as failed")] = 600.0,
+    no_rollback: Annotated[bool, typer.Option("--no-rollback", help="halt only; do not roll back a failed wave")] = False,
+    server: Server = "http://127.0.0.1:8700", token: Token = "",
+) -> None:
+    """Start a rollout in waves with health gates between them.
+
+    Example: edgewise fleet rollout cnn 1.1.0 --tag cameras --waves 1,10,50,100
+    """
+    try:
+        w = [float(x) for x in waves.split(",")]
+    except ValueError as e:
+        raise EdgewiseError(f"--waves must be comma-separated percentages, got {waves!r}") from e
+    r = _client(server, token).rollout(model, version, tag, w, {"max_failure_rate": max_failure_rate,
+                                                               "max_error_rate": max_error_rate,
+                                                               "wave_timeout_s": wave_timeout}, not no_rollback)
+    out.print(f"rollout {r['id']}: {model} {version} to {r['targeted']} device(s) tagged {tag}, state {r['state']}")
+
+
+@fleet_app.command("rollouts")
+def fleet_rollouts(server: Server = "http://127.0.0.1:8700", token: Token = "") -> None:
+    """List rollouts with their state, wave and device counts.
+
+    Example: edgewise fleet rollouts
+    """
+    table = Table()
+    for col in ("id", "model", "version", "tag", "state", "wave", "devices", "reason"):
+        table.add_column(col, overflow="fold")
+    for r in _client(server, token).rollouts():
+        table.add_row(r["id"], r["model"], r["version"], r["selector"], r["state"], f"{r['wave'] + 1}/{len(r['waves'])}",
+                      ", ".join(f"{k} {v}" for k, v in r["devices"].items()), r["reason"])
+    out.print(table)
+
+
+@fleet_app.command("control")
+def fleet_control(rollout_id: Annotated[str, typer.Argument(help="rollout id")],
+                  action: Annotated[str, typer.Argument(help="pause, resume, abort or rollback")],
+                  server: Server = "http://127.0.0.1:8700", token: Token = "") -> None:
+    """Pause, resume, abort or roll back a rollout by hand.
+
+    Example: edgewise fleet control 3f9a1c2b7d4e pause
+    """
+    r = _client(server, token).control(rollout_id, action)
+    out.print(f"rollout {r['id']}: {r['state']}")
+
+
+@device_app.command("enroll")
+def device_enroll(
+    enroll_token: Annotated[str, typer.Option("--token", help="one-time token from `fleet enroll-token`")],
+    data_dir: Annotated[Path, typer.Option(help="the agent's data directory")] = Path("agent-data"),
+    name: Annotated[str, typer.Option(help="device name shown in the fleet")] = "",
+    fleet_key: Annotated[Path | None, typer.Option(help="the fleet's public key, provisioned out of band (default: "
+                                                     "fetched from the server at enrolment and pinned)")] = None,
+    server: Server = "http://127.0.0.1:8700",
+) -> None:
+    """Enrol this device: trade the token for a device credential, kept in DATA_DIR/ota/device.json (0600).
+
+    Example: edgewise device enroll --token XYZ --server http://fleet:8700 --data-dir /var/lib/edgewise
+    """
+    import asyncio
+    import socket
+
+    import httpx
+
+    from edgewise.agent.updater import enroll
+
+    from edgewise.bundle.signing import load_public, public_pem
+
+    async def go():  # type: ignore[no-untyped-def]
+        async with httpx.AsyncClient() as c:
+            ident = await enroll(c, server.rstrip("/"), enroll_token, name or socket.gethostname())
+            pem = fleet_key.read_bytes() if fleet_key else (await c.get(f"{server.rstrip('/')}/v1/keys/fleet.pub",
+                                                                        timeout=10)).content
+            return ident, public_pem(load_public(pem))
+
+    ident, pem = asyncio.run(go())
+    ident.save(data_dir / "ota" / "device.json")
+    (data_dir / "ota" / "fleet.pub").write_bytes(pem)
+    out.print(f"enrolled as {ident.device_id}; credential in {data_dir / 'ota' / 'device.json'}")

@@ -1,0 +1,222 @@
+"""The fleet server's HTTP face: admin API, device API (separately authenticated), bundles with Range
+downloads, a web console, and a ticker that judges waves whose devices went silent."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+import threading
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+
+from edgewise.bundle.signing import TrustStore, generate_keys, load_private, public_pem
+from edgewise.errors import FleetError
+from edgewise.fleet.db import Database
+from edgewise.fleet.limits import Limit, Limiter
+from edgewise.fleet.store import FleetStore
+
+
+@dataclass
+class ServerConfig:
+    data_dir: Path = Path("fleet-data")
+    db: str | None = None  # sqlite path or postgresql:// URL; default sqlite in data_dir
+    trust: list[Path] = field(default_factory=list)  # release public keys whose signatures the registry accepts
+    admin_token: str | None = None  # default: $EDGEWISE_ADMIN_TOKEN, else data_dir/admin.token (made once)
+    assignment_ttl_s: float = 3600.0
+    tick_s: float = 1.0
+    limits: dict[str, Limit] = field(default_factory=lambda: {
+        "admin": Limit(200, 400, 1 << 30), "device": Limit(20, 60, 64 << 10),
+        "enroll": Limit(500, 2000, 4 << 10), "public": Limit(50, 100, 4 << 10)})
+
+
+def _admin_token(cfg: ServerConfig) -> str:
+    if cfg.admin_token:
+        return cfg.admin_token
+    if os.environ.get("EDGEWISE_ADMIN_TOKEN"):
+        return os.environ["EDGEWISE_ADMIN_TOKEN"]
+    path = cfg.data_dir / "admin.token"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def _classify(path: str) -> str:
+    if path.startswith("/v1/admin"):
+        return "admin"
+    if path == "/v1/device/enroll":
+        return "enroll"
+    if path.startswith("/v1/device"):
+        return "device"
+    return "public"
+
+
+def build_store(cfg: ServerConfig) -> FleetStore:
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    if not (cfg.data_dir / "fleet.key").exists():
+        generate_keys(cfg.data_dir, "fleet")
+    trust = TrustStore.load(cfg.trust) if cfg.trust else None
+    db = Database(cfg.db or str(cfg.data_dir / "fleet.db"))
+    return FleetStore(db, cfg.data_dir, load_private(cfg.data_dir / "fleet.key"), trust, cfg.assignment_ttl_s)
+
+
+def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
+    store = store or build_store(cfg)
+    token = _admin_token(cfg)
+    app = FastAPI(title="edgewise fleet", version="0.1.0")
+    limiter = Limiter(cfg.limits, _classify)
+    stop = threading.Event()
+
+    def ticker() -> None:
+        while not stop.wait(cfg.tick_s):
+            try:
+                store.tick_all()
+            except Exception:  # a tick that fails is retried next time; serving goes on
+                pass
+
+    threading.Thread(target=ticker, name="rollout-ticker", daemon=True).start()
+    app.state.store, app.state.stop, app.state.limiter = store, stop, limiter
+
+    def admin(request: Request) -> str:
+        got = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not got or not hmac.compare_digest(got.encode(), token.encode()):
+            raise HTTPException(401, "admin token required (Authorization: Bearer <token>)")
+        return request.headers.get("x-operator", "admin")[:100]
+
+    def device(request: Request) -> str:
+        got = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        device_id, _, secret = got.partition(".")
+        if not device_id or not secret or not store.authenticate(device_id, secret):
+            raise HTTPException(401, "device credential required (Authorization: Bearer <device_id>.<secret>)")
+        return device_id
+
+    @app.exception_handler(FleetError)
+    async def fleet_error(_: Request, e: FleetError) -> JSONResponse:
+        msg = str(e)
+        status = 404 if msg.startswith("no ") else 409 if ("cannot" in msg or "already" in msg) else 400
+        return JSONResponse({"error": msg}, status_code=status)
+
+    async def body_json(request: Request) -> dict[str, Any]:
+        try:
+            data = await request.json()
+        except ValueError as e:
+            raise HTTPException(400, "body must be a JSON object") from e
+        if not isinstance(data, dict):
+            raise HTTPException(400, "body must be a JSON object")
+        return data
+
+    # ---- admin --------------------------------------------------------------------------------------
+    @app.post("/v1/admin/models")
+    async def upload(request: Request, who: str = Depends(admin)) -> dict[str, Any]:
+        """Upload a bundle archive (tar.gz, as `edgewise fleet upload` makes)."""
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(store.add_model, await request.body(), who)
+
+    @app.get("/v1/admin/models")
+    def models(_: str = Depends(admin)) -> list[dict[str, Any]]:
+        return store.models()
+
+    @app.post("/v1/admin/enroll-tokens")
+    async def enroll_token(request: Request, _: str = Depends(admin)) -> dict[str, str]:
+        data = await body_json(request)
+        return {"token": store.enroll_token([str(t) for t in data.get("tags", [])], float(data.get("ttl_s", 86400)))}
+
+    @app.get("/v1/admin/devices")
+    def devices(tag: str | None = None, _: str = Depends(admin)) -> list[dict[str, Any]]:
+        return store.devices(tag)
+
+    @app.put("/v1/admin/devices/{device_id}/tags")
+    async def tags(device_id: str, request: Request, _: str = Depends(admin)) -> dict[str, str]:
+        store.set_tags(device_id, [str(t) for t in (await body_json(request)).get("tags", [])])
+        return {"device": device_id}
+
+    @app.get("/v1/admin/devices/{device_id}/timeline")
+    def timeline(device_id: str, _: str = Depends(admin)) -> list[dict[str, Any]]:
+        return store.timeline(device_id)
+
+    @app.post("/v1/admin/rollouts")
+    async def create_rollout(request: Request, who: str = Depends(admin)) -> dict[str, Any]:
+        d = await body_json(request)
+        try:
+            return store.create_rollout(str(d["model"]), str(d["version"]), str(d.get("selector", "all")),
+                                        [float(w) for w in d.get("waves", [1, 10, 50, 100])], d.get("gate"),
+                                        bool(d.get("auto_rollback", True)), who)
+        except (KeyError, TypeError, ValueError) as e:
+            raise HTTPException(400, f"rollout needs model, version, selector, waves: {e}") from e
+
+    @app.get("/v1/admin/rollouts")
+    def rollouts(_: str = Depends(admin)) -> list[dict[str, Any]]:
+        return store.rollouts()
+
+    @app.get("/v1/admin/rollouts/{rid}")
+    def rollout(rid: str, _: str = Depends(admin)) -> dict[str, Any]:
+        return store.rollout(rid)
+
+    @app.post("/v1/admin/rollouts/{rid}/{action}")
+    def control(rid: str, action: str, who: str = Depends(admin)) -> dict[str, Any]:
+        return store.control(rid, action, f"{action} by {who}")
+
+    # ---- devices ------------------------------------------------------------------------------------
+    @app.post("/v1/device/enroll")
+    async def enroll(request: Request) -> dict[str, str]:
+        d = await body_json(request)
+        try:
+            return store.enroll(str(d["token"]), str(d.get("name", "")))
+        except FleetError as e:
+            raise HTTPException(403, str(e)) from e
+        except KeyError as e:
+            raise HTTPException(400, "enrolment needs a token") from e
+
+    @app.get("/v1/device/assignment")
+    def assignment(request: Request, device_id: str = Depends(device)) -> dict[str, Any]:
+        return store.assignment(device_id, str(request.base_url).rstrip("/"))
+
+    @app.get("/v1/device/bundles/{sha}")
+    def bundle(sha: str, device_id: str = Depends(device)) -> Response:
+        """Only a bundle this device is assigned (Range requests resume a broken download)."""
+        mine = store.db.query("SELECT 1 FROM assignments a JOIN models m ON a.model=m.name AND a.version=m.version "
+                              "WHERE a.device_id=? AND m.sha256=?", (device_id, sha))
+        if not mine:
+            raise HTTPException(404, "no such bundle assigned to this device")
+        return FileResponse(store.archive_path(sha), media_type="application/gzip")
+
+    @app.post("/v1/device/report")
+    async def report(request: Request, device_id: str = Depends(device)) -> dict[str, bool]:
+        from starlette.concurrency import run_in_threadpool
+
+        await run_in_threadpool(store.report, device_id, await body_json(request))
+        return {"ok": True}
+
+    # ---- public -------------------------------------------------------------------------------------
+    @app.get("/v1/keys/fleet.pub")
+    def fleet_pub() -> Response:
+        return Response(public_pem(store.fleet_key.public_key()), media_type="application/x-pem-file")
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"ok": True, "db": store.db.kind, "refused": limiter.refused}
+
+    @app.get("/", response_class=HTMLResponse)
+    def console() -> str:
+        return resources.files("edgewise.fleet").joinpath("console.html").read_text()
+
+    @app.on_event("shutdown")
+    def _stop() -> None:
+        stop.set()
+
+    return limiter.middleware(app)
+
+
+def serve(cfg: ServerConfig, host: str = "127.0.0.1", port: int = 8700) -> None:
+    import uvicorn
+
+    app = create_app(cfg)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -1,0 +1,353 @@
+"""The fleet's state and rules, free of HTTP: registry, enrolment, credentials, rollouts and their gates.
+
+A rollout targets the devices carrying a tag, in waves (cumulative percentages). Entering a wave writes one
+assignment per new device; a device's desired state is its newest assignment not cancelled. A wave is
+judged once every device in it has reported a terminal step (or the wave times out, when the silent ones
+count as failed): too many failures, too high an error rate or latency halt the rollout and, if asked,
+roll the devices that took the new version back to the version they ran before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import secrets
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgewise.bundle.archive import unpack
+from edgewise.bundle.signing import SIGNATURE, TrustStore, sign_bytes, verify_signed_bundle
+from edgewise.errors import EdgewiseError, FleetError
+from edgewise.fleet.db import Database
+from edgewise.fleet.versions import parse
+
+TERMINAL = ("healthy", "failed", "cancelled")
+STATES = ("running", "paused", "halted", "completed", "aborted", "rolled_back", "superseded")
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+@dataclass
+class Gate:
+    max_failure_rate: float = 0.0  # failed devices / devices in the waves so far
+    max_error_rate: float = 0.05  # mean inference error rate the devices report after switching
+    max_latency_ms: float | None = None  # mean reported p50 latency
+    wave_timeout_s: float = 600.0  # devices silent this long after their wave started count as failed
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Gate:
+        d = d or {}
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise FleetError(f"unknown gate settings: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+@dataclass
+class FleetStore:
+    db: Database
+    data_dir: Path
+    fleet_key: Any  # Ed25519PrivateKey: signs assignments (devices are provisioned with its public key)
+    trust: TrustStore | None = None  # release keys whose bundle signatures the registry accepts
+    assignment_ttl_s: float = 3600.0
+    clock: Any = field(default=time.time)
+
+    # ---- models -------------------------------------------------------------------------------------
+    def add_model(self, archive: bytes, uploaded_by: str) -> dict[str, Any]:
+        """Store an uploaded bundle archive; its signature status is recorded (rollouts need a valid one)."""
+        sha = hashlib.sha256(archive).hexdigest()
+        with tempfile.TemporaryDirectory(dir=self.data_dir) as tmp:
+            (Path(tmp) / "a.tar.gz").write_bytes(archive)
+            try:
+                bundle = unpack(Path(tmp) / "a.tar.gz", Path(tmp) / "b")
+                manifest, signed_by = verify_signed_bundle(bundle, self.trust or TrustStore())
+                status = "valid"
+            except EdgewiseError as e:
+                from edgewise.bundle import verify_bundle
+
+                try:
+                    manifest = verify_bundle(Path(tmp) / "b")
+                except EdgewiseError as e2:
+                    raise FleetError(f"upload is not a valid bundle: {e2}") from e2
+                signed_by, status = None, ("unsigned" if not (Path(tmp) / "b" / SIGNATURE).exists()
+                                           else f"invalid: {e}")
+        dest = self.data_dir / "models" / f"{sha}.tar.gz"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_suffix(".part")
+        part.write_bytes(archive)
+        part.replace(dest)
+        with self.db.tx() as t:
+            if t.query("SELECT 1 FROM models WHERE name=? AND version=?", (manifest.name, manifest.version)):
+                raise FleetError(f"{manifest.name} {manifest.version} is already in the registry; bump the version")
+            t.execute("INSERT INTO models VALUES (?,?,?,?,?,?,?,?,?,?)",
+                      (manifest.name, manifest.version, sha, len(archive), str(dest), uploaded_by, self.clock(),
+                       status, signed_by, manifest.to_json()))
+        return self.model(manifest.name, manifest.version)
+
+    def model(self, name: str, version: str) -> dict[str, Any]:
+        rows = self.db.query("SELECT name, version, sha256, size, uploaded_by, uploaded_at, signature, signed_by "
+                             "FROM models WHERE name=? AND version=?", (name, version))
+        if not rows:
+            raise FleetError(f"no model {name} {version} in the registry")
+        keys = ("name", "version", "sha256", "size", "uploaded_by", "uploaded_at", "signature", "signed_by")
+        return dict(zip(keys, rows[0]))
+
+    def models(self) -> list[dict[str, Any]]:
+        rows = self.db.query("SELECT name, version FROM models ORDER BY name, uploaded_at")
+        return [self.model(n, v) for n, v in rows]
+
+    def archive_path(self, sha: str) -> Path:
+        rows = self.db.query("SELECT path FROM models WHERE sha256=?", (sha,))
+        if not rows:
+            raise FleetError(f"no bundle with sha256 {sha}")
+        return Path(rows[0][0])
+
+    # ---- devices ------------------------------------------------------------------------------------
+    def enroll_token(self, tags: list[str], ttl_s: float = 86400) -> str:
+        token = secrets.token_urlsafe(24)
+        self.db.execute("INSERT INTO enroll_tokens VALUES (?,?,?,?,?)",
+                        (_hash(token), json.dumps(sorted(tags)), self.clock(), self.clock() + ttl_s, None))
+        return token
+
+    def enroll(self, token: str, name: str) -> dict[str, str]:
+        """Trade a one-time token for a device id and secret (only the secret's hash is kept)."""
+        device_id, secret = uuid.uuid4().hex, secrets.token_urlsafe(32)
+        with self.db.tx() as t:
+            rows = t.query("SELECT tags, expires, used_by FROM enroll_tokens WHERE token_hash=?", (_hash(token),))
+            if not rows or rows[0][2] is not None or rows[0][1] < self.clock():
+                raise FleetError("enrolment token unknown, already used or expired")
+            t.execute("UPDATE enroll_tokens SET used_by=? WHERE token_hash=?", (device_id, _hash(token)))
+            t.execute("INSERT INTO devices VALUES (?,?,?,?,?,?,?,?,?)",
+                      (device_id, name[:200], _hash(secret), rows[0][0], self.clock(), self.clock(), None, None,
+                       "enrolled"))
+        return {"device_id": device_id, "secret": secret}
+
+    def authenticate(self, device_id: str, secret: str) -> bool:
+        rows = self.db.query("SELECT secret_hash FROM devices WHERE id=?", (device_id,))
+        return bool(rows) and hmac.compare_digest(rows[0][0], _hash(secret))
+
+    def devices(self, tag: str | None = None) -> list[dict[str, Any]]:
+        rows = self.db.query("SELECT id, name, tags, enrolled, last_seen, model, version, state FROM devices "
+                             "ORDER BY enrolled, id")
+        keys = ("id", "name", "tags", "enrolled", "last_seen", "model", "version", "state")
+        out = [dict(zip(keys, r)) | {"tags": json.loads(r[2])} for r in rows]
+        return [d for d in out if tag is None or tag in d["tags"]]
+
+    def set_tags(self, device_id: str, tags: list[str]) -> None:
+        if not self.db.execute("UPDATE devices SET tags=? WHERE id=?", (json.dumps(sorted(tags)), device_id)):
+            raise FleetError(f"no device {device_id}")
+
+    def timeline(self, device_id: str, limit: int = 200) -> list[dict[str, Any]]:
+        rows = self.db.query("SELECT ts, rollout_id, version, step, ok, detail, error_rate, latency_ms FROM reports "
+                             "WHERE device_id=? ORDER BY ts DESC LIMIT ?", (device_id, limit))
+        keys = ("ts", "rollout_id", "version", "step", "ok", "detail", "error_rate", "latency_ms")
+        return [dict(zip(keys, r)) for r in rows]
+
+    # ---- assignments --------------------------------------------------------------------------------
+    def assignment(self, device_id: str, base_url: str = "") -> dict[str, Any]:
+        """The device's desired state as signed metadata (expires; serial only ever grows)."""
+        self.db.execute("UPDATE devices SET last_seen=? WHERE id=?", (self.clock(), device_id))
+        rows = self.db.query("SELECT serial, rollout_id, model, version, rollback FROM assignments WHERE device_id=? "
+                             "AND status != 'cancelled' ORDER BY serial DESC LIMIT 1", (device_id,))
+        now = self.clock()
+        body: dict[str, Any] = {"device_id": device_id, "issued": now, "expires": now + self.assignment_ttl_s}
+        if rows:
+            serial, rollout_id, model, version, rollback = rows[0]
+            m = self.model(model, version)
+            body.update({"serial": serial, "rollout_id": rollout_id, "model": model, "version": version,
+                         "rollback": bool(rollback), "sha256": m["sha256"], "size": m["size"],
+                         "url": f"{base_url}/v1/device/bundles/{m['sha256']}"})
+        else:
+            body["serial"] = 0
+        return {"assignment": body, "signature": sign_bytes(self.fleet_key, canonical(body))}
+
+    def report(self, device_id: str, r: dict[str, Any]) -> None:
+        """A device's step report. Terminal steps settle its assignment; the rollout is then re-judged."""
+        step, ok = str(r.get("step", ""))[:40], bool(r.get("ok"))
+        serial = r.get("serial")
+        rollout_id = None
+        with self.db.tx() as t:
+            if serial is not None:
+                rows = t.query("SELECT rollout_id FROM assignments WHERE device_id=? AND serial=?", (device_id, serial))
+                rollout_id = rows[0][0] if rows else None
+            t.execute("INSERT INTO reports VALUES (?,?,?,?,?,?,?,?,?)",
+                      (device_id, self.clock(), rollout_id, str(r.get("version", ""))[:40], step, int(ok),
+                       str(r.get("detail", ""))[:1000], _num(r.get("error_rate")), _num(r.get("latency_ms"))))
+            status = "healthy" if step == "health" and ok else "failed" if not ok and step in (
+                "download", "verify", "install", "selftest", "switch", "health", "gave_up") else None
+            if serial is not None and status:
+                t.execute("UPDATE assignments SET status=?, detail=?, updated=? WHERE device_id=? AND serial=? "
+                          "AND status='pending'", (status, str(r.get("detail", ""))[:500], self.clock(), device_id, serial))
+            if r.get("active_version"):
+                t.execute("UPDATE devices SET model=?, version=?, state=? WHERE id=?",
+                          (r.get("model"), r["active_version"], step, device_id))
+        if rollout_id:
+            self.tick(rollout_id)
+
+    # ---- rollouts -----------------------------------------------------------------------------------
+    def create_rollout(self, model: str, version: str, selector: str, waves: list[float], gate: dict | None,
+                       auto_rollback: bool, created_by: str) -> dict[str, Any]:
+        m = self.model(model, version)
+        if m["signature"] != "valid":
+            raise FleetError(f"{model} {version} is not validly signed ({m['signature']}); devices would refuse it")
+        if not waves or any(not 0 < w <= 100 for w in waves) or waves != sorted(waves) or waves[-1] != 100:
+            raise FleetError("waves must be increasing percentages ending at 100, e.g. 1,10,50,100")
+        g = Gate.from_dict(gate)
+        rid = uuid.uuid4().hex[:12]
+        with self.db.tx() as t:
+            # A newer rollout of the same model to the same devices supersedes a running or stuck one.
+            for (old,) in t.query("SELECT id FROM rollouts WHERE model=? AND selector=? AND state IN "
+                                  "('running','paused','halted')", (model, selector)):
+                t.execute("UPDATE rollouts SET state='superseded', reason=? WHERE id=?", (f"superseded by {rid}", old))
+                t.execute("UPDATE assignments SET status='cancelled' WHERE rollout_id=? AND status='pending'", (old,))
+            t.execute("INSERT INTO rollouts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                      (rid, model, version, selector, json.dumps(waves), json.dumps(g.__dict__), int(auto_rollback),
+                       "running", -1, self.clock(), self.clock(), created_by, ""))
+        self.tick(rid)
+        return self.rollout(rid)
+
+    def rollout(self, rid: str) -> dict[str, Any]:
+        rows = self.db.query("SELECT id, model, version, selector, waves, gate, auto_rollback, state, wave, "
+                             "wave_started, created, created_by, reason FROM rollouts WHERE id=?", (rid,))
+        if not rows:
+            raise FleetError(f"no rollout {rid}")
+        keys = ("id", "model", "version", "selector", "waves", "gate", "auto_rollback", "state", "wave",
+                "wave_started", "created", "created_by", "reason")
+        r = dict(zip(keys, rows[0]))
+        r["waves"], r["gate"], r["auto_rollback"] = json.loads(r["waves"]), json.loads(r["gate"]), bool(r["auto_rollback"])
+        counts: dict[str, int] = {}
+        for status, rollback, n in self.db.query("SELECT status, rollback, COUNT(*) FROM assignments WHERE rollout_id=? "
+                                                 "GROUP BY status, rollback", (rid,)):
+            key = f"rollback_{status}" if rollback else status
+            counts[key] = counts.get(key, 0) + n
+        r["devices"] = counts
+        r["targeted"] = len(self.devices(r["selector"]))
+        return r
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        return [self.rollout(r[0]) for r in self.db.query("SELECT id FROM rollouts ORDER BY created DESC")]
+
+    def control(self, rid: str, action: str, reason: str = "") -> dict[str, Any]:
+        """Operator actions: pause, resume, abort, rollback. Any non-final rollout can be aborted."""
+        r = self.rollout(rid)
+        allowed = {"pause": ("running",), "resume": ("paused", "halted"), "abort": ("running", "paused", "halted"),
+                   "rollback": ("running", "paused", "halted", "completed", "aborted")}
+        if action not in allowed:
+            raise FleetError(f"unknown action {action!r}: pause, resume, abort or rollback")
+        if r["state"] not in allowed[action]:
+            raise FleetError(f"cannot {action} a rollout that is {r['state']}")
+        new = {"pause": "paused", "resume": "running", "abort": "aborted", "rollback": "rolled_back"}[action]
+        with self.db.tx() as t:
+            t.execute("UPDATE rollouts SET state=?, reason=? WHERE id=?", (new, reason or f"{action} by operator", rid))
+            if action in ("abort", "rollback"):
+                t.execute("UPDATE assignments SET status='cancelled' WHERE rollout_id=? AND status='pending' "
+                          "AND rollback=0", (rid,))
+            if action == "rollback":
+                self._issue_rollbacks(t, rid)
+        if action == "resume":
+            self.tick(rid)
+        return self.rollout(rid)
+
+    def tick_all(self) -> None:
+        for (rid,) in self.db.query("SELECT id FROM rollouts WHERE state='running'"):
+            self.tick(rid)
+
+    def tick(self, rid: str) -> None:
+        """Advance one rollout: start the first wave, judge a finished wave, start the next or halt."""
+        with self.db.tx() as t:
+            row = t.query("SELECT model, version, selector, waves, gate, auto_rollback, state, wave, wave_started "
+                          "FROM rollouts WHERE id=?", (rid,))
+            if not row or row[0][6] != "running":
+                return
+            model, version, selector, waves, gate, auto_rb, _, wave, started = row[0]
+            waves, g = json.loads(waves), Gate.from_dict(json.loads(gate))
+            if wave >= 0:
+                verdict = self._judge(t, rid, g, started)
+                if verdict is None:
+                    return  # wave still in progress
+                if verdict:
+                    t.execute("UPDATE rollouts SET state='halted', reason=? WHERE id=?", (verdict, rid))
+                    if auto_rb:
+                        t.execute("UPDATE assignments SET status='cancelled' WHERE rollout_id=? AND "
+                                  "status='pending' AND rollback=0", (rid,))
+                        self._issue_rollbacks(t, rid)
+                        t.execute("UPDATE rollouts SET state='rolled_back', reason=? WHERE id=?",
+                                  (f"{verdict}; rolled back automatically", rid))
+                    return
+                if wave == len(waves) - 1:
+                    t.execute("UPDATE rollouts SET state='completed' WHERE id=?", (rid,))
+                    return
+            wave += 1
+            self._assign_wave(t, rid, model, version, selector, waves[wave])
+            t.execute("UPDATE rollouts SET wave=?, wave_started=? WHERE id=?", (wave, self.clock(), rid))
+        self.tick(rid)  # an empty wave (nobody new) is judged at once
+
+    def _assign_wave(self, t: Any, rid: str, model: str, version: str, selector: str, pct: float) -> None:
+        targets = sorted((d for d in self.devices(selector)),
+                         key=lambda d: hashlib.sha256(f"{rid}:{d['id']}".encode()).hexdigest())
+        take = targets[:math.ceil(len(targets) * pct / 100)]
+        have = {r[0] for r in t.query("SELECT device_id FROM assignments WHERE rollout_id=?", (rid,))}
+        for d in take:
+            if d["id"] in have:
+                continue
+            serial = (t.query("SELECT MAX(serial) FROM assignments WHERE device_id=?", (d["id"],))[0][0] or 0) + 1
+            status = "healthy" if d["version"] == version and d["model"] == model else "pending"
+            t.execute("INSERT INTO assignments VALUES (?,?,?,?,?,?,?,?,?,?)",
+                      (d["id"], serial, rid, model, version, 0, status, "", self.clock(), d["version"]))
+
+    def _judge(self, t: Any, rid: str, g: Gate, started: float) -> str | None:
+        """None while the wave runs; '' when it passed; the reason when it failed."""
+        rows = t.query("SELECT device_id, serial, status FROM assignments WHERE rollout_id=? AND rollback=0", (rid,))
+        live = [r for r in rows if r[2] != "cancelled"]
+        pending = [r for r in live if r[2] == "pending"]
+        if pending and self.clock() - started < g.wave_timeout_s:
+            return None
+        failed = sum(1 for r in live if r[2] == "failed") + len(pending)
+        if live and failed / len(live) > g.max_failure_rate:
+            return (f"{failed} of {len(live)} devices failed" + (f" ({len(pending)} silent past the "
+                                                                  f"{g.wave_timeout_s:.0f} s wave timeout)" if pending else ""))
+        health = t.query("SELECT error_rate, latency_ms FROM reports WHERE rollout_id=? AND step='health' AND ok=1",
+                         (rid,))
+        errs = [h[0] for h in health if h[0] is not None]
+        lats = [h[1] for h in health if h[1] is not None]
+        if errs and sum(errs) / len(errs) > g.max_error_rate:
+            return f"mean error rate {sum(errs) / len(errs):.3f} over the gate's {g.max_error_rate}"
+        if g.max_latency_ms is not None and lats and sum(lats) / len(lats) > g.max_latency_ms:
+            return f"mean latency {sum(lats) / len(lats):.1f} ms over the gate's {g.max_latency_ms} ms"
+        return ""
+
+    def _issue_rollbacks(self, t: Any, rid: str) -> None:
+        """Every device that took this rollout's version goes back to the one it ran before, by a signed
+        rollback assignment (the only way a device accepts an older version)."""
+        rows = t.query("SELECT device_id, prev_version, model FROM assignments WHERE rollout_id=? AND rollback=0 "
+                       "AND status IN ('healthy','failed')", (rid,))
+        for device_id, prev, model in rows:
+            if not prev:
+                continue
+            try:
+                self.model(model, prev)
+            except FleetError:
+                continue
+            serial = (t.query("SELECT MAX(serial) FROM assignments WHERE device_id=?", (device_id,))[0][0] or 0) + 1
+            t.execute("INSERT INTO assignments VALUES (?,?,?,?,?,?,?,?,?,?)",
+                      (device_id, serial, rid, model, prev, 1, "pending", "rollback", self.clock(), None))
+
+
+def _num(v: Any) -> float | None:
+    try:
+        return None if v is None else float(v)
+    except (TypeError, ValueError):
+        return None
+
