@@ -330,9 +330,10 @@ class FleetStore:
 
     def _issue_rollbacks(self, t: Any, rid: str) -> None:
         """Every device that took this rollout's version goes back to the one it ran before, by a signed
-        rollback assignment (the only way a device accepts an older version)."""
+        rollback assignment (the only way a device accepts an older version). Devices that failed are
+        already back on their previous model: the updater never leaves a failed install active."""
         rows = t.query("SELECT device_id, prev_version, model FROM assignments WHERE rollout_id=? AND rollback=0 "
-                       "AND status IN ('healthy','failed')", (rid,))
+                       "AND status='healthy'", (rid,))
         for device_id, prev, model in rows:
             if not prev:
                 continue

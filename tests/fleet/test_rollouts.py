@@ -1,0 +1,167 @@
+"""A real fleet server process; devices running the real updater code (in-process, async) against it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edgewise.bundle import verify_bundle
+from edgewise.bundle.signing import verify_signed_bundle, TrustStore
+
+from .conftest import make_devices, run, wait_rollout
+
+
+async def poll_all(devs, rounds: int = 40, until=None) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(rounds):
+        await asyncio.gather(*(d.poll_once() for d in devs))
+        if until is not None and until():
+            return
+        await asyncio.sleep(0.05)
+
+
+def on_verified_working_model(dev, kit) -> str:  # type: ignore[no-untyped-def]
+    """The device's active slot verifies (hashes + release signature): its version."""
+    manifest, _ = verify_signed_bundle(dev.slots.active_dir, TrustStore.load([kit["pub"]]))
+    assert manifest.version == dev.slots.state.version
+    return manifest.version
+
+
+def upload_all(fleet, kit, *names) -> None:  # type: ignore[no-untyped-def]
+    for n in names:
+        fleet.admin.upload(kit["bundles"][n])
+
+
+def test_waves_update_every_device_and_each_step_is_reported(fleet, fleet_kit, tmp_path):
+    # Prepare
+    upload_all(fleet, fleet_kit, "1.0.0", "1.1.0")
+
+    async def go():  # type: ignore[no-untyped-def]
+        async with httpx.AsyncClient() as c:
+            devs = await make_devices(fleet, fleet_kit, tmp_path, 5, "cams", c)
+            # Execute: install 1.0.0 everywhere, then roll 1.1.0 out in three waves
+            r1 = fleet.admin.rollout("digits", "1.0.0", "cams", [20, 60, 100])
+            await poll_all(devs, until=lambda: fleet.admin.get_rollout(r1["id"])["state"] == "completed")
+            r2 = fleet.admin.rollout("digits", "1.1.0", "cams", [20, 60, 100])
+            seen_waves = set()
+            for _ in range(60):
+                seen_waves.add(fleet.admin.get_rollout(r2["id"])["wave"])
+                await asyncio.gather(*(d.poll_once() for d in devs))
+                if fleet.admin.get_rollout(r2["id"])["state"] == "completed":
+                    break
+            return devs, r2, seen_waves
+
+    devs, r2, seen_waves = run(go())
+    # Assert
+    assert wait_rollout(fleet, r2["id"], ("completed",))["devices"] == {"healthy": 5}
+    assert seen_waves >= {0, 1, 2}
+    assert [on_verified_working_model(d, fleet_kit) for d in devs] == ["1.1.0"] * 5
+    assert {d["version"] for d in fleet.admin.devices("cams")} == {"1.1.0"}
+    steps = [s[0] for s in devs[0].log]
+    assert steps[-5:] == ["download", "verify", "selftest", "switch", "health"]
+
+
+async def on_base(fleet, kit, tmp_path, c, n=4, **kw):  # type: ignore[no-untyped-def]
+    """n devices tagged 'cams', all running a verified 1.0.0."""
+    if not any(m["version"] == "1.0.0" for m in fleet.admin.models()):
+        fleet.admin.upload(kit["bundles"]["1.0.0"])
+    devs = await make_devices(fleet, kit, tmp_path, n, "cams", c, **kw)
+    r = fleet.admin.rollout("digits", "1.0.0", "cams", [100])
+    await poll_all(devs, until=lambda: fleet.admin.get_rollout(r["id"])["state"] == "completed")
+    return devs
+
+
+@pytest.mark.parametrize("bad, version, failing_step", [("noload", "1.2.0", "selftest"),
+                                                        ("selftest", "1.3.0", "selftest"),
+                                                        ("rogue", "1.4.0", "verify")])
+def test_a_bad_bundle_fails_the_canary_and_the_rollout_halts(fleet, fleet_kit, tmp_path, bad, version, failing_step):
+    # Prepare: four devices on 1.0.0 and a bad bundle: its model does not load, or it fails its self-test,
+    # or it is signed by a key the registry accepts but the devices were never given
+    async def go():  # type: ignore[no-untyped-def]
+        async with httpx.AsyncClient() as c:
+            devs = await on_base(fleet, fleet_kit, tmp_path, c)
+            fleet.admin.upload(fleet_kit["bundles"][bad])
+            # Execute
+            r = fleet.admin.rollout("digits", version, "cams", [25, 100])
+            await poll_all(devs, until=lambda: fleet.admin.get_rollout(r["id"])["state"] != "running")
+            return devs, fleet.admin.get_rollout(r["id"])
+
+    devs, r = run(go())
+    # Assert: the one canary failed at the expected step, nobody else was asked, all still on a verified 1.0.0
+    assert r["state"] in ("halted", "rolled_back") and "1 of 1 devices failed" in r["reason"], r
+    failed = [d for d in devs if any(s == failing_step and not ok for s, ok, _ in d.log)]
+    assert len(failed) == 1 and r["devices"] == {"failed": 1}
+    assert [on_verified_working_model(d, fleet_kit) for d in devs] == ["1.0.0"] * 4
+
+
+def test_health_gate_failure_rolls_installed_devices_back(fleet, fleet_kit, tmp_path):
+    # Prepare: devices whose health check after the switch reports a 40% error rate (a model that loads
+    # and passes its self-test but misbehaves on live data)
+    fleet.admin.upload(fleet_kit["bundles"]["1.1.0"])
+
+    def sick_health(bundle: Path) -> dict:
+        return {"error_rate": 0.4 if verify_bundle(bundle).version == "1.1.0" else 0.0, "latency_ms": 1.0}
+
+    async def go():  # type: ignore[no-untyped-def]
+        async with httpx.AsyncClient() as c:
+            devs = await on_base(fleet, fleet_kit, tmp_path, c, health=sick_health)
+            # Execute
+            r = fleet.admin.rollout("digits", "1.1.0", "cams", [50, 100], gate={"max_error_rate": 0.05})
+            await poll_all(devs, until=lambda: fleet.admin.get_rollout(r["id"])["state"] != "running")
+            await poll_all(devs, rounds=10)  # devices pick up the signed rollback instruction
+            return devs, fleet.admin.get_rollout(r["id"])
+
+    devs, r = run(go())
+    # Assert: the first wave (2 devices) installed 1.1.0, the gate saw the error rate, they went back
+    assert r["state"] == "rolled_back" and "error rate" in r["reason"], r
+    assert r["devices"].get("healthy") == 2 and r["devices"].get("rollback_healthy") == 2, r
+    assert [on_verified_working_model(d, fleet_kit) for d in devs] == ["1.0.0"] * 4
+    # switches per device: 1.0.0 only, or 1.0.0 -> 1.1.0 -> back to 1.0.0 (the signed rollback)
+    assert sorted(sum(s == "switch" for s, _, _ in d.log) for d in devs) == [1, 1, 3, 3]
+
+
+def test_corrupted_and_truncated_downloads_are_refused(fleet, fleet_kit, tmp_path):
+    # Prepare: the stored archive is damaged on the server's disk after upload
+    async def go(damage):  # type: ignore[no-untyped-def]
+        async with httpx.AsyncClient() as c:
+            devs = await on_base(fleet, fleet_kit, tmp_path / damage, c, n=1)
+            m = fleet.admin.upload(fleet_kit["bundles"]["1.1.0"]) if damage == "corrupt" else \
+                next(x for x in fleet.admin.models() if x["version"] == "1.1.0")
+            stored = fleet.data_dir / "models" / f"{m['sha256']}.tar.gz"
+            data = bytearray(stored.read_bytes())
+            if damage == "corrupt":
+                data[len(data) // 2] ^= 0xFF
+            else:
+                data = data[: len(data) // 2]
+            stored.write_bytes(bytes(data))
+            # Execute
+            fleet.admin.rollout("digits", "1.1.0", "cams", [100])
+            await poll_all(devs, rounds=3)
+            return devs[0]
+
+    for damage, words in (("corrupt", "sha256"), ("truncated", "bytes")):
+        dev = run(go(damage))
+        # Assert
+        assert any(s in ("download", "gave_up") and not ok and words in d for s, ok, d in dev.log), dev.log
+        assert on_verified_working_model(dev, fleet_kit) == "1.0.0"
+
+
+def test_an_interrupted_download_resumes_where_it_stopped(fleet, fleet_kit, tmp_path):
+    async def go():  # type: ignore[no-untyped-def]
+        async with httpx.AsyncClient() as c:
+            devs = await on_base(fleet, fleet_kit, tmp_path, c, n=1)
+            dev = devs[0]
+            m = fleet.admin.upload(fleet_kit["bundles"]["1.1.0"])
+            archive = (fleet.data_dir / "models" / f"{m['sha256']}.tar.gz").read_bytes()
+            (dev.slots.root / "download").mkdir(exist_ok=True)
+            (dev.slots.root / "download" / f"{m['sha256']}.part").write_bytes(archive[: len(archive) * 2 // 3])
+            dev.bytes_downloaded = 0
+            fleet.admin.rollout("digits", "1.1.0", "cams", [100])
+            await poll_all(devs, rounds=3)
+            return dev, len(archive)
+
+    dev, size = run(go())
+    assert dev.slots.state.version == "1.1.0"
+    assert dev.bytes_downloaded == size - size * 2 // 3
