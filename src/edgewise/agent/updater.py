@@ -241,11 +241,13 @@ class Updater:
                 detail += f"; rolled back to {prev['version']}"
             await self._fail(serial, "health", detail, version)
             return "rolled_back"
+        # Report first, then record: a power cut in between re-sends the report after boot (the server
+        # ignores the repeat), never the reverse (a rollout waiting forever for a report nobody sends).
+        await self.report("health", True, serial, "", version=version, error_rate=h.get("error_rate", 0.0),
+                          latency_ms=h.get("latency_ms"))
         self.slots.state.installed_serial = serial
         self.slots.state.extra.pop("failed_serial", None)
         self.slots.save()
-        await self.report("health", True, serial, "", version=version, error_rate=h.get("error_rate", 0.0),
-                          latency_ms=h.get("latency_ms"))
         return "installed"
 
     async def _download(self, a: dict[str, Any]) -> Path:
