@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import secrets
 import tempfile
 import time
@@ -297,7 +296,8 @@ class FleetStore:
     def _assign_wave(self, t: Any, rid: str, model: str, version: str, selector: str, pct: float) -> None:
         targets = sorted((d for d in self.devices(selector)),
                          key=lambda d: hashlib.sha256(f"{rid}:{d['id']}".encode()).hexdigest())
-        take = targets[:math.ceil(len(targets) * pct / 100)]
+        # At least one device per wave (a 1% canary of 50 devices is one device), rounded to the nearest.
+        take = targets[:min(len(targets), max(1, int(len(targets) * pct / 100 + 0.5)))]
         have = {r[0] for r in t.query("SELECT device_id FROM assignments WHERE rollout_id=?", (rid,))}
         for d in take:
             if d["id"] in have:

@@ -1,0 +1,118 @@
+"""The fleet store's rules on both databases: SQLite (default) and a real PostgreSQL started here."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from edgewise.bundle.archive import pack
+from edgewise.bundle.signing import TrustStore, generate_keys, load_private
+from edgewise.errors import FleetError
+from edgewise.fleet.db import Database
+from edgewise.fleet.store import FleetStore
+
+from ..agent.conftest import free_port
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (d / name).exists():
+            return str(d / name)
+    return None
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is missing in CI (.ci/run installs it)")
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="edgewise-pg-"))  # not under pytest's 0700 root-owned tree
+    data, port = root / "data", free_port()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        user = "postgres" if _has_user("postgres") else "nobody"
+        shutil.chown(root, user)
+        as_user = ["runuser", "-u", user, "--"]
+    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "edgewise", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    url = f"postgresql://edgewise@127.0.0.1:{port}/postgres"
+    yield url
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path, fleet_kit):
+    if request.param == "sqlite":
+        url = str(tmp_path / "fleet.db")
+    else:
+        url = request.getfixturevalue("postgres_url")
+        db = Database(url)
+        for table in ("models", "enroll_tokens", "devices", "rollouts", "assignments", "reports"):
+            db.execute(f"DELETE FROM {table}")
+        db.close()
+    generate_keys(tmp_path, "fleet")
+    s = FleetStore(Database(url), tmp_path, load_private(tmp_path / "fleet.key"),
+                   TrustStore.load([fleet_kit["pub"]]))
+    yield s
+    s.db.close()
+
+
+def test_registry_enrolment_and_a_gated_rollout_behave_the_same_on_both_databases(store, fleet_kit):
+    # Prepare: three enrolled devices running 1.0.0
+    b = fleet_kit["bundles"]
+    for v in ("1.0.0", "1.1.0"):
+        store.add_model(pack(b[v]), "ci")
+    store.add_model(pack(b["rogue"]), "ci")  # signed by a key this registry does not trust
+    ids = [store.enroll(store.enroll_token(["cams"]), f"d{i}")["device_id"] for i in range(3)]
+    for d in ids:
+        store.report(d, {"step": "health", "ok": True, "model": "digits", "active_version": "1.0.0"})
+    # Execute: a rollout in waves where the canary reports success, then a device of wave 2 fails
+    r = store.create_rollout("digits", "1.1.0", "cams", [34, 100], {"max_failure_rate": 0.0}, True, "ci")
+    canary = [d for d in ids if store.assignment(d)["assignment"].get("version") == "1.1.0"]
+    serial = store.assignment(canary[0])["assignment"]["serial"]
+    store.report(canary[0], {"step": "health", "ok": True, "serial": serial, "model": "digits",
+                             "active_version": "1.1.0", "error_rate": 0.0})
+    after_canary = store.rollout(r["id"])
+    rest = [d for d in ids if d not in canary]
+    store.report(rest[0], {"step": "selftest", "ok": False, "serial": store.assignment(rest[0])["assignment"]["serial"]})
+    store.report(rest[1], {"step": "health", "ok": True, "serial": store.assignment(rest[1])["assignment"]["serial"],
+                           "active_version": "1.1.0", "model": "digits"})
+    final = store.rollout(r["id"])
+    # Assert
+    models = {m["version"]: m for m in store.models()}
+    assert models["1.1.0"]["signature"] == "valid" and models["1.4.0"]["signature"].startswith("invalid")
+    with pytest.raises(FleetError, match="not validly signed"):
+        store.create_rollout("digits", "1.4.0", "cams", [100], None, True, "ci")
+    with pytest.raises(FleetError, match="already used"):
+        store.enroll("not-a-token", "x")
+    assert len(canary) == 1 and after_canary["wave"] == 1 and after_canary["state"] == "running"
+    assert final["state"] == "rolled_back" and "1 of 3 devices failed" in final["reason"]
+    # the devices that took 1.1.0 are told to go back to 1.0.0 with a signed rollback instruction
+    back = [store.assignment(d)["assignment"] for d in (canary[0], rest[1])]
+    assert [(a["version"], a["rollback"]) for a in back] == [("1.0.0", True)] * 2
+    assert store.assignment(rest[0])["assignment"]["version"] == "1.1.0"  # never installed; nothing to undo
+    assert store.db.kind in ("sqlite", "postgresql")
