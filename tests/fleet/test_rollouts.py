@@ -129,7 +129,7 @@ def test_corrupted_and_truncated_downloads_are_refused(fleet, fleet_kit, tmp_pat
             devs = await on_base(fleet, fleet_kit, tmp_path / damage, c, n=1)
             m = fleet.admin.upload(fleet_kit["bundles"]["1.1.0"]) if damage == "corrupt" else \
                 next(x for x in fleet.admin.models() if x["version"] == "1.1.0")
-            stored = fleet.data_dir / "models" / f"{m['sha256']}.tar.gz"
+            stored = fleet.data_dir / "models" / f"{m['sha256']}.tar"
             data = bytearray(stored.read_bytes())
             if damage == "corrupt":
                 data[len(data) // 2] ^= 0xFF
@@ -154,7 +154,7 @@ def test_an_interrupted_download_resumes_where_it_stopped(fleet, fleet_kit, tmp_
             devs = await on_base(fleet, fleet_kit, tmp_path, c, n=1)
             dev = devs[0]
             m = fleet.admin.upload(fleet_kit["bundles"]["1.1.0"])
-            archive = (fleet.data_dir / "models" / f"{m['sha256']}.tar.gz").read_bytes()
+            archive = (fleet.data_dir / "models" / f"{m['sha256']}.tar").read_bytes()
             (dev.slots.root / "download").mkdir(exist_ok=True)
             (dev.slots.root / "download" / f"{m['sha256']}.part").write_bytes(archive[: len(archive) * 2 // 3])
             dev.bytes_downloaded = 0

@@ -78,6 +78,14 @@ def model_selftest(bundle: Path) -> dict[str, Any]:
     return out | {"latency_ms": (time.perf_counter() - t) * 1e3 / max(1, out["pairs"])}
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 class Updater:
     def __init__(self, ident: Identity, slots: Slots, release_keys: TrustStore, fleet_keys: TrustStore,
                  client: httpx.AsyncClient, selftest: Callable[[Path], dict[str, Any]] = model_selftest,
@@ -169,7 +177,7 @@ class Updater:
             return "idle"
         if serial > st.last_serial:
             st.last_serial = serial
-            self.slots.save()
+            await asyncio.to_thread(self.slots.save)
         if a["version"] == st.version and a["model"] == st.model:
             if st.installed_serial != serial:  # e.g. restarted after the switch, or a rollback to this version
                 await self._confirm_health(serial, a["version"])
@@ -183,7 +191,7 @@ class Updater:
 
     async def _fail(self, serial: int, step: str, detail: str, version: str) -> str:
         self.slots.state.extra["failed_serial"] = serial
-        self.slots.save()
+        await asyncio.to_thread(self.slots.save)
         await self.report(step, False, serial, detail, version=version)
         return "failed"
 
@@ -195,7 +203,7 @@ class Updater:
             return await self._fail(serial, "gave_up" if "tries" in str(e) else "download", str(e), version)
         await self.report("download", True, serial, f"{a['size']} bytes", version=version)
         slot = self.slots.inactive
-        target = self.slots.clear_inactive()
+        target = await asyncio.to_thread(self.slots.clear_inactive)
         try:
             await asyncio.to_thread(unpack, archive, target)
             manifest, key = await asyncio.to_thread(verify_signed_bundle, target, self.release_keys)
@@ -210,7 +218,7 @@ class Updater:
         except EdgewiseError as e:
             return await self._fail(serial, "selftest", str(e), version)
         await self.report("selftest", True, serial, json.dumps(st), version=version)
-        self.slots.activate(slot, manifest.name, version, None)
+        await asyncio.to_thread(self.slots.activate, slot, manifest.name, version, None)
         archive.unlink(missing_ok=True)
         await self.report("switch", True, serial, f"slot {slot}", version=version)
         return await self._confirm_health(serial, version)
@@ -228,9 +236,10 @@ class Updater:
             prev = self.slots.state.previous
             detail = f"health check failed: {str(e)[:300]}"
             if prev and prev.get("slot"):
-                self.slots.activate(prev["slot"], self.slots.state.model or "", prev["version"], None)
+                await asyncio.to_thread(self.slots.activate, prev["slot"], self.slots.state.model or "",
+                                        prev["version"], None)
                 self.slots.state.previous = None
-                self.slots.save()
+                await asyncio.to_thread(self.slots.save)
                 if self.on_switch is not None:
                     try:
                         res = self.on_switch(self.slots.dir(prev["slot"]))
@@ -247,7 +256,7 @@ class Updater:
                           latency_ms=h.get("latency_ms"))
         self.slots.state.installed_serial = serial
         self.slots.state.extra.pop("failed_serial", None)
-        self.slots.save()
+        await asyncio.to_thread(self.slots.save)
         return "installed"
 
     async def _download(self, a: dict[str, Any]) -> Path:
@@ -255,7 +264,7 @@ class Updater:
         self.downloads.mkdir(parents=True, exist_ok=True)
         sha, size = a["sha256"], int(a["size"])
         part = self.downloads / f"{sha}.part"
-        done = self.downloads / f"{sha}.tar.gz"
+        done = self.downloads / f"{sha}.tar"
         if done.exists() and done.stat().st_size == size:
             return done
         last: Exception | None = None
@@ -280,7 +289,7 @@ class Updater:
                             if f.tell() > size:
                                 raise AgentError(f"server sent more than the {size} bytes the assignment says")
                         f.flush()
-                        os.fsync(f.fileno())
+                        await asyncio.to_thread(os.fsync, f.fileno())  # never block the other devices' loop
                 break
             except (httpx.HTTPError, OSError) as e:
                 last = e
@@ -291,11 +300,7 @@ class Updater:
         if got != size:
             part.unlink(missing_ok=True)
             raise AgentError(f"download is {got} bytes, the assignment says {size} (truncated)")
-        h = hashlib.sha256()
-        with open(part, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        if h.hexdigest() != sha:
+        if await asyncio.to_thread(_sha256, part) != sha:
             part.unlink()
             raise AgentError("download does not match its sha256 (corrupted in transit or tampered)")
         part.replace(done)

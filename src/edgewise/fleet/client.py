@@ -35,13 +35,16 @@ class FleetClient:
         return self._req(method, path, json.dumps(data).encode())
 
     def upload(self, bundle: Path) -> dict[str, Any]:
-        return self._req("POST", "/v1/admin/models", pack(bundle), "application/gzip")
+        return self._req("POST", "/v1/admin/models", pack(bundle), "application/x-tar")
 
     def models(self) -> list[dict[str, Any]]:
         return self._req("GET", "/v1/admin/models")
 
     def enroll_token(self, tags: list[str], ttl_s: float = 86400) -> str:
         return self._json("POST", "/v1/admin/enroll-tokens", {"tags": tags, "ttl_s": ttl_s})["token"]
+
+    def enroll_tokens(self, tags: list[str], count: int, ttl_s: float = 86400) -> list[str]:
+        return self._json("POST", "/v1/admin/enroll-tokens", {"tags": tags, "ttl_s": ttl_s, "count": count})["tokens"]
 
     def devices(self, tag: str | None = None) -> list[dict[str, Any]]:
         return self._req("GET", "/v1/admin/devices" + (f"?tag={tag}" if tag else ""))

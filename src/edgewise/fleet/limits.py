@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,16 @@ class Limiter:
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
         self._lock = threading.Lock()
         self.refused = {"rate": 0, "size": 0}
+        self.timings: dict[str, deque[float]] = {}  # seconds per request, last 20,000 per class
+
+    def latency(self) -> dict[str, dict[str, float]]:
+        """p50/p99 milliseconds per limit class, as the server saw them (request in to response out)."""
+        out = {}
+        for cls, t in list(self.timings.items()):
+            v = sorted(t)
+            if v:
+                out[cls] = {"n": len(v), "p50_ms": v[len(v) // 2] * 1e3, "p99_ms": v[int(len(v) * 0.99)] * 1e3}
+        return out
 
     def allow(self, cls: str, client: str) -> bool:
         lim = self.limits[cls]
@@ -64,8 +75,10 @@ class Limiter:
                         raise _TooBig()
                 return msg
 
+            t0 = time.perf_counter()
             try:
                 await app(scope, capped, send)
+                self.timings.setdefault(cls, deque(maxlen=20000)).append(time.perf_counter() - t0)
             except _TooBig:
                 self.refused["size"] += 1
                 await _reply(send, 413, f"request body over {limit:,} bytes")

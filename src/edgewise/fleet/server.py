@@ -115,7 +115,7 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
     # ---- admin --------------------------------------------------------------------------------------
     @app.post("/v1/admin/models")
     async def upload(request: Request, who: str = Depends(admin)) -> dict[str, Any]:
-        """Upload a bundle archive (tar.gz, as `edgewise fleet upload` makes)."""
+        """Upload a bundle archive (tar, as `edgewise fleet upload` makes; tar.gz is read too)."""
         from starlette.concurrency import run_in_threadpool
 
         return await run_in_threadpool(store.add_model, await request.body(), who)
@@ -125,9 +125,15 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
         return store.models()
 
     @app.post("/v1/admin/enroll-tokens")
-    async def enroll_token(request: Request, _: str = Depends(admin)) -> dict[str, str]:
+    async def enroll_token(request: Request, _: str = Depends(admin)) -> dict[str, Any]:
+        """One token, or `count` of them (a production line provisioning a batch)."""
         data = await body_json(request)
-        return {"token": store.enroll_token([str(t) for t in data.get("tags", [])], float(data.get("ttl_s", 86400)))}
+        tags, ttl = [str(t) for t in data.get("tags", [])], float(data.get("ttl_s", 86400))
+        count = int(data.get("count", 1))
+        if not 1 <= count <= 10000:
+            raise HTTPException(400, "count must be 1..10000")
+        tokens = [store.enroll_token(tags, ttl) for _ in range(count)]
+        return {"token": tokens[0], "tokens": tokens}
 
     @app.get("/v1/admin/devices")
     def devices(tag: str | None = None, _: str = Depends(admin)) -> list[dict[str, Any]]:
@@ -186,7 +192,7 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
                               "WHERE a.device_id=? AND m.sha256=?", (device_id, sha))
         if not mine:
             raise HTTPException(404, "no such bundle assigned to this device")
-        return FileResponse(store.archive_path(sha), media_type="application/gzip")
+        return FileResponse(store.archive_path(sha), media_type="application/x-tar")
 
     @app.post("/v1/device/report")
     async def report(request: Request, device_id: str = Depends(device)) -> dict[str, bool]:
@@ -202,7 +208,7 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"ok": True, "db": store.db.kind, "refused": limiter.refused}
+        return {"ok": True, "db": store.db.kind, "refused": limiter.refused, "latency": limiter.latency()}
 
     @app.get("/", response_class=HTMLResponse)
     def console() -> str:

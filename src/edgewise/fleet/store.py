@@ -68,9 +68,9 @@ class FleetStore:
         """Store an uploaded bundle archive; its signature status is recorded (rollouts need a valid one)."""
         sha = hashlib.sha256(archive).hexdigest()
         with tempfile.TemporaryDirectory(dir=self.data_dir) as tmp:
-            (Path(tmp) / "a.tar.gz").write_bytes(archive)
+            (Path(tmp) / "a.tar").write_bytes(archive)
             try:
-                bundle = unpack(Path(tmp) / "a.tar.gz", Path(tmp) / "b")
+                bundle = unpack(Path(tmp) / "a.tar", Path(tmp) / "b")
                 manifest, signed_by = verify_signed_bundle(bundle, self.trust or TrustStore())
                 status = "valid"
             except EdgewiseError as e:
@@ -82,7 +82,7 @@ class FleetStore:
                     raise FleetError(f"upload is not a valid bundle: {e2}") from e2
                 signed_by, status = None, ("unsigned" if not (Path(tmp) / "b" / SIGNATURE).exists()
                                            else f"invalid: {e}")
-        dest = self.data_dir / "models" / f"{sha}.tar.gz"
+        dest = self.data_dir / "models" / f"{sha}.tar"
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_suffix(".part")
         part.write_bytes(archive)

@@ -1,0 +1,75 @@
+"""Many devices in one process: each a real `Updater` (same HTTP client, verification, slot switch),
+run as asyncio tasks against a real fleet server. Thousands of device processes do not fit one machine;
+thousands of tasks do."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from edgewise.agent.slots import Slots
+from edgewise.agent.updater import Updater, enroll, model_selftest
+from edgewise.bundle.signing import TrustStore, load_public
+from edgewise.fleet.client import FleetClient
+
+
+@dataclass
+class Fleet:
+    devices: list[Updater]
+    client: httpx.AsyncClient
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+    def versions(self) -> dict[str | None, int]:
+        out: dict[str | None, int] = {}
+        for d in self.devices:
+            out[d.slots.state.version] = out.get(d.slots.state.version, 0) + 1
+        return out
+
+
+async def enroll_fleet(server: str, admin_token: str, n: int, tag: str, root: Path, release: list[Path],
+                       client: httpx.AsyncClient, selftest: Any = model_selftest) -> Fleet:
+    admin = FleetClient(server, admin_token)
+    tokens = await asyncio.to_thread(admin.enroll_tokens, [tag], n)
+    fleet_keys = TrustStore()
+    fleet_keys.add(load_public((await client.get(f"{server}/v1/keys/fleet.pub", timeout=10)).content))
+    release_keys = TrustStore.load(release)
+    sem = asyncio.Semaphore(64)
+
+    async def one(i: int, token: str) -> Updater:
+        async with sem:
+            ident = await enroll(client, server, token, f"sim-{i:05d}")
+        return Updater(ident, Slots(root / f"sim-{i:05d}"), release_keys, fleet_keys, client, selftest=selftest,
+                       timeout_s=30.0, retries=6)
+
+    return Fleet(list(await asyncio.gather(*(one(i, t) for i, t in enumerate(tokens)))), client)
+
+
+async def run_until(fleet: Fleet, done: Any, poll_s: float = 2.0, timeout_s: float = 300.0) -> float:
+    """Every device polls with jitter until `done()` is true; returns the seconds it took."""
+    t0 = time.perf_counter()
+    stop = asyncio.Event()
+
+    async def device(d: Updater) -> None:
+        await asyncio.sleep(poll_s * (hash(d.ident.device_id) % 1000) / 1000)  # spread the first polls
+        while not stop.is_set():
+            outcome = await d.poll_once()
+            fleet.outcomes[outcome] = fleet.outcomes.get(outcome, 0) + 1
+            try:
+                await asyncio.wait_for(stop.wait(), poll_s * (0.5 + (hash((d.ident.device_id, time.time())) % 1000) / 1000))
+            except TimeoutError:
+                pass
+
+    async def watch() -> None:
+        while time.perf_counter() - t0 < timeout_s:
+            if await asyncio.to_thread(done):
+                break
+            await asyncio.sleep(0.25)
+        stop.set()
+
+    await asyncio.gather(watch(), *(device(d) for d in fleet.devices))
+    return time.perf_counter() - t0
