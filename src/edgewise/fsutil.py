@@ -20,6 +20,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_tree(root: Path) -> None:
+    """Every file and directory under `root` on disk (before a pointer to it is switched)."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with open(Path(dirpath) / name, "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(Path(dirpath))
+
+
 @contextmanager
 def atomic_dir(out: Path, replace: bool = True, error: type[EdgewiseError] = EdgewiseError) -> Iterator[Path]:
     """Yield a temp directory beside `out`; on success it becomes `out`, on any error it vanishes.
@@ -39,11 +48,7 @@ def atomic_dir(out: Path, replace: bool = True, error: type[EdgewiseError] = Edg
         raise error(f"cannot write to {out}: {e.strerror or e}") from e
     try:
         yield tmp
-        for root, _dirs, files in os.walk(tmp):
-            for name in files:
-                with open(Path(root) / name, "rb") as f:
-                    os.fsync(f.fileno())
-        fsync_dir(tmp)
+        fsync_tree(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.rename(out, old)

@@ -165,3 +165,19 @@ def test_an_interrupted_download_resumes_where_it_stopped(fleet, fleet_kit, tmp_
     dev, size = run(go())
     assert dev.slots.state.version == "1.1.0"
     assert dev.bytes_downloaded == size - size * 2 // 3
+
+
+def test_a_kept_partial_download_with_wrong_bytes_is_fetched_again_whole(fleet, fleet_kit, tmp_path):
+    async def go():  # type: ignore[no-untyped-def]
+        async with httpx.AsyncClient() as c:
+            dev = (await on_base(fleet, fleet_kit, tmp_path, c, n=1))[0]
+            m = fleet.admin.upload(fleet_kit["bundles"]["1.1.0"])
+            (dev.slots.root / "download" / f"{m['sha256']}.part").write_bytes(b"\0" * 4096)  # zeros after a crash
+            dev.bytes_downloaded = 0
+            fleet.admin.rollout("digits", "1.1.0", "cams", [100])
+            await poll_all([dev], rounds=2)
+            return dev, m["size"]
+
+    dev, size = run(go())
+    assert dev.slots.state.version == "1.1.0"
+    assert dev.bytes_downloaded == (size - 4096) + size

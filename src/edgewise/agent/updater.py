@@ -27,6 +27,7 @@ from edgewise.bundle.selftest import check_golden
 from edgewise.bundle.signing import TrustStore, verify_signed_bundle
 from edgewise.errors import AgentError, EdgewiseError
 from edgewise.fleet.store import canonical
+from edgewise.fsutil import fsync_tree
 from edgewise.fleet.versions import older
 
 
@@ -218,6 +219,7 @@ class Updater:
         except EdgewiseError as e:
             return await self._fail(serial, "selftest", str(e), version)
         await self.report("selftest", True, serial, json.dumps(st), version=version)
+        await asyncio.to_thread(fsync_tree, target)  # the new slot is on disk before the pointer names it
         await asyncio.to_thread(self.slots.activate, slot, manifest.name, version, None)
         archive.unlink(missing_ok=True)
         await self.report("switch", True, serial, f"slot {slot}", version=version)
@@ -268,6 +270,7 @@ class Updater:
         if done.exists() and done.stat().st_size == size:
             return done
         last: Exception | None = None
+        resumed = part.exists() and part.stat().st_size > 0
         for attempt in range(self.retries):
             have = part.stat().st_size if part.exists() else 0
             if have > size:
@@ -288,8 +291,7 @@ class Updater:
                             f.write(chunk)
                             if f.tell() > size:
                                 raise AgentError(f"server sent more than the {size} bytes the assignment says")
-                        f.flush()
-                        await asyncio.to_thread(os.fsync, f.fileno())  # never block the other devices' loop
+                        # no fsync: a part file that lost its tail in a power cut fails its sha256 and is fetched again
                 break
             except (httpx.HTTPError, OSError) as e:
                 last = e
@@ -302,6 +304,8 @@ class Updater:
             raise AgentError(f"download is {got} bytes, the assignment says {size} (truncated)")
         if await asyncio.to_thread(_sha256, part) != sha:
             part.unlink()
+            if resumed:  # the bytes kept from before (a power cut, a bad disk) were wrong: once more, whole
+                return await self._download(a)
             raise AgentError("download does not match its sha256 (corrupted in transit or tampered)")
         part.replace(done)
         return done

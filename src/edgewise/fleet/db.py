@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS assignments (device_id TEXT, serial BIGINT, rollout_i
 CREATE TABLE IF NOT EXISTS reports (device_id TEXT, ts DOUBLE PRECISION, rollout_id TEXT, version TEXT,
     step TEXT, ok BIGINT, detail TEXT, error_rate DOUBLE PRECISION, latency_ms DOUBLE PRECISION);
 CREATE INDEX IF NOT EXISTS reports_device ON reports (device_id, ts);
-CREATE INDEX IF NOT EXISTS assignments_rollout ON assignments (rollout_id);
+CREATE INDEX IF NOT EXISTS assignments_rollout ON assignments (rollout_id, status);
+CREATE INDEX IF NOT EXISTS reports_rollout ON reports (rollout_id, step);
 """
 
 

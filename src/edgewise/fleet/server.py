@@ -32,7 +32,8 @@ class ServerConfig:
     tick_s: float = 1.0
     limits: dict[str, Limit] = field(default_factory=lambda: {
         "admin": Limit(200, 400, 1 << 30), "device": Limit(20, 60, 64 << 10),
-        "enroll": Limit(500, 2000, 4 << 10), "public": Limit(50, 100, 4 << 10)})
+        "enroll": Limit(500, 2000, 4 << 10),
+        "download": Limit(5, 20, 4 << 10), "public": Limit(50, 100, 4 << 10)})
 
 
 def _admin_token(cfg: ServerConfig) -> str:
@@ -53,6 +54,8 @@ def _classify(path: str) -> str:
         return "admin"
     if path == "/v1/device/enroll":
         return "enroll"
+    if path.startswith("/v1/device/bundles/"):
+        return "download"
     if path.startswith("/v1/device"):
         return "device"
     return "public"
@@ -192,7 +195,9 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
                               "WHERE a.device_id=? AND m.sha256=?", (device_id, sha))
         if not mine:
             raise HTTPException(404, "no such bundle assigned to this device")
-        return FileResponse(store.archive_path(sha), media_type="application/x-tar")
+        resp = FileResponse(store.archive_path(sha), media_type="application/x-tar")
+        resp.chunk_size = 1 << 20  # 64 KB chunks cost a thread hop each: 16x fewer for 5 MB bundles
+        return resp
 
     @app.post("/v1/device/report")
     async def report(request: Request, device_id: str = Depends(device)) -> dict[str, bool]:

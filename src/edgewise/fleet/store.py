@@ -192,7 +192,7 @@ class FleetStore:
             if r.get("active_version"):
                 t.execute("UPDATE devices SET model=?, version=?, state=? WHERE id=?",
                           (r.get("model"), r["active_version"], step, device_id))
-        if rollout_id:
+        if rollout_id and status:  # only a settled device can change a wave's verdict
             self.tick(rollout_id)
 
     # ---- rollouts -----------------------------------------------------------------------------------
@@ -309,23 +309,22 @@ class FleetStore:
 
     def _judge(self, t: Any, rid: str, g: Gate, started: float) -> str | None:
         """None while the wave runs; '' when it passed; the reason when it failed."""
-        rows = t.query("SELECT device_id, serial, status FROM assignments WHERE rollout_id=? AND rollback=0", (rid,))
-        live = [r for r in rows if r[2] != "cancelled"]
-        pending = [r for r in live if r[2] == "pending"]
+        counts = dict(t.query("SELECT status, COUNT(*) FROM assignments WHERE rollout_id=? AND rollback=0 "
+                              "GROUP BY status", (rid,)))
+        pending = counts.get("pending", 0)
+        live = sum(n for s, n in counts.items() if s != "cancelled")
         if pending and self.clock() - started < g.wave_timeout_s:
             return None
-        failed = sum(1 for r in live if r[2] == "failed") + len(pending)
-        if live and failed / len(live) > g.max_failure_rate:
-            return (f"{failed} of {len(live)} devices failed" + (f" ({len(pending)} silent past the "
-                                                                  f"{g.wave_timeout_s:.0f} s wave timeout)" if pending else ""))
-        health = t.query("SELECT error_rate, latency_ms FROM reports WHERE rollout_id=? AND step='health' AND ok=1",
-                         (rid,))
-        errs = [h[0] for h in health if h[0] is not None]
-        lats = [h[1] for h in health if h[1] is not None]
-        if errs and sum(errs) / len(errs) > g.max_error_rate:
-            return f"mean error rate {sum(errs) / len(errs):.3f} over the gate's {g.max_error_rate}"
-        if g.max_latency_ms is not None and lats and sum(lats) / len(lats) > g.max_latency_ms:
-            return f"mean latency {sum(lats) / len(lats):.1f} ms over the gate's {g.max_latency_ms} ms"
+        failed = counts.get("failed", 0) + pending
+        if live and failed / live > g.max_failure_rate:
+            return (f"{failed} of {live} devices failed" + (f" ({pending} silent past the "
+                                                             f"{g.wave_timeout_s:.0f} s wave timeout)" if pending else ""))
+        err, lat = t.query("SELECT AVG(error_rate), AVG(latency_ms) FROM reports WHERE rollout_id=? AND step='health' "
+                           "AND ok=1", (rid,))[0]
+        if err is not None and err > g.max_error_rate:
+            return f"mean error rate {err:.3f} over the gate's {g.max_error_rate}"
+        if g.max_latency_ms is not None and lat is not None and lat > g.max_latency_ms:
+            return f"mean latency {lat:.1f} ms over the gate's {g.max_latency_ms} ms"
         return ""
 
     def _issue_rollbacks(self, t: Any, rid: str) -> None:
