@@ -62,6 +62,9 @@ class FleetStore:
     trust: TrustStore | None = None  # release keys whose bundle signatures the registry accepts
     assignment_ttl_s: float = 3600.0
     clock: Any = field(default=time.time)
+    # Polls are the most frequent request: their last-seen time is kept here and written once a tick,
+    # not one fsynced transaction per poll.
+    _seen: dict[str, float] = field(default_factory=dict)
 
     # ---- models -------------------------------------------------------------------------------------
     def add_model(self, archive: bytes, uploaded_by: str) -> dict[str, Any]:
@@ -141,7 +144,8 @@ class FleetStore:
         rows = self.db.query("SELECT id, name, tags, enrolled, last_seen, model, version, state FROM devices "
                              "ORDER BY enrolled, id")
         keys = ("id", "name", "tags", "enrolled", "last_seen", "model", "version", "state")
-        out = [dict(zip(keys, r)) | {"tags": json.loads(r[2])} for r in rows]
+        seen = dict(self._seen)
+        out = [dict(zip(keys, r)) | {"tags": json.loads(r[2]), "last_seen": seen.get(r[0], r[4])} for r in rows]
         return [d for d in out if tag is None or tag in d["tags"]]
 
     def set_tags(self, device_id: str, tags: list[str]) -> None:
@@ -157,7 +161,7 @@ class FleetStore:
     # ---- assignments --------------------------------------------------------------------------------
     def assignment(self, device_id: str, base_url: str = "") -> dict[str, Any]:
         """The device's desired state as signed metadata (expires; serial only ever grows)."""
-        self.db.execute("UPDATE devices SET last_seen=? WHERE id=?", (self.clock(), device_id))
+        self._seen[device_id] = self.clock()
         rows = self.db.query("SELECT serial, rollout_id, model, version, rollback FROM assignments WHERE device_id=? "
                              "AND status != 'cancelled' ORDER BY serial DESC LIMIT 1", (device_id,))
         now = self.clock()
@@ -259,7 +263,15 @@ class FleetStore:
             self.tick(rid)
         return self.rollout(rid)
 
+    def flush_seen(self) -> None:
+        seen, self._seen = self._seen, {}
+        if seen:
+            with self.db.tx() as t:
+                for device_id, ts in seen.items():
+                    t.execute("UPDATE devices SET last_seen=? WHERE id=?", (ts, device_id))
+
     def tick_all(self) -> None:
+        self.flush_seen()
         for (rid,) in self.db.query("SELECT id FROM rollouts WHERE state='running'"):
             self.tick(rid)
 
