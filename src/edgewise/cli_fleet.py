@@ -73,6 +73,7 @@ def fleet_serve(
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port")] = 8700,
     assignment_ttl: Annotated[float, typer.Option(help="seconds before assignment metadata expires")] = 3600.0,
+    mqtt: Annotated[str | None, typer.Option(help="MQTT broker HOST:PORT: notify devices of new assignments")] = None,
 ) -> None:
     """Run the fleet server: admin API (/v1/admin), device API (/v1/device), web console at /.
 
@@ -80,7 +81,7 @@ def fleet_serve(
     """
     from edgewise.fleet.server import ServerConfig, _admin_token, serve
 
-    cfg = ServerConfig(data_dir=data_dir, db=db, trust=list(trust or []), assignment_ttl_s=assignment_ttl)
+    cfg = ServerConfig(data_dir=data_dir, db=db, trust=list(trust or []), assignment_ttl_s=assignment_ttl, mqtt=mqtt)
     data_dir.mkdir(parents=True, exist_ok=True)
     where = "$EDGEWISE_ADMIN_TOKEN" if os.environ.get("EDGEWISE_ADMIN_TOKEN") else str(data_dir / "admin.token")
     _admin_token(cfg)

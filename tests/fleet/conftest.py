@@ -65,8 +65,9 @@ def fleet_kit(tmp_path_factory):
 
 class FleetProc:
     def __init__(self, data_dir: Path, trust: list[Path], port: int | None = None, db: str | None = None,
-                 ttl: float = 3600) -> None:
+                 ttl: float = 3600, mqtt: str | None = None) -> None:
         self.data_dir, self.trust, self.port, self.db, self.ttl = data_dir, trust, port or free_port(), db, ttl
+        self.mqtt = mqtt
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
@@ -77,6 +78,8 @@ class FleetProc:
             args += ["--trust", str(t)]
         if self.db:
             args += ["--db", self.db]
+        if self.mqtt:
+            args += ["--mqtt", self.mqtt]
         self.proc = subprocess.Popen(args, env={**os.environ, "EDGEWISE_ADMIN_TOKEN": ADMIN},
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 30

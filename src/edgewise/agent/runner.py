@@ -106,7 +106,8 @@ def build_agent(cfg: AgentConfig) -> Agent:
     if cfg.fleet_poll_s > 0:
         from edgewise.agent.ota import OtaThread
 
-        updater = OtaThread(cfg.data_dir / "ota", cfg.trust, models, cfg.fleet_poll_s)  # serves the active slot
+        # serves the active slot; with --mqtt, fleet notifications wake it between polls
+        updater = OtaThread(cfg.data_dir / "ota", cfg.trust, models, cfg.fleet_poll_s, cfg.mqtt)
     queue = committer = syncer = upstream = None
     if cfg.upstream:
         upstream = AuditingUpstream(HttpUpstream(cfg.upstream), audit, cfg.upstream)

@@ -310,15 +310,19 @@ class Updater:
         part.replace(done)
         return done
 
-    async def run(self, interval_s: float = 30.0, stop: asyncio.Event | None = None) -> None:
-        """Poll forever with jitter (so a fleet does not arrive in lockstep) until `stop` is set."""
-        stop = stop or asyncio.Event()
+    async def run(self, interval_s: float = 30.0, stop: asyncio.Event | None = None,
+                  wake: asyncio.Event | None = None) -> None:
+        """Poll forever with jitter (so a fleet does not arrive in lockstep) until `stop` is set;
+        `wake` (an MQTT notification) cuts the wait short."""
+        stop, wake = stop or asyncio.Event(), wake or asyncio.Event()
         while not stop.is_set():
+            wake.clear()
             try:
                 await self.poll_once()
             except Exception as e:  # never let one bad round end the updater
                 self.log.append(("poll", False, str(e)[:300]))
-            try:
-                await asyncio.wait_for(stop.wait(), interval_s * (0.5 + random.random()))
-            except TimeoutError:
-                pass
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+            await asyncio.wait(waits, timeout=interval_s * (0.5 + random.random()),
+                               return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()

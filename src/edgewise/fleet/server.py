@@ -30,6 +30,7 @@ class ServerConfig:
     admin_token: str | None = None  # default: $EDGEWISE_ADMIN_TOKEN, else data_dir/admin.token (made once)
     assignment_ttl_s: float = 3600.0
     tick_s: float = 1.0
+    mqtt: str | None = None  # HOST:PORT: devices are told on edgewise/fleet/<device_id> when to poll
     limits: dict[str, Limit] = field(default_factory=lambda: {
         "admin": Limit(200, 400, 1 << 30), "device": Limit(20, 60, 64 << 10),
         "enroll": Limit(500, 2000, 4 << 10),
@@ -67,7 +68,12 @@ def build_store(cfg: ServerConfig) -> FleetStore:
         generate_keys(cfg.data_dir, "fleet")
     trust = TrustStore.load(cfg.trust) if cfg.trust else None
     db = Database(cfg.db or str(cfg.data_dir / "fleet.db"))
-    return FleetStore(db, cfg.data_dir, load_private(cfg.data_dir / "fleet.key"), trust, cfg.assignment_ttl_s)
+    store = FleetStore(db, cfg.data_dir, load_private(cfg.data_dir / "fleet.key"), trust, cfg.assignment_ttl_s)
+    if cfg.mqtt:
+        from edgewise.fleet.notify import MqttNotifier
+
+        store.notify = MqttNotifier(cfg.mqtt)
+    return store
 
 
 def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
@@ -213,7 +219,8 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"ok": True, "db": store.db.kind, "refused": limiter.refused, "latency": limiter.latency()}
+        return {"ok": True, "db": store.db.kind, "refused": limiter.refused, "latency": limiter.latency(),
+                "notifications": getattr(store.notify, "sent", None)}
 
     @app.get("/", response_class=HTMLResponse)
     def console() -> str:

@@ -65,6 +65,16 @@ class FleetStore:
     # Polls are the most frequent request: their last-seen time is kept here and written once a tick,
     # not one fsynced transaction per poll.
     _seen: dict[str, float] = field(default_factory=dict)
+    notify: Any = None  # called with device ids whose assignment changed, after the change is committed
+    _changed: list[str] = field(default_factory=list)
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, []
+        if changed and self.notify is not None:
+            try:
+                self.notify(changed)
+            except Exception:  # a notification only shortens the wait; polling still finds the change
+                pass
 
     # ---- models -------------------------------------------------------------------------------------
     def add_model(self, archive: bytes, uploaded_by: str) -> dict[str, Any]:
@@ -259,6 +269,7 @@ class FleetStore:
                           "AND rollback=0", (rid,))
             if action == "rollback":
                 self._issue_rollbacks(t, rid)
+        self._notify()
         if action == "resume":
             self.tick(rid)
         return self.rollout(rid)
@@ -277,17 +288,25 @@ class FleetStore:
 
     def tick(self, rid: str) -> None:
         """Advance one rollout: start the first wave, judge a finished wave, start the next or halt."""
+        try:
+            again = self._tick(rid)
+        finally:
+            self._notify()
+        if again:
+            self.tick(rid)  # an empty wave (nobody new) is judged at once
+
+    def _tick(self, rid: str) -> bool:
         with self.db.tx() as t:
             row = t.query("SELECT model, version, selector, waves, gate, auto_rollback, state, wave, wave_started "
                           "FROM rollouts WHERE id=?", (rid,))
             if not row or row[0][6] != "running":
-                return
+                return False
             model, version, selector, waves, gate, auto_rb, _, wave, started = row[0]
             waves, g = json.loads(waves), Gate.from_dict(json.loads(gate))
             if wave >= 0:
                 verdict = self._judge(t, rid, g, started)
                 if verdict is None:
-                    return  # wave still in progress
+                    return False  # wave still in progress
                 if verdict:
                     t.execute("UPDATE rollouts SET state='halted', reason=? WHERE id=?", (verdict, rid))
                     if auto_rb:
@@ -296,14 +315,14 @@ class FleetStore:
                         self._issue_rollbacks(t, rid)
                         t.execute("UPDATE rollouts SET state='rolled_back', reason=? WHERE id=?",
                                   (f"{verdict}; rolled back automatically", rid))
-                    return
+                    return False
                 if wave == len(waves) - 1:
                     t.execute("UPDATE rollouts SET state='completed' WHERE id=?", (rid,))
-                    return
+                    return False
             wave += 1
             self._assign_wave(t, rid, model, version, selector, waves[wave])
             t.execute("UPDATE rollouts SET wave=?, wave_started=? WHERE id=?", (wave, self.clock(), rid))
-        self.tick(rid)  # an empty wave (nobody new) is judged at once
+        return True
 
     def _assign_wave(self, t: Any, rid: str, model: str, version: str, selector: str, pct: float) -> None:
         targets = sorted((d for d in self.devices(selector)),
@@ -318,6 +337,7 @@ class FleetStore:
             status = "healthy" if d["version"] == version and d["model"] == model else "pending"
             t.execute("INSERT INTO assignments VALUES (?,?,?,?,?,?,?,?,?,?)",
                       (d["id"], serial, rid, model, version, 0, status, "", self.clock(), d["version"]))
+            self._changed.append(d["id"])
 
     def _judge(self, t: Any, rid: str, g: Gate, started: float) -> str | None:
         """None while the wave runs; '' when it passed; the reason when it failed."""
@@ -355,6 +375,7 @@ class FleetStore:
             serial = (t.query("SELECT MAX(serial) FROM assignments WHERE device_id=?", (device_id,))[0][0] or 0) + 1
             t.execute("INSERT INTO assignments VALUES (?,?,?,?,?,?,?,?,?,?)",
                       (device_id, serial, rid, model, prev, 1, "pending", "rollback", self.clock(), None))
+            self._changed.append(device_id)
 
 
 def _num(v: Any) -> float | None:
