@@ -59,7 +59,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def rollout(fleet: FleetProc, kit: Path, n: int) -> list[list[str]]:
+async def rollout(fleet: FleetProc, kit: Path, n: int, poll_s: float) -> list[list[str]]:
     lat: dict[str, list[float]] = {"api": [], "download": []}
 
     async def on_request(req: httpx.Request) -> None:
@@ -80,7 +80,7 @@ async def rollout(fleet: FleetProc, kit: Path, n: int) -> list[list[str]]:
         fleet.admin.upload(kit / "b110")
         cpu0 = cpu_seconds(fleet.proc.pid)
         r = fleet.admin.rollout("wide", "1.1.0", "sim", [1, 10, 50, 100], gate={"wave_timeout_s": 120})
-        took = await run_until(sim, lambda: fleet.admin.get_rollout(r["id"])["state"] != "running", poll_s=2.0,
+        took = await run_until(sim, lambda: fleet.admin.get_rollout(r["id"])["state"] != "running", poll_s=poll_s,
                                timeout_s=600)
         cpu = cpu_seconds(fleet.proc.pid) - cpu0
         at_server = httpx.get(f"{fleet.url}/health").json()["latency"]
@@ -92,7 +92,8 @@ async def rollout(fleet: FleetProc, kit: Path, n: int) -> list[list[str]]:
     size = fleet.admin.models()[0]["size"]
     return [["devices", f"{n:,}"], ["bundle archive", f"{size / 1e6:.2f} MB"],
             ["enrolment of all devices", f"{enroll_s:.1f} s"],
-            ["rollout 1% -> 10% -> 50% -> 100% (poll every ~2 s)", f"{took:.1f} s, state {final['state']}"],
+            [f"rollout 1% -> 10% -> 50% -> 100% (each device polls every ~{poll_s:g} s)",
+             f"{took:.1f} s, state {final['state']}"],
             ["devices on the new version / failed", f"{versions.get('1.1.0', 0):,} / {failed}"],
             ["fleet server CPU during the rollout", f"{cpu:.1f} s ({cpu / took * 100:.0f}% of one core)"],
             ["device API latency at the server p50 / p99 (assignments and reports)",
@@ -139,6 +140,7 @@ async def resume(fleet: FleetProc, kit: Path) -> list[list[str]]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--poll", type=float, default=5.0, help="seconds between a device's polls (jittered)")
     args = ap.parse_args()
     kit = Path(tempfile.mkdtemp(prefix="edgewise-fleet-bench-"))
     fleet = None
@@ -146,7 +148,7 @@ def main() -> None:
         generate_keys(kit, "release")
         big_bundle(kit / "b110", "1.1.0", kit / "release.key")
         fleet = FleetProc(kit / "server", [kit / "release.pub"]).start()
-        rows = asyncio.run(rollout(fleet, kit, args.devices))
+        rows = asyncio.run(rollout(fleet, kit, args.devices, args.poll))
         shutil.rmtree(kit / "devices", ignore_errors=True)
         res = asyncio.run(resume(fleet, kit))
     finally:

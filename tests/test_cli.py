@@ -37,6 +37,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_help_on_every_verb():
     for verb in ([], ["train"], ["optimize"], ["bench"], ["import"], ["compile"], ["bundle", "verify"], ["bundle", "inspect"],
+                 ["bundle", "sign"], ["bundle", "split"], ["keys", "gen"], ["keys", "endorse"], ["fleet", "serve"],
+                 ["fleet", "upload"], ["fleet", "rollout"], ["fleet", "control"], ["device", "enroll"],
                  ["targets", "list"], ["targets", "show"], ["quickstart"]):
         proc = ew(*verb, "--help")
         assert proc.returncode == 0 and "Usage" in proc.stdout, verb
@@ -77,6 +79,27 @@ def test_tampered_bundle_fails_verify(trained: Path, tmp_path: Path):
     with open(b / "model.onnx", "ab") as f:
         f.write(b"\0")
     assert_clean_failure(ew("bundle", "verify", str(b)), "does not match")
+
+
+def test_keys_sign_and_verify_from_the_command_line(trained: Path, tmp_path: Path):
+    # Prepare: a bundle and two key pairs
+    from edgewise.bundle import Manifest, write_bundle
+
+    b = write_bundle(tmp_path / "b", Manifest("m", "1.0.0", "edge-node", [{"name": "x", "dtype": "float32",
+                                                                            "shape": ["batch", 1, 8, 8]}], [], [],
+                                              {"input_range": [0.0, 1.0]}, "fp32", [], {}),
+                     {"model.onnx": (trained / "model.onnx").read_bytes()})
+    # Execute
+    gen = ew("keys", "gen", "--out", str(tmp_path / "k"))
+    ew("keys", "gen", "--out", str(tmp_path / "k"), "--name", "other")
+    sign = ew("bundle", "sign", str(b), "--key", str(tmp_path / "k" / "release.key"))
+    ok = ew("bundle", "verify", str(b), "--key", str(tmp_path / "k" / "release.pub"))
+    # Assert: signed with golden pairs; the wrong key and an overwrite are clean failures
+    assert gen.returncode == 0 and sign.returncode == 0 and ok.returncode == 0, (gen.stderr, sign.stderr, ok.stderr)
+    assert "signed by key" in ok.stdout and (b / "selftest.npz").is_file()
+    assert_clean_failure(ew("bundle", "verify", str(b), "--key", str(tmp_path / "k" / "other.pub")), "unknown key")
+    assert_clean_failure(ew("keys", "gen", "--out", str(tmp_path / "k")), "refusing to overwrite")
+    assert oct((tmp_path / "k" / "release.key").stat().st_mode & 0o777) == "0o600"
 
 
 def _opset9(path: Path) -> None:
