@@ -18,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

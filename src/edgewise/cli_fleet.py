@@ -198,7 +198,6 @@ def device_enroll(
     import httpx
 
     from edgewise.agent.updater import enroll
-
     from edgewise.bundle.signing import load_public, public_pem
 
     async def go():  # type: ignore[no-untyped-def]

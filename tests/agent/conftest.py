@@ -53,6 +53,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def spawn_until_healthy(args: list[str], url: str, what: str, env: dict | None = None,
+                        timeout: float = 60) -> subprocess.Popen:
+    """Start a server process and return once its /health answers (or raise with its stderr)."""
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=1).read()
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stderr.read().decode()[-2000:])
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{what} did not start")
+
+
 class AgentProc:
     def __init__(self, args: list[str], port: int, data_dir: Path) -> None:
         self.args, self.port, self.data_dir = args, port, data_dir
@@ -60,19 +77,9 @@ class AgentProc:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> AgentProc:
-        self.proc = subprocess.Popen([sys.executable, "-m", "edgewise.cli", "agent", *self.args,
-                                      "--port", str(self.port), "--data-dir", str(self.data_dir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(self.url + "/health", timeout=1).read()
-                return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(self.proc.stderr.read().decode()[-2000:])
-                time.sleep(0.1)
-        raise RuntimeError("agent did not start")
+        self.proc = spawn_until_healthy([sys.executable, "-m", "edgewise.cli", "agent", *self.args, "--port",
+                                         str(self.port), "--data-dir", str(self.data_dir)], self.url, "agent")
+        return self
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -172,7 +172,7 @@ def test_the_device_side_never_imports_torch():
 
     code = ("import sys; sys.modules['torch'] = None; sys.modules['sklearn'] = None\n"
             "import edgewise.agent.runner, edgewise.agent.service, edgewise.agent.cmodel, edgewise.agent.mqtt\n"
-            "import edgewise.agent.calibrate, edgewise.codegen.compile\n"
+            "import edgewise.agent.calibrate, edgewise.codegen.compile, edgewise.agent.updater, edgewise.agent.ota\n"
             "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -7,8 +7,15 @@ import pytest
 from edgewise.bundle import verify_bundle
 from edgewise.bundle.archive import pack, unpack
 from edgewise.bundle.selftest import add_golden, check_golden
-from edgewise.bundle.signing import (TrustStore, endorse, generate_keys, load_private, load_public, sign_bundle,
-                                     verify_signed_bundle)
+from edgewise.bundle.signing import (
+    TrustStore,
+    endorse,
+    generate_keys,
+    load_private,
+    load_public,
+    sign_bundle,
+    verify_signed_bundle,
+)
 from edgewise.errors import BundleError, SignatureError
 
 from ..agent.conftest import make_bundle

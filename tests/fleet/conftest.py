@@ -17,13 +17,13 @@ import httpx
 import pytest
 
 from edgewise.agent.slots import Slots
-from edgewise.agent.updater import Identity, Updater, enroll
+from edgewise.agent.updater import Updater, enroll
 from edgewise.bundle import read_bundle, write_bundle
 from edgewise.bundle.selftest import add_golden
 from edgewise.bundle.signing import TrustStore, generate_keys, load_private, load_public, sign_bundle
 from edgewise.fleet.client import FleetClient
 
-from ..agent.conftest import free_port, make_bundle
+from ..agent.conftest import free_port, make_bundle, spawn_until_healthy
 
 ADMIN = "test-admin-token"
 
@@ -80,18 +80,9 @@ class FleetProc:
             args += ["--db", self.db]
         if self.mqtt:
             args += ["--mqtt", self.mqtt]
-        self.proc = subprocess.Popen(args, env={**os.environ, "EDGEWISE_ADMIN_TOKEN": ADMIN},
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(self.url + "/health", timeout=1).read()
-                return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(self.proc.stderr.read().decode()[-2000:])
-                time.sleep(0.1)
-        raise RuntimeError("fleet server did not start")
+        self.proc = spawn_until_healthy(args, self.url, "fleet server", {**os.environ, "EDGEWISE_ADMIN_TOKEN": ADMIN},
+                                        timeout=30)
+        return self
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

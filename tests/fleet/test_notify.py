@@ -8,7 +8,7 @@ import time
 
 from ..agent.conftest import AgentProc, free_port
 from ..agent.test_mqtt import broker  # noqa: F401  (a real Mosquitto, started per test)
-from .conftest import ADMIN, FleetProc, wait_rollout
+from .conftest import FleetProc, wait_rollout
 
 
 def test_a_notified_agent_updates_long_before_its_next_poll(fleet_kit, tmp_path, broker):  # noqa: F811

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from edgewise.bundle import verify_bundle
-from edgewise.bundle.signing import verify_signed_bundle, TrustStore
+from edgewise.bundle.signing import TrustStore, verify_signed_bundle
 
 from .conftest import make_devices, run, wait_rollout
 

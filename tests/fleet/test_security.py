@@ -9,8 +9,8 @@ import urllib.request
 import httpx
 import pytest
 
+from edgewise.bundle.signing import canonical
 from edgewise.errors import SignatureError
-from edgewise.fleet.store import canonical
 
 from .conftest import ADMIN, FleetProc, make_devices, run
 from .test_rollouts import on_base, on_verified_working_model, poll_all

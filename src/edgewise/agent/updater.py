@@ -24,11 +24,10 @@ import httpx
 from edgewise.agent.slots import Slots
 from edgewise.bundle.archive import unpack
 from edgewise.bundle.selftest import check_golden
-from edgewise.bundle.signing import TrustStore, verify_signed_bundle
+from edgewise.bundle.signing import TrustStore, canonical, verify_signed_bundle
 from edgewise.errors import AgentError, EdgewiseError
-from edgewise.fleet.store import canonical
-from edgewise.fsutil import fsync_tree
 from edgewise.fleet.versions import older
+from edgewise.fsutil import fsync_tree
 
 
 @dataclass

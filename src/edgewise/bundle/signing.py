@@ -27,6 +27,11 @@ SIGNATURE = "signature"
 ALG = "ed25519"
 
 
+def canonical(obj: Any) -> bytes:
+    """Sorted keys, no whitespace: the bytes a signature over JSON metadata covers."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
 def key_id(public: Ed25519PublicKey) -> str:
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from edgewise.bundle.archive import unpack
-from edgewise.bundle.signing import SIGNATURE, TrustStore, sign_bytes, verify_signed_bundle
+from edgewise.bundle.signing import SIGNATURE, TrustStore, canonical, sign_bytes, verify_signed_bundle
 from edgewise.errors import EdgewiseError, FleetError
 from edgewise.fleet.db import Database
-from edgewise.fleet.versions import parse
 
 TERMINAL = ("healthy", "failed", "cancelled")
 STATES = ("running", "paused", "halted", "completed", "aborted", "rolled_back", "superseded")
@@ -32,10 +31,6 @@ STATES = ("running", "paused", "halted", "completed", "aborted", "rolled_back", 
 
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
 @dataclass
