@@ -1,0 +1,1 @@
+"""Federated learning on Flower: each client trains on data that never leaves it; the server aggregates."""

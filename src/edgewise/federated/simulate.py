@@ -1,0 +1,108 @@
+"""`edgewise federate`: a Flower simulation on this machine, with a centralized run of the same model
+beside it, written to DIR/history.json and DIR/history.png."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgewise.federated.apps import ClientData, FedConfig, make_client_app, make_server_app
+from edgewise.federated.partition import partition
+
+
+def client_data(cfg: FedConfig) -> tuple[ClientData, Any, list[int]]:
+    from edgewise.data import load_splits
+
+    splits = load_splits(cfg.data)
+    if splits.train.y is None:
+        raise ValueError("federated training needs labels")
+    parts = partition(splits.train.y, cfg.clients, cfg.partition, cfg.seed)
+    data = ClientData([splits.train.x[p] for p in parts], [splits.train.y[p] for p in parts],
+                      splits.train.sample_shape, splits.train.num_classes)
+    return data, splits, [len(p) for p in parts]
+
+
+def centralized(cfg: FedConfig, splits: Any) -> float:
+    """The same model trained on all the data in one place, with the same optimizer and as many passes
+    over the data as one client makes in the whole federation."""
+    from edgewise.federated.apps import build_module
+    from edgewise.federated.task import accuracy, train_local
+
+    data = ClientData([splits.train.x], [splits.train.y], splits.train.sample_shape, splits.train.num_classes)
+    module = build_module(cfg, data)
+    train_local(module, splits.train.x, splits.train.y, cfg.rounds * cfg.local_epochs, cfg.lr, seed=cfg.seed)
+    return accuracy(module, splits.test.x, splits.test.y)[0]
+
+
+def run(cfg: FedConfig, out: Path, on_round: Any = None, baseline: bool = True) -> dict[str, Any]:
+    import logging
+
+    from flwr.simulation import run_simulation
+
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    data, splits, sizes = client_data(cfg)
+    server = make_server_app(cfg, data, (splits.test.x, splits.test.y), out, on_round)
+    client = make_client_app(cfg, data)
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU only; silences Ray's GPU notice
+    run_simulation(server, client, num_supernodes=cfg.clients,
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                   "init_args": {"include_dashboard": False, "log_to_driver": False,
+                                                 "logging_level": "error"}})
+    if not (out / "rounds.json").exists():
+        raise RuntimeError("the simulation ended without a result (see the Flower log above)")
+    rounds = json.loads((out / "rounds.json").read_text())
+    evals = {int(k): v for k, v in rounds["evaluate"].items()}
+    history = {"config": asdict(cfg), "client_sizes": sizes,
+               "rounds": [{"round": r, "accuracy": evals[r]["accuracy"], "loss": evals[r]["loss"],
+                           **({"train_loss": rounds["train"][str(r)].get("train_loss")} if str(r) in rounds["train"] else {})}
+                          for r in sorted(evals)],
+               "crossed": [json.loads(line) for line in (out / "crossed.jsonl").read_text().splitlines()]
+               if (out / "crossed.jsonl").exists() else []}
+    if baseline:
+        history["centralized_accuracy"] = centralized(cfg, splits)
+    (out / "history.json").write_text(json.dumps(history, indent=2))
+    plot(history, out / "history.png")
+    return history
+
+
+def plot(history: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r["round"] for r in history["rounds"]]
+    acc = [r["accuracy"] * 100 for r in history["rounds"]]
+    cfg = history["config"]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(rounds, acc, marker="o", label=f"{cfg['strategy']} ({cfg['clients']} clients, {cfg['partition']})")
+    if "centralized_accuracy" in history:
+        ax.axhline(history["centralized_accuracy"] * 100, color="gray", linestyle="--", label="centralized")
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{cfg['model']} on {cfg['data']}")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary(history: dict[str, Any]) -> str:
+    last = history["rounds"][-1]
+    c = history.get("centralized_accuracy")
+    return (f"round {last['round']}: accuracy {last['accuracy'] * 100:.2f}%"
+            + (f" (centralized {c * 100:.2f}%, {(c - last['accuracy']) * 100:+.2f} points)" if c is not None else ""))
+
+
+__all__ = ["FedConfig", "run", "summary", "np"]
