@@ -1,4 +1,4 @@
-"""CLI verbs for keys, the fleet server and its admin API, and device enrolment."""
+"""CLI verbs for keys, the fleet server and its admin API, device enrolment, and federated training."""
 
 from __future__ import annotations
 
