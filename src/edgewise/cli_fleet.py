@@ -226,6 +226,8 @@ def federate(
     mode: Annotated[str, typer.Option(help="'full' or 'last' (clients train only the classifier head)")] = "full",
     width: Annotated[float, typer.Option(help="model width multiplier")] = 1.0,
     seed: Annotated[int, typer.Option(help="seed for partitions and training")] = 0,
+    dp_clip: Annotated[float, typer.Option(help="DP: clients clip their update to this L2 norm (0 = off)")] = 0.0,
+    dp_noise: Annotated[float, typer.Option(help="DP: Gaussian noise multiplier the server adds")] = 0.0,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="history.json, history.png, global weights")] = Path("fl-out"),
 ) -> None:
     """Federated training on Flower's simulation engine, on this machine: per-round test accuracy beside a
@@ -239,7 +241,8 @@ def federate(
 
     parse_scheme(partition)
     cfg = FedConfig(model=model, width=width, data=data, clients=clients, rounds=rounds, partition=partition,
-                    strategy=strategy, fraction=fraction, local_epochs=local_epochs, lr=lr, mode=mode, seed=seed)
+                    strategy=strategy, fraction=fraction, local_epochs=local_epochs, lr=lr, mode=mode, seed=seed,
+                    dp_clip=dp_clip, dp_noise=dp_noise)
 
     def on_round(r: int, acc: float, loss: float) -> None:
         out.print(f"round {r:>3}/{rounds}: test accuracy {acc * 100:6.2f}%  loss {loss:.4f}")

@@ -38,12 +38,21 @@ class FedConfig:
     seed: int = 0
     round_timeout_s: float = 300.0
     fail_clients: list[int] = field(default_factory=list)  # chaos: these partitions crash from round 2 on
+    dp_clip: float = 0.0  # > 0: clients clip their update to this L2 norm (Flower's fixedclipping_mod) ...
+    dp_noise: float = 0.0  # ... and the server adds Gaussian noise (multiplier z) to the unweighted average
+    dp_delta: float = 1e-5
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise EdgewiseError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if not 0 < self.fraction <= 1:
             raise EdgewiseError("fraction of clients per round must be in (0, 1]")
+        if self.dp_noise > 0 and self.dp_clip <= 0:
+            raise EdgewiseError("DP noise needs a clipping norm (--dp-clip)")
+
+    @property
+    def dp(self) -> bool:
+        return self.dp_clip > 0
 
 
 @dataclass
@@ -67,7 +76,12 @@ def make_client_app(cfg: FedConfig, data: ClientData) -> Any:
     from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
-    app = ClientApp()
+    mods = []
+    if cfg.dp:
+        from flwr.clientapp.mod import fixedclipping_mod
+
+        mods.append(fixedclipping_mod)  # clips (new - global) to the norm the server sends, before it leaves
+    app = ClientApp(mods=mods)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -81,8 +95,11 @@ def make_client_app(cfg: FedConfig, data: ClientData) -> Any:
         loss = train_local(module, data.x[pid], data.y[pid], cfg.local_epochs, cfg.lr, mode=cfg.mode,
                            proximal_mu=mu, seed=cfg.seed * 1000 + round_ * 100 + pid)
         # What leaves the client: the new weights and two numbers. Never samples.
+        metrics = {"train_loss": loss, "num-examples": len(data.y[pid])}
+        if cfg.dp:  # DP averages clipped updates unweighted: its sensitivity bound assumes equal weights
+            metrics["unit-weight"] = 1.0
         content = RecordDict({"arrays": ArrayRecord(numpy_ndarrays=list(get_weights(module).values())),
-                              "metrics": MetricRecord({"train_loss": loss, "num-examples": len(data.y[pid])})})
+                              "metrics": MetricRecord(metrics)})
         return Message(content=content, reply_to=msg)
 
     return app
@@ -119,7 +136,14 @@ def make_server_app(cfg: FedConfig, data: ClientData, test: tuple[np.ndarray, np
         kw["proximal_mu"] = cfg.proximal_mu
     if cfg.strategy == "fedadam":
         kw.update(eta=0.01, eta_l=cfg.lr)
-    strategy = Recording(**kw)
+    if cfg.dp:
+        kw["weighted_by_key"] = "unit-weight"
+    strategy: Any = Recording(**kw)
+    if cfg.dp:
+        from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
+
+        strategy = DifferentialPrivacyClientSideFixedClipping(strategy, noise_multiplier=cfg.dp_noise,
+                                                              clipping_norm=cfg.dp_clip, num_sampled_clients=n_min)
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         set_weights(module, dict(zip(names, arrays.to_numpy_ndarrays())))

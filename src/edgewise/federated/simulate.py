@@ -68,6 +68,14 @@ def run(cfg: FedConfig, out: Path, on_round: Any = None, baseline: bool = True) 
                           for r in sorted(evals)],
                "crossed": [json.loads(line) for line in (out / "crossed.jsonl").read_text().splitlines()]
                if (out / "crossed.jsonl").exists() else []}
+    if cfg.dp:
+        from edgewise.federated.dp import epsilon
+
+        history["dp"] = {"clipping_norm": cfg.dp_clip, "noise_multiplier": cfg.dp_noise,
+                         "clients_per_round": max(1, int(cfg.clients * cfg.fraction)), "rounds": cfg.rounds,
+                         "delta": cfg.dp_delta, "epsilon": epsilon(cfg.dp_noise, cfg.rounds, cfg.dp_delta),
+                         "guarantee": "client-level (add/remove one client), Gaussian mechanism, RDP accounting, "
+                                      "no amplification by sampling claimed"}
     if baseline:
         history["centralized_accuracy"] = centralized(cfg, splits)
     (out / "history.json").write_text(json.dumps(history, indent=2))
@@ -101,8 +109,10 @@ def plot(history: dict[str, Any], path: Path) -> None:
 def summary(history: dict[str, Any]) -> str:
     last = history["rounds"][-1]
     c = history.get("centralized_accuracy")
+    dp = history.get("dp")
     return (f"round {last['round']}: accuracy {last['accuracy'] * 100:.2f}%"
-            + (f" (centralized {c * 100:.2f}%, {(c - last['accuracy']) * 100:+.2f} points)" if c is not None else ""))
+            + (f" (centralized {c * 100:.2f}%, {(c - last['accuracy']) * 100:+.2f} points)" if c is not None else "")
+            + (f"; DP: epsilon {dp['epsilon']:.2f} at delta {dp['delta']:g} (client-level)" if dp else ""))
 
 
 __all__ = ["FedConfig", "run", "summary", "np"]
