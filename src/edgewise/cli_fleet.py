@@ -228,6 +228,14 @@ def federate(
     seed: Annotated[int, typer.Option(help="seed for partitions and training")] = 0,
     dp_clip: Annotated[float, typer.Option(help="DP: clients clip their update to this L2 norm (0 = off)")] = 0.0,
     dp_noise: Annotated[float, typer.Option(help="DP: Gaussian noise multiplier the server adds")] = 0.0,
+    publish: Annotated[bool, typer.Option("--publish", help="optimize the global model for --target, sign it with "
+                                                            "--key, upload it and start a rollout to --tag")] = False,
+    target: Annotated[str, typer.Option(help="--publish: device target profile")] = "edge-node",
+    key: Annotated[Path | None, typer.Option(help="--publish: release private key")] = None,
+    tag: Annotated[str, typer.Option(help="--publish: devices to roll out to")] = "all",
+    version: Annotated[str, typer.Option(help="--publish: bundle version")] = "1.0.0",
+    server: Server = "http://127.0.0.1:8700",
+    token: Token = "",
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="history.json, history.png, global weights")] = Path("fl-out"),
 ) -> None:
     """Federated training on Flower's simulation engine, on this machine: per-round test accuracy beside a
@@ -240,6 +248,8 @@ def federate(
     from edgewise.federated.simulate import run, summary
 
     parse_scheme(partition)
+    if publish and key is None:
+        raise EdgewiseError("--publish needs --key (the release private key that signs the bundle)")
     cfg = FedConfig(model=model, width=width, data=data, clients=clients, rounds=rounds, partition=partition,
                     strategy=strategy, fraction=fraction, local_epochs=local_epochs, lr=lr, mode=mode, seed=seed,
                     dp_clip=dp_clip, dp_noise=dp_noise)
@@ -250,3 +260,9 @@ def federate(
     h = run(cfg, out_dir, on_round)
     out.print(f"{summary(h)}; client sizes {min(h['client_sizes'])}-{max(h['client_sizes'])}; "
               f"wrote {out_dir / 'history.json'} and {out_dir / 'history.png'}")
+    if publish and key is not None:
+        from edgewise.federated.publish import publish as do_publish
+
+        p = do_publish(h, out_dir, target, key, server, token, tag, version)
+        out.print(f"published {p.model['name']} {p.model['version']} (signature {p.model['signature']}) from "
+                  f"{p.bundle}; rollout {p.rollout['id']} to {p.rollout['targeted']} device(s) tagged {tag}")

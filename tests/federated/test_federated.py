@@ -11,6 +11,8 @@ from edgewise.federated.apps import FedConfig
 from edgewise.federated.partition import partition
 from edgewise.federated.simulate import run
 
+from ..fleet.conftest import fleet_kit  # noqa: F401  (signed bundles and keys)
+
 
 def test_partitions_are_seeded_disjoint_and_skewed_as_asked():
     y = load_splits("digits").train.y
@@ -83,3 +85,39 @@ def test_dp_run_clips_on_clients_adds_noise_and_states_its_epsilon(tmp_path):
     moved = np.sqrt(sum(float(((w_plain[k] - v) ** 2).sum()) for k, v in init.items()
                         if np.issubdtype(v.dtype, np.floating)))
     assert 0 < moved <= 2 * 0.5 + 1e-4
+
+
+def test_publish_goes_from_federated_training_to_a_signed_bundle_in_a_rollout(tmp_path, fleet_kit):  # noqa: F811
+    # Prepare: a real fleet server that trusts the release key, and one enrolled device tag
+    import json
+    import subprocess
+    import sys
+
+    from edgewise.bundle import read_bundle
+    from edgewise.bundle.signing import TrustStore, verify_signed_bundle
+
+    from ..fleet.conftest import ADMIN, FleetProc
+
+    fleet = FleetProc(tmp_path / "fleet", [fleet_kit["pub"]]).start()
+    try:
+        fleet.admin.enroll_token(["lab"])
+        # Execute: one command, from federated rounds to a rollout
+        proc = subprocess.run([sys.executable, "-m", "edgewise.cli", "federate", "--model", "mlp", "--clients", "3",
+                               "--rounds", "2", "--out", str(tmp_path / "fl"), "--publish", "--target", "edge-node",
+                               "--key", str(fleet_kit["key"]), "--tag", "lab", "--version", "2.0.0",
+                               "--server", fleet.url], capture_output=True, text=True,
+                              env={**__import__("os").environ, "EDGEWISE_ADMIN_TOKEN": ADMIN}, timeout=600)
+        models = fleet.admin.models()
+        rollouts = fleet.admin.rollouts()
+    finally:
+        fleet.kill()
+    # Assert: a validly signed bundle with the federated model's metrics is in the registry, rolling out
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [(m["name"], m["version"], m["signature"]) for m in models] == [("mlp-digits", "2.0.0", "valid")]
+    assert rollouts[0]["model"] == "mlp-digits" and rollouts[0]["selector"] == "lab"
+    bundle = tmp_path / "fl" / "optimized" / "bundle"
+    manifest, _ = verify_signed_bundle(bundle, TrustStore.load([fleet_kit["pub"]]))
+    history = json.loads((tmp_path / "fl" / "history.json").read_text())
+    fed = read_bundle(bundle).metrics["federated"]
+    assert fed["test_accuracy"] == history["rounds"][-1]["accuracy"] and fed["clients"] == 3
+    assert manifest.recipe[0]["pass"] == "federated"
