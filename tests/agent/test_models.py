@@ -194,3 +194,19 @@ def test_inputs_outside_the_trained_range_are_refused(tmp_path, fast_opts):
     validate(np.full((1, 1, 8, 8), 0.5, np.float32), man)
     with pytest.raises(BadInput, match="outside the model's input range"):
         validate(np.full((1, 1, 8, 8), 16.0, np.float32), man)  # raw 0..16 pixels: the scale was forgotten
+
+
+def test_a_replacement_that_fails_to_load_leaves_the_old_model_serving(two_bundles, tmp_path):
+    from dataclasses import replace as dc_replace
+
+    from edgewise.bundle import read_bundle, write_bundle
+
+    a, _ = two_bundles
+    broken = write_bundle(tmp_path / "broken", dc_replace(read_bundle(a), version="9.0.0", files={}),
+                          {"model.onnx": b"not onnx"})
+    mm = ModelManager()
+    mm.register(a)
+    before = mm.get("model-a").session
+    with pytest.raises(Exception):
+        mm.replace(broken)
+    assert mm.manifest("model-a").version == "1.0.0" and mm.get("model-a").session is before

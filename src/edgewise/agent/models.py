@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from edgewise.bundle import Manifest, verify_bundle
+from edgewise.bundle import Manifest, read_bundle, verify_bundle
 from edgewise.errors import AgentError, EdgewiseError
 from edgewise.modelio import embedding_tensor, expose
 from edgewise.profile.arena import live_tensor_peak
@@ -116,17 +116,27 @@ class ModelManager:
             return self.providers
 
     def replace(self, bundle: Path) -> str:
-        """Serve a new bundle under its name (an OTA switch): verified and loaded now, so a model that
-        fails to load raises here and the caller can roll back; the old session goes once this succeeds."""
-        name = self.register(bundle)
+        """Serve a new bundle under its name (an OTA switch): verified and loaded now. A model that fails
+        to load raises here with the old registration and session put back, so the caller can roll back."""
+        try:
+            name = read_bundle(bundle).name
+        except EdgewiseError as e:
+            raise AgentError(f"cannot serve {bundle}: {e}") from e
+        before = (self._bundles.get(name), self._providers.get(name))
+        self.register(bundle)
         with self._lock:
             old = self._loaded.pop(name, None)
             self._last = None
         try:
             self.get(name)
         except Exception:
-            if old is not None:
-                with self._lock:
+            with self._lock:
+                for table, entry in zip((self._bundles, self._providers), before):
+                    if entry is None:
+                        table.pop(name, None)
+                    else:
+                        table[name] = entry
+                if old is not None:
                     self._loaded[name] = old
             raise
         return name
@@ -166,6 +176,7 @@ class ModelManager:
                 self._loaded.popitem(last=False)
                 self.evictions += 1
             data = (path / "model.onnx").read_bytes()
+            proto = onnx.load_from_string(data)  # parsed once: features mode and the Softmax check read it
             rss_before = rss_bytes()
             features_at = None
             if self.runtime == "c":  # the generated C, as the device runs it
@@ -177,14 +188,14 @@ class ModelManager:
                     raise AgentError(f"cannot run {name} as C: {e}") from e
             else:
                 if self.features and "split" not in manifest.artifacts:  # a tail forwards its own input
-                    proto = onnx.load_from_string(data)
                     try:
                         features_at = self.features_at or embedding_tensor(proto)
-                        data = expose(proto, features_at).SerializeToString()
+                        proto = expose(proto, features_at)
+                        data = proto.SerializeToString()
                     except EdgewiseError as e:
                         raise AgentError(f"cannot serve {name} in features mode: {e}") from e
                 session = make_session(data, threads=self.threads, providers=self._providers[name])
-            graph = onnx.load_from_string(data).graph
+            graph = proto.graph
             ends_in_softmax = any(n.op_type == "Softmax" and n.output[0] == graph.output[0].name for n in graph.node)
             loaded = LoadedModel(name, manifest, session, need, session.get_providers(),
                                  session.get_inputs()[0].name, ends_in_softmax, features_at)
