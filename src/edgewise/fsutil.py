@@ -20,6 +20,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` all or nothing: a hidden temp file, fsync, rename, fsync the directory.
+    After a crash the file holds either the old bytes or the new ones, never a mix."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 def fsync_tree(root: Path) -> None:
     """Every file and directory under `root` on disk (before a pointer to it is switched)."""
     for dirpath, _dirs, files in os.walk(root):

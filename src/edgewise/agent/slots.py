@@ -8,7 +8,6 @@ a verified bundle lands in it and the pointer moves.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 from edgewise.bundle import verify_bundle
 from edgewise.errors import AgentError, EdgewiseError
-from edgewise.fsutil import fsync_dir
+from edgewise.fsutil import atomic_write
 
 
 @dataclass
@@ -36,6 +35,7 @@ class Slots:
         self.root.mkdir(parents=True, exist_ok=True)
         self.path = self.root / "state.json"
         self.state = self._read()
+        self.recovered: str | None = None  # what `recover` found, once per process
 
     def _read(self) -> SlotState:
         if not self.path.exists():
@@ -47,13 +47,7 @@ class Slots:
             raise AgentError(f"{self.path} is unreadable ({e}); remove it to reinstall from the fleet") from e
 
     def save(self) -> None:
-        tmp = self.path.with_name(".state.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(asdict(self.state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fsync_dir(self.root)
+        atomic_write(self.path, json.dumps(asdict(self.state)).encode())
 
     def dir(self, slot: str) -> Path:
         return self.root / slot
@@ -80,7 +74,13 @@ class Slots:
         self.save()
 
     def recover(self) -> str:
-        """After a restart: keep the active slot if it verifies, else fall back to the previous one."""
+        """After a restart: keep the active slot if it verifies, else fall back to the previous one.
+        Done once per process: the agent's OTA thread and its updater share these slots."""
+        if self.recovered is None:
+            self.recovered = self._recover()
+        return self.recovered
+
+    def _recover(self) -> str:
         if self.state.active is None:
             return "empty"
         try:

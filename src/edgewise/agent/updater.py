@@ -9,7 +9,6 @@ reported; a device that gives up says so.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import random
@@ -23,6 +22,7 @@ import httpx
 
 from edgewise.agent.slots import Slots
 from edgewise.bundle.archive import unpack
+from edgewise.bundle.pack import sha256_file
 from edgewise.bundle.selftest import check_golden
 from edgewise.bundle.signing import TrustStore, canonical, verify_signed_bundle
 from edgewise.errors import AgentError, EdgewiseError
@@ -78,14 +78,6 @@ def model_selftest(bundle: Path) -> dict[str, Any]:
     return out | {"latency_ms": (time.perf_counter() - t) * 1e3 / max(1, out["pairs"])}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class Updater:
     def __init__(self, ident: Identity, slots: Slots, release_keys: TrustStore, fleet_keys: TrustStore,
                  client: httpx.AsyncClient, selftest: Callable[[Path], dict[str, Any]] = model_selftest,
@@ -97,6 +89,7 @@ class Updater:
         self.health = health or selftest
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self.downloads = self.slots.root / "download"
+        self.pending_reports = self.slots.root / "reports.jsonl"  # reports that could not be sent yet
         self.recovered = self.slots.recover()  # after a power cut: the active slot verifies, or the previous one
         self.bytes_downloaded = 0
         self.log: list[tuple[str, bool, str]] = []
@@ -122,18 +115,17 @@ class Updater:
         self.log.append((step, ok, detail))
         body = {"step": step, "ok": ok, "serial": serial, "detail": detail[:900], "model": self.slots.state.model,
                 "active_version": self.slots.state.version, "version": metrics.pop("version", None), **metrics}
-        pending = self.slots.root / "reports.jsonl"
         try:
             await self._flush_reports()
             r = await self._call("POST", "/v1/device/report", json=body)
             if r.status_code != 200:
                 raise AgentError(f"report refused: {r.status_code}")
         except AgentError:
-            with open(pending, "a") as f:
+            with open(self.pending_reports, "a") as f:
                 f.write(json.dumps(body) + "\n")
 
     async def _flush_reports(self) -> None:
-        pending = self.slots.root / "reports.jsonl"
+        pending = self.pending_reports
         if not pending.exists():
             return
         for line in pending.read_text().splitlines():
@@ -301,7 +293,7 @@ class Updater:
         if got != size:
             part.unlink(missing_ok=True)
             raise AgentError(f"download is {got} bytes, the assignment says {size} (truncated)")
-        if await asyncio.to_thread(_sha256, part) != sha:
+        if await asyncio.to_thread(sha256_file, part) != sha:
             part.unlink()
             if resumed:  # the bytes kept from before (a power cut, a bad disk) were wrong: once more, whole
                 return await self._download(a)

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from edgewise.bundle.manifest import Manifest
 from edgewise.bundle.pack import verify_bundle
 from edgewise.errors import SignatureError
+from edgewise.fsutil import atomic_write
 
 SIGNATURE = "signature"
 ALG = "ed25519"
@@ -150,11 +151,7 @@ def sign_bundle(bundle: Path, key: Ed25519PrivateKey) -> dict[str, str]:
     """Verify the bundle's hashes, then write `signature` over its canonical manifest bytes."""
     manifest = verify_bundle(bundle)
     sig = sign_bytes(key, manifest.canonical_bytes())
-    tmp = Path(bundle) / f".{SIGNATURE}.tmp"
-    tmp.write_text(json.dumps(sig, indent=2))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    tmp.replace(Path(bundle) / SIGNATURE)
+    atomic_write(Path(bundle) / SIGNATURE, json.dumps(sig, indent=2).encode())
     return sig
 
 
