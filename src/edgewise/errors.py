@@ -47,3 +47,12 @@ class SignatureError(BundleError):
 
 class FleetError(EdgewiseError):
     """The fleet server or a device updater refused an operation (bad request, auth, state)."""
+
+
+class FleetNotFound(FleetError):
+    """No such model, bundle, device or rollout (HTTP 404)."""
+
+
+class FleetConflict(FleetError):
+    """The request clashes with the fleet's state: a version already registered, an action the rollout's
+    state does not allow (HTTP 409)."""

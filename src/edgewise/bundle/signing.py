@@ -158,6 +158,11 @@ def sign_bundle(bundle: Path, key: Ed25519PrivateKey) -> dict[str, str]:
 def verify_signed_bundle(bundle: Path, trust: TrustStore) -> tuple[Manifest, str]:
     """Every file's hash, then the signature over the manifest: (manifest, signing key id) or SignatureError."""
     manifest = verify_bundle(bundle)
+    return manifest, check_signature(bundle, manifest, trust)
+
+
+def check_signature(bundle: Path, manifest: Manifest, trust: TrustStore) -> str:
+    """The signing key's id, for a bundle whose files were already verified against `manifest`."""
     path = Path(bundle) / SIGNATURE
     if not path.is_file():
         raise SignatureError(f"{bundle} is not signed (no {SIGNATURE} file)")
@@ -165,4 +170,4 @@ def verify_signed_bundle(bundle: Path, trust: TrustStore) -> tuple[Manifest, str
         sig = json.loads(path.read_text())
     except (ValueError, OSError) as e:
         raise SignatureError(f"{path} is not a valid signature file: {e}") from e
-    return manifest, trust.verify(manifest.canonical_bytes(), sig)
+    return trust.verify(manifest.canonical_bytes(), sig)

@@ -14,9 +14,10 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from edgewise.bundle.signing import TrustStore, generate_keys, load_private, public_pem
-from edgewise.errors import FleetError
+from edgewise.errors import FleetConflict, FleetError, FleetNotFound
 from edgewise.fleet.db import Database
 from edgewise.fleet.limits import Limit, Limiter
 from edgewise.fleet.store import FleetStore
@@ -108,9 +109,8 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
 
     @app.exception_handler(FleetError)
     async def fleet_error(_: Request, e: FleetError) -> JSONResponse:
-        msg = str(e)
-        status = 404 if msg.startswith("no ") else 409 if ("cannot" in msg or "already" in msg) else 400
-        return JSONResponse({"error": msg}, status_code=status)
+        status = 404 if isinstance(e, FleetNotFound) else 409 if isinstance(e, FleetConflict) else 400
+        return JSONResponse({"error": str(e)}, status_code=status)
 
     async def body_json(request: Request) -> dict[str, Any]:
         try:
@@ -125,8 +125,6 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
     @app.post("/v1/admin/models")
     async def upload(request: Request, who: str = Depends(admin)) -> dict[str, Any]:
         """Upload a bundle archive (tar, as `edgewise fleet upload` makes; tar.gz is read too)."""
-        from starlette.concurrency import run_in_threadpool
-
         return await run_in_threadpool(store.add_model, await request.body(), who)
 
     @app.get("/v1/admin/models")
@@ -197,18 +195,12 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
     @app.get("/v1/device/bundles/{sha}")
     def bundle(sha: str, device_id: str = Depends(device)) -> Response:
         """Only a bundle this device is assigned (Range requests resume a broken download)."""
-        mine = store.db.query("SELECT 1 FROM assignments a JOIN models m ON a.model=m.name AND a.version=m.version "
-                              "WHERE a.device_id=? AND m.sha256=?", (device_id, sha))
-        if not mine:
-            raise HTTPException(404, "no such bundle assigned to this device")
-        resp = FileResponse(store.archive_path(sha), media_type="application/x-tar")
+        resp = FileResponse(store.assigned_bundle(device_id, sha), media_type="application/x-tar")
         resp.chunk_size = 1 << 20  # 64 KB chunks cost a thread hop each: 16x fewer for 5 MB bundles
         return resp
 
     @app.post("/v1/device/report")
     async def report(request: Request, device_id: str = Depends(device)) -> dict[str, bool]:
-        from starlette.concurrency import run_in_threadpool
-
         await run_in_threadpool(store.report, device_id, await body_json(request))
         return {"ok": True}
 

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from edgewise.bundle.archive import unpack
-from edgewise.bundle.signing import SIGNATURE, TrustStore, canonical, sign_bytes, verify_signed_bundle
-from edgewise.errors import EdgewiseError, FleetError
+from edgewise.bundle.pack import verify_bundle
+from edgewise.bundle.signing import SIGNATURE, TrustStore, canonical, check_signature, sign_bytes
+from edgewise.errors import EdgewiseError, FleetConflict, FleetError, FleetNotFound, SignatureError
 from edgewise.fleet.db import Database
+from edgewise.fsutil import atomic_write
 
-TERMINAL = ("healthy", "failed", "cancelled")
-STATES = ("running", "paused", "halted", "completed", "aborted", "rolled_back", "superseded")
+MODEL_COLS = "name, version, sha256, size, uploaded_by, uploaded_at, signature, signed_by"
 
 
 def _hash(secret: str) -> str:
@@ -79,47 +80,50 @@ class FleetStore:
             (Path(tmp) / "a.tar").write_bytes(archive)
             try:
                 bundle = unpack(Path(tmp) / "a.tar", Path(tmp) / "b")
-                manifest, signed_by = verify_signed_bundle(bundle, self.trust or TrustStore())
-                status = "valid"
+                manifest = verify_bundle(bundle)
             except EdgewiseError as e:
-                from edgewise.bundle import verify_bundle
-
-                try:
-                    manifest = verify_bundle(Path(tmp) / "b")
-                except EdgewiseError as e2:
-                    raise FleetError(f"upload is not a valid bundle: {e2}") from e2
-                signed_by, status = None, ("unsigned" if not (Path(tmp) / "b" / SIGNATURE).exists()
-                                           else f"invalid: {e}")
+                raise FleetError(f"upload is not a valid bundle: {e}") from e
+            try:
+                signed_by, status = check_signature(bundle, manifest, self.trust or TrustStore()), "valid"
+            except SignatureError as e:
+                signed_by, status = None, "unsigned" if not (bundle / SIGNATURE).exists() else f"invalid: {e}"
         dest = self.data_dir / "models" / f"{sha}.tar"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        part = dest.with_suffix(".part")
-        part.write_bytes(archive)
-        part.replace(dest)
         with self.db.tx() as t:
             if t.query("SELECT 1 FROM models WHERE name=? AND version=?", (manifest.name, manifest.version)):
-                raise FleetError(f"{manifest.name} {manifest.version} is already in the registry; bump the version")
+                raise FleetConflict(f"{manifest.name} {manifest.version} is already in the registry; bump the version")
+            atomic_write(dest, archive)  # on disk before the row that names it commits
             t.execute("INSERT INTO models VALUES (?,?,?,?,?,?,?,?,?,?)",
                       (manifest.name, manifest.version, sha, len(archive), str(dest), uploaded_by, self.clock(),
                        status, signed_by, manifest.to_json()))
         return self.model(manifest.name, manifest.version)
 
+    def _select(self, cols: str, rest: str, params: tuple = ()) -> list[dict[str, Any]]:
+        """Rows as dicts keyed by the selected column names: `cols` is written once."""
+        keys = [c.strip() for c in cols.split(",")]
+        return [dict(zip(keys, r)) for r in self.db.query(f"SELECT {cols} {rest}", params)]
+
     def model(self, name: str, version: str) -> dict[str, Any]:
-        rows = self.db.query("SELECT name, version, sha256, size, uploaded_by, uploaded_at, signature, signed_by "
-                             "FROM models WHERE name=? AND version=?", (name, version))
+        rows = self._select(MODEL_COLS, "FROM models WHERE name=? AND version=?", (name, version))
         if not rows:
-            raise FleetError(f"no model {name} {version} in the registry")
-        keys = ("name", "version", "sha256", "size", "uploaded_by", "uploaded_at", "signature", "signed_by")
-        return dict(zip(keys, rows[0]))
+            raise FleetNotFound(f"no model {name} {version} in the registry")
+        return rows[0]
 
     def models(self) -> list[dict[str, Any]]:
-        rows = self.db.query("SELECT name, version FROM models ORDER BY name, uploaded_at")
-        return [self.model(n, v) for n, v in rows]
+        return self._select(MODEL_COLS, "FROM models ORDER BY name, uploaded_at")
 
     def archive_path(self, sha: str) -> Path:
         rows = self.db.query("SELECT path FROM models WHERE sha256=?", (sha,))
         if not rows:
-            raise FleetError(f"no bundle with sha256 {sha}")
+            raise FleetNotFound(f"no bundle with sha256 {sha}")
         return Path(rows[0][0])
+
+    def assigned_bundle(self, device_id: str, sha: str) -> Path:
+        """The archive of bundle `sha`, only if it was ever assigned to this device."""
+        if not self.db.query("SELECT 1 FROM assignments a JOIN models m ON a.model=m.name AND a.version=m.version "
+                             "WHERE a.device_id=? AND m.sha256=?", (device_id, sha)):
+            raise FleetNotFound("no such bundle assigned to this device")
+        return self.archive_path(sha)
 
     # ---- devices ------------------------------------------------------------------------------------
     def enroll_token(self, tags: list[str], ttl_s: float = 86400) -> str:
@@ -146,22 +150,19 @@ class FleetStore:
         return bool(rows) and hmac.compare_digest(rows[0][0], _hash(secret))
 
     def devices(self, tag: str | None = None) -> list[dict[str, Any]]:
-        rows = self.db.query("SELECT id, name, tags, enrolled, last_seen, model, version, state FROM devices "
-                             "ORDER BY enrolled, id")
-        keys = ("id", "name", "tags", "enrolled", "last_seen", "model", "version", "state")
         seen = dict(self._seen)
-        out = [dict(zip(keys, r)) | {"tags": json.loads(r[2]), "last_seen": seen.get(r[0], r[4])} for r in rows]
+        out = [d | {"tags": json.loads(d["tags"]), "last_seen": seen.get(d["id"], d["last_seen"])}
+               for d in self._select("id, name, tags, enrolled, last_seen, model, version, state",
+                                     "FROM devices ORDER BY enrolled, id")]
         return [d for d in out if tag is None or tag in d["tags"]]
 
     def set_tags(self, device_id: str, tags: list[str]) -> None:
         if not self.db.execute("UPDATE devices SET tags=? WHERE id=?", (json.dumps(sorted(tags)), device_id)):
-            raise FleetError(f"no device {device_id}")
+            raise FleetNotFound(f"no device {device_id}")
 
     def timeline(self, device_id: str, limit: int = 200) -> list[dict[str, Any]]:
-        rows = self.db.query("SELECT ts, rollout_id, version, step, ok, detail, error_rate, latency_ms FROM reports "
-                             "WHERE device_id=? ORDER BY ts DESC LIMIT ?", (device_id, limit))
-        keys = ("ts", "rollout_id", "version", "step", "ok", "detail", "error_rate", "latency_ms")
-        return [dict(zip(keys, r)) for r in rows]
+        return self._select("ts, rollout_id, version, step, ok, detail, error_rate, latency_ms",
+                            "FROM reports WHERE device_id=? ORDER BY ts DESC LIMIT ?", (device_id, limit))
 
     # ---- assignments --------------------------------------------------------------------------------
     def assignment(self, device_id: str, base_url: str = "") -> dict[str, Any]:
@@ -227,13 +228,11 @@ class FleetStore:
         return self.rollout(rid)
 
     def rollout(self, rid: str) -> dict[str, Any]:
-        rows = self.db.query("SELECT id, model, version, selector, waves, gate, auto_rollback, state, wave, "
-                             "wave_started, created, created_by, reason FROM rollouts WHERE id=?", (rid,))
+        rows = self._select("id, model, version, selector, waves, gate, auto_rollback, state, wave, wave_started, "
+                            "created, created_by, reason", "FROM rollouts WHERE id=?", (rid,))
         if not rows:
-            raise FleetError(f"no rollout {rid}")
-        keys = ("id", "model", "version", "selector", "waves", "gate", "auto_rollback", "state", "wave",
-                "wave_started", "created", "created_by", "reason")
-        r = dict(zip(keys, rows[0]))
+            raise FleetNotFound(f"no rollout {rid}")
+        r = rows[0]
         r["waves"], r["gate"], r["auto_rollback"] = json.loads(r["waves"]), json.loads(r["gate"]), bool(r["auto_rollback"])
         counts: dict[str, int] = {}
         for status, rollback, n in self.db.query("SELECT status, rollback, COUNT(*) FROM assignments WHERE rollout_id=? "
@@ -255,7 +254,7 @@ class FleetStore:
         if action not in allowed:
             raise FleetError(f"unknown action {action!r}: pause, resume, abort or rollback")
         if r["state"] not in allowed[action]:
-            raise FleetError(f"cannot {action} a rollout that is {r['state']}")
+            raise FleetConflict(f"cannot {action} a rollout that is {r['state']}")
         new = {"pause": "paused", "resume": "running", "abort": "aborted", "rollback": "rolled_back"}[action]
         with self.db.tx() as t:
             t.execute("UPDATE rollouts SET state=?, reason=? WHERE id=?", (new, reason or f"{action} by operator", rid))
@@ -328,11 +327,16 @@ class FleetStore:
         for d in take:
             if d["id"] in have:
                 continue
-            serial = (t.query("SELECT MAX(serial) FROM assignments WHERE device_id=?", (d["id"],))[0][0] or 0) + 1
             status = "healthy" if d["version"] == version and d["model"] == model else "pending"
-            t.execute("INSERT INTO assignments VALUES (?,?,?,?,?,?,?,?,?,?)",
-                      (d["id"], serial, rid, model, version, 0, status, "", self.clock(), d["version"]))
-            self._changed.append(d["id"])
+            self._assign(t, d["id"], rid, model, version, False, status, "", d["version"])
+
+    def _assign(self, t: Any, device_id: str, rid: str, model: str, version: str, rollback: bool, status: str,
+                detail: str, prev_version: str | None) -> None:
+        """A new desired state for a device: the next serial, so it supersedes every earlier one."""
+        serial = (t.query("SELECT MAX(serial) FROM assignments WHERE device_id=?", (device_id,))[0][0] or 0) + 1
+        t.execute("INSERT INTO assignments VALUES (?,?,?,?,?,?,?,?,?,?)",
+                  (device_id, serial, rid, model, version, int(rollback), status, detail, self.clock(), prev_version))
+        self._changed.append(device_id)
 
     def _judge(self, t: Any, rid: str, g: Gate, started: float) -> str | None:
         """None while the wave runs; '' when it passed; the reason when it failed."""
@@ -367,10 +371,7 @@ class FleetStore:
                 self.model(model, prev)
             except FleetError:
                 continue
-            serial = (t.query("SELECT MAX(serial) FROM assignments WHERE device_id=?", (device_id,))[0][0] or 0) + 1
-            t.execute("INSERT INTO assignments VALUES (?,?,?,?,?,?,?,?,?,?)",
-                      (device_id, serial, rid, model, prev, 1, "pending", "rollback", self.clock(), None))
-            self._changed.append(device_id)
+            self._assign(t, device_id, rid, model, prev, True, "pending", "rollback", None)
 
 
 def _num(v: Any) -> float | None:
