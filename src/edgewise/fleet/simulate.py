@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,6 @@ from edgewise.fleet.client import FleetClient
 @dataclass
 class Fleet:
     devices: list[Updater]
-    outcomes: dict[str, int] = field(default_factory=dict)
 
     async def close(self) -> None:
         await asyncio.gather(*(d.client.aclose() for d in self.devices))
@@ -74,14 +74,8 @@ async def run_until(fleet: Fleet, done: Any, poll_s: float = 2.0, timeout_s: flo
     stop = asyncio.Event()
 
     async def device(d: Updater) -> None:
-        await asyncio.sleep(poll_s * (hash(d.ident.device_id) % 1000) / 1000)  # spread the first polls
-        while not stop.is_set():
-            outcome = await d.poll_once()
-            fleet.outcomes[outcome] = fleet.outcomes.get(outcome, 0) + 1
-            try:
-                await asyncio.wait_for(stop.wait(), poll_s * (0.5 + (hash((d.ident.device_id, time.time())) % 1000) / 1000))
-            except TimeoutError:
-                pass
+        await asyncio.sleep(poll_s * random.random())  # devices do not boot in lockstep either
+        await d.run(poll_s, stop)  # the agent's own polling loop
 
     async def watch() -> None:
         while time.perf_counter() - t0 < timeout_s:
