@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgewise.cli_fleet import device_app, federate, fleet_app, keys_app
+from edgewise.cli_fleet import device_app, federate_app, fleet_app, keys_app
 from edgewise.errors import EdgewiseError
 
 app = typer.Typer(help="edgewise: train, optimize, benchmark and package AI models for edge devices.",
@@ -25,7 +25,7 @@ app.add_typer(targets_app, name="targets")
 app.add_typer(keys_app, name="keys")
 app.add_typer(fleet_app, name="fleet")
 app.add_typer(device_app, name="device")
-app.command()(federate)
+app.add_typer(federate_app, name="federate")
 console = Console(stderr=True, soft_wrap=True)
 out_console = Console(soft_wrap=True)
 

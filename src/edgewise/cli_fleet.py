@@ -213,36 +213,85 @@ def device_enroll(
     out.print(f"enrolled as {ident.device_id}; credential in {data_dir / 'ota' / 'device.json'}")
 
 
+federate_app = typer.Typer(help="Federated learning on Flower: a simulation on this machine (no subcommand), or "
+                                "the deployment engine (serve / join) across real devices.",
+                           invoke_without_command=True)
+
+FedModel = Annotated[str, typer.Option(help="zoo architecture: mlp, cnn, dscnn, cnn1d")]
+FedData = Annotated[str, typer.Option(help="bundled dataset, e.g. digits (serve: its test split scores each round)")]
+Rounds = Annotated[int, typer.Option(help="federated rounds")]
+Strategy = Annotated[str, typer.Option(help="fedavg, fedprox or fedadam")]
+Fraction = Annotated[float, typer.Option(help="share of clients sampled each round")]
+LocalEpochs = Annotated[int, typer.Option(help="local epochs per round")]
+Lr = Annotated[float, typer.Option(help="client learning rate (SGD, momentum 0.9)")]
+Mode = Annotated[str, typer.Option(help="'full' or 'last' (clients train only the classifier head)")]
+Width = Annotated[float, typer.Option(help="model width multiplier")]
+Seed = Annotated[int, typer.Option(help="seed for partitions and training")]
+DpClip = Annotated[float, typer.Option(help="DP: clients clip their update to this L2 norm (0 = off)")]
+DpNoise = Annotated[float, typer.Option(help="DP: Gaussian noise multiplier the server adds")]
+SecAgg = Annotated[bool, typer.Option("--secagg", help="SecAgg+: the server learns only the sum of the clients' "
+                                                       "masked updates (fedavg/fedprox, >= 3 clients a round)")]
+Publish = Annotated[bool, typer.Option("--publish", help="optimize the global model for --target, sign it with "
+                                                         "--key, upload it and start a rollout to --tag")]
+PubTarget = Annotated[str, typer.Option(help="--publish: device target profile")]
+PubKey = Annotated[Path | None, typer.Option(help="--publish: release private key")]
+PubTag = Annotated[str, typer.Option(help="--publish: devices to roll out to")]
+PubVersion = Annotated[str, typer.Option(help="--publish: bundle version")]
+FedOut = Annotated[Path, typer.Option("--out", "-o", help="history.json, history.png, global weights")]
+
+
+def _print_round(rounds: int):  # type: ignore[no-untyped-def]
+    def on_round(r: int, acc: float, loss: float) -> None:
+        out.print(f"round {r:>3}/{rounds}: test accuracy {acc * 100:6.2f}%  loss {loss:.4f}")
+
+    return on_round
+
+
+def _publish_if_asked(h: dict, out_dir: Path, publish: bool, target: str, key: Path | None, server: str,
+                      token: str, tag: str, version: str) -> None:
+    if not publish or key is None:
+        return
+    from edgewise.federated.publish import publish as do_publish
+
+    p = do_publish(h, out_dir, target, key, server, token, tag, version)
+    out.print(f"published {p.model['name']} {p.model['version']} (signature {p.model['signature']}) from "
+              f"{p.bundle}; rollout {p.rollout['id']} to {p.rollout['targeted']} device(s) tagged {tag}")
+
+
+@federate_app.callback()
 def federate(
-    model: Annotated[str, typer.Option(help="zoo architecture: mlp, cnn, dscnn, cnn1d")] = "cnn",
-    data: Annotated[str, typer.Option(help="bundled dataset, e.g. digits")] = "digits",
+    ctx: typer.Context,
+    model: FedModel = "cnn",
+    data: FedData = "digits",
     clients: Annotated[int, typer.Option(help="simulated clients")] = 10,
-    rounds: Annotated[int, typer.Option(help="federated rounds")] = 10,
+    rounds: Rounds = 10,
     partition: Annotated[str, typer.Option(help="'iid' or 'dirichlet:ALPHA' label skew")] = "iid",
-    strategy: Annotated[str, typer.Option(help="fedavg, fedprox or fedadam")] = "fedavg",
-    fraction: Annotated[float, typer.Option(help="share of clients sampled each round")] = 1.0,
-    local_epochs: Annotated[int, typer.Option(help="local epochs per round")] = 2,
-    lr: Annotated[float, typer.Option(help="client learning rate (SGD, momentum 0.9)")] = 0.05,
-    mode: Annotated[str, typer.Option(help="'full' or 'last' (clients train only the classifier head)")] = "full",
-    width: Annotated[float, typer.Option(help="model width multiplier")] = 1.0,
-    seed: Annotated[int, typer.Option(help="seed for partitions and training")] = 0,
-    dp_clip: Annotated[float, typer.Option(help="DP: clients clip their update to this L2 norm (0 = off)")] = 0.0,
-    dp_noise: Annotated[float, typer.Option(help="DP: Gaussian noise multiplier the server adds")] = 0.0,
-    publish: Annotated[bool, typer.Option("--publish", help="optimize the global model for --target, sign it with "
-                                                            "--key, upload it and start a rollout to --tag")] = False,
-    target: Annotated[str, typer.Option(help="--publish: device target profile")] = "edge-node",
-    key: Annotated[Path | None, typer.Option(help="--publish: release private key")] = None,
-    tag: Annotated[str, typer.Option(help="--publish: devices to roll out to")] = "all",
-    version: Annotated[str, typer.Option(help="--publish: bundle version")] = "1.0.0",
+    strategy: Strategy = "fedavg",
+    fraction: Fraction = 1.0,
+    local_epochs: LocalEpochs = 2,
+    lr: Lr = 0.05,
+    mode: Mode = "full",
+    width: Width = 1.0,
+    seed: Seed = 0,
+    dp_clip: DpClip = 0.0,
+    dp_noise: DpNoise = 0.0,
+    secagg: SecAgg = False,
+    publish: Publish = False,
+    target: PubTarget = "edge-node",
+    key: PubKey = None,
+    tag: PubTag = "all",
+    version: PubVersion = "1.0.0",
     server: Server = "http://127.0.0.1:8700",
     token: Token = "",
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="history.json, history.png, global weights")] = Path("fl-out"),
+    out_dir: FedOut = Path("fl-out"),
 ) -> None:
     """Federated training on Flower's simulation engine, on this machine: per-round test accuracy beside a
     centralized run of the same model. Raw data stays in each client; only weights and metrics cross.
 
     Example: edgewise federate --model cnn --data digits --clients 20 --rounds 30 --partition dirichlet:0.5
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from edgewise.federated.apps import FedConfig
     from edgewise.federated.partition import parse_scheme
     from edgewise.federated.simulate import run, summary
@@ -252,17 +301,97 @@ def federate(
         raise EdgewiseError("--publish needs --key (the release private key that signs the bundle)")
     cfg = FedConfig(model=model, width=width, data=data, clients=clients, rounds=rounds, partition=partition,
                     strategy=strategy, fraction=fraction, local_epochs=local_epochs, lr=lr, mode=mode, seed=seed,
-                    dp_clip=dp_clip, dp_noise=dp_noise)
-
-    def on_round(r: int, acc: float, loss: float) -> None:
-        out.print(f"round {r:>3}/{rounds}: test accuracy {acc * 100:6.2f}%  loss {loss:.4f}")
-
-    h = run(cfg, out_dir, on_round)
+                    dp_clip=dp_clip, dp_noise=dp_noise, secagg=secagg)
+    h = run(cfg, out_dir, _print_round(rounds))
     out.print(f"{summary(h)}; client sizes {min(h['client_sizes'])}-{max(h['client_sizes'])}; "
               f"wrote {out_dir / 'history.json'} and {out_dir / 'history.png'}")
-    if publish and key is not None:
-        from edgewise.federated.publish import publish as do_publish
+    _publish_if_asked(h, out_dir, publish, target, key, server, token, tag, version)
 
-        p = do_publish(h, out_dir, target, key, server, token, tag, version)
-        out.print(f"published {p.model['name']} {p.model['version']} (signature {p.model['signature']}) from "
-                  f"{p.bundle}; rollout {p.rollout['id']} to {p.rollout['targeted']} device(s) tagged {tag}")
+
+@federate_app.command("serve")
+def federate_serve(
+    clients: Annotated[int, typer.Option(help="SuperNodes to wait for; each round trains on fraction of them")] = 3,
+    model: FedModel = "cnn",
+    data: FedData = "digits",
+    rounds: Rounds = 10,
+    strategy: Strategy = "fedavg",
+    fraction: Fraction = 1.0,
+    local_epochs: LocalEpochs = 2,
+    lr: Lr = 0.05,
+    mode: Mode = "full",
+    width: Width = 1.0,
+    seed: Seed = 0,
+    dp_clip: DpClip = 0.0,
+    dp_noise: DpNoise = 0.0,
+    secagg: SecAgg = False,
+    round_timeout: Annotated[float, typer.Option(help="seconds a round waits for stragglers")] = 300.0,
+    host: Annotated[str, typer.Option(help="address the SuperLink listens on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="SuperLink port (Fleet and Control APIs, HTTP)")] = 9092,
+    publish: Publish = False,
+    target: PubTarget = "edge-node",
+    key: PubKey = None,
+    tag: PubTag = "all",
+    version: PubVersion = "1.0.0",
+    server: Server = "http://127.0.0.1:8700",
+    token: Token = "",
+    out_dir: FedOut = Path("fl-deploy"),
+) -> None:
+    """Run a federation on Flower's deployment engine: start a SuperLink, wait for --clients SuperNodes
+    (`edgewise federate join` on each device), run the rounds, write DIR/history.json, stop.
+    No TLS: the SuperLink speaks plain HTTP, for loopback and trusted networks only.
+
+    Example: edgewise federate serve --clients 3 --rounds 5 --port 9092 --out fl-deploy
+    """
+    from edgewise.federated.apps import FedConfig
+    from edgewise.federated.deploy import serve
+    from edgewise.federated.simulate import summary
+
+    if publish and key is None:
+        raise EdgewiseError("--publish needs --key (the release private key that signs the bundle)")
+    cfg = FedConfig(model=model, width=width, data=data, clients=clients, rounds=rounds, partition="agent-stores",
+                    strategy=strategy, fraction=fraction, local_epochs=local_epochs, lr=lr, mode=mode, seed=seed,
+                    dp_clip=dp_clip, dp_noise=dp_noise, secagg=secagg, round_timeout_s=round_timeout)
+    out.print(f"SuperLink on {host}:{port}; waiting for {clients} SuperNode(s): on each device run "
+              f"`edgewise federate join --server {host}:{port} --store AGENT_DATA_DIR`")
+    h = serve(cfg, out_dir, host, port, _print_round(rounds))
+    out.print(f"{summary(h)}; {len(h['deployment']['nodes'])} SuperNodes took part; wrote {out_dir / 'history.json'}")
+    _publish_if_asked(h, out_dir, publish, target, key, server, token, tag, version)
+
+
+@federate_app.command("join")
+def federate_join(
+    server: Annotated[str, typer.Option(help="the SuperLink, HOST:PORT")] = "127.0.0.1:9092",
+    store: Annotated[Path, typer.Option(help="the agent's data dir (or its samples.db): the local training data")]
+    = Path("agent-data"),
+    model_name: Annotated[str | None, typer.Option(help="which model's samples, when the store holds several")] = None,
+    max_wait: Annotated[float | None, typer.Option(help="give up after this many seconds without the SuperLink "
+                                                        "(default: keep trying)")] = None,
+) -> None:
+    """Join a federation as a Flower SuperNode that trains on the samples this device's agent keeps.
+    Only weights and metrics leave the device. Runs until stopped.
+
+    Example: edgewise federate join --server 10.0.0.5:9092 --store /var/lib/edgewise
+    """
+    from edgewise.federated.deploy import join
+
+    join(server, store, model_name, max_wait_s=max_wait)
+
+
+@federate_app.command("seed")
+def federate_seed(
+    store: Annotated[list[Path], typer.Option("--store", help="an agent's data dir (repeat for each device)")],
+    data: Annotated[str, typer.Option(help="bundled dataset whose training split is dealt out")] = "digits",
+    partition: Annotated[str, typer.Option(help="'iid' or 'dirichlet:ALPHA' label skew")] = "iid",
+    model_name: Annotated[str, typer.Option(help="model name the samples are filed under")] = "cnn-digits",
+    seed: Seed = 0,
+) -> None:
+    """Fill agents' sample stores with a partition of a bundled dataset, to try `serve`/`join` without
+    collecting data first (agents normally gather samples through POST /v1/samples).
+
+    Example: edgewise federate seed --store dev0 --store dev1 --store dev2 --partition dirichlet:0.5
+    """
+    from edgewise.federated.deploy import seed as do_seed
+
+    sizes = do_seed(store, data, partition, model_name, seed)
+    for path, n in zip(store, sizes):
+        out.print(f"{path}: {n} samples of {data} for {model_name}")

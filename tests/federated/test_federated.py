@@ -121,3 +121,31 @@ def test_publish_goes_from_federated_training_to_a_signed_bundle_in_a_rollout(tm
     fed = read_bundle(bundle).metrics["federated"]
     assert fed["test_accuracy"] == history["rounds"][-1]["accuracy"] and fed["clients"] == 3
     assert manifest.recipe[0]["pass"] == "federated"
+
+
+def test_secagg_server_sees_only_masked_updates_and_still_gets_fedavgs_model(tmp_path):
+    from edgewise.federated.apps import build_module
+    from edgewise.federated.simulate import client_data
+    from edgewise.federated.task import get_weights
+
+    # Execute: the same 4-client run with and without SecAgg+; client 3 crashes mid-protocol from round 2
+    # (after it shared its keys), so the server must unmask the round without it
+    cfg = dict(model="mlp", width=0.5, clients=4, rounds=3, partition="iid", fail_clients=[3])
+    plain = run(FedConfig(**cfg), tmp_path / "plain", baseline=False)
+    sa = run(FedConfig(**cfg, secagg=True), tmp_path / "sa", baseline=False)
+    # Assert: under SecAgg+ no reply carried a model: every ArrayRecord that crossed was empty, the updates
+    # came as masked vectors (one per client a round, three once client 3 is gone)
+    replies = [c for c in sa["crossed"] if not c["error"]]
+    for c in replies:
+        for kind, keys, nbytes in c["records"].values():
+            assert kind != "ArrayRecord" or (keys == [] and nbytes == 0), c
+    masked = [c for c in replies if "masked_params" in c["records"].get("secaggplus_configs", ["", []])[1]]
+    assert [sum(c["round"] == r for c in masked) for r in (1, 2, 3)] == [4, 3, 3]
+    assert {c["round"] for c in sa["crossed"] if c["error"]} == {2, 3} and sa["secagg"]["reconstruction_threshold"]
+    # ... and the model it produced is FedAvg's, up to SecAgg+'s quantization
+    a, b = np.load(tmp_path / "plain" / "global_weights.npz"), np.load(tmp_path / "sa" / "global_weights.npz")
+    gap = max(float(np.abs(a[k] - b[k]).max()) for k in a.files)
+    init = get_weights(build_module(FedConfig(**cfg), client_data(FedConfig(**cfg))[0]))
+    moved = max(float(np.abs(a[k] - init[k]).max()) for k in a.files)
+    assert gap < 5e-3 and gap < moved / 20, (gap, moved)
+    assert [r["accuracy"] for r in sa["rounds"]] == pytest.approx([r["accuracy"] for r in plain["rounds"]], abs=0.01)

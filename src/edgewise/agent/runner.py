@@ -41,6 +41,7 @@ class AgentConfig:
     trust: list[Path] = field(default_factory=list)  # release public keys bundles must be signed with
     escalate: str = "none"  # none | raw | features
     features_at: str | None = None  # features mode: tensor to send (default: the penultimate embedding)
+    samples_max_mb: float = 64.0  # labelled samples kept for federated training (POST /v1/samples); 0 = off
     review_offline: bool = True
     send_results: bool = True
 
@@ -131,7 +132,12 @@ def build_agent(cfg: AgentConfig) -> Agent:
             raise AgentError(f"--mqtt must be HOST:PORT, got {cfg.mqtt!r}")
         bridge = MqttBridge(inference, host, int(port), cfg.mqtt_client_id or f"edgewise-{cfg.tier}-{cfg.port}",
                             cfg.mqtt_prefix or f"edgewise/{cfg.tier}").start()
-    app = create_app(events, syncer, queue, cfg.tier, inference, bridge, updater)
+    samples = None
+    if cfg.samples_max_mb > 0:
+        from edgewise.agent.samples import FILENAME, SampleStore
+
+        samples = SampleStore(cfg.data_dir / FILENAME, int(cfg.samples_max_mb * 2**20))
+    app = create_app(events, syncer, queue, cfg.tier, inference, bridge, updater, samples)
     if updater is not None:
         updater.start()
     return Agent(cfg, app, inference, queue, committer, syncer, events, audit, bridge, updater)

@@ -9,6 +9,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
@@ -17,13 +18,13 @@ from edgewise.agent.inputs import BadInput, parse_json_inputs, parse_npy, valida
 from edgewise.agent.models import ModelBudgetExceeded
 from edgewise.agent.receiver import EventStore
 from edgewise.agent.upstream import decode_batch
-from edgewise.errors import AgentError, QueueFull, StorageError
+from edgewise.errors import AgentError, DataError, QueueFull, StorageError
 
 MAX_BODY_BYTES = 16 * 2**20
 
 
 def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any = None, tier: str = "server",
-               inference: Any = None, mqtt: Any = None, ota: Any = None) -> FastAPI:
+               inference: Any = None, mqtt: Any = None, ota: Any = None, samples: Any = None) -> FastAPI:
     app = FastAPI(title=f"edgewise agent ({tier})", version="0.1.0")
     received = {"batches": 0, "events": 0, "duplicates": 0, "malformed": 0}
     errors = {"bad_input": 0, "unknown_model": 0, "overloaded": 0, "storage": 0}
@@ -92,6 +93,42 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         received["duplicates"] += len(items) - new
         return JSONResponse({"stored": new, "duplicates": len(items) - new})
 
+    @app.post("/v1/samples")
+    async def post_samples(request: Request, model: str | None = None) -> JSONResponse:
+        """Keep labelled samples on this device for federated training: JSON `{"inputs": [...], "labels":
+        [...]}`. They stay here; `edgewise federate join` trains on them and sends only weights."""
+        if samples is None:
+            return JSONResponse({"error": "this agent keeps no samples (samples_max_mb = 0)"}, status_code=404)
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            return JSONResponse({"error": f"request over {MAX_BODY_BYTES} bytes"}, status_code=413)
+        served = inference.models.names if inference is not None else []
+        name = model or (served[0] if len(served) == 1 else None)
+        if name is None:
+            return JSONResponse({"error": "pass ?model= the model these samples train"}, status_code=400)
+        try:
+            try:
+                doc = json.loads(body)
+            except json.JSONDecodeError as e:
+                raise BadInput(f"body is not valid JSON ({e.msg} at position {e.pos})") from e
+            x = parse_json_inputs(doc)
+            labels = doc.get("labels")
+            if not isinstance(labels, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
+                raise BadInput('"labels" must be a list of class indices, one per input')
+            if name in served:
+                manifest = inference.models.manifest(name)
+                x = validate(x, manifest)
+                if labels and max(labels) >= len(manifest.labels):
+                    raise BadInput(f"label {max(labels)} out of range: {name} has {len(manifest.labels)} classes")
+            total = await run_in_threadpool(samples.add, name, x, np.asarray(labels, dtype=np.int64))
+        except (BadInput, DataError) as e:
+            errors["bad_input"] += 1
+            return JSONResponse({"error": str(e)}, status_code=422)
+        except StorageError as e:
+            errors["storage"] += 1
+            return JSONResponse({"error": str(e)}, status_code=507)
+        return JSONResponse({"stored": len(labels), "model": name, "total": total})
+
     @app.get("/health")
     def health() -> dict[str, Any]:
         out: dict[str, Any] = {"status": "ok", "tier": tier}
@@ -106,6 +143,8 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
             out["mqtt"] = {**mqtt.counts, "connected": mqtt.client.is_connected()}
         if ota is not None:
             out["ota"] = ota.status()
+        if samples is not None:
+            out["samples"] = samples.counts()
         return out
 
     @app.get("/metrics", response_class=PlainTextResponse)

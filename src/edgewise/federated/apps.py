@@ -1,17 +1,27 @@
 """Flower ServerApp and ClientApp for the zoo's models (NumPy/torch weights in ArrayRecords).
 
+The same two apps run on Flower's simulation engine (`simulate.py`) and on its deployment engine
+(`deploy.py`); only where the configuration and the client's data come from differs.
+
 The ServerApp runs the chosen strategy (FedAvg, FedProx or FedAdam) with per-round client sampling and a
 round timeout (stragglers are dropped from the round, not waited for), evaluates the global model on the
-held-out test split after every round, and records what each client reply carried: the record types and
-keys, so a test can assert that only parameters and metrics crossed.
+held-out test split after every round, and records what each client reply carried (record types, keys and
+sizes, as the server received them), so a test can assert that only parameters and metrics crossed.
+
+Privacy options, chosen per run:
+- DP (`dp_clip`, `dp_noise`): clients clip their update (Flower's fixedclipping_mod), the server adds
+  Gaussian noise to the unweighted average (DifferentialPrivacyClientSideFixedClipping).
+- SecAgg+ (`secagg`): Flower's SecAggPlusWorkflow with secaggplus_mod; each client sends its weighted,
+  quantized update masked by pairwise and private masks, and the server learns only the sum. Clients send
+  their update (new - global) rather than their weights, so the quantizer's clipping range holds it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -41,6 +51,10 @@ class FedConfig:
     dp_clip: float = 0.0  # > 0: clients clip their update to this L2 norm (Flower's fixedclipping_mod) ...
     dp_noise: float = 0.0  # ... and the server adds Gaussian noise (multiplier z) to the unweighted average
     dp_delta: float = 1e-5
+    secagg: bool = False  # SecAgg+: the server learns only the sum of the clients' masked updates
+    secagg_threshold: float = 0.5  # share of a client's key shares needed to unmask it if it drops out
+    secagg_clip: float = 8.0  # quantizer range for each (weighted) update value: [-clip, clip]
+    secagg_max_weight: float = 1000.0  # largest num-examples a client's update is weighted by
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -49,10 +63,38 @@ class FedConfig:
             raise EdgewiseError("fraction of clients per round must be in (0, 1]")
         if self.dp_noise > 0 and self.dp_clip <= 0:
             raise EdgewiseError("DP noise needs a clipping norm (--dp-clip)")
+        if self.secagg:
+            if self.strategy == "fedadam":
+                raise EdgewiseError("SecAgg+ is built here for the averaging strategies (fedavg, fedprox), "
+                                    "not fedadam")
+            if self.dp:
+                raise EdgewiseError("SecAgg+ together with DP is not supported yet: choose one")
+            if int(self.clients * self.fraction) < 3:
+                raise EdgewiseError("SecAgg+ needs at least 3 clients a round (each key is split in shares)")
+            if not 0 < self.secagg_threshold <= 1:
+                raise EdgewiseError("the SecAgg+ reconstruction threshold is a share in (0, 1]")
 
     @property
     def dp(self) -> bool:
         return self.dp_clip > 0
+
+    @property
+    def clients_per_round(self) -> int:
+        return max(1, int(self.clients * self.fraction))
+
+    def to_run_config(self) -> dict[str, Any]:
+        """Flower's run config (flat, hyphenated, scalar values): how the deployment engine carries it."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self) if f.name != "fail_clients"}
+
+    @classmethod
+    def from_run_config(cls, rc: dict[str, Any]) -> FedConfig:
+        kw: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f.name.replace("_", "-")
+            if key in rc and f.name != "fail_clients":
+                default = getattr(cls(), f.name)
+                kw[f.name] = type(default)(rc[key])
+        return cls(**kw)
 
 
 @dataclass
@@ -72,97 +114,249 @@ def build_module(cfg: FedConfig, data: ClientData) -> Any:
     return build(cfg.model, data.shape, data.classes, cfg.width)
 
 
-def make_client_app(cfg: FedConfig, data: ClientData) -> Any:
+# --------------------------------------------------------------------------------------------- client
+
+ConfigFn = Callable[[Any], FedConfig]  # Flower Context -> the run's configuration
+DataFn = Callable[[Any, FedConfig], tuple[int, ClientData]]  # -> (partition id, data) for this node
+
+
+def _privacy_mods(get_cfg: ConfigFn) -> Any:
+    """One mod that applies the run's privacy mods: the configuration is known only per run (deployment
+    engine), while a ClientApp's mods are fixed when it is built."""
+
+    def mod(msg: Any, ctx: Any, call_next: Any) -> Any:
+        cfg = get_cfg(ctx)
+        chain = call_next
+        if cfg.dp:
+            from flwr.clientapp.mod import fixedclipping_mod  # clips (new - global) before it leaves
+
+            chain = _bind(fixedclipping_mod, chain)
+        if cfg.secagg:
+            from flwr.client.mod import secaggplus_mod
+
+            chain = _bind(secaggplus_mod, chain)
+        return chain(msg, ctx)
+
+    return mod
+
+
+def _bind(mod: Any, nxt: Any) -> Any:
+    return lambda msg, ctx: mod(msg, ctx, nxt)
+
+
+def make_client_app(get_cfg: ConfigFn, get_data: DataFn) -> Any:
     from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
-    mods = []
-    if cfg.dp:
-        from flwr.clientapp.mod import fixedclipping_mod
-
-        mods.append(fixedclipping_mod)  # clips (new - global) to the norm the server sends, before it leaves
-    app = ClientApp(mods=mods)
+    app = ClientApp(mods=[_privacy_mods(get_cfg)])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        pid = int(context.node_config.get("partition-id", 0))
-        round_ = int(msg.content["config"].get("server-round", 0))
+        cfg = get_cfg(context)
+        pid, data = get_data(context, cfg)
+        legacy = "fitins.parameters" in msg.content.array_records  # SecAgg+ speaks the FitIns/FitRes format
+        if legacy:
+            from flwr.compat.common import recorddict_compat as compat
+
+            fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+            from flwr.common import parameters_to_ndarrays
+
+            arrays, config = parameters_to_ndarrays(fitins.parameters), fitins.config
+        else:
+            arrays, config = msg.content["arrays"].to_numpy_ndarrays(), msg.content["config"]
+        round_ = int(config.get("server-round", 0))
         if pid in cfg.fail_clients and round_ >= 2:
             raise RuntimeError(f"client {pid} crashed (chaos)")
         module = build_module(cfg, data)
-        set_weights(module, dict(zip(get_weights(module), msg.content["arrays"].to_numpy_ndarrays())))
-        mu = float(msg.content["config"].get("proximal-mu", 0.0))
+        names = list(get_weights(module))
+        set_weights(module, dict(zip(names, arrays)))
         loss = train_local(module, data.x[pid], data.y[pid], cfg.local_epochs, cfg.lr, mode=cfg.mode,
-                           proximal_mu=mu, seed=cfg.seed * 1000 + round_ * 100 + pid)
-        # What leaves the client: the new weights and two numbers. Never samples.
+                           proximal_mu=float(config.get("proximal-mu", 0.0)),
+                           seed=cfg.seed * 1000 + round_ * 100 + pid)
+        new = list(get_weights(module).values())
+        # What leaves the client: the new weights (or, under SecAgg+, the masked update) and two numbers.
         metrics = {"train_loss": loss, "num-examples": len(data.y[pid])}
+        if legacy:
+            from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+            from flwr.compat.common import recorddict_compat as compat
+
+            update = [(n - a).astype(np.float64) for n, a in zip(new, arrays)]
+            res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), len(data.y[pid]),
+                         {"train_loss": loss})
+            return Message(content=compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)
         if cfg.dp:  # DP averages clipped updates unweighted: its sensitivity bound assumes equal weights
             metrics["unit-weight"] = 1.0
-        content = RecordDict({"arrays": ArrayRecord(numpy_ndarrays=list(get_weights(module).values())),
-                              "metrics": MetricRecord(metrics)})
+        content = RecordDict({"arrays": ArrayRecord(numpy_ndarrays=new), "metrics": MetricRecord(metrics)})
         return Message(content=content, reply_to=msg)
 
     return app
 
 
-def make_server_app(cfg: FedConfig, data: ClientData, test: tuple[np.ndarray, np.ndarray], out: Path,
-                    on_round: Any = None) -> Any:
-    from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
-    from flwr.serverapp import Grid, ServerApp
+# --------------------------------------------------------------------------------------------- server
+
+
+class RecordingGrid:
+    """The Grid the strategy talks through, recording what every client reply carried as it arrived."""
+
+    def __init__(self, grid: Any, path: Path) -> None:
+        self._grid = grid
+        self._path = path
+        self.round = 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages: Any, *args: Any, **kwargs: Any) -> Any:
+        replies = list(self._grid.send_and_receive(messages, *args, **kwargs))
+        with open(self._path, "a") as f:
+            for m in replies:
+                rec: dict[str, Any] = {"round": self.round, "type": m.metadata.message_type, "error": m.has_error(),
+                                       "node": m.metadata.src_node_id}
+                if not m.has_error():
+                    rec["records"] = {k: [type(v).__name__, sorted(v.keys()), _nbytes(v)]
+                                      for k, v in m.content.items()}
+                f.write(json.dumps(rec) + "\n")
+        return replies
+
+
+def _nbytes(record: Any) -> int:
+    try:
+        return int(record.count_bytes())
+    except ValueError:  # Flower counts scalars only; SecAgg+ records hold lists of bytes
+        items = [i for v in record.values() for i in (v if isinstance(v, list) else [v])]
+        return sum(len(i) if isinstance(i, (bytes, str)) else 8 for i in items)
+
+
+def run_rounds(grid: Any, context: Any, cfg: FedConfig, data: ClientData, test: tuple[np.ndarray, np.ndarray],
+               out: Path, on_round: Any = None) -> None:
+    """Run cfg.rounds rounds through `grid`; write global_weights.npz, rounds.json and, as it goes,
+    progress.jsonl (one line a round) to `out`."""
+    grid = RecordingGrid(grid, out / "crossed.jsonl")
+    module = build_module(cfg, data)
+    names = list(get_weights(module))
+    initial = list(get_weights(module).values())
+
+    def evaluate(server_round: int, arrays: list[np.ndarray]) -> tuple[float, float]:
+        set_weights(module, dict(zip(names, arrays)))
+        acc, loss = accuracy(module, *test)
+        grid.round = server_round + 1
+        with open(out / "progress.jsonl", "a") as f:
+            f.write(json.dumps({"round": server_round, "accuracy": acc, "loss": loss}) + "\n")
+        if on_round is not None:
+            on_round(server_round, acc, loss)
+        return acc, loss
+
+    runner = _secagg_rounds if cfg.secagg else _strategy_rounds
+    final, evals, train = runner(grid, context, cfg, initial, evaluate)
+    np.savez(out / "global_weights.npz", **dict(zip(names, final)))
+    (out / "rounds.json").write_text(json.dumps({"evaluate": evals, "train": train, "config": asdict(cfg)}))
+
+
+def _strategy_rounds(grid: Any, _context: Any, cfg: FedConfig, initial: list[np.ndarray], evaluate: Any) -> tuple[Any, Any, Any]:
+    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
     from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
     base = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam}[cfg.strategy]
-    crossed_path = out / "crossed.jsonl"
-
-    class Recording(base):  # type: ignore[misc, valid-type]
-        def aggregate_train(self, server_round, replies):  # type: ignore[no-untyped-def]
-            replies = list(replies)
-            with open(crossed_path, "a") as f:
-                for m in replies:
-                    rec = {"round": server_round, "error": m.has_error()}
-                    if not m.has_error():
-                        rec["records"] = {k: [type(v).__name__, sorted(v.keys()),
-                                              v.count_bytes() if hasattr(v, "count_bytes") else None]
-                                          for k, v in m.content.items()}
-                    f.write(json.dumps(rec) + "\n")
-            return super().aggregate_train(server_round, replies)
-
-    module = build_module(cfg, data)
-    names = list(get_weights(module))
-    n_min = max(1, int(cfg.clients * cfg.fraction))
-    kw: dict[str, Any] = {"fraction_train": cfg.fraction, "fraction_evaluate": 0.0, "min_train_nodes": n_min,
-                          "min_available_nodes": cfg.clients}
+    kw: dict[str, Any] = {"fraction_train": cfg.fraction, "fraction_evaluate": 0.0,
+                          "min_train_nodes": cfg.clients_per_round, "min_available_nodes": cfg.clients}
     if cfg.strategy == "fedprox":
         kw["proximal_mu"] = cfg.proximal_mu
     if cfg.strategy == "fedadam":
         kw.update(eta=0.01, eta_l=cfg.lr)
     if cfg.dp:
         kw["weighted_by_key"] = "unit-weight"
-    strategy: Any = Recording(**kw)
+    strategy: Any = base(**kw)
     if cfg.dp:
         from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
 
         strategy = DifferentialPrivacyClientSideFixedClipping(strategy, noise_multiplier=cfg.dp_noise,
-                                                              clipping_norm=cfg.dp_clip, num_sampled_clients=n_min)
+                                                              clipping_norm=cfg.dp_clip,
+                                                              num_sampled_clients=cfg.clients_per_round)
 
-    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        set_weights(module, dict(zip(names, arrays.to_numpy_ndarrays())))
-        acc, loss = accuracy(module, *test)
-        if on_round is not None:
-            on_round(server_round, acc, loss)
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        acc, loss = evaluate(server_round, arrays.to_numpy_ndarrays())
         return MetricRecord({"accuracy": acc, "loss": loss})
+
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(numpy_ndarrays=initial), num_rounds=cfg.rounds,
+                            timeout=cfg.round_timeout_s, evaluate_fn=evaluate_fn,
+                            train_config=ConfigRecord({"local-epochs": cfg.local_epochs}))
+    evals = {int(r): dict(m) for r, m in result.evaluate_metrics_serverapp.items()}
+    train = {int(r): dict(m) for r, m in result.train_metrics_clientapp.items()}
+    return result.arrays.to_numpy_ndarrays(), evals, train
+
+
+def _secagg_rounds(grid: Any, context: Any, cfg: FedConfig, initial: list[np.ndarray], evaluate: Any) -> tuple[Any, Any, Any]:
+    """SecAgg+ runs on Flower's workflow API (DefaultWorkflow + SecAggPlusWorkflow, legacy strategies)."""
+    from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server import LegacyContext, ServerConfig
+    from flwr.server.strategy import FedAvg, FedProx
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
+
+    base = FedProx if cfg.strategy == "fedprox" else FedAvg
+
+    class UpdateAverage(base):  # type: ignore[misc, valid-type]
+        """Clients send (new - global); the average of those plus the global model is FedAvg's result."""
+
+        current: list[np.ndarray] = []
+
+        def configure_fit(self, server_round, parameters, client_manager):  # type: ignore[no-untyped-def]
+            self.current = parameters_to_ndarrays(parameters)
+            pairs = super().configure_fit(server_round, parameters, client_manager)
+            for _, ins in pairs:
+                ins.config["server-round"] = server_round
+            return pairs
+
+        def aggregate_fit(self, server_round, results, failures):  # type: ignore[no-untyped-def]
+            params, metrics = super().aggregate_fit(server_round, results, failures)
+            if params is None:
+                return None, metrics
+            new = [(g + d).astype(g.dtype) if np.issubdtype(g.dtype, np.floating) else np.rint(g + d).astype(g.dtype)
+                   for g, d in zip(self.current, parameters_to_ndarrays(params))]
+            return ndarrays_to_parameters(new), metrics
+
+    def fit_metrics(results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+        n = sum(k for k, _ in results)
+        return {"train_loss": sum(k * float(m["train_loss"]) for k, m in results) / max(1, n)}
+
+    def evaluate_fn(server_round: int, arrays: list[np.ndarray], _config: Any) -> tuple[float, dict[str, Any]]:
+        acc, loss = evaluate(server_round, arrays)
+        return loss, {"accuracy": acc, "loss": loss}
+
+    kw: dict[str, Any] = {"fraction_fit": cfg.fraction, "fraction_evaluate": 0.0,
+                          "min_fit_clients": cfg.clients_per_round, "min_evaluate_clients": 0,
+                          "min_available_clients": cfg.clients, "evaluate_fn": evaluate_fn,
+                          "fit_metrics_aggregation_fn": fit_metrics,
+                          "initial_parameters": ndarrays_to_parameters(initial)}
+    if cfg.strategy == "fedprox":
+        kw["proximal_mu"] = cfg.proximal_mu
+    strategy = UpdateAverage(**kw)
+    context = LegacyContext(context, ServerConfig(num_rounds=cfg.rounds, round_timeout=cfg.round_timeout_s),
+                            strategy)
+    workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(
+        num_shares=1.0, reconstruction_threshold=cfg.secagg_threshold, clipping_range=cfg.secagg_clip,
+        max_weight=cfg.secagg_max_weight, timeout=cfg.round_timeout_s))
+    workflow(grid, context)
+    final = context.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()
+    hist = context.history
+    evals: dict[int, dict[str, float]] = {}
+    for r, acc in hist.metrics_centralized.get("accuracy", []):
+        evals.setdefault(int(r), {})["accuracy"] = float(acc)
+    for r, loss in hist.losses_centralized:
+        evals.setdefault(int(r), {})["loss"] = float(loss)
+    train = {int(r): {"train_loss": float(v)} for r, v in hist.metrics_distributed_fit.get("train_loss", [])}
+    return final, evals, train
+
+
+def make_server_app(cfg: FedConfig, data: ClientData, test: tuple[np.ndarray, np.ndarray], out: Path,
+                    on_round: Any = None) -> Any:
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
 
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(numpy_ndarrays=list(get_weights(module).values())),
-                                num_rounds=cfg.rounds, timeout=cfg.round_timeout_s, evaluate_fn=evaluate,
-                                train_config=ConfigRecord({"local-epochs": cfg.local_epochs}))
-        final = dict(zip(names, result.arrays.to_numpy_ndarrays()))
-        np.savez(out / "global_weights.npz", **final)
-        hist = {int(r): dict(m) for r, m in result.evaluate_metrics_serverapp.items()}
-        train = {int(r): dict(m) for r, m in result.train_metrics_clientapp.items()}
-        (out / "rounds.json").write_text(json.dumps({"evaluate": hist, "train": train, "config": asdict(cfg)}))
+        run_rounds(grid, context, cfg, data, test, out, on_round)
 
     return app

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from edgewise.errors import EdgewiseError
 from edgewise.federated.apps import ClientData, FedConfig, make_client_app, make_server_app
 from edgewise.federated.partition import partition
 
@@ -51,35 +52,49 @@ def run(cfg: FedConfig, out: Path, on_round: Any = None, baseline: bool = True) 
     out.mkdir(parents=True)
     data, splits, sizes = client_data(cfg)
     server = make_server_app(cfg, data, (splits.test.x, splits.test.y), out, on_round)
-    client = make_client_app(cfg, data)
+    client = make_client_app(lambda _ctx: cfg,
+                             lambda ctx, _cfg: (int(ctx.node_config.get("partition-id", 0)), data))
     logging.getLogger("flwr").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU only; silences Ray's GPU notice
     run_simulation(server, client, num_supernodes=cfg.clients,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"include_dashboard": False, "log_to_driver": False,
                                                  "logging_level": "error"}})
-    if not (out / "rounds.json").exists():
-        raise RuntimeError("the simulation ended without a result (see the Flower log above)")
-    rounds = json.loads((out / "rounds.json").read_text())
-    evals = {int(k): v for k, v in rounds["evaluate"].items()}
-    history = {"config": asdict(cfg), "client_sizes": sizes,
-               "rounds": [{"round": r, "accuracy": evals[r]["accuracy"], "loss": evals[r]["loss"],
-                           **({"train_loss": rounds["train"][str(r)].get("train_loss")} if str(r) in rounds["train"] else {})}
-                          for r in sorted(evals)],
-               "crossed": [json.loads(line) for line in (out / "crossed.jsonl").read_text().splitlines()]
-               if (out / "crossed.jsonl").exists() else []}
-    if cfg.dp:
-        from edgewise.federated.dp import epsilon
-
-        history["dp"] = {"clipping_norm": cfg.dp_clip, "noise_multiplier": cfg.dp_noise,
-                         "clients_per_round": max(1, int(cfg.clients * cfg.fraction)), "rounds": cfg.rounds,
-                         "delta": cfg.dp_delta, "epsilon": epsilon(cfg.dp_noise, cfg.rounds, cfg.dp_delta),
-                         "guarantee": "client-level (add/remove one client), Gaussian mechanism, RDP accounting, "
-                                      "no amplification by sampling claimed"}
+    history = collect_history(cfg, out, sizes)
     if baseline:
         history["centralized_accuracy"] = centralized(cfg, splits)
     (out / "history.json").write_text(json.dumps(history, indent=2))
     plot(history, out / "history.png")
+    return history
+
+
+def collect_history(cfg: FedConfig, out: Path, sizes: list[int] | None = None) -> dict[str, Any]:
+    """history.json's content from what the ServerApp wrote to `out` (rounds.json, crossed.jsonl)."""
+    if not (out / "rounds.json").exists():
+        log = out / "flower.log"
+        raise EdgewiseError("the federated run ended without a result (see the Flower log "
+                            + (f"in {log})" if log.exists() else "above)"))
+    rounds = json.loads((out / "rounds.json").read_text())
+    evals = {int(k): v for k, v in rounds["evaluate"].items()}
+    history: dict[str, Any] = {
+        "config": asdict(cfg), "client_sizes": sizes or [],
+        "rounds": [{"round": r, "accuracy": evals[r]["accuracy"], "loss": evals[r]["loss"],
+                    **({"train_loss": rounds["train"][str(r)].get("train_loss")} if str(r) in rounds["train"] else {})}
+                   for r in sorted(evals)],
+        "crossed": [json.loads(line) for line in (out / "crossed.jsonl").read_text().splitlines()]
+        if (out / "crossed.jsonl").exists() else []}
+    if cfg.dp:
+        from edgewise.federated.dp import epsilon
+
+        history["dp"] = {"clipping_norm": cfg.dp_clip, "noise_multiplier": cfg.dp_noise,
+                         "clients_per_round": cfg.clients_per_round, "rounds": cfg.rounds,
+                         "delta": cfg.dp_delta, "epsilon": epsilon(cfg.dp_noise, cfg.rounds, cfg.dp_delta),
+                         "guarantee": "client-level (add/remove one client), Gaussian mechanism, RDP accounting, "
+                                      "no amplification by sampling claimed"}
+    if cfg.secagg:
+        history["secagg"] = {"protocol": "SecAgg+ (Flower SecAggPlusWorkflow)", "reconstruction_threshold":
+                             cfg.secagg_threshold, "clipping_range": cfg.secagg_clip,
+                             "max_weight": cfg.secagg_max_weight}
     return history
 
 

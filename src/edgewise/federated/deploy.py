@@ -1,0 +1,269 @@
+"""Flower's deployment engine: a SuperLink and SuperNodes as real processes, each SuperNode training on the
+samples its agent keeps (`agent/samples.py`).
+
+`edgewise federate serve` starts a SuperLink, writes a Flower App whose components are `server_app` and
+`client_app` below (the run's configuration travels as Flower's run config), submits it with `flwr run` and
+follows the rounds the ServerApp writes to `progress.jsonl`. `edgewise federate join` becomes a SuperNode
+whose node config names the agent's sample store. Both run Flower's own executables from this Python
+environment; the FAB carries no dependencies (nothing is installed at run time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from edgewise.errors import EdgewiseError
+from edgewise.federated.apps import ClientData, FedConfig, make_client_app, run_rounds
+
+CONNECTION = "edgewise"
+
+
+# ------------------------------------------------------------------------ the apps the FAB points at
+
+
+def _run_cfg(context: Any) -> FedConfig:
+    return FedConfig.from_run_config(dict(context.run_config))
+
+
+def _store_data(context: Any, cfg: FedConfig) -> tuple[int, ClientData]:
+    from edgewise.agent.samples import SampleStore
+
+    rc, nc = context.run_config, context.node_config
+    if "store" not in nc:
+        raise EdgewiseError("this SuperNode has no sample store: start it with `edgewise federate join --store`")
+    store = SampleStore.open_existing(Path(str(nc["store"])))
+    try:
+        x, y = store.load(str(nc["model-name"]) if nc.get("model-name") else None)
+    finally:
+        store.close()
+    shape = tuple(int(v) for v in str(rc["sample-shape"]).split(","))
+    if tuple(x.shape[1:]) != shape:
+        raise EdgewiseError(f"the samples in {nc['store']} have shape {list(x.shape[1:])}; the federation trains "
+                            f"{cfg.model} on {list(shape)}")
+    if y.max() >= int(rc["num-classes"]):
+        raise EdgewiseError(f"a sample in {nc['store']} has label {y.max()}; the model has {rc['num-classes']} classes")
+    return 0, ClientData([x], [y], shape, int(rc["num-classes"]))
+
+
+client_app = make_client_app(_run_cfg, _store_data)
+
+
+def _server_main(grid: Any, context: Any) -> None:
+    from edgewise.data import load_splits
+
+    cfg = _run_cfg(context)
+    splits = load_splits(cfg.data)  # the server's held-out test split evaluates each round's global model
+    data = ClientData([], [], splits.test.sample_shape, splits.test.num_classes)
+    run_rounds(grid, context, cfg, data, (splits.test.x, splits.test.y), Path(str(context.run_config["out-dir"])))
+
+
+def _make_server_app() -> Any:
+    from flwr.serverapp import ServerApp
+
+    app = ServerApp()
+    app.main()(_server_main)
+    return app
+
+
+server_app = _make_server_app()
+
+
+# ------------------------------------------------------------------------------- processes
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    """Flower's executables start each other by name: put this environment's bin first on PATH."""
+    bindir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""), "FLWR_HOME": str(home),
+            "PYTHONUNBUFFERED": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EdgewiseError(f"{what} exited with code {proc.returncode}: {_tail(log)}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise EdgewiseError(f"{what} did not open {host}:{port} in {timeout:.0f} s: {_tail(log)}")
+
+
+def _tail(log: Path, n: int = 1500) -> str:
+    try:
+        return log.read_text(errors="replace")[-n:]
+    except OSError:
+        return "(no log)"
+
+
+def write_app(app_dir: Path, cfg: FedConfig, extra: dict[str, Any]) -> Path:
+    """A Flower App project (what `flwr run` packs into a FAB) whose components live in this package."""
+    import tomli_w
+
+    app_dir.mkdir(parents=True, exist_ok=True)
+    config = {**cfg.to_run_config(), **extra}
+    project = {
+        "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
+        "project": {"name": "edgewise-federated", "version": "1.0.0", "dependencies": [],
+                    "description": "edgewise federated run (components installed with edgewise)"},
+        "tool": {"hatch": {"build": {"targets": {"wheel": {"packages": ["."]}}}},
+                 "flwr": {"app": {"publisher": "edgewise",
+                                  "components": {"serverapp": "edgewise.federated.deploy:server_app",
+                                                 "clientapp": "edgewise.federated.deploy:client_app"},
+                                  "config": config}}},
+    }
+    (app_dir / "pyproject.toml").write_text(tomli_w.dumps(project))
+    return app_dir
+
+
+def write_connection(home: Path, host: str, port: int) -> None:
+    import tomli_w
+
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(tomli_w.dumps(
+        {"superlink": {"default": CONNECTION, CONNECTION: {"address": f"{host}:{port}", "insecure": True}}}))
+
+
+def serve(cfg: FedConfig, out: Path, host: str = "127.0.0.1", port: int = 9092,
+          on_round: Callable[[int, float, float], None] | None = None, start_timeout: float = 60.0,
+          run_timeout: float | None = None) -> dict[str, Any]:
+    """Start a SuperLink on host:port, run `cfg.rounds` rounds once `cfg.clients` SuperNodes have joined,
+    stop the SuperLink, and return the history (as `simulate.run` does)."""
+    from edgewise.data import load_splits
+    from edgewise.federated.simulate import collect_history, plot
+
+    with socket.socket() as probe:  # a taken port would let us "connect" to someone else's server
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise EdgewiseError(f"the SuperLink cannot listen on {host}:{port} ({e.strerror}): is another "
+                                "federation running there? choose --port") from e
+    out = Path(out).resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    test = load_splits(cfg.data).test
+    home = out / "flower-home"
+    write_connection(home, host, port)
+    app = write_app(out / "app", cfg, {"out-dir": str(out), "num-classes": test.num_classes,
+                                       "sample-shape": ",".join(str(v) for v in test.sample_shape)})
+    env = flower_env(home)
+    link_log = out / "superlink.log"
+    with open(link_log, "wb") as f:
+        link = subprocess.Popen(["flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
+                                 "--host", host, "--port", str(port), "--database", str(home / "state.db")],
+                                stdout=f, stderr=subprocess.STDOUT, env=env, cwd=out)
+    try:
+        wait_port(host, port, link, start_timeout, "the SuperLink", link_log)
+        run_log = out / "flower.log"
+        with open(run_log, "wb") as f:
+            runner = subprocess.Popen(["flwr", "run", str(app), CONNECTION, "--stream"], stdout=f,
+                                      stderr=subprocess.STDOUT, env=env, cwd=out)
+        _follow(runner, out / "progress.jsonl", on_round, run_timeout, run_log)
+        if link.poll() is not None:
+            raise EdgewiseError(f"the SuperLink died during the run: {_tail(link_log)}")
+    finally:
+        link.terminate()
+        try:
+            link.wait(10)
+        except subprocess.TimeoutExpired:
+            link.kill()
+    history = collect_history(cfg, out)
+    history["deployment"] = {"superlink": f"{host}:{port}",
+                             "nodes": sorted({c["node"] for c in history["crossed"] if "node" in c})}
+    (out / "history.json").write_text(json.dumps(history, indent=2))
+    plot(history, out / "history.png")
+    return history
+
+
+def _follow(runner: subprocess.Popen[bytes], progress: Path, on_round: Any, timeout: float | None,
+            log: Path) -> None:
+    """Wait for `flwr run --stream` to end, reporting each round the ServerApp finishes."""
+    seen = 0
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        done = runner.poll() is not None
+        if progress.exists():
+            lines = progress.read_text().splitlines()
+            for line in lines[seen:]:
+                if line.strip() and on_round is not None:
+                    r = json.loads(line)
+                    on_round(r["round"], r["accuracy"], r["loss"])
+            seen = len(lines)
+        if done:
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            runner.terminate()
+            raise EdgewiseError(f"the federated run did not finish in {timeout:.0f} s: {_tail(log)}")
+        time.sleep(0.5)
+    if runner.returncode != 0:
+        raise EdgewiseError(f"`flwr run` failed with code {runner.returncode}: {_tail(log)}")
+
+
+def seed(stores: list[Path], data: str, scheme: str, model_name: str, seed: int = 0) -> list[int]:
+    """Fill each agent's sample store with one partition of a bundled dataset's training split (to try the
+    deployment mode without collecting data first). Returns the samples each store received."""
+    from edgewise.agent.samples import FILENAME, SampleStore
+    from edgewise.data import load_splits
+    from edgewise.federated.partition import partition
+
+    train = load_splits(data).train
+    if train.y is None:
+        raise EdgewiseError(f"{data} has no labels to train on")
+    sizes = []
+    for path, idx in zip(stores, partition(train.y, len(stores), scheme, seed)):
+        path = Path(path)
+        store = SampleStore(path / FILENAME if path.suffix != ".db" else path)
+        try:
+            store.add(model_name, train.x[idx], train.y[idx])
+        finally:
+            store.close()
+        sizes.append(len(idx))
+    return sizes
+
+
+def join_command(server: str, store: Path, model_name: str | None, api_port: int,
+                 max_wait_s: float | None) -> list[str]:
+    node_config = f'store="{store}"' + (f' model-name="{model_name}"' if model_name else "")
+    cmd = ["flower-supernode", "--insecure", "--superlink", server, "--port", str(api_port),
+           "--node-config", node_config]
+    if max_wait_s is not None:
+        cmd += ["--max-wait-time", str(max_wait_s)]
+    return cmd
+
+
+def join(server: str, store: Path, model_name: str | None = None, api_port: int = 0,
+         max_wait_s: float | None = None, home: Path | None = None) -> None:
+    """Become a SuperNode of the federation at `server` (HOST:PORT), training on the agent's store.
+    Replaces this process (a service manager's stop signal reaches Flower's SuperNode directly)."""
+    from edgewise.agent.samples import SampleStore
+
+    store = Path(store).resolve()
+    s = SampleStore.open_existing(store)  # fail here, readably, rather than in every round
+    try:
+        x, _ = s.load(model_name)
+    finally:
+        s.close()
+    store = s.path
+    home = (home or store.parent / "flower").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    cmd = join_command(server, store, model_name, api_port or free_port(), max_wait_s)
+    env = flower_env(home)
+    print(f"joining {server} with {len(x)} local samples from {store}", flush=True)
+    os.execvpe(cmd[0], cmd, env)

@@ -1,0 +1,129 @@
+"""The deployment engine: a SuperLink and SuperNode processes over loopback, each SuperNode training on the
+samples a real agent process keeps; and the agent's sample store itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from edgewise.agent.samples import SampleStore
+from edgewise.data import load_splits
+from edgewise.errors import DataError
+from edgewise.federated.partition import partition
+
+from ..agent.conftest import AgentProc, free_port, make_bundle
+
+
+def test_sample_store_keeps_labelled_samples_bounded_and_refuses_what_does_not_fit(tmp_path):
+    store = SampleStore(tmp_path / "samples.db", max_bytes=10 * 64 * 4)  # room for 10 samples of 8x8 float32
+    x = np.random.default_rng(0).random((6, 1, 8, 8), dtype=np.float32)
+    assert store.add("cnn-digits", x, np.arange(6)) == 6
+    assert store.add("cnn-digits", x, np.arange(6)) == 10  # the 2 oldest went to make room
+    lx, ly = store.load()
+    assert lx.shape == (10, 1, 8, 8) and ly.tolist() == [2, 3, 4, 5, 0, 1, 2, 3, 4, 5]
+    np.testing.assert_array_equal(lx[-6:], x)
+    with pytest.raises(DataError, match="shape"):
+        store.add("cnn-digits", np.zeros((2, 64), np.float32), np.array([0, 1]))
+    with pytest.raises(DataError, match="one label each"):
+        store.add("cnn-digits", x, np.arange(5))
+    with pytest.raises(DataError, match="class indices"):
+        store.add("cnn-digits", x, np.full(6, 0.5))
+    with pytest.raises(DataError, match="NaN"):
+        store.add("cnn-digits", np.full((1, 1, 8, 8), np.nan, np.float32), np.array([1]))
+    assert store.load()[0].shape[0] == 10  # refused batches changed nothing
+    store.add("other", np.zeros((1, 3), np.float32), np.array([0]))
+    with pytest.raises(DataError, match="name one"):
+        store.load()
+    with pytest.raises(DataError, match="no sample store"):
+        SampleStore.open_existing(tmp_path / "missing")
+
+
+def _agents(tmp_path, n):  # type: ignore[no-untyped-def]
+    """Endpoint agents serving a briefly trained cnn-digits: they gather samples for the model they run."""
+    bundle = make_bundle(tmp_path / "model", "cnn", 1, "cnn-digits")
+    return [AgentProc(["--tier", "endpoint", "--bundle", str(bundle)], free_port(), tmp_path / f"device{i}").start()
+            for i in range(n)]
+
+
+def test_three_supernodes_train_on_their_agents_samples_over_loopback(tmp_path):
+    # Prepare: three real agent processes; each is sent its share of digits (Dirichlet 0.5) as labelled
+    # samples over HTTP, the way a device collects them
+    train = load_splits("digits").train
+    agents = _agents(tmp_path, 3)
+    procs: list[subprocess.Popen] = []
+    try:
+        for agent, idx in zip(agents, partition(train.y, 3, "dirichlet:0.5", seed=0)):
+            body = json.dumps({"inputs": train.x[idx].tolist(), "labels": train.y[idx].tolist()}).encode()
+            status, reply = agent.post("/v1/samples", body)  # the model it serves
+            assert status == 200 and reply["total"] == len(idx), reply
+        bad = agents[0].post("/v1/samples", json.dumps({"inputs": [[1.0]], "labels": [1]}).encode())
+        assert bad[0] == 422 and "shape" in bad[1]["error"]
+        bad = agents[0].post("/v1/samples", json.dumps({"inputs": train.x[:1].tolist(), "labels": [10]}).encode())
+        assert bad[0] == 422 and "out of range" in bad[1]["error"]
+        assert agents[0].post("/v1/samples?model=cnn-digits", b"{not json")[0] == 422
+        assert agents[0].get("/health")["samples"] == {"cnn-digits": len(partition(train.y, 3, "dirichlet:0.5", seed=0)[0])}
+        # Execute: a SuperLink (`federate serve`) and three SuperNodes (`federate join`), all separate processes
+        port = free_port()
+        cli = [sys.executable, "-m", "edgewise.cli", "federate"]
+        out = tmp_path / "fl"
+        serve = subprocess.Popen([*cli, "serve", "--clients", "3", "--rounds", "2", "--port", str(port), "--out",
+                                  str(out), "--round-timeout", "120"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
+        procs.append(serve)
+        for agent in agents:
+            procs.append(subprocess.Popen([*cli, "join", "--server", f"127.0.0.1:{port}", "--store",
+                                           str(agent.data_dir)], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+        log, _ = serve.communicate(timeout=420)
+        # Assert: the rounds completed with all three nodes, accuracy rose, only weights and metrics crossed
+        assert serve.returncode == 0, log[-3000:]
+        assert "round   2/2" in log and "3 SuperNodes took part" in log, log[-2000:]
+        h = json.loads((out / "history.json").read_text())
+        acc = [r["accuracy"] for r in h["rounds"]]
+        assert [r["round"] for r in h["rounds"]] == [0, 1, 2] and acc[2] > acc[0] and acc[2] > 0.6, acc
+        assert len(h["deployment"]["nodes"]) == 3
+        replies = [c for c in h["crossed"] if not c["error"]]
+        assert len(replies) == 6 and {c["node"] for c in replies} == set(h["deployment"]["nodes"])
+        for c in replies:
+            assert set(c["records"]) == {"arrays", "metrics"}
+            assert c["records"]["metrics"][1] == ["num-examples", "train_loss"]
+        # the agents kept serving while their stores were read
+        assert all(a.get("/health")["status"] == "ok" for a in agents)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for a in agents:
+            a.kill()
+
+
+def test_join_and_serve_refuse_bad_setups_with_a_readable_error(tmp_path):
+    cli = [sys.executable, "-m", "edgewise.cli", "federate"]
+    env = {**os.environ, "COLUMNS": "200"}
+    r = subprocess.run([*cli, "join", "--store", str(tmp_path / "nowhere")], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 1 and "no sample store" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([*cli, "serve", "--secagg", "--strategy", "fedadam", "--out", str(tmp_path / "x")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and "SecAgg+" in r.stderr and "Traceback" not in r.stderr
+    # the port is taken: the SuperLink cannot start, and serve says so instead of waiting for ever
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        t = time.monotonic()
+        r = subprocess.run([*cli, "serve", "--port", str(s.getsockname()[1]), "--out", str(tmp_path / "y")],
+                           capture_output=True, text=True, env=env, timeout=180)
+    assert r.returncode == 1 and "SuperLink" in r.stderr and time.monotonic() - t < 150, r.stderr[-2000:]
