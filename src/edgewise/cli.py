@@ -261,8 +261,11 @@ def agent(
     fleet_poll: Annotated[float | None, typer.Option(help="poll the fleet for model updates every ~N seconds "
                                                           "(after `edgewise device enroll`)")] = None,
     trust: Annotated[list[Path] | None, typer.Option(help="release public key(s) OTA bundles must be signed with")] = None,
+    samples_max_mb: Annotated[float | None, typer.Option(help="labelled samples kept for federated training "
+                                                              "(POST /v1/samples), at most this many MB; 0 = off "
+                                                              "[default: 64]")] = None,
 ) -> None:
-    """Serve bundles over HTTP (POST /predict, GET /health, GET /metrics, docs at /docs).
+    """Serve bundles over HTTP (POST /predict, POST /v1/samples, GET /health, GET /metrics, docs at /docs).
 
     Example: edgewise agent --bundle runs/cnn-mcu/bundle --tier node --data-dir /var/lib/edgewise --port 8081
     """
@@ -272,7 +275,7 @@ def agent(
 
     overrides = {"bundles": bundle or None, "tier": tier, "data_dir": data_dir, "upstream": upstream, "port": port,
                  "host": host, "escalate": escalate, "runtime": runtime, "mqtt": mqtt, "fleet_poll_s": fleet_poll,
-                 "trust": trust or None}
+                 "trust": trust or None, "samples_max_mb": samples_max_mb}
     if config is not None:
         cfg = AgentConfig.from_toml(config, **overrides)
     else:

@@ -41,8 +41,10 @@ def test_simulation_improves_round_over_round_and_only_weights_and_metrics_cross
     assert (tmp_path / "fl" / "history.png").stat().st_size > 0
     from edgewise.federated.apps import build_module
     from edgewise.federated.simulate import client_data
+    from edgewise.federated.task import get_weights
 
-    tensors = build_module(FedConfig(), client_data(FedConfig(clients=4))[0]).state_dict()
+    tensors = get_weights(build_module(FedConfig(), client_data(FedConfig(clients=4))[0]))
+    assert not any("num_batches_tracked" in k for k in tensors) and any("running_var" in k for k in tensors)
     crossed = h["crossed"]
     errors = [c for c in crossed if c["error"]]
     assert len(errors) == 2 and {c["round"] for c in errors} == {2, 3}

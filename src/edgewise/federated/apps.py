@@ -311,8 +311,7 @@ def _secagg_rounds(grid: Any, context: Any, cfg: FedConfig, initial: list[np.nda
             params, metrics = super().aggregate_fit(server_round, results, failures)
             if params is None:
                 return None, metrics
-            new = [(g + d).astype(g.dtype) if np.issubdtype(g.dtype, np.floating) else np.rint(g + d).astype(g.dtype)
-                   for g, d in zip(self.current, parameters_to_ndarrays(params))]
+            new = [(g + d).astype(g.dtype) for g, d in zip(self.current, parameters_to_ndarrays(params))]
             return ndarrays_to_parameters(new), metrics
 
     def fit_metrics(results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:

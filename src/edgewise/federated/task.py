@@ -13,13 +13,20 @@ MODES = ("full", "last")
 
 
 def get_weights(module: nn.Module) -> OrderedDict[str, np.ndarray]:
-    return OrderedDict((k, v.detach().cpu().numpy().copy()) for k, v in module.state_dict().items())
+    """What a federation exchanges: every floating tensor of the state (parameters and BatchNorm running
+    statistics). Integer bookkeeping (BatchNorm's num_batches_tracked, unused with a momentum) stays with
+    each copy: as an "update" it would be a step count, and it dominated the update's norm that DP clips."""
+    return OrderedDict((k, v.detach().cpu().numpy().copy()) for k, v in module.state_dict().items()
+                       if v.is_floating_point())
 
 
 def set_weights(module: nn.Module, weights: dict[str, np.ndarray]) -> None:
     state = module.state_dict()
-    module.load_state_dict(OrderedDict((k, torch.from_numpy(np.asarray(weights[k])).to(state[k].dtype))
-                                       for k in state))
+    missing = [k for k, v in state.items() if v.is_floating_point() and k not in weights]
+    if missing:
+        raise ValueError(f"weights lack {len(missing)} tensor(s) of the model, e.g. {missing[0]}")
+    module.load_state_dict(OrderedDict((k, torch.from_numpy(np.asarray(weights[k])).to(v.dtype) if k in weights else v)
+                                       for k, v in state.items()))
 
 
 def last_layer(module: nn.Module) -> nn.Module:
