@@ -327,6 +327,11 @@ def federate_serve(
     round_timeout: Annotated[float, typer.Option(help="seconds a round waits for stragglers")] = 300.0,
     host: Annotated[str, typer.Option(help="address the SuperLink listens on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="SuperLink port (Fleet and Control APIs, HTTP)")] = 9092,
+    tls_dir: Annotated[Path | None, typer.Option(help="TLS: the federation CA and SuperLink certificate live here "
+                                                      "(made on first use); give devices DIR/ca.crt")] = None,
+    tls_name: Annotated[list[str] | None, typer.Option(help="TLS: another name or IP devices reach the SuperLink "
+                                                            "by (repeatable)")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="plain HTTP on a non-loopback address")] = False,
     publish: Publish = False,
     target: PubTarget = "edge-node",
     key: PubKey = None,
@@ -338,9 +343,9 @@ def federate_serve(
 ) -> None:
     """Run a federation on Flower's deployment engine: start a SuperLink, wait for --clients SuperNodes
     (`edgewise federate join` on each device), run the rounds, write DIR/history.json, stop.
-    No TLS: the SuperLink speaks plain HTTP, for loopback and trusted networks only.
+    With --tls-dir every connection is TLS; without it only loopback is allowed (or --insecure).
 
-    Example: edgewise federate serve --clients 3 --rounds 5 --port 9092 --out fl-deploy
+    Example: edgewise federate serve --clients 3 --rounds 5 --port 9092 --tls-dir fl-tls --out fl-deploy
     """
     from edgewise.federated.apps import FedConfig
     from edgewise.federated.deploy import serve
@@ -351,9 +356,11 @@ def federate_serve(
     cfg = FedConfig(model=model, width=width, data=data, clients=clients, rounds=rounds, partition="agent-stores",
                     strategy=strategy, fraction=fraction, local_epochs=local_epochs, lr=lr, mode=mode, seed=seed,
                     dp_clip=dp_clip, dp_noise=dp_noise, secagg=secagg, round_timeout_s=round_timeout)
-    out.print(f"SuperLink on {host}:{port}; waiting for {clients} SuperNode(s): on each device run "
-              f"`edgewise federate join --server {host}:{port} --store AGENT_DATA_DIR`")
-    h = serve(cfg, out_dir, host, port, _print_round(rounds))
+    ca = f" --root-cert {tls_dir / 'ca.crt'}" if tls_dir else ""
+    out.print(f"SuperLink on {host}:{port}{' (TLS)' if tls_dir else ''}; waiting for {clients} SuperNode(s): on each "
+              f"device run `edgewise federate join --server {host}:{port}{ca} --store AGENT_DATA_DIR`")
+    h = serve(cfg, out_dir, host, port, _print_round(rounds), tls_dir=tls_dir, insecure=insecure,
+              tls_names=tuple(tls_name or ()))
     out.print(f"{summary(h)}; {len(h['deployment']['nodes'])} SuperNodes took part; wrote {out_dir / 'history.json'}")
     _publish_if_asked(h, out_dir, publish, target, key, server, token, tag, version)
 
@@ -366,15 +373,17 @@ def federate_join(
     model_name: Annotated[str | None, typer.Option(help="which model's samples, when the store holds several")] = None,
     max_wait: Annotated[float | None, typer.Option(help="give up after this many seconds without the SuperLink "
                                                         "(default: keep trying)")] = None,
+    root_cert: Annotated[Path | None, typer.Option(help="TLS: the federation's ca.crt (from serve --tls-dir)")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="plain HTTP to a non-loopback SuperLink")] = False,
 ) -> None:
     """Join a federation as a Flower SuperNode that trains on the samples this device's agent keeps.
     Only weights and metrics leave the device. Runs until stopped.
 
-    Example: edgewise federate join --server 10.0.0.5:9092 --store /var/lib/edgewise
+    Example: edgewise federate join --server 10.0.0.5:9092 --root-cert ca.crt --store /var/lib/edgewise
     """
     from edgewise.federated.deploy import join
 
-    join(server, store, model_name, max_wait_s=max_wait)
+    join(server, store, model_name, max_wait_s=max_wait, root_cert=root_cert, insecure=insecure)
 
 
 @federate_app.command("seed")

@@ -20,12 +20,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, mode: int = 0o666) -> None:
     """Replace `path` with `data` all or nothing: a hidden temp file, fsync, rename, fsync the directory.
-    After a crash the file holds either the old bytes or the new ones, never a mix."""
+    After a crash the file holds either the old bytes or the new ones, never a mix. `mode` (less the
+    umask) applies from the first byte written, so a private key is never readable by others."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    tmp.unlink(missing_ok=True)  # a leftover from a crash keeps its old mode under O_CREAT
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

@@ -68,18 +68,26 @@ def test_three_supernodes_train_on_their_agents_samples_over_loopback(tmp_path):
         assert bad[0] == 422 and "out of range" in bad[1]["error"]
         assert agents[0].post("/v1/samples?model=cnn-digits", b"{not json")[0] == 422
         assert agents[0].get("/health")["samples"] == {"cnn-digits": len(partition(train.y, 3, "dirichlet:0.5", seed=0)[0])}
-        # Execute: a SuperLink (`federate serve`) and three SuperNodes (`federate join`), all separate processes
+        # Execute: a SuperLink (`federate serve`, TLS) and three SuperNodes (`federate join` with the
+        # federation's CA), all separate processes; a fourth SuperNode trusts another CA and must stay out
+        from edgewise.federated.tls import ensure_certs
+
         port = free_port()
         cli = [sys.executable, "-m", "edgewise.cli", "federate"]
-        out = tmp_path / "fl"
+        out, tls = tmp_path / "fl", tmp_path / "tls"
+        rogue_ca = ensure_certs(tmp_path / "other-ca", []).ca
         serve = subprocess.Popen([*cli, "serve", "--clients", "3", "--rounds", "2", "--port", str(port), "--out",
-                                  str(out), "--round-timeout", "120"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True)
+                                  str(out), "--round-timeout", "120", "--tls-dir", str(tls)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
         procs.append(serve)
-        for agent in agents:
-            procs.append(subprocess.Popen([*cli, "join", "--server", f"127.0.0.1:{port}", "--store",
-                                           str(agent.data_dir)], stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 60
+        while not (tls / "ca.crt").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        rogue_log = open(tmp_path / "rogue.log", "wb")
+        for store, ca in [*((a.data_dir, tls / "ca.crt") for a in agents), (agents[0].data_dir, rogue_ca)]:
+            procs.append(subprocess.Popen([*cli, "join", "--server", f"127.0.0.1:{port}", "--store", str(store),
+                                           "--root-cert", str(ca)], stdout=subprocess.DEVNULL,
+                                          stderr=rogue_log if ca == rogue_ca else subprocess.DEVNULL))
         log, _ = serve.communicate(timeout=420)
         # Assert: the rounds completed with all three nodes, accuracy rose, only weights and metrics crossed
         assert serve.returncode == 0, log[-3000:]
@@ -87,7 +95,8 @@ def test_three_supernodes_train_on_their_agents_samples_over_loopback(tmp_path):
         h = json.loads((out / "history.json").read_text())
         acc = [r["accuracy"] for r in h["rounds"]]
         assert [r["round"] for r in h["rounds"]] == [0, 1, 2] and acc[2] > acc[0] and acc[2] > 0.6, acc
-        assert len(h["deployment"]["nodes"]) == 3
+        assert len(h["deployment"]["nodes"]) == 3 and h["deployment"]["tls"]  # the rogue-CA node never joined
+        assert "CERTIFICATE_VERIFY_FAILED" in (tmp_path / "rogue.log").read_text(errors="replace")
         replies = [c for c in h["crossed"] if not c["error"]]
         assert len(replies) == 6 and {c["node"] for c in replies} == set(h["deployment"]["nodes"])
         for c in replies:
@@ -114,6 +123,11 @@ def test_join_and_serve_refuse_bad_setups_with_a_readable_error(tmp_path):
     r = subprocess.run([*cli, "join", "--store", str(tmp_path / "nowhere")], capture_output=True, text=True, env=env,
                        timeout=120)
     assert r.returncode == 1 and "no sample store" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "dev").mkdir()
+    SampleStore(tmp_path / "dev" / "samples.db").add("m", np.zeros((2, 3), np.float32), np.array([0, 1]))
+    r = subprocess.run([*cli, "join", "--server", "10.9.8.7:9092", "--store", str(tmp_path / "dev")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and "not loopback" in r.stderr and "--root-cert" in r.stderr
     r = subprocess.run([*cli, "serve", "--secagg", "--strategy", "fedadam", "--out", str(tmp_path / "x")],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 1 and "SecAgg+" in r.stderr and "Traceback" not in r.stderr

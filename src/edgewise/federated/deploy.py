@@ -10,6 +10,7 @@ environment; the FAB carries no dependencies (nothing is installed at run time).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -132,19 +133,39 @@ def write_app(app_dir: Path, cfg: FedConfig, extra: dict[str, Any]) -> Path:
     return app_dir
 
 
-def write_connection(home: Path, host: str, port: int) -> None:
+def write_connection(home: Path, host: str, port: int, ca: Path | None) -> None:
     import tomli_w
 
     home.mkdir(parents=True, exist_ok=True)
-    (home / "config.toml").write_text(tomli_w.dumps(
-        {"superlink": {"default": CONNECTION, CONNECTION: {"address": f"{host}:{port}", "insecure": True}}}))
+    conn: dict[str, Any] = {"address": f"{host}:{port}", "insecure": ca is None}
+    if ca is not None:
+        conn["root-certificates"] = str(ca)
+    (home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: conn}}))
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def check_plaintext(host: str, insecure: bool, what: str) -> None:
+    """Plain HTTP only where nobody else can listen: loopback, or when the user says so."""
+    if not insecure and not is_loopback(host):
+        raise EdgewiseError(f"{what} {host} is not loopback: use TLS (serve --tls-dir DIR; join --root-cert "
+                            "DIR/ca.crt) or say --insecure to send weights in the clear")
 
 
 def serve(cfg: FedConfig, out: Path, host: str = "127.0.0.1", port: int = 9092,
           on_round: Callable[[int, float, float], None] | None = None, start_timeout: float = 60.0,
-          run_timeout: float | None = None) -> dict[str, Any]:
+          run_timeout: float | None = None, tls_dir: Path | None = None, insecure: bool = False,
+          tls_names: tuple[str, ...] = ()) -> dict[str, Any]:
     """Start a SuperLink on host:port, run `cfg.rounds` rounds once `cfg.clients` SuperNodes have joined,
-    stop the SuperLink, and return the history (as `simulate.run` does)."""
+    stop the SuperLink, and return the history (as `simulate.run` does). With `tls_dir`, every connection
+    is TLS with the federation's certificates there (made on first use, see `tls.py`)."""
+    if tls_dir is None:
+        check_plaintext(host, insecure, "the SuperLink would listen on")
     from edgewise.data import load_splits
     from edgewise.federated.simulate import collect_history, plot
 
@@ -160,13 +181,20 @@ def serve(cfg: FedConfig, out: Path, host: str = "127.0.0.1", port: int = 9092,
     out.mkdir(parents=True)
     test = load_splits(cfg.data).test
     home = out / "flower-home"
-    write_connection(home, host, port)
+    tls = None
+    if tls_dir is not None:
+        from edgewise.federated.tls import ensure_certs
+
+        tls = ensure_certs(Path(tls_dir).resolve(), [host, socket.gethostname(), *tls_names])
+    write_connection(home, "127.0.0.1" if host in ("0.0.0.0", "::") else host, port, tls.ca if tls else None)
     app = write_app(out / "app", cfg, {"out-dir": str(out), "num-classes": test.num_classes,
                                        "sample-shape": ",".join(str(v) for v in test.sample_shape)})
     env = flower_env(home)
     link_log = out / "superlink.log"
     with open(link_log, "wb") as f:
-        link = subprocess.Popen(["flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
+        security = (["--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key)]
+                    if tls else ["--insecure"])
+        link = subprocess.Popen(["flower-superlink", *security, "--disable-runtime-dependency-installation",
                                  "--host", host, "--port", str(port), "--database", str(home / "state.db")],
                                 stdout=f, stderr=subprocess.STDOUT, env=env, cwd=out)
     try:
@@ -185,7 +213,7 @@ def serve(cfg: FedConfig, out: Path, host: str = "127.0.0.1", port: int = 9092,
         except subprocess.TimeoutExpired:
             link.kill()
     history = collect_history(cfg, out)
-    history["deployment"] = {"superlink": f"{host}:{port}",
+    history["deployment"] = {"superlink": f"{host}:{port}", "tls": tls is not None,
                              "nodes": sorted({c["node"] for c in history["crossed"] if "node" in c})}
     (out / "history.json").write_text(json.dumps(history, indent=2))
     plot(history, out / "history.png")
@@ -239,9 +267,10 @@ def seed(stores: list[Path], data: str, scheme: str, model_name: str, seed: int 
 
 
 def join_command(server: str, store: Path, model_name: str | None, api_port: int,
-                 max_wait_s: float | None) -> list[str]:
+                 max_wait_s: float | None, root_cert: Path | None) -> list[str]:
     node_config = f'store="{store}"' + (f' model-name="{model_name}"' if model_name else "")
-    cmd = ["flower-supernode", "--insecure", "--superlink", server, "--port", str(api_port),
+    security = ["--root-certificates", str(root_cert)] if root_cert else ["--insecure"]
+    cmd = ["flower-supernode", *security, "--superlink", server, "--port", str(api_port),
            "--node-config", node_config]
     if max_wait_s is not None:
         cmd += ["--max-wait-time", str(max_wait_s)]
@@ -249,10 +278,20 @@ def join_command(server: str, store: Path, model_name: str | None, api_port: int
 
 
 def join(server: str, store: Path, model_name: str | None = None, api_port: int = 0,
-         max_wait_s: float | None = None, home: Path | None = None) -> None:
-    """Become a SuperNode of the federation at `server` (HOST:PORT), training on the agent's store.
-    Replaces this process (a service manager's stop signal reaches Flower's SuperNode directly)."""
+         max_wait_s: float | None = None, home: Path | None = None, root_cert: Path | None = None,
+         insecure: bool = False) -> None:
+    """Become a SuperNode of the federation at `server` (HOST:PORT), training on the agent's store;
+    with `root_cert` (the federation's ca.crt) over TLS. Replaces this process (a service manager's stop
+    signal reaches Flower's SuperNode directly)."""
     from edgewise.agent.samples import SampleStore
+
+    host, _, port = server.rpartition(":")
+    if not host or not port.isdigit():
+        raise EdgewiseError(f"--server must be HOST:PORT, got {server!r}")
+    if root_cert is None:
+        check_plaintext(host, insecure, "the SuperLink at")
+    elif not Path(root_cert).is_file():
+        raise EdgewiseError(f"no CA certificate at {root_cert}")
 
     store = Path(store).resolve()
     s = SampleStore.open_existing(store)  # fail here, readably, rather than in every round
@@ -263,7 +302,8 @@ def join(server: str, store: Path, model_name: str | None = None, api_port: int 
     store = s.path
     home = (home or store.parent / "flower").resolve()
     home.mkdir(parents=True, exist_ok=True)
-    cmd = join_command(server, store, model_name, api_port or free_port(), max_wait_s)
+    cmd = join_command(server, store, model_name, api_port or free_port(), max_wait_s,
+                       Path(root_cert).resolve() if root_cert else None)
     env = flower_env(home)
     print(f"joining {server} with {len(x)} local samples from {store}", flush=True)
     os.execvpe(cmd[0], cmd, env)
