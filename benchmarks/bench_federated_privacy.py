@@ -112,8 +112,8 @@ def main() -> None:
             "processes over loopback, each SuperNode reading an agent sample store filled with the same "
             "partition). Per round: simulation = whole run / (rounds + 1); deployment = time between the "
             "ServerApp's first and last evaluation / rounds. Startup: the deployment run's time outside the "
-            "rounds (SuperLink start, `flwr run`, ServerApp process, nodes joining, shutdown). Accuracies "
-            "differ because the deployed clients seed their local shuffles alike.\n\n"
+            "rounds (SuperLink start, `flwr run`, ServerApp process, nodes joining, shutdown). Same data; "
+            "the accuracies differ because deployed clients seed their local shuffles from their node ids.\n\n"
           + table(["privacy", "simulation / round", "deployment / round", "deployment vs simulation",
                    "deployment startup", "final accuracy sim / deploy"], e) + "\n")
     print(md)

@@ -141,3 +141,28 @@ def test_join_and_serve_refuse_bad_setups_with_a_readable_error(tmp_path):
         r = subprocess.run([*cli, "serve", "--port", str(s.getsockname()[1]), "--out", str(tmp_path / "y")],
                            capture_output=True, text=True, env=env, timeout=180)
     assert r.returncode == 1 and "SuperLink" in r.stderr and time.monotonic() - t < 150, r.stderr[-2000:]
+
+
+def test_federation_certificates_are_made_once_and_kept(tmp_path):
+    from cryptography import x509
+
+    from edgewise.errors import EdgewiseError
+    from edgewise.federated.tls import ensure_certs
+
+    f = ensure_certs(tmp_path / "tls", ["edge-gw.lan", "10.0.0.5"])
+    assert oct(f.key.stat().st_mode & 0o777) == "0o600" and oct((tmp_path / "tls" / "ca.key").stat().st_mode & 0o777) == "0o600"
+    cert = x509.load_pem_x509_certificate(f.cert.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.DNSName)) == {"localhost", "edge-gw.lan"}
+    assert {str(a) for a in san.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "10.0.0.5"}
+    ca = x509.load_pem_x509_certificate(f.ca.read_bytes())
+    cert.verify_directly_issued_by(ca)
+    # same names: nothing is remade; a new name: a new SuperLink certificate from the same CA
+    before = f.cert.read_bytes()
+    assert ensure_certs(tmp_path / "tls", ["edge-gw.lan"]).cert.read_bytes() == before
+    again = ensure_certs(tmp_path / "tls", ["edge-gw.lan", "gw2.lan"])
+    assert again.cert.read_bytes() != before and again.ca.read_bytes() == f.ca.read_bytes()
+    x509.load_pem_x509_certificate(again.cert.read_bytes()).verify_directly_issued_by(ca)
+    (tmp_path / "tls" / "ca.key").unlink()
+    with pytest.raises(EdgewiseError, match="half of a CA"):
+        ensure_certs(tmp_path / "tls", [])

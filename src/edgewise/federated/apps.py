@@ -117,7 +117,8 @@ def build_module(cfg: FedConfig, data: ClientData) -> Any:
 # --------------------------------------------------------------------------------------------- client
 
 ConfigFn = Callable[[Any], FedConfig]  # Flower Context -> the run's configuration
-DataFn = Callable[[Any, FedConfig], tuple[int, ClientData]]  # -> (partition id, data) for this node
+# -> (index of this node's share in data.x/y, data, 0 <= salt < 100 that makes its local shuffles its own)
+DataFn = Callable[[Any, FedConfig], tuple[int, ClientData, int]]
 
 
 def _privacy_mods(get_cfg: ConfigFn) -> Any:
@@ -153,7 +154,7 @@ def make_client_app(get_cfg: ConfigFn, get_data: DataFn) -> Any:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         cfg = get_cfg(context)
-        pid, data = get_data(context, cfg)
+        pid, data, salt = get_data(context, cfg)
         legacy = "fitins.parameters" in msg.content.array_records  # SecAgg+ speaks the FitIns/FitRes format
         if legacy:
             from flwr.compat.common import recorddict_compat as compat
@@ -172,7 +173,7 @@ def make_client_app(get_cfg: ConfigFn, get_data: DataFn) -> Any:
         set_weights(module, dict(zip(names, arrays)))
         loss = train_local(module, data.x[pid], data.y[pid], cfg.local_epochs, cfg.lr, mode=cfg.mode,
                            proximal_mu=float(config.get("proximal-mu", 0.0)),
-                           seed=cfg.seed * 1000 + round_ * 100 + pid)
+                           seed=cfg.seed * 1000 + round_ * 100 + salt)
         new = list(get_weights(module).values())
         # What leaves the client: the new weights (or, under SecAgg+, the masked update) and two numbers.
         metrics = {"train_loss": loss, "num-examples": len(data.y[pid])}

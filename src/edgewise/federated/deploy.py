@@ -34,7 +34,7 @@ def _run_cfg(context: Any) -> FedConfig:
     return FedConfig.from_run_config(dict(context.run_config))
 
 
-def _store_data(context: Any, cfg: FedConfig) -> tuple[int, ClientData]:
+def _store_data(context: Any, cfg: FedConfig) -> tuple[int, ClientData, int]:
     from edgewise.agent.samples import SampleStore
 
     rc, nc = context.run_config, context.node_config
@@ -51,7 +51,8 @@ def _store_data(context: Any, cfg: FedConfig) -> tuple[int, ClientData]:
                             f"{cfg.model} on {list(shape)}")
     if y.max() >= int(rc["num-classes"]):
         raise EdgewiseError(f"a sample in {nc['store']} has label {y.max()}; the model has {rc['num-classes']} classes")
-    return 0, ClientData([x], [y], shape, int(rc["num-classes"]))
+    # the node id (drawn by the SuperLink) keeps devices from shuffling their data alike
+    return 0, ClientData([x], [y], shape, int(rc["num-classes"])), int(context.node_id) % 100
 
 
 client_app = make_client_app(_run_cfg, _store_data)
@@ -203,21 +204,30 @@ def serve(cfg: FedConfig, out: Path, host: str = "127.0.0.1", port: int = 9092,
         with open(run_log, "wb") as f:
             runner = subprocess.Popen(["flwr", "run", str(app), CONNECTION, "--stream"], stdout=f,
                                       stderr=subprocess.STDOUT, env=env, cwd=out)
-        _follow(runner, out / "progress.jsonl", on_round, run_timeout, run_log)
+        try:
+            _follow(runner, out / "progress.jsonl", on_round, run_timeout, run_log)
+        finally:
+            _stop(runner)
         if link.poll() is not None:
             raise EdgewiseError(f"the SuperLink died during the run: {_tail(link_log)}")
     finally:
-        link.terminate()
-        try:
-            link.wait(10)
-        except subprocess.TimeoutExpired:
-            link.kill()
+        _stop(link)  # on an interrupt too: no SuperLink is left holding the port
     history = collect_history(cfg, out)
     history["deployment"] = {"superlink": f"{host}:{port}", "tls": tls is not None,
                              "nodes": sorted({c["node"] for c in history["crossed"] if "node" in c})}
     (out / "history.json").write_text(json.dumps(history, indent=2))
     plot(history, out / "history.png")
     return history
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _follow(runner: subprocess.Popen[bytes], progress: Path, on_round: Any, timeout: float | None,
@@ -237,7 +247,6 @@ def _follow(runner: subprocess.Popen[bytes], progress: Path, on_round: Any, time
         if done:
             break
         if deadline is not None and time.monotonic() > deadline:
-            runner.terminate()
             raise EdgewiseError(f"the federated run did not finish in {timeout:.0f} s: {_tail(log)}")
         time.sleep(0.5)
     if runner.returncode != 0:

@@ -52,8 +52,11 @@ def run(cfg: FedConfig, out: Path, on_round: Any = None, baseline: bool = True) 
     out.mkdir(parents=True)
     data, splits, sizes = client_data(cfg)
     server = make_server_app(cfg, data, (splits.test.x, splits.test.y), out, on_round)
-    client = make_client_app(lambda _ctx: cfg,
-                             lambda ctx, _cfg: (int(ctx.node_config.get("partition-id", 0)), data))
+    def share(ctx: Any, _cfg: FedConfig) -> tuple[int, ClientData, int]:
+        pid = int(ctx.node_config.get("partition-id", 0))
+        return pid, data, pid
+
+    client = make_client_app(lambda _ctx: cfg, share)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU only; silences Ray's GPU notice
     run_simulation(server, client, num_supernodes=cfg.clients,
