@@ -59,9 +59,10 @@ class OtaThread:
         """Persistent MQTT session on this device's topic: a notification wakes the updater now."""
         import paho.mqtt.client as mqtt
 
-        from edgewise.fleet.notify import TOPIC, parse_hostport
+        from edgewise.fleet.notify import TOPIC
+        from edgewise.hostport import parse_hostport
 
-        host, port = parse_hostport(self.mqtt or "")
+        host, port = parse_hostport(self.mqtt or "", "MQTT broker", AgentError)
         topic = TOPIC.format(device_id=self.ident.device_id)
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgewise-ota-{self.ident.device_id}",
                         clean_session=False)

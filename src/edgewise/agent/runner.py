@@ -127,10 +127,10 @@ def build_agent(cfg: AgentConfig) -> Agent:
             raise AgentError("MQTT ingestion needs at least one --bundle to answer with")
         from edgewise.agent.mqtt import MqttBridge
 
-        host, _, port = cfg.mqtt.rpartition(":")
-        if not host or not port.isdigit():
-            raise AgentError(f"--mqtt must be HOST:PORT, got {cfg.mqtt!r}")
-        bridge = MqttBridge(inference, host, int(port), cfg.mqtt_client_id or f"edgewise-{cfg.tier}-{cfg.port}",
+        from edgewise.hostport import parse_hostport
+
+        host, port = parse_hostport(cfg.mqtt, "--mqtt", AgentError)
+        bridge = MqttBridge(inference, host, port, cfg.mqtt_client_id or f"edgewise-{cfg.tier}-{cfg.port}",
                             cfg.mqtt_prefix or f"edgewise/{cfg.tier}").start()
     samples = None
     if cfg.samples_max_mb > 0:

@@ -294,9 +294,9 @@ def join(server: str, store: Path, model_name: str | None = None, api_port: int 
     signal reaches Flower's SuperNode directly)."""
     from edgewise.agent.samples import SampleStore
 
-    host, _, port = server.rpartition(":")
-    if not host or not port.isdigit():
-        raise EdgewiseError(f"--server must be HOST:PORT, got {server!r}")
+    from edgewise.hostport import parse_hostport
+
+    host, _ = parse_hostport(server, "--server")
     if root_cert is None:
         check_plaintext(host, insecure, "the SuperLink at")
     elif not Path(root_cert).is_file():

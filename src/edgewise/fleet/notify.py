@@ -9,22 +9,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from edgewise.errors import FleetError
+from edgewise.hostport import parse_hostport
 
 TOPIC = "edgewise/fleet/{device_id}"
-
-
-def parse_hostport(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit():
-        raise FleetError(f"MQTT broker must be HOST:PORT, got {value!r}")
-    return host, int(port)
 
 
 class MqttNotifier:
     def __init__(self, broker: str, client_id: str = "edgewise-fleet") -> None:
         import paho.mqtt.client as mqtt
 
-        host, port = parse_hostport(broker)
+        host, port = parse_hostport(broker, "MQTT broker", FleetError)
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.connect_async(host, port, keepalive=30)  # the server starts even while the broker is down
