@@ -151,3 +151,20 @@ def test_secagg_server_sees_only_masked_updates_and_still_gets_fedavgs_model(tmp
     moved = max(float(np.abs(a[k] - init[k]).max()) for k in a.files)
     assert gap < 5e-3 and gap < moved / 20, (gap, moved)
     assert [r["accuracy"] for r in sa["rounds"]] == pytest.approx([r["accuracy"] for r in plain["rounds"]], abs=0.01)
+
+
+def test_an_output_directory_is_replaced_only_when_it_holds_an_earlier_run(tmp_path):
+    from edgewise.errors import EdgewiseError
+    from edgewise.federated.simulate import fresh_run_dir
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    with pytest.raises(EdgewiseError, match="not empty"):
+        fresh_run_dir(work)
+    assert (work / "notes.txt").read_text() == "mine"
+    earlier = tmp_path / "fl"
+    earlier.mkdir()
+    (earlier / "history.json").write_text("{}")
+    (earlier / "history.png").write_text("x")
+    assert fresh_run_dir(earlier) == earlier.resolve() and list(earlier.iterdir()) == []

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -168,7 +167,7 @@ def serve(cfg: FedConfig, out: Path, host: str = "127.0.0.1", port: int = 9092,
     if tls_dir is None:
         check_plaintext(host, insecure, "the SuperLink would listen on")
     from edgewise.data import load_splits
-    from edgewise.federated.simulate import collect_history, plot
+    from edgewise.federated.simulate import collect_history, fresh_run_dir, plot
 
     with socket.socket() as probe:  # a taken port would let us "connect" to someone else's server
         try:
@@ -176,10 +175,9 @@ def serve(cfg: FedConfig, out: Path, host: str = "127.0.0.1", port: int = 9092,
         except OSError as e:
             raise EdgewiseError(f"the SuperLink cannot listen on {host}:{port} ({e.strerror}): is another "
                                 "federation running there? choose --port") from e
-    out = Path(out).resolve()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    if tls_dir is not None and Path(out).resolve() in Path(tls_dir).resolve().parents:
+        raise EdgewiseError("keep --tls-dir outside --out: each run replaces its output directory")
+    out = fresh_run_dir(out)
     test = load_splits(cfg.data).test
     home = out / "flower-home"
     tls = None
@@ -238,7 +236,7 @@ def _follow(runner: subprocess.Popen[bytes], progress: Path, on_round: Any, time
     while True:
         done = runner.poll() is not None
         if progress.exists():
-            lines = progress.read_text().splitlines()
+            lines = progress.read_text().split("\n")[:-1]  # the last piece may be a line still being written
             for line in lines[seen:]:
                 if line.strip() and on_round is not None:
                     r = json.loads(line)

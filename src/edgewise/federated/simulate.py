@@ -41,15 +41,30 @@ def centralized(cfg: FedConfig, splits: Any) -> float:
     return accuracy(module, splits.test.x, splits.test.y)[0]
 
 
+RUN_MARKERS = ("history.json", "rounds.json", "progress.jsonl", "crossed.jsonl")
+
+
+def fresh_run_dir(out: Path) -> Path:
+    """An empty output directory. An earlier run's directory is replaced; anything else that is not empty
+    is refused rather than deleted (`--out .` must not wipe a working tree)."""
+    out = Path(out).resolve()
+    if out.exists():
+        if not out.is_dir():
+            raise EdgewiseError(f"--out {out} is a file")
+        if any(out.iterdir()) and not any((out / m).exists() for m in RUN_MARKERS):
+            raise EdgewiseError(f"--out {out} is not empty and holds no earlier federated run: choose a new "
+                                "directory")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    return out
+
+
 def run(cfg: FedConfig, out: Path, on_round: Any = None, baseline: bool = True) -> dict[str, Any]:
     import logging
 
     from flwr.simulation import run_simulation
 
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out = fresh_run_dir(out)
     data, splits, sizes = client_data(cfg)
     server = make_server_app(cfg, data, (splits.test.x, splits.test.y), out, on_round)
     def share(ctx: Any, _cfg: FedConfig) -> tuple[int, ClientData, int]:
