@@ -220,7 +220,8 @@ federate_app = typer.Typer(help="Federated learning on Flower: a simulation on t
 FedModel = Annotated[str, typer.Option(help="zoo architecture: mlp, cnn, dscnn, cnn1d")]
 FedData = Annotated[str, typer.Option(help="bundled dataset, e.g. digits (serve: its test split scores each round)")]
 Rounds = Annotated[int, typer.Option(help="federated rounds")]
-Strategy = Annotated[str, typer.Option(help="fedavg, fedprox or fedadam")]
+Strategy = Annotated[str, typer.Option(help="fedavg, fedprox, fedadam, or fedmedian / fedtrimmedavg (robust to "
+                                            "outlying updates)")]
 Fraction = Annotated[float, typer.Option(help="share of clients sampled each round")]
 LocalEpochs = Annotated[int, typer.Option(help="local epochs per round")]
 Lr = Annotated[float, typer.Option(help="client learning rate (SGD, momentum 0.9)")]

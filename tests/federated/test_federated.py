@@ -168,3 +168,16 @@ def test_an_output_directory_is_replaced_only_when_it_holds_an_earlier_run(tmp_p
     (earlier / "history.json").write_text("{}")
     (earlier / "history.png").write_text("x")
     assert fresh_run_dir(earlier) == earlier.resolve() and list(earlier.iterdir()) == []
+
+
+def test_median_and_trimmed_mean_keep_learning_when_a_client_sends_garbage(tmp_path):
+    # Execute: 5 clients, client 4 returns its weights plus N(0, 10) noise every round
+    acc = {}
+    for strategy in ("fedavg", "fedmedian", "fedtrimmedavg"):
+        h = run(FedConfig(model="mlp", width=0.5, clients=5, rounds=3, partition="iid", strategy=strategy,
+                          poison_clients=[4], lr=0.1), tmp_path / strategy, baseline=False)
+        acc[strategy] = [r["accuracy"] for r in h["rounds"]]
+    # Assert: the average is ruined by one client; the robust aggregates learn as if it were absent
+    assert max(acc["fedavg"]) < 0.3, acc
+    for strategy in ("fedmedian", "fedtrimmedavg"):
+        assert acc[strategy][-1] > 0.7 and acc[strategy][-1] > acc[strategy][1], acc

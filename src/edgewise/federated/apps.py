@@ -28,7 +28,7 @@ import numpy as np
 from edgewise.errors import EdgewiseError
 from edgewise.federated.task import accuracy, get_weights, set_weights, train_local
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg")  # the last two resist outliers
 
 
 @dataclass
@@ -48,6 +48,7 @@ class FedConfig:
     seed: int = 0
     round_timeout_s: float = 300.0
     fail_clients: list[int] = field(default_factory=list)  # chaos: these partitions crash from round 2 on
+    poison_clients: list[int] = field(default_factory=list)  # chaos: these send garbage weights (simulation)
     dp_clip: float = 0.0  # > 0: clients clip their update to this L2 norm (Flower's fixedclipping_mod) ...
     dp_noise: float = 0.0  # ... and the server adds Gaussian noise (multiplier z) to the unweighted average
     dp_delta: float = 1e-5
@@ -64,9 +65,10 @@ class FedConfig:
         if self.dp_noise > 0 and self.dp_clip <= 0:
             raise EdgewiseError("DP noise needs a clipping norm (--dp-clip)")
         if self.secagg:
-            if self.strategy == "fedadam":
+            if self.strategy not in ("fedavg", "fedprox"):
                 raise EdgewiseError("SecAgg+ is built here for the averaging strategies (fedavg, fedprox), "
-                                    "not fedadam")
+                                    f"not {self.strategy}: the server sees only the sum, so it cannot take "
+                                    "a median or trim outliers")
             if self.dp:
                 raise EdgewiseError("SecAgg+ together with DP is not supported yet: choose one")
             if int(self.clients * self.fraction) < 3:
@@ -84,17 +86,20 @@ class FedConfig:
 
     def to_run_config(self) -> dict[str, Any]:
         """Flower's run config (flat, hyphenated, scalar values): how the deployment engine carries it."""
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self) if f.name != "fail_clients"}
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self) if f.name not in CHAOS}
 
     @classmethod
     def from_run_config(cls, rc: dict[str, Any]) -> FedConfig:
         kw: dict[str, Any] = {}
         for f in fields(cls):
             key = f.name.replace("_", "-")
-            if key in rc and f.name != "fail_clients":
+            if key in rc and f.name not in CHAOS:
                 default = getattr(cls(), f.name)
                 kw[f.name] = type(default)(rc[key])
         return cls(**kw)
+
+
+CHAOS = ("fail_clients", "poison_clients")  # test-only fields: never part of a deployed run's config
 
 
 @dataclass
@@ -175,6 +180,9 @@ def make_client_app(get_cfg: ConfigFn, get_data: DataFn) -> Any:
                            proximal_mu=float(config.get("proximal-mu", 0.0)),
                            seed=cfg.seed * 1000 + round_ * 100 + salt)
         new = list(get_weights(module).values())
+        if pid in cfg.poison_clients:  # a faulty or malicious client: weights far from anything trained
+            rng = np.random.default_rng(round_ * 1000 + pid)
+            new = [(w + rng.normal(0, 10, w.shape)).astype(w.dtype) for w in new]
         # What leaves the client: the new weights (or, under SecAgg+, the masked update) and two numbers.
         metrics = {"train_loss": loss, "num-examples": len(data.y[pid])}
         if legacy:
@@ -257,7 +265,10 @@ def _strategy_rounds(grid: Any, _context: Any, cfg: FedConfig, initial: list[np.
     from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
     from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
-    base = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam}[cfg.strategy]
+    from flwr.serverapp.strategy import FedMedian, FedTrimmedAvg
+
+    base = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedmedian": FedMedian,
+            "fedtrimmedavg": FedTrimmedAvg}[cfg.strategy]
     kw: dict[str, Any] = {"fraction_train": cfg.fraction, "fraction_evaluate": 0.0,
                           "min_train_nodes": cfg.clients_per_round, "min_available_nodes": cfg.clients}
     if cfg.strategy == "fedprox":
