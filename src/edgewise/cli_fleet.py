@@ -230,6 +230,10 @@ Width = Annotated[float, typer.Option(help="model width multiplier")]
 Seed = Annotated[int, typer.Option(help="seed for partitions and training")]
 DpClip = Annotated[float, typer.Option(help="DP: clients clip their update to this L2 norm (0 = off)")]
 DpNoise = Annotated[float, typer.Option(help="DP: Gaussian noise multiplier the server adds")]
+EvalFraction = Annotated[float, typer.Option(help="share of clients that also score each round's model on their "
+                                                "own held-out samples (the newest --holdout share; 0 = off)")]
+Holdout = Annotated[float, typer.Option(help="with --eval-fraction: share of each client's samples kept out of "
+                                             "training to score on")]
 SecAgg = Annotated[bool, typer.Option("--secagg", help="SecAgg+: the server learns only the sum of the clients' "
                                                        "masked updates (fedavg/fedprox, >= 3 clients a round)")]
 Publish = Annotated[bool, typer.Option("--publish", help="optimize the global model for --target, sign it with "
@@ -243,7 +247,7 @@ FedOut = Annotated[Path, typer.Option("--out", "-o", help="history.json, history
 
 def _print_round(rounds: int):  # type: ignore[no-untyped-def]
     def on_round(r: int, acc: float, loss: float) -> None:
-        out.print(f"round {r:>3}/{rounds}: test accuracy {acc * 100:6.2f}%  loss {loss:.4f}")
+        out.print(f"round {r:>3}/{rounds}: test accuracy {acc * 100:6.2f}%  loss {loss:.4f}")  # server's test split
 
     return on_round
 
@@ -277,6 +281,8 @@ def federate(
     dp_clip: DpClip = 0.0,
     dp_noise: DpNoise = 0.0,
     secagg: SecAgg = False,
+    eval_fraction: EvalFraction = 0.0,
+    holdout: Holdout = 0.2,
     publish: Publish = False,
     target: PubTarget = "edge-node",
     key: PubKey = None,
@@ -302,7 +308,7 @@ def federate(
         raise EdgewiseError("--publish needs --key (the release private key that signs the bundle)")
     cfg = FedConfig(model=model, width=width, data=data, clients=clients, rounds=rounds, partition=partition,
                     strategy=strategy, fraction=fraction, local_epochs=local_epochs, lr=lr, mode=mode, seed=seed,
-                    dp_clip=dp_clip, dp_noise=dp_noise, secagg=secagg)
+                    dp_clip=dp_clip, dp_noise=dp_noise, secagg=secagg, eval_fraction=eval_fraction, holdout=holdout)
     h = run(cfg, out_dir, _print_round(rounds))
     out.print(f"{summary(h)}; client sizes {min(h['client_sizes'])}-{max(h['client_sizes'])}; "
               f"wrote {out_dir / 'history.json'} and {out_dir / 'history.png'}")
@@ -325,6 +331,8 @@ def federate_serve(
     dp_clip: DpClip = 0.0,
     dp_noise: DpNoise = 0.0,
     secagg: SecAgg = False,
+    eval_fraction: EvalFraction = 0.0,
+    holdout: Holdout = 0.2,
     round_timeout: Annotated[float, typer.Option(help="seconds a round waits for stragglers")] = 300.0,
     host: Annotated[str, typer.Option(help="address the SuperLink listens on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="SuperLink port (Fleet and Control APIs, HTTP)")] = 9092,
@@ -356,7 +364,8 @@ def federate_serve(
         raise EdgewiseError("--publish needs --key (the release private key that signs the bundle)")
     cfg = FedConfig(model=model, width=width, data=data, clients=clients, rounds=rounds, partition="agent-stores",
                     strategy=strategy, fraction=fraction, local_epochs=local_epochs, lr=lr, mode=mode, seed=seed,
-                    dp_clip=dp_clip, dp_noise=dp_noise, secagg=secagg, round_timeout_s=round_timeout)
+                    dp_clip=dp_clip, dp_noise=dp_noise, secagg=secagg, eval_fraction=eval_fraction, holdout=holdout,
+                    round_timeout_s=round_timeout)
     ca = f" --root-cert {tls_dir / 'ca.crt'}" if tls_dir else ""
     out.print(f"SuperLink on {host}:{port}{' (TLS)' if tls_dir else ''}; waiting for {clients} SuperNode(s): on each "
               f"device run `edgewise federate join --server {host}:{port}{ca} --store AGENT_DATA_DIR`")

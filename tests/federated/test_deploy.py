@@ -77,7 +77,8 @@ def test_three_supernodes_train_on_their_agents_samples_over_loopback(tmp_path):
         out, tls = tmp_path / "fl", tmp_path / "tls"
         rogue_ca = ensure_certs(tmp_path / "other-ca", []).ca
         serve = subprocess.Popen([*cli, "serve", "--clients", "3", "--rounds", "2", "--port", str(port), "--out",
-                                  str(out), "--round-timeout", "120", "--tls-dir", str(tls)], stdout=subprocess.PIPE,
+                                  str(out), "--round-timeout", "120", "--tls-dir", str(tls), "--eval-fraction", "1"],
+                                 stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
         procs.append(serve)
         deadline = time.monotonic() + 60
@@ -89,19 +90,25 @@ def test_three_supernodes_train_on_their_agents_samples_over_loopback(tmp_path):
                                            "--root-cert", str(ca)], stdout=subprocess.DEVNULL,
                                           stderr=rogue_log if ca == rogue_ca else subprocess.DEVNULL))
         log, _ = serve.communicate(timeout=420)
+        log = " ".join(log.split())  # rich wraps lines at the terminal width
         # Assert: the rounds completed with all three nodes, accuracy rose, only weights and metrics crossed
         assert serve.returncode == 0, log[-3000:]
-        assert "round   2/2" in log and "3 SuperNodes took part" in log, log[-2000:]
+        assert "round 2/2" in log and "3 SuperNodes took part" in log, log[-2000:]
         h = json.loads((out / "history.json").read_text())
         acc = [r["accuracy"] for r in h["rounds"]]
         assert [r["round"] for r in h["rounds"]] == [0, 1, 2] and acc[2] > acc[0] and acc[2] > 0.6, acc
         assert len(h["deployment"]["nodes"]) == 3 and h["deployment"]["tls"]  # the rogue-CA node never joined
         assert "CERTIFICATE_VERIFY_FAILED" in (tmp_path / "rogue.log").read_text(errors="replace")
-        replies = [c for c in h["crossed"] if not c["error"]]
+        replies = [c for c in h["crossed"] if not c["error"] and c["type"] == "train"]
         assert len(replies) == 6 and {c["node"] for c in replies} == set(h["deployment"]["nodes"])
         for c in replies:
             assert set(c["records"]) == {"arrays", "metrics"}
             assert c["records"]["metrics"][1] == ["num-examples", "train_loss"]
+        # each device also scored each round's model on its own held-out samples: only scores came back
+        scores = [c for c in h["crossed"] if c["type"] == "evaluate"]
+        assert len(scores) == 6 and all(set(c["records"]) == {"metrics"} for c in scores)
+        assert all(c["records"]["metrics"][1] == ["accuracy", "loss", "num-examples"] for c in scores)
+        assert all(0 < r["device_accuracy"] <= 1 for r in h["rounds"][1:]) and "held-out samples" in log
         # the agents kept serving while their stores were read
         assert all(a.get("/health")["status"] == "ok" for a in agents)
     finally:

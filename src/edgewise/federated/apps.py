@@ -52,6 +52,8 @@ class FedConfig:
     dp_clip: float = 0.0  # > 0: clients clip their update to this L2 norm (Flower's fixedclipping_mod) ...
     dp_noise: float = 0.0  # ... and the server adds Gaussian noise (multiplier z) to the unweighted average
     dp_delta: float = 1e-5
+    eval_fraction: float = 0.0  # > 0: this share of clients also scores each round's model on its own samples
+    holdout: float = 0.2  # ... on this newest share of its samples, which it then never trains on
     secagg: bool = False  # SecAgg+: the server learns only the sum of the clients' masked updates
     secagg_threshold: float = 0.5  # share of a client's key shares needed to unmask it if it drops out
     secagg_clip: float = 8.0  # quantizer range for each (weighted) update value: [-clip, clip]
@@ -62,6 +64,8 @@ class FedConfig:
             raise EdgewiseError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if not 0 < self.fraction <= 1:
             raise EdgewiseError("fraction of clients per round must be in (0, 1]")
+        if not 0 <= self.eval_fraction <= 1 or not 0 < self.holdout < 1:
+            raise EdgewiseError("eval fraction must be in [0, 1] and the holdout share in (0, 1)")
         if self.dp_noise > 0 and self.dp_clip <= 0:
             raise EdgewiseError("DP noise needs a clipping norm (--dp-clip)")
         if self.secagg:
@@ -83,6 +87,10 @@ class FedConfig:
     @property
     def clients_per_round(self) -> int:
         return max(1, int(self.clients * self.fraction))
+
+    @property
+    def clients_evaluating(self) -> int:
+        return max(1, int(self.clients * self.eval_fraction)) if self.eval_fraction > 0 else 0
 
     def to_run_config(self) -> dict[str, Any]:
         """Flower's run config (flat, hyphenated, scalar values): how the deployment engine carries it."""
@@ -124,6 +132,16 @@ def build_module(cfg: FedConfig, data: ClientData) -> Any:
 ConfigFn = Callable[[Any], FedConfig]  # Flower Context -> the run's configuration
 # -> (index of this node's share in data.x/y, data, 0 <= salt < 100 that makes its local shuffles its own)
 DataFn = Callable[[Any, FedConfig], tuple[int, ClientData, int]]
+
+
+def local_split(cfg: FedConfig, x: np.ndarray, y: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray],
+                                                                         tuple[np.ndarray, np.ndarray]]:
+    """(train, held out) for one client. With federated evaluation on, the newest `holdout` share of a
+    client's samples (at least one, when it has 5 or more) is kept out of training to score the global
+    model on; otherwise everything trains."""
+    n_val = max(1, int(len(y) * cfg.holdout)) if cfg.eval_fraction > 0 and len(y) >= 5 else 0
+    cut = len(y) - n_val
+    return (x[:cut], y[:cut]), (x[cut:], y[cut:])
 
 
 def _privacy_mods(get_cfg: ConfigFn) -> Any:
@@ -176,7 +194,8 @@ def make_client_app(get_cfg: ConfigFn, get_data: DataFn) -> Any:
         module = build_module(cfg, data)
         names = list(get_weights(module))
         set_weights(module, dict(zip(names, arrays)))
-        loss = train_local(module, data.x[pid], data.y[pid], cfg.local_epochs, cfg.lr, mode=cfg.mode,
+        (x, y), _ = local_split(cfg, data.x[pid], data.y[pid])
+        loss = train_local(module, x, y, cfg.local_epochs, cfg.lr, mode=cfg.mode,
                            proximal_mu=float(config.get("proximal-mu", 0.0)),
                            seed=cfg.seed * 1000 + round_ * 100 + salt)
         new = list(get_weights(module).values())
@@ -184,19 +203,46 @@ def make_client_app(get_cfg: ConfigFn, get_data: DataFn) -> Any:
             rng = np.random.default_rng(round_ * 1000 + pid)
             new = [(w + rng.normal(0, 10, w.shape)).astype(w.dtype) for w in new]
         # What leaves the client: the new weights (or, under SecAgg+, the masked update) and two numbers.
-        metrics = {"train_loss": loss, "num-examples": len(data.y[pid])}
+        metrics = {"train_loss": loss, "num-examples": len(y)}
         if legacy:
             from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
             from flwr.compat.common import recorddict_compat as compat
 
             update = [(n - a).astype(np.float64) for n, a in zip(new, arrays)]
-            res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), len(data.y[pid]),
-                         {"train_loss": loss})
+            res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), len(y), {"train_loss": loss})
             return Message(content=compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)
         if cfg.dp:  # DP averages clipped updates unweighted: its sensitivity bound assumes equal weights
             metrics["unit-weight"] = 1.0
         content = RecordDict({"arrays": ArrayRecord(numpy_ndarrays=new), "metrics": MetricRecord(metrics)})
         return Message(content=content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        """Score the global model on this client's held-out samples; only the scores leave."""
+        cfg = get_cfg(context)
+        pid, data, _ = get_data(context, cfg)
+        _, (x, y) = local_split(cfg, data.x[pid], data.y[pid])
+        if len(y) == 0:
+            raise RuntimeError("this client holds too few samples (< 5) to keep any out for evaluation")
+        legacy = "evaluateins.parameters" in msg.content.array_records
+        if legacy:
+            from flwr.common import parameters_to_ndarrays
+            from flwr.compat.common import recorddict_compat as compat
+
+            arrays = parameters_to_ndarrays(compat.recorddict_to_evaluateins(msg.content, True).parameters)
+        else:
+            arrays = msg.content["arrays"].to_numpy_ndarrays()
+        module = build_module(cfg, data)
+        set_weights(module, dict(zip(get_weights(module), arrays)))
+        acc, loss = accuracy(module, x, y)
+        if legacy:
+            from flwr.common import Code, EvaluateRes, Status
+            from flwr.compat.common import recorddict_compat as compat
+
+            res = EvaluateRes(Status(Code.OK, ""), loss, len(y), {"accuracy": acc})
+            return Message(content=compat.evaluateres_to_recorddict(res), reply_to=msg)
+        return Message(content=RecordDict({"metrics": MetricRecord({"accuracy": acc, "loss": loss,
+                                                                    "num-examples": len(y)})}), reply_to=msg)
 
     return app
 
@@ -269,8 +315,9 @@ def _strategy_rounds(grid: Any, _context: Any, cfg: FedConfig, initial: list[np.
 
     base = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedmedian": FedMedian,
             "fedtrimmedavg": FedTrimmedAvg}[cfg.strategy]
-    kw: dict[str, Any] = {"fraction_train": cfg.fraction, "fraction_evaluate": 0.0,
-                          "min_train_nodes": cfg.clients_per_round, "min_available_nodes": cfg.clients}
+    kw: dict[str, Any] = {"fraction_train": cfg.fraction, "fraction_evaluate": cfg.eval_fraction,
+                          "min_train_nodes": cfg.clients_per_round, "min_evaluate_nodes": cfg.clients_evaluating,
+                          "min_available_nodes": cfg.clients}
     if cfg.strategy == "fedprox":
         kw["proximal_mu"] = cfg.proximal_mu
     if cfg.strategy == "fedadam":
@@ -293,6 +340,8 @@ def _strategy_rounds(grid: Any, _context: Any, cfg: FedConfig, initial: list[np.
                             timeout=cfg.round_timeout_s, evaluate_fn=evaluate_fn,
                             train_config=ConfigRecord({"local-epochs": cfg.local_epochs}))
     evals = {int(r): dict(m) for r, m in result.evaluate_metrics_serverapp.items()}
+    for r, m in result.evaluate_metrics_clientapp.items():
+        evals.setdefault(int(r), {}).update({"device_accuracy": m["accuracy"], "device_loss": m["loss"]})
     train = {int(r): dict(m) for r, m in result.train_metrics_clientapp.items()}
     return result.arrays.to_numpy_ndarrays(), evals, train
 
@@ -334,8 +383,13 @@ def _secagg_rounds(grid: Any, context: Any, cfg: FedConfig, initial: list[np.nda
         acc, loss = evaluate(server_round, arrays)
         return loss, {"accuracy": acc, "loss": loss}
 
-    kw: dict[str, Any] = {"fraction_fit": cfg.fraction, "fraction_evaluate": 0.0,
-                          "min_fit_clients": cfg.clients_per_round, "min_evaluate_clients": 0,
+    def eval_metrics(results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+        n = sum(k for k, _ in results)
+        return {"accuracy": sum(k * float(m["accuracy"]) for k, m in results) / max(1, n)}
+
+    kw: dict[str, Any] = {"fraction_fit": cfg.fraction, "fraction_evaluate": cfg.eval_fraction,
+                          "min_fit_clients": cfg.clients_per_round, "min_evaluate_clients": cfg.clients_evaluating,
+                          "evaluate_metrics_aggregation_fn": eval_metrics,
                           "min_available_clients": cfg.clients, "evaluate_fn": evaluate_fn,
                           "fit_metrics_aggregation_fn": fit_metrics,
                           "initial_parameters": ndarrays_to_parameters(initial)}
@@ -355,6 +409,10 @@ def _secagg_rounds(grid: Any, context: Any, cfg: FedConfig, initial: list[np.nda
         evals.setdefault(int(r), {})["accuracy"] = float(acc)
     for r, loss in hist.losses_centralized:
         evals.setdefault(int(r), {})["loss"] = float(loss)
+    for r, acc in hist.metrics_distributed.get("accuracy", []):
+        evals.setdefault(int(r), {})["device_accuracy"] = float(acc)
+    for r, loss in hist.losses_distributed:
+        evals.setdefault(int(r), {})["device_loss"] = float(loss)
     train = {int(r): {"train_loss": float(v)} for r, v in hist.metrics_distributed_fit.get("train_loss", [])}
     return final, evals, train
 

@@ -97,8 +97,9 @@ def collect_history(cfg: FedConfig, out: Path, sizes: list[int] | None = None) -
     history: dict[str, Any] = {
         "config": asdict(cfg), "client_sizes": sizes or [],
         "rounds": [{"round": r, "accuracy": evals[r]["accuracy"], "loss": evals[r]["loss"],
+                    **{k: evals[r][k] for k in ("device_accuracy", "device_loss") if k in evals[r]},
                     **({"train_loss": rounds["train"][str(r)].get("train_loss")} if str(r) in rounds["train"] else {})}
-                   for r in sorted(evals)],
+                   for r in sorted(evals) if "accuracy" in evals[r]],
         "crossed": [json.loads(line) for line in (out / "crossed.jsonl").read_text().splitlines()]
         if (out / "crossed.jsonl").exists() else []}
     if cfg.dp:
@@ -145,6 +146,8 @@ def summary(history: dict[str, Any]) -> str:
     dp = history.get("dp")
     return (f"round {last['round']}: accuracy {last['accuracy'] * 100:.2f}%"
             + (f" (centralized {c * 100:.2f}%, {(c - last['accuracy']) * 100:+.2f} points)" if c is not None else "")
+            + (f"; on the devices' own held-out samples {last['device_accuracy'] * 100:.2f}%"
+               if "device_accuracy" in last else "")
             + (f"; DP: epsilon {dp['epsilon']:.2f} at delta {dp['delta']:g} (client-level)" if dp else ""))
 
 
