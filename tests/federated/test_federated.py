@@ -132,7 +132,8 @@ def test_secagg_server_sees_only_masked_updates_and_still_gets_fedavgs_model(tmp
 
     # Execute: the same 4-client run with and without SecAgg+; client 3 crashes mid-protocol from round 2
     # (after it shared its keys), so the server must unmask the round without it
-    cfg = dict(model="mlp", width=0.5, clients=4, rounds=3, partition="iid", fail_clients=[3])
+    # (both runs also score each round on the clients' held-out samples: the legacy evaluate path)
+    cfg = dict(model="mlp", width=0.5, clients=4, rounds=3, partition="iid", fail_clients=[3], eval_fraction=1.0)
     plain = run(FedConfig(**cfg), tmp_path / "plain", baseline=False)
     sa = run(FedConfig(**cfg, secagg=True), tmp_path / "sa", baseline=False)
     # Assert: under SecAgg+ no reply carried a model: every ArrayRecord that crossed was empty, the updates
@@ -151,6 +152,8 @@ def test_secagg_server_sees_only_masked_updates_and_still_gets_fedavgs_model(tmp
     moved = max(float(np.abs(a[k] - init[k]).max()) for k in a.files)
     assert gap < 5e-3 and gap < moved / 20, (gap, moved)
     assert [r["accuracy"] for r in sa["rounds"]] == pytest.approx([r["accuracy"] for r in plain["rounds"]], abs=0.01)
+    dev = [r["device_accuracy"] for r in sa["rounds"][1:]]
+    assert len(dev) == 3 and dev == pytest.approx([r["device_accuracy"] for r in plain["rounds"][1:]], abs=0.02)
 
 
 def test_an_output_directory_is_replaced_only_when_it_holds_an_earlier_run(tmp_path):
