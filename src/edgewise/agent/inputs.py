@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,13 @@ MAX_BATCH = 1024
 
 class BadInput(AgentError):
     """The request's inputs do not fit the model: the service answers 4xx with this message."""
+
+
+def load_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise BadInput(f"body is not valid JSON ({e.msg} at position {e.pos})") from e
 
 
 def parse_json_inputs(body: Any) -> np.ndarray:

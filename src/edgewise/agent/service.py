@@ -5,7 +5,6 @@ Thin on purpose: parsing and status codes here, everything else in queue / recei
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from typing import Any
 
@@ -14,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
-from edgewise.agent.inputs import BadInput, parse_json_inputs, parse_npy, validate
+from edgewise.agent.inputs import BadInput, load_json, parse_json_inputs, parse_npy, validate
 from edgewise.agent.models import ModelBudgetExceeded
 from edgewise.agent.receiver import EventStore
 from edgewise.agent.upstream import decode_batch
@@ -28,6 +27,10 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
     app = FastAPI(title=f"edgewise agent ({tier})", version="0.1.0")
     received = {"batches": 0, "events": 0, "duplicates": 0, "malformed": 0}
     errors = {"bad_input": 0, "unknown_model": 0, "overloaded": 0, "storage": 0}
+
+    def failed(kind: str, status: int, e: Exception) -> JSONResponse:
+        errors[kind] += 1
+        return JSONResponse({"error": str(e)}, status_code=status)
 
     @app.post("/predict")
     async def predict(request: Request, model: str | None = None) -> JSONResponse:
@@ -46,30 +49,23 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         try:
             manifest = inference.models.manifest(name)
         except AgentError as e:
-            errors["unknown_model"] += 1
-            return JSONResponse({"error": str(e)}, status_code=404)
+            return failed("unknown_model", 404, e)
         try:
             if ctype == "application/x-npy":
                 x = parse_npy(body)
             elif ctype in ("application/json", ""):
-                try:
-                    x = parse_json_inputs(json.loads(body))
-                except json.JSONDecodeError as e:
-                    raise BadInput(f"body is not valid JSON ({e.msg} at position {e.pos})") from e
+                x = parse_json_inputs(load_json(body))
             else:
                 return JSONResponse({"error": f"unsupported content type {ctype!r}: use application/json or "
                                               "application/x-npy"}, status_code=415)
             x = validate(x, manifest)
             results = await run_in_threadpool(inference.predict, name, x)
         except BadInput as e:
-            errors["bad_input"] += 1
-            return JSONResponse({"error": str(e)}, status_code=422)
+            return failed("bad_input", 422, e)
         except (ModelBudgetExceeded, QueueFull) as e:
-            errors["overloaded"] += 1
-            return JSONResponse({"error": str(e)}, status_code=503)
+            return failed("overloaded", 503, e)
         except StorageError as e:
-            errors["storage"] += 1
-            return JSONResponse({"error": str(e)}, status_code=507)
+            return failed("storage", 507, e)
         return JSONResponse({"results": results, "tier": tier, "model": name, "version": manifest.version})
 
     @app.post("/v1/events")
@@ -107,10 +103,7 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         if name is None:
             return JSONResponse({"error": "pass ?model= the model these samples train"}, status_code=400)
         try:
-            try:
-                doc = json.loads(body)
-            except json.JSONDecodeError as e:
-                raise BadInput(f"body is not valid JSON ({e.msg} at position {e.pos})") from e
+            doc = load_json(body)
             x = parse_json_inputs(doc)
             labels = doc.get("labels")
             if not isinstance(labels, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
@@ -122,11 +115,9 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
                     raise BadInput(f"label {max(labels)} out of range: {name} has {len(manifest.labels)} classes")
             total = await run_in_threadpool(samples.add, name, x, np.asarray(labels, dtype=np.int64))
         except (BadInput, DataError) as e:
-            errors["bad_input"] += 1
-            return JSONResponse({"error": str(e)}, status_code=422)
+            return failed("bad_input", 422, e)
         except StorageError as e:
-            errors["storage"] += 1
-            return JSONResponse({"error": str(e)}, status_code=507)
+            return failed("storage", 507, e)
         return JSONResponse({"stored": len(labels), "model": name, "total": total})
 
     @app.get("/health")
