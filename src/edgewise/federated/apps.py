@@ -171,29 +171,35 @@ def _bind(mod: Any, nxt: Any) -> Any:
 def make_client_app(get_cfg: ConfigFn, get_data: DataFn) -> Any:
     from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
+    from flwr.common import Code, EvaluateRes, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
 
     app = ClientApp(mods=[_privacy_mods(get_cfg)])
+    legacy_ins = {"fitins": compat.recorddict_to_fitins, "evaluateins": compat.recorddict_to_evaluateins}
+
+    def received(msg: Message, ins: str, cfg: FedConfig,
+                 data: ClientData) -> tuple[Any, list[np.ndarray], Any, bool]:
+        """The global model (as arrays and loaded into a module), the config, and whether the message speaks
+        the workflow API's FitIns/EvaluateIns format (SecAgg+ does) rather than the Message API's records."""
+        legacy = f"{ins}.parameters" in msg.content.array_records
+        if legacy:
+            legacy_msg = legacy_ins[ins](msg.content, True)
+            arrays, config = parameters_to_ndarrays(legacy_msg.parameters), legacy_msg.config
+        else:
+            arrays = msg.content["arrays"].to_numpy_ndarrays()
+            config = msg.content["config"] if "config" in msg.content else {}
+        module = build_module(cfg, data)
+        set_weights(module, dict(zip(get_weights(module), arrays)))
+        return module, arrays, config, legacy
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         cfg = get_cfg(context)
         pid, data, salt = get_data(context, cfg)
-        legacy = "fitins.parameters" in msg.content.array_records  # SecAgg+ speaks the FitIns/FitRes format
-        if legacy:
-            from flwr.compat.common import recorddict_compat as compat
-
-            fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
-            from flwr.common import parameters_to_ndarrays
-
-            arrays, config = parameters_to_ndarrays(fitins.parameters), fitins.config
-        else:
-            arrays, config = msg.content["arrays"].to_numpy_ndarrays(), msg.content["config"]
+        module, arrays, config, legacy = received(msg, "fitins", cfg, data)
         round_ = int(config.get("server-round", 0))
         if pid in cfg.fail_clients and round_ >= 2:
             raise RuntimeError(f"client {pid} crashed (chaos)")
-        module = build_module(cfg, data)
-        names = list(get_weights(module))
-        set_weights(module, dict(zip(names, arrays)))
         (x, y), _ = local_split(cfg, data.x[pid], data.y[pid])
         loss = train_local(module, x, y, cfg.local_epochs, cfg.lr, mode=cfg.mode,
                            proximal_mu=float(config.get("proximal-mu", 0.0)),
@@ -203,14 +209,11 @@ def make_client_app(get_cfg: ConfigFn, get_data: DataFn) -> Any:
             rng = np.random.default_rng(round_ * 1000 + pid)
             new = [(w + rng.normal(0, 10, w.shape)).astype(w.dtype) for w in new]
         # What leaves the client: the new weights (or, under SecAgg+, the masked update) and two numbers.
-        metrics = {"train_loss": loss, "num-examples": len(y)}
         if legacy:
-            from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
-            from flwr.compat.common import recorddict_compat as compat
-
             update = [(n - a).astype(np.float64) for n, a in zip(new, arrays)]
             res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), len(y), {"train_loss": loss})
             return Message(content=compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)
+        metrics = {"train_loss": loss, "num-examples": len(y)}
         if cfg.dp:  # DP averages clipped updates unweighted: its sensitivity bound assumes equal weights
             metrics["unit-weight"] = 1.0
         content = RecordDict({"arrays": ArrayRecord(numpy_ndarrays=new), "metrics": MetricRecord(metrics)})
@@ -224,21 +227,9 @@ def make_client_app(get_cfg: ConfigFn, get_data: DataFn) -> Any:
         _, (x, y) = local_split(cfg, data.x[pid], data.y[pid])
         if len(y) == 0:
             raise RuntimeError("this client holds too few samples (< 5) to keep any out for evaluation")
-        legacy = "evaluateins.parameters" in msg.content.array_records
-        if legacy:
-            from flwr.common import parameters_to_ndarrays
-            from flwr.compat.common import recorddict_compat as compat
-
-            arrays = parameters_to_ndarrays(compat.recorddict_to_evaluateins(msg.content, True).parameters)
-        else:
-            arrays = msg.content["arrays"].to_numpy_ndarrays()
-        module = build_module(cfg, data)
-        set_weights(module, dict(zip(get_weights(module), arrays)))
+        module, _, _, legacy = received(msg, "evaluateins", cfg, data)
         acc, loss = accuracy(module, x, y)
         if legacy:
-            from flwr.common import Code, EvaluateRes, Status
-            from flwr.compat.common import recorddict_compat as compat
-
             res = EvaluateRes(Status(Code.OK, ""), loss, len(y), {"accuracy": acc})
             return Message(content=compat.evaluateres_to_recorddict(res), reply_to=msg)
         return Message(content=RecordDict({"metrics": MetricRecord({"accuracy": acc, "loss": loss,
@@ -346,6 +337,16 @@ def _strategy_rounds(grid: Any, _context: Any, cfg: FedConfig, initial: list[np.
     return result.arrays.to_numpy_ndarrays(), evals, train
 
 
+def _weighted_mean(key: str) -> Callable[[list[tuple[int, dict[str, Any]]]], dict[str, Any]]:
+    """A workflow-API metrics aggregator: `key` averaged over (num_examples, metrics) pairs."""
+
+    def aggregate(results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+        n = sum(k for k, _ in results)
+        return {key: sum(k * float(m[key]) for k, m in results) / max(1, n)}
+
+    return aggregate
+
+
 def _secagg_rounds(grid: Any, context: Any, cfg: FedConfig, initial: list[np.ndarray], evaluate: Any) -> tuple[Any, Any, Any]:
     """SecAgg+ runs on Flower's workflow API (DefaultWorkflow + SecAggPlusWorkflow, legacy strategies)."""
     from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
@@ -375,23 +376,15 @@ def _secagg_rounds(grid: Any, context: Any, cfg: FedConfig, initial: list[np.nda
             new = [(g + d).astype(g.dtype) for g, d in zip(self.current, parameters_to_ndarrays(params))]
             return ndarrays_to_parameters(new), metrics
 
-    def fit_metrics(results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
-        n = sum(k for k, _ in results)
-        return {"train_loss": sum(k * float(m["train_loss"]) for k, m in results) / max(1, n)}
-
     def evaluate_fn(server_round: int, arrays: list[np.ndarray], _config: Any) -> tuple[float, dict[str, Any]]:
         acc, loss = evaluate(server_round, arrays)
         return loss, {"accuracy": acc, "loss": loss}
 
-    def eval_metrics(results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
-        n = sum(k for k, _ in results)
-        return {"accuracy": sum(k * float(m["accuracy"]) for k, m in results) / max(1, n)}
-
     kw: dict[str, Any] = {"fraction_fit": cfg.fraction, "fraction_evaluate": cfg.eval_fraction,
                           "min_fit_clients": cfg.clients_per_round, "min_evaluate_clients": cfg.clients_evaluating,
-                          "evaluate_metrics_aggregation_fn": eval_metrics,
+                          "evaluate_metrics_aggregation_fn": _weighted_mean("accuracy"),
                           "min_available_clients": cfg.clients, "evaluate_fn": evaluate_fn,
-                          "fit_metrics_aggregation_fn": fit_metrics,
+                          "fit_metrics_aggregation_fn": _weighted_mean("train_loss"),
                           "initial_parameters": ndarrays_to_parameters(initial)}
     if cfg.strategy == "fedprox":
         kw["proximal_mu"] = cfg.proximal_mu

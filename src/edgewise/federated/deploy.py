@@ -167,7 +167,7 @@ def serve(cfg: FedConfig, out: Path, host: str = "127.0.0.1", port: int = 9092,
     if tls_dir is None:
         check_plaintext(host, insecure, "the SuperLink would listen on")
     from edgewise.data import load_splits
-    from edgewise.federated.simulate import collect_history, fresh_run_dir, plot
+    from edgewise.federated.simulate import collect_history, fresh_run_dir, save_history
 
     with socket.socket() as probe:  # a taken port would let us "connect" to someone else's server
         try:
@@ -213,8 +213,7 @@ def serve(cfg: FedConfig, out: Path, host: str = "127.0.0.1", port: int = 9092,
     history = collect_history(cfg, out)
     history["deployment"] = {"superlink": f"{host}:{port}", "tls": tls is not None,
                              "nodes": sorted({c["node"] for c in history["crossed"] if "node" in c})}
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    plot(history, out / "history.png")
+    save_history(history, out)
     return history
 
 

@@ -81,8 +81,7 @@ def run(cfg: FedConfig, out: Path, on_round: Any = None, baseline: bool = True) 
     history = collect_history(cfg, out, sizes)
     if baseline:
         history["centralized_accuracy"] = centralized(cfg, splits)
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    plot(history, out / "history.png")
+    save_history(history, out)
     return history
 
 
@@ -115,6 +114,12 @@ def collect_history(cfg: FedConfig, out: Path, sizes: list[int] | None = None) -
                              cfg.secagg_threshold, "clipping_range": cfg.secagg_clip,
                              "max_weight": cfg.secagg_max_weight}
     return history
+
+
+def save_history(history: dict[str, Any], out: Path) -> None:
+    """What every federated run leaves: DIR/history.json and its plot, DIR/history.png."""
+    (out / "history.json").write_text(json.dumps(history, indent=2))
+    plot(history, out / "history.png")
 
 
 def plot(history: dict[str, Any], path: Path) -> None:
