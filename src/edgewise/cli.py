@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich import box
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
 from rich.table import Table
 
 from edgewise.cli_fleet import device_app, federate_app, fleet_app, keys_app
@@ -80,35 +83,90 @@ def train(
     _train(model, data, out, epochs, width, seed)
 
 
-def _search_log(status: Any) -> Any:
-    def log(msg: str) -> None:
-        console.print(f"  [dim]·[/] {msg}")
-        status.update(f"[bold]optimizing:[/] {msg}")
+class _SearchProgress:
+    """One line per step (`log`), and a bar with an ETA for each step whose amount of work is known."""
 
-    return log
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
+                            transient=True)
+        self.tasks: dict[str, Any] = {}
+        self.start = time.monotonic()
+
+    def __enter__(self) -> _SearchProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)  # type: ignore[arg-type]
+
+    def log(self, msg: str) -> None:
+        self.bar.console.print(f"[dim]{time.monotonic() - self.start:5.0f}s[/] {msg}", highlight=False)
+
+    def progress(self, what: str, done: int, total: int) -> None:
+        if what not in self.tasks:
+            for t in self.tasks.values():
+                self.bar.update(t, visible=False)
+            self.tasks[what] = self.bar.add_task(what, total=total)
+        self.bar.update(self.tasks[what], completed=done, total=total, visible=done < total)
+
+
+def _short(cid: str) -> str:
+    return cid.removeprefix("baseline-")
+
+
+def _verdict(c: Any, chosen: Any) -> str:
+    """Short enough for one or two lines at 80 columns; report.html has every reason in full."""
+    if c.status != "ok":
+        reason = c.reason if len(c.reason) <= 70 else c.reason[:67] + "..."
+        return "[red]rejected[/]: " + escape(reason)
+    if c.violations:
+        return escape("; ".join(c.violations))
+    if c is chosen:
+        return "[green]chosen[/]"
+    return "fits, slower than start" if c.metrics.get("slower_than_start") else "fits"
 
 
 def _print_search(outcome: Any) -> None:
+    """The candidate table: fits 80 columns (details are in report.html); the size column is what the
+    decision used (flash on MCUs), and an estimated latency is marked as such."""
     r = outcome.result
-    table = Table(title=f"{outcome.report['model']} on {r.target.name}: candidates (validation split)")
-    for col in ("candidate", "precision", "score", "drop", "size", "p50 ms", "peak mem", "verdict"):
-        table.add_column(col, overflow="fold")
+    estimated = not r.target.runs_onnxruntime
+    kind = r.baseline.metrics.get("fidelity_kind", "score").replace("_agreement", "").replace("_", " ")
+    task = f", task {r.task.name}" if r.task else ""
+    table = Table(title=f"{outcome.report['model']} on {r.target.name}{task}", title_justify="left",
+                  caption=("~ latency estimated from MACs, not measured; " if estimated else "")
+                  + "full table: report.html", caption_justify="left", pad_edge=False, box=box.SIMPLE_HEAD)
+    table.add_column("candidate", no_wrap=True, overflow="ellipsis", max_width=26)
+    table.add_column(kind[:9], justify="right", no_wrap=True)
+    table.add_column("drop", justify="right", no_wrap=True)
+    table.add_column("flash" if estimated else "size", justify="right", no_wrap=True)
+    table.add_column("ms", justify="right", no_wrap=True)
+    table.add_column("verdict", overflow="fold", ratio=1)
     for c in [r.baseline] + r.candidates:
         m = c.metrics
-        verdict = ("[red]rejected[/]: " + c.reason) if c.status != "ok" else (
-            "; ".join(c.violations) or ("[green]chosen[/]" if c is r.chosen else "fits"))
-        table.add_row(c.id, c.precision, _pct(m.get("score")),
+        size = m.get("flash_bytes", m.get("size_bytes"))
+        ms = "-" if "latency_p50_ms" not in m else ("~" if estimated else "") + f"{m['latency_p50_ms']:.2f}"
+        table.add_row(_short(c.id), _pct(m.get("score")),
                       "-" if "accuracy_drop_points" not in m else f"{m['accuracy_drop_points']:+.2f}",
-                      _kb(m.get("size_bytes")), "-" if "latency_p50_ms" not in m else f"{m['latency_p50_ms']:.3f}",
-                      _kb(m.get("peak_memory_bytes")), verdict)
+                      _kb(size), ms, _verdict(c, r.chosen))
     out_console.print(table)
+    if r.not_tried:
+        out_console.print(f"not tried (time budget): {', '.join(_short(c) for c in r.not_tried)}")
+    for note in r.notes:
+        if not note.startswith("time budget"):
+            out_console.print(f"[dim]note:[/] {note}", highlight=False)
     if r.chosen is None:
+        for c in outcome.report.get("closest", []):
+            out_console.print(f"closest: {_short(c['id'])} lacks " + "; ".join(c["lacks"]))
         return
     f = r.final
     out_console.print(f"[bold green]chosen[/] {r.why}")
-    out_console.print(f"test split: accuracy {_pct(f['baseline_accuracy'])} -> {_pct(f['accuracy'])}, "
-                      f"size {_kb(f['baseline_size_bytes'])} -> {_kb(f['size_bytes'])}, "
-                      f"p50 {f['baseline_latency_p50_ms']:.3f} -> {f['latency_p50_ms']:.3f} ms")
+    lat = "estimated p50" if estimated else "p50"
+    out_console.print(f"test split: {f['fidelity_kind'].replace('_', ' ')} {_pct(f['baseline_accuracy'])} -> "
+                      f"{_pct(f['accuracy'])}, size {_kb(f['baseline_size_bytes'])} -> {_kb(f['size_bytes'])}, "
+                      f"{lat} {f['baseline_latency_p50_ms']:.3f} -> {f['latency_p50_ms']:.3f} ms")
 
 
 @app.command()
@@ -124,8 +182,21 @@ def optimize(
                                                        "'baseline-int8-percentile*' or 'pruned-*' (repeatable)")] = None,
     name: Annotated[str | None, typer.Option(help="bundle name (default: the model's)")] = None,
     version: Annotated[str, typer.Option(help="bundle semantic version")] = "0.1.0",
+    task: Annotated[str | None, typer.Option(help="what the outputs mean: classification, detection, segmentation, "
+                                                  "ctc or regression (default: inferred from the outputs)")] = None,
+    time_budget: Annotated[float, typer.Option(help="seconds for the search; the most promising candidates run "
+                                                    "first, the rest are listed as not tried (0 = no limit)")] = 120,
+    max_latency_ms: Annotated[float | None, typer.Option(help="hard latency budget (the target's own figure "
+                                                               "only ranks candidates)")] = None,
+    max_ram_kb: Annotated[float | None, typer.Option(help="hard RAM budget in KB")] = None,
+    max_flash_kb: Annotated[float | None, typer.Option(help="hard flash / model size budget in KB")] = None,
 ) -> None:
     """Try recipes for TARGET, keep the Pareto front, and bundle the best model that fits.
+
+    DATA for a model with several inputs is an .npz with one array per input name, samples stacked
+    on a new leading axis. Fidelity is measured in the task's terms (accuracy with labels, else
+    agreement with the starting model: top-1, detection mAP@0.5, map IoU, CTC character error rate,
+    or output cosine).
 
     Example: edgewise optimize runs/cnn --target mcu-256k --data digits --out runs/cnn-mcu
     """
@@ -135,9 +206,15 @@ def optimize(
 
     profile = load_target(target)
     opts = SearchOptions(max_accuracy_drop=max_accuracy_drop, torch_passes=torch_passes,
-                         calibration_samples=calibration_samples, only=tuple(recipe or ()))
-    with console.status(f"[bold]optimizing {model} for {profile.name}") as status:
-        outcome = run_optimize(model, data, profile, out, opts, name=name, version=version, log=_search_log(status))
+                         calibration_samples=calibration_samples, only=tuple(recipe or ()), task=task,
+                         time_budget_s=time_budget or None, max_latency_ms=max_latency_ms,
+                         max_ram_bytes=None if max_ram_kb is None else int(max_ram_kb * 1024),
+                         max_flash_bytes=None if max_flash_kb is None else int(max_flash_kb * 1024))
+    console.print(f"[bold]optimizing {model} for {profile.name}[/]" + (f" (time budget {time_budget:g} s)"
+                                                                      if time_budget else ""))
+    with _SearchProgress(f"optimizing {model}") as sp:
+        outcome = run_optimize(model, data, profile, out, opts, name=name, version=version, log=sp.log,
+                               progress=sp.progress)
     _print_search(outcome)
     out_console.print(f"report: {out / 'report.html'}  ({out / 'report.json'})")
     if outcome.bundle is None:
@@ -531,9 +608,9 @@ def quickstart(
     outcomes = {}
     for i, t in enumerate(("mcu-256k", "edge-node")):
         out_console.rule(f"[bold]2/4 optimize for {t}")
-        with console.status(f"[bold]optimizing for {t}") as status:
+        with _SearchProgress(f"optimizing for {t}") as sp:
             outcomes[t] = run_optimize(out / "train", "digits", load_target(t), out / t, SearchOptions(),
-                                       name="digits-cnn", log=_search_log(status))
+                                       name="digits-cnn", log=sp.log, progress=sp.progress)
         _print_search(outcomes[t])
         if outcomes[t].bundle is None:
             raise EdgewiseError(outcomes[t].result.why)

@@ -44,18 +44,53 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
+# Written into every output directory edgewise makes (bundles are recognised by their manifest), so a
+# later run replaces only what edgewise wrote, never a user's own directory.
+OUT_MARKER = ".edgewise-output"
+
+
+def _edgewise_made(path: Path) -> bool:
+    if (path / OUT_MARKER).is_file():
+        return True
+    try:
+        import json
+
+        doc = json.loads((path / "manifest.json").read_text())
+        return isinstance(doc, dict) and "format_version" in doc and "files" in doc
+    except (OSError, ValueError):
+        return False
+
+
+def check_out(out: Path, error: type[EdgewiseError] = EdgewiseError) -> None:
+    """Refuse, before any work starts, an output path edgewise could not or must not replace: a file, a
+    non-empty directory edgewise did not write, or a place this user cannot write to."""
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise error(f"{out} exists and is not a directory")
+        if any(out.iterdir()) and not _edgewise_made(out):
+            raise error(f"{out} holds files edgewise did not write; choose another output directory "
+                        "(nothing was changed)")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise error(f"cannot write to {out}: {parent} is not a writable directory")
+
+
 @contextmanager
-def atomic_dir(out: Path, replace: bool = True, error: type[EdgewiseError] = EdgewiseError) -> Iterator[Path]:
+def atomic_dir(out: Path, replace: bool = True, error: type[EdgewiseError] = EdgewiseError,
+               mark: bool = True) -> Iterator[Path]:
     """Yield a temp directory beside `out`; on success it becomes `out`, on any error it vanishes.
 
-    An existing `out` is swapped out only after the new directory is complete (and removed only then).
-    OS errors surface as `error` with the path and reason.
+    An existing `out` is swapped out only after the new directory is complete (and removed only then),
+    and only if edgewise wrote it (`mark` leaves OUT_MARKER in what it writes). OS errors surface as
+    `error` with the path and reason.
     """
     out = Path(out)
     if out.exists() and not replace:
         raise error(f"{out} already exists (pass --force to replace it)")
-    if out.exists() and not out.is_dir():
-        raise error(f"{out} exists and is not a directory")
+    check_out(out, error)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -63,6 +98,8 @@ def atomic_dir(out: Path, replace: bool = True, error: type[EdgewiseError] = Edg
         raise error(f"cannot write to {out}: {e.strerror or e}") from e
     try:
         yield tmp
+        if mark:
+            (tmp / OUT_MARKER).write_text("written by edgewise; a later run may replace this directory\n")
         fsync_tree(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")

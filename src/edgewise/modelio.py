@@ -10,7 +10,12 @@ from onnx import helper
 
 from edgewise.errors import ModelError
 
-MIN_OPSET = 11
+MIN_OPSET = 7  # older graphs are lifted to UPGRADE_TO on load
+UPGRADE_TO = 13
+# Protobuf cannot serialize a message over 2 GiB: larger models keep their weights in a .data file.
+LARGE_MODEL_BYTES = 1_800_000_000
+# Operator domains ONNX Runtime implements (its CPU build carries the Microsoft contrib ops).
+KNOWN_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "ai.onnx.preview.training")
 
 
 @dataclass(frozen=True)
@@ -34,19 +39,50 @@ def load_onnx(path: Path | str) -> onnx.ModelProto:
                 return load_onnx(path / name)
         raise ModelError(f"{path} is a directory without a model.onnx")
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path))  # external data is read from beside the file
     except Exception as e:  # protobuf raises DecodeError, others raise ValueError/OSError
-        raise ModelError(f"{path}: not an ONNX model ({type(e).__name__})") from e
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{path}: not an ONNX model or its external data is missing ({first})") from e
     if not model.graph.node:
         raise ModelError(f"{path}: not an ONNX model (empty or non-ONNX file)")
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(str(path))  # by path: works for models over 2 GiB too
     except Exception as e:
         raise ModelError(f"{path}: invalid ONNX model ({str(e).splitlines()[0]})") from e
     opset = default_opset(model)
     if opset < MIN_OPSET:
         raise ModelError(f"{path}: opset {opset} is not supported (need >= {MIN_OPSET}); re-export it")
+    unsupported = unsupported_op(model)
+    if unsupported:
+        raise ModelError(f"{path}: {unsupported}")
+    if opset < 11:
+        model = upgrade_opset(model, UPGRADE_TO)
     return model
+
+
+def unsupported_op(model: onnx.ModelProto) -> str | None:
+    """The first operator no runtime here can run (unknown domain or op), named with its node; else None."""
+    for node in model.graph.node:
+        domain = node.domain or ""
+        known = domain in KNOWN_DOMAINS and (domain not in ("", "ai.onnx", "ai.onnx.ml")
+                                             or onnx.defs.has(node.op_type, domain))
+        if not known and not any(f.name == node.op_type and f.domain == domain for f in model.functions):
+            where = f"node {node.name!r}" if node.name else f"the node producing {node.output[0]!r}"
+            return (f"operator {node.op_type} ({'domain ' + domain if domain else 'ai.onnx'}) in {where} has no "
+                    "implementation in ONNX Runtime; replace it or export without it")
+    return None
+
+
+def save_model(model: onnx.ModelProto, path: Path | str) -> None:
+    """Save a model; one over 2 GiB keeps its weights in `<name>.data` beside it (left untouched in memory)."""
+    path = Path(path)
+    if model.ByteSize() <= LARGE_MODEL_BYTES:
+        onnx.save(model, str(path))
+        return
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # saving as external data rewrites the message it is given
+    onnx.save(copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=path.name + ".data")
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -88,7 +124,9 @@ def sample_shape(model: onnx.ModelProto) -> tuple[int | str, ...]:
     """The single input's shape without the batch dimension."""
     ins = inputs(model)
     if len(ins) != 1:
-        raise ModelError(f"edgewise optimizes single-input models; this one has {len(ins)} inputs")
+        names = ", ".join(f"{s.name}{list(s.shape)}" for s in ins)
+        raise ModelError(f"the model has {len(ins)} inputs ({names}): give data as an .npz with one array per "
+                         "input name, samples stacked on a new leading axis")
     return ins[0].shape[1:]
 
 

@@ -11,6 +11,7 @@ import onnx
 from edgewise.data import Splits
 from edgewise.errors import DataError, ModelError
 from edgewise.modelio import load_onnx, outputs, pin_input_shape, sample_shape
+from edgewise.profile.feeds import Feeder, model_inputs
 
 
 @dataclass
@@ -39,11 +40,23 @@ def load_source(path: Path) -> Source:
         return Source(man.name, load_onnx(path / "model.onnx"), man.labels, man.preprocessing)
     if path.suffix.lower() in (".pt", ".pth"):
         raise ModelError(f"{path}: convert torch models first with `edgewise import {path} --input-shape ...`")
-    return Source(path.stem, load_onnx(path), [], {})
+    # "model.onnx" says little: a model kept as <name>/model.onnx is called <name>
+    name = path.parent.name if path.stem == "model" and path.parent.name not in ("", ".") else path.stem
+    return Source(name, load_onnx(path), [], {})
 
 
 def fit_data(source: Source, splits: Splits) -> tuple[Source, Splits]:
-    """Make model and data agree: pin the model's open dims to the data, or view the data in the model's shape."""
+    """Make model and data agree: pin the model's open dims to the data, or view the data in the model's shape.
+
+    Named (multi-input) data is checked input by input and the model keeps its dynamic axes.
+    """
+    if splits.train.named:
+        Feeder(model_inputs(source.model), splits.train)
+        if not source.labels:
+            source.labels = splits.train.labels
+        if not source.preprocessing:
+            source.preprocessing = splits.train.preprocessing
+        return source, splits
     shape = sample_shape(source.model)
     data_shape = splits.train.sample_shape
     if all(isinstance(d, int) and d > 0 for d in shape):

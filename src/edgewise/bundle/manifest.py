@@ -10,6 +10,8 @@ from typing import Any
 from edgewise.errors import BundleError
 
 FORMAT_VERSION = 1
+# Optional fields added since format 1; omitted from the JSON (and the signed bytes) while empty.
+_LATER_FIELDS = ("task",)
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
 
 
@@ -30,17 +32,28 @@ class Manifest:
     artifacts: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     format_version: int = FORMAT_VERSION
+    # What the outputs mean (classification, detection, segmentation, ctc, regression): the agent answers
+    # with labels and scores only for classifiers. Added after format 1 was fixed: left out of the signed
+    # bytes while empty, so older bundles' signatures still verify.
+    task: str = ""
 
     def __post_init__(self) -> None:
         if not _SEMVER.match(self.version):
             raise BundleError(f"version {self.version!r} is not semantic (MAJOR.MINOR.PATCH)")
 
+    def _fields(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in _LATER_FIELDS:
+            if not data[key]:
+                del data[key]
+        return data
+
     def canonical_bytes(self) -> bytes:
         """Sorted keys, no whitespace, UTF-8: the exact bytes a signature covers."""
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        return json.dumps(self._fields(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        return json.dumps(self._fields(), indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
@@ -54,7 +67,8 @@ class Manifest:
             raise BundleError(f"unsupported bundle format {data.get('format_version')!r} (this edgewise reads "
                               f"{FORMAT_VERSION})")
         known = set(cls.__dataclass_fields__)
-        missing = [k for k in known if k not in data and k not in ("files", "artifacts", "created", "format_version")]
+        optional = ("files", "artifacts", "created", "format_version", *_LATER_FIELDS)
+        missing = [k for k in known if k not in data and k not in optional]
         if missing:
             raise BundleError(f"manifest.json lacks {', '.join(sorted(missing))}")
         return cls(**{k: v for k, v in data.items() if k in known})

@@ -35,7 +35,7 @@ def write_bundle(out: Path, manifest: Manifest, files: dict[str, bytes | Path]) 
     for name in files:
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise BundleError(f"bundle file name {name!r} must be a relative path inside the bundle")
-    with atomic_dir(out, error=BundleError) as tmp:
+    with atomic_dir(out, error=BundleError, mark=False) as tmp:
         entries: dict[str, dict[str, object]] = {}
         for name, content in sorted(files.items()):
             dest = tmp / name

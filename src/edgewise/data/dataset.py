@@ -15,6 +15,10 @@ class Dataset:
     """Samples `x` (float32, batch first) with optional integer labels `y`.
 
     `preprocessing` records what was applied to raw readings to get `x`, so a device can repeat it.
+
+    Multi-input models take `named` data instead: one array per model input name, samples stacked on a
+    new leading axis, so sample i is the complete feed `{name: named[name][i]}` (any batch dimension the
+    model has included, dtypes kept). `x` is then the first of those arrays.
     """
 
     name: str
@@ -22,13 +26,21 @@ class Dataset:
     y: np.ndarray | None
     labels: list[str]
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    named: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.x.ndim < 2 or len(self.x) == 0:
+        if self.named:
+            sizes = {k: len(v) if np.ndim(v) else 0 for k, v in self.named.items()}
+            if len(set(sizes.values())) != 1 or 0 in sizes.values():
+                raise DataError(f"dataset {self.name!r}: every input needs the same number of samples (> 0) on "
+                                f"its leading axis; got " + ", ".join(f"{k}: {n}" for k, n in sizes.items()))
+            self.x = next(iter(self.named.values()))
+        elif self.x.ndim < 2 or len(self.x) == 0:
             raise DataError(f"dataset {self.name!r} is empty (x has shape {tuple(self.x.shape)})")
         if self.y is not None and len(self.y) != len(self.x):
             raise DataError(f"dataset {self.name!r}: {len(self.x)} samples but {len(self.y)} labels")
-        self.x = np.ascontiguousarray(self.x, dtype=np.float32)
+        if not self.named:
+            self.x = np.ascontiguousarray(self.x, dtype=np.float32)
         if self.y is not None:
             self.y = np.asarray(self.y, dtype=np.int64)
 
@@ -47,11 +59,16 @@ class Dataset:
 
     def subset(self, idx: np.ndarray, suffix: str) -> Dataset:
         y = None if self.y is None else self.y[idx]
-        return Dataset(f"{self.name}:{suffix}", self.x[idx], y, self.labels, self.preprocessing)
+        named = {k: v[idx] for k, v in self.named.items()}
+        return Dataset(f"{self.name}:{suffix}", self.x[idx], y, self.labels, self.preprocessing, named)
+
+    def head(self, n: int) -> Dataset:
+        """The first `n` samples (all of them when there are fewer)."""
+        return self if len(self) <= n else self.subset(np.arange(n), f"first{n}")
 
     def reshaped(self, sample_shape: tuple[int, ...]) -> Dataset:
         """The same data viewed in a model's input shape; refuses when the element counts differ."""
-        if self.sample_shape == tuple(sample_shape):
+        if self.sample_shape == tuple(sample_shape) or self.named:
             return self
         if int(np.prod(self.sample_shape)) != int(np.prod(sample_shape)):
             raise DataError(

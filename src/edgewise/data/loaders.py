@@ -13,6 +13,8 @@ BUNDLED = {
     "digits": "scikit-learn handwritten digits, 1x8x8 grey images, 10 classes (append :SIZE to upscale)",
     "basicmotions": "aeon BasicMotions, 6-axis smartwatch accelerometer+gyroscope, 6x100, 4 classes",
     "textlines": "rendered text crops on real photo backgrounds, 3x48x192, upright (0) vs rotated (180)",
+    "photos": "crops of scikit-learn's sample photos, 3xSIZExSIZE RGB in [0, 1], unlabelled (photos:SIZE, "
+              "default 224): calibration data for third-party vision models",
 }
 
 
@@ -45,15 +47,26 @@ def _basicmotions() -> Dataset:
 
 
 def _npz(path: Path) -> Dataset:
+    """`x` (and optional `y`) for a single-input model; otherwise one array per model input name, samples
+    stacked on a new leading axis (sample i is {name: arr[name][i]})."""
     try:
         with np.load(path, allow_pickle=False) as f:
-            if "x" not in f:
-                raise DataError(f"{path}: .npz needs an array named 'x' (found: {', '.join(f.files) or 'none'})")
-            x = f["x"]
-            y = f["y"] if "y" in f else None
-    except (OSError, ValueError) as e:
+            if not f.files:
+                raise DataError(f"{path}: .npz holds no arrays")
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError) as e:
         raise DataError(f"{path}: not a readable .npz file ({e})") from e
-    return _user_dataset(path, x, y)
+    y = arrays.pop("y", None)
+    if "x" in arrays and len(arrays) == 1:
+        return _user_dataset(path, arrays["x"], y)
+    for k, v in arrays.items():
+        if not (np.issubdtype(v.dtype, np.number) or v.dtype == np.bool_) or v.ndim == 0:
+            raise DataError(f"{path}: input {k!r} must be a numeric or bool array with samples on its first axis, "
+                            f"got {v.dtype} of shape {v.shape}")
+        if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
+            raise DataError(f"{path}: input {k!r} holds NaN or infinite values")
+    base = _user_dataset(path, np.zeros((len(next(iter(arrays.values()))), 1), np.float32), y)
+    return Dataset(base.name, base.x, base.y, base.labels, base.preprocessing, arrays)
 
 
 def _csv(path: Path) -> Dataset:
@@ -114,6 +127,12 @@ def load(spec: str) -> Dataset:
         return _digits(int(arg) if arg else None)
     if name == "basicmotions":
         return _basicmotions()
+    if name == "photos":
+        from edgewise.data.photos import photos
+
+        if arg and not arg.isdigit():
+            raise DataError(f"photos size must be an integer, got {arg!r}")
+        return photos(int(arg) if arg else 224)
     if name == "textlines":
         from edgewise.data.textlines import textlines
 

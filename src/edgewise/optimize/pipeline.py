@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 
 from edgewise.bundle import Manifest, write_bundle
-from edgewise.data import Splits, load_splits
-from edgewise.fsutil import atomic_dir
+from edgewise.data import Dataset, Splits, load_splits
+from edgewise.fsutil import atomic_dir, check_out
 from edgewise.modelio import inputs, outputs
-from edgewise.optimize.search import Log, SearchOptions, SearchResult, finalize, search
+from edgewise.optimize.search import Log, Progress, SearchOptions, SearchResult, closest, final_runs, finalize, search
+from edgewise.profile.fidelity import KINDS
 from edgewise.profile.report import render_html, render_json
 from edgewise.source import Source, fit_data, load_source
 from edgewise.targets import TargetProfile
@@ -28,11 +29,19 @@ class OptimizeOutcome:
 
 
 def _report(source: Source, result: SearchResult, opts: SearchOptions, splits: Splits) -> dict[str, Any]:
+    task = result.task
+    labelled = splits.val.y is not None and task is not None and task.name == "classification"
     return {
         "model": source.name,
         "target": asdict(result.target),
         "max_accuracy_drop": opts.max_accuracy_drop,
-        "accuracy_kind": "accuracy" if splits.val.y is not None else "top1_agreement_with_fp32",
+        "task": task.as_dict() if task else None,
+        "accuracy_kind": "accuracy" if labelled else (
+            "top1_agreement_with_fp32" if task is None or task.name == "classification"
+            else f"{KINDS[task.name]}_with_fp32"),
+        "budgets": {"max_latency_ms": opts.max_latency_ms, "max_ram_bytes": opts.max_ram_bytes,
+                    "max_flash_bytes": opts.max_flash_bytes, "time_budget_s": opts.time_budget_s,
+                    "latency_preference_ms": result.target.latency_budget_ms},
         "data": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
         "why": result.why,
         "chosen": result.chosen.summary() if result.chosen else None,
@@ -41,45 +50,53 @@ def _report(source: Source, result: SearchResult, opts: SearchOptions, splits: S
         "sensitivity": result.sensitivity,
         "exclusions": result.exclusions,
         "notes": result.notes,
+        "not_tried": result.not_tried,
+        "closest": [{"id": c.id, "lacks": c.violations} for c in closest(
+            [result.baseline] + result.candidates)] if result.chosen is None else [],
         "final": result.final,
     }
 
 
 def optimize(model_path: Path, data: str, target: TargetProfile, out: Path, opts: SearchOptions | None = None,
-             name: str | None = None, version: str = "0.1.0", log: Log = lambda _m: None) -> OptimizeOutcome:
+             name: str | None = None, version: str = "0.1.0", log: Log = lambda _m: None,
+             progress: Progress = lambda _w, _d, _t: None) -> OptimizeOutcome:
     opts = opts or SearchOptions()
+    check_out(out)
     source, splits = fit_data(load_source(model_path), load_splits(data))
-    result = search(source, splits, target, opts, log)
+    result = search(source, splits, target, opts, log, progress)
     if result.chosen is not None:
         log("measuring the chosen model against the starting model on the test split")
-        finalize(result, splits)
+        finalize(result, splits, final_runs(result, opts.time_budget_s))
     report = _report(source, result, opts, splits)
     bundle_path = None
     with atomic_dir(out) as tmp:
         (tmp / "report.json").write_text(render_json(report))
         (tmp / "report.html").write_text(render_html(report))
         if result.chosen is not None and result.chosen.model is not None:
-            manifest = _manifest(source, result, name or source.name, version, splits.train.x)
+            manifest = _manifest(source, result, name or source.name, version, splits.train)
             write_bundle(tmp / "bundle", manifest, {"model.onnx": result.chosen.model.SerializeToString()})
             bundle_path = out / "bundle"
     return OptimizeOutcome(result, out, bundle_path, report)
 
 
-def _manifest(source: Source, result: SearchResult, name: str, version: str, train_x: np.ndarray) -> Manifest:
+def _manifest(source: Source, result: SearchResult, name: str, version: str, train: Dataset) -> Manifest:
     chosen = result.chosen
     assert chosen is not None and chosen.model is not None
     m = chosen.model
     metrics = {k: v for k, v in result.final.items() if not isinstance(v, np.generic)}
     # The range the model saw in training, widened by 10% each way: devices refuse inputs far outside it
     # (a wrong scale or a broken sensor), instead of answering nonsense confidently.
-    lo, hi = float(train_x.min()), float(train_x.max())
-    pad = 0.1 * max(hi - lo, 1e-6)
-    preprocessing = {**_jsonable(source.preprocessing), "input_range": [lo - pad, hi + pad]}
+    preprocessing = _jsonable(source.preprocessing)
+    if not train.named:
+        lo, hi = float(train.x.min()), float(train.x.max())
+        pad = 0.1 * max(hi - lo, 1e-6)
+        preprocessing["input_range"] = [lo - pad, hi + pad]
     return Manifest(
         name=name, version=version, target=result.target.name,
         inputs=[s.as_dict() for s in inputs(m)], outputs=[s.as_dict() for s in outputs(m)],
         labels=list(source.labels), preprocessing=preprocessing,
-        precision=chosen.precision, recipe=[{"candidate": chosen.id}] + chosen.recipe, metrics=_jsonable(metrics))
+        precision=chosen.precision, recipe=[{"candidate": chosen.id}] + chosen.recipe, metrics=_jsonable(metrics),
+        task=result.task.name if result.task else "")
 
 
 def _jsonable(obj: Any) -> Any:

@@ -9,13 +9,19 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
+from onnxruntime.quantization import calibrate as _calibrate
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -26,9 +32,11 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
+from edgewise.data import Dataset
 from edgewise.errors import OptimizeError
-from edgewise.modelio import upgrade_opset
+from edgewise.modelio import LARGE_MODEL_BYTES, save_model, upgrade_opset
 from edgewise.optimize.fuse import fold_conv_bn, gemm_to_matmul
+from edgewise.profile.feeds import Feeder, InputSpec, model_inputs
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
            "entropy": CalibrationMethod.Entropy}
@@ -37,25 +45,88 @@ COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
 logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
 
 
-class StreamingReader(CalibrationDataReader):
-    """Feeds at most `max_samples` samples in batches; memory stays at one batch beyond the data itself."""
+def _f32(v: object) -> object:
+    return v.astype(np.float32) if isinstance(v, np.ndarray | np.floating) and v.dtype == np.float64 else v
 
-    def __init__(self, input_name: str, x: np.ndarray, batch: int = 16, max_samples: int = 256) -> None:
-        self.input_name, self.x, self.batch = input_name, x[:max_samples], batch
-        self.pos = 0
+
+class _WideHistograms(_calibrate.HistogramCollector):  # type: ignore[misc]
+    """ORT's Percentile histograms (of |x|), with bin edges kept in float64.
+
+    ORT bins each tensor in its own float32: one tensor whose values span a range too narrow for 2048
+    distinct float32 bin edges (a grid of anchor centres in a detector head, say) fails the whole
+    calibration with "Too many bins for data range". The same histogram with float64 edges does not;
+    the thresholds go back to ORT in float32, as it expects.
+    """
+
+    def collect_absolute_value(self, name_to_arr: dict[str, Any]) -> None:
+        for tensor, arrs in name_to_arr.items():
+            parts = arrs if isinstance(arrs, list) else [arrs]
+            data = np.concatenate([np.asarray(a).ravel() for a in parts])
+            if data.size:
+                low, high = np.nanmin(data), np.nanmax(data)
+            else:
+                low = high = np.array(0, dtype=data.dtype)
+            mag = np.abs(data).astype(np.float64)
+            if tensor not in self.histogram_dict:
+                hist, edges = np.histogram(mag, bins=self.num_bins)
+            else:
+                old_hist, edges, old_low, old_high = self.histogram_dict[tensor]
+                top = np.nanmax(mag) if mag.size else 0.0
+                if top > edges[-1]:  # widen with bins of the same width
+                    width = edges[1] - edges[0]
+                    edges = np.hstack((edges, np.arange(edges[-1] + width, top + width, width)))
+                hist, edges = np.histogram(mag, bins=edges)
+                hist[: len(old_hist)] += old_hist
+                low, high = min(old_low, low), max(old_high, high)
+            self.histogram_dict[tensor] = (hist, edges, low, high)
+
+    def compute_collection_result(self) -> dict[str, Any]:
+        return {k: tuple(_f32(x) for x in v) if isinstance(v, tuple) else _f32(v)
+                for k, v in super().compute_collection_result().items()}
+
+
+# HistogramCalibrater looks the collector up in its module when it first collects.
+_calibrate.HistogramCollector = _WideHistograms
+
+
+class StreamingReader(CalibrationDataReader):
+    """Feeds at most `max_samples` samples in equal batches (ORT's histogram calibrators stack the batches
+    they see, so a short last batch would break them).
+
+    ORT's calibrators keep every intermediate tensor of every batch they are given until they summarise
+    them (24 GB for a text recognizer at 256 samples): `set_range` lets quantize_static hand them one
+    batch at a time ("CalibStridedMinMax"), so memory stays at one batch of activations.
+
+    `data` is one input's array (the name given) or a Dataset; named (multi-input) data feeds one complete
+    sample at a time, as the model takes it.
+    """
+
+    def __init__(self, input_name: str | list[InputSpec], x: np.ndarray | Dataset, batch: int = 8,
+                 max_samples: int = 256) -> None:
+        if isinstance(input_name, str):
+            arr = np.asarray(x)
+            specs = [InputSpec(input_name, arr.dtype, (None, *arr.shape[1:]))]
+        else:
+            specs = input_name
+        data = x.head(max_samples) if isinstance(x, Dataset) else np.asarray(x)[:max_samples]
+        self.feeder = Feeder(specs, data)
+        self.batch = 1 if self.feeder.named else self.feeder.batch_size(min(batch, len(self.feeder)))
+        self.limit = len(self.feeder) // self.batch * self.batch or len(self.feeder)
+        self.set_range(0, len(self))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.pos >= len(self.x):
-            return None
-        chunk = self.x[self.pos : self.pos + self.batch]
-        self.pos += self.batch
-        return {self.input_name: chunk}
+        return next(self._it, (None, 0))[0]
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Feed only batches [start_index, end_index) until the next call."""
+        batches = self.feeder.batches(self.batch, self.limit)
+        self._it = (b for i, b in enumerate(batches) if start_index <= i < end_index)
 
     def rewind(self) -> None:
-        self.pos = 0
+        self.set_range(0, len(self))
 
     def __len__(self) -> int:
-        return int(np.ceil(len(self.x) / self.batch))
+        return int(np.ceil(self.limit / self.batch))
 
 
 @dataclass(frozen=True)
@@ -95,50 +166,94 @@ def _quiet() -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
-def _prepare(model: onnx.ModelProto, path: Path) -> None:
+@contextlib.contextmanager
+def _cwd(path: Path) -> Iterator[None]:
+    """ORT's symbolic shape inference saves `sym_shape_infer_temp.onnx` and its external data into the
+    current directory when it gives up; keep them in our temporary directory, not the user's."""
+    with _CWD_LOCK:
+        before = os.getcwd()
+        os.chdir(path)
+        try:
+            yield
+        finally:
+            os.chdir(before)
+
+
+_CWD_LOCK = threading.Lock()
+# ORT's pre-processing, then less of it each time it fails: symbolic shape inference is the fragile
+# step on many exporters' graphs, graph optimization the next.
+PREP_STEPS: tuple[tuple[dict[str, bool], str], ...] = (
+    ({}, "shape inference and graph optimization"),
+    ({"skip_symbolic_shape": True}, "without symbolic shape inference"),
+    ({"skip_symbolic_shape": True, "skip_optimization": True}, "without symbolic shape inference or optimization"),
+)
+
+
+def _prepare(model: onnx.ModelProto, path: Path) -> str:
     """Weights as initializers with BatchNorm folded in (ORT only quantizes initializers), then ORT's
-    pre-processing; its symbolic shape inference fails on some exporters' graphs, so retry without it."""
+    pre-processing, given a file (a ModelProto whose shape inference fails comes back half-rewritten to
+    external data), falling back step by step. Returns how the model was prepared."""
     folded, _ = fold_conv_bn(model)
-    with _quiet():
+    source = path.with_name("source.onnx")
+    save_model(folded, source)
+    failures = []
+    for kwargs, how in PREP_STEPS:
         try:
-            quant_pre_process(folded, str(path))
-            return
-        except Exception:  # noqa: BLE001 - retry without the fragile symbolic shape inference
-            pass
-        try:
-            quant_pre_process(folded, str(path), skip_symbolic_shape=True)
-        except Exception as e:
-            raise OptimizeError(f"cannot prepare model for quantization: {str(e).splitlines()[0][:200]}") from e
+            with _quiet(), _cwd(path.parent):
+                quant_pre_process(str(source), str(path), **kwargs)
+            onnx.load(str(path), load_external_data=False)
+            return how
+        except Exception as e:  # noqa: BLE001 - each step's failure only means: try with less
+            failures.append(f"{how}: {_first_line(e)}")
+    # Quantize the folded model as it is; each candidate that then fails is rejected with its reason.
+    shutil.copyfile(source, path)
+    if source.with_name("source.onnx.data").exists():
+        shutil.copyfile(source.with_name("source.onnx.data"), path.with_name("source.onnx.data"))
+    return "unprepared (ORT pre-processing failed: " + "; ".join(failures)[:300] + ")"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
 
 
 class Quantizer:
     """Quantizes one fp32 model many ways, calibrating once per method on a bounded calibration set."""
 
-    def __init__(self, model: onnx.ModelProto, calibration_x: np.ndarray, max_samples: int = 256) -> None:
+    def __init__(self, model: onnx.ModelProto, calibration: np.ndarray | Dataset, max_samples: int = 256) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="edgewise-quant-")
         self.dir = Path(self._tmp.name)
         self.fp32 = self.dir / "fp32.onnx"
-        _prepare(upgrade_opset(model, 13), self.fp32)
-        self.input_name = onnx.load(str(self.fp32)).graph.input[0].name
-        self.x = calibration_x
+        try:
+            self.prepared = _prepare(upgrade_opset(model, 13), self.fp32)
+            self.inputs = model_inputs(onnx.load(str(self.fp32), load_external_data=False))
+        except BaseException:
+            self.close()
+            raise
+        self.large = model.ByteSize() > LARGE_MODEL_BYTES
+        self.x = calibration
         self.max_samples = max_samples
+        self.calibrated: dict[str, float] = {}  # method -> seconds its calibration took
 
     def close(self) -> None:
         self._tmp.cleanup()
 
     def _reader(self) -> StreamingReader:
-        return StreamingReader(self.input_name, self.x, max_samples=self.max_samples)
+        return StreamingReader(self.inputs, self.x, max_samples=self.max_samples)
 
     def _cache(self, method: str) -> Path:
         """Calibrate every tensor once for this method; later candidates reuse the stored ranges."""
         cache = self.dir / f"calib-{method}.json"
         if not cache.exists():
+            start = time.monotonic()
             self._static_file(StaticConfig(method=method, ops=None), self.dir / f"warm-{method}.onnx", cache)
+            self.calibrated[method] = time.monotonic() - start
         return cache
 
     def _static_file(self, cfg: StaticConfig, out: Path, cache: Path) -> None:
         act = QuantType.QUInt8 if cfg.activations == "uint8" else QuantType.QInt8
-        extra = {"CalibPercentile": 99.99, "CalibMovingAverage": False}
+        # One batch per collect_data call: the calibrator summarises each before it sees the next.
+        extra = {"CalibPercentile": 99.99, "CalibMovingAverage": False, "CalibStridedMinMax": 1}
         if cfg.activations == "int8":
             extra["ActivationSymmetric"] = False
         try:
@@ -149,9 +264,10 @@ class Quantizer:
                     activation_type=act, weight_type=QuantType.QInt8,
                     nodes_to_quantize=list(cfg.only) if cfg.only is not None else None,
                     nodes_to_exclude=list(cfg.exclude), calibrate_method=METHODS[cfg.method],
-                    extra_options=extra, calibration_cache_path=str(cache))
+                    extra_options=extra, calibration_cache_path=str(cache),
+                    use_external_data_format=self.large)
         except Exception as e:
-            raise OptimizeError(f"{cfg.label()} failed: {str(e).splitlines()[0][:200]}") from e
+            raise OptimizeError(f"{cfg.label()} failed: {_first_line(e)}") from e
 
     def static(self, cfg: StaticConfig) -> onnx.ModelProto:
         if cfg.method not in METHODS:
@@ -172,9 +288,9 @@ class Quantizer:
         try:
             with _quiet():
                 quantize_dynamic(str(self.fp32), str(out), op_types_to_quantize=list(ops), per_channel=False,
-                                 weight_type=QuantType.QInt8)
+                                 weight_type=QuantType.QInt8, use_external_data_format=self.large)
         except Exception as e:
-            raise OptimizeError(f"int8 dynamic failed: {str(e).splitlines()[0][:200]}") from e
+            raise OptimizeError(f"int8 dynamic failed: {_first_line(e)}") from e
         return onnx.load(str(out))
 
 

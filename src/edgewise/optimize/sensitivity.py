@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from dataclasses import replace
 
 import numpy as np
@@ -18,8 +19,12 @@ _PASSTHROUGH = {"Softmax", "LogSoftmax", "Sigmoid", "Reshape", "Flatten", "Squee
 HIGH_RANGE_RATIO = 4.0
 
 
-def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
-    """||out - ref|| / ||ref|| over the whole evaluation set: continuous, works for any output."""
+def relative_error(out: np.ndarray | list[np.ndarray], ref: np.ndarray | list[np.ndarray]) -> float:
+    """||out - ref|| / ||ref|| over the whole evaluation set: continuous, works for any output (the worst
+    of several outputs)."""
+    if isinstance(out, list):
+        return max(relative_error(o, r) for o, r in zip(out, ref))
+    out, ref = out.astype(np.float64), ref.astype(np.float64)
     return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-12))
 
 
@@ -28,13 +33,19 @@ def quantizable_nodes(model: onnx.ModelProto, ops: tuple[str, ...] | None = COMP
     return [n.name for n in model.graph.node if n.op_type in wanted]
 
 
-def layer_sensitivity(quantizer: Quantizer, cfg: StaticConfig, run: Callable[[onnx.ModelProto], np.ndarray],
-                      reference: np.ndarray, nodes: list[str]) -> dict[str, float]:
-    """Quantize one layer at a time (everything else float) and measure the output's relative error."""
+def layer_sensitivity(quantizer: Quantizer, cfg: StaticConfig, run: Callable[[onnx.ModelProto], Any],
+                      reference: Any, nodes: list[str], stop: Callable[[], bool] = lambda: False,
+                      progress: Callable[[int, int], None] = lambda _d, _t: None) -> dict[str, float]:
+    """Quantize one layer at a time (everything else float) and measure the output's relative error;
+    `stop()` ends it early (a time budget), keeping the layers measured so far."""
     scores: dict[str, float] = {}
-    for name in nodes:
+    for i, name in enumerate(nodes):
+        progress(i, len(nodes))
+        if stop():
+            break
         model = quantizer.static(replace(cfg, only=(name,), exclude=()))
         scores[name] = relative_error(run(model), reference)
+    progress(len(nodes), len(nodes))
     return dict(sorted(scores.items(), key=lambda kv: -kv[1]))
 
 

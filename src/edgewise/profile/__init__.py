@@ -1,25 +1,30 @@
 """Measurement: accuracy or fidelity, latency percentiles, throughput, size, memory, MACs and energy."""
 
 from edgewise.profile.macs import count_macs
+from edgewise.profile.fidelity import Fidelity, Task, fidelity, infer_task
 from edgewise.profile.measure import (
-    Fidelity,
     LatencyStats,
     evaluate,
     measure_latency,
     measure_memory,
     measure_throughput,
     run_model,
+    run_outputs,
 )
 from edgewise.profile.runtime import make_session
 
 __all__ = [
     "Fidelity",
     "LatencyStats",
+    "Task",
     "count_macs",
     "evaluate",
+    "fidelity",
+    "infer_task",
     "make_session",
     "measure_latency",
     "measure_memory",
     "measure_throughput",
     "run_model",
+    "run_outputs",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -13,41 +14,25 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edgewise.errors import DataError, ModelError
+from edgewise.data import Dataset
+from edgewise.errors import ModelError
+from edgewise.profile.fidelity import Fidelity
+from edgewise.profile.feeds import Feeder, cast_feed, session_inputs
 
 
-def run_model(sess: ort.InferenceSession, x: np.ndarray, batch: int = 128) -> np.ndarray:
-    """First output for every sample, run in batches; shape mismatches become a DataError."""
-    inp = sess.get_inputs()[0]
-    want = inp.shape[1:]
-    have = x.shape[1:]
-    if len(want) != len(have) or any(isinstance(w, int) and w > 0 and w != h for w, h in zip(want, have)):
-        raise DataError(f"data samples have shape {tuple(have)} but the model expects {tuple(want)}")
-    outs = []
-    for i in range(0, len(x), batch):
-        try:
-            outs.append(sess.run(None, {inp.name: x[i : i + batch]})[0])
-        except Exception as e:  # ORT's runtime errors carry no common base class
-            raise ModelError(f"inference failed: {str(e).splitlines()[0][:300]}") from e
-    return np.concatenate(outs)
+def run_outputs(sess: ort.InferenceSession, data: Dataset | np.ndarray, batch: int = 64,
+                limit: int | None = None) -> list[np.ndarray]:
+    """Every output for every sample (sample-major), for single-input arrays or named multi-input data."""
+    return Feeder(session_inputs(sess), data).run(sess, batch, limit)
 
 
-@dataclass
-class Fidelity:
-    """How a model scores: accuracy against labels when there are labels, and agreement with a reference."""
-
-    accuracy: float | None
-    top1_agreement: float | None
-    cosine: float | None
-
-    @property
-    def score(self) -> float:
-        """Accuracy when labels exist, else top-1 agreement with the reference model."""
-        value = self.accuracy if self.accuracy is not None else self.top1_agreement
-        return float("nan") if value is None else value
+def run_model(sess: ort.InferenceSession, x: Dataset | np.ndarray, batch: int = 64) -> np.ndarray:
+    """The first output for every sample; shape mismatches become a DataError."""
+    return run_outputs(sess, x, batch)[0]
 
 
 def evaluate(out: np.ndarray, y: np.ndarray | None, reference: np.ndarray | None = None) -> Fidelity:
+    """Classification fidelity of one output: accuracy with labels, top-1 agreement and cosine beside."""
     acc = float((out.argmax(1) == y).mean()) if y is not None else None
     agree = cos = None
     if reference is not None:
@@ -76,14 +61,23 @@ def _stats(samples: Sequence[float]) -> LatencyStats:
                         float(np.percentile(a, 99)), float(a.mean()), len(a))
 
 
-def measure_latency(sessions: Sequence[ort.InferenceSession], sample: np.ndarray, runs: int = 200,
-                    warmup: int = 20) -> list[LatencyStats]:
+def _feed(sess: ort.InferenceSession, sample: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A batch-1 feed for this session: a single sample array (with or without its batch axis), or a
+    complete feed by input name, each cast to the dtype the session takes."""
+    specs = session_inputs(sess)
+    if isinstance(sample, dict):
+        return cast_feed(specs, sample)
+    x = sample if sample.ndim == len(specs[0].shape) else sample[None]
+    return Feeder(specs, x).one(0)
+
+
+def measure_latency(sessions: Sequence[ort.InferenceSession], sample: np.ndarray | dict[str, np.ndarray],
+                    runs: int = 200, warmup: int = 20) -> list[LatencyStats]:
     """Batch-1 latency of several models, interleaved run by run.
 
     Interleaving means a burst of noise on this machine hits every model alike, so their ratios hold.
     """
-    feeds = [{s.get_inputs()[0].name: sample[None] if sample.ndim == len(s.get_inputs()[0].shape) - 1
-              else sample} for s in sessions]
+    feeds = [_feed(s, sample) for s in sessions]
     for s, f in zip(sessions, feeds):
         for _ in range(warmup):
             s.run(None, f)
@@ -96,11 +90,18 @@ def measure_latency(sessions: Sequence[ort.InferenceSession], sample: np.ndarray
     return [_stats(t) for t in times]
 
 
-def measure_throughput(sess: ort.InferenceSession, x: np.ndarray, batch: int, seconds: float = 1.0) -> float:
-    """Samples per second at the given batch size (repeats the data to fill the batch)."""
-    reps = int(np.ceil(batch / len(x)))
-    xb = np.concatenate([x] * reps)[:batch]
-    feed = {sess.get_inputs()[0].name: xb}
+def measure_throughput(sess: ort.InferenceSession, x: Dataset | np.ndarray, batch: int,
+                       seconds: float = 1.0) -> float:
+    """Samples per second at the given batch size (repeats the data to fill the batch). Models with
+    several inputs or a fixed batch size run batch 1."""
+    feeder = Feeder(session_inputs(sess), x)
+    if feeder.named or feeder.specs[0].fixed_batch:
+        batch = feeder.specs[0].fixed_batch or 1
+        feed = next(feeder.batches(batch))[0]
+    else:
+        xs = feeder.x
+        xb = np.concatenate([xs] * int(np.ceil(batch / len(xs))))[:batch]
+        feed = next(Feeder(feeder.specs, xb).batches(batch))[0]
     sess.run(None, feed)
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds or n < 3:
@@ -109,15 +110,21 @@ def measure_throughput(sess: ort.InferenceSession, x: np.ndarray, batch: int, se
     return n * batch / (time.perf_counter() - start)
 
 
-def measure_memory(model_path: Path, threads: int = 1, batch: int = 1) -> dict[str, int]:
+def measure_memory(model_path: Path, threads: int = 1, batch: int = 1,
+                   feed: dict[str, np.ndarray] | None = None) -> dict[str, int]:
     """Peak memory of loading and running the model, measured in a fresh process.
 
     Returns `rss_delta_bytes` (peak RSS minus RSS before the session existed: weights, ORT arena,
     kernels' scratch) and `arena_bytes` where ORT reports it. A fresh process keeps other models'
-    allocations out of the figure.
+    allocations out of the figure. `feed` is a real batch-1 input (random values of the right shapes
+    and dtypes otherwise).
     """
-    cmd = [sys.executable, "-m", "edgewise.profile.memprobe", str(model_path), str(threads), str(batch)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    with tempfile.TemporaryDirectory(prefix="edgewise-memfeed-") as tmp:
+        cmd = [sys.executable, "-m", "edgewise.profile.memprobe", str(model_path), str(threads), str(batch)]
+        if feed is not None:
+            np.savez(Path(tmp) / "feed.npz", **feed)
+            cmd.append(str(Path(tmp) / "feed.npz"))
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         raise ModelError(f"memory probe failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:300]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

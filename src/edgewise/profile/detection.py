@@ -1,0 +1,175 @@
+"""Detector outputs as boxes: decode YOLO-style heads and boxes+scores heads, class-aware NMS, and mAP@0.5
+of one model's boxes against another's. NumPy only, so a device can run the same decode.
+
+A YOLO-style head is one tensor [4+C, A] per image (v8 and later: cx, cy, w, h, then C class scores,
+no objectness), or its transpose [A, 4+C]. A boxes+scores head is two tensors: boxes [A, 4] as
+x1, y1, x2, y2 and scores [A, C] (or [C, A]).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CONF = 0.25
+IOU = 0.45
+MAX_DET = 300
+
+
+@dataclass
+class Boxes:
+    """Detections of one image: xyxy [K, 4], score [K], class [K]."""
+
+    xyxy: np.ndarray
+    score: np.ndarray
+    cls: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a detector's boxes are: output indices and orientation, found once from the outputs' shapes."""
+
+    kind: str  # "yolo" | "boxes+scores"
+    boxes: int  # output index of the YOLO head, or of the boxes
+    scores: int = -1  # boxes+scores: output index of the scores
+    anchors_last: bool = True  # YOLO [4+C, A] / scores [C, A]
+
+    def describe(self) -> str:
+        if self.kind == "yolo":
+            return f"YOLO-style head in output {self.boxes} ({'[4+C, A]' if self.anchors_last else '[A, 4+C]'})"
+        return f"boxes in output {self.boxes}, scores in output {self.scores}"
+
+
+def squeeze_lead(a: np.ndarray, rank: int) -> np.ndarray:
+    """Drop leading size-1 axes (a batch of one) until `rank` axes remain."""
+    while a.ndim > rank and a.shape[0] == 1:
+        a = a[0]
+    return a
+
+
+def _yolo_like(a: np.ndarray) -> bool | None:
+    """Per-image array of a YOLO head: True for [4+C, A], False for [A, 4+C], None if it is not one.
+    Boxes are centre/size in pixels (sizes >= 0) and class scores are probabilities."""
+    if a.ndim != 2:
+        return None
+    for anchors_last, m in ((True, a), (False, a.T)):
+        d, n = m.shape
+        if 5 <= d < n and n >= 64:
+            wh, cls = m[2:4], m[4:]
+            if wh.min() >= 0 and cls.min() >= 0 and cls.max() <= 1.0 + 1e-4:
+                return anchors_last
+    return None
+
+
+def find_layout(per_image: list[np.ndarray]) -> Layout | None:
+    """The detection layout of a model's outputs for one image, or None when they are not a detector's."""
+    outs = [squeeze_lead(o, 2) for o in per_image]
+    for i, b in enumerate(outs):
+        if b.ndim == 2 and b.shape[1] == 4 and b.shape[0] >= 8:
+            for j, s in enumerate(outs):
+                if j != i and s.ndim == 2 and b.shape[0] in s.shape and s.size > b.shape[0]:
+                    return Layout("boxes+scores", i, j, anchors_last=s.shape[1] == b.shape[0] and s.shape[0] != b.shape[0])
+    if len(outs) == 1:
+        orient = _yolo_like(outs[0])
+        if orient is not None:
+            return Layout("yolo", 0, anchors_last=orient)
+    return None
+
+
+def candidates(per_image: list[np.ndarray], layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+    """All anchors of one image before NMS: xyxy [A, 4] and class scores [A, C]."""
+    if layout.kind == "yolo":
+        m = squeeze_lead(per_image[layout.boxes], 2)
+        m = m.T if layout.anchors_last else m
+        cx, cy, w, h = m[:, 0], m[:, 1], m[:, 2], m[:, 3]
+        xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+        return xyxy.astype(np.float32), m[:, 4:].astype(np.float32)
+    boxes = squeeze_lead(per_image[layout.boxes], 2).astype(np.float32)
+    scores = squeeze_lead(per_image[layout.scores], 2).astype(np.float32)
+    return boxes, scores.T if layout.anchors_last else scores
+
+
+def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one xyxy box against many."""
+    x1 = np.maximum(box[0], boxes[:, 0])
+    y1 = np.maximum(box[1], boxes[:, 1])
+    x2 = np.minimum(box[2], boxes[:, 2])
+    y2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda b: np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)  # noqa: E731
+    union = area(box) + area(boxes) - inter
+    # Degenerate (zero-area) boxes overlap only themselves.
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), np.all(boxes == box, axis=1).astype(np.float64))
+
+
+def nms(xyxy: np.ndarray, scores: np.ndarray, cls: np.ndarray, iou_thres: float = IOU,
+        max_det: int = MAX_DET) -> np.ndarray:
+    """Indices kept by class-aware greedy NMS, best first (classes are kept apart by offsetting boxes)."""
+    if len(scores) == 0:
+        return np.zeros(0, np.int64)
+    offset = cls.astype(np.float32)[:, None] * (float(np.abs(xyxy).max()) + 1.0) * 2
+    shifted = xyxy + offset
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size and len(keep) < max_det:
+        i = int(order[0])
+        keep.append(i)
+        rest = order[1:]
+        order = rest[iou(shifted[i], shifted[rest]) <= iou_thres]
+    return np.asarray(keep, np.int64)
+
+
+def decode(per_image: list[np.ndarray], layout: Layout, conf: float = CONF, top_k: int | None = None) -> Boxes:
+    """Boxes after the confidence threshold (or, with `top_k`, the k best anchors whatever their score)
+    and class-aware NMS."""
+    xyxy, scores = candidates(per_image, layout)
+    cls = scores.argmax(1)
+    best = scores[np.arange(len(scores)), cls]
+    if top_k is not None:
+        sel = np.argsort(-best, kind="stable")[:top_k]
+    else:
+        sel = np.flatnonzero(best >= conf)
+    keep = sel[nms(xyxy[sel], best[sel], cls[sel])]
+    return Boxes(xyxy[keep], best[keep], cls[keep])
+
+
+def _average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
+    """Area under the precision envelope (all-point interpolation, as VOC 2010+ and COCO integrate)."""
+    r = np.concatenate([[0.0], recall, [1.0]])
+    p = np.concatenate([[1.0], precision, [0.0]])
+    p = np.maximum.accumulate(p[::-1])[::-1]
+    idx = np.flatnonzero(r[1:] != r[:-1])
+    return float(np.sum((r[idx + 1] - r[idx]) * p[idx + 1]))
+
+
+def mean_ap(preds: list[Boxes], truth: list[Boxes], iou_thres: float = 0.5) -> float:
+    """mAP at one IoU threshold over the classes present in `truth`; 1.0 when both are empty."""
+    classes = sorted({int(c) for t in truth for c in t.cls})
+    if not classes:
+        return 1.0 if all(len(p) == 0 for p in preds) else 0.0
+    aps = []
+    for c in classes:
+        n_true = sum(int((t.cls == c).sum()) for t in truth)
+        dets = [(float(s), img, box) for img, p in enumerate(preds)
+                for s, box, k in zip(p.score, p.xyxy, p.cls) if k == c]
+        dets.sort(key=lambda d: -d[0])
+        used = [np.zeros(int((t.cls == c).sum()), bool) for t in truth]
+        gts = [t.xyxy[t.cls == c] for t in truth]
+        tp = np.zeros(len(dets))
+        for k, (_, img, box) in enumerate(dets):
+            if len(gts[img]) == 0:
+                continue
+            ious = iou(box, gts[img])
+            j = int(ious.argmax())
+            if ious[j] >= iou_thres and not used[img][j]:
+                used[img][j] = True
+                tp[k] = 1
+        ctp = np.cumsum(tp)
+        recall = ctp / max(n_true, 1)
+        precision = ctp / np.arange(1, len(dets) + 1) if dets else np.zeros(0)
+        aps.append(_average_precision(recall, precision))
+    return float(np.mean(aps))

@@ -1,0 +1,229 @@
+"""How faithful a candidate is to the starting model, in the terms of the model's task.
+
+Every metric is in [0, 1], higher is better, and the starting model scores 1.0 against itself (or its
+accuracy, when there are labels), so "drop in points" means the same for every task:
+
+| task           | labels         | without labels: agreement with the starting model                    |
+|----------------|----------------|-----------------------------------------------------------------------|
+| classification | top-1 accuracy | top-1 agreement                                                      |
+| detection      | -              | mAP@0.5 of the candidate's boxes against the starting model's boxes |
+| segmentation   | -              | mean IoU of the thresholded (or argmax) maps                         |
+| ctc            | -              | 1 - character error rate of the greedy decode (exact lines beside)  |
+| regression     | -              | cosine similarity, the worst output (relative L2 beside)            |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgewise.errors import DataError
+from edgewise.profile import detection
+
+TASKS = ("classification", "detection", "segmentation", "ctc", "regression")
+KINDS = {"classification": "top1_agreement", "detection": "map50_agreement", "segmentation": "iou_agreement",
+         "ctc": "cer_agreement", "regression": "cosine"}
+TOP_K_FALLBACK = 100
+
+
+@dataclass
+class Fidelity:
+    """How a model scores: `value` is the task's metric (`kind`), with the classic figures beside it."""
+
+    accuracy: float | None
+    top1_agreement: float | None
+    cosine: float | None
+    kind: str = "top1_agreement"
+    value: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def score(self) -> float:
+        """The task's metric: accuracy when labels exist, else agreement with the reference model."""
+        if self.value is not None:
+            return self.value
+        value = self.accuracy if self.accuracy is not None else self.top1_agreement
+        return float("nan") if value is None else value
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a model's outputs mean, decided once from the starting model's outputs."""
+
+    name: str
+    why: str
+    layout: detection.Layout | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        return {"task": self.name, "why": self.why, "fidelity_kind": KINDS[self.name]}
+
+
+def _per_sample(outs: list[np.ndarray]) -> list[np.ndarray]:
+    """Output k of sample 0, leading batch-of-one axes dropped."""
+    return [detection.squeeze_lead(o[0], 1) for o in outs]
+
+
+def _is_dense(shape: tuple[int, ...], input_hw: tuple[int, int] | None) -> bool:
+    """A map whose last two axes scale the image's height and width by one factor (1, 1/2, 1/4, ...)."""
+    if input_hw is None or len(shape) < 2 or min(shape[-2:]) < 4:
+        return False
+    fh, fw = shape[-2] / input_hw[0], shape[-1] / input_hw[1]
+    return abs(fh - fw) < 1e-6 and fh <= 1.0
+
+
+def _sums_to_one(a: np.ndarray) -> bool:
+    return a.ndim >= 2 and a.shape[-1] >= 3 and bool(np.allclose(a.sum(-1), 1.0, atol=1e-3)) and a.min() >= 0
+
+
+def infer_task(outs: list[np.ndarray], input_shape: tuple[int, ...] | None, labelled: bool) -> Task:
+    """The task, inferred from the starting model's outputs (sample-major) where they are unambiguous;
+    `regression` (cosine over all outputs) otherwise."""
+    one = _per_sample(outs)
+    hw = tuple(input_shape[-2:]) if input_shape is not None and len(input_shape) >= 3 else None
+    if len(one) == 1 and one[0].ndim == 2 and one[0].shape[0] >= 2 and _sums_to_one(one[0]):
+        return Task("ctc", f"inferred: one output of {one[0].shape[0]} steps x {one[0].shape[1]} probabilities")
+    layout = detection.find_layout(one)
+    if layout is not None:
+        return Task("detection", f"inferred: {layout.describe()}", layout)
+    if len(one) == 1:
+        a = one[0]
+        shape = a.shape
+        if a.ndim == 1 and shape[0] >= 2:
+            return Task("classification", f"inferred: one output of {shape[0]} scores per sample (pass --task "
+                                          "regression for an embedding)")
+        if _is_dense(shape, hw):
+            return Task("segmentation", f"inferred: a {'x'.join(map(str, shape))} map at the input's aspect")
+    if labelled and one and one[0].ndim == 1:
+        return Task("classification", "inferred: labelled data and a vector first output")
+    n = len(one)
+    return Task("regression", f"inferred: {n} output{'s' if n > 1 else ''} with no task-specific shape "
+                              "(cosine over all outputs)")
+
+
+def check_task(name: str, outs: list[np.ndarray]) -> Task:
+    """A task the user named, checked against the outputs (a detector must have a decodable head)."""
+    if name not in TASKS:
+        raise DataError(f"unknown task {name!r}: use one of {', '.join(TASKS)}")
+    if name == "detection":
+        layout = detection.find_layout(_per_sample(outs))
+        if layout is None:
+            shapes = ", ".join(str(list(o.shape[1:])) for o in outs)
+            raise DataError(f"--task detection: no YOLO-style [4+C, A] head or boxes [A, 4] + scores [A, C] "
+                            f"among the outputs ({shapes})")
+        return Task("detection", f"given: {layout.describe()}", layout)
+    return Task(name, "given (--task)")
+
+
+def _cosines(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    a = out.reshape(len(out), -1).astype(np.float64)
+    b = ref.reshape(len(ref), -1).astype(np.float64)
+    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    same = np.all(a == b, axis=1)
+    return np.where(same, 1.0, np.sum(a * b, axis=1) / np.maximum(denom, 1e-12))
+
+
+def _output_agreement(outs: list[np.ndarray], refs: list[np.ndarray]) -> dict[str, Any]:
+    """Cosine and relative L2 per output, and the worst of each."""
+    cos = [float(np.mean(_cosines(o, r))) for o, r in zip(outs, refs)]
+    rel = [float(np.linalg.norm((o - r).astype(np.float64)) / max(np.linalg.norm(r.astype(np.float64)), 1e-12))
+           for o, r in zip(outs, refs)]
+    return {"cosine": min(cos), "rel_l2": max(rel), "cosine_per_output": cos, "rel_l2_per_output": rel}
+
+
+def _ctc_decode(probs: np.ndarray) -> list[tuple[int, ...]]:
+    """Greedy CTC per sample: argmax per step, repeats collapsed, blanks (class 0) dropped."""
+    seqs = []
+    for row in probs.argmax(-1).reshape(len(probs), -1):
+        keep = np.concatenate([[True], row[1:] != row[:-1]]) & (row != 0)
+        seqs.append(tuple(int(v) for v in row[keep]))
+    return seqs
+
+
+def _edit_distance(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def _iou_maps(out: np.ndarray, ref: np.ndarray) -> float:
+    """Mean IoU over classes present: argmax for multi-class maps, a threshold for one-channel maps
+    (0.5 for probabilities, 0 for logits)."""
+    out, ref = detection.squeeze_lead(out, 3), detection.squeeze_lead(ref, 3)
+    channels = out.shape[1] if out.ndim == 4 else 1
+    if channels > 1:
+        a, b = out.argmax(1), ref.argmax(1)
+        classes = np.union1d(np.unique(a), np.unique(b))
+    else:
+        thr = 0.5 if ref.min() >= 0 and ref.max() <= 1 else 0.0
+        a, b = out.reshape(len(out), -1) > thr, ref.reshape(len(ref), -1) > thr
+        classes = np.array([True])
+    ious = []
+    for c in classes:
+        ia, ib = a == c, b == c
+        union = np.logical_or(ia, ib).sum()
+        ious.append(1.0 if union == 0 else np.logical_and(ia, ib).sum() / union)
+    return float(np.mean(ious))
+
+
+def _detections(outs: list[np.ndarray], refs: list[np.ndarray], layout: detection.Layout) -> dict[str, Any]:
+    n = len(refs[0])
+    ref_img = [[r[i] for r in refs] for i in range(n)]
+    out_img = [[o[i] for o in outs] for i in range(n)]
+    truth = [detection.decode(r, layout) for r in ref_img]
+    note = None
+    if sum(len(t) for t in truth) == 0:
+        # An untrained or unsure detector finds nothing above the threshold: compare its best anchors instead.
+        truth = [detection.decode(r, layout, top_k=TOP_K_FALLBACK) for r in ref_img]
+        preds = [detection.decode(o, layout, top_k=TOP_K_FALLBACK) for o in out_img]
+        note = (f"the starting model finds no box above confidence {detection.CONF}; compared on each "
+                f"image's {TOP_K_FALLBACK} best anchors after NMS")
+    else:
+        preds = [detection.decode(o, layout) for o in out_img]
+    value = detection.mean_ap(preds, truth)
+    details = {"map50": value, "boxes_reference": sum(len(t) for t in truth),
+               "boxes_candidate": sum(len(p) for p in preds)}
+    if note:
+        details["note"] = note
+    return details
+
+
+def fidelity(task: Task, outs: list[np.ndarray], refs: list[np.ndarray], y: np.ndarray | None) -> Fidelity:
+    """Score `outs` (a candidate's outputs, sample-major) against `refs` (the starting model's)."""
+    agree = _output_agreement(outs, refs)
+    first, ref0 = outs[0], refs[0]
+    top1 = None
+    if first.ndim >= 2:
+        top1 = float(np.mean(first.argmax(-1) == ref0.argmax(-1)))
+    details: dict[str, Any] = dict(agree)
+    accuracy = None
+    if task.name == "classification":
+        flat = first.reshape(len(first), -1)
+        if y is not None:
+            accuracy = float((flat.argmax(1) == y).mean())
+        value = accuracy if accuracy is not None else float(np.mean(flat.argmax(1) == ref0.reshape(len(ref0), -1).argmax(1)))
+        kind = "accuracy" if accuracy is not None else "top1_agreement"
+    elif task.name == "detection":
+        assert task.layout is not None
+        details.update(_detections(outs, refs, task.layout))
+        value, kind = details["map50"], "map50_agreement"
+    elif task.name == "segmentation":
+        value, kind = _iou_maps(first, ref0), "iou_agreement"
+    elif task.name == "ctc":
+        a, b = _ctc_decode(detection.squeeze_lead(first, 3)), _ctc_decode(detection.squeeze_lead(ref0, 3))
+        errors = sum(_edit_distance(p, r) for p, r in zip(a, b))
+        chars = sum(len(r) for r in b)
+        cer = errors / chars if chars else float(any(a))
+        details.update({"cer": cer, "exact_sequences": float(np.mean([p == r for p, r in zip(a, b)]))})
+        value, kind = max(0.0, 1.0 - cer), "cer_agreement"
+    else:
+        value, kind = agree["cosine"], "cosine"
+    return Fidelity(accuracy, top1, agree["cosine"], kind, float(value), details)
+
+
+__all__ = ["KINDS", "TASKS", "Fidelity", "Task", "check_task", "fidelity", "infer_task"]
