@@ -52,7 +52,8 @@ def test_csv_with_label_column(tmp_path: Path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ({"z": np.zeros(3)}, "needs an array named 'x'"),
+    ({"tokens": np.array(["a", "b"])}, "must be a numeric or bool array"),
+    ({"tokens": np.zeros((4, 3)), "mask": np.zeros((5, 3), bool)}, "same number of samples"),
     ({"x": np.zeros((0, 3))}, "empty"),
     ({"x": np.full((4, 2), np.nan)}, "NaN"),
     ({"x": np.zeros((4, 2)), "y": np.zeros(3)}, "labels"),
