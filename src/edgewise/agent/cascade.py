@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from edgewise.agent.inputs import outputs_json
 from edgewise.agent.models import ModelManager
 from edgewise.agent.queue import GroupCommitter, NewItem
 from edgewise.agent.upstream import Upstream, UpstreamUnavailable
@@ -50,6 +51,14 @@ class CascadeConfig:
         return self.thresholds.get(model, {}).get(label, self.default_threshold)
 
 
+def task_of(manifest: Any) -> str:
+    """What the bundle's outputs mean. Bundles written before manifests had `task` were all answered as
+    classifiers; they still are when they carry labels."""
+    if manifest.task:
+        return manifest.task
+    return "classification" if manifest.labels else "regression"
+
+
 def probabilities(out: np.ndarray, already: bool = False) -> np.ndarray:
     """Softmax of logits; `already=True` (the model ends in Softmax) passes them through."""
     out = out.reshape(len(out), -1)
@@ -84,19 +93,43 @@ class Inference:
         self.counts = {"requests": 0, "samples": 0, "local": 0, "escalated": 0, "degraded": 0,
                        "blocked_by_policy": 0, "review_queued": 0}
 
-    def predict(self, name: str, x: np.ndarray) -> list[dict[str, Any]]:
+    def answer(self, name: str, feed: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Every output by name (dtype, shape, values); for a classifier also `results` (label, score,
+        cascade), as `predict` gives them."""
         t0 = time.perf_counter()
         m = self.models.get(name)
         m.requests += 1
-        outs = m.session.run(None, {m.input_name: x})
-        out = outs[0]
+        outs = m.session.run(None, feed)
+        names = [o["name"] for o in m.manifest.outputs] or [f"output{i}" for i in range(len(outs))]
+        answer: dict[str, Any] = {"task": task_of(m.manifest),
+                                  "outputs": outputs_json(names, [np.asarray(o) for o in outs[: len(names)]])}
+        if answer["task"] == "classification":
+            answer["results"] = self._classify(name, m, feed, outs, t0)
+        else:
+            self.counts["requests"] += 1
+            self.counts["samples"] += 1
+            self.counts["local"] += 1
+        return answer
+
+    def predict(self, name: str, x: np.ndarray | dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        """Label and score per sample of a single-input batch (or one feed by name), with the cascade."""
+        t0 = time.perf_counter()
+        m = self.models.get(name)
+        m.requests += 1
+        feed = x if isinstance(x, dict) else {m.input_name: x}
+        return self._classify(name, m, feed, m.session.run(None, feed), t0)
+
+    def _classify(self, name: str, m: Any, feed: dict[str, np.ndarray], outs: list[Any],
+                  t0: float) -> list[dict[str, Any]]:
+        out = np.asarray(outs[0])
         rows = out.reshape(len(out), -1).tolist()
         classes, scores = top1(rows, m.outputs_probabilities)
         labels = m.manifest.labels or [str(i) for i in range(len(rows[0]))]
         local_ms = (time.perf_counter() - t0) * 1e3
         results: list[dict[str, Any]] = []
         unsure: list[int] = []
-        escalating = self.cascade.tier != "server"
+        # Escalation sends one input's samples; a model with several inputs answers everything here.
+        escalating = self.cascade.tier != "server" and len(feed) == 1
         for i, (k, score) in enumerate(zip(classes, scores)):
             label = labels[k] if k < len(labels) else str(k)
             results.append({"label": label, "class": k, "score": score, "tier": self.cascade.tier,
@@ -104,6 +137,7 @@ class Inference:
                             "version": m.manifest.version, "outputs": rows[i]})
             if escalating and score < self.cascade.threshold(name, label):
                 unsure.append(i)
+        x = next(iter(feed.values()))
         if self.policy.escalate == "features" and unsure:
             # What goes up: the embedding (or, for a tail model, the embedding it was given), never x.
             if "split" in m.manifest.artifacts:
@@ -111,7 +145,7 @@ class Inference:
             elif m.features_at is None:
                 raise AgentError(f"features mode: {name} was loaded without an embedding output")
             else:
-                self._escalate(tail_name(name), outs[1], unsure, results, "features")
+                self._escalate(tail_name(name), outs[-1], unsure, results, "features")
         else:
             self._escalate(name, x, unsure, results)
         self.counts["requests"] += 1

@@ -1,9 +1,15 @@
-"""Validate a request's inputs against the bundle's manifest: dtype, shape (batch first), finite values."""
+"""Validate a request's inputs against the bundle's manifest: names, dtypes, shapes, finite values.
+
+A single-input model takes a batch-first array (JSON list or `.npy`), or one sample without the batch
+axis. A model with several inputs takes one complete feed by input name: JSON `{"inputs": {name:
+array}}` or an `.npz` body. Every refusal names the input and what is wrong.
+"""
 
 from __future__ import annotations
 
 import io
 import json
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -12,6 +18,7 @@ from edgewise.bundle import Manifest
 from edgewise.errors import AgentError
 
 MAX_BATCH = 1024
+MAX_NPZ_MEMBERS = 64
 
 
 class BadInput(AgentError):
@@ -25,14 +32,31 @@ def load_json(raw: bytes) -> Any:
         raise BadInput(f"body is not valid JSON ({e.msg} at position {e.pos})") from e
 
 
-def parse_json_inputs(body: Any) -> np.ndarray:
+Inputs = np.ndarray | dict[str, np.ndarray]
+
+
+def parse_json_inputs(body: Any) -> Inputs:
+    """`{"inputs": [...]}` (one input, batch first) or `{"inputs": {name: [...]}}` (by input name)."""
     if not isinstance(body, dict) or "inputs" not in body:
-        raise BadInput('body must be a JSON object with "inputs": nested lists in the model\'s input shape')
+        raise BadInput('body must be a JSON object with "inputs": nested lists in the model\'s input shape, '
+                       'or {"inputs": {name: nested lists}} for a model with several inputs')
+    value = body["inputs"]
+    if isinstance(value, dict):
+        return {str(k): _array(str(k), v) for k, v in value.items()}
     try:
-        x = np.asarray(body["inputs"], dtype=np.float32)
-    except (ValueError, TypeError) as e:
+        return np.asarray(value, dtype=np.float32)
+    except (ValueError, TypeError, OverflowError) as e:
         raise BadInput(f"inputs must be a rectangular array of numbers ({e})") from e
-    return x
+
+
+def _array(name: str, value: Any) -> np.ndarray:
+    try:
+        a = np.asarray(value)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise BadInput(f"input {name!r} must be a rectangular array of numbers ({e})") from e
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        raise BadInput(f"input {name!r} must hold numbers or booleans, got {a.dtype}")
+    return a
 
 
 def parse_npy(raw: bytes) -> np.ndarray:
@@ -40,30 +64,101 @@ def parse_npy(raw: bytes) -> np.ndarray:
         x = np.load(io.BytesIO(raw), allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise BadInput(f"body is not a valid .npy array ({e})") from e
-    if not np.issubdtype(x.dtype, np.number):
-        raise BadInput(f".npy array must be numeric, got {x.dtype}")
+    if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.number):
+        raise BadInput(f".npy array must be numeric, got {getattr(x, 'dtype', type(x).__name__)}")
     return x.astype(np.float32, copy=False)
 
 
+def parse_npz(raw: bytes) -> dict[str, np.ndarray]:
+    """An .npz body: one array per input name (no pickles, a bounded number of members)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as z:
+            if len(z.infolist()) > MAX_NPZ_MEMBERS:
+                raise BadInput(f".npz holds more than {MAX_NPZ_MEMBERS} arrays")
+        with np.load(io.BytesIO(raw), allow_pickle=False) as f:
+            return {k: _array(k, f[k]) for k in f.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise BadInput(f"body is not a valid .npz archive ({e})") from e
+
+
+def _cast(name: str, a: np.ndarray, dtype: str) -> np.ndarray:
+    want = np.dtype(dtype)
+    if a.dtype == want:
+        return a
+    if want == np.bool_:
+        if a.dtype != np.bool_ and not np.isin(a, (0, 1)).all():
+            raise BadInput(f"input {name!r} is boolean: send true/false or 0/1")
+        return a.astype(np.bool_)
+    if np.issubdtype(want, np.integer):
+        if np.issubdtype(a.dtype, np.floating) and (not np.isfinite(a).all() or np.any(np.mod(a, 1))):
+            raise BadInput(f"input {name!r} takes {want.name} values; the request holds fractions")
+        info = np.iinfo(want)
+        if a.size and (a.min() < info.min or a.max() > info.max):
+            raise BadInput(f"input {name!r} holds values outside {want.name}'s range")
+    elif np.issubdtype(want, np.floating) and np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        raise BadInput(f"input {name!r} holds NaN or infinite values")
+    return a.astype(want)
+
+
+def _fits(shape: tuple[int, ...], want: list[Any]) -> bool:
+    return len(shape) == len(want) and all(not isinstance(w, int) or w <= 0 or w == h for w, h in zip(want, shape))
+
+
 def validate(x: np.ndarray, manifest: Manifest) -> np.ndarray:
-    """Batch-first array that matches the manifest's input spec exactly, or BadInput saying why."""
+    """Batch-first array that matches the single input's spec, or BadInput saying why."""
     spec = manifest.inputs[0]
     want = spec["shape"][1:]
     if x.ndim == len(want):  # a single sample without the batch dimension
         x = x[None]
-    if x.ndim != len(want) + 1 or any(isinstance(w, int) and w != h for w, h in zip(want, x.shape[1:])):
+    if x.ndim != len(want) + 1 or not _fits(x.shape[1:], want):
         raise BadInput(f"inputs have shape {list(x.shape)}; model {manifest.name} expects [batch, "
                        f"{', '.join(str(w) for w in want)}]")
+    fixed = spec["shape"][0] if spec["shape"] else None
+    if isinstance(fixed, int) and fixed > 0 and x.shape[0] != fixed:
+        raise BadInput(f"model {manifest.name} takes batches of exactly {fixed}; got {x.shape[0]}")
     if not 1 <= x.shape[0] <= MAX_BATCH:
         raise BadInput(f"batch must be between 1 and {MAX_BATCH}, got {x.shape[0]}")
-    if not np.isfinite(x).all():
+    floating = np.issubdtype(x.dtype, np.floating)
+    if floating and not np.isfinite(x).all():
         raise BadInput("inputs hold NaN or infinite values")
     bounds = (manifest.preprocessing or {}).get("input_range")
-    if bounds is not None:
+    if bounds is not None and floating:
         lo, hi = float(x.min()), float(x.max())
         if lo < bounds[0] or hi > bounds[1]:
             raise BadInput(f"inputs span [{lo:.4g}, {hi:.4g}], outside the model's input range "
                            f"[{bounds[0]:.4g}, {bounds[1]:.4g}]: check the preprocessing ({manifest.preprocessing})")
-    if spec.get("dtype", "float32") != "float32":
-        raise BadInput(f"model input dtype {spec['dtype']} is not supported by the agent yet")
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return np.ascontiguousarray(_cast(spec["name"], x, spec.get("dtype", "float32")))
+
+
+def feed_for(inputs: Inputs, manifest: Manifest) -> dict[str, np.ndarray]:
+    """The validated feed for the bundle's model: every input by name, each cast to its dtype."""
+    specs = manifest.inputs
+    if isinstance(inputs, np.ndarray):
+        if len(specs) != 1:
+            names = ", ".join(f"{s['name']}{s['shape']}" for s in specs)
+            raise BadInput(f"model {manifest.name} has {len(specs)} inputs ({names}): send "
+                           '{"inputs": {name: array}} or an .npz with one array per input name')
+        return {specs[0]["name"]: validate(inputs, manifest)}
+    if len(specs) == 1 and list(inputs) == [specs[0]["name"]]:
+        return {specs[0]["name"]: validate(inputs[specs[0]["name"]], manifest)}
+    want = {s["name"] for s in specs}
+    missing, extra = sorted(want - set(inputs)), sorted(set(inputs) - want)
+    if missing:
+        raise BadInput(f"missing input(s) {', '.join(missing)}; model {manifest.name} takes "
+                       + ", ".join(f"{s['name']} {s.get('dtype', 'float32')}{s['shape']}" for s in specs))
+    if extra:
+        raise BadInput(f"model {manifest.name} has no input(s) named {', '.join(extra)}")
+    feed = {}
+    for s in specs:
+        a = inputs[s["name"]]
+        if not _fits(a.shape, s["shape"]):
+            raise BadInput(f"input {s['name']!r} has shape {list(a.shape)}; the model expects {s['shape']}")
+        if a.size > MAX_BATCH * 2**16:
+            raise BadInput(f"input {s['name']!r} is too large ({a.size:,} values)")
+        feed[s["name"]] = np.ascontiguousarray(_cast(s["name"], a, s.get("dtype", "float32")))
+    return feed
+
+
+def outputs_json(names: list[str], outs: list[np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Every output by name, with its dtype and shape beside the values."""
+    return {n: {"dtype": o.dtype.name, "shape": list(o.shape), "data": o.tolist()} for n, o in zip(names, outs)}

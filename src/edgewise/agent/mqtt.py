@@ -1,7 +1,8 @@
 """MQTT ingestion: sensors publish readings, the agent publishes results (QoS 1, persistent session).
 
 Topics under a prefix (default `edgewise/<tier>`): readings arrive on `<prefix>/in/<model>` as JSON
-`{"id": ..., "inputs": [...]}`; results leave on `<prefix>/out/<model>` as `{"id": ..., "results": [...]}`.
+`{"id": ..., "inputs": [...]}` (or `{"inputs": {name: [...]}}`); answers leave on `<prefix>/out/<model>` as
+`{"id": ..., "outputs": {...}, "results": [...]}` (`results`: label and score, for classifiers).
 A malformed reading is answered on `<prefix>/errors` and counted; it never stops the agent. The session
 is persistent (clean_session=False, a fixed client id), so readings published while the agent was away
 are delivered when it reconnects.
@@ -15,7 +16,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edgewise.agent.inputs import BadInput, parse_json_inputs, validate
+from edgewise.agent.inputs import BadInput, feed_for, parse_json_inputs
 from edgewise.errors import AgentError, EdgewiseError
 
 
@@ -60,8 +61,7 @@ class MqttBridge:
             body = json.loads(msg.payload)
             reading_id = body.get("id") if isinstance(body, dict) else None
             manifest = self.inference.models.manifest(model)
-            x = validate(parse_json_inputs(body), manifest)
-            results = self.inference.predict(model, x)
+            answer = self.inference.answer(model, feed_for(parse_json_inputs(body), manifest))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             self._error(f"payload is not JSON: {e}")
             return
@@ -71,6 +71,6 @@ class MqttBridge:
         except EdgewiseError as e:
             self._error(str(e), reading_id)
             return
-        self.client.publish(f"{self.prefix}/out/{model}", json.dumps({"id": reading_id, "results": results}), qos=1)
+        self.client.publish(f"{self.prefix}/out/{model}", json.dumps({"id": reading_id, **answer}), qos=1)
         with self._lock:
             self.counts["answered"] += 1

@@ -5,15 +5,16 @@ Thin on purpose: parsing and status codes here, everything else in queue / recei
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from edgewise.agent.inputs import BadInput, load_json, parse_json_inputs, parse_npy, validate
+from edgewise.agent.inputs import BadInput, feed_for, load_json, parse_json_inputs, parse_npy, parse_npz, validate
 from edgewise.agent.models import ModelBudgetExceeded
 from edgewise.agent.receiver import EventStore
 from edgewise.agent.upstream import decode_batch
@@ -32,10 +33,13 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         errors[kind] += 1
         return JSONResponse({"error": str(e)}, status_code=status)
 
-    @app.post("/predict")
-    async def predict(request: Request, model: str | None = None) -> JSONResponse:
-        """Run a model: JSON `{"inputs": [...]}` (batch first) or a binary `.npy` body
-        (Content-Type: application/x-npy). Low-confidence samples go to the tier above when allowed."""
+    @app.post("/predict", response_model=None)
+    async def predict(request: Request, model: str | None = None) -> Response:
+        """Run a model. One input: JSON `{"inputs": [...]}` (batch first) or a binary `.npy` body
+        (Content-Type: application/x-npy). Several inputs: JSON `{"inputs": {name: [...]}}` or an `.npz`
+        body (application/x-npz). The answer holds every output by name (dtype, shape, data; as an .npz
+        with `Accept: application/x-npz`); classifiers add `results` (label, score), and their
+        low-confidence samples go to the tier above when the privacy policy allows."""
         if inference is None:
             return JSONResponse({"error": "this agent serves no models"}, status_code=404)
         body = await request.body()
@@ -52,21 +56,27 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
             return failed("unknown_model", 404, e)
         try:
             if ctype == "application/x-npy":
-                x = parse_npy(body)
+                inputs = parse_npy(body)
+            elif ctype in ("application/x-npz", "application/zip"):
+                inputs = parse_npz(body)
             elif ctype in ("application/json", ""):
-                x = parse_json_inputs(load_json(body))
+                inputs = parse_json_inputs(load_json(body))
             else:
-                return JSONResponse({"error": f"unsupported content type {ctype!r}: use application/json or "
-                                              "application/x-npy"}, status_code=415)
-            x = validate(x, manifest)
-            results = await run_in_threadpool(inference.predict, name, x)
+                return JSONResponse({"error": f"unsupported content type {ctype!r}: use application/json, "
+                                              "application/x-npy or application/x-npz"}, status_code=415)
+            answer = await run_in_threadpool(inference.answer, name, feed_for(inputs, manifest))
         except BadInput as e:
             return failed("bad_input", 422, e)
         except (ModelBudgetExceeded, QueueFull) as e:
             return failed("overloaded", 503, e)
         except StorageError as e:
             return failed("storage", 507, e)
-        return JSONResponse({"results": results, "tier": tier, "model": name, "version": manifest.version})
+        if "application/x-npz" in request.headers.get("accept", ""):
+            buf = io.BytesIO()
+            np.savez(buf, **{k: np.asarray(v["data"], dtype=v["dtype"]) for k, v in answer["outputs"].items()})
+            return Response(buf.getvalue(), media_type="application/x-npz",
+                            headers={"X-Edgewise-Model": name, "X-Edgewise-Version": manifest.version})
+        return JSONResponse({**answer, "tier": tier, "model": name, "version": manifest.version})
 
     @app.post("/v1/events")
     async def post_events(request: Request) -> JSONResponse:
@@ -105,6 +115,8 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         try:
             doc = load_json(body)
             x = parse_json_inputs(doc)
+            if isinstance(x, dict):
+                raise BadInput("labelled samples are kept for single-input models: send \"inputs\" as one array")
             labels = doc.get("labels")
             if not isinstance(labels, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
                 raise BadInput('"labels" must be a list of class indices, one per input')

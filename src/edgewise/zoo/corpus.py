@@ -33,6 +33,7 @@ class CorpusModel:
     mcu: bool = False  # a model class that plausibly targets a 256 KB microcontroller
     pretrained: bool = False
     expect_error: str | None = None  # the model is meant to be refused with this in the message
+    task_flag: str | None = None  # what its user would pass as --task (vector outputs read as classifiers)
 
 
 def _torchvision():  # type: ignore[no-untyped-def]
@@ -363,10 +364,11 @@ CORPUS: tuple[CorpusModel, ...] = (
     CorpusModel("lraspp", "segmentation", "torchvision LR-ASPP MobileNetV3-large, 4 classes, 128x128", _lraspp),
     CorpusModel("gru-stream", "regression", "GRU keyword model: features, state in/out, int64 step", _gru,
                 mcu=True),
-    CorpusModel("encoder-mask", "regression", "transformer encoder, int64 tokens + bool mask", _encoder),
+    CorpusModel("encoder-mask", "regression", "transformer encoder, int64 tokens + bool mask", _encoder,
+                task_flag="regression"),
     CorpusModel("external-data", "classification", "MobileNetV3-small with weights in model.onnx.data",
                 _external_data),
-    CorpusModel("loop-if", "regression", "hand-built graph with Loop and If", _loop_if),
+    CorpusModel("loop-if", "regression", "hand-built graph with Loop and If", _loop_if, task_flag="regression"),
     CorpusModel("opset9-cnn", "classification", "small CNN exported at opset 9", _opset9, mcu=True),
     CorpusModel("unknown-op", "regression", "a custom-domain operator no runtime implements", _unknown_op,
                 expect_error="FancyActivation"),
