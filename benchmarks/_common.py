@@ -25,6 +25,13 @@ def machine() -> str:
             f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}")
 
 
+def cpu_flags() -> str:
+    """The ISA extensions that decide which int8 kernels win (record them with every figure)."""
+    flags = set(open("/proc/cpuinfo").read().split())
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+    return ", ".join(f for f in wanted if f in flags) or "none of " + ", ".join(wanted)
+
+
 def trained(arch: str, data: str, epochs: int, width: float = 1.0) -> Path:
     """Train once per (arch, data, epochs, width) and reuse the directory on later runs."""
     from edgewise.data import load_splits

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from edgewise.bundle.signing import TrustStore, generate_keys, load_private, public_pem
 from edgewise.errors import FleetConflict, FleetError, FleetNotFound
 from edgewise.fleet.db import Database
-from edgewise.fleet.limits import Limit, Limiter
+from edgewise.httplimits import Limit, Limiter
 from edgewise.fleet.store import FleetStore
 
 
@@ -81,7 +81,15 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
     store = store or build_store(cfg)
     token = _admin_token(cfg)
     app = FastAPI(title="edgewise fleet", version="0.1.0")
-    limiter = Limiter(cfg.limits, _classify)
+    def identify(auth: str) -> str | None:
+        """Who a credential vouches for, for the rate limiter (checked once per header value)."""
+        got = auth.removeprefix("Bearer ").strip()
+        if hmac.compare_digest(got.encode(), token.encode()):
+            return "admin"
+        device_id, _, secret = got.partition(".")
+        return device_id if device_id and secret and store.authenticate(device_id, secret) else None
+
+    limiter = Limiter(cfg.limits, _classify, identify)
     stop = threading.Event()
 
     def ticker() -> None:

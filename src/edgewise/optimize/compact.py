@@ -11,6 +11,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgewise.optimize.fuse import subgraphs
+
 
 def _drop_zero_zero_points(m: onnx.ModelProto) -> int:
     """Remove the all-zero int32 zero points of DequantizeLinear on quantized biases (zero is the default).
@@ -54,6 +56,8 @@ def compact(model: onnx.ModelProto) -> onnx.ModelProto:
     _drop_zero_zero_points(m)
     g = m.graph
     keep = {v.name for v in g.input} | {v.name for v in g.output}
+    # Subgraphs (Loop/If/Scan) read outer tensors by name: keep every name they mention.
+    keep |= {n for sub in subgraphs(g) for node in sub.node for n in [*node.input, *node.output]}
     names: dict[str, str] = {}
 
     def short(name: str) -> str:

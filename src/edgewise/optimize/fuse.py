@@ -115,8 +115,20 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     return _drop_unused_initializers(m)
 
 
+def subgraphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """Every graph nested in `graph`'s nodes (Loop/Scan bodies, If branches), at any depth."""
+    out = []
+    for node in graph.node:
+        for a in node.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                out += [g, *subgraphs(g)]
+    return out
+
+
 def _drop_unused_initializers(m: onnx.ModelProto) -> onnx.ModelProto:
-    used = {n for node in m.graph.node for n in node.input} | {o.name for o in m.graph.output}
+    # A Loop body or If branch may read the outer graph's initializers by name.
+    graphs = [m.graph, *subgraphs(m.graph)]
+    used = {n for g in graphs for node in g.node for n in node.input} | {o.name for o in m.graph.output}
     keep = [i for i in m.graph.initializer if i.name in used]
     del m.graph.initializer[:]
     m.graph.initializer.extend(keep)

@@ -1,0 +1,164 @@
+"""Third-party corpus: what `optimize` chooses for each model, against the peers a user would pick instead,
+all measured in the same run (batch 1, one thread, interleaved run by run).
+
+Peers: ONNX Runtime fp32 (the starting model), ORT `quantize_static` at its defaults, OpenVINO fp32, and
+OpenVINO + NNCF int8 (`nncf.quantize`, default settings). Fidelity is the task's own agreement with the
+starting model on the test split (top-1, mAP@0.5, map IoU, 1 - CER, cosine).
+
+Run: .venv/bin/python benchmarks/bench_corpus.py [--time-budget S] [model ...]
+     (needs `pip install -e '.[bench]'` for OpenVINO and NNCF; writes the 'corpus' section of RESULTS.md)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import WORK, cpu_flags, machine, table, write_section  # noqa: E402
+
+from edgewise.data import load_splits  # noqa: E402
+from edgewise.modelio import load_onnx  # noqa: E402
+from edgewise.optimize.pipeline import optimize  # noqa: E402
+from edgewise.optimize.quantize import ORT_DEFAULTS, Quantizer  # noqa: E402
+from edgewise.optimize.search import SearchOptions  # noqa: E402
+from edgewise.profile import make_session  # noqa: E402
+from edgewise.profile.feeds import Feeder, session_inputs  # noqa: E402
+from edgewise.profile.fidelity import fidelity  # noqa: E402
+from edgewise.source import fit_data, load_source  # noqa: E402
+from edgewise.targets import load_target  # noqa: E402
+from edgewise.zoo import corpus  # noqa: E402
+
+TEST_SAMPLES = 48
+
+
+class Ort:
+    def __init__(self, model) -> None:  # type: ignore[no-untyped-def]
+        self.sess = make_session(model, threads=1)
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.sess.run(None, feed)
+
+
+class OpenVino:
+    """An OpenVINO model compiled for the CPU with one thread and one stream (latency hint)."""
+
+    def __init__(self, ov_model, feed: dict[str, np.ndarray]) -> None:  # type: ignore[no-untyped-def]
+        import openvino as ov
+
+        ov_model.reshape({k: list(v.shape) for k, v in feed.items()})
+        self.compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1,
+                                                                  "PERFORMANCE_HINT": "LATENCY"})
+        self.request = self.compiled.create_infer_request()
+        self.outputs = self.compiled.outputs
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        res = self.request.infer(feed)
+        return [np.array(res[o]) for o in self.outputs]
+
+
+def _interleaved(runners: list, feed: dict[str, np.ndarray], runs: int) -> list[float]:  # type: ignore[type-arg]
+    for r in runners:
+        for _ in range(10):
+            r(feed)
+    times: list[list[float]] = [[] for _ in runners]
+    for _ in range(runs):
+        for i, r in enumerate(runners):
+            t = time.perf_counter()
+            r(feed)
+            times[i].append(time.perf_counter() - t)
+    return [float(np.median(t)) * 1e3 for t in times]
+
+
+def _outputs(runner, feeder: Feeder, n: int) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    per: list[list[np.ndarray]] = []
+    for i in range(min(n, len(feeder))):
+        outs = runner(feeder.one(i))
+        per = per or [[] for _ in outs]
+        for k, o in enumerate(outs):
+            per[k].append(np.asarray(o)[None] if feeder.named else np.asarray(o))
+    return [np.concatenate(p) for p in per]
+
+
+def bench_model(name: str, budget: float) -> dict:
+    spec = corpus.get(name)
+    model_path, data = corpus.build(name, WORK / "corpus" / name)
+    out = WORK / "corpus" / f"opt-{name}"
+    t0 = time.perf_counter()
+    opts = SearchOptions(time_budget_s=budget, task=spec.task_flag)
+    outcome = optimize(model_path, data, load_target("edge-node"), out, opts,
+                       log=lambda m: print(f"    {time.perf_counter() - t0:5.0f}s {m}", flush=True))
+    seconds = time.perf_counter() - t0
+    r = outcome.result
+    src, splits = fit_data(load_source(model_path), load_splits(data))
+    task = r.task
+    test = splits.test.head(TEST_SAMPLES)
+    chosen = load_onnx(outcome.bundle / "model.onnx")
+    q = Quantizer(src.model, splits.train, 256)
+    defaults = q.static(ORT_DEFAULTS)
+    q.close()
+    import nncf
+    import openvino as ov
+
+    base = Ort(src.model)
+    feeder = Feeder(session_inputs(base.sess), test)
+    feed = feeder.one(0)
+    calib = Feeder(session_inputs(base.sess), splits.train.head(300))
+    ov_fp32 = ov.convert_model(str(model_path))
+    ov_int8 = nncf.quantize(ov.convert_model(str(model_path)),
+                            nncf.Dataset([calib.one(i) for i in range(len(calib))]),
+                            subset_size=min(300, len(calib)))
+    runners = {"ORT fp32": base, "chosen": Ort(chosen), "ORT defaults": Ort(defaults),
+               "OpenVINO fp32": OpenVino(ov_fp32, feed), "OpenVINO+NNCF int8": OpenVino(ov_int8, feed)}
+    ref = _outputs(base, feeder, TEST_SAMPLES)
+    y = test.y if task.name == "classification" else None
+    fid = {k: fidelity(task, _outputs(v, feeder, TEST_SAMPLES), ref, y).score for k, v in runners.items()}
+    ms = dict(zip(runners, _interleaved(list(runners.values()), feed, runs=200)))
+    row = {"model": name, "what": spec.what, "task": r.task.name, "chosen": r.chosen.id,
+           "fidelity_kind": r.final["fidelity_kind"], "fidelity": fid, "ms": ms, "search_s": seconds,
+           "size_ratio": r.final["baseline_size_bytes"] / r.final["size_bytes"],
+           "int8_tried": any(c.precision == "int8" and c.status == "ok" for c in r.candidates),
+           "within_tolerance": (r.final["baseline_accuracy"] - r.final["accuracy"]) * 100 <= opts.max_accuracy_drop}
+    print(json.dumps({k: v for k, v in row.items() if k != "what"}, default=float), flush=True)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="*", default=[m.name for m in corpus.CORPUS if not m.expect_error])
+    ap.add_argument("--time-budget", type=float, default=60)
+    args = ap.parse_args()
+    rows = []
+    for name in args.models:
+        print(f"== {name}", flush=True)
+        rows.append(bench_model(name, args.time_budget))
+    (WORK / "corpus.json").write_text(json.dumps(rows, indent=1, default=float))
+    peers = ["ORT defaults", "OpenVINO fp32", "OpenVINO+NNCF int8"]
+    body = []
+    for r in rows:
+        base = r["ms"]["ORT fp32"]
+        speed = {k: base / v for k, v in r["ms"].items()}
+        body.append([r["model"], r["task"], r["chosen"].removeprefix("baseline-"),
+                     f"{r['fidelity']['chosen'] * 100:.1f}% {r['fidelity_kind'].replace('_agreement', '')}",
+                     f"{r['size_ratio']:.2f}x", f"{base:.2f}", f"**{speed['chosen']:.2f}x**",
+                     *[f"{speed[p]:.2f}x ({r['fidelity'][p] * 100:.0f}%)" for p in peers], f"{r['search_s']:.0f}"])
+    n_chosen_ok = sum(r["ms"]["chosen"] <= r["ms"]["ORT fp32"] * 1.05 for r in rows)
+    n_fid = sum(r["within_tolerance"] for r in rows if r["int8_tried"])
+    md = (f"Machine: {machine()}; CPU flags: {cpu_flags()}. Search: `optimize --target edge-node "
+          f"--time-budget {args.time_budget:g}` per model. Latency: batch 1, one thread, median of 200 runs "
+          f"interleaved across the five runtimes in one process; speed = ORT fp32 ms / runtime ms. Fidelity on "
+          f"{TEST_SAMPLES} test samples, the task's agreement with the starting model (peers in brackets).\n\n"
+          + table(["model", "task", "chosen", "fidelity", "size", "ORT fp32 ms", "chosen", *peers, "search s"], body)
+          + f"\n\nGoals: 0 crashes ({len(rows)} of {len(rows)} ran); chosen >= 1.0x the starting model: "
+          f"{n_chosen_ok} of {len(rows)} within 5% noise; fidelity within the default tolerance (1 point) on models "
+          f"with an int8 candidate: {n_fid} of {sum(r['int8_tried'] for r in rows)}.")
+    write_section("corpus", md)
+
+
+if __name__ == "__main__":
+    main()
