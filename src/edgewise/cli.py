@@ -377,11 +377,12 @@ def agent_audit(data_dir: Annotated[Path, typer.Option(help="the agent's data di
     if not (data_dir / "audit.db").is_file():
         raise EdgewiseError(f"no audit log in {data_dir}")
     table = Table(title=f"upstream sends recorded in {data_dir}")
-    for col in ("time", "kind", "destination", "fields", "items", "bytes"):
+    for col in ("time", "kind", "status", "destination", "fields", "items", "bytes"):
         table.add_column(col, overflow="fold")
     for r in AuditLog(data_dir / "audit.db").rows():
-        table.add_row(datetime.fromtimestamp(r["ts"]).isoformat(timespec="seconds"), r["kind"], r["destination"],
-                      ", ".join(r["fields"]), str(r["items"]), f"{r['bytes']:,}")
+        status = r["status"] + (" (retry)" if r["retry"] else "")
+        table.add_row(datetime.fromtimestamp(r["ts"]).isoformat(timespec="seconds"), r["kind"], status,
+                      r["destination"], ", ".join(r["fields"]), str(r["items"]), f"{r['bytes']:,}")
     out_console.print(table)
 
 
@@ -395,6 +396,9 @@ def cascade_calibrate(
     data: Annotated[str, typer.Option("--data", "-d", help="labelled data; thresholds come from its validation split")],
     out_dir: Annotated[Path, typer.Option(help="writes endpoint.toml / node.toml agent configs here")] = Path("cascade"),
     max_drop: Annotated[float, typer.Option(help="tolerated end-to-end accuracy drop vs the top tier, points")] = 0.5,
+    escalate: Annotated[str, typer.Option(help="what the configs let unsure samples send upstream: 'none' (the "
+                                               "privacy default: thresholds then only decide what is marked "
+                                               "unsure), 'raw' or 'features'")] = "none",
 ) -> None:
     """Choose each tier's confidence threshold so the cascade forwards as little as possible while its
     accuracy stays within --max-drop of the top tier alone; write them into agent configs.
@@ -409,6 +413,8 @@ def cascade_calibrate(
 
     if len(bundle) < 2:
         raise EdgewiseError("calibration needs at least two tiers (--bundle given twice or more)")
+    if escalate not in ("none", "raw", "features"):
+        raise EdgewiseError(f"--escalate must be none, raw or features, got {escalate!r}")
     splits = load_splits(data)
     if splits.val.y is None:
         raise EdgewiseError("calibration needs labelled data")
@@ -438,7 +444,8 @@ def cascade_calibrate(
     for t, name in enumerate(tier_names[:-1]):
         path = out_dir / f"{name}.toml"
         path.write_text(f'# written by `edgewise cascade calibrate` on {data}\ntier = "{name if name in ("endpoint", "node") else "node"}"\n'
-                        f'bundles = ["{bundle[t]}"]\n\n[privacy]\nescalate = "raw"\n\n[cascade]\n'
+                        f'bundles = ["{bundle[t]}"]\n\n[privacy]\n# "none" keeps inputs on the device (the default); '
+                        f'"raw" or "features" lets the cascade forward unsure ones\nescalate = "{escalate}"\n\n[cascade]\n'
                         f"default_threshold = {plan.thresholds[t]:.6f}\n")
         out_console.print(f"wrote {path}")
 
@@ -502,7 +509,9 @@ def bundle_verify(
                           f"verified, signed by key {kid}")
         return
     man = verify_bundle(path)
-    out_console.print(f"[green]ok[/] {man.name} {man.version} for {man.target}: {len(man.files)} file(s) verified")
+    signed = (path / "signature").exists()
+    out_console.print(f"[green]ok[/] {man.name} {man.version} for {man.target}: {len(man.files)} file(s) verified; "
+                      + ("signature NOT checked (pass --key to check it)" if signed else "not signed"))
 
 
 @bundle_app.command("sign")

@@ -61,10 +61,16 @@ def _edgewise_made(path: Path) -> bool:
         return False
 
 
-def check_out(out: Path, error: type[EdgewiseError] = EdgewiseError) -> None:
+def check_out(out: Path, error: type[EdgewiseError] = EdgewiseError, inputs: tuple[Path, ...] = ()) -> None:
     """Refuse, before any work starts, an output path edgewise could not or must not replace: a file, a
-    non-empty directory edgewise did not write, or a place this user cannot write to."""
+    non-empty directory edgewise did not write, a place this user cannot write to, or one that holds (or
+    lies inside) one of the run's own inputs."""
     out = Path(out)
+    where = out.resolve()
+    for src in inputs:
+        s = Path(src).resolve()
+        if s == where or where in s.parents or s in where.parents:
+            raise error(f"{out} would overwrite the input {src}: choose an output outside it")
     if out.exists() or out.is_symlink():
         if not out.is_dir():
             raise error(f"{out} exists and is not a directory")
@@ -76,6 +82,14 @@ def check_out(out: Path, error: type[EdgewiseError] = EdgewiseError) -> None:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise error(f"cannot write to {out}: {parent} is not a writable directory")
+
+
+def _sweep_stale(out: Path) -> None:
+    """Remove what an earlier run killed mid-write left beside `out` (its process no longer exists)."""
+    for p in out.parent.glob(f".{out.name}.tmp-*-*"):
+        pid = p.name.removeprefix(f".{out.name}.tmp-").split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(p, ignore_errors=True)
 
 
 @contextmanager
@@ -93,7 +107,8 @@ def atomic_dir(out: Path, replace: bool = True, error: type[EdgewiseError] = Edg
     check_out(out, error)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        _sweep_stale(out)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     except OSError as e:
         raise error(f"cannot write to {out}: {e.strerror or e}") from e
     try:

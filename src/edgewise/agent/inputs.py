@@ -19,6 +19,7 @@ from edgewise.errors import AgentError
 
 MAX_BATCH = 1024
 MAX_NPZ_MEMBERS = 64
+MAX_NPZ_BYTES = 64 * 2**20
 
 
 class BadInput(AgentError):
@@ -30,6 +31,12 @@ def load_json(raw: bytes) -> Any:
         return json.loads(raw)
     except json.JSONDecodeError as e:
         raise BadInput(f"body is not valid JSON ({e.msg} at position {e.pos})") from e
+    except UnicodeDecodeError as e:
+        raise BadInput(f"body is not UTF-8 ({e.reason} at byte {e.start})") from e
+    except ValueError as e:  # e.g. an integer literal past Python's digit limit
+        raise BadInput(f"body is not acceptable JSON ({e})") from e
+    except RecursionError as e:
+        raise BadInput("body is nested too deeply") from e
 
 
 Inputs = np.ndarray | dict[str, np.ndarray]
@@ -59,8 +66,24 @@ def _array(name: str, value: Any) -> np.ndarray:
     return a
 
 
+def _npy_header(buf: io.BytesIO) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from an .npy header, read before any array is allocated."""
+    version = np.lib.format.read_magic(buf)
+    read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read is None:
+        raise ValueError(f"unsupported .npy version {version}")
+    shape, _fortran, dtype = read(buf)
+    return shape, dtype
+
+
 def parse_npy(raw: bytes) -> np.ndarray:
     try:
+        buf = io.BytesIO(raw)
+        shape, dtype = _npy_header(buf)
+        need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if dtype.hasobject or need > len(raw) - buf.tell():
+            raise BadInput(f".npy header declares {list(shape)} {dtype} ({need:,} bytes) but the body holds "
+                           f"{len(raw) - buf.tell():,}")
         x = np.load(io.BytesIO(raw), allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise BadInput(f"body is not a valid .npy array ({e})") from e
@@ -73,8 +96,11 @@ def parse_npz(raw: bytes) -> dict[str, np.ndarray]:
     """An .npz body: one array per input name (no pickles, a bounded number of members)."""
     try:
         with zipfile.ZipFile(io.BytesIO(raw)) as z:
-            if len(z.infolist()) > MAX_NPZ_MEMBERS:
+            members = z.infolist()
+            if len(members) > MAX_NPZ_MEMBERS:
                 raise BadInput(f".npz holds more than {MAX_NPZ_MEMBERS} arrays")
+            if sum(m.file_size for m in members) > MAX_NPZ_BYTES:
+                raise BadInput(f".npz expands past {MAX_NPZ_BYTES:,} bytes")
         with np.load(io.BytesIO(raw), allow_pickle=False) as f:
             return {k: _array(k, f[k]) for k in f.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:

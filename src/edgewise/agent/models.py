@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -72,7 +73,8 @@ class ModelManager:
 
     def __init__(self, budget_bytes: int = 512 * 2**20, policy: str = "evict-lru", threads: int = 1,
                  providers: tuple[str, ...] = ("CPUExecutionProvider",), runtime: str = "onnxruntime",
-                 build_dir: Path | None = None, features: bool = False, features_at: str | None = None) -> None:
+                 build_dir: Path | None = None, features: bool = False, features_at: str | None = None,
+                 trust: list[Path] | None = None) -> None:
         if runtime not in ("onnxruntime", "c"):
             raise AgentError(f"runtime must be 'onnxruntime' or 'c', got {runtime!r}")
         if features and runtime == "c":
@@ -84,6 +86,12 @@ class ModelManager:
         if policy not in POLICIES:
             raise AgentError(f"model manager policy must be one of {POLICIES}, got {policy!r}")
         self.budget, self.policy, self.threads, self.providers = budget_bytes, policy, threads, providers
+        # Release keys: with any, a bundle is served only if its signature verifies against one of them.
+        self.trust = None
+        if trust:
+            from edgewise.bundle.signing import TrustStore
+
+            self.trust = TrustStore.load(list(trust))
         self._bundles: dict[str, tuple[Path, Manifest, int]] = {}
         self._providers: dict[str, tuple[str, ...]] = {}
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
@@ -95,7 +103,12 @@ class ModelManager:
     def register(self, bundle: Path) -> str:
         """Verify a bundle (every file's hash) and make its model servable under the manifest's name."""
         try:
-            manifest = verify_bundle(bundle)
+            if self.trust is not None:
+                from edgewise.bundle.signing import verify_signed_bundle
+
+                manifest, _key = verify_signed_bundle(bundle, self.trust)
+            else:
+                manifest = verify_bundle(bundle)
         except EdgewiseError as e:
             raise AgentError(f"cannot serve {bundle}: {e}") from e
         need = memory_need(Path(bundle), manifest)
@@ -176,6 +189,9 @@ class ModelManager:
                 self._loaded.popitem(last=False)
                 self.evictions += 1
             data = (path / "model.onnx").read_bytes()
+            # Serve the bytes that were verified: a model.onnx swapped since registration is refused.
+            if hashlib.sha256(data).hexdigest() != manifest.files["model.onnx"]["sha256"]:
+                raise AgentError(f"cannot serve {name}: {path / 'model.onnx'} changed since its bundle was verified")
             proto = onnx.load_from_string(data)  # parsed once: features mode and the Softmax check read it
             rss_before = rss_bytes()
             features_at = None

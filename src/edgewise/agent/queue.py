@@ -123,6 +123,9 @@ class DurableQueue:
                 if "full" in str(e).lower():
                     raise StorageError(f"disk full under {self.path}: {len(rows)} item(s) not stored") from e
                 raise StorageError(f"queue write failed: {e}") from e
+            except BaseException:  # a bad item, an interrupt: never leave the transaction open
+                self._rollback()
+                raise
         return [r[0] for r in rows]
 
     def _make_room(self, incoming: int, now: float) -> None:
@@ -163,6 +166,9 @@ class DurableQueue:
             except sqlite3.OperationalError as e:
                 self._rollback()
                 raise StorageError(f"queue read failed: {e}") from e
+            except BaseException:
+                self._rollback()
+                raise
             if n:
                 self._bytes = self._count_bytes()
         return [Item(*r) for r in rows]
@@ -181,6 +187,9 @@ class DurableQueue:
             except sqlite3.OperationalError as e:
                 self._rollback()
                 raise StorageError(f"queue ack failed: {e}") from e
+            except BaseException:
+                self._rollback()
+                raise
             self._bytes = self._count_bytes()
         return removed
 

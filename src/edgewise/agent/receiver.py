@@ -36,6 +36,9 @@ class EventStore:
             except sqlite3.OperationalError as e:
                 self._db.execute("ROLLBACK")
                 raise StorageError(f"event store write failed: {e}") from e
+            except BaseException:  # whatever it was, never leave the transaction open for the next batch
+                self._db.execute("ROLLBACK")
+                raise
             self.duplicates += len(items) - new
             return new
 

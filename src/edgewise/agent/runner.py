@@ -100,7 +100,7 @@ def build_agent(cfg: AgentConfig) -> Agent:
     audit = AuditLog(cfg.data_dir / "audit.db")
     models = ModelManager(cfg.model_budget_bytes, cfg.model_policy, cfg.threads, runtime=cfg.runtime,
                           build_dir=cfg.data_dir / "c-build", features=cfg.escalate == "features",
-                          features_at=cfg.features_at)
+                          features_at=cfg.features_at, trust=cfg.trust)
     for b in cfg.bundles:
         models.register(Path(b))
     updater = None

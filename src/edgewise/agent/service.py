@@ -19,6 +19,7 @@ from edgewise.agent.models import ModelBudgetExceeded
 from edgewise.agent.receiver import EventStore
 from edgewise.agent.upstream import decode_batch
 from edgewise.errors import AgentError, DataError, QueueFull, StorageError
+from edgewise.httplimits import BodyCap
 
 MAX_BODY_BYTES = 16 * 2**20
 
@@ -26,8 +27,10 @@ MAX_BODY_BYTES = 16 * 2**20
 def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any = None, tier: str = "server",
                inference: Any = None, mqtt: Any = None, ota: Any = None, samples: Any = None) -> FastAPI:
     app = FastAPI(title=f"edgewise agent ({tier})", version="0.1.0")
+    # Bodies are read up to the cap before any handler runs: a larger one (declared or chunked) is a 413.
+    app.add_middleware(BodyCap, limit=MAX_BODY_BYTES)
     received = {"batches": 0, "events": 0, "duplicates": 0, "malformed": 0}
-    errors = {"bad_input": 0, "unknown_model": 0, "overloaded": 0, "storage": 0}
+    errors = {"bad_input": 0, "unknown_model": 0, "overloaded": 0, "storage": 0, "model_unavailable": 0}
 
     def failed(kind: str, status: int, e: Exception) -> JSONResponse:
         errors[kind] += 1
@@ -71,6 +74,8 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
             return failed("overloaded", 503, e)
         except StorageError as e:
             return failed("storage", 507, e)
+        except AgentError as e:  # the model cannot be loaded or run (a changed file, a broken build)
+            return failed("model_unavailable", 503, e)
         if "application/x-npz" in request.headers.get("accept", ""):
             buf = io.BytesIO()
             np.savez(buf, **{k: np.asarray(v["data"], dtype=v["dtype"]) for k, v in answer["outputs"].items()})
@@ -112,6 +117,8 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         name = model or (served[0] if len(served) == 1 else None)
         if name is None:
             return JSONResponse({"error": "pass ?model= the model these samples train"}, status_code=400)
+        if name not in served:  # samples for a model nobody serves would only take others' room
+            return failed("unknown_model", 404, AgentError(f"unknown model {name!r}; serving: {', '.join(served)}"))
         try:
             doc = load_json(body)
             x = parse_json_inputs(doc)
@@ -120,11 +127,11 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
             labels = doc.get("labels")
             if not isinstance(labels, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
                 raise BadInput('"labels" must be a list of class indices, one per input')
-            if name in served:
-                manifest = inference.models.manifest(name)
-                x = validate(x, manifest)
-                if labels and max(labels) >= len(manifest.labels):
-                    raise BadInput(f"label {max(labels)} out of range: {name} has {len(manifest.labels)} classes")
+            manifest = inference.models.manifest(name)
+            x = validate(x, manifest)
+            bad = next((v for v in labels if not 0 <= v < len(manifest.labels)), None)
+            if bad is not None:
+                raise BadInput(f"label {bad} out of range: {name} has {len(manifest.labels)} classes")
             total = await run_in_threadpool(samples.add, name, x, np.asarray(labels, dtype=np.int64))
         except (BadInput, DataError) as e:
             return failed("bad_input", 422, e)
@@ -136,7 +143,11 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
     def health() -> dict[str, Any]:
         out: dict[str, Any] = {"status": "ok", "tier": tier}
         if syncer is not None:
-            out["sync"] = asdict(syncer.stats)
+            out["sync"] = {**asdict(syncer.stats), "running": syncer.alive}
+            if not syncer.alive:
+                out["status"] = "error: the sync thread is not running; results queue but are not sent"
+            elif syncer.stats.failing in ("storage", "unexpected"):
+                out["status"] = f"degraded: results are not being sent ({syncer.stats.last_error})"
         if queue is not None:
             out["queue"] = queue.stats()
         if inference is not None:

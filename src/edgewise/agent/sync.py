@@ -6,13 +6,16 @@ at most a redelivery, which the receiver de-duplicates by key.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from dataclasses import dataclass
 
 from edgewise.agent.queue import DurableQueue
 from edgewise.agent.upstream import Upstream, UpstreamUnavailable
-from edgewise.errors import AgentError
+from edgewise.errors import AgentError, StorageError
+
+log = logging.getLogger("edgewise.agent.sync")
 
 
 @dataclass
@@ -24,6 +27,9 @@ class SyncStats:
     last_error: str = ""
     backoff_s: float = 0.0
     online: bool = True
+    storage_errors: int = 0  # a local write (the audit log) failed, e.g. a full disk: nothing was sent
+    unexpected_errors: int = 0
+    failing: str = ""  # what the last attempt ran into until one succeeds: link | refused | storage | unexpected
 
 
 def next_backoff(current: float, base: float, cap: float, rng: random.Random) -> float:
@@ -60,12 +66,17 @@ class Syncer:
         except UpstreamUnavailable as e:
             self.stats.failures += 1
             self.stats.online = False
-            self.stats.last_error = str(e)
+            self.stats.last_error, self.stats.failing = str(e), "link"
+            raise
+        except StorageError as e:
+            self.stats.storage_errors += 1
+            self.stats.last_error, self.stats.failing = str(e), "storage"
             raise
         except AgentError as e:  # the receiver refused this batch as malformed: keep it, say so
             self.stats.rejected_batches += 1
-            self.stats.last_error = str(e)
+            self.stats.last_error, self.stats.failing = str(e), "refused"
             raise
+        self.stats.failing = ""
         self.queue.ack(i.key for i in items)
         self.stats.sent += len(items)
         self.stats.batches += 1
@@ -84,8 +95,20 @@ class Syncer:
                 # compressed batches, for a quarter second of added delivery latency.
                 self._stop.wait(self.linger_s)
             except AgentError:
-                self.stats.backoff_s = next_backoff(self.stats.backoff_s, self.base, self.cap, self._rng)
-                self._stop.wait(self.stats.backoff_s)
+                self._back_off()
+            except Exception as e:  # noqa: BLE001 - the sync thread must outlive any one failure
+                self.stats.unexpected_errors += 1
+                self.stats.last_error, self.stats.failing = f"{type(e).__name__}: {e}", "unexpected"
+                log.exception("sync: unexpected error; retrying after backoff")
+                self._back_off()
+
+    def _back_off(self) -> None:
+        self.stats.backoff_s = next_backoff(self.stats.backoff_s, self.base, self.cap, self._rng)
+        self._stop.wait(self.stats.backoff_s)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> Syncer:
         self._thread = threading.Thread(target=self.run, name="edgewise-sync", daemon=True)

@@ -10,9 +10,11 @@ import base64
 import gzip
 import io
 import json
+import math
 import socket
 import urllib.error
 import urllib.request
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -44,26 +46,51 @@ def encode_batch(items: Sequence[Item]) -> bytes:
     return gzip.compress(json.dumps({"events": [_event(i) for i in items]}, separators=(",", ":")).encode(), 6)
 
 
+MAX_BATCH_BYTES = 64 * 2**20  # a batch decompressed: far above what a device sends, far below a gzip bomb
+
+
+def _gunzip(body: bytes, limit: int = MAX_BATCH_BYTES) -> bytes:
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = d.decompress(body, limit + 1)
+    if len(out) > limit or d.unconsumed_tail:
+        raise ValueError(f"batch expands past {limit:,} bytes")
+    return out
+
+
+def _text(e: dict[str, Any], key: str) -> str:
+    v = e[key]
+    if not isinstance(v, str) or not 0 < len(v) <= 256:
+        raise TypeError(f"{key} must be a string of 1 to 256 characters")
+    v.encode("utf-8")  # a lone surrogate cannot be stored
+    return v
+
+
 def decode_batch(body: bytes) -> list[Item]:
     """Parse a batch (gzip or plain JSON); any malformed field is an AgentError (the receiver answers 400)."""
     try:
         if body[:2] == b"\x1f\x8b":
-            body = gzip.decompress(body)
+            body = _gunzip(body)
         data = json.loads(body)
         events = data["events"]
         if not isinstance(events, list):
             raise TypeError("events must be a list")
         out = []
         for e in events:
+            if not isinstance(e, dict):
+                raise TypeError("each event must be an object")
             if "json" in e:
                 payload = json.dumps(e["json"], separators=(",", ":")).encode()
             else:
                 payload = base64.b64decode(e["payload"], validate=True)
-            out.append(Item(str(e["key"]), str(e["topic"]), payload, int(e.get("priority", 0)),
-                            float(e.get("created", 0.0))))
+            priority, created = e.get("priority", 0), e.get("created", 0.0)
+            if isinstance(priority, bool) or not isinstance(priority, int) or not -2**31 <= priority < 2**31:
+                raise ValueError("priority must be an integer in the 32-bit range")
+            if isinstance(created, bool) or not isinstance(created, int | float) or not math.isfinite(created):
+                raise ValueError("created must be a finite number")
+            out.append(Item(_text(e, "key"), _text(e, "topic"), payload, priority, float(created)))
         return out
-    except (ValueError, KeyError, TypeError, OSError, EOFError) as e:
-        raise AgentError(f"malformed event batch: {type(e).__name__}: {e}") from e
+    except (ValueError, KeyError, TypeError, OSError, EOFError, OverflowError, RecursionError, zlib.error) as e:
+        raise AgentError(f"malformed event batch: {type(e).__name__}: {str(e)[:200]}") from e
 
 
 def encode_npy(x: np.ndarray) -> bytes:

@@ -48,11 +48,15 @@ def generate_keys(out: Path, name: str = "release") -> tuple[Path, Path]:
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    pub_path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                       serialization.PublicFormat.SubjectPublicKeyInfo))
+    pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    # Each file appears whole or not at all (a full disk leaves no empty key that would block the next try);
+    # the public key last, so a pair is complete once it exists.
+    try:
+        atomic_write(priv_path, pem, mode=0o600)
+        atomic_write(pub_path, pub)
+    except OSError as e:
+        priv_path.unlink(missing_ok=True)
+        raise SignatureError(f"cannot write the key pair to {out}: {e.strerror or e}") from e
     return priv_path, pub_path
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from edgewise.bundle.manifest import Manifest
 from edgewise.bundle.pack import verify_bundle, write_bundle
+from edgewise.errors import BundleError
+from edgewise.fsutil import check_out
 from edgewise.modelio import embedding_tensor, inputs, load_onnx, outputs, split_at
 
 
@@ -20,6 +22,7 @@ def tail_name(model: str) -> str:
 
 def split_bundle(bundle: Path, out: Path, at: str | None = None) -> Manifest:
     """Write the tail of `bundle`'s model (from tensor `at`, default the penultimate embedding) to `out`."""
+    check_out(out, BundleError, inputs=(bundle,))
     manifest = verify_bundle(bundle)
     model = load_onnx(Path(bundle) / "model.onnx")
     at = at or embedding_tensor(model)

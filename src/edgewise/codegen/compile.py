@@ -15,7 +15,7 @@ from edgewise.codegen.graph import IntGraph
 from edgewise.codegen.lower import lower
 from edgewise.codegen.planner import Plan, plan
 from edgewise.errors import CodegenError
-from edgewise.fsutil import atomic_dir
+from edgewise.fsutil import atomic_dir, check_out
 from edgewise.targets import TargetProfile
 
 
@@ -50,7 +50,11 @@ def check_budget(c: Compiled, target: TargetProfile) -> None:
 
 def compile_bundle(bundle: Path, out: Path, target: TargetProfile, update_bundle: bool = True) -> Compiled:
     """Write the C sources and memory.json to `out` (all or nothing) and record them in the bundle."""
+    check_out(out, CodegenError, inputs=(bundle,))
     manifest = verify_bundle(bundle)
+    if update_bundle and (Path(bundle) / "signature").exists():
+        raise CodegenError(f"{bundle} is signed: recording the C sources in it would void its signature. Compile "
+                           "before signing, or pass --no-update-bundle to leave the bundle as it is")
     model = onnx.load(str(bundle / "model.onnx"))
     compiled = compile_model(model, manifest.name, manifest.labels)
     check_budget(compiled, target)

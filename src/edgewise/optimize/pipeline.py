@@ -61,7 +61,7 @@ def optimize(model_path: Path, data: str, target: TargetProfile, out: Path, opts
              name: str | None = None, version: str = "0.1.0", log: Log = lambda _m: None,
              progress: Progress = lambda _w, _d, _t: None) -> OptimizeOutcome:
     opts = opts or SearchOptions()
-    check_out(out)
+    check_out(out, inputs=(model_path,))
     source, splits = fit_data(load_source(model_path), load_splits(data))
     result = search(source, splits, target, opts, log, progress)
     if result.chosen is not None:

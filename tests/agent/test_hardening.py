@@ -1,0 +1,150 @@
+"""Regression tests for the agent under hostile input and faults: each failure once found, now refused
+with a 4xx (or survived) and nothing lost or garbled."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import shutil
+import sqlite3
+import threading
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from edgewise.agent.audit import AuditingUpstream, AuditLog
+from edgewise.agent.queue import DurableQueue, NewItem
+from edgewise.agent.receiver import EventStore
+from edgewise.agent.runner import AgentConfig, build_agent
+from edgewise.agent.service import MAX_BODY_BYTES, create_app
+from edgewise.agent.sync import Syncer
+from edgewise.agent.upstream import InProcessUpstream, encode_batch
+from edgewise.data import load_splits
+
+X = load_splits("digits").test.x
+
+
+@pytest.fixture(scope="module")
+def server(tier_bundles, tmp_path_factory):  # type: ignore[no-untyped-def]
+    agent = build_agent(AgentConfig(bundles=[tier_bundles["server"]], tier="server",
+                                    data_dir=tmp_path_factory.mktemp("hard")))
+    yield TestClient(agent.app)
+    agent.close()
+
+
+def _npy(shape_text: str, payload: bytes = b"") -> bytes:
+    header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}".encode()
+    header += b" " * (63 - len(header) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + payload
+
+
+@pytest.mark.parametrize("body,ctype,fragment", [
+    (b"[" * 3000 + b"]" * 3000, "application/json", "nested too deeply"),
+    (b'{"inputs": "\xff\xfe"}', "application/json", "not UTF-8"),
+    (b'{"inputs": [' + b"9" * 5000 + b"]}", "application/json", "not acceptable JSON"),
+    (b'{"inputs": [' + b"9" * 400 + b"]}", "application/json", "rectangular array of numbers"),
+    (_npy("(1000000000000,)"), "application/x-npy", "declares"),
+    (b"PK\x03\x04 not a zip", "application/x-npz", ".npz"),
+])
+def test_hostile_predict_bodies_get_a_4xx(server, body, ctype, fragment):
+    r = server.post("/predict", content=body, headers={"content-type": ctype})
+    assert r.status_code == 422 and fragment in r.json()["error"], (r.status_code, r.text[:300])
+
+
+def test_a_chunked_body_over_the_cap_is_a_413_and_the_agent_answers_after(server):
+    def chunks():  # no Content-Length: the cap must hold as the body arrives
+        for _ in range(MAX_BODY_BYTES // (1 << 20) + 2):
+            yield b" " * (1 << 20)
+
+    r = server.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    r = server.post("/predict", json={"inputs": X[:2].tolist()})
+    assert r.status_code == 200 and len(r.json()["results"]) == 2
+
+
+def test_samples_for_a_model_nobody_serves_are_refused_and_labels_are_range_checked(server):
+    r = server.post("/v1/samples?model=junk", json={"inputs": X[:1].tolist(), "labels": [0]})
+    assert r.status_code == 404 and "unknown model" in r.json()["error"]
+    r = server.post("/v1/samples", json={"inputs": X[:1].tolist(), "labels": [10**30]})
+    assert r.status_code == 422 and "out of range" in r.json()["error"]
+    r = server.post("/v1/samples", json={"inputs": X[:2].tolist(), "labels": [1, 2]})
+    assert r.status_code == 200 and r.json()["total"] >= 2
+
+
+@pytest.mark.parametrize("event,fragment", [
+    ({"key": "a", "topic": "result", "json": {}, "priority": 10**30}, "priority"),
+    ({"key": "b", "topic": "result", "json": {}, "created": float("inf")}, "created"),
+    ({"key": "\ud800", "topic": "result", "json": {}}, "UnicodeEncodeError"),
+    ({"key": ["x"], "topic": "result", "json": {}}, "key must be a string"),
+])
+def test_malformed_event_batches_are_a_400_and_leave_no_transaction_open(server, event, fragment):
+    body = json.dumps({"events": [event]}, allow_nan=True).encode("utf-8", "surrogatepass")
+    r = server.post("/v1/events", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and fragment in r.json()["error"], r.text
+    good = json.dumps({"events": [{"key": f"ok-{fragment}", "topic": "result", "json": {"l": "1"}}]}).encode()
+    r = server.post("/v1/events", content=good, headers={"content-type": "application/json"})
+    assert r.status_code == 200 and r.json()["stored"] == 1
+
+
+def test_a_gzip_bomb_is_refused_without_expanding_it(server):
+    bomb = gzip.compress(b"[" + b" " * (80 << 20) + b"]")  # 80 MiB of spaces in ~80 KB
+    assert len(bomb) < MAX_BODY_BYTES
+    r = server.post("/v1/events", content=bomb, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "expands past" in r.json()["error"]
+
+
+def test_a_full_audit_log_pauses_sending_and_health_says_so_until_space_returns(tmp_path):
+    """SQLite's own 'database or disk is full' (max_page_count pinned to the file's size) on the audit log:
+    the sync thread must survive it, send nothing it cannot record, and resume by itself."""
+    received = EventStore(tmp_path / "rx.db")
+    queue = DurableQueue(tmp_path / "q.db")
+    audit = AuditLog(tmp_path / "audit.db")
+    syncer = Syncer(queue, AuditingUpstream(InProcessUpstream(received), audit, "up"), base_backoff_s=0.01,
+                    max_backoff_s=0.05, idle_poll_s=0.05, linger_s=0.0)
+    app = TestClient(create_app(syncer=syncer, queue=queue, tier="endpoint"))
+    pages = audit._db.execute("PRAGMA page_count").fetchone()[0]
+    audit._db.execute(f"PRAGMA max_page_count = {pages}")
+    for size in (3000, 300, 30, 0):  # fill the last pages to the brim, so no further row fits
+        while True:
+            try:
+                audit._db.execute("INSERT INTO audit VALUES (0, 'fill', '', ?, 0, 0, 'fill', 0)", ("x" * size,))
+            except sqlite3.OperationalError:
+                break
+    syncer.start()
+    queue.append_many([NewItem(f'{{"n":{i}}}'.encode(), topic="result") for i in range(50)])
+    syncer.notify()
+    deadline = time.time() + 10
+    while syncer.stats.storage_errors < 3 and time.time() < deadline:
+        time.sleep(0.02)
+    health = app.get("/health").json()
+    assert syncer.alive and len(received) == 0, "nothing may leave without its audit row"
+    assert health["status"].startswith("degraded") and "audit log" in health["status"]
+    audit._db.execute("DELETE FROM audit WHERE kind = 'fill'")  # space is back
+    audit._db.execute("PRAGMA max_page_count = 1073741823")
+    deadline = time.time() + 10
+    while len(received) < 50 and time.time() < deadline:
+        time.sleep(0.02)
+    assert len(received) == 50 and app.get("/health").json()["status"] == "ok"
+    syncer.stop()
+    delivered = [r for r in audit.rows() if r["status"] == "delivered"]
+    assert sum(r["items"] for r in delivered if not r["retry"]) == 50
+
+
+def test_trusted_agents_refuse_forged_bundles_and_swapped_models(tier_bundles, tmp_path):
+    from edgewise.bundle.signing import generate_keys, sign_bundle, load_private
+    from edgewise.errors import AgentError
+
+    priv, pub = generate_keys(tmp_path / "keys")
+    bundle = tmp_path / "b"
+    shutil.copytree(tier_bundles["endpoint"], bundle)
+    with pytest.raises(AgentError, match="signature"):
+        build_agent(AgentConfig(bundles=[bundle], data_dir=tmp_path / "a0", trust=[pub]))
+    sign_bundle(bundle, load_private(priv))
+    agent = build_agent(AgentConfig(bundles=[bundle], data_dir=tmp_path / "a1", trust=[pub]))
+    shutil.copyfile(tier_bundles["server"] / "model.onnx", bundle / "model.onnx")  # swapped after the check
+    r = TestClient(agent.app).post("/predict", json={"inputs": X[:1].tolist()})
+    assert r.status_code != 200 and "changed since" in r.text
+    agent.close()
