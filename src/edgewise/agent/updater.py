@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import random
 import time
@@ -21,12 +22,14 @@ from typing import Any
 import httpx
 
 from edgewise.agent.slots import Slots
+from edgewise.bundle.archive import MAX_UNPACKED_BYTES as MAX_BUNDLE_BYTES
 from edgewise.bundle.archive import unpack
 from edgewise.bundle.pack import sha256_file
 from edgewise.bundle.selftest import check_golden
 from edgewise.bundle.signing import TrustStore, canonical, verify_signed_bundle
+from edgewise.bundle.version import older
+from edgewise.bundle.version import parse as parse_version
 from edgewise.errors import AgentError, EdgewiseError
-from edgewise.fleet.versions import older
 from edgewise.fsutil import fsync_tree
 
 
@@ -146,6 +149,7 @@ class Updater:
             self.fleet_keys.verify(canonical(a), doc["signature"])
         except (ValueError, KeyError, TypeError, EdgewiseError) as e:
             raise AgentError(f"assignment metadata does not verify: {e}") from e
+        _check_fields(a)
         if a.get("device_id") != self.ident.device_id:
             raise AgentError("assignment is for another device")
         if float(a.get("expires", 0)) < time.time():
@@ -203,6 +207,7 @@ class Updater:
                 raise AgentError(f"bundle is {manifest.name} {manifest.version}, assignment says {a['model']} {version}")
         except EdgewiseError as e:
             archive.unlink(missing_ok=True)
+            await asyncio.to_thread(self.slots.clear_inactive)  # nothing of a refused bundle stays on disk
             return await self._fail(serial, "verify", str(e), version)
         await self.report("verify", True, serial, f"signed by {key}", version=version)
         try:
@@ -317,3 +322,33 @@ class Updater:
                                return_when=asyncio.FIRST_COMPLETED)
             for w in waits:
                 w.cancel()
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _check_fields(a: Any) -> None:
+    """Every field of signed assignment metadata has the type it must: a compromised or buggy server's
+    odd values are refused (and reported) here, not met as a TypeError half-way through an install."""
+    if not isinstance(a, dict):
+        raise AgentError("assignment must be an object")
+    want: dict[str, tuple[type, ...]] = {"device_id": (str,), "expires": (int, float), "serial": (int,)}
+    if a.get("serial"):
+        want.update({"model": (str,), "version": (str,), "sha256": (str,), "size": (int,), "url": (str,),
+                     "rollback": (bool,)})
+    for key, types in want.items():
+        v = a.get(key)
+        if isinstance(v, bool) and bool not in types or not isinstance(v, types):
+            raise AgentError(f"assignment field {key!r} must be {' or '.join(t.__name__ for t in types)}, "
+                             f"got {type(v).__name__}")
+    if a["serial"] < 0 or not math.isfinite(a["expires"]):
+        raise AgentError("assignment serial or expiry out of range")
+    if a.get("serial"):
+        if len(a["sha256"]) != 64 or not set(a["sha256"]) <= _HEX:
+            raise AgentError("assignment sha256 is not a hex digest")
+        if not 0 < a["size"] <= MAX_BUNDLE_BYTES:
+            raise AgentError(f"assignment size {a['size']} is out of range (at most {MAX_BUNDLE_BYTES:,} bytes)")
+        try:
+            parse_version(a["version"])
+        except EdgewiseError as e:
+            raise AgentError(f"assignment {e}") from e

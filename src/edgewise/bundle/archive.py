@@ -32,14 +32,20 @@ def pack(bundle: Path) -> bytes:
     return buf.getvalue()
 
 
-def unpack(archive: Path, dest: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> Path:
-    """Extract `archive` into the empty directory `dest`, refusing anything but plain relative files."""
+MAX_ENTRIES = 1000  # a bundle is a manifest, a model and a few extras (C sources, self-test)
+
+
+def unpack(archive: Path, dest: Path, max_bytes: int = MAX_UNPACKED_BYTES, max_entries: int = MAX_ENTRIES) -> Path:
+    """Extract `archive` into the empty directory `dest`, refusing anything but plain relative files, and
+    more than `max_entries` of them or `max_bytes` in all."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     total = 0
     try:
         with tarfile.open(archive, mode="r:*") as tar:
-            for m in tar:
+            for n, m in enumerate(tar):
+                if n >= max_entries:
+                    raise BundleError(f"archive holds more than {max_entries} entries; refused")
                 parts = Path(m.name).parts
                 if Path(m.name).is_absolute() or ".." in parts or not parts:
                     raise BundleError(f"archive entry {m.name!r} escapes the bundle directory")

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from edgewise.bundle.version import parse as parse_version
 from edgewise.errors import BundleError
 
 FORMAT_VERSION = 1
 # Optional fields added since format 1; omitted from the JSON (and the signed bytes) while empty.
 _LATER_FIELDS = ("task",)
-_SEMVER = re.compile(r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
 
 
 @dataclass
@@ -38,8 +37,7 @@ class Manifest:
     task: str = ""
 
     def __post_init__(self) -> None:
-        if not _SEMVER.match(self.version):
-            raise BundleError(f"version {self.version!r} is not semantic (MAJOR.MINOR.PATCH)")
+        parse_version(self.version)
 
     def _fields(self) -> dict[str, Any]:
         data = asdict(self)

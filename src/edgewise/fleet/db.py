@@ -36,6 +36,8 @@ CREATE INDEX IF NOT EXISTS reports_device ON reports (device_id, ts);
 CREATE INDEX IF NOT EXISTS assignments_rollout ON assignments (rollout_id, status);
 CREATE INDEX IF NOT EXISTS reports_rollout ON reports (rollout_id, step);
 """
+# Columns added after a store may already exist: (table, column, type), each added when missing.
+MIGRATIONS = (("assignments", "prev_model", "TEXT"),)
 
 
 class Database:
@@ -64,6 +66,13 @@ class Database:
             for stmt in SCHEMA.split(";"):
                 if stmt.strip():
                     t.execute(stmt)
+        for table, column, kind in MIGRATIONS:
+            with self.tx() as t:
+                have = {r[0] for r in t.query(
+                    "SELECT name FROM pragma_table_info(?)" if self.kind == "sqlite" else
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = ?", (table,))}
+                if column not in have:
+                    t.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.kind == "postgresql" else sql

@@ -123,7 +123,7 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
     async def body_json(request: Request) -> dict[str, Any]:
         try:
             data = await request.json()
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, too deep, a 5000-digit number
             raise HTTPException(400, "body must be a JSON object") from e
         if not isinstance(data, dict):
             raise HTTPException(400, "body must be a JSON object")
@@ -143,11 +143,14 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
     async def enroll_token(request: Request, _: str = Depends(admin)) -> dict[str, Any]:
         """One token, or `count` of them (a production line provisioning a batch)."""
         data = await body_json(request)
-        tags, ttl = [str(t) for t in data.get("tags", [])], float(data.get("ttl_s", 86400))
-        count = int(data.get("count", 1))
-        if not 1 <= count <= 10000:
+        tags, ttl, count = data.get("tags", []), data.get("ttl_s", 86400), data.get("count", 1)
+        if not isinstance(tags, list) or not all(isinstance(t, str) and len(t) <= 100 for t in tags):
+            raise HTTPException(400, "tags must be a list of strings")
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 1 <= ttl <= 10 * 365 * 86400:
+            raise HTTPException(400, "ttl_s must be a number of seconds from 1 to ten years")
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 10000:
             raise HTTPException(400, "count must be 1..10000")
-        tokens = [store.enroll_token(tags, ttl) for _ in range(count)]
+        tokens = [store.enroll_token(tags, float(ttl)) for _ in range(count)]
         return {"token": tokens[0], "tokens": tokens}
 
     @app.get("/v1/admin/devices")
@@ -156,7 +159,10 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
 
     @app.put("/v1/admin/devices/{device_id}/tags")
     async def tags(device_id: str, request: Request, _: str = Depends(admin)) -> dict[str, str]:
-        store.set_tags(device_id, [str(t) for t in (await body_json(request)).get("tags", [])])
+        tags = (await body_json(request)).get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) and len(t) <= 100 for t in tags):
+            raise HTTPException(400, "tags must be a list of strings")
+        store.set_tags(device_id, tags)
         return {"device": device_id}
 
     @app.get("/v1/admin/devices/{device_id}/timeline")
@@ -170,7 +176,7 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
             return store.create_rollout(str(d["model"]), str(d["version"]), str(d.get("selector", "all")),
                                         [float(w) for w in d.get("waves", [1, 10, 50, 100])], d.get("gate"),
                                         bool(d.get("auto_rollback", True)), who)
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise HTTPException(400, f"rollout needs model, version, selector, waves: {e}") from e
 
     @app.get("/v1/admin/rollouts")
@@ -189,6 +195,8 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
     @app.post("/v1/device/enroll")
     async def enroll(request: Request) -> dict[str, str]:
         d = await body_json(request)
+        if not isinstance(d.get("token"), str) or not isinstance(d.get("name", ""), str):
+            raise HTTPException(400, "enrolment needs a token (a string) and optionally a name")
         try:
             return store.enroll(str(d["token"]), str(d.get("name", "")))
         except FleetError as e:

@@ -10,6 +10,7 @@ roll the devices that took the new version back to the version they ran before.
 from __future__ import annotations
 
 import hashlib
+import math
 import hmac
 import json
 import secrets
@@ -44,9 +45,15 @@ class Gate:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Gate:
         d = d or {}
+        if not isinstance(d, dict):
+            raise FleetError("gate must be an object")
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise FleetError(f"unknown gate settings: {', '.join(sorted(unknown))}")
+        for k, v in d.items():
+            optional = k == "max_latency_ms" and v is None
+            if not optional and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0):
+                raise FleetError(f"gate setting {k} must be a finite number >= 0, got {v!r}")
         return cls(**d)
 
 
@@ -186,6 +193,8 @@ class FleetStore:
         """A device's step report. Terminal steps settle its assignment; the rollout is then re-judged."""
         step, ok = str(r.get("step", ""))[:40], bool(r.get("ok"))
         serial = r.get("serial")
+        if serial is not None and (isinstance(serial, bool) or not isinstance(serial, int) or not 0 <= serial < 2**62):
+            raise FleetError("serial must be the integer of the assignment being reported")
         rollout_id = None
         with self.db.tx() as t:
             if serial is not None:
@@ -193,7 +202,8 @@ class FleetStore:
                 rollout_id = rows[0][0] if rows else None
             t.execute("INSERT INTO reports VALUES (?,?,?,?,?,?,?,?,?)",
                       (device_id, self.clock(), rollout_id, str(r.get("version", ""))[:40], step, int(ok),
-                       str(r.get("detail", ""))[:1000], _num(r.get("error_rate")), _num(r.get("latency_ms"))))
+                       str(r.get("detail", ""))[:1000], _num(r.get("error_rate"), 0.0, 1.0),
+                       _num(r.get("latency_ms"), 0.0, 1e7)))
             status = "healthy" if step == "health" and ok else "failed" if not ok and step in (
                 "download", "verify", "install", "selftest", "switch", "health", "gave_up") else None
             if serial is not None and status:
@@ -208,12 +218,12 @@ class FleetStore:
     # ---- rollouts -----------------------------------------------------------------------------------
     def create_rollout(self, model: str, version: str, selector: str, waves: list[float], gate: dict | None,
                        auto_rollback: bool, created_by: str) -> dict[str, Any]:
+        g = Gate.from_dict(gate)  # the request's own shape first, the registry after
+        if not waves or any(not 0 < w <= 100 for w in waves) or waves != sorted(waves) or waves[-1] != 100:
+            raise FleetError("waves must be increasing percentages ending at 100, e.g. 1,10,50,100")
         m = self.model(model, version)
         if m["signature"] != "valid":
             raise FleetError(f"{model} {version} is not validly signed ({m['signature']}); devices would refuse it")
-        if not waves or any(not 0 < w <= 100 for w in waves) or waves != sorted(waves) or waves[-1] != 100:
-            raise FleetError("waves must be increasing percentages ending at 100, e.g. 1,10,50,100")
-        g = Gate.from_dict(gate)
         rid = uuid.uuid4().hex[:12]
         with self.db.tx() as t:
             # A newer rollout of the same model to the same devices supersedes a running or stuck one.
@@ -262,7 +272,10 @@ class FleetStore:
                 t.execute("UPDATE assignments SET status='cancelled' WHERE rollout_id=? AND status='pending' "
                           "AND rollback=0", (rid,))
             if action == "rollback":
-                self._issue_rollbacks(t, rid)
+                missed = self._issue_rollbacks(t, rid)
+                if missed:
+                    t.execute("UPDATE rollouts SET reason=? WHERE id=?",
+                              (f"{reason or 'rollback by operator'}; {missed}", rid))
         self._notify()
         if action == "resume":
             self.tick(rid)
@@ -306,9 +319,9 @@ class FleetStore:
                     if auto_rb:
                         t.execute("UPDATE assignments SET status='cancelled' WHERE rollout_id=? AND "
                                   "status='pending' AND rollback=0", (rid,))
-                        self._issue_rollbacks(t, rid)
+                        missed = self._issue_rollbacks(t, rid)
                         t.execute("UPDATE rollouts SET state='rolled_back', reason=? WHERE id=?",
-                                  (f"{verdict}; rolled back automatically", rid))
+                                  (f"{verdict}; rolled back automatically" + (f"; {missed}" if missed else ""), rid))
                     return False
                 if wave == len(waves) - 1:
                     t.execute("UPDATE rollouts SET state='completed' WHERE id=?", (rid,))
@@ -328,14 +341,16 @@ class FleetStore:
             if d["id"] in have:
                 continue
             status = "healthy" if d["version"] == version and d["model"] == model else "pending"
-            self._assign(t, d["id"], rid, model, version, False, status, "", d["version"])
+            self._assign(t, d["id"], rid, model, version, False, status, "", d["version"], d["model"])
 
     def _assign(self, t: Any, device_id: str, rid: str, model: str, version: str, rollback: bool, status: str,
-                detail: str, prev_version: str | None) -> None:
+                detail: str, prev_version: str | None, prev_model: str | None = None) -> None:
         """A new desired state for a device: the next serial, so it supersedes every earlier one."""
         serial = (t.query("SELECT MAX(serial) FROM assignments WHERE device_id=?", (device_id,))[0][0] or 0) + 1
-        t.execute("INSERT INTO assignments VALUES (?,?,?,?,?,?,?,?,?,?)",
-                  (device_id, serial, rid, model, version, int(rollback), status, detail, self.clock(), prev_version))
+        t.execute("INSERT INTO assignments (device_id, serial, rollout_id, model, version, rollback, status, detail, "
+                  "updated, prev_version, prev_model) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                  (device_id, serial, rid, model, version, int(rollback), status, detail, self.clock(), prev_version,
+                   prev_model))
         self._changed.append(device_id)
 
     def _judge(self, t: Any, rid: str, g: Gate, started: float) -> str | None:
@@ -350,33 +365,45 @@ class FleetStore:
         if live and failed / live > g.max_failure_rate:
             return (f"{failed} of {live} devices failed" + (f" ({pending} silent past the "
                                                              f"{g.wave_timeout_s:.0f} s wave timeout)" if pending else ""))
-        err, lat = t.query("SELECT AVG(error_rate), AVG(latency_ms) FROM reports WHERE rollout_id=? AND step='health' "
-                           "AND ok=1", (rid,))[0]
+        # Each device weighs once, however often it reports (rates are clamped to [0, 1] when stored).
+        err, lat = t.query("SELECT AVG(e), AVG(l) FROM (SELECT AVG(error_rate) AS e, AVG(latency_ms) AS l FROM reports "
+                           "WHERE rollout_id=? AND step='health' AND ok=1 GROUP BY device_id) AS per_device", (rid,))[0]
         if err is not None and err > g.max_error_rate:
             return f"mean error rate {err:.3f} over the gate's {g.max_error_rate}"
         if g.max_latency_ms is not None and lat is not None and lat > g.max_latency_ms:
             return f"mean latency {lat:.1f} ms over the gate's {g.max_latency_ms} ms"
         return ""
 
-    def _issue_rollbacks(self, t: Any, rid: str) -> None:
-        """Every device that took this rollout's version goes back to the one it ran before, by a signed
-        rollback assignment (the only way a device accepts an older version). Devices that failed are
-        already back on their previous model: the updater never leaves a failed install active."""
-        rows = t.query("SELECT device_id, prev_version, model FROM assignments WHERE rollout_id=? AND rollback=0 "
-                       "AND status='healthy'", (rid,))
-        for device_id, prev, model in rows:
+    def _issue_rollbacks(self, t: Any, rid: str) -> str:
+        """Every device that took this rollout's version goes back to what it ran before (whatever that
+        model's name), by a signed rollback assignment (the only way a device accepts an older version).
+        Devices that failed are already back on their previous model: the updater never leaves a failed
+        install active. Returns what could not be restored, for the rollout's reason ('' when all were)."""
+        rows = t.query("SELECT device_id, prev_version, prev_model, model FROM assignments WHERE rollout_id=? "
+                       "AND rollback=0 AND status='healthy'", (rid,))
+        missing: dict[str, int] = {}
+        for device_id, prev, prev_model, model in rows:
+            prev_model = prev_model or model  # assignments from before prev_model was recorded
             if not prev:
+                missing["no earlier model on record"] = missing.get("no earlier model on record", 0) + 1
                 continue
             try:
-                self.model(model, prev)
+                self.model(prev_model, prev)
             except FleetError:
+                why = f"{prev_model} {prev} is not in the registry"
+                missing[why] = missing.get(why, 0) + 1
                 continue
-            self._assign(t, device_id, rid, model, prev, True, "pending", "rollback", None)
+            self._assign(t, device_id, rid, prev_model, prev, True, "pending", "rollback", None)
+        return "; ".join(f"{n} device(s) could not be rolled back: {why}" for why, n in missing.items())
 
 
-def _num(v: Any) -> float | None:
-    try:
-        return None if v is None else float(v)
-    except (TypeError, ValueError):
+def _num(v: Any, low: float, high: float) -> float | None:
+    """A reported figure as a finite float clamped to [low, high]; anything else is no figure."""
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
         return None
+    try:
+        f = float(v)
+    except (ValueError, OverflowError):
+        return None
+    return min(max(f, low), high) if math.isfinite(f) else None
 
