@@ -173,14 +173,32 @@ def test_an_output_directory_is_replaced_only_when_it_holds_an_earlier_run(tmp_p
     assert fresh_run_dir(earlier) == earlier.resolve() and list(earlier.iterdir()) == []
 
 
-def test_median_and_trimmed_mean_keep_learning_when_a_client_sends_garbage(tmp_path):
+def test_a_client_sending_garbage_is_dropped_or_outvoted(tmp_path):
     # Execute: 5 clients, client 4 returns its weights plus N(0, 10) noise every round
-    acc = {}
-    for strategy in ("fedavg", "fedmedian", "fedtrimmedavg"):
+    acc, dropped = {}, {}
+    for strategy, ratio in (("fedavg", 0.0), ("fedavg", 5.0), ("fedmedian", 0.0)):
         h = run(FedConfig(model="mlp", width=0.5, clients=5, rounds=3, partition="iid", strategy=strategy,
-                          poison_clients=[4], lr=0.1), tmp_path / strategy, baseline=False)
-        acc[strategy] = [r["accuracy"] for r in h["rounds"]]
-    # Assert: the average is ruined by one client; the robust aggregates learn as if it were absent
-    assert max(acc["fedavg"]) < 0.3, acc
-    for strategy in ("fedmedian", "fedtrimmedavg"):
-        assert acc[strategy][-1] > 0.7 and acc[strategy][-1] > acc[strategy][1], acc
+                          poison_clients=[4], lr=0.1, max_update_ratio=ratio), tmp_path / f"{strategy}-{ratio}",
+                baseline=False)
+        acc[strategy, ratio] = [r["accuracy"] for r in h["rounds"]]
+        dropped[strategy, ratio] = h["dropped_updates"]
+    # Assert: without the update bound, the average is ruined by one client; with it (the default), the
+    # poisoned update is dropped every round and FedAvg learns; the median learns without it
+    assert max(acc["fedavg", 0.0]) < 0.3 and not dropped["fedavg", 0.0], acc
+    assert len(dropped["fedavg", 5.0]) == 3 and all("update norm" in d["why"] for d in dropped["fedavg", 5.0])
+    for key in (("fedavg", 5.0), ("fedmedian", 0.0)):
+        assert acc[key][-1] > 0.7 and acc[key][-1] > acc[key][1], acc
+
+
+def test_nan_and_wrong_shaped_updates_are_named_and_valid_ones_pass():
+    import numpy as np
+
+    from edgewise.federated.apps import _invalid_update
+
+    model = [np.zeros((3, 2), np.float32), np.zeros(2, np.float32)]
+    expected = [(a.shape, a.dtype) for a in model]
+    assert _invalid_update([a + 1 for a in model], expected) is None
+    assert "NaN" in _invalid_update([model[0], np.full(2, np.nan, np.float32)], expected)
+    assert "the model's is float32[3, 2]" in _invalid_update([np.zeros((2, 3), np.float32), model[1]], expected)
+    assert "1 arrays" in _invalid_update(model[:1], expected)
+    assert "float64" in _invalid_update([model[0].astype(np.float64), model[1]], expected)

@@ -58,6 +58,11 @@ class FedConfig:
     secagg_threshold: float = 0.5  # share of a client's key shares needed to unmask it if it drops out
     secagg_clip: float = 8.0  # quantizer range for each (weighted) update value: [-clip, clip]
     secagg_max_weight: float = 1000.0  # largest num-examples a client's update is weighted by
+    # A client's update (its weights minus the round's global weights) larger than this many times the
+    # round's median update norm is dropped and counted, as are non-finite or wrong-shaped ones. 0 = no
+    # norm bound (finite values and shapes are always checked). Not applied under SecAgg+: the server
+    # never sees one client's update there.
+    max_update_ratio: float = 5.0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -105,6 +110,10 @@ class FedConfig:
                 default = getattr(cls(), f.name)
                 kw[f.name] = type(default)(rc[key])
         return cls(**kw)
+
+
+class FederatedError(EdgewiseError):
+    """A federated run could not produce a sound model (or was set up wrongly)."""
 
 
 CHAOS = ("fail_clients", "poison_clients")  # test-only fields: never part of a deployed run's config
@@ -242,27 +251,80 @@ def make_client_app(get_cfg: ConfigFn, get_data: DataFn) -> Any:
 
 
 class RecordingGrid:
-    """The Grid the strategy talks through, recording what every client reply carried as it arrived."""
+    """The Grid the strategy talks through: it records what every client reply carried as it arrived, and
+    drops train replies whose weights are not a valid update of the global model (wrong shapes or dtypes,
+    NaN or infinite values, or an update norm far above the round's median), so one broken or malicious
+    client cannot poison or crash the aggregation. Dropped replies look to the strategy like a client that
+    did not answer; each is counted in `dropped`."""
 
-    def __init__(self, grid: Any, path: Path) -> None:
+    def __init__(self, grid: Any, path: Path, expected: list[np.ndarray] | None = None,
+                 max_update_ratio: float = 0.0) -> None:
         self._grid = grid
         self._path = path
         self.round = 1
+        self.expected = [(a.shape, a.dtype) for a in expected or []]
+        self.max_update_ratio = max_update_ratio
+        self.dropped: list[dict[str, Any]] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
 
     def send_and_receive(self, messages: Any, *args: Any, **kwargs: Any) -> Any:
+        messages = list(messages)
         replies = list(self._grid.send_and_receive(messages, *args, **kwargs))
+        rejected = self._check(messages, replies) if self.expected else {}
         with open(self._path, "a") as f:
-            for m in replies:
+            for i, m in enumerate(replies):
                 rec: dict[str, Any] = {"round": self.round, "type": m.metadata.message_type, "error": m.has_error(),
                                        "node": m.metadata.src_node_id}
                 if not m.has_error():
                     rec["records"] = {k: [type(v).__name__, sorted(v.keys()), _nbytes(v)]
                                       for k, v in m.content.items()}
+                if i in rejected:
+                    rec["dropped"] = rejected[i]
                 f.write(json.dumps(rec) + "\n")
-        return replies
+        for i, why in rejected.items():
+            self.dropped.append({"round": self.round, "node": replies[i].metadata.src_node_id, "why": why})
+        return [m for i, m in enumerate(replies) if i not in rejected]
+
+    def _check(self, messages: list[Any], replies: list[Any]) -> dict[int, str]:
+        sent = next((m.content["arrays"] for m in messages if "arrays" in m.content), None)
+        if sent is None:
+            return {}
+        now = sent.to_numpy_ndarrays()
+        bad: dict[int, str] = {}
+        norms: dict[int, float] = {}
+        for i, m in enumerate(replies):
+            if m.has_error() or m.metadata.message_type != "train" or "arrays" not in m.content:
+                continue
+            try:
+                arrays = m.content["arrays"].to_numpy_ndarrays()
+            except Exception as e:  # noqa: BLE001 - whatever a client sent, it must not stop the round
+                bad[i] = f"unreadable arrays ({type(e).__name__})"
+                continue
+            why = _invalid_update(arrays, self.expected)
+            if why:
+                bad[i] = why
+            else:
+                norms[i] = float(np.sqrt(sum(float(np.sum((a.astype(np.float64) - b) ** 2))
+                                             for a, b in zip(arrays, now))))
+        if self.max_update_ratio > 0 and len(norms) >= 3:
+            median = float(np.median(list(norms.values())))
+            for i, n in norms.items():
+                if n > self.max_update_ratio * max(median, 1e-12):
+                    bad[i] = f"update norm {n:.3g} is over {self.max_update_ratio:g}x the round's median {median:.3g}"
+        return bad
+
+
+def _invalid_update(arrays: list[np.ndarray], expected: list[tuple[tuple[int, ...], np.dtype]]) -> str | None:
+    if len(arrays) != len(expected):
+        return f"{len(arrays)} arrays, the model has {len(expected)}"
+    for k, (a, (shape, dtype)) in enumerate(zip(arrays, expected)):
+        if a.shape != shape or a.dtype != dtype:
+            return f"array {k} is {a.dtype}{list(a.shape)}, the model's is {dtype}{list(shape)}"
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            return f"array {k} holds NaN or infinite values"
+    return None
 
 
 def _nbytes(record: Any) -> int:
@@ -277,10 +339,10 @@ def run_rounds(grid: Any, context: Any, cfg: FedConfig, data: ClientData, test: 
                out: Path, on_round: Any = None) -> None:
     """Run cfg.rounds rounds through `grid`; write global_weights.npz, rounds.json and, as it goes,
     progress.jsonl (one line a round) to `out`."""
-    grid = RecordingGrid(grid, out / "crossed.jsonl")
     module = build_module(cfg, data)
     names = list(get_weights(module))
     initial = list(get_weights(module).values())
+    grid = RecordingGrid(grid, out / "crossed.jsonl", None if cfg.secagg else initial, cfg.max_update_ratio)
 
     def evaluate(server_round: int, arrays: list[np.ndarray]) -> tuple[float, float]:
         set_weights(module, dict(zip(names, arrays)))
@@ -294,8 +356,12 @@ def run_rounds(grid: Any, context: Any, cfg: FedConfig, data: ClientData, test: 
 
     runner = _secagg_rounds if cfg.secagg else _strategy_rounds
     final, evals, train = runner(grid, context, cfg, initial, evaluate)
+    (out / "rounds.json").write_text(json.dumps({"evaluate": evals, "train": train, "config": asdict(cfg),
+                                                 "dropped": grid.dropped}))
+    if not all(np.isfinite(a).all() for a in final if np.issubdtype(np.asarray(a).dtype, np.floating)):
+        raise FederatedError("the global model holds NaN or infinite weights after aggregation; not saved "
+                             f"({len(grid.dropped)} client update(s) were dropped along the way)")
     np.savez(out / "global_weights.npz", **dict(zip(names, final)))
-    (out / "rounds.json").write_text(json.dumps({"evaluate": evals, "train": train, "config": asdict(cfg)}))
 
 
 def _strategy_rounds(grid: Any, _context: Any, cfg: FedConfig, initial: list[np.ndarray], evaluate: Any) -> tuple[Any, Any, Any]:

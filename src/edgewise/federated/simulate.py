@@ -100,7 +100,8 @@ def collect_history(cfg: FedConfig, out: Path, sizes: list[int] | None = None) -
                     **({"train_loss": rounds["train"][str(r)].get("train_loss")} if str(r) in rounds["train"] else {})}
                    for r in sorted(evals) if "accuracy" in evals[r]],
         "crossed": [json.loads(line) for line in (out / "crossed.jsonl").read_text().splitlines()]
-        if (out / "crossed.jsonl").exists() else []}
+        if (out / "crossed.jsonl").exists() else [],
+        "dropped_updates": rounds.get("dropped", [])}
     if cfg.dp:
         from edgewise.federated.dp import epsilon
 
