@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgewise-installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Everything but the slow end-to-end runs (marked e2e): the loop to run while working.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not e2e"
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

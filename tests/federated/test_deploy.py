@@ -37,7 +37,11 @@ def test_sample_store_keeps_labelled_samples_bounded_and_refuses_what_does_not_f
     with pytest.raises(DataError, match="NaN"):
         store.add("cnn-digits", np.full((1, 1, 8, 8), np.nan, np.float32), np.array([1]))
     assert store.load()[0].shape[0] == 10  # refused batches changed nothing
-    store.add("other", np.zeros((1, 3), np.float32), np.array([0]))
+    store.add("other", np.zeros((1, 3), np.float32), np.array([0]))  # room is made from the largest model
+    assert store.counts() == {"cnn-digits": 9, "other": 1}
+    for _ in range(60):  # a flood for one model takes at most an equal share: then it evicts its own oldest
+        store.add("other", np.zeros((4, 3), np.float32), np.zeros(4, np.int64))
+    assert store.counts()["cnn-digits"] == 5 and store.load("cnn-digits")[1].tolist() == [1, 2, 3, 4, 5]
     with pytest.raises(DataError, match="name one"):
         store.load()
     with pytest.raises(DataError, match="no sample store"):
@@ -51,6 +55,7 @@ def _agents(tmp_path, n):  # type: ignore[no-untyped-def]
             for i in range(n)]
 
 
+@pytest.mark.e2e
 def test_three_supernodes_train_on_their_agents_samples_over_loopback(tmp_path):
     # Prepare: three real agent processes; each is sent its share of digits (Dirichlet 0.5) as labelled
     # samples over HTTP, the way a device collects them
@@ -124,6 +129,7 @@ def test_three_supernodes_train_on_their_agents_samples_over_loopback(tmp_path):
             a.kill()
 
 
+@pytest.mark.e2e
 def test_join_and_serve_refuse_bad_setups_with_a_readable_error(tmp_path):
     cli = [sys.executable, "-m", "edgewise.cli", "federate"]
     env = {**os.environ, "COLUMNS": "200"}

@@ -31,6 +31,7 @@ def test_partitions_are_seeded_disjoint_and_skewed_as_asked():
         partition(y, 20, "zipf")
 
 
+@pytest.mark.e2e
 def test_simulation_improves_round_over_round_and_only_weights_and_metrics_cross(tmp_path):
     # Execute: 4 clients, 3 rounds of FedAvg on digits; client 3 crashes from round 2 on
     h = run(FedConfig(model="cnn", clients=4, rounds=3, partition="iid", fail_clients=[3]), tmp_path / "fl",
@@ -64,6 +65,7 @@ def test_dp_epsilon_follows_the_gaussian_mechanism():
     assert epsilon(0.0, 10) == float("inf")
 
 
+@pytest.mark.e2e
 def test_dp_run_clips_on_clients_adds_noise_and_states_its_epsilon(tmp_path):
     # Execute: clipping on the clients (Flower's fixedclipping_mod), noise on the server
     h = run(FedConfig(model="mlp", width=0.5, clients=3, rounds=2, partition="iid", dp_clip=0.5, dp_noise=0.8,
@@ -89,6 +91,7 @@ def test_dp_run_clips_on_clients_adds_noise_and_states_its_epsilon(tmp_path):
     assert 0 < moved <= 2 * 0.5 + 1e-4
 
 
+@pytest.mark.e2e
 def test_publish_goes_from_federated_training_to_a_signed_bundle_in_a_rollout(tmp_path, fleet_kit):  # noqa: F811
     # Prepare: a real fleet server that trusts the release key, and one enrolled device tag
     import json
@@ -125,6 +128,7 @@ def test_publish_goes_from_federated_training_to_a_signed_bundle_in_a_rollout(tm
     assert manifest.recipe[0]["pass"] == "federated"
 
 
+@pytest.mark.e2e
 def test_secagg_server_sees_only_masked_updates_and_still_gets_fedavgs_model(tmp_path):
     from edgewise.federated.apps import build_module
     from edgewise.federated.simulate import client_data
@@ -173,6 +177,7 @@ def test_an_output_directory_is_replaced_only_when_it_holds_an_earlier_run(tmp_p
     assert fresh_run_dir(earlier) == earlier.resolve() and list(earlier.iterdir()) == []
 
 
+@pytest.mark.e2e
 def test_a_client_sending_garbage_is_dropped_or_outvoted(tmp_path):
     # Execute: 5 clients, client 4 returns its weights plus N(0, 10) noise every round
     acc, dropped = {}, {}

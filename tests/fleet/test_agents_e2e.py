@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from ..agent.conftest import AgentProc, free_port
 from .conftest import ADMIN, wait_rollout
 
 
+@pytest.mark.e2e
 def test_three_agents_take_two_rollouts_and_serve_each_new_model(fleet, fleet_kit, tmp_path):
     # Prepare: enrol three agents from the command line and start them polling the fleet
     fleet.admin.upload(fleet_kit["bundles"]["1.0.0"])

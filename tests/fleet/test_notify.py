@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import subprocess
 import sys
 import time
@@ -11,6 +13,7 @@ from ..agent.test_mqtt import broker  # noqa: F401  (a real Mosquitto, started p
 from .conftest import FleetProc, wait_rollout
 
 
+@pytest.mark.e2e
 def test_a_notified_agent_updates_long_before_its_next_poll(fleet_kit, tmp_path, broker):  # noqa: F811
     # Prepare: the fleet server publishes to the broker; the agent polls only every 60-180 s
     fleet = FleetProc(tmp_path / "fleet", [fleet_kit["pub"]], mqtt=f"127.0.0.1:{broker}").start()

@@ -2,7 +2,8 @@
 
 The data never leaves the device: a federated client (`edgewise federate join`) reads it from this store and
 sends only weights and metrics. The store is one SQLite file in the agent's data dir, bounded in bytes:
-when full, the oldest samples of the same model go first (never another model's). Each sample is kept as the model's input (float32, without the
+when full, the oldest samples of the model holding the most go first (so a flood for one model takes at most an
+equal share from the others). Each sample is kept as the model's input (float32, without the
 batch dimension) and a class index.
 """
 
@@ -68,29 +69,23 @@ class SampleStore:
                                      [(model, int(label), shape, row.tobytes()) for row, label in zip(x, y)])
                 self._evict(model)
                 self._db.execute("COMMIT")
-            except StorageError:
-                self._db.execute("ROLLBACK")
-                raise
             except (sqlite3.Error, OverflowError, ValueError) as e:
                 self._db.execute("ROLLBACK")
                 raise StorageError(f"sample store write failed: {e}") from e
             return self._db.execute("SELECT COUNT(*) FROM samples WHERE model = ?", (model,)).fetchone()[0]
 
     def _evict(self, model: str) -> None:
-        """Over the bound, drop this model's oldest samples: a flood of samples for one model never evicts
-        another's. When this model's own samples cannot make room, the write is refused."""
+        """Over the bound, drop the oldest samples of whichever model holds the most bytes, until it fits: a
+        flood of samples for one model can take no more than an equal share from the others, then it evicts
+        its own."""
         total = self._db.execute("SELECT COALESCE(SUM(LENGTH(x)), 0) FROM samples").fetchone()[0]
-        if total <= self.max_bytes:
-            return
-        drop, excess = [], total - self.max_bytes
-        for rowid, n in self._db.execute("SELECT id, LENGTH(x) FROM samples WHERE model = ? ORDER BY id", (model,)):
-            drop.append((rowid,))
-            excess -= n
-            if excess <= 0:
-                break
-        if excess > 0:
-            raise StorageError(f"the sample store is full ({self.max_bytes:,} bytes) with other models' samples")
-        self._db.executemany("DELETE FROM samples WHERE id = ?", drop)
+        while total > self.max_bytes:
+            largest = self._db.execute("SELECT model FROM samples GROUP BY model ORDER BY SUM(LENGTH(x)) DESC, "
+                                       "model = ? DESC LIMIT 1", (model,)).fetchone()[0]
+            oldest = self._db.execute("SELECT id, LENGTH(x) FROM samples WHERE model = ? ORDER BY id LIMIT 1",
+                                      (largest,)).fetchone()
+            self._db.execute("DELETE FROM samples WHERE id = ?", (oldest[0],))
+            total -= oldest[1]
 
     def load(self, model: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """All samples for `model` (or for the only model the store holds), oldest first."""

@@ -11,7 +11,10 @@ import onnx
 
 from edgewise.data import Splits
 from edgewise.profile.macs import count_macs
-from edgewise.profile.measure import evaluate, measure_latency, measure_memory, measure_throughput, run_model
+from edgewise.modelio import save_model
+from edgewise.profile.feeds import Feeder, session_inputs
+from edgewise.profile.fidelity import fidelity, infer_task
+from edgewise.profile.measure import measure_latency, measure_memory, measure_throughput, run_outputs
 from edgewise.profile.runtime import make_session
 from edgewise.targets import TargetProfile
 
@@ -28,34 +31,39 @@ def bench(models: list[tuple[str, onnx.ModelProto]], splits: Splits, target: Tar
     reference = reference or set()
     test = splits.test
     rows: list[dict[str, Any]] = []
-    ref_out = None
+    ref_out: list[Any] | None = None
+    task = None
     for name, model in models:
         sess = make_session(model, threads=1, reference=name in reference)
-        out = run_model(sess, test.x)
-        ref_out = out if ref_out is None else ref_out
-        fid = evaluate(out, test.y, ref_out)
+        out = run_outputs(sess, test)
+        if ref_out is None:
+            ref_out = out
+            task = infer_task(out, test.sample_shape if not test.named else None, test.y is not None)
+        fid = fidelity(task, out, ref_out, test.y if task.name == "classification" else None)
         macs = count_macs(model)
-        rows.append({"model": name, "size_bytes": len(model.SerializeToString()), "accuracy": fid.accuracy,
+        rows.append({"model": name, "size_bytes": model.ByteSize(), "accuracy": fid.accuracy,
                      "top1_agreement": fid.top1_agreement, "cosine": fid.cosine, "macs": macs,
+                     "task": task.name, "fidelity_kind": fid.kind, "fidelity": fid.score,
                      "energy_uj_estimate": macs * target.energy_pj_per_mac * 1e-6,
                      "energy_pj_per_mac": target.energy_pj_per_mac, "test_samples": len(test),
                      "accuracy_semantics": "int8 reference" if name in reference else "onnxruntime"})
     cores = os.cpu_count() or 1
     for threads, key in ((1, "latency_1t"), (0, "latency_all")):
         sessions = [make_session(m, threads=threads) for _, m in models]
-        for row, stats in zip(rows, measure_latency(sessions, test.x[0], runs=runs)):
+        feed = Feeder(session_inputs(sessions[0]), test).one(0)
+        for row, stats in zip(rows, measure_latency(sessions, feed, runs=runs)):
             row[key] = stats.as_dict()
         for row, sess in zip(rows, sessions):
             suffix = "1t" if threads == 1 else "all"
-            row[f"throughput_b1_{suffix}"] = measure_throughput(sess, test.x, 1, seconds=0.5)
-            row[f"throughput_b{batch}_{suffix}"] = measure_throughput(sess, test.x, batch, seconds=0.5)
+            row[f"throughput_b1_{suffix}"] = measure_throughput(sess, test, 1, seconds=0.5)
+            row[f"throughput_b{batch}_{suffix}"] = measure_throughput(sess, test, batch, seconds=0.5)
     rows[0]["all_cores"] = cores
     if memory:
         with tempfile.TemporaryDirectory(prefix="edgewise-bench-") as tmp:
             for i, (row, (_, model)) in enumerate(zip(rows, models)):
                 path = Path(tmp) / f"m{i}.onnx"
-                onnx.save(model, str(path))
-                row["peak_memory"] = measure_memory(path, threads=1)
+                save_model(model, path)
+                row["peak_memory"] = measure_memory(path, threads=1, feed=feed)
     base = rows[0]["latency_1t"]["p50_ms"]
     for row in rows:
         row["speedup_1t"] = base / row["latency_1t"]["p50_ms"]
