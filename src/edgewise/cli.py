@@ -265,16 +265,26 @@ def bench(
     sp = loaded[0][2]
     with console.status("[bold]benchmarking"):
         rows = run_bench([(n, m) for n, m, _ in loaded], sp, profile, batch=batch, runs=runs, reference=reference)
-    table = Table(title=f"benchmark on {data} (test split, {rows[0]['test_samples']} samples)")
-    for col in ("model", "accuracy", "agree", "size", "p50 1t", "p90 1t", "p99 1t", f"p50 {rows[0]['all_cores']}t",
-                "speedup", "thr b1", f"thr b{batch}", "peak mem", "MACs", "energy*"):
-        table.add_column(col, overflow="fold")
+    def short(name: str) -> str:  # a path's last two parts are what tells the rows apart
+        parts = Path(name).parts
+        return "/".join(parts[-2:]) if len(parts) > 1 else name
+
+    kind = rows[0].get("fidelity_kind", "accuracy").replace("_agreement", "").replace("_", " ")
+    table = Table(title=f"benchmark on {data} (test split, {rows[0]['test_samples']} samples): latency",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("model", kind[:9], "size", "p50 1t", "p99 1t", f"p50 {rows[0]['all_cores']}t", "speed", "peak mem"):
+        table.add_column(col, no_wrap=col != "model", overflow="fold", justify="left" if col == "model" else "right")
     for r in rows:
         l1, la = r["latency_1t"], r["latency_all"]
-        table.add_row(r["model"], _pct(r["accuracy"]), _pct(r["top1_agreement"]), _kb(r["size_bytes"]),
-                      f"{l1['p50_ms']:.3f}", f"{l1['p90_ms']:.3f}", f"{l1['p99_ms']:.3f}", f"{la['p50_ms']:.3f}",
-                      f"{r['speedup_1t']:.2f}x", f"{r['throughput_b1_1t']:,.0f}/s",
-                      f"{r[f'throughput_b{batch}_1t']:,.0f}/s", _kb(r["peak_memory"]["rss_delta_bytes"]),
+        table.add_row(short(r["model"]), _pct(r.get("fidelity", r["accuracy"])), _kb(r["size_bytes"]),
+                      f"{l1['p50_ms']:.3f}", f"{l1['p99_ms']:.3f}", f"{la['p50_ms']:.3f}", f"{r['speedup_1t']:.2f}x",
+                      _kb(r["peak_memory"]["rss_delta_bytes"]))
+    out_console.print(table)
+    table = Table(title="throughput and energy", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("model", "thr b1", f"thr b{batch}", "MACs", "energy*"):
+        table.add_column(col, no_wrap=col != "model", overflow="fold", justify="left" if col == "model" else "right")
+    for r in rows:
+        table.add_row(short(r["model"]), f"{r['throughput_b1_1t']:,.0f}/s", f"{r[f'throughput_b{batch}_1t']:,.0f}/s",
                       f"{r['macs']:,}", f"{r['energy_uj_estimate']:.3f} µJ")
     out_console.print(table)
     out_console.print(f"latency in ms at batch 1; * energy is an estimate: MACs x {profile.energy_pj_per_mac} pJ/MAC "
@@ -632,18 +642,19 @@ def quickstart(
                       f"{f['arena_lower_bound_bytes']:,} B), weights {f['constants_bytes']:,} B flash -> {out / 'mcu-256k-c'}")
     out_console.rule("[bold]4/4 benchmark fp32 vs optimized (same machine, same run)")
     splits = load_splits("digits")
-    models = [("fp32 (trained)", out / "train")] + [(f"{t} bundle", out / t / "bundle") for t in outcomes]
+    models = [("fp32 trained", out / "train")] + [(t, out / t / "bundle") for t in outcomes]
     loaded, reference = _load_models(models, splits)
     with console.status("[bold]benchmarking"):
         rows = run_bench([(n, m) for n, m, _ in loaded], loaded[0][2], load_target("edge-node"), runs=200,
                          reference=reference)
-    table = Table(title="digits test split, batch 1 latency on this machine")
-    for col in ("model", "accuracy", "size", "size ratio", "p50 1 thread", "speedup", "p99", "peak mem"):
-        table.add_column(col)
+    table = Table(title="digits test split; ms = batch-1 p50, one thread, this machine", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("model", "accuracy", "size", "smaller", "ms", "speed", "peak mem"):
+        table.add_column(col, no_wrap=True, justify="left" if col == "model" else "right")
     for r in rows:
         table.add_row(r["model"], _pct(r["accuracy"]), _kb(r["size_bytes"]), f"{r['size_ratio']:.2f}x",
-                      f"{r['latency_1t']['p50_ms']:.3f} ms", f"{r['speedup_1t']:.2f}x",
-                      f"{r['latency_1t']['p99_ms']:.3f} ms", _kb(r["peak_memory"]["rss_delta_bytes"]))
+                      f"{r['latency_1t']['p50_ms']:.3f}", f"{r['speedup_1t']:.2f}x",
+                      _kb(r["peak_memory"]["rss_delta_bytes"]))
     out_console.print(table)
     if reference:
         out_console.print("accuracy of " + ", ".join(sorted(reference)) + " is scored with int8 reference semantics "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -130,3 +131,23 @@ def atomic_dir(out: Path, replace: bool = True, error: type[EdgewiseError] = Edg
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_CWD_LOCK = threading.Lock()
+
+
+@contextmanager
+def scratch_cwd() -> Iterator[Path]:
+    """Run a block with a fresh temporary directory as the working directory (removed after).
+
+    For tools that drop files into the current directory: ONNX Runtime's symbolic shape inference saves
+    `sym_shape_infer_temp.onnx` and its external data there when it gives up. The working directory is
+    process-wide, so callers take turns.
+    """
+    with _CWD_LOCK, tempfile.TemporaryDirectory(prefix="edgewise-scratch-") as tmp:
+        before = os.getcwd()
+        os.chdir(tmp)
+        try:
+            yield Path(tmp)
+        finally:
+            os.chdir(before)

@@ -4,14 +4,11 @@ with a 4xx (or survived) and nothing lost or garbled."""
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import shutil
 import sqlite3
-import threading
 import time
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -21,7 +18,7 @@ from edgewise.agent.receiver import EventStore
 from edgewise.agent.runner import AgentConfig, build_agent
 from edgewise.agent.service import MAX_BODY_BYTES, create_app
 from edgewise.agent.sync import Syncer
-from edgewise.agent.upstream import InProcessUpstream, encode_batch
+from edgewise.agent.upstream import InProcessUpstream
 from edgewise.data import load_splits
 
 X = load_splits("digits").test.x

@@ -9,10 +9,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from onnxruntime.quantization import (
 
 from edgewise.data import Dataset
 from edgewise.errors import OptimizeError
+from edgewise.fsutil import scratch_cwd
 from edgewise.modelio import LARGE_MODEL_BYTES, save_model, upgrade_opset
 from edgewise.optimize.fuse import fold_conv_bn, gemm_to_matmul
 from edgewise.profile.feeds import Feeder, InputSpec, model_inputs
@@ -166,20 +165,6 @@ def _quiet() -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
-@contextlib.contextmanager
-def _cwd(path: Path) -> Iterator[None]:
-    """ORT's symbolic shape inference saves `sym_shape_infer_temp.onnx` and its external data into the
-    current directory when it gives up; keep them in our temporary directory, not the user's."""
-    with _CWD_LOCK:
-        before = os.getcwd()
-        os.chdir(path)
-        try:
-            yield
-        finally:
-            os.chdir(before)
-
-
-_CWD_LOCK = threading.Lock()
 # ORT's pre-processing, then less of it each time it fails: symbolic shape inference is the fragile
 # step on many exporters' graphs, graph optimization the next.
 PREP_STEPS: tuple[tuple[dict[str, bool], str], ...] = (
@@ -199,7 +184,7 @@ def _prepare(model: onnx.ModelProto, path: Path) -> str:
     failures = []
     for kwargs, how in PREP_STEPS:
         try:
-            with _quiet(), _cwd(path.parent):
+            with _quiet(), scratch_cwd():
                 quant_pre_process(str(source), str(path), **kwargs)
             onnx.load(str(path), load_external_data=False)
             return how

@@ -571,7 +571,7 @@ def _violations(c: Candidate, target: TargetProfile, opts: SearchOptions, is_bas
     m = c.metrics
     v: list[str] = []
     if not allowed(c.precision, target):
-        v.append(f"precision {c.precision} not allowed on {target.name} ({', '.join(target.precisions)})")
+        v.append(f"{c.precision} not allowed (runs {', '.join(target.precisions)})")
     if not is_baseline and m["accuracy_drop_points"] > opts.max_accuracy_drop + 1e-9:
         v.append(f"{m['fidelity_kind'].replace('_', ' ')} drop {m['accuracy_drop_points']:.2f} points > "
                  f"{opts.max_accuracy_drop:g}")

@@ -7,9 +7,35 @@ import onnx
 from onnx import shape_inference
 
 
-def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX shape inference, or, where it leaves a compute node's output unknown (a Resize whose scales are
+    computed, say), ONNX Runtime's symbolic shape inference, which follows such constants."""
     inferred = shape_inference.infer_shapes(model)
-    g = inferred.graph
+    known = {v.name for v in inferred.graph.value_info if all(d.HasField("dim_value") for d in
+                                                              v.type.tensor_type.shape.dim)}
+    known |= {o.name for o in inferred.graph.output}
+    if all(n.output[0] in known for n in model.graph.node if n.op_type in _COMPUTE):
+        return inferred
+    try:
+        import contextlib
+        import io
+
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        from edgewise.fsutil import scratch_cwd
+
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), scratch_cwd():
+            symbolic = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        return symbolic if symbolic is not None else inferred
+    except Exception:  # noqa: BLE001 - its failure only means the count stays a lower bound
+        return inferred
+
+
+_COMPUTE = ("Conv", "ConvTranspose", "QLinearConv", "ConvInteger", "Gemm", "MatMul", "MatMulInteger", "QLinearMatMul")
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    g = _infer(model).graph
     out: dict[str, tuple[int, ...]] = {}
     for v in list(g.input) + list(g.value_info) + list(g.output):
         dims = [d.dim_value if d.HasField("dim_value") else 1 for d in v.type.tensor_type.shape.dim]
