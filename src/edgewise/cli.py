@@ -466,6 +466,12 @@ def import_model(
     out: Annotated[Path, typer.Option("--out", "-o", help="output .onnx path")],
     input_shape: Annotated[str | None, typer.Option(help="sample shape without batch, e.g. 3,32,32 (torch only)")] = None,
     opset: Annotated[int, typer.Option(help="upgrade ONNX models older than this opset")] = 13,
+    arch: Annotated[str | None, typer.Option(help="zoo architecture a torch state_dict is for (mlp, cnn, dscnn, "
+                                                  "cnn1d, mobilenetv3-small)")] = None,
+    classes: Annotated[int | None, typer.Option(help="classes of that architecture (default: from the weights)")] = None,
+    width: Annotated[float, typer.Option(help="width multiplier of that architecture")] = 1.0,
+    trust_pickle: Annotated[bool, typer.Option(help="load a whole pickled nn.Module: this runs code from the "
+                                                    "file, so only for files you trust")] = False,
 ) -> None:
     """Bring a third-party model in: check an ONNX file (upgrading its opset) or export a torch module.
 
@@ -485,7 +491,7 @@ def import_model(
         from edgewise.zoo.export import import_torch
 
         out.parent.mkdir(parents=True, exist_ok=True)
-        m = import_torch(model, shape, out)
+        m = import_torch(model, shape, out, arch=arch, classes=classes, width=width, trust_pickle=trust_pickle)
     else:
         m = upgrade_opset(load_onnx(model), opset)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -46,13 +46,23 @@ def test_wrong_input_rank_and_unknown_model():
         build("resnet9000", (1, 8, 8), 4)
 
 
-def test_import_a_pickled_torch_module(tmp_path):
+def test_import_a_pickled_torch_module_only_when_trusted(tmp_path):
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
     torch.save(model, tmp_path / "m.pt")
-    onnx_model = import_torch(tmp_path / "m.pt", (3, 4), tmp_path / "m.onnx")
+    with pytest.raises(ModelError, match="--trust-pickle"):  # unpickling would run code from the file
+        import_torch(tmp_path / "m.pt", (3, 4), tmp_path / "m.onnx")
+    onnx_model = import_torch(tmp_path / "m.pt", (3, 4), tmp_path / "m.onnx", trust_pickle=True)
     assert (tmp_path / "m.onnx").is_file() and onnx_model.graph.node
-    torch.save(model.state_dict(), tmp_path / "sd.pt")
-    with pytest.raises(ModelError, match="not an nn.Module"):
-        import_torch(tmp_path / "sd.pt", (3, 4), tmp_path / "x.onnx")
     with pytest.raises(ModelError, match="does not accept input"):
-        import_torch(tmp_path / "m.pt", (5,), tmp_path / "y.onnx")
+        import_torch(tmp_path / "m.pt", (5,), tmp_path / "y.onnx", trust_pickle=True)
+
+
+def test_import_a_state_dict_for_a_zoo_architecture(tmp_path):
+    zoo_model = build("mlp", (1, 8, 8), 10, width=0.5)
+    torch.save(zoo_model.state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(ModelError, match="--arch"):
+        import_torch(tmp_path / "sd.pt", (1, 8, 8), tmp_path / "x.onnx")
+    m = import_torch(tmp_path / "sd.pt", (1, 8, 8), tmp_path / "x.onnx", arch="mlp", width=0.5)
+    assert m.graph.output[0].type.tensor_type.shape.dim[-1].dim_value == 10  # classes read from the weights
+    with pytest.raises(ModelError, match="do not fit mlp"):
+        import_torch(tmp_path / "sd.pt", (1, 8, 8), tmp_path / "y.onnx", arch="mlp", width=1.0)

@@ -39,21 +39,43 @@ def export_onnx(module: nn.Module, sample_shape: tuple[int, ...], path: Path) ->
     return onnx.load(str(path))
 
 
-def import_torch(path: Path, sample_shape: tuple[int, ...], out: Path) -> onnx.ModelProto:
-    """Export a whole pickled `nn.Module` (saved with `torch.save(model, path)`) to ONNX.
-
-    Unpickling runs code from the file: only import modules you trust.
+def import_torch(path: Path, sample_shape: tuple[int, ...], out: Path, arch: str | None = None,
+                 classes: int | None = None, width: float = 1.0, trust_pickle: bool = False) -> onnx.ModelProto:
+    """Export a torch model to ONNX: a state_dict for a zoo architecture (`arch`, loaded with
+    `weights_only`, which runs no code from the file), or, with `trust_pickle`, a whole pickled
+    `nn.Module` (saved with `torch.save(model, path)`: unpickling runs code from the file).
     """
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     try:
-        module = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch/pickle raise many unrelated types for a bad file
-        raise ModelError(f"{path}: cannot load a torch model ({type(e).__name__}: {str(e)[:200]})") from e
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a full pickle (or not a torch file at all)
+        if not trust_pickle:
+            raise ModelError(f"{path} is not a plain state_dict ({type(e).__name__}); if it is a whole pickled "
+                             "module, loading it runs code from the file: pass --trust-pickle only if you "
+                             "trust where it came from, or save model.state_dict() and pass --arch") from e
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e2:  # torch/pickle raise many unrelated types for a bad file
+            raise ModelError(f"{path}: cannot load a torch model ({type(e2).__name__}: {str(e2)[:200]})") from e2
+    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if arch is None:
+            raise ModelError(f"{path} holds a state_dict (weights only): name its zoo architecture with --arch "
+                             "(and --classes, --width)")
+        from edgewise.zoo.models import build
+
+        head = [v for k, v in obj.items() if k.endswith("weight") and v.ndim == 2]
+        module = build(arch, sample_shape, classes or (int(head[-1].shape[0]) if head else 2), width)
+        try:
+            module.load_state_dict(obj)
+        except RuntimeError as e:
+            raise ModelError(f"{path}: the weights do not fit {arch} (width {width}): "
+                             f"{str(e).splitlines()[0][:200]}") from e
+    else:
+        module = obj
     if not isinstance(module, nn.Module):
-        raise ModelError(f"{path}: holds a {type(module).__name__}, not an nn.Module (save the whole module, "
-                         "not a state_dict)")
+        raise ModelError(f"{path}: holds a {type(module).__name__}, not an nn.Module or a state_dict")
     try:
         with torch.no_grad():
             module.eval()(torch.zeros((1, *sample_shape)))
