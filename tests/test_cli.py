@@ -173,3 +173,31 @@ def test_compile_refuses_a_float_bundle_with_the_pass_to_run(trained: Path, tmp_
                          "optimize")
     assert not (tmp_path / "c").exists()
     assert_clean_failure(ew("compile", str(tmp_path / "nope"), "--out", str(tmp_path / "c")), "not a bundle")
+
+
+def test_careless_use_gets_one_line_not_an_internal_error(trained: Path, tmp_path: Path):
+    import json
+
+    (tmp_path / "a-file").write_text("x")
+    assert_clean_failure(ew("agent", "--data-dir", str(tmp_path / "a-file"), "--port", "0"), "cannot use")
+    bad = tmp_path / "bad-bundle"
+    bad.mkdir()
+    (bad / "manifest.json").write_text(json.dumps({"format_version": 1, "name": "m", "version": "1.0.0",
+                                                   "target": "t", "inputs": 5, "outputs": [], "labels": [],
+                                                   "preprocessing": {}, "precision": "fp32", "recipe": [],
+                                                   "metrics": {}}))
+    assert_clean_failure(ew("bundle", "inspect", str(bad)), "'inputs' must be list")
+    # a signed bundle checked without a key says so, instead of a bare "ok"
+    ew("optimize", str(trained), "--data", "digits", "--target", "cortex-a", "--out", str(tmp_path / "o"),
+       "--no-torch-passes", "--recipe", "baseline-fused")
+    assert ew("keys", "gen", "--out", str(tmp_path / "k")).returncode == 0
+    assert_clean_failure(ew("keys", "gen", "--out", str(tmp_path / "k")), "refusing to overwrite")
+    assert ew("bundle", "sign", str(tmp_path / "o" / "bundle"), "--key", str(tmp_path / "k" / "release.key"),
+              "--golden", "0").returncode == 0
+    proc = ew("bundle", "verify", str(tmp_path / "o" / "bundle"))
+    assert proc.returncode == 0 and "signature NOT checked" in proc.stdout
+    # compiling would void the signature: refused, with what to do instead
+    assert_clean_failure(ew("compile", str(tmp_path / "o" / "bundle"), "--out", str(tmp_path / "c")), "is signed")
+    # an output that would overwrite the input is refused before any work
+    assert_clean_failure(ew("compile", str(tmp_path / "o" / "bundle"), "--out", str(tmp_path / "o"),
+                            "--no-update-bundle"), "would overwrite the input")

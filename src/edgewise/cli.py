@@ -683,6 +683,10 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted; nothing was left half-written")
         sys.exit(130)
+    except OSError as e:  # a full or read-only disk, a path that is a file where a directory is due, ...
+        where = f" {e.filename}" if e.filename else ""
+        console.print(f"[bold red]error:[/] cannot use{where}: {e.strerror or e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
     except Exception as e:  # a bug, not bad input: still one line, with a way to see the traceback
         if os.environ.get("EDGEWISE_DEBUG"):
             raise

@@ -10,6 +10,9 @@ from edgewise.bundle.version import parse as parse_version
 from edgewise.errors import BundleError
 
 FORMAT_VERSION = 1
+_TYPES = {"name": str, "version": str, "target": str, "inputs": list, "outputs": list, "labels": list,
+          "preprocessing": dict, "precision": str, "recipe": list, "metrics": dict, "files": dict, "artifacts": dict,
+          "created": str, "format_version": int, "task": str}
 # Optional fields added since format 1; omitted from the JSON (and the signed bytes) while empty.
 _LATER_FIELDS = ("task",)
 
@@ -37,6 +40,17 @@ class Manifest:
     task: str = ""
 
     def __post_init__(self) -> None:
+        for name, kind in _TYPES.items():
+            value = getattr(self, name)
+            if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+                raise BundleError(f"manifest field {name!r} must be {kind.__name__}, got {type(value).__name__}")
+        for name in ("inputs", "outputs"):
+            for spec in getattr(self, name):
+                if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(
+                        spec.get("shape"), list):
+                    raise BundleError(f"manifest {name} entries need a name (string) and a shape (list)")
+        if not all(isinstance(label, str) for label in self.labels):
+            raise BundleError("manifest labels must be strings")
         parse_version(self.version)
 
     def _fields(self) -> dict[str, Any]:
