@@ -160,3 +160,35 @@ async def _reply(send: Any, status: int, message: str, extra: dict[str, str] | N
     headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+IDLE_TIMEOUT_S = 5.0
+
+
+def serve_http(app: Any, host: str, port: int, max_connections: int = 4096) -> None:
+    """Run an ASGI app with uvicorn, hardened against idle and excess connections.
+
+    uvicorn closes an idle keep-alive connection after `timeout_keep_alive`, but a connection that never
+    sends a request at all is kept forever: 1,030 of them took every file descriptor and /health failed.
+    Here a new connection gets the same timer until its request starts; the descriptor limit is raised to
+    the hard limit; beyond `max_connections` new requests get a 503 instead of nothing.
+    """
+    import resource
+
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11(H11Protocol):  # type: ignore[misc]
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                self.timeout_keep_alive_handler)
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limit = min(max_connections, max(64, int(soft) - 128))
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, http=TimedH11,
+                timeout_keep_alive=int(IDLE_TIMEOUT_S), limit_concurrency=limit,
+                h11_max_incomplete_event_size=64 * 1024)

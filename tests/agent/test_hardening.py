@@ -145,3 +145,37 @@ def test_trusted_agents_refuse_forged_bundles_and_swapped_models(tier_bundles, t
     r = TestClient(agent.app).post("/predict", json={"inputs": X[:1].tolist()})
     assert r.status_code != 200 and "changed since" in r.text
     agent.close()
+
+
+def test_idle_connections_are_closed_and_never_starve_health(tier_bundles, tmp_path):
+    """1,030 connections that never sent a byte once took every descriptor: a real agent process now closes
+    them after its idle timeout and answers /health meanwhile."""
+    import socket
+    import urllib.request
+
+    from edgewise.httplimits import IDLE_TIMEOUT_S
+
+    from .conftest import AgentProc, free_port
+
+    agent = AgentProc(["--tier", "server", "--bundle", str(tier_bundles["server"])], free_port(), tmp_path).start()
+    socks = []
+    try:
+        for _ in range(1100):
+            s = socket.create_connection(("127.0.0.1", agent.port), timeout=5)
+            socks.append(s)
+        health = urllib.request.urlopen(agent.url + "/health", timeout=10).read()
+        assert b'"status":"ok"' in health
+        time.sleep(IDLE_TIMEOUT_S + 2)
+        import selectors
+
+        sel = selectors.DefaultSelector()  # epoll: select() stops at descriptor 1024
+        for s in socks:
+            sel.register(s, selectors.EVENT_READ)
+        ready = sel.select(timeout=2.0)  # a closed connection reads as end-of-file at once
+        closed = sum(key.fileobj.recv(1) == b"" for key, _ in ready)
+        sel.close()
+        assert closed == len(socks), f"{len(socks) - closed} idle connections still open"
+    finally:
+        for s in socks:
+            s.close()
+        agent.kill()

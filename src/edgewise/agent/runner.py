@@ -144,10 +144,10 @@ def build_agent(cfg: AgentConfig) -> Agent:
 
 
 def serve(cfg: AgentConfig) -> None:
-    import uvicorn
+    from edgewise.httplimits import serve_http
 
     agent = build_agent(cfg)
     try:
-        uvicorn.run(agent.app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
+        serve_http(agent.app, cfg.host, cfg.port)
     finally:
         agent.close()

@@ -242,7 +242,6 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
 
 
 def serve(cfg: ServerConfig, host: str = "127.0.0.1", port: int = 8700) -> None:
-    import uvicorn
+    from edgewise.httplimits import serve_http
 
-    app = create_app(cfg)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    serve_http(create_app(cfg), host, port)
