@@ -44,6 +44,7 @@ def test_help_on_every_verb():
         assert proc.returncode == 0 and "Usage" in proc.stdout, verb
 
 
+@pytest.mark.e2e
 def test_train_optimize_bench_end_to_end(trained: Path, tmp_path: Path):
     # Execute
     opt = ew("optimize", str(trained), "--target", "edge-node", "--data", "digits", "--out", str(tmp_path / "o"),

@@ -19,7 +19,7 @@ from edgewise.zoo import corpus
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("any-model")
-    opts = SearchOptions(latency_runs=10, measure_memory=False, only=("baseline-fused", "baseline-int8-minmax"))
+    opts = SearchOptions(latency_runs=10, measure_memory=False, only=("baseline-fused",), sensitivity_max_layers=0)
     bundles = []
     for name in ("gru-stream", "yolov8n"):
         model, data = corpus.build(name, root / name)

@@ -147,6 +147,7 @@ def test_trusted_agents_refuse_forged_bundles_and_swapped_models(tier_bundles, t
     agent.close()
 
 
+@pytest.mark.e2e
 def test_idle_connections_are_closed_and_never_starve_health(tier_bundles, tmp_path):
     """1,030 connections that never sent a byte once took every descriptor: a real agent process now closes
     them after its idle timeout and answers /health meanwhile."""
