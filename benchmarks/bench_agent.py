@@ -121,7 +121,7 @@ def queue_rates(tmp: Path) -> list[list[str]]:
 
 def drain_rate(tmp: Path) -> list[str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "edgewise.agent.receive_main", str(tmp / "srv.db"), str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "edgewise.sim.receiver", str(tmp / "srv.db"), str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 30

@@ -192,24 +192,9 @@ def device_enroll(
 
     Example: edgewise device enroll --token XYZ --server http://fleet:8700 --data-dir /var/lib/edgewise
     """
-    import asyncio
-    import socket
+    from edgewise.agent.ota import enroll_device
 
-    import httpx
-
-    from edgewise.agent.updater import enroll
-    from edgewise.bundle.signing import load_public, public_pem
-
-    async def go():  # type: ignore[no-untyped-def]
-        async with httpx.AsyncClient() as c:
-            ident = await enroll(c, server.rstrip("/"), enroll_token, name or socket.gethostname())
-            pem = fleet_key.read_bytes() if fleet_key else (await c.get(f"{server.rstrip('/')}/v1/keys/fleet.pub",
-                                                                        timeout=10)).content
-            return ident, public_pem(load_public(pem))
-
-    ident, pem = asyncio.run(go())
-    ident.save(data_dir / "ota" / "device.json")
-    (data_dir / "ota" / "fleet.pub").write_bytes(pem)
+    ident = enroll_device(server, enroll_token, data_dir, name, fleet_key)
     out.print(f"enrolled as {ident.device_id}; credential in {data_dir / 'ota' / 'device.json'}")
 
 

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import threading
-import time
 import uuid
 from pathlib import Path
 

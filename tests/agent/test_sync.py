@@ -22,7 +22,7 @@ from .conftest import free_port, wait_for
 
 
 def start_receiver(db: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "edgewise.agent.receive_main", str(db), str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "edgewise.sim.receiver", str(db), str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 30
     while time.time() < deadline:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from edgewise.bundle.signing import TrustStore, verify_signed_bundle
-from edgewise.fleet.simulate import enroll_fleet, run_until
+from edgewise.sim.fleet import enroll_fleet, run_until
 
 from .conftest import ADMIN
 

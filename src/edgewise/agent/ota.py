@@ -12,6 +12,43 @@ from edgewise.agent.slots import Slots
 from edgewise.agent.updater import Identity, Updater
 from edgewise.bundle.signing import TrustStore, load_public
 from edgewise.errors import AgentError
+from edgewise.fsutil import atomic_write
+
+
+IDENTITY, FLEET_PUB = "device.json", "fleet.pub"  # in DATA_DIR/ota: what enrolment leaves for the OtaThread
+
+
+def enroll_device(server: str, token: str, data_dir: Path, name: str = "",
+                  fleet_key: Path | None = None) -> Identity:
+    """Trade a one-time token for a device credential (kept 0600 in DATA_DIR/ota) and pin the fleet's
+    public key: provisioned out of band (`fleet_key`), or fetched from the server at enrolment."""
+    import socket
+
+    import httpx
+
+    from edgewise.agent.updater import enroll
+    from edgewise.bundle.signing import public_pem
+    from edgewise.protocol import FLEET_KEY
+
+    server = server.rstrip("/")
+
+    async def go() -> tuple[Identity, bytes]:
+        async with httpx.AsyncClient() as c:
+            ident = await enroll(c, server, token, name or socket.gethostname())
+            if fleet_key is not None:
+                pem = fleet_key.read_bytes()
+            else:
+                try:
+                    pem = (await c.get(f"{server}{FLEET_KEY}", timeout=10)).content
+                except httpx.HTTPError as e:
+                    raise AgentError(f"cannot fetch the fleet key from {server}: {e}") from e
+            return ident, public_pem(load_public(pem))
+
+    ident, pem = asyncio.run(go())
+    ota = Path(data_dir) / "ota"
+    ident.save(ota / IDENTITY)
+    atomic_write(ota / FLEET_PUB, pem)
+    return ident
 
 
 class OtaThread:
@@ -19,11 +56,11 @@ class OtaThread:
                  mqtt: str | None = None) -> None:
         if not trust:
             raise AgentError("fleet updates need --trust: the release public key(s) bundles must be signed with")
-        self.ident = Identity.load(ota_dir / "device.json")
-        if not (ota_dir / "fleet.pub").is_file():
-            raise AgentError(f"no fleet key in {ota_dir / 'fleet.pub'}; enrol with `edgewise device enroll`")
+        self.ident = Identity.load(ota_dir / IDENTITY)
+        if not (ota_dir / FLEET_PUB).is_file():
+            raise AgentError(f"no fleet key in {ota_dir / FLEET_PUB}; enrol with `edgewise device enroll`")
         fleet_keys = TrustStore()
-        fleet_keys.add(load_public(ota_dir / "fleet.pub"))
+        fleet_keys.add(load_public(ota_dir / FLEET_PUB))
         self.release_keys, self.fleet_keys = TrustStore.load(trust), fleet_keys
         self.slots, self.models, self.poll_s = Slots(ota_dir / "slots"), models, poll_s
         self.recovered = self.slots.recover()
@@ -59,11 +96,11 @@ class OtaThread:
         """Persistent MQTT session on this device's topic: a notification wakes the updater now."""
         import paho.mqtt.client as mqtt
 
-        from edgewise.fleet.notify import TOPIC
         from edgewise.hostport import parse_hostport
+        from edgewise.protocol import NOTIFY_TOPIC
 
         host, port = parse_hostport(self.mqtt or "", "MQTT broker", AgentError)
-        topic = TOPIC.format(device_id=self.ident.device_id)
+        topic = NOTIFY_TOPIC.format(device_id=self.ident.device_id)
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgewise-ota-{self.ident.device_id}",
                         clean_session=False)
 

@@ -31,6 +31,7 @@ from edgewise.bundle.version import older
 from edgewise.bundle.version import parse as parse_version
 from edgewise.errors import AgentError, EdgewiseError
 from edgewise.fsutil import fsync_tree
+from edgewise.protocol import ASSIGNMENT, ENROLL, REPORT, device_auth, field_type_error
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Identity:
 
     @property
     def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.device_id}.{self.secret}"}
+        return device_auth(self.device_id, self.secret)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +60,7 @@ class Identity:
 
 async def enroll(client: httpx.AsyncClient, server: str, token: str, name: str, timeout_s: float = 10) -> Identity:
     try:
-        r = await client.post(f"{server}/v1/device/enroll", json={"token": token, "name": name}, timeout=timeout_s)
+        r = await client.post(f"{server}{ENROLL}", json={"token": token, "name": name}, timeout=timeout_s)
     except httpx.HTTPError as e:
         raise AgentError(f"cannot reach the fleet at {server}: {e}") from e
     if r.status_code != 200:
@@ -120,7 +121,7 @@ class Updater:
                 "active_version": self.slots.state.version, "version": metrics.pop("version", None), **metrics}
         try:
             await self._flush_reports()
-            r = await self._call("POST", "/v1/device/report", json=body)
+            r = await self._call("POST", REPORT, json=body)
             if r.status_code != 200:
                 raise AgentError(f"report refused: {r.status_code}")
         except AgentError:
@@ -133,14 +134,14 @@ class Updater:
             return
         for line in pending.read_text().splitlines():
             try:
-                await self._call("POST", "/v1/device/report", json=json.loads(line))
+                await self._call("POST", REPORT, json=json.loads(line))
             except (AgentError, ValueError):
                 return
         pending.unlink(missing_ok=True)
 
     # ---- the update --------------------------------------------------------------------------------
     async def fetch_assignment(self) -> dict[str, Any]:
-        r = await self._call("GET", "/v1/device/assignment")
+        r = await self._call("GET", ASSIGNMENT)
         if r.status_code != 200:
             raise AgentError(f"assignment refused: {r.status_code} {r.text[:200]}")
         try:
@@ -332,15 +333,9 @@ def _check_fields(a: Any) -> None:
     odd values are refused (and reported) here, not met as a TypeError half-way through an install."""
     if not isinstance(a, dict):
         raise AgentError("assignment must be an object")
-    want: dict[str, tuple[type, ...]] = {"device_id": (str,), "expires": (int, float), "serial": (int,)}
-    if a.get("serial"):
-        want.update({"model": (str,), "version": (str,), "sha256": (str,), "size": (int,), "url": (str,),
-                     "rollback": (bool,)})
-    for key, types in want.items():
-        v = a.get(key)
-        if isinstance(v, bool) and bool not in types or not isinstance(v, types):
-            raise AgentError(f"assignment field {key!r} must be {' or '.join(t.__name__ for t in types)}, "
-                             f"got {type(v).__name__}")
+    wrong = field_type_error(a)
+    if wrong:
+        raise AgentError(wrong)
     if a["serial"] < 0 or not math.isfinite(a["expires"]):
         raise AgentError("assignment serial or expiry out of range")
     if a.get("serial"):

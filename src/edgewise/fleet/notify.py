@@ -10,8 +10,8 @@ from collections.abc import Iterable
 
 from edgewise.errors import FleetError
 from edgewise.hostport import parse_hostport
+from edgewise.protocol import NOTIFY_PAYLOAD, NOTIFY_TOPIC
 
-TOPIC = "edgewise/fleet/{device_id}"
 
 
 class MqttNotifier:
@@ -27,7 +27,7 @@ class MqttNotifier:
 
     def __call__(self, device_ids: Iterable[str]) -> None:
         for d in device_ids:
-            self.client.publish(TOPIC.format(device_id=d), b"assignment", qos=1)
+            self.client.publish(NOTIFY_TOPIC.format(device_id=d), NOTIFY_PAYLOAD, qos=1)
             self.sent += 1
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from edgewise.bundle.signing import TrustStore, generate_keys, load_private, public_pem
 from edgewise.errors import FleetConflict, FleetError, FleetNotFound
 from edgewise.fleet.db import Database
+from edgewise import protocol
 from edgewise.httplimits import Limit, Limiter
 from edgewise.fleet.store import FleetStore
 
@@ -54,9 +55,9 @@ def _admin_token(cfg: ServerConfig) -> str:
 def _classify(path: str) -> str:
     if path.startswith("/v1/admin"):
         return "admin"
-    if path == "/v1/device/enroll":
+    if path == protocol.ENROLL:
         return "enroll"
-    if path.startswith("/v1/device/bundles/"):
+    if path.startswith(protocol.BUNDLES):
         return "download"
     if path.startswith("/v1/device"):
         return "device"
@@ -86,8 +87,8 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
         got = auth.removeprefix("Bearer ").strip()
         if hmac.compare_digest(got.encode(), token.encode()):
             return "admin"
-        device_id, _, secret = got.partition(".")
-        return device_id if device_id and secret and store.authenticate(device_id, secret) else None
+        cred = protocol.parse_device_auth(got)
+        return cred[0] if cred and store.authenticate(*cred) else None
 
     limiter = Limiter(cfg.limits, _classify, identify)
     stop = threading.Event()
@@ -109,11 +110,10 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
         return request.headers.get("x-operator", "admin")[:100]
 
     def device(request: Request) -> str:
-        got = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        device_id, _, secret = got.partition(".")
-        if not device_id or not secret or not store.authenticate(device_id, secret):
+        cred = protocol.parse_device_auth(request.headers.get("authorization", ""))
+        if cred is None or not store.authenticate(*cred):
             raise HTTPException(401, "device credential required (Authorization: Bearer <device_id>.<secret>)")
-        return device_id
+        return cred[0]
 
     @app.exception_handler(FleetError)
     async def fleet_error(_: Request, e: FleetError) -> JSONResponse:
@@ -192,7 +192,7 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
         return store.control(rid, action, f"{action} by {who}")
 
     # ---- devices ------------------------------------------------------------------------------------
-    @app.post("/v1/device/enroll")
+    @app.post(protocol.ENROLL)
     async def enroll(request: Request) -> dict[str, str]:
         d = await body_json(request)
         if not isinstance(d.get("token"), str) or not isinstance(d.get("name", ""), str):
@@ -204,24 +204,24 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
         except KeyError as e:
             raise HTTPException(400, "enrolment needs a token") from e
 
-    @app.get("/v1/device/assignment")
+    @app.get(protocol.ASSIGNMENT)
     def assignment(request: Request, device_id: str = Depends(device)) -> dict[str, Any]:
         return store.assignment(device_id, str(request.base_url).rstrip("/"))
 
-    @app.get("/v1/device/bundles/{sha}")
+    @app.get(protocol.BUNDLES + "{sha}")
     def bundle(sha: str, device_id: str = Depends(device)) -> Response:
         """Only a bundle this device is assigned (Range requests resume a broken download)."""
         resp = FileResponse(store.assigned_bundle(device_id, sha), media_type="application/x-tar")
         resp.chunk_size = 1 << 20  # 64 KB chunks cost a thread hop each: 16x fewer for 5 MB bundles
         return resp
 
-    @app.post("/v1/device/report")
+    @app.post(protocol.REPORT)
     async def report(request: Request, device_id: str = Depends(device)) -> dict[str, bool]:
         await run_in_threadpool(store.report, device_id, await body_json(request))
         return {"ok": True}
 
     # ---- public -------------------------------------------------------------------------------------
-    @app.get("/v1/keys/fleet.pub")
+    @app.get(protocol.FLEET_KEY)
     def fleet_pub() -> Response:
         return Response(public_pem(store.fleet_key.public_key()), media_type="application/x-pem-file")
 

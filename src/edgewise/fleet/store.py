@@ -24,6 +24,7 @@ from typing import Any
 from edgewise.bundle.archive import unpack
 from edgewise.bundle.pack import verify_bundle
 from edgewise.bundle.signing import SIGNATURE, TrustStore, canonical, check_signature, sign_bytes
+from edgewise.protocol import SETTLING_STEPS, bundle_url
 from edgewise.errors import EdgewiseError, FleetConflict, FleetError, FleetNotFound, SignatureError
 from edgewise.fleet.db import Database
 from edgewise.fsutil import atomic_write
@@ -184,7 +185,7 @@ class FleetStore:
             m = self.model(model, version)
             body.update({"serial": serial, "rollout_id": rollout_id, "model": model, "version": version,
                          "rollback": bool(rollback), "sha256": m["sha256"], "size": m["size"],
-                         "url": f"{base_url}/v1/device/bundles/{m['sha256']}"})
+                         "url": bundle_url(base_url, m["sha256"])})
         else:
             body["serial"] = 0
         return {"assignment": body, "signature": sign_bytes(self.fleet_key, canonical(body))}
@@ -204,8 +205,7 @@ class FleetStore:
                       (device_id, self.clock(), rollout_id, str(r.get("version", ""))[:40], step, int(ok),
                        str(r.get("detail", ""))[:1000], _num(r.get("error_rate"), 0.0, 1.0),
                        _num(r.get("latency_ms"), 0.0, 1e7)))
-            status = "healthy" if step == "health" and ok else "failed" if not ok and step in (
-                "download", "verify", "install", "selftest", "switch", "health", "gave_up") else None
+            status = "healthy" if step == "health" and ok else "failed" if not ok and step in SETTLING_STEPS else None
             if serial is not None and status:
                 t.execute("UPDATE assignments SET status=?, detail=?, updated=? WHERE device_id=? AND serial=? "
                           "AND status='pending'", (status, str(r.get("detail", ""))[:500], self.clock(), device_id, serial))

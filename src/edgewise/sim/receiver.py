@@ -1,4 +1,4 @@
-"""`python -m edgewise.agent.receive_main EVENTS_DB PORT`: a server-tier event receiver on loopback.
+"""`python -m edgewise.sim.receiver EVENTS_DB PORT`: a server-tier event receiver on loopback.
 
 Used by the tests and benchmarks as a real upstream process; `edgewise agent` will subsume it.
 """

@@ -19,6 +19,7 @@ from edgewise.agent.slots import Slots
 from edgewise.agent.updater import Updater, enroll, model_selftest
 from edgewise.bundle.signing import TrustStore, load_public
 from edgewise.fleet.client import FleetClient
+from edgewise.protocol import FLEET_KEY
 
 
 @dataclass
@@ -54,7 +55,7 @@ async def enroll_fleet(server: str, admin_token: str, n: int, tag: str, root: Pa
     tokens = await asyncio.to_thread(admin.enroll_tokens, [tag], n)
     fleet_keys = TrustStore()
     async with httpx.AsyncClient() as c:
-        fleet_keys.add(load_public((await c.get(f"{server}/v1/keys/fleet.pub", timeout=10)).content))
+        fleet_keys.add(load_public((await c.get(f"{server}{FLEET_KEY}", timeout=10)).content))
     release_keys = TrustStore.load(release)
     sem = asyncio.Semaphore(64)
 

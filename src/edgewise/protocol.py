@@ -1,0 +1,66 @@
+"""The written contract between devices and the fleet: every path, message field, step name, topic and
+header format both sides use. The agent and the fleet import this (and `bundle`), never each other.
+
+Versions follow `edgewise.bundle.version` (one semver rule for bundles, fleet and devices).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# ---- HTTP paths (device API; the admin API is the fleet's own) ---------------------------------------
+ENROLL = "/v1/device/enroll"
+ASSIGNMENT = "/v1/device/assignment"
+REPORT = "/v1/device/report"
+BUNDLES = "/v1/device/bundles/"  # + sha256
+FLEET_KEY = "/v1/keys/fleet.pub"
+
+# ---- MQTT: the fleet wakes a device between polls ----------------------------------------------------
+NOTIFY_TOPIC = "edgewise/fleet/{device_id}"
+NOTIFY_PAYLOAD = b"assignment"
+
+# ---- steps a device reports while it installs an assignment -----------------------------------------
+STEPS = ("download", "verify", "selftest", "switch", "health", "gave_up")
+# A failed report of one of these settles the device's assignment as failed; `health` ok settles it healthy.
+SETTLING_STEPS = STEPS
+
+
+def device_auth(device_id: str, secret: str) -> dict[str, str]:
+    """The header a device sends on every device API call."""
+    return {"Authorization": f"Bearer {device_id}.{secret}"}
+
+
+def parse_device_auth(header: str) -> tuple[str, str] | None:
+    """(device_id, secret) from an Authorization header, or None when it is not a device credential."""
+    got = header.removeprefix("Bearer ").strip()
+    device_id, _, secret = got.partition(".")
+    return (device_id, secret) if device_id and secret else None
+
+
+def bundle_url(base_url: str, sha256: str) -> str:
+    return f"{base_url.rstrip('/')}{BUNDLES}{sha256}"
+
+
+# ---- the signed assignment --------------------------------------------------------------------------
+# Fields of the assignment body the fleet signs and a device checks; `serial` 0 means "nothing assigned".
+ASSIGNMENT_FIELDS: dict[str, tuple[type, ...]] = {"device_id": (str,), "expires": (int, float), "serial": (int,)}
+ASSIGNED_FIELDS: dict[str, tuple[type, ...]] = {"model": (str,), "version": (str,), "sha256": (str,),
+                                                "size": (int,), "url": (str,), "rollback": (bool,)}
+
+
+def field_type_error(doc: dict[str, Any]) -> str | None:
+    """What is wrong with an assignment body's field types, or None."""
+    want = dict(ASSIGNMENT_FIELDS)
+    if doc.get("serial"):
+        want.update(ASSIGNED_FIELDS)
+    for key, types in want.items():
+        v = doc.get(key)
+        if isinstance(v, bool) and bool not in types or not isinstance(v, types):
+            return (f"assignment field {key!r} must be {' or '.join(t.__name__ for t in types)}, "
+                    f"got {type(v).__name__}")
+    return None
+
+
+__all__ = ["ASSIGNED_FIELDS", "ASSIGNMENT", "ASSIGNMENT_FIELDS", "BUNDLES", "ENROLL", "FLEET_KEY", "NOTIFY_PAYLOAD",
+           "NOTIFY_TOPIC", "REPORT", "SETTLING_STEPS", "STEPS", "bundle_url", "device_auth", "field_type_error",
+           "parse_device_auth"]
