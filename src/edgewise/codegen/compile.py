@@ -31,6 +31,14 @@ class Compiled:
                 "constants_bytes": self.graph.flash_bytes(), "macs": self.graph.macs, "ops": len(self.graph.ops)}
 
 
+def figures(model: onnx.ModelProto) -> dict[str, Any]:
+    """What the C compiler would need for this int8 model, without writing any C: the arena (RAM), its
+    live-tensor lower bound, the constants (flash), MACs and ops. Raises CodegenError if it cannot build it."""
+    graph = lower(model)
+    p = plan(graph)
+    return Compiled(graph, p, {}).figures()
+
+
 def compile_model(model: onnx.ModelProto, name: str = "model", labels: list[str] | None = None) -> Compiled:
     graph = lower(model)
     p = plan(graph)

@@ -13,7 +13,16 @@ from edgewise.bundle import Manifest, write_bundle
 from edgewise.data import Dataset, Splits, load_splits
 from edgewise.fsutil import atomic_dir, check_out
 from edgewise.modelio import inputs, outputs
-from edgewise.optimize.search import Log, Progress, SearchOptions, SearchResult, closest, final_runs, finalize, search
+from edgewise.optimize.search import (
+    Log,
+    Progress,
+    SearchOptions,
+    SearchResult,
+    closest,
+    final_runs,
+    finalize,
+    search,
+)
 from edgewise.profile.fidelity import KINDS
 from edgewise.profile.report import render_html, render_json
 from edgewise.source import Source, fit_data, load_source

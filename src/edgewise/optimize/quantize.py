@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import calibrate as _calibrate
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -29,6 +28,7 @@ from onnxruntime.quantization import (
     quantize_dynamic,
     quantize_static,
 )
+from onnxruntime.quantization import calibrate as _calibrate
 
 from edgewise.data import Dataset
 from edgewise.errors import OptimizeError

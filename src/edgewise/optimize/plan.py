@@ -1,0 +1,253 @@
+"""Generate: the candidates worth trying for a target, most promising first, each built lazily from an fp32
+parent (the starting model, or a pruned / distilled one) only when its turn comes."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgewise.data import Dataset, Splits
+from edgewise.errors import EdgewiseError, OptimizeError
+from edgewise.optimize.candidates import allowed, has_weight_matmul, recipe_static, static_configs
+from edgewise.optimize.fuse import fuse
+from edgewise.optimize.options import Log, SearchOptions
+from edgewise.optimize.quantize import ORT_DEFAULTS, Quantizer, StaticConfig, quantize_int4_weights
+from edgewise.optimize.sensitivity import auto_exclusions, mixed_precision
+from edgewise.profile import count_macs
+from edgewise.source import Source
+from edgewise.targets import TargetProfile
+
+# Histogram calibration against MinMax calibration of the same samples, measured on this project's
+# corpus (YOLOv8n, PP-OCR det/rec): Percentile 4.5-6x, Entropy 3-4x.
+HISTOGRAM_COST = {"percentile": 6.0, "entropy": 4.0}
+
+
+class NotApplicable(OptimizeError):
+    """A pass with nothing to do on this model (no layer to keep in float, ...): no candidate at all."""
+
+
+@dataclass
+class Parent:
+    """An fp32 model candidates derive from: the starting model, or a pruned / distilled one (built lazily)."""
+
+    name: str
+    description: str
+    build: Callable[[], tuple[onnx.ModelProto, int, list[dict[str, Any]]]]
+    model: onnx.ModelProto | None = None
+    params: int = 0
+    recipe: list[dict[str, Any]] = field(default_factory=list)
+    macs: int = 0
+    error: str | None = None
+    quantizer: Quantizer | None = None
+    quant_error: str | None = None
+
+    def get(self) -> onnx.ModelProto:
+        if self.error:
+            raise OptimizeError(self.error)
+        if self.model is None:
+            try:
+                self.model, self.params, self.recipe = self.build()
+            except EdgewiseError as e:
+                self.error = f"{self.name} model could not be built: {e}"
+                raise OptimizeError(self.error) from e
+            self.macs = count_macs(self.model)
+        return self.model
+
+    def quant(self, calibration: Dataset, samples: int) -> Quantizer:
+        """The parent's quantizer, prepared once; a preparation failure rejects only int8 candidates."""
+        if self.quant_error:
+            raise OptimizeError(self.quant_error)
+        if self.quantizer is None:
+            try:
+                self.quantizer = Quantizer(self.get(), calibration, samples)
+            except EdgewiseError as e:
+                self.quant_error = f"cannot prepare the model for quantization: {e}"
+                raise OptimizeError(self.quant_error) from e
+            except Exception as e:  # noqa: BLE001 - ORT's tools raise anything; only int8 candidates depend on it
+                self.quant_error = f"cannot prepare the model for quantization: {str(e).splitlines()[0][:200]}"
+                raise OptimizeError(self.quant_error) from e
+        return self.quantizer
+
+    def close(self) -> None:
+        if self.quantizer is not None:
+            self.quantizer.close()
+
+
+@dataclass
+class Plan:
+    """A candidate not built yet: what it is, and how to build it from its parent."""
+
+    id: str
+    description: str
+    parent: Parent
+    precision: str
+    recipe: list[dict[str, Any]]
+    build: Callable[[], onnx.ModelProto]
+    when: Callable[[], bool] = lambda: True  # decided when its turn comes (e.g. only if int8 missed)
+    method: str = ""  # the calibration it needs, if any
+
+    def predicted_s(self, took: dict[str, float]) -> float:
+        """What building it will likely cost, from what similar steps took so far (0 when unknown).
+        Histogram calibration (Percentile, Entropy) costs several MinMax calibrations."""
+        q = self.parent.quantizer
+        if self.method and q is not None and self.method not in q.calibrated and "minmax" in q.calibrated:
+            return q.calibrated["minmax"] * HISTOGRAM_COST.get(self.method, 1.0) + took.get("static", 0.0)
+        return took.get("static" if self.method else self.precision, 0.0)
+
+
+def param_count(model: onnx.ModelProto) -> int:
+    return sum(int(np.prod(i.dims)) for i in model.graph.initializer)
+
+
+def torch_parents(source: Source, splits: Splits, opts: SearchOptions, log: Log) -> list[Parent]:
+    """Structured-pruned and distilled fp32 models (only for zoo models, which carry their torch module)."""
+    tm = source.trained
+
+    def pruned() -> tuple[onnx.ModelProto, int, list[dict[str, Any]]]:
+        from edgewise.optimize.prune import structured_prune
+        from edgewise.zoo import TrainConfig, count_params
+        from edgewise.zoo.export import export_onnx
+
+        log(f"structured pruning (keep {opts.prune_keep:.0%} of channels) + fine-tuning")
+        ft = TrainConfig(epochs=opts.finetune_epochs, lr=1e-3, min_steps=opts.finetune_min_steps)
+        module = structured_prune(tm.module, opts.prune_keep, splits, ft)
+        with tempfile.TemporaryDirectory(prefix="edgewise-torch-") as tmp:
+            model = export_onnx(module, tm.sample_shape, Path(tmp) / "pruned.onnx")
+        n = count_params(module)
+        return model, n, [{"pass": "prune", "kind": "structured-channel", "keep_ratio": opts.prune_keep,
+                           "params_before": tm.params, "params_after": n,
+                           "finetune_epochs": ft.epochs_for(len(splits.train))}]
+
+    def distilled() -> tuple[onnx.ModelProto, int, list[dict[str, Any]]]:
+        from edgewise.optimize.distill import distill, pick_student_width
+        from edgewise.zoo import TrainConfig, count_params
+        from edgewise.zoo.export import export_onnx
+
+        width = pick_student_width(tm.arch, tm.sample_shape, len(tm.labels), tm.params)
+        log(f"distilling a {tm.arch} student (width {width}) from the model")
+        cfg = TrainConfig(epochs=opts.distill_epochs, min_steps=opts.distill_min_steps)
+        student = distill(tm.module, tm.arch, width, splits, cfg)
+        with tempfile.TemporaryDirectory(prefix="edgewise-torch-") as tmp:
+            model = export_onnx(student, tm.sample_shape, Path(tmp) / "student.onnx")
+        n = count_params(student)
+        return model, n, [{"pass": "distill", "student": tm.arch, "width": width, "temperature": 2.0,
+                           "alpha": 0.5, "teacher_params": tm.params, "student_params": n}]
+
+    out = []
+    if opts.wants_parent("pruned"):
+        out.append(Parent("pruned", "structured pruning, fine-tuned", pruned))
+    if opts.wants_parent("distilled"):
+        out.append(Parent("distilled", f"distilled {tm.arch} student", distilled))
+    return out
+
+
+def static_id(parent: str, cfg: StaticConfig, target: TargetProfile) -> str:
+    if cfg == ORT_DEFAULTS and not target.int8_only:
+        return f"{parent}-int8-ort-defaults"
+    return (f"{parent}-int8-{cfg.method}" + ("-s7" if cfg.reduce_range else "")
+            + ("" if cfg.weights_per_channel else "-per-tensor"))
+
+
+def promise(cfg: StaticConfig) -> tuple[int, int, int]:
+    """Static settings, most likely to win first: MinMax, then Percentile, then Entropy (its histograms
+    are the slowest to calibrate); full-range weights before 7-bit; ORT's defaults after the first two."""
+    method = {"minmax": 0, "percentile": 1, "entropy": 3}[cfg.method]
+    if cfg == ORT_DEFAULTS:
+        method = 2
+    return (method, int(cfg.reduce_range), int(not cfg.weights_per_channel))
+
+
+class Planner:
+    """The candidates to try for one target, in the order they are worth trying."""
+
+    def __init__(self, source: Source, splits: Splits, target: TargetProfile, opts: SearchOptions,
+                 state: dict[str, Any], log: Log) -> None:
+        self.source, self.splits, self.target, self.opts, self.state, self.log = source, splits, target, opts, state, log
+
+    def quant(self, parent: Parent) -> Quantizer:
+        first = parent.quantizer is None and parent.quant_error is None
+        if first:
+            self.log(f"{parent.name}: preparing and calibrating on "
+                     f"{min(len(self.splits.train), self.opts.calibration_samples)} samples")
+        q = parent.quant(self.splits.train, self.opts.calibration_samples)
+        if first and q.prepared != PREP_FULL:
+            self.state["notes"].append(f"{parent.name}: quantization preparation ran {q.prepared}")
+        return q
+
+    def plans(self, parents: list[Parent]) -> list[Plan]:
+        t, opts = self.target, self.opts
+        out: list[Plan] = []
+        for p in parents:
+            primary = p.name == "baseline"
+            if not primary:
+                out.append(Plan(f"{p.name}-fp32", p.description, p, "fp32", [], p.get))
+            if "fp32" in t.precisions:
+                out.append(Plan(f"{p.name}-fused", f"{p.description}; Conv+BN folded, ORT offline graph optimization",
+                                 p, "fp32", [{"pass": "fuse"}], lambda p=p: self._fused(p)))
+            if allowed("int8", t) or allowed("mixed", t):
+                cfgs = sorted(static_configs(t, primary), key=promise)
+                for cfg in cfgs:
+                    out.append(Plan(static_id(p.name, cfg, t), cfg.label(), p, "int8",
+                                     [recipe_static(cfg, opts.calibration_samples)],
+                                     lambda p=p, cfg=cfg: self.quant(p).static(cfg), method=cfg.method))
+            if primary and allowed("int8", t) and t.runs_onnxruntime:
+                for ops in (("MatMul", "Gemm"), ("Conv", "MatMul", "Gemm")):
+                    cid = "baseline-int8-dynamic" + ("-conv" if "Conv" in ops else "")
+                    out.append(Plan(cid, f"int8 dynamic ({'+'.join(o.lower() for o in ops)})", p, "int8",
+                                     [{"pass": "quantize", "mode": "dynamic", "weights": "int8", "ops": list(ops)}],
+                                     lambda p=p, ops=ops: self.quant(p).dynamic(ops)))
+            if primary and allowed("int4", t) and has_weight_matmul(self.source.model):
+                out.append(Plan("baseline-int4-weights", "int4 weight-only MatMul/Gemm (block 32)", p, "int4",
+                                 [{"pass": "quantize", "mode": "weight-only", "weights": "int4", "block_size": 32,
+                                   "symmetric": True, "ops": ["MatMul", "Gemm"]}],
+                                 lambda p=p: quantize_int4_weights(p.get())))
+            if primary and allowed("mixed", t):
+                cfg = self.first_static()
+                out.append(Plan("baseline-mixed-auto", cfg.label() + " (auto: output-adjacent / high-range)", p,
+                                 "mixed", [], lambda p=p, cfg=cfg: self._mixed_auto(p, cfg), method="percentile"))
+                out.append(Plan("baseline-mixed-sensitivity", cfg.label() + " (by sensitivity)", p, "mixed", [],
+                                 lambda p=p, cfg=cfg: self._mixed_sensitivity(p, cfg),
+                                 when=lambda: not self.state["int8_within_tolerance"]))
+        return [pl for pl in out if opts.wants(pl.id)]
+
+    def first_static(self) -> StaticConfig:
+        """The static setting tried first for this target: the base of mixed precision and sensitivity."""
+        return sorted(static_configs(self.target, True), key=promise)[0]
+
+    def _fused(self, p: Parent) -> onnx.ModelProto:
+        model, info = fuse(p.get())
+        self.state["recipe"] = [{"pass": "fuse", **info}]
+        return model
+
+    def _mixed_auto(self, p: Parent, cfg: StaticConfig) -> onnx.ModelProto:
+        q = self.quant(p)
+        prepared = onnx.load(str(q.fp32))
+        self.state["exclusions"] = auto_exclusions(prepared, q.ranges("minmax"), q.ranges("percentile"))
+        if not self.state["exclusions"]:
+            raise NotApplicable("no output-adjacent or high-range layer to keep in float")
+        ex = replace(cfg, exclude=tuple(sorted(self.state["exclusions"])))
+        self.state["recipe"] = [recipe_static(ex, self.opts.calibration_samples)]
+        return q.static(ex)
+
+    def _mixed_sensitivity(self, p: Parent, cfg: StaticConfig) -> onnx.ModelProto:
+        q = self.quant(p)
+        sens = self.state["measure_sensitivity"]()
+        if not sens:
+            raise NotApplicable("per-layer sensitivity was not measured")
+        self.log("int8 misses the tolerance: keeping the most sensitive layers in float")
+        found = mixed_precision(q, cfg, sens, self.state["acceptable"])
+        if found is None:
+            raise OptimizeError("no set of float layers brings int8 within the tolerance")
+        model, keep = found
+        mcfg = replace(cfg, exclude=keep)
+        self.state["recipe"] = [recipe_static(mcfg, self.opts.calibration_samples)]
+        return model
+
+
+PREP_FULL = "shape inference and graph optimization"
