@@ -173,6 +173,7 @@ def serve_http(app: Any, host: str, port: int, max_connections: int = 4096) -> N
     Here a new connection gets the same timer until its request starts; the descriptor limit is raised to
     the hard limit; beyond `max_connections` new requests get a 503 instead of nothing.
     """
+    import logging
     import resource
 
     import uvicorn
@@ -184,6 +185,8 @@ def serve_http(app: Any, host: str, port: int, max_connections: int = 4096) -> N
             self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
                                                                 self.timeout_keep_alive_handler)
 
+    if not logging.getLogger().handlers:  # a service logs one line per event, with its level, to stderr
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))

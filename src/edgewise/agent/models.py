@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -20,6 +21,8 @@ from edgewise.errors import AgentError, EdgewiseError
 from edgewise.modelio import embedding_tensor, expose
 from edgewise.profile.arena import live_tensor_peak
 from edgewise.profile.runtime import make_session
+
+log = logging.getLogger("edgewise.agent.models")
 
 POLICIES = ("evict-lru", "refuse")
 
@@ -234,8 +237,8 @@ class ModelManager:
         dtype = np.dtype(m.manifest.inputs[0].get("dtype", "float32"))
         try:
             m.session.run(None, {m.input_name: np.zeros(shape, dtype)})
-        except Exception:  # a warm-up must never stop a model from loading; its first request will tell
-            pass
+        except Exception as e:  # a warm-up must never stop a model from loading; its first request will tell
+            log.warning("warm-up of %s failed (%s: %s); its first request will tell", m.name, type(e).__name__, e)
 
     def health(self) -> dict[str, Any]:
         have = ort.get_available_providers()

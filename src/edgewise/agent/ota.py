@@ -14,7 +14,6 @@ from edgewise.bundle.signing import TrustStore, load_public
 from edgewise.errors import AgentError
 from edgewise.fsutil import atomic_write
 
-
 IDENTITY, FLEET_PUB = "device.json", "fleet.pub"  # in DATA_DIR/ota: what enrolment leaves for the OtaThread
 
 

@@ -126,7 +126,6 @@ def build_agent(cfg: AgentConfig) -> Agent:
         if inference is None:
             raise AgentError("MQTT ingestion needs at least one --bundle to answer with")
         from edgewise.agent.mqtt import MqttBridge
-
         from edgewise.hostport import parse_hostport
 
         host, port = parse_hostport(cfg.mqtt, "--mqtt", AgentError)

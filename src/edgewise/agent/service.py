@@ -14,7 +14,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from edgewise.agent.inputs import BadInput, feed_for, load_json, parse_json_inputs, parse_npy, parse_npz, validate
+from edgewise.agent.inputs import (
+    BadInput,
+    feed_for,
+    load_json,
+    parse_json_inputs,
+    parse_npy,
+    parse_npz,
+    validate,
+)
 from edgewise.agent.models import ModelBudgetExceeded
 from edgewise.agent.receiver import EventStore
 from edgewise.agent.upstream import decode_batch

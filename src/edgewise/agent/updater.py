@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import os
 import random
@@ -32,6 +33,8 @@ from edgewise.bundle.version import parse as parse_version
 from edgewise.errors import AgentError, EdgewiseError
 from edgewise.fsutil import fsync_tree
 from edgewise.protocol import ASSIGNMENT, ENROLL, REPORT, device_auth, field_type_error
+
+log = logging.getLogger("edgewise.agent.updater")
 
 
 @dataclass
@@ -244,8 +247,8 @@ class Updater:
                         res = self.on_switch(self.slots.dir(prev["slot"]))
                         if asyncio.iscoroutine(res):
                             await res
-                    except Exception:
-                        pass
+                    except Exception:  # noqa: BLE001 - the device is already back on its previous model
+                        log.exception("ota: re-serving the previous model after a failed health check failed")
                 detail += f"; rolled back to {prev['version']}"
             await self._fail(serial, "health", detail, version)
             return "rolled_back"

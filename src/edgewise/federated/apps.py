@@ -366,9 +366,7 @@ def run_rounds(grid: Any, context: Any, cfg: FedConfig, data: ClientData, test: 
 
 def _strategy_rounds(grid: Any, _context: Any, cfg: FedConfig, initial: list[np.ndarray], evaluate: Any) -> tuple[Any, Any, Any]:
     from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
-    from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
-
-    from flwr.serverapp.strategy import FedMedian, FedTrimmedAvg
+    from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg
 
     base = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedmedian": FedMedian,
             "fedtrimmedavg": FedTrimmedAvg}[cfg.strategy]

@@ -290,7 +290,6 @@ def join(server: str, store: Path, model_name: str | None = None, api_port: int 
     with `root_cert` (the federation's ca.crt) over TLS. Replaces this process (a service manager's stop
     signal reaches Flower's SuperNode directly)."""
     from edgewise.agent.samples import SampleStore
-
     from edgewise.hostport import parse_hostport
 
     host, _ = parse_hostport(server, "--server")

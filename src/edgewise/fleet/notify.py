@@ -13,7 +13,6 @@ from edgewise.hostport import parse_hostport
 from edgewise.protocol import NOTIFY_PAYLOAD, NOTIFY_TOPIC
 
 
-
 class MqttNotifier:
     def __init__(self, broker: str, client_id: str = "edgewise-fleet") -> None:
         import paho.mqtt.client as mqtt

@@ -4,6 +4,7 @@ downloads, a web console, and a ticker that judges waves whose devices went sile
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import secrets
 import threading
@@ -16,12 +17,14 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from edgewise import protocol
 from edgewise.bundle.signing import TrustStore, generate_keys, load_private, public_pem
 from edgewise.errors import FleetConflict, FleetError, FleetNotFound
 from edgewise.fleet.db import Database
-from edgewise import protocol
-from edgewise.httplimits import Limit, Limiter
 from edgewise.fleet.store import FleetStore
+from edgewise.httplimits import Limit, Limiter
+
+log = logging.getLogger("edgewise.fleet.server")
 
 
 @dataclass
@@ -98,7 +101,7 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
             try:
                 store.tick_all()
             except Exception:  # a tick that fails is retried next time; serving goes on
-                pass
+                log.exception("fleet: rollout tick failed; retrying at the next tick")
 
     threading.Thread(target=ticker, name="rollout-ticker", daemon=True).start()
     app.state.store, app.state.stop, app.state.limiter = store, stop, limiter

@@ -10,9 +10,10 @@ roll the devices that took the new version back to the version they ran before.
 from __future__ import annotations
 
 import hashlib
-import math
 import hmac
 import json
+import logging
+import math
 import secrets
 import tempfile
 import time
@@ -24,10 +25,12 @@ from typing import Any
 from edgewise.bundle.archive import unpack
 from edgewise.bundle.pack import verify_bundle
 from edgewise.bundle.signing import SIGNATURE, TrustStore, canonical, check_signature, sign_bytes
-from edgewise.protocol import SETTLING_STEPS, bundle_url
 from edgewise.errors import EdgewiseError, FleetConflict, FleetError, FleetNotFound, SignatureError
 from edgewise.fleet.db import Database
 from edgewise.fsutil import atomic_write
+from edgewise.protocol import SETTLING_STEPS, bundle_url
+
+log = logging.getLogger("edgewise.fleet.store")
 
 MODEL_COLS = "name, version, sha256, size, uploaded_by, uploaded_at, signature, signed_by"
 
@@ -78,7 +81,8 @@ class FleetStore:
             try:
                 self.notify(changed)
             except Exception:  # a notification only shortens the wait; polling still finds the change
-                pass
+                log.warning("fleet: device notification failed; devices find the change at their next poll",
+                            exc_info=True)
 
     # ---- models -------------------------------------------------------------------------------------
     def add_model(self, archive: bytes, uploaded_by: str) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Measurement: accuracy or fidelity, latency percentiles, throughput, size, memory, MACs and energy."""
 
-from edgewise.profile.macs import count_macs
 from edgewise.profile.fidelity import Fidelity, Task, fidelity, infer_task
+from edgewise.profile.macs import count_macs
 from edgewise.profile.measure import (
     LatencyStats,
     evaluate,

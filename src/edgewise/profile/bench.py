@@ -10,10 +10,10 @@ from typing import Any
 import onnx
 
 from edgewise.data import Splits
-from edgewise.profile.macs import count_macs
 from edgewise.modelio import save_model
 from edgewise.profile.feeds import Feeder, session_inputs
 from edgewise.profile.fidelity import fidelity, infer_task
+from edgewise.profile.macs import count_macs
 from edgewise.profile.measure import measure_latency, measure_memory, measure_throughput, run_outputs
 from edgewise.profile.runtime import make_session
 from edgewise.targets import TargetProfile

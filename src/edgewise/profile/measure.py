@@ -16,8 +16,8 @@ import onnxruntime as ort
 
 from edgewise.data import Dataset
 from edgewise.errors import ModelError
-from edgewise.profile.fidelity import Fidelity
 from edgewise.profile.feeds import Feeder, cast_feed, session_inputs
+from edgewise.profile.fidelity import Fidelity
 
 
 def run_outputs(sess: ort.InferenceSession, data: Dataset | np.ndarray, batch: int = 64,
