@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import WORK, machine, table, trained, write_section  # noqa: E402
 
-from edgewise.agent.audit import AuditLog  # noqa: E402
-from edgewise.agent.calibrate import calibrate  # noqa: E402
-from edgewise.agent.cascade import probabilities  # noqa: E402
+from edgewise.agent.forward.audit import AuditLog  # noqa: E402
+from edgewise.agent.serve.calibrate import calibrate  # noqa: E402
+from edgewise.agent.serve.cascade import probabilities  # noqa: E402
 from edgewise.bundle import read_bundle  # noqa: E402
 from edgewise.data import load_splits  # noqa: E402
 from edgewise.profile import make_session, run_model  # noqa: E402

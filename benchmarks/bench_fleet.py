@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import machine, table, write_section  # noqa: E402
 
-from edgewise.agent.slots import Slots  # noqa: E402
-from edgewise.agent.updater import Updater, enroll  # noqa: E402
+from edgewise.agent.ota.slots import Slots  # noqa: E402
+from edgewise.agent.ota.updater import Updater, enroll  # noqa: E402
 from edgewise.bundle import Manifest, write_bundle  # noqa: E402
 from edgewise.bundle.selftest import add_golden  # noqa: E402
 from edgewise.bundle.signing import TrustStore, generate_keys, load_private, load_public, sign_bundle  # noqa: E402

@@ -389,7 +389,7 @@ def agent_audit(data_dir: Annotated[Path, typer.Option(help="the agent's data di
     """
     from datetime import datetime
 
-    from edgewise.agent.audit import AuditLog
+    from edgewise.agent.forward.audit import AuditLog
 
     if not (data_dir / "audit.db").is_file():
         raise EdgewiseError(f"no audit log in {data_dir}")
@@ -422,8 +422,8 @@ def cascade_calibrate(
 
     Example: edgewise cascade calibrate -b runs/e/bundle -b runs/n/bundle -b runs/s/bundle --data digits
     """
-    from edgewise.agent.calibrate import calibrate, simulate
-    from edgewise.agent.cascade import probabilities
+    from edgewise.agent.serve.calibrate import calibrate, simulate
+    from edgewise.agent.serve.cascade import probabilities
     from edgewise.data import load_splits
     from edgewise.profile import make_session, run_model
     from edgewise.source import fit_data, load_source

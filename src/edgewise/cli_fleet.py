@@ -192,7 +192,7 @@ def device_enroll(
 
     Example: edgewise device enroll --token XYZ --server http://fleet:8700 --data-dir /var/lib/edgewise
     """
-    from edgewise.agent.ota import enroll_device
+    from edgewise.agent.ota.thread import enroll_device
 
     ident = enroll_device(server, enroll_token, data_dir, name, fleet_key)
     out.print(f"enrolled as {ident.device_id}; credential in {data_dir / 'ota' / 'device.json'}")

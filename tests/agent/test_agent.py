@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from edgewise.agent.audit import AuditLog
-from edgewise.agent.cascade import RESULT_FIELDS
-from edgewise.agent.receiver import EventStore
+from edgewise.agent.forward.audit import AuditLog
+from edgewise.agent.serve.cascade import RESULT_FIELDS
+from edgewise.agent.forward.receiver import EventStore
 from edgewise.data import load_splits
 
 from .conftest import AgentProc, free_port, predict, wait_for

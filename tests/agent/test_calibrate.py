@@ -1,6 +1,6 @@
 import numpy as np
 
-from edgewise.agent.calibrate import calibrate, simulate
+from edgewise.agent.serve.calibrate import calibrate, simulate
 
 
 def _probs(correct: np.ndarray, conf: np.ndarray, y: np.ndarray, k: int = 3) -> np.ndarray:

@@ -12,13 +12,13 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from edgewise.agent.audit import AuditingUpstream, AuditLog
-from edgewise.agent.queue import DurableQueue, NewItem
-from edgewise.agent.receiver import EventStore
+from edgewise.agent.forward.audit import AuditingUpstream, AuditLog
+from edgewise.agent.forward.queue import DurableQueue, NewItem
+from edgewise.agent.forward.receiver import EventStore
 from edgewise.agent.runner import AgentConfig, build_agent
-from edgewise.agent.service import MAX_BODY_BYTES, create_app
-from edgewise.agent.sync import Syncer
-from edgewise.agent.upstream import InProcessUpstream
+from edgewise.agent.serve.service import MAX_BODY_BYTES, create_app
+from edgewise.agent.forward.sync import Syncer
+from edgewise.agent.forward.upstream import InProcessUpstream
 from edgewise.data import load_splits
 
 X = load_splits("digits").test.x

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from edgewise.agent.cascade import CascadeConfig, Inference, PrivacyPolicy, probabilities
-from edgewise.agent.inputs import BadInput, validate
-from edgewise.agent.models import ModelBudgetExceeded, ModelManager, memory_estimate
+from edgewise.agent.serve.cascade import CascadeConfig, Inference, PrivacyPolicy, probabilities
+from edgewise.agent.serve.inputs import BadInput, validate
+from edgewise.agent.serve.models import ModelBudgetExceeded, ModelManager, memory_estimate
 from edgewise.agent.runner import AgentConfig
 from edgewise.bundle import verify_bundle
 from edgewise.errors import AgentError
@@ -115,7 +115,7 @@ def test_agent_config_from_toml(tmp_path):
 
 
 def test_top1_matches_numpy_softmax():
-    from edgewise.agent.cascade import top1
+    from edgewise.agent.serve.cascade import top1
 
     rows = np.random.default_rng(0).standard_normal((20, 10)) * 5
     classes, scores = top1(rows.tolist())
@@ -171,8 +171,8 @@ def test_the_device_side_never_imports_torch():
     import sys
 
     code = ("import sys; sys.modules['torch'] = None; sys.modules['sklearn'] = None\n"
-            "import edgewise.agent.runner, edgewise.agent.service, edgewise.agent.cmodel, edgewise.agent.mqtt\n"
-            "import edgewise.agent.calibrate, edgewise.codegen.compile, edgewise.agent.updater, edgewise.agent.ota\n"
+            "import edgewise.agent.runner, edgewise.agent.serve.service, edgewise.agent.serve.cmodel, edgewise.agent.serve.mqtt\n"
+            "import edgewise.agent.serve.calibrate, edgewise.codegen.compile, edgewise.agent.ota.updater, edgewise.agent.ota.thread\n"
             "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from edgewise.agent.receiver import EventStore
+from edgewise.agent.forward.receiver import EventStore
 from edgewise.data import load_splits
 
 from .conftest import AgentProc, free_port, predict, wait_for

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from edgewise.agent.queue import DurableQueue, NewItem
+from edgewise.agent.forward.queue import DurableQueue, NewItem
 from edgewise.errors import AgentError, QueueFull, StorageError
 
 
@@ -82,7 +82,7 @@ def test_full_disk_is_an_error_and_loses_nothing_already_stored(tmp_path):
 
 _WRITER = """
 import sys
-from edgewise.agent.queue import DurableQueue, NewItem
+from edgewise.agent.forward.queue import DurableQueue, NewItem
 q = DurableQueue(sys.argv[1])
 i = 0
 while True:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from edgewise.agent.queue import DurableQueue, NewItem
-from edgewise.agent.receiver import EventStore
-from edgewise.agent.sync import Syncer, next_backoff
-from edgewise.agent.upstream import HttpUpstream, InProcessUpstream, UpstreamUnavailable
+from edgewise.agent.forward.queue import DurableQueue, NewItem
+from edgewise.agent.forward.receiver import EventStore
+from edgewise.agent.forward.sync import Syncer, next_backoff
+from edgewise.agent.forward.upstream import HttpUpstream, InProcessUpstream, UpstreamUnavailable
 
 from .conftest import free_port, wait_for
 

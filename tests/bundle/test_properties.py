@@ -12,13 +12,15 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgewise.agent.inputs import BadInput, load_json, parse_json_inputs, parse_npy, parse_npz
-from edgewise.agent.upstream import decode_batch
+from edgewise.agent.serve.inputs import BadInput, load_json, parse_json_inputs, parse_npy, parse_npz
+from edgewise.agent.forward.upstream import decode_batch
 from edgewise.bundle.archive import unpack
 from edgewise.bundle.manifest import Manifest
 from edgewise.errors import AgentError, BundleError
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomize: the same examples every run, so CI never fails on a draw; widen max_examples locally to search
+FAST = settings(max_examples=150, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(),
                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
                            max_leaves=20)

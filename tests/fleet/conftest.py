@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgewise.agent.slots import Slots
-from edgewise.agent.updater import Updater, enroll
+from edgewise.agent.ota.slots import Slots
+from edgewise.agent.ota.updater import Updater, enroll
 from edgewise.bundle import read_bundle, write_bundle
 from edgewise.bundle.selftest import add_golden
 from edgewise.bundle.signing import TrustStore, generate_keys, load_private, load_public, sign_bundle

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 
-from edgewise.agent.slots import Slots
-from edgewise.agent.updater import Identity, Updater
+from edgewise.agent.ota.slots import Slots
+from edgewise.agent.ota.updater import Identity, Updater
 from edgewise.bundle.signing import TrustStore
 
 

@@ -124,7 +124,7 @@ def test_a_rollback_restores_the_model_each_device_ran_before_whatever_its_name(
 @pytest.mark.parametrize("field,value", [("version", 2), ("serial", "7"), ("size", 2**40), ("sha256", "zz" * 32),
                                          ("rollback", "yes"), ("version", "one.two")])
 def test_the_updater_refuses_odd_assignment_fields_instead_of_crashing(field, value):
-    from edgewise.agent.updater import _check_fields
+    from edgewise.agent.ota.updater import _check_fields
     from edgewise.errors import AgentError
 
     good = {"device_id": "d", "expires": 1e12, "serial": 3, "model": "m", "version": "1.0.0", "sha256": "ab" * 32,

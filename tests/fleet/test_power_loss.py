@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgewise.agent.slots import Slots
+from edgewise.agent.ota.slots import Slots
 
 from .conftest import FleetProc, run, wait_rollout
 from .test_rollouts import on_base, on_verified_working_model, poll_all

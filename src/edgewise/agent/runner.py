@@ -7,13 +7,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from edgewise.agent.audit import AuditingUpstream, AuditLog
-from edgewise.agent.cascade import CascadeConfig, Inference, PrivacyPolicy
-from edgewise.agent.models import ModelManager
-from edgewise.agent.queue import DurableQueue, GroupCommitter
-from edgewise.agent.receiver import EventStore
-from edgewise.agent.sync import Syncer
-from edgewise.agent.upstream import HttpUpstream
+from edgewise.agent.forward.audit import AuditingUpstream, AuditLog
+from edgewise.agent.serve.cascade import CascadeConfig, Inference, PrivacyPolicy
+from edgewise.agent.serve.models import ModelManager
+from edgewise.agent.forward.queue import DurableQueue, GroupCommitter
+from edgewise.agent.forward.receiver import EventStore
+from edgewise.agent.forward.sync import Syncer
+from edgewise.agent.forward.upstream import HttpUpstream
 from edgewise.errors import AgentError
 
 
@@ -94,7 +94,7 @@ class Agent:
 
 
 def build_agent(cfg: AgentConfig) -> Agent:
-    from edgewise.agent.service import create_app
+    from edgewise.agent.serve.service import create_app
 
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     audit = AuditLog(cfg.data_dir / "audit.db")
@@ -105,7 +105,7 @@ def build_agent(cfg: AgentConfig) -> Agent:
         models.register(Path(b))
     updater = None
     if cfg.fleet_poll_s > 0:
-        from edgewise.agent.ota import OtaThread
+        from edgewise.agent.ota.thread import OtaThread
 
         # serves the active slot; with --mqtt, fleet notifications wake it between polls
         updater = OtaThread(cfg.data_dir / "ota", cfg.trust, models, cfg.fleet_poll_s, cfg.mqtt)
@@ -125,7 +125,7 @@ def build_agent(cfg: AgentConfig) -> Agent:
     if cfg.mqtt:
         if inference is None:
             raise AgentError("MQTT ingestion needs at least one --bundle to answer with")
-        from edgewise.agent.mqtt import MqttBridge
+        from edgewise.agent.serve.mqtt import MqttBridge
         from edgewise.hostport import parse_hostport
 
         host, port = parse_hostport(cfg.mqtt, "--mqtt", AgentError)

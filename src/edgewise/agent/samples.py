@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgewise.agent.store import connect
+from edgewise.agent.forward.store import connect
 from edgewise.errors import DataError, StorageError
 
 FILENAME = "samples.db"

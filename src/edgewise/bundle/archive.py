@@ -47,6 +47,8 @@ def unpack(archive: Path, dest: Path, max_bytes: int = MAX_UNPACKED_BYTES, max_e
                 if n >= max_entries:
                     raise BundleError(f"archive holds more than {max_entries} entries; refused")
                 parts = Path(m.name).parts
+                if "\0" in m.name:
+                    raise BundleError(f"archive entry {m.name!r} has a NUL byte in its name")
                 if Path(m.name).is_absolute() or ".." in parts or not parts:
                     raise BundleError(f"archive entry {m.name!r} escapes the bundle directory")
                 if m.isdir():
@@ -65,7 +67,7 @@ def unpack(archive: Path, dest: Path, max_bytes: int = MAX_UNPACKED_BYTES, max_e
                 with open(target, "wb") as out:
                     while chunk := src.read(1 << 20):
                         out.write(chunk)
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as e:
         raise BundleError(f"{archive}: not a readable bundle archive ({type(e).__name__}: {e})") from e
     return dest
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
-from edgewise.agent.slots import Slots
-from edgewise.agent.updater import Updater, enroll, model_selftest
+from edgewise.agent.ota.slots import Slots
+from edgewise.agent.ota.updater import Updater, enroll, model_selftest
 from edgewise.bundle.signing import TrustStore, load_public
 from edgewise.fleet.client import FleetClient
 from edgewise.protocol import FLEET_KEY

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import uvicorn
 
-from edgewise.agent.receiver import EventStore
-from edgewise.agent.service import create_app
+from edgewise.agent.forward.receiver import EventStore
+from edgewise.agent.serve.service import create_app
 
 if __name__ == "__main__":
     app = create_app(EventStore(Path(sys.argv[1])))

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from edgewise.agent.inputs import outputs_json
-from edgewise.agent.models import ModelManager
-from edgewise.agent.queue import GroupCommitter, NewItem
-from edgewise.agent.upstream import Upstream, UpstreamUnavailable
+from edgewise.agent.serve.inputs import outputs_json
+from edgewise.agent.serve.models import ModelManager
+from edgewise.agent.forward.queue import GroupCommitter, NewItem
+from edgewise.agent.forward.upstream import Upstream, UpstreamUnavailable
 from edgewise.bundle.split import tail_name
 from edgewise.errors import AgentError
 

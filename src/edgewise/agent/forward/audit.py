@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from edgewise.agent.queue import Item
-from edgewise.agent.store import connect
-from edgewise.agent.upstream import Upstream, encode_batch, encode_npy
+from edgewise.agent.forward.queue import Item
+from edgewise.agent.forward.store import connect
+from edgewise.agent.forward.upstream import Upstream, encode_batch, encode_npy
 from edgewise.errors import StorageError
 
 

@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from edgewise.agent.inputs import (
+from edgewise.agent.serve.inputs import (
     BadInput,
     feed_for,
     load_json,
@@ -23,9 +23,9 @@ from edgewise.agent.inputs import (
     parse_npz,
     validate,
 )
-from edgewise.agent.models import ModelBudgetExceeded
-from edgewise.agent.receiver import EventStore
-from edgewise.agent.upstream import decode_batch
+from edgewise.agent.serve.models import ModelBudgetExceeded
+from edgewise.agent.forward.receiver import EventStore
+from edgewise.agent.forward.upstream import decode_batch
 from edgewise.errors import AgentError, DataError, QueueFull, StorageError
 from edgewise.httplimits import BodyCap
 

@@ -11,11 +11,11 @@ import random
 import threading
 from dataclasses import dataclass
 
-from edgewise.agent.queue import DurableQueue
-from edgewise.agent.upstream import Upstream, UpstreamUnavailable
+from edgewise.agent.forward.queue import DurableQueue
+from edgewise.agent.forward.upstream import Upstream, UpstreamUnavailable
 from edgewise.errors import AgentError, StorageError
 
-log = logging.getLogger("edgewise.agent.sync")
+log = logging.getLogger("edgewise.agent.forward.sync")
 
 
 @dataclass

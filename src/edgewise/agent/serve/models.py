@@ -22,7 +22,7 @@ from edgewise.modelio import embedding_tensor, expose
 from edgewise.profile.arena import live_tensor_peak
 from edgewise.profile.runtime import make_session
 
-log = logging.getLogger("edgewise.agent.models")
+log = logging.getLogger("edgewise.agent.serve.models")
 
 POLICIES = ("evict-lru", "refuse")
 
@@ -199,7 +199,7 @@ class ModelManager:
             rss_before = rss_bytes()
             features_at = None
             if self.runtime == "c":  # the generated C, as the device runs it
-                from edgewise.agent.cmodel import CSession
+                from edgewise.agent.serve.cmodel import CSession
 
                 try:
                     session = CSession(path / "model.onnx", self.build_dir)

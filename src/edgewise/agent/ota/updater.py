@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from edgewise.agent.slots import Slots
+from edgewise.agent.ota.slots import Slots
 from edgewise.bundle.archive import MAX_UNPACKED_BYTES as MAX_BUNDLE_BYTES
 from edgewise.bundle.archive import unpack
 from edgewise.bundle.pack import sha256_file
@@ -34,7 +34,7 @@ from edgewise.errors import AgentError, EdgewiseError
 from edgewise.fsutil import fsync_tree
 from edgewise.protocol import ASSIGNMENT, ENROLL, REPORT, device_auth, field_type_error
 
-log = logging.getLogger("edgewise.agent.updater")
+log = logging.getLogger("edgewise.agent.ota.updater")
 
 
 @dataclass

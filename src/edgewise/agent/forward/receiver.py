@@ -7,8 +7,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgewise.agent.queue import Item
-from edgewise.agent.store import connect
+from edgewise.agent.forward.queue import Item
+from edgewise.agent.forward.store import connect
 from edgewise.errors import StorageError
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edgewise.agent.inputs import BadInput, feed_for, parse_json_inputs
+from edgewise.agent.serve.inputs import BadInput, feed_for, parse_json_inputs
 from edgewise.errors import AgentError, EdgewiseError
 
 

@@ -7,9 +7,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from edgewise.agent.models import ModelManager
-from edgewise.agent.slots import Slots
-from edgewise.agent.updater import Identity, Updater
+from edgewise.agent.serve.models import ModelManager
+from edgewise.agent.ota.slots import Slots
+from edgewise.agent.ota.updater import Identity, Updater
 from edgewise.bundle.signing import TrustStore, load_public
 from edgewise.errors import AgentError
 from edgewise.fsutil import atomic_write
@@ -25,7 +25,7 @@ def enroll_device(server: str, token: str, data_dir: Path, name: str = "",
 
     import httpx
 
-    from edgewise.agent.updater import enroll
+    from edgewise.agent.ota.updater import enroll
     from edgewise.bundle.signing import public_pem
     from edgewise.protocol import FLEET_KEY
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edgewise.agent.queue import Item
+from edgewise.agent.forward.queue import Item
 from edgewise.errors import AgentError
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgewise.agent.store import connect
+from edgewise.agent.forward.store import connect
 from edgewise.errors import AgentError, QueueFull, StorageError
 
 POLICIES = ("drop-oldest", "refuse")
