@@ -197,6 +197,10 @@ def optimize(
                                                                "only ranks candidates)")] = None,
     max_ram_kb: Annotated[float | None, typer.Option(help="hard RAM budget in KB")] = None,
     max_flash_kb: Annotated[float | None, typer.Option(help="hard flash / model size budget in KB")] = None,
+    preprocess: Annotated[Path | None, typer.Option(help="a TOML declaring how raw input becomes the tensor: [image] "
+                                                          "size, resize (letterbox|stretch), color, scale, mean, "
+                                                          "std, layout; and [postprocess] conf, iou, top_k")] = None,
+    labels: Annotated[Path | None, typer.Option(help="class names, one per line (e.g. a detector's)")] = None,
 ) -> None:
     """Try recipes for TARGET, keep the Pareto front, and bundle the best model that fits.
 
@@ -217,16 +221,41 @@ def optimize(
                          time_budget_s=time_budget or None, max_latency_ms=max_latency_ms,
                          max_ram_bytes=None if max_ram_kb is None else int(max_ram_kb * 1024),
                          max_flash_bytes=None if max_flash_kb is None else int(max_flash_kb * 1024))
+    declared = _read_toml(preprocess) if preprocess else None
+    names = _read_labels(labels) if labels else None
     console.print(f"[bold]optimizing {model} for {profile.name}[/]" + (f" (time budget {time_budget:g} s)"
                                                                       if time_budget else ""))
     with _SearchProgress(f"optimizing {model}") as sp:
         outcome = run_optimize(model, data, profile, out, opts, name=name, version=version, log=sp.log,
-                               progress=sp.progress)
+                               progress=sp.progress, declared=declared, labels=names)
     _print_search(outcome)
     out_console.print(f"report: {out / 'report.html'}  ({out / 'report.json'})")
     if outcome.bundle is None:
         raise EdgewiseError(outcome.result.why)
     out_console.print(f"bundle: {outcome.bundle}")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise EdgewiseError(f"cannot read {path}: {e}") from e
+    unknown = set(doc) - {"image", "postprocess"}
+    if unknown:
+        raise EdgewiseError(f"{path}: unknown sections {', '.join(sorted(unknown))} (use [image] and [postprocess])")
+    return doc
+
+
+def _read_labels(path: Path) -> list[str]:
+    try:
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise EdgewiseError(f"cannot read labels from {path}: {e}") from e
+    if not names:
+        raise EdgewiseError(f"{path} holds no class names")
+    return names
 
 
 def _load_models(models: list[tuple[str, Path]], splits: Any) -> tuple[list[tuple[str, Any, Any]], set[str]]:

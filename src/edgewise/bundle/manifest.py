@@ -12,9 +12,9 @@ from edgewise.errors import BundleError
 FORMAT_VERSION = 1
 _TYPES = {"name": str, "version": str, "target": str, "inputs": list, "outputs": list, "labels": list,
           "preprocessing": dict, "precision": str, "recipe": list, "metrics": dict, "files": dict, "artifacts": dict,
-          "created": str, "format_version": int, "task": str}
+          "created": str, "format_version": int, "task": str, "postprocessing": dict}
 # Optional fields added since format 1; omitted from the JSON (and the signed bytes) while empty.
-_LATER_FIELDS = ("task",)
+_LATER_FIELDS = ("task", "postprocessing")
 
 
 @dataclass
@@ -38,6 +38,9 @@ class Manifest:
     # with labels and scores only for classifiers. Added after format 1 was fixed: left out of the signed
     # bytes while empty, so older bundles' signatures still verify.
     task: str = ""
+    # How raw outputs become answers (edgewise.media.answer): class names and top-k, or boxes after decode
+    # and NMS. Also left out of the signed bytes while empty.
+    postprocessing: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, kind in _TYPES.items():

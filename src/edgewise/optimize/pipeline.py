@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from edgewise.optimize.search import (
     finalize,
     search,
 )
+from edgewise.media import ImageSpec, postprocessing_for, spec_from_data
 from edgewise.profile.fidelity import KINDS
 from edgewise.profile.report import render_html, render_json
 from edgewise.source import Source, fit_data, load_source
@@ -68,10 +69,17 @@ def _report(source: Source, result: SearchResult, opts: SearchOptions, splits: S
 
 def optimize(model_path: Path, data: str, target: TargetProfile, out: Path, opts: SearchOptions | None = None,
              name: str | None = None, version: str = "0.1.0", log: Log = lambda _m: None,
-             progress: Progress = lambda _w, _d, _t: None) -> OptimizeOutcome:
+             progress: Progress = lambda _w, _d, _t: None, declared: dict[str, Any] | None = None,
+             labels: list[str] | None = None) -> OptimizeOutcome:
+    """`declared`: what a `--preprocess` TOML says ([image] preprocessing, [postprocess] thresholds);
+    `labels`: class names (a detector's, say), overriding the data's."""
     opts = opts or SearchOptions()
     check_out(out, inputs=(model_path,))
+    if declared and "image" in declared:
+        ImageSpec.from_dict(declared["image"])  # a malformed declaration fails before the search, not after
     source, splits = fit_data(load_source(model_path), load_splits(data))
+    if labels:
+        source.labels = list(labels)
     result = search(source, splits, target, opts, log, progress)
     if result.chosen is not None:
         log("measuring the chosen model against the starting model on the test split")
@@ -82,13 +90,14 @@ def optimize(model_path: Path, data: str, target: TargetProfile, out: Path, opts
         (tmp / "report.json").write_text(render_json(report))
         (tmp / "report.html").write_text(render_html(report))
         if result.chosen is not None and result.chosen.model is not None:
-            manifest = _manifest(source, result, name or source.name, version, splits.train)
+            manifest = _manifest(source, result, name or source.name, version, splits.train, declared)
             write_bundle(tmp / "bundle", manifest, {"model.onnx": result.chosen.model.SerializeToString()})
             bundle_path = out / "bundle"
     return OptimizeOutcome(result, out, bundle_path, report)
 
 
-def _manifest(source: Source, result: SearchResult, name: str, version: str, train: Dataset) -> Manifest:
+def _manifest(source: Source, result: SearchResult, name: str, version: str, train: Dataset,
+              declared: dict[str, Any] | None = None) -> Manifest:
     chosen = result.chosen
     assert chosen is not None and chosen.model is not None
     m = chosen.model
@@ -100,12 +109,39 @@ def _manifest(source: Source, result: SearchResult, name: str, version: str, tra
         lo, hi = float(train.x.min()), float(train.x.max())
         pad = 0.1 * max(hi - lo, 1e-6)
         preprocessing["input_range"] = [lo - pad, hi + pad]
+    task = result.task
+    image = declared.get("image") if declared else None
+    if image is None and task is not None and task.name in ("classification", "detection") and not train.named:
+        spec = spec_from_data(source.preprocessing, train.sample_shape)
+        if spec is not None:  # detectors are fed letterboxed images, as YOLO exports expect
+            image = replace(spec, resize="letterbox" if task.name == "detection" else spec.resize).as_dict()
+    if image is not None:
+        preprocessing["image"] = ImageSpec.from_dict(image).as_dict()
+    labels = list(source.labels)
+    if task is not None and task.name == "detection" and task.layout is not None:
+        classes = _detector_classes(outputs(chosen.model), task.layout)
+        if classes and len(labels) != classes:  # numbered from the head's anchor axis by fit_data: renumber
+            labels = [str(i) for i in range(classes)]
+    post = postprocessing_for(task, labels) if task is not None else {}
+    post.update((declared or {}).get("postprocess", {}))
     return Manifest(
         name=name, version=version, target=result.target.name,
         inputs=[s.as_dict() for s in inputs(m)], outputs=[s.as_dict() for s in outputs(m)],
-        labels=list(source.labels), preprocessing=preprocessing,
+        labels=labels, preprocessing=preprocessing,
         precision=chosen.precision, recipe=[{"candidate": chosen.id}] + chosen.recipe, metrics=_jsonable(metrics),
-        task=result.task.name if result.task else "")
+        task=task.name if task else "", postprocessing=_jsonable(post))
+
+
+def _detector_classes(specs: list[Any], layout: Any) -> int | None:
+    """How many classes a detector's head scores, from its output shapes."""
+    try:
+        if layout.kind == "yolo":
+            dims = [d for d in specs[layout.boxes].shape if d != 1]
+            return int(dims[0] if layout.anchors_last else dims[1]) - 4
+        dims = [d for d in specs[layout.scores].shape if d != 1]
+        return int(dims[0] if layout.anchors_last else dims[-1])
+    except (IndexError, TypeError, ValueError):
+        return None
 
 
 def _jsonable(obj: Any) -> Any:

@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from edgewise.agent.serve.inputs import outputs_json
+from edgewise.agent.serve.inputs import BadInput, outputs_json
+from edgewise.media import ImageSpec, classify, decode, detect, prepare
 from edgewise.agent.serve.models import ModelManager
 from edgewise.agent.forward.queue import GroupCommitter, NewItem
 from edgewise.agent.forward.upstream import Upstream, UpstreamUnavailable
 from edgewise.bundle.split import tail_name
-from edgewise.errors import AgentError
+from edgewise.errors import AgentError, DataError
 
 TIERS = ("endpoint", "node", "server")
 # All a result event carries upstream, with short keys because results are most of what a device sends:
@@ -110,6 +111,36 @@ class Inference:
             self.counts["samples"] += 1
             self.counts["local"] += 1
         return answer
+
+    def answer_image(self, name: str, raw: bytes) -> dict[str, Any]:
+        """A JPEG/PNG through the bundle's declared preprocessing and postprocessing: boxes in the image's
+        own pixels, or label, score and the top k (classifiers also go through the cascade and the queue)."""
+        m = self.models.get(name)
+        spec_doc = (m.manifest.preprocessing or {}).get("image")
+        if spec_doc is None:
+            raise BadInput(f"model {name} declares no image preprocessing: send its input tensor (JSON or .npy), "
+                           "or optimize it with --preprocess")
+        try:
+            prepared = prepare(decode(raw), ImageSpec.from_dict(spec_doc))
+        except DataError as e:
+            raise BadInput(str(e)) from e
+        post = m.manifest.postprocessing or {}
+        labels = list(m.manifest.labels)
+        if task_of(m.manifest) == "classification":
+            results = self.predict(name, prepared.tensor)
+            top = classify(np.asarray(results[0]["outputs"]), labels, int(post.get("top_k", 5)))
+            return {"task": "classification", **{k: results[0][k] for k in ("tier", "degraded", "latency_ms")},
+                    **top, "image_size": list(prepared.original)}
+        if post.get("kind") != "detection":
+            raise BadInput(f"model {name} ({task_of(m.manifest)}) has no image answer yet; send its input tensor")
+        t0 = time.perf_counter()
+        m.requests += 1
+        outs = m.session.run(None, {m.input_name: prepared.tensor})
+        found = detect(outs, post, prepared, labels)
+        self.counts["requests"] += 1
+        self.counts["samples"] += 1
+        self.counts["local"] += 1
+        return {"task": "detection", **found, "latency_ms": (time.perf_counter() - t0) * 1e3}
 
     def predict(self, name: str, x: np.ndarray | dict[str, np.ndarray]) -> list[dict[str, Any]]:
         """Label and score per sample of a single-input batch (or one feed by name), with the cascade."""

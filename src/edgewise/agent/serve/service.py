@@ -50,7 +50,9 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         (Content-Type: application/x-npy). Several inputs: JSON `{"inputs": {name: [...]}}` or an `.npz`
         body (application/x-npz). The answer holds every output by name (dtype, shape, data; as an .npz
         with `Accept: application/x-npz`); classifiers add `results` (label, score), and their
-        low-confidence samples go to the tier above when the privacy policy allows."""
+        low-confidence samples go to the tier above when the privacy policy allows. A JPEG or PNG body
+        (image/jpeg, image/png) goes through the bundle's declared preprocessing and answers `boxes`
+        (label, score, box in the image's pixels) or `label`, `score` and `top`."""
         if inference is None:
             return JSONResponse({"error": "this agent serves no models"}, status_code=404)
         body = await request.body()
@@ -66,16 +68,20 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         except AgentError as e:
             return failed("unknown_model", 404, e)
         try:
-            if ctype == "application/x-npy":
-                inputs = parse_npy(body)
-            elif ctype in ("application/x-npz", "application/zip"):
-                inputs = parse_npz(body)
-            elif ctype in ("application/json", ""):
-                inputs = parse_json_inputs(load_json(body))
+            if ctype in ("image/jpeg", "image/png"):  # decoded and prepared as the bundle declares
+                answer = await run_in_threadpool(inference.answer_image, name, body)
             else:
-                return JSONResponse({"error": f"unsupported content type {ctype!r}: use application/json, "
-                                              "application/x-npy or application/x-npz"}, status_code=415)
-            answer = await run_in_threadpool(inference.answer, name, feed_for(inputs, manifest))
+                if ctype == "application/x-npy":
+                    inputs = parse_npy(body)
+                elif ctype in ("application/x-npz", "application/zip"):
+                    inputs = parse_npz(body)
+                elif ctype in ("application/json", ""):
+                    inputs = parse_json_inputs(load_json(body))
+                else:
+                    return JSONResponse({"error": f"unsupported content type {ctype!r}: use application/json, "
+                                                  "application/x-npy, application/x-npz, image/jpeg or image/png"},
+                                        status_code=415)
+                answer = await run_in_threadpool(inference.answer, name, feed_for(inputs, manifest))
         except BadInput as e:
             return failed("bad_input", 422, e)
         except (ModelBudgetExceeded, QueueFull) as e:
@@ -84,12 +90,12 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
             return failed("storage", 507, e)
         except AgentError as e:  # the model cannot be loaded or run (a changed file, a broken build)
             return failed("model_unavailable", 503, e)
-        if "application/x-npz" in request.headers.get("accept", ""):
+        if "outputs" in answer and "application/x-npz" in request.headers.get("accept", ""):
             buf = io.BytesIO()
             np.savez(buf, **{k: np.asarray(v["data"], dtype=v["dtype"]) for k, v in answer["outputs"].items()})
             return Response(buf.getvalue(), media_type="application/x-npz",
                             headers={"X-Edgewise-Model": name, "X-Edgewise-Version": manifest.version})
-        return JSONResponse({**answer, "tier": tier, "model": name, "version": manifest.version})
+        return JSONResponse({**answer, "tier": answer.get("tier", tier), "model": name, "version": manifest.version})
 
     @app.post("/v1/events")
     async def post_events(request: Request) -> JSONResponse:
