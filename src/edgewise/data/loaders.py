@@ -119,7 +119,8 @@ def _user_dataset(path: Path, x: np.ndarray, y: np.ndarray | None) -> Dataset:
 
 
 def load(spec: str) -> Dataset:
-    """A bundled name (`digits`, `digits:64`, `basicmotions`, `textlines`) or a `.npz` / `.csv` path."""
+    """A bundled name (`digits`, `digits:64`, `basicmotions`, `textlines`, `photos:SIZE`), a `.npz` / `.csv`
+    path, or a folder of images (`DIR` or `DIR:SIZE`, one subfolder per class)."""
     name, _, arg = spec.partition(":")
     if name == "digits":
         if arg and not arg.isdigit():
@@ -138,9 +139,16 @@ def load(spec: str) -> Dataset:
 
         return textlines(int(arg) if arg.isdigit() else 600)
     path = Path(spec)
+    head, _, size = spec.rpartition(":")
+    if size.isdigit() and Path(head).is_dir():
+        path = Path(head)
+    if path.is_dir():
+        from edgewise.data.imagefolder import image_folder
+
+        return image_folder(path, int(size) if size.isdigit() and path != Path(spec) else 96)
     if path.suffix.lower() not in (".npz", ".csv"):
         known = ", ".join(BUNDLED)
-        raise DataError(f"unknown dataset {spec!r}: use one of {known}, or a .npz / .csv file")
+        raise DataError(f"unknown dataset {spec!r}: use one of {known}, a .npz / .csv file, or a folder of images")
     if not path.is_file():
         raise DataError(f"dataset file not found: {path}")
     return _npz(path) if path.suffix.lower() == ".npz" else _csv(path)
