@@ -387,6 +387,12 @@ def agent(
     samples_max_mb: Annotated[float | None, typer.Option(help="labelled samples kept for federated training "
                                                               "(POST /v1/samples), at most this many MB; 0 = off "
                                                               "[default: 64]")] = None,
+    stream: Annotated[list[str] | None, typer.Option(help="NAME=SOURCE: a video file, rtsp:// URL or /dev/videoN "
+                                                          "to answer frame by frame (repeatable); answers go "
+                                                          "through the queue, frames never leave")] = None,
+    fps: Annotated[float | None, typer.Option(help="frames a second each stream is sampled at [default: 5]")] = None,
+    stream_model: Annotated[str | None, typer.Option(help="the model that answers the streams (default: the only "
+                                                          "one served)")] = None,
 ) -> None:
     """Serve bundles over HTTP (POST /predict, POST /v1/samples, GET /health, GET /metrics, docs at /docs).
 
@@ -398,7 +404,8 @@ def agent(
 
     overrides = {"bundles": bundle or None, "tier": tier, "data_dir": data_dir, "upstream": upstream, "port": port,
                  "host": host, "escalate": escalate, "runtime": runtime, "mqtt": mqtt, "fleet_poll_s": fleet_poll,
-                 "trust": trust or None, "samples_max_mb": samples_max_mb}
+                 "trust": trust or None, "samples_max_mb": samples_max_mb, "streams": stream or None,
+                 "stream_fps": fps, "stream_model": stream_model}
     if config is not None:
         cfg = AgentConfig.from_toml(config, **overrides)
     else:

@@ -44,6 +44,9 @@ class AgentConfig:
     samples_max_mb: float = 64.0  # labelled samples kept for federated training (POST /v1/samples); 0 = off
     review_offline: bool = True
     send_results: bool = True
+    streams: list[str] = field(default_factory=list)  # NAME=SOURCE: video files, rtsp:// URLs, /dev/videoN
+    stream_fps: float = 5.0
+    stream_model: str | None = None  # default: the only model served
 
     @classmethod
     def from_toml(cls, path: Path, **overrides: Any) -> AgentConfig:
@@ -81,8 +84,11 @@ class Agent:
     audit: AuditLog
     mqtt: Any = None
     updater: Any = None
+    streams: list[Any] = field(default_factory=list)
 
     def close(self) -> None:
+        for s in self.streams:
+            s.stop()
         if self.updater is not None:
             self.updater.stop()
         if self.mqtt is not None:
@@ -136,10 +142,26 @@ def build_agent(cfg: AgentConfig) -> Agent:
         from edgewise.agent.samples import FILENAME, SampleStore
 
         samples = SampleStore(cfg.data_dir / FILENAME, int(cfg.samples_max_mb * 2**20))
-    app = create_app(events, syncer, queue, cfg.tier, inference, bridge, updater, samples)
+    streams = []
+    if cfg.streams:
+        from edgewise.agent.serve.streams import Stream, parse_stream
+
+        if inference is None:
+            raise AgentError("--stream needs a --bundle to answer with")
+        model = cfg.stream_model or (models.names[0] if len(models.names) == 1 else None)
+        if model is None:
+            raise AgentError(f"several models are served; name the one for the streams with --stream-model "
+                             f"({', '.join(models.names)})")
+        specs = [parse_stream(s) for s in cfg.streams]
+        if len({n for n, _ in specs}) != len(specs):
+            raise AgentError("stream names must differ")
+        streams = [Stream(n, src, model, inference, committer, cfg.stream_fps) for n, src in specs]
+    app = create_app(events, syncer, queue, cfg.tier, inference, bridge, updater, samples, streams)
     if updater is not None:
         updater.start()
-    return Agent(cfg, app, inference, queue, committer, syncer, events, audit, bridge, updater)
+    for s in streams:
+        s.start()
+    return Agent(cfg, app, inference, queue, committer, syncer, events, audit, bridge, updater, streams)
 
 
 def serve(cfg: AgentConfig) -> None:

@@ -115,13 +115,21 @@ class Inference:
     def answer_image(self, name: str, raw: bytes) -> dict[str, Any]:
         """A JPEG/PNG through the bundle's declared preprocessing and postprocessing: boxes in the image's
         own pixels, or label, score and the top k (classifiers also go through the cascade and the queue)."""
+        try:
+            im = decode(raw)
+        except DataError as e:
+            raise BadInput(str(e)) from e
+        return self.answer_picture(name, im)
+
+    def answer_picture(self, name: str, im: Any) -> dict[str, Any]:
+        """A decoded picture (a Pillow image: a request's, or a video frame's) -> the bundle's answer."""
         m = self.models.get(name)
         spec_doc = (m.manifest.preprocessing or {}).get("image")
         if spec_doc is None:
             raise BadInput(f"model {name} declares no image preprocessing: send its input tensor (JSON or .npy), "
                            "or optimize it with --preprocess")
         try:
-            prepared = prepare(decode(raw), ImageSpec.from_dict(spec_doc))
+            prepared = prepare(im, ImageSpec.from_dict(spec_doc))
         except DataError as e:
             raise BadInput(str(e)) from e
         post = m.manifest.postprocessing or {}

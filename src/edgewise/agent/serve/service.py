@@ -33,7 +33,8 @@ MAX_BODY_BYTES = 16 * 2**20
 
 
 def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any = None, tier: str = "server",
-               inference: Any = None, mqtt: Any = None, ota: Any = None, samples: Any = None) -> FastAPI:
+               inference: Any = None, mqtt: Any = None, ota: Any = None, samples: Any = None,
+               streams: list[Any] | None = None) -> FastAPI:
     app = FastAPI(title=f"edgewise agent ({tier})", version="0.1.0")
     # Bodies are read up to the cap before any handler runs: a larger one (declared or chunked) is a 413.
     app.add_middleware(BodyCap, limit=MAX_BODY_BYTES)
@@ -173,7 +174,15 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
             out["ota"] = ota.status()
         if samples is not None:
             out["samples"] = samples.counts()
+        if streams:
+            out["streams"] = {s.name: s.stats.as_dict() for s in streams}
         return out
+
+    @app.get("/v1/streams")
+    def stream_answers() -> dict[str, Any]:
+        """Each video stream's figures and its last answers (boxes or labels; frames never leave)."""
+        return {s.name: {**s.stats.as_dict(), "source": s.source, "model": s.model, "recent": list(s.recent)}
+                for s in streams or []}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> str:
@@ -200,6 +209,16 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         if mqtt is not None:
             for k, v in mqtt.counts.items():
                 lines += [f"# TYPE edgewise_mqtt_{k}_total counter", f"edgewise_mqtt_{k}_total {v}"]
+        for s in streams or []:
+            st = s.stats.as_dict()
+            for k in ("frames_read", "frames_sampled", "frames_dropped", "inferences", "reconnects", "errors"):
+                lines += [f"# TYPE edgewise_stream_{k}_total counter",
+                          f'edgewise_stream_{k}_total{{stream="{s.name}"}} {st[k]}']
+            lines += ["# TYPE edgewise_stream_fps gauge", f'edgewise_stream_fps{{stream="{s.name}"}} {st["fps"]:.3f}']
+            if st["latency_p50_ms"] is not None:
+                lines += ["# TYPE edgewise_stream_latency_ms gauge",
+                          f'edgewise_stream_latency_ms{{stream="{s.name}",quantile="0.5"}} {st["latency_p50_ms"]:.2f}',
+                          f'edgewise_stream_latency_ms{{stream="{s.name}",quantile="0.99"}} {st["latency_p99_ms"]:.2f}']
         return "\n".join(lines) + "\n"
 
     return app
