@@ -4,6 +4,7 @@ device. A detector whose head is a constant makes the right answer known to the 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -48,14 +49,19 @@ def _jpeg(w: int, h: int, fmt: str = "JPEG") -> bytes:
     return buf.getvalue()
 
 
+def detector_bundle(root: Path, declared: dict | None = None):  # type: ignore[no-untyped-def]
+    """The constant detector, optimized (fused only) into a bundle named kites with LABELS."""
+    onnx.save(_constant_detector(), str(root / "det.onnx"))
+    opts = SearchOptions(only=("baseline-fused",), measure_memory=False, latency_runs=5, task="detection")
+    return optimize(root / "det.onnx", "photos:160", load_target("cortex-a"), root / "opt", opts, name="kites",
+                    declared=declared, labels=LABELS)
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("images")
-    onnx.save(_constant_detector(), str(root / "det.onnx"))
-    opts = SearchOptions(only=("baseline-fused",), measure_memory=False, latency_runs=5, task="detection")
-    out = optimize(root / "det.onnx", "photos:160", load_target("cortex-a"), root / "opt", opts, name="kites",
-                   declared={"image": {"size": [160, 160], "resize": "letterbox", "scale": 1 / 255},
-                             "postprocess": {"conf": 0.5}}, labels=LABELS)
+    out = detector_bundle(root, {"image": {"size": [160, 160], "resize": "letterbox", "scale": 1 / 255},
+                                 "postprocess": {"conf": 0.5}})
     from edgewise.zoo import corpus
 
     cls_model, data = corpus.build("mobilenetv3-small", root / "cls")

@@ -10,18 +10,14 @@ import subprocess
 import time
 from pathlib import Path
 
-import onnx
 import pytest
 from fastapi.testclient import TestClient
 
 from edgewise.agent.forward.receiver import EventStore
 from edgewise.agent.runner import AgentConfig, build_agent
-from edgewise.optimize.pipeline import optimize
-from edgewise.optimize.search import SearchOptions
-from edgewise.targets import load_target
 
 from .conftest import AgentProc, free_port, wait_for
-from .test_images import LABELS, _constant_detector
+from .test_images import detector_bundle
 
 pytestmark = pytest.mark.e2e
 if shutil.which("ffmpeg") is None:
@@ -68,11 +64,7 @@ class RtspCamera:
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory):  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("streams")
-    onnx.save(_constant_detector(), str(root / "det.onnx"))
-    opts = SearchOptions(only=("baseline-fused",), measure_memory=False, latency_runs=5, task="detection")
-    out = optimize(root / "det.onnx", "photos:160", load_target("cortex-a"), root / "opt", opts, name="kites",
-                   labels=LABELS)
-    return out.bundle, _video(root / "clip.mp4")
+    return detector_bundle(root).bundle, _video(root / "clip.mp4")
 
 
 def test_two_streams_one_model_detections_queued_and_a_cut_stream_comes_back(detector, tmp_path):

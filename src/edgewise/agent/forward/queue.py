@@ -14,7 +14,8 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,31 +103,37 @@ class DurableQueue:
         incoming = sum(r[5] for r in rows)
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._make_room(incoming, now)
-                before = self._db.total_changes
-                self._db.executemany("INSERT OR IGNORE INTO items (key, topic, priority, created, expires, size, payload)"
-                                     " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-                added = self._db.total_changes - before
-                self._bump("appended", added)
-                self._db.execute("COMMIT")
-                if added == len(rows):
-                    self._bytes += incoming
-                else:  # some keys were already queued
-                    self._bytes = self._count_bytes()
+                with self._tx(f"write ({len(rows)} item(s) not stored)"):
+                    self._make_room(incoming, now)
+                    before = self._db.total_changes
+                    self._db.executemany("INSERT OR IGNORE INTO items (key, topic, priority, created, expires, size, "
+                                         "payload) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                    added = self._db.total_changes - before
+                    self._bump("appended", added)
             except QueueFull:
-                self._db.execute("ROLLBACK")
                 self._count_outside("refused_full", len(rows))
                 raise
-            except sqlite3.OperationalError as e:
-                self._rollback()
-                if "full" in str(e).lower():
-                    raise StorageError(f"disk full under {self.path}: {len(rows)} item(s) not stored") from e
-                raise StorageError(f"queue write failed: {e}") from e
-            except BaseException:  # a bad item, an interrupt: never leave the transaction open
-                self._rollback()
-                raise
+            if added == len(rows):
+                self._bytes += incoming
+            else:  # some keys were already queued
+                self._bytes = self._count_bytes()
         return [r[0] for r in rows]
+
+    @contextmanager
+    def _tx(self, what: str) -> Iterator[None]:
+        """One IMMEDIATE transaction, committed at the end of the block; on any error rolled back (never
+        left open for the next caller), SQLite's own failures (a full disk among them) as StorageError."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as e:
+            self._rollback()
+            full = "full" in str(e).lower()
+            raise StorageError(f"{'disk full under ' + str(self.path) if full else 'queue'}: {what} failed: {e}") from e
+        except BaseException:  # a bad item, a refusal, an interrupt
+            self._rollback()
+            raise
 
     def _make_room(self, incoming: int, now: float) -> None:
         if self.max_age_s is not None:
@@ -155,20 +162,12 @@ class DurableQueue:
         """Up to `limit` items, highest priority first, then oldest; expired items are removed and counted."""
         now = time.time()
         with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
+            with self._tx("read"):
                 n = self._db.execute("DELETE FROM items WHERE expires IS NOT NULL AND expires < ?", (now,)).rowcount
                 if n:
                     self._bump("expired", n)
                 rows = self._db.execute("SELECT key, topic, payload, priority, created, expires FROM items "
                                         "ORDER BY priority DESC, seq LIMIT ?", (limit,)).fetchall()
-                self._db.execute("COMMIT")
-            except sqlite3.OperationalError as e:
-                self._rollback()
-                raise StorageError(f"queue read failed: {e}") from e
-            except BaseException:
-                self._rollback()
-                raise
             if n:
                 self._bytes = self._count_bytes()
         return [Item(*r) for r in rows]
@@ -177,19 +176,11 @@ class DurableQueue:
         """Delete delivered items (unknown keys are ignored: an ack may be repeated)."""
         keys = list(keys)
         with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
+            with self._tx("ack"):
                 before = self._db.total_changes
                 self._db.executemany("DELETE FROM items WHERE key = ?", [(k,) for k in keys])
                 removed = self._db.total_changes - before
                 self._bump("acked", removed)
-                self._db.execute("COMMIT")
-            except sqlite3.OperationalError as e:
-                self._rollback()
-                raise StorageError(f"queue ack failed: {e}") from e
-            except BaseException:
-                self._rollback()
-                raise
             self._bytes = self._count_bytes()
         return removed
 
