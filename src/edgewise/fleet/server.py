@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from edgewise import openapi_bodies as bodies
 from edgewise import protocol
 from edgewise.bundle.signing import TrustStore, generate_keys, load_private, public_pem
 from edgewise.errors import FleetConflict, FleetError, FleetNotFound
@@ -133,7 +134,7 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
         return data
 
     # ---- admin --------------------------------------------------------------------------------------
-    @app.post("/v1/admin/models")
+    @app.post("/v1/admin/models", openapi_extra=bodies.UPLOAD)
     async def upload(request: Request, who: str = Depends(admin)) -> dict[str, Any]:
         """Upload a bundle archive (tar, as `edgewise fleet upload` makes; tar.gz is read too)."""
         return await run_in_threadpool(store.add_model, await request.body(), who)
@@ -142,7 +143,7 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
     def models(_: str = Depends(admin)) -> list[dict[str, Any]]:
         return store.models()
 
-    @app.post("/v1/admin/enroll-tokens")
+    @app.post("/v1/admin/enroll-tokens", openapi_extra=bodies.ENROLL_TOKENS)
     async def enroll_token(request: Request, _: str = Depends(admin)) -> dict[str, Any]:
         """One token, or `count` of them (a production line provisioning a batch)."""
         data = await body_json(request)
@@ -160,7 +161,7 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
     def devices(tag: str | None = None, _: str = Depends(admin)) -> list[dict[str, Any]]:
         return store.devices(tag)
 
-    @app.put("/v1/admin/devices/{device_id}/tags")
+    @app.put("/v1/admin/devices/{device_id}/tags", openapi_extra=bodies.TAGS)
     async def tags(device_id: str, request: Request, _: str = Depends(admin)) -> dict[str, str]:
         tags = (await body_json(request)).get("tags", [])
         if not isinstance(tags, list) or not all(isinstance(t, str) and len(t) <= 100 for t in tags):
@@ -172,7 +173,7 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
     def timeline(device_id: str, _: str = Depends(admin)) -> list[dict[str, Any]]:
         return store.timeline(device_id)
 
-    @app.post("/v1/admin/rollouts")
+    @app.post("/v1/admin/rollouts", openapi_extra=bodies.ROLLOUT)
     async def create_rollout(request: Request, who: str = Depends(admin)) -> dict[str, Any]:
         d = await body_json(request)
         try:
@@ -195,7 +196,7 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
         return store.control(rid, action, f"{action} by {who}")
 
     # ---- devices ------------------------------------------------------------------------------------
-    @app.post(protocol.ENROLL)
+    @app.post(protocol.ENROLL, openapi_extra=bodies.ENROLL)
     async def enroll(request: Request) -> dict[str, str]:
         d = await body_json(request)
         if not isinstance(d.get("token"), str) or not isinstance(d.get("name", ""), str):
@@ -218,7 +219,7 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
         resp.chunk_size = 1 << 20  # 64 KB chunks cost a thread hop each: 16x fewer for 5 MB bundles
         return resp
 
-    @app.post(protocol.REPORT)
+    @app.post(protocol.REPORT, openapi_extra=bodies.REPORT)
     async def report(request: Request, device_id: str = Depends(device)) -> dict[str, bool]:
         await run_in_threadpool(store.report, device_id, await body_json(request))
         return {"ok": True}

@@ -27,6 +27,7 @@ from edgewise.agent.serve.models import ModelBudgetExceeded
 from edgewise.agent.forward.receiver import EventStore
 from edgewise.agent.forward.upstream import decode_batch
 from edgewise.errors import AgentError, DataError, QueueFull, StorageError
+from edgewise import openapi_bodies as bodies
 from edgewise.httplimits import BodyCap
 
 MAX_BODY_BYTES = 16 * 2**20
@@ -45,7 +46,7 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         errors[kind] += 1
         return JSONResponse({"error": str(e)}, status_code=status)
 
-    @app.post("/predict", response_model=None)
+    @app.post("/predict", response_model=None, openapi_extra=bodies.PREDICT)
     async def predict(request: Request, model: str | None = None) -> Response:
         """Run a model. One input: JSON `{"inputs": [...]}` (batch first) or a binary `.npy` body
         (Content-Type: application/x-npy). Several inputs: JSON `{"inputs": {name: [...]}}` or an `.npz`
@@ -98,7 +99,7 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
                             headers={"X-Edgewise-Model": name, "X-Edgewise-Version": manifest.version})
         return JSONResponse({**answer, "tier": answer.get("tier", tier), "model": name, "version": manifest.version})
 
-    @app.post("/v1/events")
+    @app.post("/v1/events", openapi_extra=bodies.EVENTS)
     async def post_events(request: Request) -> JSONResponse:
         """Store a batch from the tier below; 200 only once it is durable. Duplicate keys are ignored."""
         if events is None:
@@ -119,7 +120,7 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         received["duplicates"] += len(items) - new
         return JSONResponse({"stored": new, "duplicates": len(items) - new})
 
-    @app.post("/v1/samples")
+    @app.post("/v1/samples", openapi_extra=bodies.SAMPLES)
     async def post_samples(request: Request, model: str | None = None) -> JSONResponse:
         """Keep labelled samples on this device for federated training: JSON `{"inputs": [...], "labels":
         [...]}`. They stay here; `edgewise federate join` trains on them and sends only weights."""
