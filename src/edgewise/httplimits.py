@@ -163,6 +163,7 @@ async def _reply(send: Any, status: int, message: str, extra: dict[str, str] | N
 
 
 IDLE_TIMEOUT_S = 5.0
+HEADER_TIMEOUT_S = 10.0  # from the first byte (or the last response) to a request's complete headers
 
 
 def serve_http(app: Any, host: str, port: int, max_connections: int = 4096) -> None:
@@ -180,10 +181,37 @@ def serve_http(app: Any, host: str, port: int, max_connections: int = 4096) -> N
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class TimedH11(H11Protocol):  # type: ignore[misc]
+        """Idle connections get uvicorn's keep-alive timer from the start; a request's headers must be
+        complete within HEADER_TIMEOUT_S of the connection (or of its last response), so a client that
+        trickles header bytes (slowloris) cannot hold a connection either."""
+
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
                                                                 self.timeout_keep_alive_handler)
+            self._arm_header_timer()
+
+        def _arm_header_timer(self) -> None:
+            self._header_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._headers_too_slow)
+            self._cycle_at_arm = self.cycle
+
+        def _headers_too_slow(self) -> None:
+            if self.cycle is self._cycle_at_arm and not self.transport.is_closing():
+                self.transport.close()  # no new request began in time
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not self._cycle_at_arm:  # headers complete: a request is running
+                self._header_timer.cancel()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm_header_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._header_timer.cancel()
+            super().connection_lost(exc)
 
     if not logging.getLogger().handlers:  # a service logs one line per event, with its level, to stderr
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -180,3 +180,45 @@ def test_idle_connections_are_closed_and_never_starve_health(tier_bundles, tmp_p
         for s in socks:
             s.close()
         agent.kill()
+
+
+@pytest.mark.e2e
+def test_a_client_trickling_header_bytes_is_cut_off(tier_bundles, tmp_path):
+    """Slowloris: one header byte a second keeps a connection busy forever unless headers have a deadline."""
+    import socket
+    import urllib.request
+
+    from edgewise.httplimits import HEADER_TIMEOUT_S
+
+    from .conftest import AgentProc, free_port
+
+    agent = AgentProc(["--tier", "server", "--bundle", str(tier_bundles["server"])], free_port(), tmp_path).start()
+    try:
+        s = socket.create_connection(("127.0.0.1", agent.port), timeout=5)
+        start, closed = time.time(), False
+        s.sendall(b"GET /health HTTP/1.1\r\n")
+        while time.time() - start < HEADER_TIMEOUT_S + 6:
+            try:
+                s.sendall(b"X")
+                s.settimeout(1.0)
+                if s.recv(1) == b"":
+                    closed = True
+                    break
+            except socket.timeout:
+                continue
+            except OSError:
+                closed = True
+                break
+        assert closed and time.time() - start < HEADER_TIMEOUT_S + 4
+        assert b'"status":"ok"' in urllib.request.urlopen(agent.url + "/health", timeout=5).read()
+        # a normal keep-alive client making requests back to back is not cut off
+        import http.client
+
+        c = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=5)
+        for _ in range(3):
+            c.request("GET", "/health")
+            assert c.getresponse().read()
+            time.sleep(1)
+        c.close()
+    finally:
+        agent.kill()
