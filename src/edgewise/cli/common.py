@@ -1,0 +1,201 @@
+"""What every group of verbs shares: the consoles, number formats, the search progress and table, and
+the small readers of option files."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from edgewise.errors import EdgewiseError
+
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+out_console = Console(soft_wrap=True)
+
+
+def _kb(n: float | None) -> str:
+    return "-" if n is None else (f"{n / 1024:,.1f} KB" if n < 10 * 2**20 else f"{n / 2**20:,.1f} MB")
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v * 100:.2f}%"
+
+
+def _train(model: str, data: str, out: Path, epochs: int, width: float, seed: int) -> Any:
+    from edgewise.data import load_splits
+    from edgewise.zoo import TrainConfig
+    from edgewise.zoo import train as train_model
+
+    splits = load_splits(data, seed=seed)
+    cfg = TrainConfig(epochs=epochs, seed=seed)
+    with Progress(TextColumn("[bold]training {task.fields[arch]}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("train", total=cfg.epochs_for(len(splits.train)), arch=model, status="")
+
+        def on_epoch(epoch: int, total: int, m: dict[str, float]) -> None:
+            progress.update(task, completed=epoch, total=total,
+                            status=f"loss {m['loss']:.3f}  val {m['val_accuracy'] * 100:.1f}%")
+
+        trained = train_model(model, splits, cfg, width=width, on_epoch=on_epoch)
+    from edgewise.fsutil import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        trained.save(tmp)
+    out_console.print(f"trained [bold]{model}[/] on {data}: {trained.params:,} params, "
+                      f"val {_pct(trained.metrics['val_accuracy'])}, test {_pct(trained.metrics['test_accuracy'])}")
+    out_console.print(f"wrote {out}/model.onnx, checkpoint.pt, train.json")
+    return trained
+
+
+class _SearchProgress:
+    """One line per step (`log`), and a bar with an ETA for each step whose amount of work is known."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
+                            transient=True)
+        self.tasks: dict[str, Any] = {}
+        self.start = time.monotonic()
+
+    def __enter__(self) -> _SearchProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)  # type: ignore[arg-type]
+
+    def log(self, msg: str) -> None:
+        self.bar.console.print(f"[dim]{time.monotonic() - self.start:5.0f}s[/] {msg}", highlight=False)
+
+    def progress(self, what: str, done: int, total: int) -> None:
+        if what not in self.tasks:
+            for t in self.tasks.values():
+                self.bar.update(t, visible=False)
+            self.tasks[what] = self.bar.add_task(what, total=total)
+        self.bar.update(self.tasks[what], completed=done, total=total, visible=done < total)
+
+
+def _short(cid: str) -> str:
+    return cid.removeprefix("baseline-")
+
+
+def _verdict(c: Any, chosen: Any) -> str:
+    """Short enough for one or two lines at 80 columns; report.html has every reason in full."""
+    if c.status != "ok":
+        reason = c.reason if len(c.reason) <= 70 else c.reason[:67] + "..."
+        return "[red]rejected[/]: " + escape(reason)
+    if c.violations:
+        return escape("; ".join(c.violations))
+    if c is chosen:
+        return "[green]chosen[/]"
+    return "fits, slower than start" if c.metrics.get("slower_than_start") else "fits"
+
+
+def _print_search(outcome: Any) -> None:
+    """The candidate table: fits 80 columns (details are in report.html); the size column is what the
+    decision used (flash on MCUs), and an estimated latency is marked as such."""
+    r = outcome.result
+    estimated = not r.target.runs_onnxruntime
+    kind = r.baseline.metrics.get("fidelity_kind", "score").replace("_agreement", "").replace("_", " ")
+    task = f", task {r.task.name}" if r.task else ""
+    table = Table(title=f"{outcome.report['model']} on {r.target.name}{task}", title_justify="left",
+                  caption=("~ latency estimated from MACs, not measured; " if estimated else "")
+                  + "full table: report.html", caption_justify="left", pad_edge=False, box=box.SIMPLE_HEAD)
+    table.add_column("candidate", no_wrap=True, overflow="ellipsis", max_width=26)
+    table.add_column(kind[:9], justify="right", no_wrap=True)
+    table.add_column("drop", justify="right", no_wrap=True)
+    table.add_column("flash" if estimated else "size", justify="right", no_wrap=True)
+    table.add_column("ms", justify="right", no_wrap=True)
+    table.add_column("verdict", overflow="fold", ratio=1)
+    for c in [r.baseline] + r.candidates:
+        m = c.metrics
+        size = m.get("flash_bytes", m.get("size_bytes"))
+        ms = "-" if "latency_p50_ms" not in m else ("~" if estimated else "") + f"{m['latency_p50_ms']:.2f}"
+        table.add_row(_short(c.id), _pct(m.get("score")),
+                      "-" if "accuracy_drop_points" not in m else f"{m['accuracy_drop_points']:+.2f}",
+                      _kb(size), ms, _verdict(c, r.chosen))
+    out_console.print(table)
+    if r.not_tried:
+        out_console.print(f"not tried (time budget): {', '.join(_short(c) for c in r.not_tried)}")
+    for note in r.notes:
+        if not note.startswith("time budget"):
+            out_console.print(f"[dim]note:[/] {note}", highlight=False)
+    if r.chosen is None:
+        for c in outcome.report.get("closest", []):
+            out_console.print(f"closest: {_short(c['id'])} lacks " + "; ".join(c["lacks"]))
+        return
+    f = r.final
+    out_console.print(f"[bold green]chosen[/] {r.why}")
+    lat = "estimated p50" if estimated else "p50"
+    out_console.print(f"test split: {f['fidelity_kind'].replace('_', ' ')} {_pct(f['baseline_accuracy'])} -> "
+                      f"{_pct(f['accuracy'])}, size {_kb(f['baseline_size_bytes'])} -> {_kb(f['size_bytes'])}, "
+                      f"{lat} {f['baseline_latency_p50_ms']:.3f} -> {f['latency_p50_ms']:.3f} ms")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise EdgewiseError(f"cannot read {path}: {e}") from e
+    unknown = set(doc) - {"image", "postprocess"}
+    if unknown:
+        raise EdgewiseError(f"{path}: unknown sections {', '.join(sorted(unknown))} (use [image] and [postprocess])")
+    return doc
+
+
+def _read_labels(path: Path) -> list[str]:
+    try:
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise EdgewiseError(f"cannot read labels from {path}: {e}") from e
+    if not names:
+        raise EdgewiseError(f"{path} holds no class names")
+    return names
+
+
+def _load_models(models: list[tuple[str, Path]], splits: Any) -> tuple[list[tuple[str, Any, Any]], set[str]]:
+    """Load each model and fit the data to it; bundles for int8-only targets are scored as the device would."""
+    from edgewise.bundle import read_bundle
+    from edgewise.source import fit_data, load_source
+    from edgewise.targets import load_target
+
+    loaded, reference = [], set()
+    for label, path in models:
+        src, sp = fit_data(load_source(path), splits)
+        loaded.append((label, src.model, sp))
+        if (path / "manifest.json").is_file():
+            target = read_bundle(path).target
+            try:
+                if load_target(target).int8_only:
+                    reference.add(label)
+            except EdgewiseError:
+                pass  # a bundle for a target this install does not know: score it as ONNX Runtime runs it
+    return loaded, reference
+
+
+out = Console()
+
+
+Server = Annotated[str, typer.Option(envvar="EDGEWISE_FLEET", help="fleet server URL")]
+
+
+Token = Annotated[str, typer.Option(envvar="EDGEWISE_ADMIN_TOKEN", help="admin token (or $EDGEWISE_ADMIN_TOKEN)")]
+
+
+def _client(server: str, token: str):  # type: ignore[no-untyped-def]
+    from edgewise.fleet.client import FleetClient
+
+    return FleetClient(server, token)

@@ -1,0 +1,278 @@
+"""Verbs of the model lifecycle: train, optimize, bench, compile, import, quickstart."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.table import Table
+
+from edgewise.errors import EdgewiseError
+from edgewise.cli.app import app
+from edgewise.cli.common import (console, out_console, _kb, _pct, _SearchProgress, _print_search, _read_toml, _read_labels, _load_models, _train)
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Option("--model", "-m", help="zoo architecture: mlp, cnn, dscnn, cnn1d, mobilenetv3-small")],
+    data: Annotated[str, typer.Option("--data", "-d", help="digits, digits:64, basicmotions, textlines, or a .npz/.csv file")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output directory (model.onnx, checkpoint.pt, train.json)")],
+    epochs: Annotated[int, typer.Option(help="training epochs (small sets get more, to reach 300 steps)")] = 30,
+    width: Annotated[float, typer.Option(help="channel width multiplier")] = 1.0,
+    seed: Annotated[int, typer.Option(help="seed for the split and training")] = 0,
+) -> None:
+    """Train a zoo model on DATA, evaluate it on the test split, and export ONNX.
+
+    Example: edgewise train --model cnn --data digits --out runs/cnn
+    """
+    _train(model, data, out, epochs, width, seed)
+
+
+@app.command()
+def optimize(
+    model: Annotated[Path, typer.Argument(help="an .onnx file, a `train` output directory, or a bundle")],
+    target: Annotated[str, typer.Option("--target", "-t", help="mcu-256k, cortex-a, edge-node, edge-server or a .toml")],
+    data: Annotated[str, typer.Option("--data", "-d", help="calibration/validation/test data (bundled name or file)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output directory: bundle/, report.html, report.json")],
+    max_accuracy_drop: Annotated[float, typer.Option(help="tolerated accuracy drop, percentage points")] = 1.0,
+    torch_passes: Annotated[bool, typer.Option(help="try structured pruning and distillation (zoo models)")] = True,
+    calibration_samples: Annotated[int, typer.Option(help="upper bound on calibration samples")] = 256,
+    recipe: Annotated[list[str] | None, typer.Option(help="only candidates whose id matches this glob, e.g. "
+                                                       "'baseline-int8-percentile*' or 'pruned-*' (repeatable)")] = None,
+    name: Annotated[str | None, typer.Option(help="bundle name (default: the model's)")] = None,
+    version: Annotated[str, typer.Option(help="bundle semantic version")] = "0.1.0",
+    task: Annotated[str | None, typer.Option(help="what the outputs mean: classification, detection, segmentation, "
+                                                  "ctc or regression (default: inferred from the outputs)")] = None,
+    time_budget: Annotated[float, typer.Option(help="seconds for the search; the most promising candidates run "
+                                                    "first, the rest are listed as not tried (0 = no limit)")] = 120,
+    max_latency_ms: Annotated[float | None, typer.Option(help="hard latency budget (the target's own figure "
+                                                               "only ranks candidates)")] = None,
+    max_ram_kb: Annotated[float | None, typer.Option(help="hard RAM budget in KB")] = None,
+    max_flash_kb: Annotated[float | None, typer.Option(help="hard flash / model size budget in KB")] = None,
+    preprocess: Annotated[Path | None, typer.Option(help="a TOML declaring how raw input becomes the tensor: [image] "
+                                                          "size, resize (letterbox|stretch), color, scale, mean, "
+                                                          "std, layout; and [postprocess] conf, iou, top_k")] = None,
+    labels: Annotated[Path | None, typer.Option(help="class names, one per line (e.g. a detector's)")] = None,
+) -> None:
+    """Try recipes for TARGET, keep the Pareto front, and bundle the best model that fits.
+
+    DATA for a model with several inputs is an .npz with one array per input name, samples stacked
+    on a new leading axis. Fidelity is measured in the task's terms (accuracy with labels, else
+    agreement with the starting model: top-1, detection mAP@0.5, map IoU, CTC character error rate,
+    or output cosine).
+
+    Example: edgewise optimize runs/cnn --target mcu-256k --data digits --out runs/cnn-mcu
+    """
+    from edgewise.optimize.pipeline import optimize as run_optimize
+    from edgewise.optimize.search import SearchOptions
+    from edgewise.targets import load_target
+
+    profile = load_target(target)
+    opts = SearchOptions(max_accuracy_drop=max_accuracy_drop, torch_passes=torch_passes,
+                         calibration_samples=calibration_samples, only=tuple(recipe or ()), task=task,
+                         time_budget_s=time_budget or None, max_latency_ms=max_latency_ms,
+                         max_ram_bytes=None if max_ram_kb is None else int(max_ram_kb * 1024),
+                         max_flash_bytes=None if max_flash_kb is None else int(max_flash_kb * 1024))
+    declared = _read_toml(preprocess) if preprocess else None
+    names = _read_labels(labels) if labels else None
+    console.print(f"[bold]optimizing {model} for {profile.name}[/]" + (f" (time budget {time_budget:g} s)"
+                                                                      if time_budget else ""))
+    with _SearchProgress(f"optimizing {model}") as sp:
+        outcome = run_optimize(model, data, profile, out, opts, name=name, version=version, log=sp.log,
+                               progress=sp.progress, declared=declared, labels=names)
+    _print_search(outcome)
+    out_console.print(f"report: {out / 'report.html'}  ({out / 'report.json'})")
+    if outcome.bundle is None:
+        raise EdgewiseError(outcome.result.why)
+    out_console.print(f"bundle: {outcome.bundle}")
+
+
+@app.command()
+def bench(
+    models: Annotated[list[Path], typer.Argument(help="one or more .onnx files, bundles or train directories; the first is the reference")],
+    data: Annotated[str, typer.Option("--data", "-d", help="bundled dataset name or file; the test split is used")],
+    target: Annotated[str, typer.Option(help="target whose energy per MAC prices the estimate")] = "cortex-a",
+    batch: Annotated[int, typer.Option(help="larger batch for the throughput figure")] = 32,
+    runs: Annotated[int, typer.Option(help="latency runs per model after warm-up")] = 300,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures as JSON")] = None,
+) -> None:
+    """Measure models side by side: latency p50/p90/p99, throughput, size, peak memory, accuracy, energy.
+
+    Example: edgewise bench runs/cnn runs/cnn-mcu/bundle --data digits
+    """
+    from edgewise.data import load_splits
+    from edgewise.profile.bench import bench as run_bench
+    from edgewise.targets import load_target
+
+    profile = load_target(target)
+    splits = load_splits(data)
+    loaded, reference = _load_models([(str(p), p) for p in models], splits)
+    sp = loaded[0][2]
+    with console.status("[bold]benchmarking"):
+        rows = run_bench([(n, m) for n, m, _ in loaded], sp, profile, batch=batch, runs=runs, reference=reference)
+    def short(name: str) -> str:  # a path's last two parts are what tells the rows apart
+        parts = Path(name).parts
+        return "/".join(parts[-2:]) if len(parts) > 1 else name
+
+    kind = rows[0].get("fidelity_kind", "accuracy").replace("_agreement", "").replace("_", " ")
+    table = Table(title=f"benchmark on {data} (test split, {rows[0]['test_samples']} samples): latency",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("model", kind[:9], "size", "p50 1t", "p99 1t", f"p50 {rows[0]['all_cores']}t", "speed", "peak mem"):
+        table.add_column(col, no_wrap=col != "model", overflow="fold", justify="left" if col == "model" else "right")
+    for r in rows:
+        l1, la = r["latency_1t"], r["latency_all"]
+        table.add_row(short(r["model"]), _pct(r.get("fidelity", r["accuracy"])), _kb(r["size_bytes"]),
+                      f"{l1['p50_ms']:.3f}", f"{l1['p99_ms']:.3f}", f"{la['p50_ms']:.3f}", f"{r['speedup_1t']:.2f}x",
+                      _kb(r["peak_memory"]["rss_delta_bytes"]))
+    out_console.print(table)
+    table = Table(title="throughput and energy", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("model", "thr b1", f"thr b{batch}", "MACs", "energy*"):
+        table.add_column(col, no_wrap=col != "model", overflow="fold", justify="left" if col == "model" else "right")
+    for r in rows:
+        table.add_row(short(r["model"]), f"{r['throughput_b1_1t']:,.0f}/s", f"{r[f'throughput_b{batch}_1t']:,.0f}/s",
+                      f"{r['macs']:,}", f"{r['energy_uj_estimate']:.3f} µJ")
+    out_console.print(table)
+    out_console.print(f"latency in ms at batch 1; * energy is an estimate: MACs x {profile.energy_pj_per_mac} pJ/MAC "
+                      f"({profile.name}); peak mem = RSS high-water mark of a fresh process (ORT included)")
+    if json_out:
+        json_out.write_text(json.dumps(rows, indent=2))
+        out_console.print(f"wrote {json_out}")
+
+
+@app.command("compile")
+def compile_cmd(
+    bundle: Annotated[Path, typer.Argument(help="an int8 bundle (from `edgewise optimize --target mcu-256k`)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="directory for model.c/.h, the kernels and main.c")],
+    target: Annotated[str, typer.Option("--target", "-t", help="target whose RAM/flash budget must hold")] = "mcu-256k",
+    update_bundle: Annotated[bool, typer.Option(help="also record the C sources and figures in the bundle")] = True,
+) -> None:
+    """Compile an int8 bundle to dependency-free C99 with a static memory plan (tier 1: microcontrollers).
+
+    Example: edgewise compile runs/cnn-mcu/bundle --out runs/cnn-c
+    """
+    from edgewise.codegen.compile import compile_bundle
+    from edgewise.targets import load_target
+
+    profile = load_target(target)
+    compiled = compile_bundle(bundle, out, profile, update_bundle=update_bundle)
+    f = compiled.figures()
+    table = Table(title=f"{bundle} -> C99 for {profile.name}")
+    for col in ("ops", "MACs", "arena (RAM)", "lower bound", "planner", "weights (flash)"):
+        table.add_column(col)
+    table.add_row(str(f["ops"]), f"{f['macs']:,}", f"{f['arena_bytes']:,} B", f"{f['arena_lower_bound_bytes']:,} B",
+                  f["planner"], f"{f['constants_bytes']:,} B")
+    out_console.print(table)
+    out_console.print(f"wrote {out}/: " + ", ".join(sorted(compiled.sources)) + ", memory.json")
+    out_console.print(f"build: gcc -std=c99 -O2 -o model {out}/model.c {out}/ew_kernels.c {out}/main.c")
+    if update_bundle:
+        out_console.print(f"bundle {bundle} now carries c/ and its figures (manifest artifacts.c)")
+
+
+@app.command("import")
+def import_model(
+    model: Annotated[Path, typer.Argument(help="a .onnx file, or a torch .pt holding a whole nn.Module")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output .onnx path")],
+    input_shape: Annotated[str | None, typer.Option(help="sample shape without batch, e.g. 3,32,32 (torch only)")] = None,
+    opset: Annotated[int, typer.Option(help="upgrade ONNX models older than this opset")] = 13,
+    arch: Annotated[str | None, typer.Option(help="zoo architecture a torch state_dict is for (mlp, cnn, dscnn, "
+                                                  "cnn1d, mobilenetv3-small)")] = None,
+    classes: Annotated[int | None, typer.Option(help="classes of that architecture (default: from the weights)")] = None,
+    width: Annotated[float, typer.Option(help="width multiplier of that architecture")] = 1.0,
+    trust_pickle: Annotated[bool, typer.Option(help="load a whole pickled nn.Module: this runs code from the "
+                                                    "file, so only for files you trust")] = False,
+) -> None:
+    """Bring a third-party model in: check an ONNX file (upgrading its opset) or export a torch module.
+
+    Example: edgewise import classifier.onnx --out models/cls.onnx
+    """
+
+    from edgewise.modelio import default_opset, inputs, load_onnx, outputs, upgrade_opset
+
+    if model.suffix.lower() in (".pt", ".pth"):
+        if not input_shape:
+            raise EdgewiseError("torch models need --input-shape, e.g. --input-shape 3,32,32")
+        try:
+            shape = tuple(int(d) for d in input_shape.split(","))
+        except ValueError as e:
+            raise EdgewiseError(f"--input-shape must be comma-separated integers, got {input_shape!r}") from e
+        from edgewise.zoo.export import import_torch
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        m = import_torch(model, shape, out, arch=arch, classes=classes, width=width, trust_pickle=trust_pickle)
+    else:
+        from edgewise.fsutil import atomic_write
+
+        m = upgrade_opset(load_onnx(model), opset)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, m.SerializeToString())
+    ins = ", ".join(f"{s.name}{list(s.shape)}" for s in inputs(m))
+    outs = ", ".join(f"{s.name}{list(s.shape)}" for s in outputs(m))
+    out_console.print(f"imported {model} -> {out}: opset {default_opset(m)}, {len(m.graph.node)} nodes, "
+                      f"inputs {ins}, outputs {outs}")
+
+
+@app.command()
+def quickstart(
+    out: Annotated[Path, typer.Option("--out", "-o", help="where runs, bundles and reports go")] = Path("demo-out"),
+    epochs: Annotated[int, typer.Option(help="training epochs for the digits CNN")] = 25,
+) -> None:
+    """The whole loop on bundled data: train a CNN on digits, optimize it for mcu-256k and edge-node,
+    compile the MCU bundle to C, benchmark fp32 vs optimized side by side, write bundles and HTML reports.
+
+    Example: edgewise quickstart --out demo-out
+    """
+
+    from edgewise.data import load_splits
+    from edgewise.optimize.pipeline import optimize as run_optimize
+    from edgewise.optimize.search import SearchOptions
+    from edgewise.profile.bench import bench as run_bench
+    from edgewise.targets import load_target
+
+    start = time.perf_counter()
+    out_console.rule("[bold]1/4 train: cnn on scikit-learn digits")
+    _train("cnn", "digits", out / "train", epochs, 1.0, 0)
+    outcomes = {}
+    for i, t in enumerate(("mcu-256k", "edge-node")):
+        out_console.rule(f"[bold]2/4 optimize for {t}")
+        with _SearchProgress(f"optimizing for {t}") as sp:
+            outcomes[t] = run_optimize(out / "train", "digits", load_target(t), out / t, SearchOptions(),
+                                       name="digits-cnn", log=sp.log, progress=sp.progress)
+        _print_search(outcomes[t])
+        if outcomes[t].bundle is None:
+            raise EdgewiseError(outcomes[t].result.why)
+    out_console.rule("[bold]3/4 compile the mcu-256k bundle to C (tier 1)")
+    from edgewise.codegen.compile import compile_bundle
+
+    compiled = compile_bundle(out / "mcu-256k" / "bundle", out / "mcu-256k-c", load_target("mcu-256k"))
+    f = compiled.figures()
+    out_console.print(f"{f['ops']} ops, {f['macs']:,} MACs; arena {f['arena_bytes']:,} B RAM (lower bound "
+                      f"{f['arena_lower_bound_bytes']:,} B), weights {f['constants_bytes']:,} B flash -> {out / 'mcu-256k-c'}")
+    out_console.rule("[bold]4/4 benchmark fp32 vs optimized (same machine, same run)")
+    splits = load_splits("digits")
+    models = [("fp32 trained", out / "train")] + [(t, out / t / "bundle") for t in outcomes]
+    loaded, reference = _load_models(models, splits)
+    with console.status("[bold]benchmarking"):
+        rows = run_bench([(n, m) for n, m, _ in loaded], loaded[0][2], load_target("edge-node"), runs=200,
+                         reference=reference)
+    table = Table(title="digits test split; ms = batch-1 p50, one thread, this machine", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("model", "accuracy", "size", "smaller", "ms", "speed", "peak mem"):
+        table.add_column(col, no_wrap=True, justify="left" if col == "model" else "right")
+    for r in rows:
+        table.add_row(r["model"], _pct(r["accuracy"]), _kb(r["size_bytes"]), f"{r['size_ratio']:.2f}x",
+                      f"{r['latency_1t']['p50_ms']:.3f}", f"{r['speedup_1t']:.2f}x",
+                      _kb(r["peak_memory"]["rss_delta_bytes"]))
+    out_console.print(table)
+    if reference:
+        out_console.print("accuracy of " + ", ".join(sorted(reference)) + " is scored with int8 reference semantics "
+                          "(as an MCU's integer kernels compute); latency is ONNX Runtime's on this machine")
+    (out / "bench.json").write_text(json.dumps(rows, indent=2))
+    out_console.rule("[bold]done")
+    for t, o in outcomes.items():
+        out_console.print(f"{t:10s} bundle {o.bundle}   report {o.out / 'report.html'}")
+    out_console.print(f"C sources  {out / 'mcu-256k-c'}   (gcc -std=c99 -O2 *.c builds the demo program)")
+    out_console.print(f"benchmark  {out / 'bench.json'}   (took {time.perf_counter() - start:.0f} s)")
