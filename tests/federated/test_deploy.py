@@ -73,27 +73,43 @@ def test_three_supernodes_train_on_their_agents_samples_over_loopback(tmp_path):
         assert bad[0] == 422 and "out of range" in bad[1]["error"]
         assert agents[0].post("/v1/samples?model=cnn-digits", b"{not json")[0] == 422
         assert agents[0].get("/health")["samples"] == {"cnn-digits": len(partition(train.y, 3, "dirichlet:0.5", seed=0)[0])}
-        # Execute: a SuperLink (`federate serve`, TLS) and three SuperNodes (`federate join` with the
-        # federation's CA), all separate processes; a fourth SuperNode trusts another CA and must stay out
+        # Execute: a SuperLink (`federate serve`, TLS, node authentication) and three SuperNodes (`federate
+        # join` with the federation's CA and a registered key), all separate processes. Three more must stay
+        # out: one trusting another CA, one whose key was never registered, one with no key at all. The nodes
+        # start before the SuperLink has registered anyone: they wait for it rather than die.
+        from edgewise.federated.nodeauth import make_node_key
         from edgewise.federated.tls import ensure_certs
 
         port = free_port()
         cli = [sys.executable, "-m", "edgewise.cli", "federate"]
         out, tls = tmp_path / "fl", tmp_path / "tls"
         rogue_ca = ensure_certs(tmp_path / "other-ca", []).ca
+        keys = [make_node_key(tmp_path / "keys" / f"dev{i}", f"dev{i}") for i in range(4)]
+        registered = tmp_path / "registered"
+        registered.mkdir()
+        for k in keys[:3]:
+            (registered / k.public.name).write_bytes(k.public.read_bytes())
         serve = subprocess.Popen([*cli, "serve", "--clients", "3", "--rounds", "2", "--port", str(port), "--out",
-                                  str(out), "--round-timeout", "120", "--tls-dir", str(tls), "--eval-fraction", "1"],
+                                  str(out), "--round-timeout", "120", "--tls-dir", str(tls), "--eval-fraction", "1",
+                                  "--node-keys", str(registered)],
                                  stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
         procs.append(serve)
         deadline = time.monotonic() + 60
         while not (tls / "ca.crt").exists() and time.monotonic() < deadline:
             time.sleep(0.2)
-        rogue_log = open(tmp_path / "rogue.log", "wb")
-        for store, ca in [*((a.data_dir, tls / "ca.crt") for a in agents), (agents[0].data_dir, rogue_ca)]:
-            procs.append(subprocess.Popen([*cli, "join", "--server", f"127.0.0.1:{port}", "--store", str(store),
-                                           "--root-cert", str(ca)], stdout=subprocess.DEVNULL,
-                                          stderr=rogue_log if ca == rogue_ca else subprocess.DEVNULL))
+        join = [*cli, "join", "--server", f"127.0.0.1:{port}"]
+        for a, k in zip(agents, keys):
+            procs.append(subprocess.Popen([*join, "--store", str(a.data_dir), "--root-cert", str(tls / "ca.crt"),
+                                           "--node-key", str(k.private)], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+        outsiders = {"rogue-ca": ["--root-cert", str(rogue_ca), "--node-key", str(keys[0].private)],
+                     "unregistered": ["--root-cert", str(tls / "ca.crt"), "--node-key", str(keys[3].private),
+                                      "--max-wait", "30"],
+                     "keyless": ["--root-cert", str(tls / "ca.crt")]}
+        for name, args in outsiders.items():
+            procs.append(subprocess.Popen([*join, "--store", str(agents[0].data_dir), *args],
+                                          stdout=open(tmp_path / f"{name}.log", "wb"), stderr=subprocess.STDOUT))
         log, _ = serve.communicate(timeout=420)
         log = " ".join(log.split())  # rich wraps lines at the terminal width
         # Assert: the rounds completed with all three nodes, accuracy rose, only weights and metrics crossed
@@ -102,8 +118,11 @@ def test_three_supernodes_train_on_their_agents_samples_over_loopback(tmp_path):
         h = json.loads((out / "history.json").read_text())
         acc = [r["accuracy"] for r in h["rounds"]]
         assert [r["round"] for r in h["rounds"]] == [0, 1, 2] and acc[2] > acc[0] and acc[2] > 0.6, acc
-        assert len(h["deployment"]["nodes"]) == 3 and h["deployment"]["tls"]  # the rogue-CA node never joined
-        assert "CERTIFICATE_VERIFY_FAILED" in (tmp_path / "rogue.log").read_text(errors="replace")
+        assert len(h["deployment"]["nodes"]) == 3 and h["deployment"]["tls"] and h["deployment"]["node_auth"] == 3
+        said = {name: " ".join((tmp_path / f"{name}.log").read_text(errors="replace").split()) for name in outsiders}
+        assert "CERTIFICATE_VERIFY_FAILED" in said["rogue-ca"]
+        assert "does not know this node's key" in said["unregistered"] and "retrying in" in said["unregistered"]
+        assert "admits registered nodes only" in said["keyless"] and "Traceback" not in said["keyless"]
         replies = [c for c in h["crossed"] if not c["error"] and c["type"] == "train"]
         assert len(replies) == 6 and {c["node"] for c in replies} == set(h["deployment"]["nodes"])
         for c in replies:
@@ -179,3 +198,42 @@ def test_federation_certificates_are_made_once_and_kept(tmp_path):
     (tmp_path / "tls" / "ca.key").unlink()
     with pytest.raises(EdgewiseError, match="half of a CA"):
         ensure_certs(tmp_path / "tls", [])
+
+
+def test_node_keys_are_made_once_checked_and_required_outside_loopback(tmp_path):
+    from pathlib import Path
+
+    from edgewise.errors import EdgewiseError
+    from edgewise.federated.deploy import node_auth_plan
+    from edgewise.federated.nodeauth import check_private_key, make_node_key
+
+    k = make_node_key(tmp_path / "keys", "dev0")
+    assert oct(k.private.stat().st_mode & 0o777) == "0o600" and k.public.read_text().startswith("ecdsa-sha2-nistp384 ")
+    before = k.private.read_bytes()
+    with pytest.raises(EdgewiseError, match="keeps its key"):
+        make_node_key(tmp_path / "keys", "dev0")
+    assert k.private.read_bytes() == before and check_private_key(k.private) == k.private.resolve()
+    make_node_key(tmp_path / "keys", "dev1")
+    # outside loopback a federation admits registered nodes only, unless the operator says otherwise
+    with pytest.raises(EdgewiseError, match="--node-keys"):
+        node_auth_plan("10.0.0.5", True, [], any_node=False)
+    assert node_auth_plan("10.0.0.5", True, [], any_node=True) == []
+    assert node_auth_plan("127.0.0.1", False, [], any_node=False) == []
+    assert [p.name for p in node_auth_plan("10.0.0.5", True, [tmp_path / "keys"], False)] == ["dev0.pub", "dev1.pub"]
+    with pytest.raises(EdgewiseError, match="needs TLS"):
+        node_auth_plan("127.0.0.1", False, [tmp_path / "keys"], False)
+    with pytest.raises(EdgewiseError, match="contradict"):
+        node_auth_plan("10.0.0.5", True, [tmp_path / "keys"], True)
+    with pytest.raises(EdgewiseError, match="same key"):
+        node_auth_plan("10.0.0.5", True, [tmp_path / "keys", k.public], False)
+    (tmp_path / "bad.pub").write_text("ssh-rsa not-a-key")
+    with pytest.raises(EdgewiseError, match="not an OpenSSH public key"):
+        node_auth_plan("10.0.0.5", True, [tmp_path / "bad.pub"], False)
+    with pytest.raises(EdgewiseError, match="no node key"):
+        node_auth_plan("10.0.0.5", True, [tmp_path / "missing.pub"], False)
+    # a private key others can read, or one that is not a key, is refused before Flower sees it
+    k.private.chmod(0o644)
+    with pytest.raises(EdgewiseError, match="chmod 600"):
+        check_private_key(k.private)
+    with pytest.raises(EdgewiseError, match="not an unencrypted OpenSSH private key"):
+        check_private_key(Path(k.public))

@@ -157,15 +157,45 @@ def check_plaintext(host: str, insecure: bool, what: str) -> None:
                             "DIR/ca.crt) or say --insecure to send weights in the clear")
 
 
+def node_auth_plan(host: str, tls: bool, node_keys: list[Path], any_node: bool) -> list[Path]:
+    """The node public keys to register, checked; empty when any node may join. Outside loopback a node
+    must hold a registered key unless the operator says `any_node`; Flower authenticates nodes over TLS only."""
+    from edgewise.federated.nodeauth import public_keys
+
+    if node_keys and any_node:
+        raise EdgewiseError("--node-keys and --any-node contradict each other: choose one")
+    if not node_keys:
+        if not any_node and not is_loopback(host):
+            raise EdgewiseError(f"the SuperLink would listen on {host}, where any machine could join and send "
+                                "weights: register the devices' keys (--node-keys DIR of NAME.pub from `edgewise "
+                                "federate node-key`) or say --any-node")
+        return []
+    if not tls:
+        raise EdgewiseError("node authentication (--node-keys) needs TLS: add --tls-dir DIR")
+    return public_keys(node_keys)
+
+
+def _register_nodes(keys: list[Path], env: dict[str, str], cwd: Path, log: Path) -> None:
+    for key in keys:
+        with open(log, "ab") as f:
+            r = subprocess.run(["flwr", "supernode", "register", str(key), CONNECTION], stdout=f,
+                               stderr=subprocess.STDOUT, env=env, cwd=cwd, timeout=60)
+        if r.returncode != 0:
+            raise EdgewiseError(f"the SuperLink refused to register {key}: {_tail(log, 600)}")
+
+
 def serve(cfg: FedConfig, out: Path, host: str = "127.0.0.1", port: int = 9092,
           on_round: Callable[[int, float, float], None] | None = None, start_timeout: float = 60.0,
           run_timeout: float | None = None, tls_dir: Path | None = None, insecure: bool = False,
-          tls_names: tuple[str, ...] = ()) -> dict[str, Any]:
+          tls_names: tuple[str, ...] = (), node_keys: list[Path] | None = None,
+          any_node: bool = False) -> dict[str, Any]:
     """Start a SuperLink on host:port, run `cfg.rounds` rounds once `cfg.clients` SuperNodes have joined,
     stop the SuperLink, and return the history (as `simulate.run` does). With `tls_dir`, every connection
-    is TLS with the federation's certificates there (made on first use, see `tls.py`)."""
+    is TLS with the federation's certificates there (made on first use, see `tls.py`). With `node_keys`
+    (public keys, or directories of them) only those nodes may join (`nodeauth.py`)."""
     if tls_dir is None:
         check_plaintext(host, insecure, "the SuperLink would listen on")
+    registered = node_auth_plan(host, tls_dir is not None, list(node_keys or []), any_node)
     from edgewise.data import load_splits
     from edgewise.federated.simulate import collect_history, fresh_run_dir, save_history
 
@@ -193,11 +223,14 @@ def serve(cfg: FedConfig, out: Path, host: str = "127.0.0.1", port: int = 9092,
     with open(link_log, "wb") as f:
         security = (["--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key)]
                     if tls else ["--insecure"])
+        if registered:
+            security.append("--enable-supernode-auth")
         link = subprocess.Popen(["flower-superlink", *security, "--disable-runtime-dependency-installation",
                                  "--host", host, "--port", str(port), "--database", str(home / "state.db")],
                                 stdout=f, stderr=subprocess.STDOUT, env=env, cwd=out)
     try:
         wait_port(host, port, link, start_timeout, "the SuperLink", link_log)
+        _register_nodes(registered, env, out, out / "register.log")
         run_log = out / "flower.log"
         with open(run_log, "wb") as f:
             runner = subprocess.Popen(["flwr", "run", str(app), CONNECTION, "--stream"], stdout=f,
@@ -212,6 +245,7 @@ def serve(cfg: FedConfig, out: Path, host: str = "127.0.0.1", port: int = 9092,
         _stop(link)  # on an interrupt too: no SuperLink is left holding the port
     history = collect_history(cfg, out)
     history["deployment"] = {"superlink": f"{host}:{port}", "tls": tls is not None,
+                             "node_auth": len(registered),
                              "nodes": sorted({c["node"] for c in history["crossed"] if "node" in c})}
     save_history(history, out)
     return history
@@ -273,21 +307,24 @@ def seed(stores: list[Path], data: str, scheme: str, model_name: str, seed: int 
 
 
 def join_command(server: str, store: Path, model_name: str | None, api_port: int,
-                 max_wait_s: float | None, root_cert: Path | None) -> list[str]:
+                 max_wait_s: float | None, root_cert: Path | None, node_key: Path | None = None) -> list[str]:
     node_config = f'store="{store}"' + (f' model-name="{model_name}"' if model_name else "")
     security = ["--root-certificates", str(root_cert)] if root_cert else ["--insecure"]
     cmd = ["flower-supernode", *security, "--superlink", server, "--port", str(api_port),
            "--node-config", node_config]
     if max_wait_s is not None:
         cmd += ["--max-wait-time", str(max_wait_s)]
+    if node_key is not None:
+        cmd += ["--auth-supernode-private-key", str(node_key)]
     return cmd
 
 
 def join(server: str, store: Path, model_name: str | None = None, api_port: int = 0,
          max_wait_s: float | None = None, home: Path | None = None, root_cert: Path | None = None,
-         insecure: bool = False) -> None:
+         insecure: bool = False, node_key: Path | None = None) -> None:
     """Become a SuperNode of the federation at `server` (HOST:PORT), training on the agent's store;
-    with `root_cert` (the federation's ca.crt) over TLS. Replaces this process (a service manager's stop
+    with `root_cert` (the federation's ca.crt) over TLS, and with `node_key` signing as a registered
+    node. Replaces this process (a service manager's stop
     signal reaches Flower's SuperNode directly)."""
     from edgewise.agent.samples import SampleStore
     from edgewise.hostport import parse_hostport
@@ -297,6 +334,12 @@ def join(server: str, store: Path, model_name: str | None = None, api_port: int 
         check_plaintext(host, insecure, "the SuperLink at")
     elif not Path(root_cert).is_file():
         raise EdgewiseError(f"no CA certificate at {root_cert}")
+    if node_key is not None:
+        from edgewise.federated.nodeauth import check_private_key
+
+        if root_cert is None:
+            raise EdgewiseError("a node key (--node-key) is only sent over TLS: add --root-cert ca.crt")
+        node_key = check_private_key(node_key)
 
     store = Path(store).resolve()
     s = SampleStore.open_existing(store)  # fail here, readably, rather than in every round
@@ -308,7 +351,62 @@ def join(server: str, store: Path, model_name: str | None = None, api_port: int 
     home = (home or store.parent / "flower").resolve()
     home.mkdir(parents=True, exist_ok=True)
     cmd = join_command(server, store, model_name, api_port or free_port(), max_wait_s,
-                       Path(root_cert).resolve() if root_cert else None)
+                       Path(root_cert).resolve() if root_cert else None, node_key)
     env = flower_env(home)
     print(f"joining {server} with {len(x)} local samples from {store}", flush=True)
-    os.execvpe(cmd[0], cmd, env)
+    run_supernode(cmd, env, max_wait_s, node_key is not None)
+
+
+def run_supernode(cmd: list[str], env: dict[str, str], max_wait_s: float | None, has_key: bool,
+                  first_wait_s: float = 5.0) -> None:
+    """Run Flower's SuperNode until it ends, its output passed through. A SuperLink that does not know this
+    node's key yet refuses it, and Flower's SuperNode then exits: a device may well start before the operator
+    registers it, so retry with backoff (up to `max_wait_s`) instead of dying. A federation that admits only
+    registered nodes, joined without a key, is an error said in one line. Stop signals reach the SuperNode."""
+    import collections
+    import signal
+    import threading
+
+    deadline = None if max_wait_s is None else time.monotonic() + max_wait_s
+    wait = first_wait_s
+    while True:
+        # its own process group: Flower's SuperNode leaves its SuperExec child behind when it exits
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        forward = lambda sig, _frame: os.killpg(proc.pid, sig)  # noqa: E731
+        old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+        tail: collections.deque[str] = collections.deque(maxlen=40)
+
+        def relay() -> None:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                sys.stdout.buffer.write(raw)
+                sys.stdout.flush()
+                tail.append(raw.decode(errors="replace"))
+
+        reader = threading.Thread(target=relay, daemon=True)
+        reader.start()
+        try:
+            code = proc.wait()
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            reader.join(10)
+        said = "".join(tail)
+        if code == 0 or "code: 20" not in said:
+            if code != 0:
+                raise EdgewiseError(f"the SuperNode exited with code {code}")
+            return
+        if "code: 2001" in said and not has_key:
+            raise EdgewiseError("this federation admits registered nodes only: make a key with `edgewise federate "
+                                "node-key`, have the operator register NAME.pub, and join with --node-key NAME.key")
+        if deadline is not None and time.monotonic() + wait > deadline:
+            raise EdgewiseError("the SuperLink still does not know this node's key: ask the operator to register "
+                                "NAME.pub (`federate serve --node-keys`)")
+        print(f"the SuperLink does not know this node's key (yet): retrying in {wait:.0f} s", flush=True)
+        time.sleep(wait)
+        wait = min(wait * 2, 60.0)
