@@ -1,7 +1,8 @@
-"""Reliability of a real agent process under hostile bodies and sustained load.
+"""Reliability of real agent and fleet server processes under hostile bodies and sustained load.
 
-1. Hostile bodies, each sent to a fresh agent process: the status it answered and its peak RSS above idle
-   (VmHWM from /proc, reset before each case).
+1. Hostile bodies, each sent to a fresh agent (or fleet server) process: the status it answered and its peak
+   RSS above idle (VmHWM from /proc, reset before each case). The fleet server also gets 20,000 requests with
+   a different forged Authorization header each (the rate limiter must not keep a bucket per header).
 2. Load: 100 concurrent keep-alive clients POST batch-1 predictions for --seconds; requests/s, p50/p99
    latency seen by the clients, and every non-200.
 
@@ -14,6 +15,7 @@ import argparse
 import gzip
 import http.client
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -41,12 +43,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class Agent:
-    def __init__(self, bundle: Path, data: Path) -> None:
+ADMIN = "bench-admin-token-0123456789"
+
+
+class Service:
+    """An edgewise service as its own process on a free loopback port, ready once /health answers."""
+
+    def __init__(self, args: list[str]) -> None:
         self.port = _free_port()
-        self.proc = subprocess.Popen([sys.executable, "-m", "edgewise.cli", "agent", "--bundle", str(bundle),
-                                      "--tier", "server", "--port", str(self.port), "--data-dir", str(data)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen([sys.executable, "-m", "edgewise.cli", *args, "--port", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     env={**os.environ, "EDGEWISE_ADMIN_TOKEN": ADMIN})
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
@@ -107,29 +114,104 @@ def hostile_cases() -> list[tuple[str, str, object, dict]]:
     ]
 
 
+def fleet_cases() -> list[tuple[str, str, object, dict]]:
+    j = {"content-type": "application/json"}
+    a = {**j, "authorization": f"Bearer {ADMIN}"}
+    enroll = "/v1/device/enroll"
+    return [
+        ("fleet: 1 GiB enrolment, chunked", enroll, _chunks(1 << 30), {**j, "transfer-encoding": "chunked"}),
+        ("fleet: 1 GiB Content-Length, 1 MiB sent", enroll, b" " * MIB, {**j, "content-length": str(1 << 30)}),
+        ("fleet: enrolment JSON nested 1,500 deep", enroll, b'{"token": ' + b"[" * 1500 + b"]" * 1500 + b"}", j),
+        ("fleet: token as a list", enroll, b'{"token": ["a"], "name": {"x": 1}}', j),
+        ("fleet: token ttl_s NaN", "/v1/admin/enroll-tokens", b'{"ttl_s": NaN}', a),
+        ("fleet: token ttl_s a string", "/v1/admin/enroll-tokens", b'{"ttl_s": "soon"}', a),
+        ("fleet: rollout gate untyped", "/v1/admin/rollouts",
+         b'{"model": "m", "version": "1.0.0", "gate": {"max_error_rate": "x", "min_reports": [1]}}', a),
+        ("fleet: report, serial a list", "/v1/device/report", b'{"serial": [1, 2], "step": "health", "ok": true}',
+         {**j, "authorization": "DEVICE"}),
+        ("fleet: report, serial 10^30", "/v1/device/report", b'{"serial": 1' + b"0" * 30 + b', "step": "health"}',
+         {**j, "authorization": "DEVICE"}),
+    ]
+
+
+def _one_case(svc: Service, path: str, body: object, headers: dict) -> tuple[object, int, bool]:
+    idle = svc.rss("VmRSS")
+    svc.reset_peak()
+    try:
+        status: object = svc.request("POST", path, body, headers)
+    except (OSError, http.client.HTTPException) as e:
+        status = f"closed ({type(e).__name__})"
+    return status, svc.rss("VmHWM") - idle, svc.request("GET", "/health") == 200
+
+
 def hostile(bundle: Path) -> list[list[object]]:
     rows = []
     for name, path, body, headers in hostile_cases():
-        agent = Agent(bundle, WORK / "rel-agent")
+        agent = Service(["agent", "--bundle", str(bundle), "--tier", "server", "--data-dir", str(WORK / "rel-agent")])
         try:
             agent.request("POST", "/predict", json.dumps({"inputs": [[[[0.0] * 8] * 8]]}).encode(),
                           {"content-type": "application/json"})  # the model loaded: idle means ready
-            idle = agent.rss("VmRSS")
-            agent.reset_peak()
-            try:
-                status: object = agent.request("POST", path, body, headers)
-            except (OSError, http.client.HTTPException) as e:
-                status = f"closed ({type(e).__name__})"
-            peak = agent.rss("VmHWM") - idle
-            alive = agent.request("GET", "/health") == 200
+            status, peak, alive = _one_case(agent, path, body, headers)
             rows.append([name, status, f"{peak / MIB:.1f} MB", "yes" if alive else "**no**"])
         finally:
             agent.stop()
+    for name, path, body, headers in fleet_cases():
+        fleet = Service(["fleet", "serve", "--data-dir", str(WORK / f"rel-fleet-{len(rows)}")])
+        try:
+            if headers.get("authorization") == "DEVICE":  # an enrolled device's own credential
+                headers = {**headers, "authorization": _enrolled(fleet)}
+            status, peak, alive = _one_case(fleet, path, body, headers)
+            rows.append([name, status, f"{peak / MIB:.1f} MB", "yes" if alive else "**no**"])
+        finally:
+            fleet.stop()
+    rows.append(forged_headers())
     return rows
 
 
+def _enrolled(fleet: Service) -> str:
+    def post(path: str, doc: dict, auth: dict) -> dict:
+        c = http.client.HTTPConnection("127.0.0.1", fleet.port, timeout=30)
+        c.request("POST", path, json.dumps(doc).encode(), {"content-type": "application/json", **auth})
+        return json.loads(c.getresponse().read())
+
+    token = post("/v1/admin/enroll-tokens", {}, {"authorization": f"Bearer {ADMIN}"})["token"]
+    ident = post("/v1/device/enroll", {"token": token, "name": "bench"}, {})
+    return f"Bearer {ident['device_id']}.{ident['secret']}"
+
+
+def forged_headers(n: int = 20_000) -> list[object]:
+    """n device requests, each with a different forged credential, over 8 keep-alive connections."""
+    fleet = Service(["fleet", "serve", "--data-dir", str(WORK / "rel-fleet-forged")])
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+    try:
+        idle = fleet.rss("VmRSS")
+        fleet.reset_peak()
+
+        def client(k: int) -> None:
+            c = http.client.HTTPConnection("127.0.0.1", fleet.port, timeout=30)
+            for i in range(k, n, 8):
+                c.request("GET", "/v1/device/assignment", headers={"authorization": f"Bearer dev-{i}.{i:064x}"})
+                r = c.getresponse()
+                r.read()
+                with lock:
+                    statuses[r.status] = statuses.get(r.status, 0) + 1
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        peak = fleet.rss("VmHWM") - idle
+        alive = fleet.request("GET", "/health") == 200
+    finally:
+        fleet.stop()
+    answered = ", ".join(f"{v:,}x {k}" for k, v in sorted(statuses.items()))
+    return [f"fleet: {n:,} forged device credentials", answered, f"{peak / MIB:.1f} MB", "yes" if alive else "**no**"]
+
+
 def load(bundle: Path, seconds: float, clients: int = 100) -> dict[str, float]:
-    agent = Agent(bundle, WORK / "rel-load")
+    agent = Service(["agent", "--bundle", str(bundle), "--tier", "server", "--data-dir", str(WORK / "rel-load")])
     x = load_splits("digits").test.x
     bodies = [json.dumps({"inputs": x[i : i + 1].tolist()}).encode() for i in range(64)]
     lat: list[float] = []
@@ -173,10 +255,49 @@ def load(bundle: Path, seconds: float, clients: int = 100) -> dict[str, float]:
             "ok": len(lat), "errors": sum(bad.values()), "bad": bad, "seconds": wall}
 
 
+SURFACES = [  # (surface, test file, how its cases are made)
+    ("agent + fleet HTTP APIs", "tests/agent/test_api_fuzz.py", "schemathesis from the OpenAPI schemas, 60 examples "
+                                                                  "per operation, valid and invalid"),
+    ("bundle parser, manifest, archive, .npy/.npz", "tests/bundle/test_properties.py", "hypothesis, 150 examples "
+                                                                                        "per property"),
+    ("agent: hostile requests", "tests/agent/test_hardening.py", "the issue's cases, one test each"),
+    ("fleet: hostile requests", "tests/fleet/test_hostile.py", "the issue's cases, one test each"),
+    ("chaos: kill -9, full disk, cut link", "tests/agent/test_chaos.py", "one run, all faults in turn"),
+]
+
+
+def surfaces() -> tuple[list[list[object]], str]:
+    """Run each surface's tests; count cases and failures from pytest's JUnit XML. The chaos test prints
+    what it acknowledged and what arrived."""
+    import xml.etree.ElementTree as ET
+
+    rows, chaos = [], "not run"
+    root = Path(__file__).resolve().parent.parent
+    for surface, path, how in SURFACES:
+        xml = WORK / "rel-junit.xml"
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", path,
+                            f"--junitxml={xml}"], cwd=root, capture_output=True, text=True)
+        suite = ET.parse(xml).getroot().find("testsuite")
+        assert suite is not None
+        n, failed = int(suite.get("tests", 0)), int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+        skipped = int(suite.get("skipped", 0))
+        rows.append([surface, how, n - skipped, f"**{failed}**" if failed else 0, skipped])
+        for line in r.stdout.splitlines():
+            if line.startswith("acked "):
+                chaos = line.split(", health")[0]
+        if "test_chaos" in path and skipped:
+            chaos = "skipped here (needs root, iproute2 and tmpfs mounts)"
+    return rows, chaos
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--no-surfaces", action="store_true", help="skip running the fuzz/property/chaos tests")
     args = ap.parse_args()
+    surf, chaos = ([], "not run") if args.no_surfaces else surfaces()
+    for r in surf:
+        print(r, flush=True)
     model = trained("cnn", "digits", 8)
     out = WORK / "rel-opt"
     if not (out / "bundle").is_dir():
@@ -188,8 +309,14 @@ def main() -> None:
         print(r, flush=True)
     ld = load(bundle, args.seconds)
     print(ld, flush=True)
-    md = (f"Machine: {machine()}; CPU flags: {cpu_flags()}. A real agent process (`edgewise agent --tier server`, "
-          "the digits CNN) on loopback.\n\nHostile bodies, one fresh agent each: status answered, peak RSS above "
+    md = ("Cases tried per surface (goal: 0 failures), from the test suite run by this script:\n\n"
+          + table(["surface", "cases made by", "tests run", "failed", "skipped"], surf)
+          + f"\n\nChaos run (endpoint under load; upstream killed -9 and restarted, disk filled and freed, link cut "
+          f"with `ip link` in a namespace; goal: acknowledged = delivered, exactly once): {chaos}.\n\n"
+          if surf else "")
+    md += (f"Machine: {machine()}; CPU flags: {cpu_flags()}. Real agent (`edgewise agent --tier server`, the digits "
+          "CNN) and fleet server (`edgewise fleet serve`, SQLite) processes on loopback.\n\nHostile bodies, one fresh "
+          "process each (goal: a 4xx, <= 64 MB above idle, alive after): status answered, peak RSS above "
           "idle (VmHWM), and whether it still answered /health:\n\n"
           + table(["case", "status", "peak RSS above idle", "alive after"], rows)
           + f"\n\nLoad: 100 concurrent keep-alive clients, batch-1 JSON predictions for {ld['seconds']:.0f} s: "
