@@ -28,7 +28,7 @@ from edgewise.agent.forward.receiver import EventStore  # noqa: E402
 from edgewise.agent.forward.sync import Syncer  # noqa: E402
 from edgewise.agent.forward.upstream import HttpUpstream  # noqa: E402
 from edgewise.data import load_splits  # noqa: E402
-from tests.agent.conftest import AgentProc, free_port, make_bundle  # noqa: E402
+from tests.harness import AgentProc, free_port, make_bundle  # noqa: E402
 
 EVENT = json.dumps({"model": "digits", "version": "1.0.0", "label": "3", "score": 0.97, "tier": "endpoint",
                     "ts": 1764072000.123, "degraded": False}).encode()

@@ -27,7 +27,7 @@ from edgewise.agent.serve.cascade import probabilities  # noqa: E402
 from edgewise.bundle import read_bundle  # noqa: E402
 from edgewise.data import load_splits  # noqa: E402
 from edgewise.profile import make_session, run_model  # noqa: E402
-from tests.agent.conftest import AgentProc, bundle_trained, free_port  # noqa: E402
+from tests.harness import AgentProc, bundle_trained, free_port  # noqa: E402
 
 
 def scenario(title: str, endpoint_bundle: Path, endpoint_c: bool, tmp: Path, splits) -> str:  # noqa: ANN001

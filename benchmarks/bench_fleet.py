@@ -30,7 +30,7 @@ from edgewise.bundle import Manifest, write_bundle  # noqa: E402
 from edgewise.bundle.selftest import add_golden  # noqa: E402
 from edgewise.bundle.signing import TrustStore, generate_keys, load_private, load_public, sign_bundle  # noqa: E402
 from edgewise.sim.fleet import device_client, enroll_fleet, run_until  # noqa: E402
-from tests.fleet.conftest import ADMIN, FleetProc  # noqa: E402
+from tests.harness import ADMIN, FleetProc  # noqa: E402
 
 HIDDEN = 18_500  # (64 + 10) x 18,500 fp32 weights: a 5.5 MB model, a 5.1 MB archive
 

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from edgewise.bundle.signing import generate_keys
 from edgewise.data import Splits, load_splits
+
+from .harness import make_bundle, versioned
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +49,21 @@ def fast_opts():  # type: ignore[no-untyped-def]
 
     return SearchOptions(latency_runs=15, measure_memory=False, finetune_epochs=2, finetune_min_steps=60,
                          distill_epochs=4, distill_min_steps=80, calibration_samples=64)
+
+
+@pytest.fixture(scope="session")
+def fleet_kit(tmp_path_factory):
+    """Keys and signed bundles: 1.0.0, 1.1.0 (good), and bad variants of 1.2.0."""
+    root = tmp_path_factory.mktemp("fleet-kit")
+    generate_keys(root / "keys", "release")
+    generate_keys(root / "keys", "rogue")
+    key, rogue = root / "keys" / "release.key", root / "keys" / "rogue.key"
+    base = make_bundle(root / "m", "mlp", 2, "digits", 0.5)
+    other = make_bundle(root / "m2", "mlp", 1, "digits", 0.25)
+    b = {"1.0.0": versioned(base, root / "b100", "1.0.0", key), "1.1.0": versioned(base, root / "b110", "1.1.0", key)}
+    b["noload"] = versioned(base, root / "bnoload", "1.2.0", key, model_bytes=b"not an onnx model at all")
+    b["selftest"] = versioned(base, root / "bself", "1.3.0", key, model_bytes=(other / "model.onnx").read_bytes(),
+                              golden_from=b["1.0.0"])
+    b["rogue"] = versioned(base, root / "brogue", "1.4.0", rogue)
+    return {"root": root, "key": key, "pub": root / "keys" / "release.pub", "rogue_pub": root / "keys" / "rogue.pub",
+            "bundles": b}

@@ -13,7 +13,7 @@ from edgewise.agent.serve.cascade import RESULT_FIELDS
 from edgewise.agent.forward.receiver import EventStore
 from edgewise.data import load_splits
 
-from .conftest import AgentProc, free_port, predict, wait_for
+from ..harness import AgentProc, free_port, predict, wait_for
 
 X = load_splits("digits").test.x
 Y = load_splits("digits").test.y

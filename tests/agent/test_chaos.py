@@ -17,7 +17,7 @@ import pytest
 from edgewise.agent.forward.receiver import EventStore
 from edgewise.data import load_splits
 
-from .conftest import AgentProc, free_port, wait_for
+from ..harness import AgentProc, free_port, wait_for
 from .test_netns import NsAgent, _ip, link  # noqa: F401 - the link fixture
 
 pytestmark = pytest.mark.e2e

@@ -156,7 +156,7 @@ def test_idle_connections_are_closed_and_never_starve_health(tier_bundles, tmp_p
 
     from edgewise.httplimits import IDLE_TIMEOUT_S
 
-    from .conftest import AgentProc, free_port
+    from ..harness import AgentProc, free_port
 
     agent = AgentProc(["--tier", "server", "--bundle", str(tier_bundles["server"])], free_port(), tmp_path).start()
     socks = []
@@ -190,7 +190,7 @@ def test_a_client_trickling_header_bytes_is_cut_off(tier_bundles, tmp_path):
 
     from edgewise.httplimits import HEADER_TIMEOUT_S
 
-    from .conftest import AgentProc, free_port
+    from ..harness import AgentProc, free_port
 
     agent = AgentProc(["--tier", "server", "--bundle", str(tier_bundles["server"])], free_port(), tmp_path).start()
     try:

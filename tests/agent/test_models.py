@@ -8,7 +8,7 @@ from edgewise.agent.runner import AgentConfig
 from edgewise.bundle import verify_bundle
 from edgewise.errors import AgentError
 
-from .conftest import make_bundle
+from ..harness import make_bundle
 
 
 @pytest.fixture(scope="module")
@@ -128,9 +128,9 @@ def test_c_runtime_serves_an_int8_bundle_like_the_device(tmp_path):
     from edgewise.codegen.lower import lower
     from edgewise.codegen.reference import quantize_input, run_reference
     from edgewise.data import load_splits
-    from tests.codegen.conftest import _mcu_bundle
+    from ..harness import mcu_bundle
 
-    bundle = _mcu_bundle(tmp_path, "cnn", "digits", 3)
+    bundle = mcu_bundle(tmp_path, "cnn", "digits", 3)
     mm = ModelManager(runtime="c", build_dir=tmp_path / "build")
     name = mm.register(bundle)
     x = load_splits("digits").test.x[:40]

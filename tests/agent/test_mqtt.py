@@ -15,7 +15,7 @@ import pytest
 
 from edgewise.data import load_splits
 
-from .conftest import AgentProc, free_port, wait_for
+from ..harness import AgentProc, free_port, wait_for
 
 BROKER = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
 if BROKER is None and not os.environ.get("CI"):

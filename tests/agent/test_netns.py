@@ -17,7 +17,7 @@ import pytest
 from edgewise.agent.forward.receiver import EventStore
 from edgewise.data import load_splits
 
-from .conftest import AgentProc, free_port, predict, wait_for
+from ..harness import AgentProc, free_port, predict, wait_for
 
 
 def _ip(*args: str) -> None:

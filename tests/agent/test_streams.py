@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from edgewise.agent.forward.receiver import EventStore
 from edgewise.agent.runner import AgentConfig, build_agent
 
-from .conftest import AgentProc, free_port, wait_for
+from ..harness import AgentProc, free_port, wait_for
 from .test_images import detector_bundle
 
 pytestmark = pytest.mark.e2e

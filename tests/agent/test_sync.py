@@ -18,7 +18,7 @@ from edgewise.agent.forward.receiver import EventStore
 from edgewise.agent.forward.sync import Syncer, next_backoff
 from edgewise.agent.forward.upstream import HttpUpstream, InProcessUpstream, UpstreamUnavailable
 
-from .conftest import free_port, wait_for
+from ..harness import free_port, wait_for
 
 
 def start_receiver(db: Path, port: int) -> subprocess.Popen:

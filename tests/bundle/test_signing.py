@@ -18,7 +18,7 @@ from edgewise.bundle.signing import (
 )
 from edgewise.errors import BundleError, SignatureError
 
-from ..agent.conftest import make_bundle
+from ..harness import make_bundle
 
 
 @pytest.fixture(scope="module")

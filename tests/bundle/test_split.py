@@ -9,7 +9,7 @@ from edgewise.bundle.split import split_bundle
 from edgewise.errors import ModelError
 from edgewise.modelio import embedding_tensor, expose, split_at
 
-from ..agent.conftest import make_bundle
+from ..harness import make_bundle
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:

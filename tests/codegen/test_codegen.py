@@ -22,7 +22,7 @@ from edgewise.errors import CodegenError
 from edgewise.profile import make_session, run_model
 from edgewise.targets import load_target
 
-from .conftest import build_host, run_program
+from ..harness import build_host, run_program
 
 
 def _quantized_inputs(model: onnx.ModelProto, data: str) -> tuple[np.ndarray, np.ndarray, object]:

@@ -18,7 +18,7 @@ from edgewise.codegen.reference import quantize_input, run_reference
 from edgewise.codegen.toolchain import arm_sizes, build_arm, run_qemu
 from edgewise.data import load_splits
 
-from .conftest import build_host, have, run_program
+from ..harness import build_host, have, run_program
 
 TOOLS = ("arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm")
 missing = [t for t in TOOLS if not have(t)]

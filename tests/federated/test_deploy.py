@@ -17,7 +17,7 @@ from edgewise.data import load_splits
 from edgewise.errors import DataError
 from edgewise.federated.partition import partition
 
-from ..agent.conftest import AgentProc, free_port, make_bundle
+from ..harness import AgentProc, free_port, make_bundle
 
 
 def test_sample_store_keeps_labelled_samples_bounded_and_refuses_what_does_not_fit(tmp_path):

@@ -11,7 +11,6 @@ from edgewise.federated.apps import FedConfig
 from edgewise.federated.partition import partition
 from edgewise.federated.simulate import run
 
-from ..fleet.conftest import fleet_kit  # noqa: F401  (signed bundles and keys)
 
 
 def test_partitions_are_seeded_disjoint_and_skewed_as_asked():
@@ -101,7 +100,7 @@ def test_publish_goes_from_federated_training_to_a_signed_bundle_in_a_rollout(tm
     from edgewise.bundle import read_bundle
     from edgewise.bundle.signing import TrustStore, verify_signed_bundle
 
-    from ..fleet.conftest import ADMIN, FleetProc
+    from ..harness import ADMIN, FleetProc
 
     fleet = FleetProc(tmp_path / "fleet", [fleet_kit["pub"]]).start()
     try:

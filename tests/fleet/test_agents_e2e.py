@@ -13,8 +13,7 @@ import numpy as np
 
 from edgewise.data import load_splits
 
-from ..agent.conftest import AgentProc, free_port
-from .conftest import ADMIN, wait_rollout
+from ..harness import ADMIN, AgentProc, free_port, wait_rollout
 
 
 @pytest.mark.e2e

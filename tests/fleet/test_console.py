@@ -8,7 +8,7 @@ import shutil
 import httpx
 import pytest
 
-from .conftest import ADMIN, run
+from ..harness import ADMIN, run
 from .test_rollouts import on_base, poll_all
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -8,9 +8,8 @@ import subprocess
 import sys
 import time
 
-from ..agent.conftest import AgentProc, free_port
+from ..harness import AgentProc, FleetProc, free_port, wait_rollout
 from ..agent.test_mqtt import broker  # noqa: F401  (a real Mosquitto, started per test)
-from .conftest import FleetProc, wait_rollout
 
 
 @pytest.mark.e2e

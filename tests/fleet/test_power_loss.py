@@ -13,7 +13,7 @@ import pytest
 
 from edgewise.agent.ota.slots import Slots
 
-from .conftest import FleetProc, run, wait_rollout
+from ..harness import FleetProc, run, wait_rollout
 from .test_rollouts import on_base, on_verified_working_model, poll_all
 
 HERE = Path(__file__).parent

@@ -11,7 +11,7 @@ import pytest
 from edgewise.bundle import verify_bundle
 from edgewise.bundle.signing import TrustStore, verify_signed_bundle
 
-from .conftest import make_devices, run, wait_rollout
+from ..harness import make_devices, run, wait_rollout
 
 
 async def poll_all(devs, rounds: int = 40, until=None) -> None:  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ import pytest
 from edgewise.bundle.signing import canonical
 from edgewise.errors import SignatureError
 
-from .conftest import ADMIN, FleetProc, make_devices, run
+from ..harness import ADMIN, FleetProc, make_devices, run
 from .test_rollouts import on_base, on_verified_working_model, poll_all
 
 

@@ -7,7 +7,7 @@ import asyncio
 from edgewise.bundle.signing import TrustStore, verify_signed_bundle
 from edgewise.sim.fleet import enroll_fleet, run_until
 
-from .conftest import ADMIN
+from ..harness import ADMIN
 
 
 def test_forty_simulated_devices_complete_a_four_wave_rollout(fleet, fleet_kit, tmp_path):

@@ -16,7 +16,7 @@ from edgewise.errors import FleetError
 from edgewise.fleet.db import Database
 from edgewise.fleet.store import FleetStore
 
-from ..agent.conftest import free_port
+from ..harness import free_port
 
 
 def _pg_bin(name: str) -> str | None:

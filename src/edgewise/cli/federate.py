@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any
 
 import typer
 
+from edgewise.cli.common import Server, Token, out
 from edgewise.errors import EdgewiseError
-from edgewise.cli.common import (out, Server, Token)
-
 
 federate_app = typer.Typer(help="Federated learning on Flower: a simulation on this machine (no subcommand), or "
                                 "the deployment engine (serve / join) across real devices.",

@@ -17,8 +17,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edgewise.errors import EdgewiseError
 from edgewise.federated.apps import ClientData, FedConfig, make_client_app, run_rounds
@@ -179,7 +180,7 @@ def _register_nodes(keys: list[Path], env: dict[str, str], cwd: Path, log: Path)
     for key in keys:
         with open(log, "ab") as f:
             r = subprocess.run(["flwr", "supernode", "register", str(key), CONNECTION], stdout=f,
-                               stderr=subprocess.STDOUT, env=env, cwd=cwd, timeout=60)
+                               stderr=subprocess.STDOUT, env=env, cwd=cwd, timeout=60, check=False)
         if r.returncode != 0:
             raise EdgewiseError(f"the SuperLink refused to register {key}: {_tail(log, 600)}")
 
@@ -357,46 +358,53 @@ def join(server: str, store: Path, model_name: str | None = None, api_port: int 
     run_supernode(cmd, env, max_wait_s, node_key is not None)
 
 
-def run_supernode(cmd: list[str], env: dict[str, str], max_wait_s: float | None, has_key: bool,
-                  first_wait_s: float = 5.0) -> None:
-    """Run Flower's SuperNode until it ends, its output passed through. A SuperLink that does not know this
-    node's key yet refuses it, and Flower's SuperNode then exits: a device may well start before the operator
-    registers it, so retry with backoff (up to `max_wait_s`) instead of dying. A federation that admits only
-    registered nodes, joined without a key, is an error said in one line. Stop signals reach the SuperNode."""
+def _supernode_once(cmd: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run Flower's SuperNode once, its output passed through; its exit code and last lines. It runs in its
+    own process group, which stop signals reach and which is killed when it ends: Flower's SuperNode leaves
+    its SuperExec child behind when it exits."""
     import collections
     import signal
     import threading
 
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+
+    def forward(sig: int, _frame: Any) -> None:
+        os.killpg(proc.pid, sig)
+
+    def relay() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            sys.stdout.buffer.write(raw)
+            sys.stdout.flush()
+            tail.append(raw.decode(errors="replace"))
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        reader.join(10)
+    return code, "".join(tail)
+
+
+def run_supernode(cmd: list[str], env: dict[str, str], max_wait_s: float | None, has_key: bool,
+                  first_wait_s: float = 5.0) -> None:
+    """Run Flower's SuperNode until it ends. A SuperLink that does not know this node's key yet refuses it,
+    and Flower's SuperNode then exits: a device may well start before the operator registers it, so retry
+    with backoff (up to `max_wait_s`) instead of dying. A federation that admits only registered nodes,
+    joined without a key, is an error said in one line."""
     deadline = None if max_wait_s is None else time.monotonic() + max_wait_s
     wait = first_wait_s
     while True:
-        # its own process group: Flower's SuperNode leaves its SuperExec child behind when it exits
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        forward = lambda sig, _frame: os.killpg(proc.pid, sig)  # noqa: E731
-        old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-        tail: collections.deque[str] = collections.deque(maxlen=40)
-
-        def relay() -> None:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                sys.stdout.buffer.write(raw)
-                sys.stdout.flush()
-                tail.append(raw.decode(errors="replace"))
-
-        reader = threading.Thread(target=relay, daemon=True)
-        reader.start()
-        try:
-            code = proc.wait()
-        finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            reader.join(10)
-        said = "".join(tail)
+        code, said = _supernode_once(cmd, env)
         if code == 0 or "code: 20" not in said:
             if code != 0:
                 raise EdgewiseError(f"the SuperNode exited with code {code}")

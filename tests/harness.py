@@ -1,0 +1,249 @@
+"""What tests (and benchmarks) share: bundles made the way users make them, real agent and fleet server
+processes on loopback, signed bundle variants, and the C build-and-run helpers. Fixtures live in the
+conftest files and call these; nothing imports a conftest."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from edgewise.agent.ota.slots import Slots
+from edgewise.agent.ota.updater import Updater, enroll
+from edgewise.bundle import Manifest, read_bundle, write_bundle
+from edgewise.bundle.selftest import add_golden
+from edgewise.bundle.signing import TrustStore, load_private, load_public, sign_bundle
+from edgewise.data import load_splits
+from edgewise.fleet.client import FleetClient
+from edgewise.modelio import inputs, outputs
+
+# ---- processes on loopback ---------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_until_healthy(args: list[str], url: str, what: str, env: dict | None = None,
+                        timeout: float = 60) -> subprocess.Popen:
+    """Start a server process and return once its /health answers (or raise with its stderr)."""
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=1).read()
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stderr.read().decode()[-2000:])
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{what} did not start")
+
+
+def wait_for(cond, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+# ---- bundles -----------------------------------------------------------------------------------------------
+
+def bundle_trained(train_dir: Path, out: Path, name: str, metrics: dict | None = None) -> Path:
+    """Pack a `train` output directory as an fp32 bundle (as `optimize` would for a server)."""
+    import onnx
+
+    model = onnx.load(str(train_dir / "model.onnx"))
+    meta = json.loads((train_dir / "train.json").read_text())
+    manifest = Manifest(name, "1.0.0", "edge-server", [s.as_dict() for s in inputs(model)],
+                        [s.as_dict() for s in outputs(model)], meta["labels"], meta["preprocessing"], "fp32", [],
+                        metrics or {})
+    return write_bundle(out, manifest, {"model.onnx": (train_dir / "model.onnx").read_bytes()})
+
+
+def make_bundle(out: Path, arch: str, epochs: int, name: str, width: float = 1.0) -> Path:
+    """A zoo model trained briefly on digits, packed as a bundle."""
+    from edgewise.zoo import TrainConfig, train
+
+    tm = train(arch, load_splits("digits"), TrainConfig(epochs=epochs), width=width)
+    tm.save(out / "train")
+    return bundle_trained(out / "train", out / "bundle", name, {"accuracy": tm.metrics["test_accuracy"]})
+
+
+MCU_OPTS = dict(latency_runs=5, measure_memory=False, calibration_samples=64, torch_passes=False)
+
+
+def mcu_bundle(tmp: Path, arch: str, data: str, epochs: int, only: str = "baseline-int8-minmax") -> Path:
+    """The search picks among `only`; the tolerance is wide because these fixtures test the compiler
+    (BasicMotions' 16-sample validation split moves 6.25 points per sample)."""
+    from edgewise.optimize.pipeline import optimize
+    from edgewise.optimize.search import SearchOptions
+    from edgewise.targets import load_target
+    from edgewise.zoo import TrainConfig, train
+
+    train(arch, load_splits(data), TrainConfig(epochs=epochs)).save(tmp / "train")
+    opts = SearchOptions(**MCU_OPTS, only=(only,), max_accuracy_drop=20.0)
+    outcome = optimize(tmp / "train", data, load_target("mcu-256k"), tmp / "opt", opts)
+    assert outcome.bundle is not None, outcome.result.why
+    return outcome.bundle
+
+
+def versioned(src: Path, out: Path, version: str, key: Path, model_bytes: bytes | None = None,
+              golden_from: Path | None = None) -> Path:
+    """A copy of bundle `src` as `version`, with golden pairs and signed by `key`. `model_bytes` swaps the
+    model (hashes stay consistent: a well-formed bundle whose model is broken or different)."""
+    m = read_bundle(src)
+    write_bundle(out, replace(m, version=version, files={}, created=""),
+                 {"model.onnx": model_bytes if model_bytes is not None else (src / "model.onnx").read_bytes()})
+    if golden_from is not None:  # golden pairs of another model: the self-test must fail
+        shutil.copy(golden_from / "selftest.npz", out / "selftest.npz")
+        m2 = read_bundle(out)
+        write_bundle(out, replace(m2, files={}), {"model.onnx": out / "model.onnx", "selftest.npz": out / "selftest.npz"})
+    elif model_bytes is None:
+        add_golden(out)
+    sign_bundle(out, load_private(key))
+    return out
+
+
+# ---- the agent ---------------------------------------------------------------------------------------------
+
+class AgentProc:
+    def __init__(self, args: list[str], port: int, data_dir: Path) -> None:
+        self.args, self.port, self.data_dir = args, port, data_dir
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> AgentProc:
+        self.proc = spawn_until_healthy([sys.executable, "-m", "edgewise.cli", "agent", *self.args, "--port",
+                                         str(self.port), "--data-dir", str(self.data_dir)], self.url, "agent")
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def get(self, path: str) -> dict:
+        return json.loads(urllib.request.urlopen(self.url + path, timeout=10).read())
+
+    def post(self, path: str, body: bytes, ctype: str = "application/json") -> tuple[int, dict]:
+        req = urllib.request.Request(self.url + path, data=body, method="POST", headers={"Content-Type": ctype})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+
+def predict(agent: AgentProc, x: np.ndarray) -> list[dict]:
+    status, body = agent.post("/predict", json.dumps({"inputs": x.tolist()}).encode())
+    assert status == 200, body
+    return body["results"]
+
+
+# ---- the fleet ---------------------------------------------------------------------------------------------
+
+ADMIN = "test-admin-token"
+
+
+class FleetProc:
+    def __init__(self, data_dir: Path, trust: list[Path], port: int | None = None, db: str | None = None,
+                 ttl: float = 3600, mqtt: str | None = None) -> None:
+        self.data_dir, self.trust, self.port, self.db, self.ttl = data_dir, trust, port or free_port(), db, ttl
+        self.mqtt = mqtt
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> FleetProc:
+        args = [sys.executable, "-m", "edgewise.cli", "fleet", "serve", "--data-dir", str(self.data_dir),
+                "--port", str(self.port), "--assignment-ttl", str(self.ttl)]
+        for t in self.trust:
+            args += ["--trust", str(t)]
+        if self.db:
+            args += ["--db", self.db]
+        if self.mqtt:
+            args += ["--mqtt", self.mqtt]
+        self.proc = spawn_until_healthy(args, self.url, "fleet server", {**os.environ, "EDGEWISE_ADMIN_TOKEN": ADMIN},
+                                        timeout=30)
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    @property
+    def admin(self) -> FleetClient:
+        return FleetClient(self.url, ADMIN)
+
+    def fleet_keys(self) -> TrustStore:
+        t = TrustStore()
+        t.add(load_public(urllib.request.urlopen(self.url + "/v1/keys/fleet.pub", timeout=5).read()))
+        return t
+
+
+async def make_devices(fleet: FleetProc, kit: dict, root: Path, n: int, tag: str, client: httpx.AsyncClient,
+                       **kw) -> list[Updater]:
+    """n devices enrolled for real, each with its own slots, trusting only the release key."""
+    token_tags = [tag]
+    out = []
+    for i in range(n):
+        token = fleet.admin.enroll_token(token_tags)
+        ident = await enroll(client, fleet.url, token, f"dev-{i}")
+        out.append(Updater(ident, Slots(root / f"dev-{i}"), TrustStore.load([kit["pub"]]), fleet.fleet_keys(),
+                           client, backoff_s=0.05, **kw))
+    return out
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def wait_rollout(fleet: FleetProc, rid: str, states: tuple[str, ...], timeout: float = 60) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        r = fleet.admin.get_rollout(rid)
+        if r["state"] in states:
+            return r
+        time.sleep(0.2)
+    raise AssertionError(f"rollout {rid} stuck in {r['state']}: {json.dumps(r)}")
+
+
+# ---- generated C -------------------------------------------------------------------------------------------
+
+def build_host(src: dict[str, str], out: Path) -> Path:
+    """Write the sources and build them as the toolchain does: gcc -std=c99 -Wall -Wextra -Werror -O2."""
+    from edgewise.codegen.toolchain import build_host as toolchain_build
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in src.items():
+        (out / name).write_text(text)
+    return toolchain_build(out, out / "model")
+
+
+def run_program(exe: Path, samples: np.ndarray) -> np.ndarray:
+    proc = subprocess.run([str(exe)], input=np.ascontiguousarray(samples, dtype=np.int8).tobytes(),
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.decode().strip().splitlines()
+    return np.array([[int(v) for v in line.split("|")[0].split()] for line in lines])
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None
