@@ -21,12 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import machine, table, write_section  # noqa: E402
 
-from edgewise.agent.serve.cascade import CascadeConfig, Inference, PrivacyPolicy  # noqa: E402
-from edgewise.agent.serve.models import ModelManager  # noqa: E402
 from edgewise.agent.forward.queue import DurableQueue, GroupCommitter, NewItem  # noqa: E402
 from edgewise.agent.forward.receiver import EventStore  # noqa: E402
 from edgewise.agent.forward.sync import Syncer  # noqa: E402
 from edgewise.agent.forward.upstream import HttpUpstream  # noqa: E402
+from edgewise.agent.serve.cascade import CascadeConfig, Inference, PrivacyPolicy  # noqa: E402
+from edgewise.agent.serve.models import ModelManager  # noqa: E402
 from edgewise.data import load_splits  # noqa: E402
 from tests.harness import AgentProc, free_port, make_bundle  # noqa: E402
 

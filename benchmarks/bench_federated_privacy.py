@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import machine, table, write_section  # noqa: E402
 
 from edgewise.federated import deploy  # noqa: E402
-from edgewise.federated.apps import FedConfig  # noqa: E402
+from edgewise.federated.config import FedConfig  # noqa: E402
 from edgewise.federated.simulate import run  # noqa: E402
 
 

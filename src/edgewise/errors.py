@@ -45,6 +45,10 @@ class SignatureError(BundleError):
     """A bundle or metadata signature is missing, malformed, made by an untrusted key, or does not verify."""
 
 
+class FederatedError(EdgewiseError):
+    """A federated run is set up wrongly, cannot start or join, or could not produce a sound model."""
+
+
 class FleetError(EdgewiseError):
     """The fleet server or a device updater refused an operation (bad request, auth, state)."""
 

@@ -7,10 +7,9 @@ import pytest
 
 from edgewise.data import load_splits
 from edgewise.errors import DataError
-from edgewise.federated.apps import FedConfig
+from edgewise.federated.config import FedConfig
 from edgewise.federated.partition import partition
 from edgewise.federated.simulate import run
-
 
 
 def test_partitions_are_seeded_disjoint_and_skewed_as_asked():
@@ -39,7 +38,7 @@ def test_simulation_improves_round_over_round_and_only_weights_and_metrics_cross
     # Assert: better every round, the rounds completed without the crashed client
     assert len(acc) == 4 and all(b > a for a, b in zip(acc, acc[1:])) and acc[-1] > 0.8, acc
     assert (tmp_path / "fl" / "history.png").stat().st_size > 0
-    from edgewise.federated.apps import build_module
+    from edgewise.federated.config import build_module
     from edgewise.federated.simulate import client_data
     from edgewise.federated.task import get_weights
 
@@ -72,7 +71,7 @@ def test_dp_run_clips_on_clients_adds_noise_and_states_its_epsilon(tmp_path):
     clip_only = FedConfig(model="mlp", width=0.5, clients=3, rounds=2, partition="iid", dp_clip=0.5, lr=0.1)
     run(clip_only, tmp_path / "plain", baseline=False)
     # Assert: the run completed and says what it guarantees; the noise changed the model it produced
-    from edgewise.federated.apps import build_module
+    from edgewise.federated.config import build_module
     from edgewise.federated.dp import epsilon
     from edgewise.federated.simulate import client_data
     from edgewise.federated.task import get_weights
@@ -129,7 +128,7 @@ def test_publish_goes_from_federated_training_to_a_signed_bundle_in_a_rollout(tm
 
 @pytest.mark.e2e
 def test_secagg_server_sees_only_masked_updates_and_still_gets_fedavgs_model(tmp_path):
-    from edgewise.federated.apps import build_module
+    from edgewise.federated.config import build_module
     from edgewise.federated.simulate import client_data
     from edgewise.federated.task import get_weights
 
@@ -161,7 +160,7 @@ def test_secagg_server_sees_only_masked_updates_and_still_gets_fedavgs_model(tmp
 
 def test_an_output_directory_is_replaced_only_when_it_holds_an_earlier_run(tmp_path):
     from edgewise.errors import EdgewiseError
-    from edgewise.federated.simulate import fresh_run_dir
+    from edgewise.federated.history import fresh_run_dir
 
     work = tmp_path / "work"
     work.mkdir()
@@ -197,7 +196,7 @@ def test_a_client_sending_garbage_is_dropped_or_outvoted(tmp_path):
 def test_nan_and_wrong_shaped_updates_are_named_and_valid_ones_pass():
     import numpy as np
 
-    from edgewise.federated.apps import _invalid_update
+    from edgewise.federated.server import _invalid_update
 
     model = [np.zeros((3, 2), np.float32), np.zeros(2, np.float32)]
     expected = [(a.shape, a.dtype) for a in model]

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from edgewise.cli.common import Server, Token, out
-from edgewise.errors import EdgewiseError
+from edgewise.errors import FederatedError
 
 federate_app = typer.Typer(help="Federated learning on Flower: a simulation on this machine (no subcommand), or "
                                 "the deployment engine (serve / join) across real devices.",
@@ -96,7 +96,7 @@ def _print_round(rounds: int):  # type: ignore[no-untyped-def]
 
 def _check_publish(p: dict[str, Any]) -> None:
     if p["publish"] and p["key"] is None:
-        raise EdgewiseError("--publish needs --key (the release private key that signs the bundle)")
+        raise FederatedError("--publish needs --key (the release private key that signs the bundle)")
 
 
 def _publish_if_asked(h: dict, out_dir: Path, p: dict[str, Any]) -> None:
@@ -127,9 +127,10 @@ def federate(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from edgewise.federated.apps import FedConfig
+    from edgewise.federated.config import FedConfig
+    from edgewise.federated.history import summary
     from edgewise.federated.partition import parse_scheme
-    from edgewise.federated.simulate import run, summary
+    from edgewise.federated.simulate import run
 
     parse_scheme(partition)
     _check_publish(publishing)
@@ -170,9 +171,9 @@ def federate_serve(
 
     Example: edgewise federate serve --clients 3 --rounds 5 --tls-dir fl-tls --node-keys keys/ --out fl-deploy
     """
-    from edgewise.federated.apps import FedConfig
+    from edgewise.federated.config import FedConfig
     from edgewise.federated.deploy import node_auth_plan, serve
-    from edgewise.federated.simulate import summary
+    from edgewise.federated.history import summary
 
     _check_publish(publishing)
     keys = node_auth_plan(host, tls_dir is not None, list(node_keys or []), any_node)  # fail before printing

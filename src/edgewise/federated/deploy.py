@@ -21,8 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgewise.errors import EdgewiseError
-from edgewise.federated.apps import ClientData, FedConfig, make_client_app, run_rounds
+from edgewise.errors import FederatedError
+from edgewise.federated.client import make_client_app
+from edgewise.federated.config import ClientData, FedConfig
+from edgewise.federated.server import run_rounds
 
 CONNECTION = "edgewise"
 
@@ -39,7 +41,7 @@ def _store_data(context: Any, cfg: FedConfig) -> tuple[int, ClientData, int]:
 
     rc, nc = context.run_config, context.node_config
     if "store" not in nc:
-        raise EdgewiseError("this SuperNode has no sample store: start it with `edgewise federate join --store`")
+        raise FederatedError("this SuperNode has no sample store: start it with `edgewise federate join --store`")
     store = SampleStore.open_existing(Path(str(nc["store"])))
     try:
         x, y = store.load(str(nc["model-name"]) if nc.get("model-name") else None)
@@ -47,10 +49,10 @@ def _store_data(context: Any, cfg: FedConfig) -> tuple[int, ClientData, int]:
         store.close()
     shape = tuple(int(v) for v in str(rc["sample-shape"]).split(","))
     if tuple(x.shape[1:]) != shape:
-        raise EdgewiseError(f"the samples in {nc['store']} have shape {list(x.shape[1:])}; the federation trains "
+        raise FederatedError(f"the samples in {nc['store']} have shape {list(x.shape[1:])}; the federation trains "
                             f"{cfg.model} on {list(shape)}")
     if y.max() >= int(rc["num-classes"]):
-        raise EdgewiseError(f"a sample in {nc['store']} has label {y.max()}; the model has {rc['num-classes']} classes")
+        raise FederatedError(f"a sample in {nc['store']} has label {y.max()}; the model has {rc['num-classes']} classes")
     # the node id (drawn by the SuperLink) keeps devices from shuffling their data alike
     return 0, ClientData([x], [y], shape, int(rc["num-classes"])), int(context.node_id) % 100
 
@@ -98,13 +100,13 @@ def wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout: floa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise EdgewiseError(f"{what} exited with code {proc.returncode}: {_tail(log)}")
+            raise FederatedError(f"{what} exited with code {proc.returncode}: {_tail(log)}")
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.2)
-    raise EdgewiseError(f"{what} did not open {host}:{port} in {timeout:.0f} s: {_tail(log)}")
+    raise FederatedError(f"{what} did not open {host}:{port} in {timeout:.0f} s: {_tail(log)}")
 
 
 def _tail(log: Path, n: int = 1500) -> str:
@@ -154,7 +156,7 @@ def is_loopback(host: str) -> bool:
 def check_plaintext(host: str, insecure: bool, what: str) -> None:
     """Plain HTTP only where nobody else can listen: loopback, or when the user says so."""
     if not insecure and not is_loopback(host):
-        raise EdgewiseError(f"{what} {host} is not loopback: use TLS (serve --tls-dir DIR; join --root-cert "
+        raise FederatedError(f"{what} {host} is not loopback: use TLS (serve --tls-dir DIR; join --root-cert "
                             "DIR/ca.crt) or say --insecure to send weights in the clear")
 
 
@@ -164,15 +166,15 @@ def node_auth_plan(host: str, tls: bool, node_keys: list[Path], any_node: bool) 
     from edgewise.federated.nodeauth import public_keys
 
     if node_keys and any_node:
-        raise EdgewiseError("--node-keys and --any-node contradict each other: choose one")
+        raise FederatedError("--node-keys and --any-node contradict each other: choose one")
     if not node_keys:
         if not any_node and not is_loopback(host):
-            raise EdgewiseError(f"the SuperLink would listen on {host}, where any machine could join and send "
+            raise FederatedError(f"the SuperLink would listen on {host}, where any machine could join and send "
                                 "weights: register the devices' keys (--node-keys DIR of NAME.pub from `edgewise "
                                 "federate node-key`) or say --any-node")
         return []
     if not tls:
-        raise EdgewiseError("node authentication (--node-keys) needs TLS: add --tls-dir DIR")
+        raise FederatedError("node authentication (--node-keys) needs TLS: add --tls-dir DIR")
     return public_keys(node_keys)
 
 
@@ -182,7 +184,7 @@ def _register_nodes(keys: list[Path], env: dict[str, str], cwd: Path, log: Path)
             r = subprocess.run(["flwr", "supernode", "register", str(key), CONNECTION], stdout=f,
                                stderr=subprocess.STDOUT, env=env, cwd=cwd, timeout=60, check=False)
         if r.returncode != 0:
-            raise EdgewiseError(f"the SuperLink refused to register {key}: {_tail(log, 600)}")
+            raise FederatedError(f"the SuperLink refused to register {key}: {_tail(log, 600)}")
 
 
 def serve(cfg: FedConfig, out: Path, host: str = "127.0.0.1", port: int = 9092,
@@ -198,16 +200,16 @@ def serve(cfg: FedConfig, out: Path, host: str = "127.0.0.1", port: int = 9092,
         check_plaintext(host, insecure, "the SuperLink would listen on")
     registered = node_auth_plan(host, tls_dir is not None, list(node_keys or []), any_node)
     from edgewise.data import load_splits
-    from edgewise.federated.simulate import collect_history, fresh_run_dir, save_history
+    from edgewise.federated.history import collect_history, fresh_run_dir, save_history
 
     with socket.socket() as probe:  # a taken port would let us "connect" to someone else's server
         try:
             probe.bind((host, port))
         except OSError as e:
-            raise EdgewiseError(f"the SuperLink cannot listen on {host}:{port} ({e.strerror}): is another "
+            raise FederatedError(f"the SuperLink cannot listen on {host}:{port} ({e.strerror}): is another "
                                 "federation running there? choose --port") from e
     if tls_dir is not None and Path(out).resolve() in Path(tls_dir).resolve().parents:
-        raise EdgewiseError("keep --tls-dir outside --out: each run replaces its output directory")
+        raise FederatedError("keep --tls-dir outside --out: each run replaces its output directory")
     out = fresh_run_dir(out)
     test = load_splits(cfg.data).test
     home = out / "flower-home"
@@ -241,7 +243,7 @@ def serve(cfg: FedConfig, out: Path, host: str = "127.0.0.1", port: int = 9092,
         finally:
             _stop(runner)
         if link.poll() is not None:
-            raise EdgewiseError(f"the SuperLink died during the run: {_tail(link_log)}")
+            raise FederatedError(f"the SuperLink died during the run: {_tail(link_log)}")
     finally:
         _stop(link)  # on an interrupt too: no SuperLink is left holding the port
     history = collect_history(cfg, out)
@@ -279,10 +281,10 @@ def _follow(runner: subprocess.Popen[bytes], progress: Path, on_round: Any, time
         if done:
             break
         if deadline is not None and time.monotonic() > deadline:
-            raise EdgewiseError(f"the federated run did not finish in {timeout:.0f} s: {_tail(log)}")
+            raise FederatedError(f"the federated run did not finish in {timeout:.0f} s: {_tail(log)}")
         time.sleep(0.5)
     if runner.returncode != 0:
-        raise EdgewiseError(f"`flwr run` failed with code {runner.returncode}: {_tail(log)}")
+        raise FederatedError(f"`flwr run` failed with code {runner.returncode}: {_tail(log)}")
 
 
 def seed(stores: list[Path], data: str, scheme: str, model_name: str, seed: int = 0) -> list[int]:
@@ -294,7 +296,7 @@ def seed(stores: list[Path], data: str, scheme: str, model_name: str, seed: int 
 
     train = load_splits(data).train
     if train.y is None:
-        raise EdgewiseError(f"{data} has no labels to train on")
+        raise FederatedError(f"{data} has no labels to train on")
     sizes = []
     for path, idx in zip(stores, partition(train.y, len(stores), scheme, seed)):
         path = Path(path)
@@ -334,12 +336,12 @@ def join(server: str, store: Path, model_name: str | None = None, api_port: int 
     if root_cert is None:
         check_plaintext(host, insecure, "the SuperLink at")
     elif not Path(root_cert).is_file():
-        raise EdgewiseError(f"no CA certificate at {root_cert}")
+        raise FederatedError(f"no CA certificate at {root_cert}")
     if node_key is not None:
         from edgewise.federated.nodeauth import check_private_key
 
         if root_cert is None:
-            raise EdgewiseError("a node key (--node-key) is only sent over TLS: add --root-cert ca.crt")
+            raise FederatedError("a node key (--node-key) is only sent over TLS: add --root-cert ca.crt")
         node_key = check_private_key(node_key)
 
     store = Path(store).resolve()
@@ -407,13 +409,13 @@ def run_supernode(cmd: list[str], env: dict[str, str], max_wait_s: float | None,
         code, said = _supernode_once(cmd, env)
         if code == 0 or "code: 20" not in said:
             if code != 0:
-                raise EdgewiseError(f"the SuperNode exited with code {code}")
+                raise FederatedError(f"the SuperNode exited with code {code}")
             return
         if "code: 2001" in said and not has_key:
-            raise EdgewiseError("this federation admits registered nodes only: make a key with `edgewise federate "
+            raise FederatedError("this federation admits registered nodes only: make a key with `edgewise federate "
                                 "node-key`, have the operator register NAME.pub, and join with --node-key NAME.key")
         if deadline is not None and time.monotonic() + wait > deadline:
-            raise EdgewiseError("the SuperLink still does not know this node's key: ask the operator to register "
+            raise FederatedError("the SuperLink still does not know this node's key: ask the operator to register "
                                 "NAME.pub (`federate serve --node-keys`)")
         print(f"the SuperLink does not know this node's key (yet): retrying in {wait:.0f} s", flush=True)
         time.sleep(wait)

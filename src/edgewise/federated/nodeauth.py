@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgewise.errors import EdgewiseError
+from edgewise.errors import FederatedError
 from edgewise.fsutil import atomic_write
 
 
@@ -34,7 +34,7 @@ def make_node_key(directory: Path, name: str = "node") -> NodeKey:
     key = NodeKey(directory / f"{name}.key", directory / f"{name}.pub")
     for p in (key.private, key.public):
         if p.exists():
-            raise EdgewiseError(f"{p} exists: a node keeps its key (remove it first to make a new one)")
+            raise FederatedError(f"{p} exists: a node keeps its key (remove it first to make a new one)")
     private = ec.generate_private_key(ec.SECP384R1())
     atomic_write(key.private, private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                                     serialization.NoEncryption()), mode=0o600)
@@ -52,14 +52,14 @@ def check_private_key(path: Path) -> Path:
     try:
         key = load_ssh_private_key(Path(path).read_bytes(), None)
     except OSError as e:
-        raise EdgewiseError(f"cannot read the node key {path}: {e.strerror}") from e
+        raise FederatedError(f"cannot read the node key {path}: {e.strerror}") from e
     except (ValueError, TypeError, UnsupportedAlgorithm) as e:
-        raise EdgewiseError(f"{path} is not an unencrypted OpenSSH private key (make one with "
+        raise FederatedError(f"{path} is not an unencrypted OpenSSH private key (make one with "
                             "`edgewise federate node-key`)") from e
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise EdgewiseError(f"{path} is not an EC key: Flower authenticates nodes with NIST EC keys (P-384)")
+        raise FederatedError(f"{path} is not an EC key: Flower authenticates nodes with NIST EC keys (P-384)")
     if os.name == "posix" and Path(path).stat().st_mode & 0o077:
-        raise EdgewiseError(f"{path} is readable by other users: chmod 600 {path}")
+        raise FederatedError(f"{path} is readable by other users: chmod 600 {path}")
     return Path(path).resolve()
 
 
@@ -74,22 +74,22 @@ def public_keys(paths: list[Path]) -> list[Path]:
         if p.is_dir():
             found = sorted(p.glob("*.pub"))
             if not found:
-                raise EdgewiseError(f"{p} holds no *.pub node keys")
+                raise FederatedError(f"{p} holds no *.pub node keys")
             files += found
         elif p.is_file():
             files.append(p)
         else:
-            raise EdgewiseError(f"no node key at {p}")
+            raise FederatedError(f"no node key at {p}")
     seen: dict[bytes, Path] = {}
     for f in files:
         try:
             key = load_ssh_public_key(f.read_bytes().strip())
         except (ValueError, UnsupportedAlgorithm) as e:
-            raise EdgewiseError(f"{f} is not an OpenSSH public key (NAME.pub from `edgewise federate node-key`)") from e
+            raise FederatedError(f"{f} is not an OpenSSH public key (NAME.pub from `edgewise federate node-key`)") from e
         if not isinstance(key, ec.EllipticCurvePublicKey):
-            raise EdgewiseError(f"{f} is not an EC public key: Flower authenticates nodes with NIST EC keys")
+            raise FederatedError(f"{f} is not an EC public key: Flower authenticates nodes with NIST EC keys")
         raw = key.public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH)
         if raw in seen:
-            raise EdgewiseError(f"{f} is the same key as {seen[raw]}")
+            raise FederatedError(f"{f} is the same key as {seen[raw]}")
         seen[raw] = f
     return [f.resolve() for f in files]

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edgewise.errors import EdgewiseError
+from edgewise.errors import FederatedError
 
 
 @dataclass
@@ -26,7 +26,7 @@ def publish(history: dict[str, Any], run_dir: Path, target: str, key: Path, serv
     from edgewise.bundle.selftest import add_golden
     from edgewise.bundle.signing import load_private, sign_bundle
     from edgewise.data import load_splits
-    from edgewise.federated.apps import ClientData, FedConfig, build_module
+    from edgewise.federated.config import ClientData, FedConfig, build_module
     from edgewise.federated.task import set_weights
     from edgewise.fleet.client import FleetClient
     from edgewise.optimize.pipeline import optimize
@@ -51,7 +51,7 @@ def publish(history: dict[str, Any], run_dir: Path, target: str, key: Path, serv
                        SearchOptions(torch_passes=torch_passes), name=name or f"{cfg.model}-{cfg.data}",
                        version=version)
     if outcome.bundle is None:
-        raise EdgewiseError(f"nothing fits {target}: see {run_dir / 'optimized' / 'report.html'}")
+        raise FederatedError(f"nothing fits {target}: see {run_dir / 'optimized' / 'report.html'}")
     bundle = outcome.bundle
     m = read_bundle(bundle)
     write_bundle(bundle, replace(m, files={}, metrics={**m.metrics, "federated": fed},

@@ -12,7 +12,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgewise.errors import EdgewiseError
+from edgewise.errors import FederatedError
 from edgewise.fsutil import atomic_write
 
 
@@ -55,13 +55,13 @@ def ensure_certs(directory: Path, hosts: list[str], days: int = 825) -> TlsFiles
     private = dict(encoding=pem, format=serialization.PrivateFormat.PKCS8,
                    encryption_algorithm=serialization.NoEncryption())
     if files.ca.exists() != ca_key_path.exists():
-        raise EdgewiseError(f"{directory} holds only half of a CA (ca.crt and ca.key go together)")
+        raise FederatedError(f"{directory} holds only half of a CA (ca.crt and ca.key go together)")
     if files.ca.exists():
         try:
             ca_cert = x509.load_pem_x509_certificate(files.ca.read_bytes())
             ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
         except ValueError as e:
-            raise EdgewiseError(f"cannot read the federation CA in {directory}: {e}") from e
+            raise FederatedError(f"cannot read the federation CA in {directory}: {e}") from e
     else:
         ca_key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgewise federation CA")])
