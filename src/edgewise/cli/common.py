@@ -39,20 +39,24 @@ def _train(model: str, data: str, out: Path, epochs: int, width: float, seed: in
     splits = load_splits(data, seed=seed)
     cfg = TrainConfig(epochs=epochs, seed=seed)
     with Progress(TextColumn("[bold]training {task.fields[arch]}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as progress:
+                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                  console=console) as progress:
         task = progress.add_task("train", total=cfg.epochs_for(len(splits.train)), arch=model, status="")
 
         def on_epoch(epoch: int, total: int, m: dict[str, float]) -> None:
-            progress.update(task, completed=epoch, total=total,
-                            status=f"loss {m['loss']:.3f}  val {m['val_accuracy'] * 100:.1f}%")
+            val = f"val {m['val_accuracy'] * 100:.1f}%" if "val_accuracy" in m else f"val mAP50 {m['val_map50'] * 100:.1f}%"
+            progress.update(task, completed=epoch, total=total, status=f"loss {m['loss']:.3f}  {val}")
 
         trained = train_model(model, splits, cfg, width=width, on_epoch=on_epoch)
     from edgewise.fsutil import atomic_dir
 
     with atomic_dir(out) as tmp:
         trained.save(tmp)
-    out_console.print(f"trained [bold]{model}[/] on {data}: {trained.params:,} params, "
-                      f"val {_pct(trained.metrics['val_accuracy'])}, test {_pct(trained.metrics['test_accuracy'])}")
+    m = trained.metrics
+    scores = (f"val {_pct(m['val_accuracy'])}, test {_pct(m['test_accuracy'])}" if "test_accuracy" in m else
+              f"val mAP@0.5 {_pct(m['val_map50'])}, test mAP@0.5 {_pct(m['test_map50'])}, "
+              f"mAP@0.5:0.95 {_pct(m['test_map50_95'])}")
+    out_console.print(f"trained [bold]{model}[/] on {data}: {trained.params:,} params, {scores}")
     out_console.print(f"wrote {out}/model.onnx, checkpoint.pt, train.json")
     return trained
 
@@ -141,6 +145,9 @@ def _print_search(outcome: Any) -> None:
     out_console.print(f"test split: {f['fidelity_kind'].replace('_', ' ')} {_pct(f['baseline_accuracy'])} -> "
                       f"{_pct(f['accuracy'])}, size {_kb(f['baseline_size_bytes'])} -> {_kb(f['size_bytes'])}, "
                       f"{lat} {f['baseline_latency_p50_ms']:.3f} -> {f['latency_p50_ms']:.3f} ms")
+    if "map50_95" in f.get("fidelity_details", {}):
+        out_console.print(f"test split: mAP@0.5:0.95 {_pct(f['baseline_fidelity_details']['map50_95'])} -> "
+                          f"{_pct(f['fidelity_details']['map50_95'])} (against the data's boxes)")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

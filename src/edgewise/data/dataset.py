@@ -19,6 +19,9 @@ class Dataset:
     Multi-input models take `named` data instead: one array per model input name, samples stacked on a
     new leading axis, so sample i is the complete feed `{name: named[name][i]}` (any batch dimension the
     model has included, dtypes kept). `x` is then the first of those arrays.
+
+    Detection data has `boxes` instead of `y`: per image an array [K, 5] of (class, x1, y1, x2, y2) in the
+    model input's pixels (K may be 0).
     """
 
     name: str
@@ -27,6 +30,7 @@ class Dataset:
     labels: list[str]
     preprocessing: dict[str, Any] = field(default_factory=dict)
     named: dict[str, np.ndarray] = field(default_factory=dict)
+    boxes: list[np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if self.named:
@@ -43,6 +47,10 @@ class Dataset:
             self.x = np.ascontiguousarray(self.x, dtype=np.float32)
         if self.y is not None:
             self.y = np.asarray(self.y, dtype=np.int64)
+        if self.boxes is not None:
+            if len(self.boxes) != len(self.x):
+                raise DataError(f"dataset {self.name!r}: {len(self.x)} images but boxes for {len(self.boxes)}")
+            self.boxes = [np.asarray(b, np.float32).reshape(-1, 5) for b in self.boxes]
 
     def __len__(self) -> int:
         return len(self.x)
@@ -60,7 +68,8 @@ class Dataset:
     def subset(self, idx: np.ndarray, suffix: str) -> Dataset:
         y = None if self.y is None else self.y[idx]
         named = {k: v[idx] for k, v in self.named.items()}
-        return Dataset(f"{self.name}:{suffix}", self.x[idx], y, self.labels, self.preprocessing, named)
+        boxes = None if self.boxes is None else [self.boxes[int(i)] for i in idx]
+        return Dataset(f"{self.name}:{suffix}", self.x[idx], y, self.labels, self.preprocessing, named, boxes)
 
     def head(self, n: int) -> Dataset:
         """The first `n` samples (all of them when there are fewer)."""
@@ -75,7 +84,7 @@ class Dataset:
                 f"data samples have shape {self.sample_shape} but the model expects {tuple(sample_shape)}"
             )
         x = self.x.reshape((len(self.x), *sample_shape))
-        return Dataset(self.name, x, self.y, self.labels, self.preprocessing)
+        return Dataset(self.name, x, self.y, self.labels, self.preprocessing, boxes=self.boxes)
 
 
 @dataclass

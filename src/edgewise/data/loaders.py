@@ -15,6 +15,8 @@ BUNDLED = {
     "textlines": "rendered text crops on real photo backgrounds, 3x48x192, upright (0) vs rotated (180)",
     "photos": "crops of scikit-learn's sample photos, 3xSIZExSIZE RGB in [0, 1], unlabelled (photos:SIZE, "
               "default 224): calibration data for third-party vision models",
+    "shapes": "detection: circles, squares and triangles composited onto the sample photos, with boxes, "
+              "3xSIZExSIZE (shapes:SIZE, default 96), 800 images",
 }
 
 
@@ -119,8 +121,9 @@ def _user_dataset(path: Path, x: np.ndarray, y: np.ndarray | None) -> Dataset:
 
 
 def load(spec: str) -> Dataset:
-    """A bundled name (`digits`, `digits:64`, `basicmotions`, `textlines`, `photos:SIZE`), a `.npz` / `.csv`
-    path, or a folder of images (`DIR` or `DIR:SIZE`, one subfolder per class)."""
+    """A bundled name (`digits`, `digits:64`, `basicmotions`, `textlines`, `photos:SIZE`, `shapes:SIZE`), a
+    `.npz` / `.csv` path, or a folder of images (`DIR` or `DIR:SIZE`): one subfolder per class, or YOLO
+    format (images/, labels/, classes.txt) for detection."""
     name, _, arg = spec.partition(":")
     if name == "digits":
         if arg and not arg.isdigit():
@@ -134,6 +137,12 @@ def load(spec: str) -> Dataset:
         if arg and not arg.isdigit():
             raise DataError(f"photos size must be an integer, got {arg!r}")
         return photos(int(arg) if arg else 224)
+    if name == "shapes":
+        from edgewise.data.shapes import shapes
+
+        if arg and not arg.isdigit():
+            raise DataError(f"shapes size must be an integer, got {arg!r}")
+        return shapes(int(arg) if arg else 96)
     if name == "textlines":
         from edgewise.data.textlines import textlines
 
@@ -144,8 +153,12 @@ def load(spec: str) -> Dataset:
         path = Path(head)
     if path.is_dir():
         from edgewise.data.imagefolder import image_folder
+        from edgewise.data.yolo import is_yolo_folder, yolo_folder
 
-        return image_folder(path, int(size) if size.isdigit() and path != Path(spec) else 96)
+        given = int(size) if size.isdigit() and path != Path(spec) else None
+        if is_yolo_folder(path):
+            return yolo_folder(path, given or 320)
+        return image_folder(path, given or 96)
     if path.suffix.lower() not in (".npz", ".csv"):
         known = ", ".join(BUNDLED)
         raise DataError(f"unknown dataset {spec!r}: use one of {known}, a .npz / .csv file, or a folder of images")

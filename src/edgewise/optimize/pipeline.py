@@ -39,14 +39,16 @@ class OptimizeOutcome:
 
 
 def _report(source: Source, result: SearchResult, opts: SearchOptions, splits: Splits) -> dict[str, Any]:
+    from edgewise.profile.fidelity import ground_truth
+
     task = result.task
-    labelled = splits.val.y is not None and task is not None and task.name == "classification"
+    labelled = task is not None and ground_truth(task, splits.val) is not None
     return {
         "model": source.name,
         "target": asdict(result.target),
         "max_accuracy_drop": opts.max_accuracy_drop,
         "task": task.as_dict() if task else None,
-        "accuracy_kind": "accuracy" if labelled else (
+        "accuracy_kind": ("map50" if task and task.name == "detection" else "accuracy") if labelled else (
             "top1_agreement_with_fp32" if task is None or task.name == "classification"
             else f"{KINDS[task.name]}_with_fp32"),
         "budgets": {"max_latency_ms": opts.max_latency_ms, "max_ram_bytes": opts.max_ram_bytes,

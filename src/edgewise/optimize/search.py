@@ -27,7 +27,7 @@ from edgewise.optimize.options import Log, Progress, SearchOptions, SearchResult
 from edgewise.optimize.plan import Parent, Planner, param_count, torch_parents
 from edgewise.profile import count_macs, measure_latency
 from edgewise.profile.feeds import Feeder, session_inputs
-from edgewise.profile.fidelity import check_task, fidelity, infer_task
+from edgewise.profile.fidelity import TRUTH_KINDS, check_task, fidelity, ground_truth, infer_task
 from edgewise.source import Source
 from edgewise.targets import TargetProfile
 
@@ -44,16 +44,16 @@ def search(source: Source, splits: Splits, target: TargetProfile, opts: SearchOp
     base_val = runner.outputs(source.model, val)
     task = check_task(opts.task, base_val) if opts.task else infer_task(
         base_val, val.sample_shape if not val.named else None, val.y is not None)
-    y_val = val.y if task.name == "classification" else None
+    y_val = ground_truth(task, val)
     base_fid = fidelity(task, base_val, base_val, y_val)
     baseline = Candidate("baseline-fp32", "starting model, as given", "baseline", "fp32", [], source.model,
                          count_macs(source.model), param_count(source.model))
     baseline.logical = source.model
     baseline.metrics.update(fidelity_metrics(base_fid, base_fid))
     result = SearchResult(target, baseline, [], None, "", task=task)
-    if val.y is not None and task.name != "classification":
-        result.notes.append(f"labels are used for classification only; the {task.name} fidelity is agreement "
-                            "with the starting model")
+    if y_val is None and (val.y is not None or val.boxes is not None):
+        result.notes.append(f"the data's labels do not fit a {task.name} model; its fidelity is agreement with the "
+                            "starting model")
     if not target.runs_onnxruntime:
         result.notes.append("latency is estimated from MACs; it was not measured on the device")
 
@@ -67,7 +67,10 @@ def search(source: Source, splits: Splits, target: TargetProfile, opts: SearchOp
     base_parent = Parent("baseline", "starting model", lambda: (source.model, baseline.params, []))
     parents = [base_parent]
     if source.trained is not None and opts.torch_passes:
-        parents += torch_parents(source, splits, opts, log)
+        if task.name == "classification":
+            parents += torch_parents(source, splits, opts, log)
+        else:  # pruning's fine-tune and distillation's loss are written for classifiers
+            result.notes.append(f"pruning and distillation are not tried for {task.name} models yet")
     plans = planner.plans(parents)
     state["measure_sensitivity"] = lambda: measure_sensitivity(base_parent, planner, runner, val, base_val, opts, clock,
                                                         state, result, log, progress)
@@ -101,14 +104,14 @@ def finalize(result: SearchResult, splits: Splits, runs: int = 300) -> dict[str,
     runner = Runner(result.target)
     test = splits.test
     task = result.task or infer_task(runner.outputs(b.model, test.head(1)), None, test.y is not None)
-    y = test.y if task.name == "classification" else None
+    y = ground_truth(task, test)
     base_out = runner.outputs(b.model, test)
     fid_b = fidelity(task, base_out, base_out, y)
     fid_c = fidelity(task, runner.outputs(c.model, test), base_out, y)
     final = {"accuracy": fid_c.score, "baseline_accuracy": fid_b.score,
-             "accuracy_kind": fid_c.kind if fid_c.kind == "accuracy" else f"{fid_c.kind}_with_fp32",
+             "accuracy_kind": fid_c.kind if fid_c.kind in TRUTH_KINDS else f"{fid_c.kind}_with_fp32",
              "task": task.name, "task_source": task.why, "fidelity_kind": fid_c.kind, "fidelity": fid_c.score,
-             "fidelity_details": fid_c.details,
+             "fidelity_details": fid_c.details, "baseline_fidelity_details": fid_b.details,
              "top1_agreement": fid_c.top1_agreement, "cosine": fid_c.cosine,
              "size_bytes": c.metrics["size_bytes"], "baseline_size_bytes": b.metrics["size_bytes"],
              "peak_memory_bytes": c.metrics.get("peak_memory_bytes"),

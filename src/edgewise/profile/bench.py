@@ -12,7 +12,7 @@ import onnx
 from edgewise.data import Splits
 from edgewise.modelio import save_model
 from edgewise.profile.feeds import Feeder, session_inputs
-from edgewise.profile.fidelity import fidelity, infer_task
+from edgewise.profile.fidelity import fidelity, ground_truth, infer_task
 from edgewise.profile.macs import count_macs
 from edgewise.profile.measure import measure_latency, measure_memory, measure_throughput, run_outputs
 from edgewise.profile.runtime import make_session
@@ -39,7 +39,7 @@ def bench(models: list[tuple[str, onnx.ModelProto]], splits: Splits, target: Tar
         if ref_out is None:
             ref_out = out
             task = infer_task(out, test.sample_shape if not test.named else None, test.y is not None)
-        fid = fidelity(task, out, ref_out, test.y if task.name == "classification" else None)
+        fid = fidelity(task, out, ref_out, ground_truth(task, test))
         macs = count_macs(model)
         rows.append({"model": name, "size_bytes": model.ByteSize(), "accuracy": fid.accuracy,
                      "top1_agreement": fid.top1_agreement, "cosine": fid.cosine, "macs": macs,

@@ -15,6 +15,8 @@ import numpy as np
 CONF = 0.25
 IOU = 0.45
 MAX_DET = 300
+EVAL_CONF = 0.001  # against ground truth, mAP integrates the whole precision-recall curve (as COCO does)
+EVAL_MAX_DET = 100
 
 
 @dataclass
@@ -123,7 +125,8 @@ def nms(xyxy: np.ndarray, scores: np.ndarray, cls: np.ndarray, iou_thres: float 
     return np.asarray(keep, np.int64)
 
 
-def decode(per_image: list[np.ndarray], layout: Layout, conf: float = CONF, top_k: int | None = None) -> Boxes:
+def decode(per_image: list[np.ndarray], layout: Layout, conf: float = CONF, top_k: int | None = None,
+           max_det: int = MAX_DET) -> Boxes:
     """Boxes after the confidence threshold (or, with `top_k`, the k best anchors whatever their score)
     and class-aware NMS."""
     xyxy, scores = candidates(per_image, layout)
@@ -133,8 +136,21 @@ def decode(per_image: list[np.ndarray], layout: Layout, conf: float = CONF, top_
         sel = np.argsort(-best, kind="stable")[:top_k]
     else:
         sel = np.flatnonzero(best >= conf)
-    keep = sel[nms(xyxy[sel], best[sel], cls[sel])]
+    keep = sel[nms(xyxy[sel], best[sel], cls[sel], max_det=max_det)]
     return Boxes(xyxy[keep], best[keep], cls[keep])
+
+
+def truth(boxes: list[np.ndarray]) -> list[Boxes]:
+    """Ground truth as Boxes, from a dataset's per-image [K, 5] (class, x1, y1, x2, y2) arrays."""
+    return [Boxes(b[:, 1:5].astype(np.float32), np.ones(len(b), np.float32), b[:, 0].astype(np.int64))
+            for b in boxes]
+
+
+def against_truth(per_image_outs: list[list[np.ndarray]], layout: Layout, gt: list[Boxes]) -> dict[str, float]:
+    """mAP@0.5 and mAP@0.5:0.95 (COCO's ten thresholds) of a detector's outputs against ground truth."""
+    preds = [decode(o, layout, conf=EVAL_CONF, max_det=EVAL_MAX_DET) for o in per_image_outs]
+    maps = [mean_ap(preds, gt, t) for t in np.linspace(0.5, 0.95, 10)]
+    return {"map50": maps[0], "map50_95": float(np.mean(maps)), "map75": maps[5]}
 
 
 def _average_precision(recall: np.ndarray, precision: np.ndarray) -> float:

@@ -193,8 +193,22 @@ def _detections(outs: list[np.ndarray], refs: list[np.ndarray], layout: detectio
     return details
 
 
-def fidelity(task: Task, outs: list[np.ndarray], refs: list[np.ndarray], y: np.ndarray | None) -> Fidelity:
-    """Score `outs` (a candidate's outputs, sample-major) against `refs` (the starting model's)."""
+TRUTH_KINDS = ("accuracy", "map50")  # fidelity kinds measured against ground truth, not the starting model
+
+
+def ground_truth(task: Task, ds: Any) -> Any:
+    """What a dataset holds to score this task against, or None: class labels for classification, boxes
+    for detection."""
+    if task.name == "classification":
+        return ds.y
+    if task.name == "detection" and getattr(ds, "boxes", None) is not None:
+        return detection.truth(ds.boxes)
+    return None
+
+
+def fidelity(task: Task, outs: list[np.ndarray], refs: list[np.ndarray], y: Any) -> Fidelity:
+    """Score `outs` (a candidate's outputs, sample-major) against `refs` (the starting model's), and
+    against ground truth `y` when there is some (`ground_truth`): labels, or a detector's boxes."""
     agree = _output_agreement(outs, refs)
     first, ref0 = outs[0], refs[0]
     top1 = None
@@ -212,6 +226,13 @@ def fidelity(task: Task, outs: list[np.ndarray], refs: list[np.ndarray], y: np.n
         assert task.layout is not None
         details.update(_detections(outs, refs, task.layout))
         value, kind = details["map50"], "map50_agreement"
+        if y is not None:  # boxes: mAP against ground truth is the figure; agreement stays beside it
+            n = len(outs[0])
+            gt = detection.against_truth([[o[i] for o in outs] for i in range(n)], task.layout, y)
+            details["map50_agreement"] = details.pop("map50")
+            details.update(gt)
+            accuracy = value = gt["map50"]
+            kind = "map50"
     elif task.name == "segmentation":
         value, kind = _iou_maps(first, ref0), "iou_agreement"
     elif task.name == "ctc":
@@ -226,4 +247,4 @@ def fidelity(task: Task, outs: list[np.ndarray], refs: list[np.ndarray], y: np.n
     return Fidelity(accuracy, top1, agree["cosine"], kind, float(value), details)
 
 
-__all__ = ["KINDS", "TASKS", "Fidelity", "Task", "check_task", "fidelity", "infer_task"]
+__all__ = ["KINDS", "TASKS", "TRUTH_KINDS", "Fidelity", "Task", "check_task", "fidelity", "ground_truth", "infer_task"]

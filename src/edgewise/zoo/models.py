@@ -109,13 +109,21 @@ def mobilenetv3_small(shape: tuple[int, ...], classes: int, width: float = 1.0) 
     return nn.Sequential(*layers)
 
 
+def _tinydet(shape: tuple[int, ...], classes: int, width: float = 1.0) -> nn.Module:
+    from edgewise.zoo.detector import tinydet
+
+    return tinydet(shape, classes, width)
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
     "cnn": cnn,
     "dscnn": dscnn,
     "cnn1d": cnn1d,
     "mobilenetv3-small": mobilenetv3_small,
+    "tinydet": _tinydet,
 }
+DETECTORS = ("tinydet",)  # trained on boxes; their output is the YOLOv8 layout [B, 4+C, A]
 
 
 def build(name: str, shape: tuple[int, ...], classes: int, width: float = 1.0) -> nn.Module:

@@ -133,12 +133,73 @@ def fit(module: nn.Module, splits: Splits, cfg: TrainConfig, loss_fn: LossFn | N
     return {"val_accuracy": best[0], "test_accuracy": evaluate_torch(module, splits.test)}
 
 
+def evaluate_detector(module: nn.Module, ds: Dataset) -> dict[str, float]:
+    """mAP@0.5 and mAP@0.5:0.95 of a detector's boxes against the dataset's ground truth."""
+    from edgewise.profile import detection
+
+    if ds.boxes is None:
+        raise ModelError(f"dataset {ds.name} has no boxes to evaluate a detector against")
+    out = predict_logits(module, ds.x)
+    layout = detection.Layout("yolo", 0)
+    return detection.against_truth([[o] for o in out], layout, detection.truth(ds.boxes))
+
+
+def fit_detector(module: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: EpochHook | None = None
+                 ) -> dict[str, float]:
+    """AdamW + cosine schedule with random horizontal flips; keeps the epoch with the best validation
+    mAP@0.5 (against ground truth) and returns its metrics on the validation and test splits."""
+    from edgewise.zoo.detector import flip, loss
+
+    if splits.train.boxes is None:
+        raise ModelError("a detector trains on boxes: use a detection set (shapes, or a YOLO-format folder)")
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x = torch.from_numpy(splits.train.x)
+    boxes = [torch.from_numpy(b) for b in splits.train.boxes]
+    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    epochs = cfg.epochs_for(len(x))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    best: tuple[float, dict[str, Any]] = (-1.0, copy.deepcopy(module.state_dict()))
+    for epoch in range(epochs):
+        module.train()
+        perm = torch.randperm(len(x), generator=gen)
+        total = 0.0
+        for i in range(0, len(x), cfg.batch_size):
+            idx = perm[i : i + cfg.batch_size]
+            if len(idx) < 2:
+                continue
+            xb, bb = flip(x[idx], [boxes[int(j)] for j in idx], torch.rand(len(idx), generator=gen) < 0.5)
+            opt.zero_grad()
+            batch_loss = loss(module, xb, bb)  # type: ignore[arg-type]
+            batch_loss.backward()
+            opt.step()
+            total += float(batch_loss.detach()) * len(idx)
+        sched.step()
+        val = evaluate_detector(module, splits.val)["map50"]
+        if val > best[0]:
+            best = (val, copy.deepcopy(module.state_dict()))
+        if on_epoch:
+            on_epoch(epoch + 1, epochs, {"loss": total / len(x), "val_map50": val})
+    module.load_state_dict(best[1])
+    module.eval()
+    test = evaluate_detector(module, splits.test)
+    return {"val_map50": best[0], "test_map50": test["map50"], "test_map50_95": test["map50_95"]}
+
+
 def train(arch: str, splits: Splits, cfg: TrainConfig | None = None, width: float = 1.0,
           on_epoch: EpochHook | None = None) -> TrainedModel:
+    from edgewise.zoo.models import DETECTORS
+
     cfg = cfg or TrainConfig()
     torch.manual_seed(cfg.seed)
     ds = splits.train
     module = build(arch, ds.sample_shape, ds.num_classes, width)
-    metrics = fit(module, splits, cfg, on_epoch=on_epoch)
+    if arch in DETECTORS:
+        metrics = fit_detector(module, splits, cfg, on_epoch=on_epoch)
+    elif ds.boxes is not None:
+        raise ModelError(f"{ds.name} is a detection set (boxes, no class per image): train a detector on it "
+                         f"({', '.join(DETECTORS)})")
+    else:
+        metrics = fit(module, splits, cfg, on_epoch=on_epoch)
     return TrainedModel(arch, width, ds.sample_shape, ds.labels, module, ds.preprocessing, metrics)
 
