@@ -8,9 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from edgewise.cli.common import Server, _pct, console, out, out_console
 from edgewise.errors import EdgewiseError
-from edgewise.cli.common import (_pct, console, out_console, out, Server)
-
 
 agent_app = typer.Typer(help="Run the on-device agent (inference service, cascade, store-and-forward).",
                         invoke_without_command=True)

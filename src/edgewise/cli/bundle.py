@@ -9,9 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from edgewise.cli.common import _kb, out, out_console
 from edgewise.errors import EdgewiseError
-from edgewise.cli.common import (out_console, out, _kb)
-
 
 bundle_app = typer.Typer(help="Inspect, verify, sign and split bundles (model.onnx + manifest.json).", no_args_is_help=True)
 

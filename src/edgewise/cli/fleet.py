@@ -9,9 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from edgewise.cli.common import Server, Token, _client, out
 from edgewise.errors import EdgewiseError
-from edgewise.cli.common import (out, Server, Token, _client)
-
 
 fleet_app = typer.Typer(help="The fleet server and its admin API: registry, devices, rollouts.", no_args_is_help=True)
 

@@ -11,9 +11,20 @@ import typer
 from rich import box
 from rich.table import Table
 
-from edgewise.errors import EdgewiseError
 from edgewise.cli.app import app
-from edgewise.cli.common import (console, out_console, _kb, _pct, _SearchProgress, _print_search, _read_toml, _read_labels, _load_models, _train)
+from edgewise.cli.common import (
+    _kb,
+    _load_models,
+    _pct,
+    _print_search,
+    _read_labels,
+    _read_toml,
+    _SearchProgress,
+    _train,
+    console,
+    out_console,
+)
+from edgewise.errors import EdgewiseError
 
 
 @app.command()

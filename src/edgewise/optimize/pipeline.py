@@ -12,6 +12,7 @@ import numpy as np
 from edgewise.bundle import Manifest, write_bundle
 from edgewise.data import Dataset, Splits, load_splits
 from edgewise.fsutil import atomic_dir, check_out
+from edgewise.media import ImageSpec, postprocessing_for, spec_from_data
 from edgewise.modelio import inputs, outputs
 from edgewise.optimize.search import (
     Log,
@@ -23,7 +24,6 @@ from edgewise.optimize.search import (
     finalize,
     search,
 )
-from edgewise.media import ImageSpec, postprocessing_for, spec_from_data
 from edgewise.profile.fidelity import KINDS
 from edgewise.profile.report import render_html, render_json
 from edgewise.source import Source, fit_data, load_source
