@@ -22,13 +22,13 @@ SIZE = 160
 LABELS = ["cat", "dog", "kite"]
 
 
-def _constant_detector() -> onnx.ModelProto:
+def _constant_detector(cls: int = 2, score: float = 0.9, box: tuple = (80, 60, 40, 20)) -> onnx.ModelProto:
     """A YOLO-style [1, 4+3, 64] head that always finds one 'kite' at (cx 80, cy 60, w 40, h 20) in the
     160x160 letterboxed frame, whatever the image (plus 0 x the image, so the image is its input)."""
     head = np.zeros((1, 7, 64), np.float32)
     head[0, 2:4] = 1.0
-    head[0, :4, 5] = (80, 60, 40, 20)
-    head[0, 4 + 2, 5] = 0.9
+    head[0, :4, 5] = box
+    head[0, 4 + cls, 5] = score
     head[0, 4 + 0, 9] = 0.1  # below the threshold: dropped
     nodes = [helper.make_node("ReduceMean", ["images"], ["m"], keepdims=0),
              helper.make_node("Mul", ["m", "zero"], ["z"]),
@@ -49,9 +49,10 @@ def _jpeg(w: int, h: int, fmt: str = "JPEG") -> bytes:
     return buf.getvalue()
 
 
-def detector_bundle(root: Path, declared: dict | None = None):  # type: ignore[no-untyped-def]
+def detector_bundle(root: Path, declared: dict | None = None, **head):  # type: ignore[no-untyped-def]
     """The constant detector, optimized (fused only) into a bundle named kites with LABELS."""
-    onnx.save(_constant_detector(), str(root / "det.onnx"))
+    root.mkdir(parents=True, exist_ok=True)
+    onnx.save(_constant_detector(**head), str(root / "det.onnx"))
     opts = SearchOptions(only=("baseline-fused",), measure_memory=False, latency_runs=5, task="detection")
     return optimize(root / "det.onnx", "photos:160", load_target("cortex-a"), root / "opt", opts, name="kites",
                     declared=declared, labels=LABELS)
@@ -159,3 +160,55 @@ def test_letterbox_and_stretch_follow_the_declaration():
     np.testing.assert_allclose(p.tensor[0, :, 50, 50], [1.0, -1.0, -1.0], atol=1e-6)  # red, normalised
     s = prepare(im, ImageSpec(size=(50, 100), resize="stretch", color="BGR", layout="NHWC"))
     assert s.tensor.shape == (1, 50, 100, 3) and s.tensor[0, 10, 10].tolist() == pytest.approx([0, 0, 1])
+
+
+def test_an_unsure_detection_goes_up_as_a_crop_and_the_answer_replaces_it(tmp_path):
+    """Endpoint: the kite detector (0.9 < threshold 0.95), escalate = raw. Node (a real process): a model
+    of the same name that always sees a 'dog' at 0.99, box (60, 70, 100, 90) in its 160x160 frame."""
+    import json
+
+    from edgewise.agent.forward.receiver import EventStore
+    from tests.harness import AgentProc, free_port
+
+    decl = {"image": {"size": [160, 160], "resize": "letterbox", "scale": 1 / 255}, "postprocess": {"conf": 0.5}}
+    node_bundle = detector_bundle(tmp_path / "node", decl, cls=1, score=0.99, box=(80, 80, 40, 20)).bundle
+    end_bundle = detector_bundle(tmp_path / "end", decl).bundle
+    node = AgentProc(["--bundle", str(node_bundle), "--tier", "node"], free_port(), tmp_path / "node-data").start()
+    cfg = dict(bundles=[end_bundle], tier="endpoint", upstream=node.url, default_threshold=0.95)
+    try:
+        # the policy's default keeps pixels home: the unsure box stays ours, counted as blocked
+        agent = build_agent(AgentConfig(**cfg, data_dir=tmp_path / "a0"))
+        (box,) = TestClient(agent.app).post("/predict", content=_jpeg(320, 160),
+                                            headers={"content-type": "image/jpeg"}).json()["boxes"]
+        assert box["label"] == "kite" and box["tier"] == "endpoint" and agent.inference.counts["blocked_by_policy"] == 1
+        agent.close()
+        agent = build_agent(AgentConfig(**cfg, escalate="raw", data_dir=tmp_path / "a1"))
+        client = TestClient(agent.app)
+        r = client.post("/predict", content=_jpeg(320, 160), headers={"content-type": "image/jpeg"})
+        assert r.status_code == 200, r.text
+        (box,) = r.json()["boxes"]
+        # ours: (120, 20, 200, 60) in the 320x160 picture; the crop is 2.5 x 80 = 200 px square around its
+        # centre (160, 40), clipped: x 60..261, y 0..141 (201 x 141). The node letterboxes that into 160x160
+        # (160 x 112 at ratio 160/201, 24 px of padding above) and finds (60, 70, 100, 90): (75.4, 57.9,
+        # 125.6, 83.1) in the crop, (135.4, 57.9, 185.6, 83.1) in the picture.
+        assert box["label"] == "dog" and box["score"] == pytest.approx(0.99) and box["tier"] == "node"
+        assert box["escalated_from"] == "endpoint"
+        assert box["box"] == pytest.approx([135.4, 57.9, 185.6, 83.1], abs=0.25)
+        assert agent.inference.counts["escalated"] == 1 and agent.inference.counts["local"] == 0
+        # the link goes: ours is kept, marked degraded, and the crop waits for review (escalate allows it)
+        node.kill()
+        (box,) = client.post("/predict", content=_jpeg(320, 160), headers={"content-type": "image/jpeg"}).json()["boxes"]
+        assert box["label"] == "kite" and box["degraded"] and agent.inference.counts["review_queued"] == 1
+        # what crossed, from the audit log: one crop, delivered; one more, failed (the link was down)
+        rows = [r for r in agent.audit.rows() if r["kind"] == "escalation"]
+        assert [(r["fields"], r["items"], r["status"]) for r in rows] == [
+            (["crop_jpeg", "model"], 1, "delivered"), (["crop_jpeg", "model"], 1, "failed")], rows
+        # what waits to go up: each answer's boxes (never the picture) and the review crop
+        queued = {}
+        for item in agent.queue.peek(100):
+            queued.setdefault(item.topic, []).append(json.loads(item.payload))
+        agent.close()
+        assert [[b["label"] for b in e["boxes"]] for e in queued["detection"]] == [["dog"], ["kite"]]
+        assert set(queued["detection"][0]) == {"m", "v", "ts", "boxes"} and len(queued["review"]) == 1
+    finally:
+        node.kill()

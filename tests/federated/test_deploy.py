@@ -99,10 +99,10 @@ def test_three_supernodes_train_on_their_agents_samples_over_loopback(tmp_path):
         while not (tls / "ca.crt").exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         join = [*cli, "join", "--server", f"127.0.0.1:{port}"]
-        for a, k in zip(agents, keys):
+        for i, (a, k) in enumerate(zip(agents, keys)):
             procs.append(subprocess.Popen([*join, "--store", str(a.data_dir), "--root-cert", str(tls / "ca.crt"),
-                                           "--node-key", str(k.private)], stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL))
+                                           "--node-key", str(k.private)], stdout=open(tmp_path / f"node{i}.log", "wb"),
+                                          stderr=subprocess.STDOUT))
         outsiders = {"rogue-ca": ["--root-cert", str(rogue_ca), "--node-key", str(keys[0].private)],
                      "unregistered": ["--root-cert", str(tls / "ca.crt"), "--node-key", str(keys[3].private),
                                       "--max-wait", "30"],
@@ -113,7 +113,8 @@ def test_three_supernodes_train_on_their_agents_samples_over_loopback(tmp_path):
         log, _ = serve.communicate(timeout=420)
         log = " ".join(log.split())  # rich wraps lines at the terminal width
         # Assert: the rounds completed with all three nodes, accuracy rose, only weights and metrics crossed
-        assert serve.returncode == 0, log[-3000:]
+        nodes = {i: (tmp_path / f"node{i}.log").read_text(errors="replace")[-1500:] for i in range(3)}
+        assert serve.returncode == 0, (log[-3000:], nodes)
         assert "round 2/2" in log and "3 SuperNodes took part" in log, log[-2000:]
         h = json.loads((out / "history.json").read_text())
         acc = [r["accuracy"] for r in h["rounds"]]

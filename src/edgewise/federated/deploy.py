@@ -407,16 +407,18 @@ def run_supernode(cmd: list[str], env: dict[str, str], max_wait_s: float | None,
     wait = first_wait_s
     while True:
         code, said = _supernode_once(cmd, env)
-        if code == 0 or "code: 20" not in said:
+        # Flower's exit codes are not what tells these apart (an activation refused may still exit 0): its
+        # API error codes in the last lines are. 2001: auth is on and this node has no key; 2004: unknown key.
+        if "code: 2001" in said and not has_key:
+            raise FederatedError("this federation admits registered nodes only: make a key with `edgewise federate "
+                                 "node-key`, have the operator register NAME.pub, and join with --node-key NAME.key")
+        if "code: 2004" not in said:
             if code != 0:
                 raise FederatedError(f"the SuperNode exited with code {code}")
             return
-        if "code: 2001" in said and not has_key:
-            raise FederatedError("this federation admits registered nodes only: make a key with `edgewise federate "
-                                "node-key`, have the operator register NAME.pub, and join with --node-key NAME.key")
         if deadline is not None and time.monotonic() + wait > deadline:
             raise FederatedError("the SuperLink still does not know this node's key: ask the operator to register "
-                                "NAME.pub (`federate serve --node-keys`)")
+                                 "NAME.pub (`federate serve --node-keys`)")
         print(f"the SuperLink does not know this node's key (yet): retrying in {wait:.0f} s", flush=True)
         time.sleep(wait)
         wait = min(wait * 2, 60.0)

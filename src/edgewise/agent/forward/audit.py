@@ -103,3 +103,13 @@ class AuditingUpstream(Upstream):
             raise
         self.audit.mark(row, "delivered")
         return answer
+
+    def predict_image(self, model: str, jpeg: bytes) -> dict[str, Any]:
+        row = self.audit.record("escalation", self.destination, ["model", "crop_jpeg"], 1, len(jpeg))
+        try:
+            answer = self.inner.predict_image(model, jpeg)
+        except BaseException:
+            self.audit.mark(row, "failed")
+            raise
+        self.audit.mark(row, "delivered")
+        return answer

@@ -112,6 +112,10 @@ class Upstream(ABC):
     def predict(self, model: str, x: np.ndarray, what: str = "inputs") -> dict[str, Any]:
         """Ask the tier above to answer a request this tier is not confident about."""
 
+    def predict_image(self, model: str, jpeg: bytes) -> dict[str, Any]:
+        """Ask the tier above about a picture (a crop around an unsure detection), as a JPEG."""
+        raise AgentError(f"{type(self).__name__} cannot send pictures upstream")
+
 
 class HttpUpstream(Upstream):
     def __init__(self, url: str, timeout_s: float = 5.0) -> None:
@@ -139,6 +143,9 @@ class HttpUpstream(Upstream):
     def predict(self, model: str, x: np.ndarray, what: str = "inputs") -> dict[str, Any]:
         # Binary .npy (float32): 4 bytes a value where JSON takes ~20, so escalations cost little upstream.
         return json.loads(self._post(f"/predict?model={model}", encode_npy(x), "application/x-npy"))
+
+    def predict_image(self, model: str, jpeg: bytes) -> dict[str, Any]:
+        return json.loads(self._post(f"/predict?model={model}", jpeg, "image/jpeg"))
 
 
 class InProcessUpstream(Upstream):

@@ -23,6 +23,9 @@ from edgewise.bundle.split import tail_name
 from edgewise.errors import AgentError, DataError
 
 TIERS = ("endpoint", "node", "server")
+# An unsure detection goes up as a square crop this many times the box's longer side (clipped to the
+# image), so the tier above sees the object at about the scale detectors are trained on, with context.
+CROP_CONTEXT = 2.5
 # All a result event carries upstream, with short keys because results are most of what a device sends:
 # model, version, label, score, timestamp, and (only when they differ from the default) tier and degraded.
 RESULT_FIELDS = ("m", "v", "l", "s", "ts", "tier", "d")
@@ -84,6 +87,36 @@ def top1(rows: list[list[float]], already: bool = False) -> tuple[list[int], lis
     return classes, scores
 
 
+def crop_jpeg(im: Any, box: list[float]) -> tuple[bytes, tuple[int, int]]:
+    """A JPEG of the square around `box` (CROP_CONTEXT times its longer side, clipped to the image), and
+    where the crop's top-left corner is in the image."""
+    import io
+
+    x1, y1, x2, y2 = box
+    side = max(x2 - x1, y2 - y1, 1.0) * CROP_CONTEXT
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    left, top = max(0, int(cx - side / 2)), max(0, int(cy - side / 2))
+    right, bottom = min(im.width, int(cx + side / 2) + 1), min(im.height, int(cy + side / 2) + 1)
+    buf = io.BytesIO()
+    im.crop((left, top, max(right, left + 1), max(bottom, top + 1))).convert("RGB").save(buf, "JPEG", quality=90)
+    return buf.getvalue(), (left, top)
+
+
+def _replace_box(box: dict[str, Any], up: dict[str, Any], left: int, top: int) -> bool:
+    """The tier above's answer for a crop, into our box; False when it found nothing there."""
+    if "boxes" in up:
+        if not up["boxes"]:
+            return False
+        best = max(up["boxes"], key=lambda b: float(b["score"]))
+        x1, y1, x2, y2 = (float(v) for v in best["box"])
+        box["box"] = [round(x1 + left, 1), round(y1 + top, 1), round(x2 + left, 1), round(y2 + top, 1)]
+    else:
+        best = up
+    box.update({"label": str(best["label"]), "class": int(best["class"]), "score": float(best["score"]),
+                "tier": str(best.get("tier", up.get("tier", "upstream"))), "escalated_from": box["tier"]})
+    return True
+
+
 class Inference:
     def __init__(self, models: ModelManager, cascade: CascadeConfig, policy: PrivacyPolicy,
                  committer: GroupCommitter | None = None, upstream: Upstream | None = None) -> None:
@@ -121,8 +154,11 @@ class Inference:
             raise BadInput(str(e)) from e
         return self.answer_picture(name, im)
 
-    def answer_picture(self, name: str, im: Any) -> dict[str, Any]:
-        """A decoded picture (a Pillow image: a request's, or a video frame's) -> the bundle's answer."""
+    def answer_picture(self, name: str, im: Any, queue: bool = True) -> dict[str, Any]:
+        """A decoded picture (a Pillow image: a request's, or a video frame's) -> the bundle's answer.
+        Detections below the cascade's threshold go to the tier above as crops when the policy lets raw
+        pixels leave (`escalate = "raw"`); its answer replaces ours. With `queue`, the boxes (never the
+        picture) are queued upstream as one `detection` event."""
         m = self.models.get(name)
         spec_doc = (m.manifest.preprocessing or {}).get("image")
         if spec_doc is None:
@@ -145,10 +181,63 @@ class Inference:
         m.requests += 1
         outs = m.session.run(None, {m.input_name: prepared.tensor})
         found = detect(outs, post, prepared, labels)
+        for b in found["boxes"]:
+            b["tier"] = self.cascade.tier
         self.counts["requests"] += 1
         self.counts["samples"] += 1
-        self.counts["local"] += 1
-        return {"task": "detection", **found, "latency_ms": (time.perf_counter() - t0) * 1e3}
+        self._escalate_boxes(name, im, found["boxes"])
+        answer = {"task": "detection", "tier": self.cascade.tier, **found,
+                  "latency_ms": (time.perf_counter() - t0) * 1e3}
+        if queue and self.policy.send_results and self.committer is not None:
+            event = {"m": name, "v": m.manifest.version, "ts": round(time.time(), 3),
+                     "boxes": [{k: b[k] for k in ("label", "score", "box", "tier") if k in b} for b in found["boxes"]]}
+            self.committer.submit([NewItem(json.dumps(event, separators=(",", ":")).encode(), topic="detection")])
+        return answer
+
+    def _escalate_boxes(self, name: str, im: Any, boxes: list[dict[str, Any]]) -> None:
+        """Send a crop around each unsure box up; the tier above's best box (in the crop's pixels) or label
+        replaces ours, and a crop where it finds nothing removes the box. Counted per box, like samples."""
+        unsure = ([i for i, b in enumerate(boxes) if b["score"] < self.cascade.threshold(name, b["label"])]
+                  if self.cascade.tier != "server" else [])
+        self.counts["local"] += len(boxes) - len(unsure)
+        if not unsure:
+            return
+        if self.policy.escalate != "raw" or self.upstream is None:  # features of a box: not built yet
+            self.counts["blocked_by_policy"] += len(unsure) if self.upstream is not None else 0
+            self.counts["local"] += len(unsure)
+            return
+        dropped: list[int] = []
+        for n, i in enumerate(unsure):
+            jpeg, (left, top) = crop_jpeg(im, boxes[i]["box"])
+            try:
+                up = self.upstream.predict_image(name, jpeg)
+                replaced = _replace_box(boxes[i], up, left, top)
+            except UpstreamUnavailable:
+                rest = unsure[n:]
+                for j in rest:
+                    boxes[j]["degraded"] = True
+                self.counts["degraded"] += len(rest)
+                self.counts["local"] += len(rest)
+                if self.policy.review_offline and self.committer is not None:
+                    import base64
+
+                    self.committer.submit([NewItem(json.dumps(
+                        {"model": name, "crop_jpeg": base64.b64encode(crop_jpeg(im, boxes[j]["box"])[0]).decode(),
+                         "local_label": boxes[j]["label"], "local_score": boxes[j]["score"], "ts": time.time()}
+                    ).encode(), topic="review") for j in rest])
+                    self.counts["review_queued"] += len(rest)
+                break
+            except (KeyError, TypeError, ValueError, IndexError, AgentError) as e:  # a broken answer: keep ours
+                boxes[i]["degraded"] = True
+                boxes[i]["upstream_error"] = str(e)[:200]
+                self.counts["degraded"] += 1
+                self.counts["local"] += 1
+                continue
+            self.counts["escalated"] += 1
+            if not replaced:
+                dropped.append(i)
+        for i in reversed(dropped):
+            del boxes[i]
 
     def predict(self, name: str, x: np.ndarray | dict[str, np.ndarray]) -> list[dict[str, Any]]:
         """Label and score per sample of a single-input batch (or one feed by name), with the cascade."""

@@ -183,7 +183,7 @@ class Stream:
                     return
                 image, decoded_at, t = self._slot.popleft()
             try:
-                answer = self.inference.answer_picture(self.model, image)
+                answer = self.inference.answer_picture(self.model, image, queue=False)  # queued below, with the stream
             except EdgewiseError as e:
                 self.stats.errors += 1
                 self.stats.last_error = str(e)[:200]
