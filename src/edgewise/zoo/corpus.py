@@ -134,7 +134,11 @@ def _regnet(d: Path) -> tuple[Path, str]:
 
 
 def _yolov8n(d: Path) -> tuple[Path, str]:
-    """YOLOv8n from the ultralytics package's own model yaml (no weights are fetched)."""
+    return yolov8n_onnx(d / "model.onnx", 160), "photos:160"
+
+
+def yolov8n_onnx(path: Path, size: int) -> Path:
+    """YOLOv8n from the ultralytics package's own model yaml (no weights are fetched), SIZE x SIZE."""
     import tempfile
 
     import torch
@@ -148,7 +152,7 @@ def _yolov8n(d: Path) -> tuple[Path, str]:
     model = DetectionModel("yolov8n.yaml", nc=80, verbose=False).eval()
     head = model.model[-1]
     head.export, head.format = True, "onnx"  # one [1, 84, A] tensor: boxes (cx, cy, w, h) + class scores
-    return _export(model, (torch.zeros(1, 3, 160, 160),), d / "model.onnx", ["images"], ["output0"]), "photos:160"
+    return _export(model, (torch.zeros(1, 3, size, size),), path, ["images"], ["output0"])
 
 
 def _ssdlite(d: Path) -> tuple[Path, str]:
