@@ -15,6 +15,7 @@ import numpy as np
 
 from edgewise.bundle.pack import verify_bundle, write_bundle
 from edgewise.errors import BundleError
+from edgewise.npyio import HEADER_LOCK
 
 GOLDEN = "selftest.npz"
 
@@ -57,7 +58,7 @@ def check_golden(bundle: Path, outputs_of: Any) -> dict[str, Any]:
     path = Path(bundle) / GOLDEN
     if not path.is_file():
         raise BundleError("bundle has no golden pairs (selftest.npz): cannot self-test")
-    with np.load(path, allow_pickle=False) as z:
+    with HEADER_LOCK, np.load(path, allow_pickle=False) as z:
         x, want = z["inputs"], z["outputs"]
     got = np.asarray(outputs_of(x))
     if got.shape != want.shape:

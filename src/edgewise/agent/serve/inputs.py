@@ -16,6 +16,7 @@ import numpy as np
 
 from edgewise.bundle import Manifest
 from edgewise.errors import AgentError
+from edgewise.npyio import HEADER_LOCK
 
 MAX_BATCH = 1024
 MAX_NPZ_MEMBERS = 64
@@ -72,7 +73,8 @@ def _npy_header(buf: io.BytesIO) -> tuple[tuple[int, ...], np.dtype]:
     read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
     if read is None:
         raise ValueError(f"unsupported .npy version {version}")
-    shape, _fortran, dtype = read(buf)
+    with HEADER_LOCK:
+        shape, _fortran, dtype = read(buf)
     return shape, dtype
 
 
@@ -84,7 +86,8 @@ def parse_npy(raw: bytes) -> np.ndarray:
         if dtype.hasobject or need > len(raw) - buf.tell():
             raise BadInput(f".npy header declares {list(shape)} {dtype} ({need:,} bytes) but the body holds "
                            f"{len(raw) - buf.tell():,}")
-        x = np.load(io.BytesIO(raw), allow_pickle=False)
+        with HEADER_LOCK:
+            x = np.load(io.BytesIO(raw), allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise BadInput(f"body is not a valid .npy array ({e})") from e
     if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.number):
@@ -101,8 +104,9 @@ def parse_npz(raw: bytes) -> dict[str, np.ndarray]:
                 raise BadInput(f".npz holds more than {MAX_NPZ_MEMBERS} arrays")
             if sum(m.file_size for m in members) > MAX_NPZ_BYTES:
                 raise BadInput(f".npz expands past {MAX_NPZ_BYTES:,} bytes")
-        with np.load(io.BytesIO(raw), allow_pickle=False) as f:
-            return {k: _array(k, f[k]) for k in f.files}
+        with HEADER_LOCK, np.load(io.BytesIO(raw), allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+        return {k: _array(k, v) for k, v in arrays.items()}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise BadInput(f"body is not a valid .npz archive ({e})") from e
 
