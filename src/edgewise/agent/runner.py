@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from edgewise.agent.forward.audit import AuditingUpstream, AuditLog
-from edgewise.agent.serve.cascade import CascadeConfig, Inference, PrivacyPolicy
-from edgewise.agent.serve.models import ModelManager
 from edgewise.agent.forward.queue import DurableQueue, GroupCommitter
 from edgewise.agent.forward.receiver import EventStore
 from edgewise.agent.forward.sync import Syncer
 from edgewise.agent.forward.upstream import HttpUpstream
+from edgewise.agent.serve.cascade import CascadeConfig, Inference, PrivacyPolicy
+from edgewise.agent.serve.models import ModelManager
 from edgewise.errors import AgentError
 
 

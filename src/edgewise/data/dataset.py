@@ -31,6 +31,7 @@ class Dataset:
     preprocessing: dict[str, Any] = field(default_factory=dict)
     named: dict[str, np.ndarray] = field(default_factory=dict)
     boxes: list[np.ndarray] | None = None
+    groups: np.ndarray | None = None  # who or where each sample came from (a speaker): kept apart by `split`
 
     def __post_init__(self) -> None:
         if self.named:
@@ -69,7 +70,8 @@ class Dataset:
         y = None if self.y is None else self.y[idx]
         named = {k: v[idx] for k, v in self.named.items()}
         boxes = None if self.boxes is None else [self.boxes[int(i)] for i in idx]
-        return Dataset(f"{self.name}:{suffix}", self.x[idx], y, self.labels, self.preprocessing, named, boxes)
+        groups = None if self.groups is None else self.groups[idx]
+        return Dataset(f"{self.name}:{suffix}", self.x[idx], y, self.labels, self.preprocessing, named, boxes, groups)
 
     def head(self, n: int) -> Dataset:
         """The first `n` samples (all of them when there are fewer)."""
@@ -95,7 +97,24 @@ class Splits:
 
 
 def split(ds: Dataset, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), seed: int = 0) -> Splits:
-    """Seeded split; stratified by label when labels exist so small sets keep every class in each part."""
+    """Seeded split; stratified by label when labels exist so small sets keep every class in each part.
+    A dataset that names held-out groups (`preprocessing["test_groups"]`, e.g. speakers) tests on those
+    groups alone and splits the rest into train and validation."""
+    held = ds.preprocessing.get("test_groups")
+    if held and ds.groups is not None:
+        is_test = np.isin(ds.groups, held)
+        if not is_test.any() or is_test.all():
+            raise DataError(f"dataset {ds.name!r}: the held-out groups {held} must hold some samples, not all")
+        rng = np.random.default_rng(seed)
+        rest = np.flatnonzero(~is_test)
+        labels = ds.y[rest] if ds.y is not None else np.zeros(len(rest), np.int64)
+        train: list[int] = []
+        for c in np.unique(labels):
+            g = rng.permutation(rest[labels == c])
+            train += g[: int(round(len(g) * fractions[0] / (fractions[0] + fractions[1])))].tolist()
+        is_train = np.isin(np.arange(len(ds)), train)
+        return Splits(ds.subset(np.flatnonzero(is_train), "train"),
+                      ds.subset(np.flatnonzero(~is_train & ~is_test), "val"), ds.subset(np.flatnonzero(is_test), "test"))
     if len(ds) < 3:
         raise DataError(f"dataset {ds.name!r} has {len(ds)} samples; at least 3 are needed to split")
     rng = np.random.default_rng(seed)

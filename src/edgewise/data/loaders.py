@@ -15,6 +15,8 @@ BUNDLED = {
     "textlines": "rendered text crops on real photo backgrounds, 3x48x192, upright (0) vs rotated (180)",
     "photos": "crops of scikit-learn's sample photos, 3xSIZExSIZE RGB in [0, 1], unlabelled (photos:SIZE, "
               "default 224): calibration data for third-party vision models",
+    "keywords": "keyword spotting: 10 words + unknown + silence, synthesized with espeak-ng on first use and "
+                "cached, 1 s at 16 kHz -> 49x40 log-mel; test split = 4 held-out voices",
     "shapes": "detection: circles, squares and triangles composited onto the sample photos, with boxes, "
               "3xSIZExSIZE (shapes:SIZE, default 96), 800 images",
 }
@@ -137,6 +139,10 @@ def load(spec: str) -> Dataset:
         if arg and not arg.isdigit():
             raise DataError(f"photos size must be an integer, got {arg!r}")
         return photos(int(arg) if arg else 224)
+    if name == "keywords":
+        from edgewise.data.keywords import keywords
+
+        return keywords()
     if name == "shapes":
         from edgewise.data.shapes import shapes
 
@@ -152,10 +158,13 @@ def load(spec: str) -> Dataset:
     if size.isdigit() and Path(head).is_dir():
         path = Path(head)
     if path.is_dir():
+        from edgewise.data.audiofolder import audio_folder, is_audio_folder
         from edgewise.data.imagefolder import image_folder
         from edgewise.data.yolo import is_yolo_folder, yolo_folder
 
         given = int(size) if size.isdigit() and path != Path(spec) else None
+        if is_audio_folder(path):
+            return audio_folder(path)
         if is_yolo_folder(path):
             return yolo_folder(path, given or 320)
         return image_folder(path, given or 96)

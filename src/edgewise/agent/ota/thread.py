@@ -7,9 +7,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from edgewise.agent.serve.models import ModelManager
 from edgewise.agent.ota.slots import Slots
 from edgewise.agent.ota.updater import Identity, Updater
+from edgewise.agent.serve.models import ModelManager
 from edgewise.bundle.signing import TrustStore, load_public
 from edgewise.errors import AgentError
 from edgewise.fsutil import atomic_write

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from edgewise.agent.serve.inputs import BadInput, outputs_json
-from edgewise.media import ImageSpec, classify, decode, detect, prepare
-from edgewise.agent.serve.models import ModelManager
 from edgewise.agent.forward.queue import GroupCommitter, NewItem
 from edgewise.agent.forward.upstream import Upstream, UpstreamUnavailable
+from edgewise.agent.serve.inputs import BadInput, outputs_json
+from edgewise.agent.serve.models import ModelManager
 from edgewise.bundle.split import tail_name
 from edgewise.errors import AgentError, DataError
+from edgewise.media import ImageSpec, classify, decode, detect, prepare
 
 TIERS = ("endpoint", "node", "server")
 # An unsure detection goes up as a square crop this many times the box's longer side (clipped to the
@@ -153,6 +153,26 @@ class Inference:
         except DataError as e:
             raise BadInput(str(e)) from e
         return self.answer_picture(name, im)
+
+    def answer_audio(self, name: str, raw: bytes) -> dict[str, Any]:
+        """A WAV recording through the bundle's audio front end (`media.audio`): label, score and the top k
+        (classifiers go through the cascade and the result queue like any sample)."""
+        from edgewise.media.audio import AudioSpec, prepare_wav
+
+        m = self.models.get(name)
+        spec_doc = (m.manifest.preprocessing or {}).get("audio")
+        if spec_doc is None:
+            raise BadInput(f"model {name} declares no audio front end: send its input tensor (JSON or .npy)")
+        if task_of(m.manifest) != "classification":
+            raise BadInput(f"model {name} ({task_of(m.manifest)}) has no audio answer yet; send its input tensor")
+        try:
+            x = prepare_wav(raw, AudioSpec.from_dict(spec_doc))
+        except DataError as e:
+            raise BadInput(str(e)) from e
+        results = self.predict(name, x)
+        post = m.manifest.postprocessing or {}
+        top = classify(np.asarray(results[0]["outputs"]), list(m.manifest.labels), int(post.get("top_k", 5)))
+        return {"task": "classification", **{k: results[0][k] for k in ("tier", "degraded", "latency_ms")}, **top}
 
     def answer_picture(self, name: str, im: Any, queue: bool = True) -> dict[str, Any]:
         """A decoded picture (a Pillow image: a request's, or a video frame's) -> the bundle's answer.

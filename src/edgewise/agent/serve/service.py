@@ -14,6 +14,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from edgewise import openapi_bodies as bodies
+from edgewise.agent.forward.receiver import EventStore
+from edgewise.agent.forward.upstream import decode_batch
 from edgewise.agent.serve.inputs import (
     BadInput,
     feed_for,
@@ -24,13 +27,13 @@ from edgewise.agent.serve.inputs import (
     validate,
 )
 from edgewise.agent.serve.models import ModelBudgetExceeded
-from edgewise.agent.forward.receiver import EventStore
-from edgewise.agent.forward.upstream import decode_batch
 from edgewise.errors import AgentError, DataError, QueueFull, StorageError
-from edgewise import openapi_bodies as bodies
 from edgewise.httplimits import BodyCap
 
 MAX_BODY_BYTES = 16 * 2**20
+
+
+AUDIO_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave")
 
 
 def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any = None, tier: str = "server",
@@ -54,7 +57,9 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         with `Accept: application/x-npz`); classifiers add `results` (label, score), and their
         low-confidence samples go to the tier above when the privacy policy allows. A JPEG or PNG body
         (image/jpeg, image/png) goes through the bundle's declared preprocessing and answers `boxes`
-        (label, score, box in the image's pixels) or `label`, `score` and `top`."""
+        (label, score, box in the image's pixels) or `label`, `score` and `top`. A WAV body (audio/wav)
+        goes through the bundle's audio front end (resample, window, log-mel/MFCC) and answers `label`,
+        `score` and `top`."""
         if inference is None:
             return JSONResponse({"error": "this agent serves no models"}, status_code=404)
         body = await request.body()
@@ -72,6 +77,8 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         try:
             if ctype in ("image/jpeg", "image/png"):  # decoded and prepared as the bundle declares
                 answer = await run_in_threadpool(inference.answer_image, name, body)
+            elif ctype in AUDIO_TYPES:  # resampled and turned into features by the bundle's front end
+                answer = await run_in_threadpool(inference.answer_audio, name, body)
             else:
                 if ctype == "application/x-npy":
                     inputs = parse_npy(body)
@@ -81,7 +88,7 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
                     inputs = parse_json_inputs(load_json(body))
                 else:
                     return JSONResponse({"error": f"unsupported content type {ctype!r}: use application/json, "
-                                                  "application/x-npy, application/x-npz, image/jpeg or image/png"},
+                                                  "application/x-npy, application/x-npz, image/jpeg, image/png or audio/wav"},
                                         status_code=415)
                 answer = await run_in_threadpool(inference.answer, name, feed_for(inputs, manifest))
         except BadInput as e:
