@@ -160,6 +160,15 @@ def check_plaintext(host: str, insecure: bool, what: str) -> None:
                             "DIR/ca.crt) or say --insecure to send weights in the clear")
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM as an orderly exit, so `finally` blocks stop the child processes instead of orphaning them."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
+
+
 def node_auth_plan(host: str, tls: bool, node_keys: list[Path], any_node: bool) -> list[Path]:
     """The node public keys to register, checked; empty when any node may join. Outside loopback a node
     must hold a registered key unless the operator says `any_node`; Flower authenticates nodes over TLS only."""
@@ -198,6 +207,7 @@ def serve(cfg: FedConfig, out: Path, host: str = "127.0.0.1", port: int = 9092,
     (public keys, or directories of them) only those nodes may join (`nodeauth.py`)."""
     if tls_dir is None:
         check_plaintext(host, insecure, "the SuperLink would listen on")
+    _exit_on_sigterm()  # a service manager's stop still stops the SuperLink (the `finally` below runs)
     registered = node_auth_plan(host, tls_dir is not None, list(node_keys or []), any_node)
     from edgewise.data import load_splits
     from edgewise.federated.history import collect_history, fresh_run_dir, save_history
