@@ -5,6 +5,7 @@ conftest files and call these; nothing imports a conftest."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import wave
 from dataclasses import replace
 from pathlib import Path
 
@@ -247,3 +249,41 @@ def run_program(exe: Path, samples: np.ndarray) -> np.ndarray:
 
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
+
+
+# ---- audio ---------------------------------------------------------------------------------------------
+def tone(freq: float, rate: int, seconds: float = 1.0, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def wav_bytes(x: np.ndarray, rate: int, width: int = 2, channels: int = 1) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        x = np.repeat(x[:, None], channels, 1).reshape(-1)
+        if width == 1:
+            data = (x * 127 + 128).round().astype(np.uint8).tobytes()
+        elif width == 3:
+            v = (x * (2**23 - 1)).round().astype(np.int32)
+            data = np.stack([v & 255, v >> 8 & 255, v >> 16 & 255], 1).astype(np.uint8).tobytes()
+        else:
+            data = (x * (2 ** (8 * width - 1) - 1)).round().astype(f"<i{width}").tobytes()
+        w.writeframes(data)
+    return buf.getvalue()
+
+
+def tone_folder(root: Path, n: int = 24) -> Path:
+    """Three classes of 'sounds' (tones at 500, 1500 and 3000 Hz, random phase, level and noise), recorded
+    at different rates, as a user's WAV folder would hold."""
+    rng = np.random.default_rng(0)
+    for name, freq in (("low", 500), ("mid", 1500), ("high", 3000)):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            rate = [8000, 16000, 44100][i % 3]
+            x = tone(freq * rng.uniform(0.97, 1.03), rate, rng.uniform(0.4, 1.0), rng.uniform(0.1, 0.8))
+            x = np.clip(x + rng.normal(0, 0.02, len(x)).astype(np.float32), -1, 1)
+            (root / name / f"clip{i:03d}.wav").write_bytes(wav_bytes(x, rate))
+    return root

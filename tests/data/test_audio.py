@@ -4,9 +4,7 @@ answering a WAV with a class name."""
 
 from __future__ import annotations
 
-import io
 import shutil
-import wave
 
 import numpy as np
 import pytest
@@ -14,34 +12,13 @@ import pytest
 from edgewise.errors import DataError
 from edgewise.media.audio import AudioSpec, features, read_wav, resample, write_wav
 
-
-def _tone(freq: float, rate: int, seconds: float = 1.0, amp: float = 0.5) -> np.ndarray:
-    t = np.arange(int(rate * seconds)) / rate
-    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def _wav(x: np.ndarray, rate: int, width: int = 2, channels: int = 1) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(channels)
-        w.setsampwidth(width)
-        w.setframerate(rate)
-        x = np.repeat(x[:, None], channels, 1).reshape(-1)
-        if width == 1:
-            data = (x * 127 + 128).round().astype(np.uint8).tobytes()
-        elif width == 3:
-            v = (x * (2**23 - 1)).round().astype(np.int32)
-            data = np.stack([v & 255, v >> 8 & 255, v >> 16 & 255], 1).astype(np.uint8).tobytes()
-        else:
-            data = (x * (2 ** (8 * width - 1) - 1)).round().astype(f"<i{width}").tobytes()
-        w.writeframes(data)
-    return buf.getvalue()
+from ..harness import tone, tone_folder, wav_bytes
 
 
 @pytest.mark.parametrize("width,channels", [(1, 1), (2, 1), (3, 1), (4, 1), (2, 2)])
 def test_pcm_wav_of_any_width_and_channel_count_decodes_to_the_same_signal(width, channels):
-    x = _tone(440, 8000, 0.25)
-    got, rate = read_wav(_wav(x, 8000, width, channels))
+    x = tone(440, 8000, 0.25)
+    got, rate = read_wav(wav_bytes(x, 8000, width, channels))
     assert rate == 8000 and got.shape == x.shape
     assert np.abs(got - x).max() < (0.01 if width == 1 else 1e-4)
 
@@ -51,7 +28,7 @@ def test_bad_wavs_are_named_not_crashed_on():
         read_wav(b"RIFF\x00\x00\x00\x00WAVEjunk")
     with pytest.raises(DataError, match="not a readable PCM WAV"):
         read_wav(b"")
-    long = _wav(np.zeros(8000 * 61, np.float32), 8000)
+    long = wav_bytes(np.zeros(8000 * 61, np.float32), 8000)
     with pytest.raises(DataError, match="at most 60 s"):
         read_wav(long)
 
@@ -61,34 +38,20 @@ def test_the_front_end_puts_a_tone_in_its_mel_bin_at_any_input_rate():
     assert (spec.frames, spec.bins) == (49, 40)
     peaks = []
     for rate in (8000, 16000, 22050, 44100):
-        x = resample(_tone(1000, rate), rate, spec.sample_rate)
+        x = resample(tone(1000, rate), rate, spec.sample_rate)
         spectrum = np.abs(np.fft.rfft(x))
         assert abs(spectrum.argmax() * spec.sample_rate / len(x) - 1000) < 2  # the tone survives resampling
         peaks.append(int(features(x, spec).mean(0).argmax()))
     assert len(set(peaks)) == 1  # the same mel bin whatever the recording's rate
     # a 7 kHz tone recorded at 44.1 kHz is inside the band; 12 kHz is above the new Nyquist and must vanish
-    alias = resample(_tone(12000, 44100), 44100, 16000)
+    alias = resample(tone(12000, 44100), 44100, 16000)
     assert np.sqrt(np.mean(alias**2)) < 0.01
-    mfcc = features(resample(_tone(1000, 16000), 16000, 16000), AudioSpec(mfcc=10))
+    mfcc = features(resample(tone(1000, 16000), 16000, 16000), AudioSpec(mfcc=10))
     assert mfcc.shape == (49, 10) and np.isfinite(mfcc).all()
     with pytest.raises(DataError, match="power of two"):
         AudioSpec(fft=500)
     silent = features(np.zeros(16000, np.float32), spec)
     assert np.isfinite(silent).all() and silent.max() == pytest.approx(np.log(1e-6), abs=1e-3)
-
-
-def _tone_folder(root, n=24):  # type: ignore[no-untyped-def]
-    """Three classes of 'sounds' (tones at 500, 1500 and 3000 Hz, random phase, level and noise), recorded
-    at different rates, as a user's WAV folder would hold."""
-    rng = np.random.default_rng(0)
-    for name, freq in (("low", 500), ("mid", 1500), ("high", 3000)):
-        (root / name).mkdir(parents=True)
-        for i in range(n):
-            rate = [8000, 16000, 44100][i % 3]
-            x = _tone(freq * rng.uniform(0.97, 1.03), rate, rng.uniform(0.4, 1.0), rng.uniform(0.1, 0.8))
-            x = np.clip(x + rng.normal(0, 0.02, len(x)).astype(np.float32), -1, 1)
-            (root / name / f"clip{i:03d}.wav").write_bytes(_wav(x, rate))
-    return root
 
 
 def test_a_wav_folder_trains_optimizes_and_the_agent_answers_a_wav_with_its_name(tmp_path):
@@ -102,7 +65,7 @@ def test_a_wav_folder_trains_optimizes_and_the_agent_answers_a_wav_with_its_name
     from edgewise.targets import load_target
     from edgewise.zoo import TrainConfig, train
 
-    root = _tone_folder(tmp_path / "sounds")
+    root = tone_folder(tmp_path / "sounds")
     ds = load(str(root))
     assert ds.labels == ["high", "low", "mid"] and ds.sample_shape == (1, 49, 40)
     assert ds.preprocessing["audio"]["sample_rate"] == 16000
@@ -115,7 +78,7 @@ def test_a_wav_folder_trains_optimizes_and_the_agent_answers_a_wav_with_its_name
     agent = build_agent(AgentConfig(bundles=[out.bundle], tier="server", data_dir=tmp_path / "a"))
     client = TestClient(agent.app)
     try:
-        r = client.post("/predict", content=_wav(_tone(1500, 22050, 0.8), 22050, 2, 2),
+        r = client.post("/predict", content=wav_bytes(tone(1500, 22050, 0.8), 22050, 2, 2),
                         headers={"content-type": "audio/wav"})
         assert r.status_code == 200, r.text
         assert r.json()["label"] == "mid" and {t["label"] for t in r.json()["top"]} == {"low", "mid", "high"}
@@ -140,5 +103,5 @@ def test_the_keywords_set_is_spoken_by_held_out_voices_in_its_test_split(tmp_pat
     tm = train("cnn", s, TrainConfig(epochs=30, min_steps=300))
     assert tm.metrics["test_accuracy"] > 0.8, tm.metrics  # on voices it never heard
     _ = write_wav  # the writer the synthesizer uses round-trips through read_wav
-    x, rate = read_wav(write_wav(_tone(300, 16000), 16000))
-    assert rate == 16000 and np.abs(x - _tone(300, 16000)).max() < 1e-4
+    x, rate = read_wav(write_wav(tone(300, 16000), 16000))
+    assert rate == 16000 and np.abs(x - tone(300, 16000)).max() < 1e-4

@@ -45,6 +45,21 @@ def compile_model(model: onnx.ModelProto, name: str = "model", labels: list[str]
     return Compiled(graph, p, render(graph, p, name, labels or []))
 
 
+def add_frontend(c: Compiled, preprocessing: dict[str, Any]) -> None:
+    """The bundle's declared audio front end, in C, quantizing to the model's input (`frontend.py`)."""
+    if not preprocessing.get("audio"):
+        return
+    from edgewise.codegen.frontend import emit_audio_frontend
+    from edgewise.media.audio import AudioSpec
+
+    spec = AudioSpec.from_dict(preprocessing["audio"])
+    t_in = c.graph.tensors[c.graph.input]
+    if t_in.size != spec.frames * spec.bins:
+        raise CodegenError(f"the audio front end makes {spec.frames}x{spec.bins} features but the model takes "
+                           f"{t_in.size} values")
+    c.sources.update(emit_audio_frontend(spec, t_in.scale, t_in.zero_point))
+
+
 def check_budget(c: Compiled, target: TargetProfile) -> None:
     """RAM: the arena; flash: the constants (code size comes from a real cross-build, see benchmarks)."""
     f = c.figures()
@@ -65,6 +80,7 @@ def compile_bundle(bundle: Path, out: Path, target: TargetProfile, update_bundle
                            "before signing, or pass --no-update-bundle to leave the bundle as it is")
     model = onnx.load(str(bundle / "model.onnx"))
     compiled = compile_model(model, manifest.name, manifest.labels)
+    add_frontend(compiled, manifest.preprocessing or {})
     check_budget(compiled, target)
     figures = {**compiled.figures(), "target": target.name}
     with atomic_dir(out, error=CodegenError) as tmp:

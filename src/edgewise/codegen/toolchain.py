@@ -41,8 +41,16 @@ def _run(cmd: list[str], what: str, timeout: float = 300, **kw) -> subprocess.Co
     return proc
 
 
+def _sources(src: Path) -> list[str]:
+    """The program's C files; with the bundle's audio front end, the demo reads PCM and runs it first."""
+    files = [str(src / s) for s in SOURCES]
+    if (src / "ew_frontend.c").is_file():
+        files += [str(src / "ew_frontend.c"), "-DEW_AUDIO_FRONTEND", "-lm"]
+    return files
+
+
 def build_host(src: Path, exe: Path, flags: list[str] | None = None) -> Path:
-    cmd = [_need("gcc"), *(flags or HOST_FLAGS), "-o", str(exe), *(str(src / s) for s in SOURCES)]
+    cmd = [_need("gcc"), *(flags or HOST_FLAGS), "-o", str(exe), *_sources(src)]
     _run(cmd, "host build")
     return exe
 
@@ -57,7 +65,7 @@ def build_arm(src: Path, elf: Path) -> Path:
     startup, script = _arm_files()
     cmd = [_need("arm-none-eabi-gcc"), *ARM_FLAGS, "-DEW_EMBEDDED_INPUTS", f"-I{src}", "-T", str(script),
            "--specs=rdimon.specs", "-Wl,--gc-sections", "-o", str(elf), str(startup),
-           *(str(src / s) for s in SOURCES), "-lc", "-lrdimon"]
+           *_sources(src), "-lc", "-lrdimon"]
     _run(cmd, "arm-none-eabi-gcc build")
     return elf
 

@@ -1,12 +1,17 @@
 /* Demo program: runs the model on int8 inputs and prints each output vector and its argmax.
  *
  * Hosted build: reads samples of EW_INPUT_SIZE bytes from stdin until EOF.
+ * -DEW_AUDIO_FRONTEND (a bundle that declares an audio front end): reads clips of EW_FE_CLIP_SAMPLES
+ * 16-bit PCM samples instead, and runs the generated front end before the model.
  * -DEW_EMBEDDED_INPUTS: runs the samples compiled in from inputs.h (for boards without stdin; output
  * goes through semihosting's printf).
  */
 #include <stdio.h>
 #include "model.h"
 #include "ew_kernels.h"
+#ifdef EW_AUDIO_FRONTEND
+#include "ew_frontend.h"
+#endif
 
 #ifdef EW_EMBEDDED_INPUTS
 #include "inputs.h"
@@ -31,6 +36,13 @@ int main(void)
         print_output(out);
     }
     (void)in;
+#elif defined(EW_AUDIO_FRONTEND)
+    static int16_t pcm[EW_FE_CLIP_SAMPLES];
+    while (fread(pcm, sizeof(int16_t), EW_FE_CLIP_SAMPLES, stdin) == EW_FE_CLIP_SAMPLES) {
+        ew_frontend_features(pcm, in);
+        ew_model_invoke(in, out);
+        print_output(out);
+    }
 #else
     while (fread(in, 1, EW_INPUT_SIZE, stdin) == EW_INPUT_SIZE) {
         ew_model_invoke(in, out);
