@@ -85,6 +85,8 @@ def test_a_compiled_keyword_model_takes_pcm_and_answers_like_python(tmp_path):
     assert out.bundle is not None, out.result.why
     compiled = compile_bundle(out.bundle, tmp_path / "c", load_target("mcu-256k"))
     assert "ew_frontend.c" in compiled.sources and "c/ew_frontend.c" in read_bundle(out.bundle).files
+    f = compiled.figures()  # the front end's scratch and tables are counted against the target
+    assert f["frontend_ram_bytes"] == 4 * (2 * 512 + 40) and 4000 < f["frontend_tables_bytes"] < 12000
     exe = build_host(compiled.sources, tmp_path / "build")
     # Execute: fresh recordings of each class, as 16 kHz PCM, through the C program and through Python
     spec = AudioSpec.from_dict(read_bundle(out.bundle).preprocessing["audio"])

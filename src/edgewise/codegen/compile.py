@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,13 @@ class Compiled:
     graph: IntGraph
     plan: Plan
     sources: dict[str, str]
+    frontend: dict[str, int] = field(default_factory=dict)  # the audio front end's RAM and tables, if any
 
     def figures(self) -> dict[str, Any]:
         return {"arena_bytes": self.plan.arena_bytes, "arena_lower_bound_bytes": self.plan.lower_bound_bytes,
                 "planner": self.plan.strategy, "planner_tried": self.plan.tried,
-                "constants_bytes": self.graph.flash_bytes(), "macs": self.graph.macs, "ops": len(self.graph.ops)}
+                "constants_bytes": self.graph.flash_bytes(), "macs": self.graph.macs, "ops": len(self.graph.ops),
+                **self.frontend}
 
 
 def figures(model: onnx.ModelProto) -> dict[str, Any]:
@@ -49,7 +51,7 @@ def add_frontend(c: Compiled, preprocessing: dict[str, Any]) -> None:
     """The bundle's declared audio front end, in C, quantizing to the model's input (`frontend.py`)."""
     if not preprocessing.get("audio"):
         return
-    from edgewise.codegen.frontend import emit_audio_frontend
+    from edgewise.codegen.frontend import emit_audio_frontend, frontend_bytes
     from edgewise.media.audio import AudioSpec
 
     spec = AudioSpec.from_dict(preprocessing["audio"])
@@ -58,16 +60,20 @@ def add_frontend(c: Compiled, preprocessing: dict[str, Any]) -> None:
         raise CodegenError(f"the audio front end makes {spec.frames}x{spec.bins} features but the model takes "
                            f"{t_in.size} values")
     c.sources.update(emit_audio_frontend(spec, t_in.scale, t_in.zero_point))
+    c.frontend = frontend_bytes(spec)
 
 
 def check_budget(c: Compiled, target: TargetProfile) -> None:
     """RAM: the arena; flash: the constants (code size comes from a real cross-build, see benchmarks)."""
     f = c.figures()
-    if f["arena_bytes"] > target.ram_bytes:
-        raise CodegenError(f"needs {f['arena_bytes'] / 1024:.1f} KB RAM for the arena, {target.name} has "
+    ram = f["arena_bytes"] + f.get("frontend_ram_bytes", 0)
+    flash = f["constants_bytes"] + f.get("frontend_tables_bytes", 0)
+    what = " and the audio front end" if c.frontend else ""
+    if ram > target.ram_bytes:
+        raise CodegenError(f"needs {ram / 1024:.1f} KB RAM for the arena{what}, {target.name} has "
                            f"{target.ram_bytes / 1024:.0f} KB")
-    if f["constants_bytes"] > target.flash_bytes:
-        raise CodegenError(f"needs {f['constants_bytes'] / 1024:.1f} KB flash for weights, {target.name} has "
+    if flash > target.flash_bytes:
+        raise CodegenError(f"needs {flash / 1024:.1f} KB flash for weights{what}, {target.name} has "
                            f"{target.flash_bytes / 1024:.0f} KB")
 
 

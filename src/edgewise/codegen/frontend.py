@@ -28,6 +28,14 @@ def _ints(ctype: str, name: str, values: np.ndarray) -> str:
     return f"static const {ctype} {name}[{max(1, np.asarray(values).size)}] = {{{body}}};\n"
 
 
+def frontend_bytes(spec: AudioSpec) -> dict[str, int]:
+    """RAM (the static scratch) and flash (the tables) of the generated front end, in bytes."""
+    weights = int((mel_filters(spec) > 0).sum())
+    tables = 4 * (spec.window_samples + spec.fft + weights + (spec.mfcc * spec.mel_bins if spec.mfcc else 1))
+    tables += 2 * (spec.fft + 2 * spec.mel_bins)
+    return {"frontend_ram_bytes": 4 * (2 * spec.fft + spec.mel_bins), "frontend_tables_bytes": tables}
+
+
 def emit_audio_frontend(spec: AudioSpec, scale: float, zero_point: int) -> dict[str, str]:
     """`ew_frontend.h` and `ew_frontend.c` for `spec`, quantizing to int8 with (scale, zero_point)."""
     w, n = spec.window_samples, spec.fft
