@@ -82,6 +82,14 @@ def test_a_wav_folder_trains_optimizes_and_the_agent_answers_a_wav_with_its_name
                         headers={"content-type": "audio/wav"})
         assert r.status_code == 200, r.text
         assert r.json()["label"] == "mid" and {t["label"] for t in r.json()["top"]} == {"low", "mid", "high"}
+        # a longer recording answers the sounds in it, in order, with when each was decided
+        gap = np.zeros(16000, np.float32)
+        rec = np.concatenate([gap, tone(1500, 16000), gap, tone(500, 16000), gap])
+        r = client.post("/predict", content=wav_bytes(rec, 16000), headers={"content-type": "audio/wav"})
+        assert r.status_code == 200 and r.json()["task"] == "keyword_spotting", r.text
+        found = r.json()["detections"]
+        assert [d["label"] for d in found][:2] == ["mid", "low"], found
+        assert 1.0 < found[0]["time_s"] < 2.6 and 3.0 < found[1]["time_s"] < 4.6, found
         bad = client.post("/predict", content=b"RIFFnope", headers={"content-type": "audio/wav"})
         assert bad.status_code == 422 and "WAV" in bad.json()["error"]
     finally:
@@ -105,3 +113,18 @@ def test_the_keywords_set_is_spoken_by_held_out_voices_in_its_test_split(tmp_pat
     _ = write_wav  # the writer the synthesizer uses round-trips through read_wav
     x, rate = read_wav(write_wav(tone(300, 16000), 16000))
     assert rate == 16000 and np.abs(x - tone(300, 16000)).max() < 1e-4
+
+
+def test_the_recognizer_smooths_suppresses_and_ignores_silence():
+    from edgewise.media.recognize import Recognizer, Smoothing
+
+    rec = Recognizer(["silence", "unknown", "yes", "no"], Smoothing(average_ms=100, threshold=0.6, suppress_ms=500,
+                                                                    min_count=2))
+    one = lambda k, p=0.9: np.eye(4)[k] * p + (1 - p) / 4  # noqa: E731
+    hits = [rec.update(t, one(k)) for t, k in [(0, 0), (40, 0), (80, 2), (120, 2), (160, 2), (200, 2), (240, 0),
+                                                (600, 2), (640, 2), (800, 3), (840, 3)]]
+    found = [(h[0], h[2]) for h in hits if h]
+    # yes once its average and count are there (120 ms), not again within 500 ms; yes again at 640;
+    # no at once after it (another word is not suppressed); silence never
+    assert found == [("yes", 120), ("yes", 640), ("no", 840)], found
+    assert rec.update(900, one(3, 0.4)) is None  # under the threshold

@@ -155,9 +155,11 @@ class Inference:
         return self.answer_picture(name, im)
 
     def answer_audio(self, name: str, raw: bytes) -> dict[str, Any]:
-        """A WAV recording through the bundle's audio front end (`media.audio`): label, score and the top k
-        (classifiers go through the cascade and the result queue like any sample)."""
-        from edgewise.media.audio import AudioSpec, prepare_wav
+        """A WAV through the bundle's audio front end (`media.audio`). A clip (up to 1.5x the declared clip
+        length) answers label, score and the top k, through the cascade and the result queue like any
+        sample; a longer recording answers the keywords in it with their times (`media.recognize`)."""
+        from edgewise.media.audio import AudioSpec, features, read_wav, resample
+        from edgewise.media.recognize import detect_keywords
 
         m = self.models.get(name)
         spec_doc = (m.manifest.preprocessing or {}).get("audio")
@@ -165,13 +167,29 @@ class Inference:
             raise BadInput(f"model {name} declares no audio front end: send its input tensor (JSON or .npy)")
         if task_of(m.manifest) != "classification":
             raise BadInput(f"model {name} ({task_of(m.manifest)}) has no audio answer yet; send its input tensor")
+        spec = AudioSpec.from_dict(spec_doc)
         try:
-            x = prepare_wav(raw, AudioSpec.from_dict(spec_doc))
+            samples, rate = read_wav(raw)
         except DataError as e:
             raise BadInput(str(e)) from e
-        results = self.predict(name, x)
+        samples = resample(samples, rate, spec.sample_rate)
+        labels = list(m.manifest.labels)
+        if len(samples) > 1.5 * spec.clip_samples:  # a recording, not a clip: the keywords in it, with times
+            t0 = time.perf_counter()
+
+            def run(x: np.ndarray) -> np.ndarray:
+                m.requests += 1
+                return np.asarray(m.session.run(None, {m.input_name: x})[0])
+
+            found = detect_keywords(samples, spec, labels, run)
+            self.counts["requests"] += 1
+            self.counts["samples"] += 1
+            self.counts["local"] += 1
+            return {"task": "keyword_spotting", "detections": found, "duration_s": round(len(samples) / spec.sample_rate, 3),
+                    "tier": self.cascade.tier, "latency_ms": (time.perf_counter() - t0) * 1e3}
+        results = self.predict(name, features(samples, spec)[None, None])
         post = m.manifest.postprocessing or {}
-        top = classify(np.asarray(results[0]["outputs"]), list(m.manifest.labels), int(post.get("top_k", 5)))
+        top = classify(np.asarray(results[0]["outputs"]), labels, int(post.get("top_k", 5)))
         return {"task": "classification", **{k: results[0][k] for k in ("tier", "degraded", "latency_ms")}, **top}
 
     def answer_picture(self, name: str, im: Any, queue: bool = True) -> dict[str, Any]:
