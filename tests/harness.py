@@ -287,3 +287,38 @@ def tone_folder(root: Path, n: int = 24) -> Path:
             x = np.clip(x + rng.normal(0, 0.02, len(x)).astype(np.float32), -1, 1)
             (root / name / f"clip{i:03d}.wav").write_bytes(wav_bytes(x, rate))
     return root
+
+
+TONE_FREQS = {"low": 500, "mid": 1500, "high": 3000}
+
+
+def tone_keyword_bundle(root: Path) -> Path:
+    """An int8 'keyword' model for mcu-256k trained on `tone_folder` (classes low / mid / high), its bundle
+    declaring the audio front end, made the way users make one: train, then optimize."""
+    from edgewise.optimize.pipeline import optimize
+    from edgewise.optimize.search import SearchOptions
+    from edgewise.targets import load_target
+    from edgewise.zoo import TrainConfig, train
+
+    data = str(tone_folder(root / "sounds"))
+    train("cnn", load_splits(data), TrainConfig(epochs=6, min_steps=150), width=0.5).save(root / "t")
+    out = optimize(root / "t", data, load_target("mcu-256k"), root / "o",
+                   SearchOptions(torch_passes=False, only=("baseline-int8-minmax",), measure_memory=False,
+                                 latency_runs=5, max_accuracy_drop=20))
+    assert out.bundle is not None, out.result.why
+    return out.bundle
+
+
+def tone_clips(labels: list[str], per_class: int = 8, seed: int = 9) -> tuple[np.ndarray, list[int]]:
+    """Fresh 1 s, 16 kHz int16 recordings of each tone class, and their class indices."""
+    rng = np.random.default_rng(seed)
+    pcm, truth = [], []
+    for k, name in enumerate(labels):
+        for _ in range(per_class):
+            x = np.zeros(16000, np.float32)
+            t = tone(TONE_FREQS[name] * rng.uniform(0.97, 1.03), 16000, rng.uniform(0.5, 1.0), rng.uniform(0.1, 0.8))
+            start = (len(x) - len(t)) // 2
+            x[start : start + len(t)] = t
+            pcm.append(np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16))
+            truth.append(k)
+    return np.stack(pcm), truth

@@ -13,12 +13,12 @@ import onnx
 import pytest
 
 from edgewise.codegen.compile import compile_model
-from edgewise.codegen.emit import render_inputs
+from edgewise.codegen.emit import render_inputs, render_pcm_inputs
 from edgewise.codegen.reference import quantize_input, run_reference
 from edgewise.codegen.toolchain import arm_sizes, build_arm, run_qemu
 from edgewise.data import load_splits
 
-from ..harness import build_host, have, run_program
+from ..harness import build_host, have, run_program, tone_clips, tone_keyword_bundle
 
 TOOLS = ("arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm")
 missing = [t for t in TOOLS if not have(t)]
@@ -47,3 +47,30 @@ def test_cortex_m4_build_runs_under_qemu_and_matches_the_host(request, tmp_path,
     assert sizes["bss"] >= compiled.plan.arena_bytes, "the arena is static RAM"
     assert sizes["text"] + sizes["data"] >= compiled.graph.flash_bytes(), "weights live in flash"
     assert sizes["bss"] <= 64 * 1024 and sizes["text"] + sizes["data"] <= 1024 * 1024
+
+
+def test_a_keyword_model_with_its_front_end_runs_pcm_under_qemu_like_the_host(tmp_path):
+    from edgewise.bundle import read_bundle
+    from edgewise.codegen.compile import compile_bundle
+    from edgewise.targets import load_target
+
+    # Prepare: the int8 model and its generated front end, and PCM clips compiled into the program
+    bundle = tone_keyword_bundle(tmp_path)
+    compiled = compile_bundle(bundle, tmp_path / "c", load_target("mcu-256k"))
+    pcm, truth = tone_clips(read_bundle(bundle).labels, per_class=2)
+    src = tmp_path / "arm"
+    src.mkdir()
+    for name, text in compiled.sources.items():
+        (src / name).write_text(text)
+    (src / "inputs.h").write_text(render_pcm_inputs(pcm))
+    # Execute
+    lines = run_qemu(build_arm(src, tmp_path / "kws.elf")).strip().splitlines()
+    host = build_host(compiled.sources, tmp_path / "host")
+    import subprocess
+
+    on_host = subprocess.run([str(host)], input=pcm.tobytes(), capture_output=True, check=True, timeout=60)
+    # Assert: PCM in, the same outputs on the emulated Cortex-M4 as on the host, and the right classes
+    assert lines == on_host.stdout.decode().strip().splitlines()
+    assert [int(line.split("|")[1]) for line in lines] == truth
+    f = compiled.figures()
+    assert f["arena_bytes"] + f["frontend_ram_bytes"] <= 64 * 1024

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from edgewise.codegen.frontend import emit_audio_frontend, quantize_reference
-from edgewise.media.audio import AudioSpec, features, fit_clip
+from edgewise.media.audio import AudioSpec, features
 
-from ..harness import build_host, tone, tone_folder
+from ..harness import build_host, tone, tone_clips, tone_keyword_bundle
 
 MAIN = """#include <stdio.h>
 #include "ew_frontend.h"
@@ -71,40 +71,21 @@ def test_a_compiled_keyword_model_takes_pcm_and_answers_like_python(tmp_path):
 
     from edgewise.bundle import read_bundle
     from edgewise.codegen.compile import compile_bundle
-    from edgewise.data import load_splits
-    from edgewise.optimize.pipeline import optimize
-    from edgewise.optimize.search import SearchOptions
     from edgewise.targets import load_target
-    from edgewise.zoo import TrainConfig, train
 
-    root = tone_folder(tmp_path / "sounds")
-    train("cnn", load_splits(str(root)), TrainConfig(epochs=6, min_steps=150), width=0.5).save(tmp_path / "t")
-    out = optimize(tmp_path / "t", str(root), load_target("mcu-256k"), tmp_path / "o",
-                   SearchOptions(torch_passes=False, only=("baseline-int8-minmax",), measure_memory=False,
-                                 latency_runs=5, max_accuracy_drop=20))
-    assert out.bundle is not None, out.result.why
-    compiled = compile_bundle(out.bundle, tmp_path / "c", load_target("mcu-256k"))
-    assert "ew_frontend.c" in compiled.sources and "c/ew_frontend.c" in read_bundle(out.bundle).files
+    bundle = tone_keyword_bundle(tmp_path)
+    compiled = compile_bundle(bundle, tmp_path / "c", load_target("mcu-256k"))
+    assert "ew_frontend.c" in compiled.sources and "c/ew_frontend.c" in read_bundle(bundle).files
     f = compiled.figures()  # the front end's scratch and tables are counted against the target
     assert f["frontend_ram_bytes"] == 4 * (2 * 512 + 40) and 4000 < f["frontend_tables_bytes"] < 12000
     exe = build_host(compiled.sources, tmp_path / "build")
     # Execute: fresh recordings of each class, as 16 kHz PCM, through the C program and through Python
-    spec = AudioSpec.from_dict(read_bundle(out.bundle).preprocessing["audio"])
-    rng = np.random.default_rng(9)
-    names = read_bundle(out.bundle).labels
-    freqs = {"low": 500, "mid": 1500, "high": 3000}
-    truth, pcm = [], []
-    for k, name in enumerate(names):
-        for _ in range(8):
-            x = fit_clip(tone(freqs[name] * rng.uniform(0.97, 1.03), 16000, rng.uniform(0.5, 1.0),
-                              rng.uniform(0.1, 0.8)), spec)
-            pcm.append(np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16))
-            truth.append(k)
-    pcm_arr = np.stack(pcm)
-    proc = subprocess.run([str(exe)], input=pcm_arr.tobytes(), capture_output=True, timeout=120, check=True)
+    spec = AudioSpec.from_dict(read_bundle(bundle).preprocessing["audio"])
+    pcm, truth = tone_clips(read_bundle(bundle).labels)
+    proc = subprocess.run([str(exe)], input=pcm.tobytes(), capture_output=True, timeout=120, check=True)
     c_labels = np.array([int(line.split("|")[1]) for line in proc.stdout.decode().strip().splitlines()])
-    sess = ort.InferenceSession(str(out.bundle / "model.onnx"), providers=["CPUExecutionProvider"])
-    feats = np.stack([features(c.astype(np.float32) / 32768, spec)[None] for c in pcm_arr])
+    sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    feats = np.stack([features(c.astype(np.float32) / 32768, spec)[None] for c in pcm])
     py_labels = sess.run(None, {sess.get_inputs()[0].name: feats})[0].reshape(len(feats), -1).argmax(1)
     # Assert: the device's answers are Python's, and right
     assert len(c_labels) == len(truth)

@@ -2,7 +2,8 @@
  *
  * Hosted build: reads samples of EW_INPUT_SIZE bytes from stdin until EOF.
  * -DEW_AUDIO_FRONTEND (a bundle that declares an audio front end): reads clips of EW_FE_CLIP_SAMPLES
- * 16-bit PCM samples instead, and runs the generated front end before the model.
+ * 16-bit PCM samples instead (embedded: ew_pcm from inputs.h), and runs the generated front end before
+ * the model.
  * -DEW_EMBEDDED_INPUTS: runs the samples compiled in from inputs.h (for boards without stdin; output
  * goes through semihosting's printf).
  */
@@ -29,7 +30,14 @@ int main(void)
 {
     static int8_t in[EW_INPUT_SIZE];
     static int8_t out[EW_OUTPUT_SIZE];
-#ifdef EW_EMBEDDED_INPUTS
+#if defined(EW_EMBEDDED_INPUTS) && defined(EW_AUDIO_FRONTEND)
+    int s;
+    for (s = 0; s < EW_NUM_INPUTS; s++) {  /* PCM clips: the front end, then the model */
+        ew_frontend_features(ew_pcm[s], in);
+        ew_model_invoke(in, out);
+        print_output(out);
+    }
+#elif defined(EW_EMBEDDED_INPUTS)
     int s;
     for (s = 0; s < EW_NUM_INPUTS; s++) {
         ew_model_invoke(ew_inputs[s], out);
