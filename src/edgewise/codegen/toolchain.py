@@ -71,10 +71,12 @@ def build_arm(src: Path, elf: Path) -> Path:
 
 
 def arm_sizes(src: Path, work: Path) -> dict[str, int]:
-    """.text/.data/.bss of the model and kernels alone (no libc, no demo main), built for Cortex-M4 -Os."""
+    """.text/.data/.bss of the model and kernels (and the audio front end, if any) alone (no libc, no demo
+    main), built for Cortex-M4 -Os."""
     gcc, size = _need("arm-none-eabi-gcc"), _need("arm-none-eabi-size")
     objs = []
-    for name in ("model.c", "ew_kernels.c"):
+    names = ["model.c", "ew_kernels.c"] + (["ew_frontend.c"] if (src / "ew_frontend.c").is_file() else [])
+    for name in names:
         obj = work / (name[:-2] + ".o")
         _run([gcc, *ARM_FLAGS, "-c", "-o", str(obj), str(src / name)], f"arm-none-eabi-gcc {name}")
         objs.append(str(obj))
