@@ -155,6 +155,10 @@ def load(spec: str) -> Dataset:
         return textlines(int(arg) if arg.isdigit() else 600)
     path = Path(spec)
     head, _, size = spec.rpartition(":")
+    if head.lower().endswith(".csv") and Path(head).is_file() and "=" in size:  # log.csv:window=2000,...
+        from edgewise.data.sensorlog import sensor_log
+
+        return sensor_log(Path(head), size)
     if size.isdigit() and Path(head).is_dir():
         path = Path(head)
     if path.is_dir():
@@ -173,7 +177,11 @@ def load(spec: str) -> Dataset:
         raise DataError(f"unknown dataset {spec!r}: use one of {known}, a .npz / .csv file, or a folder of images")
     if not path.is_file():
         raise DataError(f"dataset file not found: {path}")
-    return _npz(path) if path.suffix.lower() == ".npz" else _csv(path)
+    if path.suffix.lower() == ".csv":
+        from edgewise.data.sensorlog import is_sensor_log, sensor_log
+
+        return sensor_log(path) if is_sensor_log(path) else _csv(path)
+    return _npz(path)
 
 
 def load_splits(spec: str, seed: int = 0) -> Splits:
