@@ -32,7 +32,7 @@ def train(
     model: Annotated[str, typer.Option("--model", "-m", help="zoo architecture: mlp, cnn, dscnn, cnn1d, mobilenetv3-small, tinydet (a detector)")],
     data: Annotated[str, typer.Option("--data", "-d", help="digits, digits:64, basicmotions, textlines, shapes (boxes), keywords (speech), a .npz/.csv file, or a folder: per-class subfolders of images or WAVs, or YOLO format")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output directory (model.onnx, checkpoint.pt, train.json)")],
-    epochs: Annotated[int, typer.Option(help="training epochs (small sets get more, to reach 300 steps)")] = 30,
+    epochs: Annotated[int, typer.Option(help="training epochs (the weights of the best validation epoch are kept)")] = 30,
     width: Annotated[float, typer.Option(help="channel width multiplier")] = 1.0,
     seed: Annotated[int, typer.Option(help="seed for the split and training")] = 0,
 ) -> None:
