@@ -83,3 +83,18 @@ def test_options_are_checked_and_a_plain_numeric_csv_is_still_a_table(tmp_path):
     (tmp_path / "table.csv").write_text("f1,f2,label\n0.1,0.2,0\n0.3,0.4,1\n0.5,0.6,0\n")
     t = load(str(tmp_path / "table.csv"))
     assert t.sample_shape == (2,) and t.labels == ["0", "1"]
+
+
+@pytest.mark.parametrize("fmt,start", [("{c}_{i}", 0), ("{c}{i}", 1)])
+def test_a_pre_windowed_csv_becomes_channels_by_time(tmp_path, fmt, start):
+    rng = np.random.default_rng(0)
+    rows, y = rng.normal(size=(12, 3 * 16)), np.arange(12) % 2
+    cols = [fmt.format(c=c, i=i) for c in ("ax", "ay", "az") for i in range(start, start + 16)]
+    (tmp_path / "w.csv").write_text(",".join([*cols, "label"]) + "\n" + "\n".join(
+        ",".join(f"{v:.4f}" for v in r) + f",{k}" for r, k in zip(rows, y)))
+    ds = load(str(tmp_path / "w.csv"))
+    assert ds.sample_shape == (3, 16) and ds.preprocessing["channels"] == ["ax", "ay", "az"]
+    assert ds.x[5, 1, 7] == pytest.approx(rows[5, 16 + 7], abs=1e-4)
+    from edgewise.zoo import build
+
+    build("cnn1d", ds.sample_shape, 2)  # the sequence model takes it (it refused 48 flat features before)

@@ -86,10 +86,30 @@ def _csv(path: Path) -> Dataset:
     names = [h.strip().lower() for h in header] if has_header else []
     label_col = next((i for i, n in enumerate(names) if n in ("label", "y", "target", "class")), None)
     if label_col is None:
-        return _user_dataset(path, table, None)
+        return _windowed(_user_dataset(path, table, None), [h.strip() for h in header] if has_header else [])
     y = table[:, label_col]
     x = np.delete(table, label_col, axis=1)
-    return _user_dataset(path, x, y)
+    feature_names = [h.strip() for i, h in enumerate(header) if i != label_col]
+    return _windowed(_user_dataset(path, x, y), feature_names)
+
+
+def _windowed(ds: Dataset, names: list[str]) -> Dataset:
+    """A pre-windowed table, one row per window with columns CHANNEL_INDEX (ax_0 ... ax_127, ay_0 ...,
+    or ax0 ..., indices from 0 or 1): reshaped to (channels, time) samples so sequence models take it,
+    with the channel names recorded."""
+    import re
+
+    parts = [re.fullmatch(r"(.*?[A-Za-z])_?(\d+)", n) for n in names]
+    if len(names) < 8 or not all(parts):
+        return ds
+    channels = list(dict.fromkeys(m.group(1) for m in parts if m))
+    t = len(names) // len(channels)
+    layouts = [[f"{c}{sep}{i}" for c in channels for i in range(start, start + t)]
+               for sep in ("_", "") for start in (0, 1)]
+    if t < 4 or names not in layouts:
+        return ds
+    x = ds.x.reshape(len(ds.x), len(channels), t)
+    return Dataset(ds.name, x, ds.y, ds.labels, {**ds.preprocessing, "layout": "NCT", "channels": channels})
 
 
 def _is_number(s: str) -> bool:
