@@ -23,7 +23,7 @@ IGNORED = ("silence", "unknown", "_silence_", "_unknown_", "_background_noise_")
 
 @dataclass
 class Smoothing:
-    average_ms: float = 600.0
+    average_ms: float = 200.0  # chosen on the training voices (bench_kws reports the held-out ones)
     threshold: float = 0.5
     suppress_ms: float = 1000.0
     min_count: int = 2
