@@ -322,3 +322,34 @@ def tone_clips(labels: list[str], per_class: int = 8, seed: int = 9) -> tuple[np
             pcm.append(np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16))
             truth.append(k)
     return np.stack(pcm), truth
+
+
+# ---- sensor logs -------------------------------------------------------------------------------------
+ACTIVITIES = {"idle": (0.05, 0.0), "walk": (0.6, 2.0), "shake": (1.5, 7.0)}  # noise level, motion frequency
+
+
+def sensor_log_csv(path: Path, seconds_per_segment: int = 24, rate: int = 50, seed: int = 0,
+                   gap_at: int | None = None, nan_row: int | None = None, iso: bool = False) -> Path:
+    """timestamp (ms, jittered), ax, ay, az, label: activities in turn, as a logger writes them."""
+    rng = np.random.default_rng(seed)
+    lines = ["timestamp,ax,ay,az,label"]
+    t = 1_700_000_000_000.0  # epoch milliseconds
+    order = ["idle", "walk", "shake", "walk", "idle", "shake"] * 2
+    for name in order:
+        noise, freq = ACTIVITIES[name]
+        for _ in range(seconds_per_segment * rate):
+            s = t / 1000
+            ax = np.sin(2 * np.pi * freq * s) * (noise > 0.1) + rng.normal(0, noise)
+            ay = np.cos(2 * np.pi * freq * s) * 0.5 * (noise > 0.1) + rng.normal(0, noise)
+            az = 1.0 + rng.normal(0, noise)
+            stamp = (__import__("datetime").datetime.fromtimestamp(t / 1000).isoformat() if iso else f"{t:.1f}")
+            lines.append(f"{stamp},{ax:.4f},{ay:.4f},{az:.4f},{name}")
+            t += 1000 / rate + rng.normal(0, 0.5)
+            if gap_at is not None and len(lines) == gap_at:
+                t += 5000
+    if nan_row is not None:
+        parts = lines[nan_row].split(",")
+        parts[2] = "nan"
+        lines[nan_row] = ",".join(parts)
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -202,3 +202,17 @@ def test_careless_use_gets_one_line_not_an_internal_error(trained: Path, tmp_pat
     # an output that would overwrite the input is refused before any work
     assert_clean_failure(ew("compile", str(tmp_path / "o" / "bundle"), "--out", str(tmp_path / "o"),
                             "--no-update-bundle"), "would overwrite the input")
+
+
+def test_window_and_stride_cut_a_sensor_log_and_refuse_anything_else(tmp_path):
+    from tests.harness import sensor_log_csv
+
+    log = sensor_log_csv(tmp_path / "log.csv", seconds_per_segment=8)
+    proc = ew("train", "--model", "cnn1d", "--data", str(log), "--window", "1000", "--stride", "250",
+              "--epochs", "1", "--out", str(tmp_path / "m"))
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((tmp_path / "m" / "train.json").read_text())
+    assert meta["sample_shape"] == [3, 50] and meta["labels"] == ["idle", "shake", "walk"]
+    assert meta["preprocessing"]["window_ms"] == 1000 and meta["preprocessing"]["stride_ms"] == 250
+    proc = ew("train", "--model", "cnn", "--data", "digits", "--window", "1000", "--out", str(tmp_path / "d"))
+    assert proc.returncode == 1 and "sensor-log CSV" in proc.stderr and not (tmp_path / "d").exists()

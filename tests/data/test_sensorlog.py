@@ -8,38 +8,11 @@ import pytest
 from edgewise.data import load, load_splits
 from edgewise.errors import DataError
 
-ACTIVITIES = {"idle": (0.05, 0.0), "walk": (0.6, 2.0), "shake": (1.5, 7.0)}  # noise level, motion frequency
-
-
-def write_log(path, seconds_per_segment=24, rate=50, seed=0, gap_at=None, nan_row=None,
-              iso=False):  # type: ignore[no-untyped-def]
-    """timestamp (ms, jittered), ax, ay, az, label: activities in turn, as a logger writes them."""
-    rng = np.random.default_rng(seed)
-    lines = ["timestamp,ax,ay,az,label"]
-    t = 1_700_000_000_000.0  # epoch milliseconds
-    order = ["idle", "walk", "shake", "walk", "idle", "shake"] * 2
-    for name in order:
-        noise, freq = ACTIVITIES[name]
-        for _ in range(seconds_per_segment * rate):
-            s = t / 1000
-            ax = np.sin(2 * np.pi * freq * s) * (noise > 0.1) + rng.normal(0, noise)
-            ay = np.cos(2 * np.pi * freq * s) * 0.5 * (noise > 0.1) + rng.normal(0, noise)
-            az = 1.0 + rng.normal(0, noise)
-            stamp = (__import__("datetime").datetime.fromtimestamp(t / 1000).isoformat() if iso else f"{t:.1f}")
-            lines.append(f"{stamp},{ax:.4f},{ay:.4f},{az:.4f},{name}")
-            t += 1000 / rate + rng.normal(0, 0.5)
-            if gap_at is not None and len(lines) == gap_at:
-                t += 5000
-    if nan_row is not None:
-        parts = lines[nan_row].split(",")
-        parts[2] = "nan"
-        lines[nan_row] = ",".join(parts)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+from ..harness import sensor_log_csv
 
 
 def test_a_logger_csv_becomes_labelled_windows_with_names_rate_and_channels(tmp_path):
-    ds = load(str(write_log(tmp_path / "log.csv", gap_at=3000, nan_row=100)))
+    ds = load(str(sensor_log_csv(tmp_path / "log.csv", gap_at=3000, nan_row=100)))
     assert ds.labels == ["idle", "shake", "walk"] and ds.sample_shape == (3, 100)
     p = ds.preprocessing
     assert p["channels"] == ["ax", "ay", "az"] and p["rate_hz"] == pytest.approx(50, rel=0.01)
@@ -55,7 +28,7 @@ def test_a_logger_csv_becomes_labelled_windows_with_names_rate_and_channels(tmp_
 def test_a_window_model_trains_on_the_log_and_keeps_the_names(tmp_path):
     from edgewise.zoo import TrainConfig, train
 
-    s = load_splits(str(write_log(tmp_path / "log.csv", iso=True)))
+    s = load_splits(str(sensor_log_csv(tmp_path / "log.csv", iso=True)))
     tm = train("cnn1d", s, TrainConfig(epochs=10, min_steps=150))
     assert tm.labels == ["idle", "shake", "walk"] and tm.metrics["test_accuracy"] > 0.9, tm.metrics
     assert tm.preprocessing["channels"] == ["ax", "ay", "az"] and "mean" in tm.preprocessing
@@ -75,7 +48,7 @@ def test_bad_logs_get_one_clear_sentence(tmp_path, text, fragment):
 
 
 def test_options_are_checked_and_a_plain_numeric_csv_is_still_a_table(tmp_path):
-    write_log(tmp_path / "log.csv", seconds_per_segment=4)
+    sensor_log_csv(tmp_path / "log.csv", seconds_per_segment=4)
     with pytest.raises(DataError, match="unknown sensor-log option"):
         load(f"{tmp_path / 'log.csv'}:windw=100")
     with pytest.raises(DataError, match="under 4 samples"):

@@ -21,7 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from edgewise.errors import EdgewiseError
+from edgewise.errors import DataError, EdgewiseError
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -35,6 +35,24 @@ def _kb(n: float | None) -> str:
 
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v * 100:.2f}%"
+
+
+Window = Annotated[float | None, typer.Option(help="sensor-log CSV: window length in ms (default 2000)")]
+
+
+Stride = Annotated[float | None, typer.Option(help="sensor-log CSV: ms between window starts (default half a "
+                                                  "window)")]
+
+
+def with_windows(data: str, window: float | None, stride: float | None) -> str:
+    """DATA with --window/--stride folded into a sensor log's options (`log.csv:window=...,stride=...`)."""
+    if window is None and stride is None:
+        return data
+    path, _, opts = data.partition(":") if data.lower().split(":")[0].endswith(".csv") else (data, "", "")
+    if not path.lower().endswith(".csv") or not Path(path).is_file():
+        raise DataError(f"--window and --stride cut a sensor-log CSV into windows; {data!r} is not one")
+    extra = [f"{k}={v:g}" for k, v in (("window", window), ("stride", stride)) if v is not None]
+    return f"{path}:{','.join(filter(None, [opts, *extra]))}"
 
 
 def _train(model: str, data: str, out: Path, epochs: int, width: float, seed: int) -> Any:

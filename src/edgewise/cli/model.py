@@ -13,6 +13,8 @@ from rich.table import Table
 
 from edgewise.cli.app import app
 from edgewise.cli.common import (
+    Stride,
+    Window,
     _kb,
     _load_models,
     _pct,
@@ -23,6 +25,7 @@ from edgewise.cli.common import (
     _train,
     console,
     out_console,
+    with_windows,
 )
 from edgewise.errors import EdgewiseError
 
@@ -35,12 +38,14 @@ def train(
     epochs: Annotated[int, typer.Option(help="training epochs (the weights of the best validation epoch are kept)")] = 30,
     width: Annotated[float, typer.Option(help="channel width multiplier")] = 1.0,
     seed: Annotated[int, typer.Option(help="seed for the split and training")] = 0,
+    window: Window = None,
+    stride: Stride = None,
 ) -> None:
     """Train a zoo model on DATA, evaluate it on the test split, and export ONNX.
 
     Example: edgewise train --model cnn --data digits --out runs/cnn
     """
-    _train(model, data, out, epochs, width, seed)
+    _train(model, with_windows(data, window, stride), out, epochs, width, seed)
 
 
 @app.command()
@@ -68,6 +73,8 @@ def optimize(
                                                           "size, resize (letterbox|stretch), color, scale, mean, "
                                                           "std, layout; and [postprocess] conf, iou, top_k")] = None,
     labels: Annotated[Path | None, typer.Option(help="class names, one per line (e.g. a detector's)")] = None,
+    window: Window = None,
+    stride: Stride = None,
 ) -> None:
     """Try recipes for TARGET, keep the Pareto front, and bundle the best model that fits.
 
@@ -83,6 +90,7 @@ def optimize(
     from edgewise.targets import load_target
 
     profile = load_target(target)
+    data = with_windows(data, window, stride)
     opts = SearchOptions(max_accuracy_drop=max_accuracy_drop, torch_passes=torch_passes,
                          calibration_samples=calibration_samples, only=tuple(recipe or ()), task=task,
                          time_budget_s=time_budget or None, max_latency_ms=max_latency_ms,
