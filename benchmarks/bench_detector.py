@@ -4,7 +4,7 @@
    runtime's mAP@0.5 and mAP@0.5:0.95 against the set's ground-truth boxes, and batch-1 one-thread latency
    interleaved run by run: ORT fp32 (the starting model), the chosen int8 model, ORT `quantize_static` at
    its defaults, OpenVINO fp32 and OpenVINO + NNCF int8 (default settings).
-2. `/predict` overhead for a 640x480 JPEG: the agent's whole image path (decode, letterbox, inference,
+2. `/predict` overhead for a 640x480 JPEG: the agent's whole image path (decode at reduced scale, letterbox, inference,
    decode of the head, NMS, boxes back to the picture's pixels) against bare `session.run` on the prepared
    tensor, in process, interleaved; for the chosen tinydet and for YOLOv8n (ultralytics yaml, 320x320,
    80 classes, random weights: a realistic head size and anchor count, 2,100 anchors).
@@ -117,12 +117,12 @@ def overhead(bundle: Path, jpeg: bytes, runs: int = 200) -> list[object]:
     assert inf is not None
     m = inf.models.get(name)
     spec = ImageSpec.from_dict(m.manifest.preprocessing["image"])
-    prepared = prepare(decode(jpeg), spec)
+    prepared = prepare(decode(jpeg, spec), spec)
     feed = {m.input_name: prepared.tensor}
     outs = m.session.run(None, feed)
     post, labels = m.manifest.postprocessing, list(m.manifest.labels)
     steps = {"whole image path": lambda: inf.answer_image(name, jpeg), "bare session.run": lambda: m.session.run(None, feed),
-             "decode": lambda: decode(jpeg), "letterbox + scale": lambda: prepare(decode(jpeg), spec),
+             "decode": lambda: decode(jpeg, spec), "letterbox + scale": lambda: prepare(decode(jpeg, spec), spec),
              "head decode + NMS": lambda: detect(outs, post, prepared, labels)}
     times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(10):

@@ -212,3 +212,21 @@ def test_an_unsure_detection_goes_up_as_a_crop_and_the_answer_replaces_it(tmp_pa
         assert set(queued["detection"][0]) == {"m", "v", "ts", "boxes"} and len(queued["review"]) == 1
     finally:
         node.kill()
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale_and_boxes_still_map_to_its_pixels():
+    from edgewise.media.image import fitted_size
+
+    spec = ImageSpec(size=(96, 96), resize="letterbox")
+    raw = _jpeg(640, 480)
+    small = decode(raw, spec)
+    assert small.size == (160, 120) and small.info["original_size"] == (640, 480)  # DCT scaling 1/4, >= 96x72
+    assert decode(raw).size == (640, 480) and fitted_size(640, 480, spec) == (96, 72)
+    fast, full = prepare(small, spec), prepare(decode(raw), spec)
+    assert fast.original == full.original == (480, 640) and fast.ratio == full.ratio and fast.offset == full.offset
+    box = np.array([[10.0, 22.0, 50.0, 60.0]])
+    np.testing.assert_allclose(fast.to_original(box), full.to_original(box))
+    # the pixels differ only by the decoder's downscaling: close, not equal
+    assert np.abs(fast.tensor - full.tensor).mean() < 0.05
+    png = _jpeg(640, 480, "PNG")  # PNG has no reduced-scale decode: decoded in full
+    assert decode(png, spec).size == (640, 480)

@@ -38,7 +38,7 @@ def image_folder(root: Path, size: int = 96, max_images: int = MAX_IMAGES, seed:
     x = np.zeros((len(files), 3, size, size), np.float32)
     for i, (f, _) in enumerate(files):
         try:
-            x[i] = prepare(decode(f.read_bytes()), spec).tensor[0]
+            x[i] = prepare(decode(f.read_bytes(), spec), spec).tensor[0]
         except DataError as e:
             raise DataError(f"{f}: {e}") from e
     y = np.array([k for _, k in files]) if classes else None

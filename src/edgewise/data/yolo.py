@@ -89,7 +89,7 @@ def yolo_folder(root: Path, size: int = 320, max_images: int = MAX_IMAGES, seed:
     boxes = []
     for i, f in enumerate(files):
         try:
-            p = prepare(decode(f.read_bytes()), spec)
+            p = prepare(decode(f.read_bytes(), spec), spec)
         except DataError as e:
             raise DataError(f"{f}: {e}") from e
         x[i] = p.tensor[0]

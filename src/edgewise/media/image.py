@@ -88,9 +88,23 @@ class Prepared:
         return out
 
 
-def decode(raw: bytes) -> Any:
+def fitted_size(w0: int, h0: int, spec: ImageSpec) -> tuple[int, int]:
+    """(width, height) the picture is resized to before any padding, as `prepare` does it."""
+    th, tw = spec.size
+    if spec.resize == "stretch":
+        return tw, th
+    r = min(th / h0, tw / w0)
+    return max(1, round(w0 * r)), max(1, round(h0 * r))
+
+
+def decode(raw: bytes, fit: ImageSpec | None = None) -> Any:
     """A Pillow image from JPEG/PNG bytes: the size is read from the header and bounded before any pixel is
-    decoded; truncated, empty or non-image bodies are a DataError."""
+    decoded; truncated, empty or non-image bodies are a DataError.
+
+    With `fit` (the preprocessing it is decoded for), a JPEG much larger than the model's input is decoded
+    at a reduced scale (libjpeg's DCT scaling, 1/2 to 1/8, never below the size it will be resized to):
+    several times faster, and the same for training data and requests since both decode through here.
+    The original size stays in `im.info["original_size"]`, so boxes map back to the original pixels."""
     from PIL import Image, UnidentifiedImageError
 
     if not raw:
@@ -105,7 +119,10 @@ def decode(raw: bytes) -> Any:
                 raise DataError(f"the image is {w}x{h} pixels")
             if w * h > MAX_PIXELS:
                 raise DataError(f"the image is {w}x{h} pixels, over the {MAX_PIXELS:,} this device decodes")
+            if fit is not None and im.format == "JPEG":
+                im.draft("L" if fit.color == "L" else "RGB", fitted_size(w, h, fit))
             im.load()
+            im.info["original_size"] = (w, h)
     except DataError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImportError, Image.DecompressionBombError,
@@ -118,15 +135,14 @@ def prepare(im: Any, spec: ImageSpec) -> Prepared:
     """The declared preprocessing, as training and evaluation did it (with Pillow's bilinear resize)."""
     from PIL import Image
 
+    w0, h0 = im.info.get("original_size", im.size)  # a reduced-scale decode keeps the original's size
     im = im.convert("L" if spec.color == "L" else "RGB")
-    w0, h0 = im.size
     th, tw = spec.size
     if spec.resize == "stretch":
         canvas = im.resize((tw, th), Image.BILINEAR)
         ratio, offset = (th / h0, tw / w0), (0.0, 0.0)
     else:
-        r = min(th / h0, tw / w0)
-        nw, nh = max(1, round(w0 * r)), max(1, round(h0 * r))
+        nw, nh = fitted_size(w0, h0, spec)
         top, left = (th - nh) // 2, (tw - nw) // 2
         canvas = Image.new(im.mode, (tw, th), spec.pad if im.mode == "L" else (spec.pad,) * 3)
         canvas.paste(im.resize((nw, nh), Image.BILINEAR), (left, top))
@@ -157,4 +173,4 @@ def spec_from_data(preprocessing: dict[str, Any], sample_shape: tuple[int, ...])
     return None
 
 
-__all__ = ["MAX_PIXELS", "ImageSpec", "Prepared", "decode", "prepare", "spec_from_data"]
+__all__ = ["MAX_PIXELS", "ImageSpec", "Prepared", "decode", "fitted_size", "prepare", "spec_from_data"]

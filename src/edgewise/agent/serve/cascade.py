@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,11 +149,14 @@ class Inference:
     def answer_image(self, name: str, raw: bytes) -> dict[str, Any]:
         """A JPEG/PNG through the bundle's declared preprocessing and postprocessing: boxes in the image's
         own pixels, or label, score and the top k (classifiers also go through the cascade and the queue)."""
+        m = self.models.get(name)
+        spec_doc = (m.manifest.preprocessing or {}).get("image")
         try:
-            im = decode(raw)
+            im = decode(raw, ImageSpec.from_dict(spec_doc) if spec_doc else None)
         except DataError as e:
             raise BadInput(str(e)) from e
-        return self.answer_picture(name, im)
+        # crops for the tier above come from the full-resolution picture, decoded again only if needed
+        return self.answer_picture(name, im, full=lambda: decode(raw))
 
     def answer_audio(self, name: str, raw: bytes) -> dict[str, Any]:
         """A WAV through the bundle's audio front end (`media.audio`). A clip (up to 1.5x the declared clip
@@ -192,7 +196,8 @@ class Inference:
         top = classify(np.asarray(results[0]["outputs"]), labels, int(post.get("top_k", 5)))
         return {"task": "classification", **{k: results[0][k] for k in ("tier", "degraded", "latency_ms")}, **top}
 
-    def answer_picture(self, name: str, im: Any, queue: bool = True) -> dict[str, Any]:
+    def answer_picture(self, name: str, im: Any, queue: bool = True,
+                       full: Callable[[], Any] | None = None) -> dict[str, Any]:
         """A decoded picture (a Pillow image: a request's, or a video frame's) -> the bundle's answer.
         Detections below the cascade's threshold go to the tier above as crops when the policy lets raw
         pixels leave (`escalate = "raw"`); its answer replaces ours. With `queue`, the boxes (never the
@@ -223,7 +228,7 @@ class Inference:
             b["tier"] = self.cascade.tier
         self.counts["requests"] += 1
         self.counts["samples"] += 1
-        self._escalate_boxes(name, im, found["boxes"])
+        self._escalate_boxes(name, full or (lambda: im), found["boxes"])
         answer = {"task": "detection", "tier": self.cascade.tier, **found,
                   "latency_ms": (time.perf_counter() - t0) * 1e3}
         if queue and self.policy.send_results and self.committer is not None:
@@ -232,7 +237,7 @@ class Inference:
             self.committer.submit([NewItem(json.dumps(event, separators=(",", ":")).encode(), topic="detection")])
         return answer
 
-    def _escalate_boxes(self, name: str, im: Any, boxes: list[dict[str, Any]]) -> None:
+    def _escalate_boxes(self, name: str, picture: Callable[[], Any], boxes: list[dict[str, Any]]) -> None:
         """Send a crop around each unsure box up; the tier above's best box (in the crop's pixels) or label
         replaces ours, and a crop where it finds nothing removes the box. Counted per box, like samples."""
         unsure = ([i for i, b in enumerate(boxes) if b["score"] < self.cascade.threshold(name, b["label"])]
@@ -245,6 +250,7 @@ class Inference:
             self.counts["local"] += len(unsure)
             return
         dropped: list[int] = []
+        im = picture()
         for n, i in enumerate(unsure):
             jpeg, (left, top) = crop_jpeg(im, boxes[i]["box"])
             try:
