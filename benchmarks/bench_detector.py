@@ -56,23 +56,42 @@ def accuracy_and_latency() -> tuple[list[list[object]], dict]:
     feeder = Feeder(session_inputs(base.sess), test)
     feed = feeder.one(0)
     calib = Feeder(session_inputs(base.sess), splits.train.head(300))
-    ov_int8 = nncf.quantize(ov.convert_model(str(model_dir / "model.onnx")),
-                            nncf.Dataset([calib.one(i) for i in range(len(calib))]), subset_size=300)
-    runners = {"ORT fp32 (start)": base, f"edgewise ({r.chosen.id})": Ort(load_onnx(outcome.bundle / "model.onnx")),
-               "ORT quantize_static defaults": Ort(defaults),
-               "OpenVINO fp32": OpenVino(ov.convert_model(str(model_dir / "model.onnx")), feed),
-               "OpenVINO + NNCF int8": OpenVino(ov_int8, feed)}
+    ov_int8 = nncf.quantize(
+        ov.convert_model(str(model_dir / "model.onnx")),
+        nncf.Dataset([calib.one(i) for i in range(len(calib))]),
+        subset_size=300,
+    )
+    runners = {
+        "ORT fp32 (start)": base,
+        f"edgewise ({r.chosen.id})": Ort(load_onnx(outcome.bundle / "model.onnx")),
+        "ORT quantize_static defaults": Ort(defaults),
+        "OpenVINO fp32": OpenVino(ov.convert_model(str(model_dir / "model.onnx")), feed),
+        "OpenVINO + NNCF int8": OpenVino(ov_int8, feed),
+    }
     ref = _outputs(base, feeder, len(test))
     truth = ground_truth(r.task, test)
     fids = {k: fidelity(r.task, _outputs(v, feeder, len(test)), ref, truth) for k, v in runners.items()}
     ms = dict(zip(runners, _interleaved(list(runners.values()), feed, runs=300)))
     base_ms = ms["ORT fp32 (start)"]
-    rows = [[k, f"{f.details['map50'] * 100:.2f}%", f"{f.details['map50_95'] * 100:.2f}%",
-             f"{(fids['ORT fp32 (start)'].details['map50'] - f.details['map50']) * 100:+.2f}",
-             f"{ms[k]:.3f}", f"{base_ms / ms[k]:.2f}x"] for k, f in fids.items()]
+    rows = [
+        [
+            k,
+            f"{f.details['map50'] * 100:.2f}%",
+            f"{f.details['map50_95'] * 100:.2f}%",
+            f"{(fids['ORT fp32 (start)'].details['map50'] - f.details['map50']) * 100:+.2f}",
+            f"{ms[k]:.3f}",
+            f"{base_ms / ms[k]:.2f}x",
+        ]
+        for k, f in fids.items()
+    ]
     del base_model
-    meta = {"train_s": train_s, "epochs": EPOCHS, "bundle": outcome.bundle, "test": len(test),
-            "params": int(sum(np.prod(i.dims) for i in load_onnx(model_dir / "model.onnx").graph.initializer))}
+    meta = {
+        "train_s": train_s,
+        "epochs": EPOCHS,
+        "bundle": outcome.bundle,
+        "test": len(test),
+        "params": int(sum(np.prod(i.dims) for i in load_onnx(model_dir / "model.onnx").graph.initializer)),
+    }
     return rows, meta
 
 
@@ -98,10 +117,15 @@ def _yolov8n_bundle() -> Path:
     if not (out / "opt" / "bundle").is_dir():
         out.mkdir(parents=True, exist_ok=True)
         corpus.yolov8n_onnx(out / "yolov8n.onnx", 320)
-        optimize(out / "yolov8n.onnx", "photos:320", load_target("edge-node"), out / "opt",
-                 SearchOptions(only=("baseline-fused",), measure_memory=False, latency_runs=5, task="detection"),
-                 declared={"image": {"size": [320, 320], "resize": "letterbox", "scale": 1 / 255}},
-                 labels=[f"class{i}" for i in range(80)])
+        optimize(
+            out / "yolov8n.onnx",
+            "photos:320",
+            load_target("edge-node"),
+            out / "opt",
+            SearchOptions(only=("baseline-fused",), measure_memory=False, latency_runs=5, task="detection"),
+            declared={"image": {"size": [320, 320], "resize": "letterbox", "scale": 1 / 255}},
+            labels=[f"class{i}" for i in range(80)],
+        )
     return out / "opt" / "bundle"
 
 
@@ -111,8 +135,9 @@ def overhead(bundle: Path, jpeg: bytes, runs: int = 200) -> list[object]:
     from edgewise.media import ImageSpec, decode, detect, prepare
 
     name = read_bundle(bundle).name
-    agent = build_agent(AgentConfig(bundles=[bundle], tier="server", data_dir=WORK / f"det-agent-{name}",
-                                    samples_max_mb=0))
+    agent = build_agent(
+        AgentConfig(bundles=[bundle], tier="server", data_dir=WORK / f"det-agent-{name}", samples_max_mb=0)
+    )
     inf = agent.inference
     assert inf is not None
     m = inf.models.get(name)
@@ -121,9 +146,13 @@ def overhead(bundle: Path, jpeg: bytes, runs: int = 200) -> list[object]:
     feed = {m.input_name: prepared.tensor}
     outs = m.session.run(None, feed)
     post, labels = m.manifest.postprocessing, list(m.manifest.labels)
-    steps = {"whole image path": lambda: inf.answer_image(name, jpeg), "bare session.run": lambda: m.session.run(None, feed),
-             "decode": lambda: decode(jpeg, spec), "letterbox + scale": lambda: prepare(decode(jpeg, spec), spec),
-             "head decode + NMS": lambda: detect(outs, post, prepared, labels)}
+    steps = {
+        "whole image path": lambda: inf.answer_image(name, jpeg),
+        "bare session.run": lambda: m.session.run(None, feed),
+        "decode": lambda: decode(jpeg, spec),
+        "letterbox + scale": lambda: prepare(decode(jpeg, spec), spec),
+        "head decode + NMS": lambda: detect(outs, post, prepared, labels),
+    }
     times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(10):
         for f in steps.values():
@@ -136,10 +165,17 @@ def overhead(bundle: Path, jpeg: bytes, runs: int = 200) -> list[object]:
     agent.close()
     p50 = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
     p50["letterbox + scale"] -= p50["decode"]
-    return [name, f"{spec.size[0]}x{spec.size[1]}", f"{p50['whole image path']:.2f}", f"{p50['bare session.run']:.2f}",
-            f"{p50['whole image path'] - p50['bare session.run']:.2f}",
-            f"{p50['whole image path'] / p50['bare session.run']:.2f}x", f"{p50['decode']:.2f}",
-            f"{p50['letterbox + scale']:.2f}", f"{p50['head decode + NMS']:.2f}"]
+    return [
+        name,
+        f"{spec.size[0]}x{spec.size[1]}",
+        f"{p50['whole image path']:.2f}",
+        f"{p50['bare session.run']:.2f}",
+        f"{p50['whole image path'] - p50['bare session.run']:.2f}",
+        f"{p50['whole image path'] / p50['bare session.run']:.2f}x",
+        f"{p50['decode']:.2f}",
+        f"{p50['letterbox + scale']:.2f}",
+        f"{p50['head decode + NMS']:.2f}",
+    ]
 
 
 def main() -> None:
@@ -150,15 +186,29 @@ def main() -> None:
     over = [overhead(meta["bundle"], jpeg), overhead(_yolov8n_bundle(), jpeg)]
     for r in over:
         print(r, flush=True)
-    md = (f"Machine: {machine()}; CPU flags: {cpu_flags()}. tinydet ({meta['params']:,} parameters) trained "
-          f"{meta['epochs']} epochs on `shapes` (480 training images) in {meta['train_s']:.0f} s; `optimize "
-          f"--target edge-node`. Test split: {meta['test']} images; mAP against the set's boxes; latency batch 1, "
-          "one thread, interleaved, p50:\n\n"
-          + table(["runtime", "mAP@0.5", "mAP@0.5:0.95", "mAP@0.5 drop (points)", "ms", "speed vs start"], rows)
-          + "\n\n`/predict` with a 640x480 JPEG (in process, p50 of 200 interleaved runs, ms): the agent's whole "
-          "image path against bare inference on the prepared tensor, and the parts of the difference:\n\n"
-          + table(["bundle", "input", "whole path", "bare run", "overhead", "ratio", "decode", "letterbox + scale",
-                   "head decode + NMS"], over))
+    md = (
+        f"Machine: {machine()}; CPU flags: {cpu_flags()}. tinydet ({meta['params']:,} parameters) trained "
+        f"{meta['epochs']} epochs on `shapes` (480 training images) in {meta['train_s']:.0f} s; `optimize "
+        f"--target edge-node`. Test split: {meta['test']} images; mAP against the set's boxes; latency batch 1, "
+        "one thread, interleaved, p50:\n\n"
+        + table(["runtime", "mAP@0.5", "mAP@0.5:0.95", "mAP@0.5 drop (points)", "ms", "speed vs start"], rows)
+        + "\n\n`/predict` with a 640x480 JPEG (in process, p50 of 200 interleaved runs, ms): the agent's whole "
+        "image path against bare inference on the prepared tensor, and the parts of the difference:\n\n"
+        + table(
+            [
+                "bundle",
+                "input",
+                "whole path",
+                "bare run",
+                "overhead",
+                "ratio",
+                "decode",
+                "letterbox + scale",
+                "head decode + NMS",
+            ],
+            over,
+        )
+    )
     write_section("detector", md)
 
 

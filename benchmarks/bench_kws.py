@@ -65,9 +65,15 @@ def streaming(model_dir: Path, labels: list[str]) -> tuple[str, str]:
         for w in rng.permutation(KEYWORDS):
             files = [p for v in TEST_VOICES for p in sorted((root / w).glob(f"{v}_*.wav"))]
             x, r = read_wav(rng.choice(files).read_bytes())
-            parts += [rng.normal(0, 0.005, int(16000 * rng.uniform(0.5, 1.2))).astype(np.float32), resample(x, r, 16000)]
+            parts += [
+                rng.normal(0, 0.005, int(16000 * rng.uniform(0.5, 1.2))).astype(np.float32),
+                resample(x, r, 16000),
+            ]
             truth.append(w)
-        got = [d["label"] for d in detect_keywords(np.concatenate(parts + [np.zeros(16000, np.float32)]), spec, labels, run)]
+        got = [
+            d["label"]
+            for d in detect_keywords(np.concatenate(parts + [np.zeros(16000, np.float32)]), spec, labels, run)
+        ]
         found += sum(1 for w in truth if w in got)
         total += len(truth)
     rng = np.random.default_rng(7)
@@ -75,10 +81,16 @@ def streaming(model_dir: Path, labels: list[str]) -> tuple[str, str]:
     parts = []
     while sum(len(p) for p in parts) < 60 * 16000:
         x, r = read_wav(rng.choice(files).read_bytes())
-        parts += [rng.normal(0, 0.01, int(16000 * rng.uniform(0.3, 1.5))).astype(np.float32), resample(x, r, 16000)]
+        parts += [
+            rng.normal(0, 0.01, int(16000 * rng.uniform(0.3, 1.5))).astype(np.float32),
+            resample(x, r, 16000),
+        ]
     seconds = sum(len(p) for p in parts) / 16000
     false = len(detect_keywords(np.concatenate(parts), spec, labels, run))
-    return f"{found} of {total} ({found / total * 100:.0f}%)", f"{false} in {seconds:.0f} s ({false * 3600 / seconds:.0f} per hour)"
+    return (
+        f"{found} of {total} ({found / total * 100:.0f}%)",
+        f"{false} in {seconds:.0f} s ({false * 3600 / seconds:.0f} per hour)",
+    )
 
 
 def main() -> None:
@@ -86,42 +98,71 @@ def main() -> None:
     for arch in ("cnn", "dscnn"):
         model_dir = trained(arch, "keywords", 30)
         meta = json.loads((model_dir / "train.json").read_text())
-        out = optimize(model_dir, "keywords", load_target("mcu-256k"), WORK / f"kws-{arch}-mcu",
-                       SearchOptions(torch_passes=False, measure_memory=False, max_accuracy_drop=5))
+        out = optimize(
+            model_dir,
+            "keywords",
+            load_target("mcu-256k"),
+            WORK / f"kws-{arch}-mcu",
+            SearchOptions(torch_passes=False, measure_memory=False, max_accuracy_drop=5),
+        )
         if out.bundle is None:
-            rows.append([arch, f"{meta['metrics']['test_accuracy'] * 100:.1f}%", "no int8 bundle: " + out.result.why,
-                         "-", "-", "-", "-"])
+            rows.append(
+                [
+                    arch,
+                    f"{meta['metrics']['test_accuracy'] * 100:.1f}%",
+                    "no int8 bundle: " + out.result.why,
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                ]
+            )
             continue
         labels = read_bundle(out.bundle).labels
-        compiled = compile_bundle(out.bundle, WORK / f"kws-{arch}-c", load_target("mcu-256k"), update_bundle=False)
+        compiled = compile_bundle(
+            out.bundle, WORK / f"kws-{arch}-c", load_target("mcu-256k"), update_bundle=False
+        )
         src = WORK / f"kws-{arch}-c"
         exe = build_host(src, src / "kws")
         pcm, y = held_out_pcm(labels)
-        lines = subprocess.run([str(exe)], input=pcm.tobytes(), capture_output=True, check=True).stdout.decode()
+        lines = subprocess.run(
+            [str(exe)], input=pcm.tobytes(), capture_output=True, check=True
+        ).stdout.decode()
         c_cls = np.array([int(line.split("|")[1]) for line in lines.strip().splitlines()])
         feats = np.stack([features(c.astype(np.float32) / 32768, AudioSpec())[None] for c in pcm])
         ref_cls = _ort(out.bundle / "model.onnx")(feats).reshape(len(feats), -1).argmax(1)
         sizes = arm_sizes(src, src)
         f = compiled.figures()
-        rows.append([arch, f"{meta['metrics']['test_accuracy'] * 100:.1f}%",
-                     f"{out.result.final['accuracy'] * 100:.1f}% ({out.result.chosen.id})",
-                     f"{(c_cls == y).mean() * 100:.1f}% (same class as ORT int8: {(c_cls == ref_cls).mean() * 100:.1f}%)",
-                     f"{(sizes['text'] + sizes['data']) / 1024:.1f} KB",
-                     f"{(f['arena_bytes'] + f['frontend_ram_bytes']) / 1024:.1f} KB (arena {f['arena_bytes'] / 1024:.1f}, "
-                     f"front end {f['frontend_ram_bytes'] / 1024:.1f}; .bss {sizes['bss'] / 1024:.1f})",
-                     f"{meta['params']:,}"])
+        rows.append(
+            [
+                arch,
+                f"{meta['metrics']['test_accuracy'] * 100:.1f}%",
+                f"{out.result.final['accuracy'] * 100:.1f}% ({out.result.chosen.id})",
+                f"{(c_cls == y).mean() * 100:.1f}% (same class as ORT int8: {(c_cls == ref_cls).mean() * 100:.1f}%)",
+                f"{(sizes['text'] + sizes['data']) / 1024:.1f} KB",
+                f"{(f['arena_bytes'] + f['frontend_ram_bytes']) / 1024:.1f} KB (arena {f['arena_bytes'] / 1024:.1f}, "
+                f"front end {f['frontend_ram_bytes'] / 1024:.1f}; .bss {sizes['bss'] / 1024:.1f})",
+                f"{meta['params']:,}",
+            ]
+        )
         print(rows[-1], flush=True)
         if arch == "cnn":
             stream = streaming(model_dir, meta["labels"])
             print(stream, flush=True)
-    md = (f"Machine: {machine()}; CPU flags: {cpu_flags()}. `keywords` (12 classes; test split = 4 espeak-ng "
-          "voices never trained on, 196 clips), `train --epochs 30`, `optimize --target mcu-256k`, `compile`; "
-          "C classes from the host build of the generated C fed the held-out voices' PCM. Sizes from "
-          "`arm-none-eabi-size` of model.c + ew_kernels.c + ew_frontend.c at -Os for Cortex-M4 (soft float):\n\n"
-          + table(["model", "fp32 held-out", "int8 held-out (chosen)", "C from PCM", "flash", "RAM", "params"], rows))
+    md = (
+        f"Machine: {machine()}; CPU flags: {cpu_flags()}. `keywords` (12 classes; test split = 4 espeak-ng "
+        "voices never trained on, 196 clips), `train --epochs 30`, `optimize --target mcu-256k`, `compile`; "
+        "C classes from the host build of the generated C fed the held-out voices' PCM. Sizes from "
+        "`arm-none-eabi-size` of model.c + ew_kernels.c + ew_frontend.c at -Os for Cortex-M4 (soft float):\n\n"
+        + table(
+            ["model", "fp32 held-out", "int8 held-out (chosen)", "C from PCM", "flash", "RAM", "params"], rows
+        )
+    )
     if stream:
-        md += (f"\n\nStreaming (NumPy reference, fp32 cnn, 40 ms hops, 200 ms smoothing): keywords found "
-               f"{stream[0]}; false detections {stream[1]}. Goals: >= 90% and <= 1 per hour: not met.")
+        md += (
+            f"\n\nStreaming (NumPy reference, fp32 cnn, 40 ms hops, 200 ms smoothing): keywords found "
+            f"{stream[0]}; false detections {stream[1]}. Goals: >= 90% and <= 1 per hour: not met."
+        )
     write_section("kws", md)
 
 
