@@ -48,7 +48,7 @@ def with_windows(data: str, window: float | None, stride: float | None) -> str:
     """DATA with --window/--stride folded into a sensor log's options (`log.csv:window=...,stride=...`)."""
     if window is None and stride is None:
         return data
-    path, _, opts = data.partition(":") if data.lower().split(":")[0].endswith(".csv") else (data, "", "")
+    path, _, opts = data.partition(":")
     if not path.lower().endswith(".csv") or not Path(path).is_file():
         raise DataError(f"--window and --stride cut a sensor-log CSV into windows; {data!r} is not one")
     extra = [f"{k}={v:g}" for k, v in (("window", window), ("stride", stride)) if v is not None]

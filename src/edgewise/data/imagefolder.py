@@ -7,7 +7,9 @@ RGB in [0, 1], channels first; class names are the subfolder names, kept end to 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -15,11 +17,32 @@ from edgewise.data.dataset import Dataset
 from edgewise.errors import DataError
 
 SUFFIXES = (".jpg", ".jpeg", ".png")
+T = TypeVar("T")
 MAX_IMAGES = 1000  # a seeded, stratified sample beyond this: calibration and evaluation need hundreds
 
 
+def seeded_sample(items: list[T], limit: int, seed: int) -> list[T]:
+    """At most `limit` of `items`, a seeded sample in their original order."""
+    if len(items) <= limit:
+        return items
+    rng = np.random.default_rng(seed)
+    return [items[i] for i in sorted(rng.choice(len(items), limit, replace=False))]
+
+
+def prepared_images(files: list[Path], spec: Any) -> Iterator[Any]:
+    """Each file decoded and prepared as `spec` declares (the agent's own code); a bad file is a
+    DataError naming it."""
+    from edgewise.media import decode, prepare
+
+    for f in files:
+        try:
+            yield prepare(decode(f.read_bytes(), spec), spec)
+        except DataError as e:
+            raise DataError(f"{f}: {e}") from e
+
+
 def image_folder(root: Path, size: int = 96, max_images: int = MAX_IMAGES, seed: int = 0) -> Dataset:
-    from edgewise.media import ImageSpec, decode, prepare
+    from edgewise.media import ImageSpec
 
     root = Path(root)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -31,16 +54,9 @@ def image_folder(root: Path, size: int = 96, max_images: int = MAX_IMAGES, seed:
     if not files:
         raise DataError(f"{root} holds no .jpg/.png images (one subfolder per class, or images directly)")
     total = len(files)
-    if total > max_images:
-        rng = np.random.default_rng(seed)
-        files = [files[i] for i in sorted(rng.choice(total, max_images, replace=False))]
+    files = seeded_sample(files, max_images, seed)
     spec = ImageSpec(size=(size, size), resize="stretch")
-    x = np.zeros((len(files), 3, size, size), np.float32)
-    for i, (f, _) in enumerate(files):
-        try:
-            x[i] = prepare(decode(f.read_bytes(), spec), spec).tensor[0]
-        except DataError as e:
-            raise DataError(f"{f}: {e}") from e
+    x = np.stack([p.tensor[0] for p in prepared_images([f for f, _ in files], spec)])
     y = np.array([k for _, k in files]) if classes else None
     pre = {"layout": "NCHW", "color": "RGB", "resize": [size, size], "scale": 1 / 255, "fit": "stretch",
            "source": str(root), "images": len(files), "images_found": total}

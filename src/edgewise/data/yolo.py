@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgewise.data.dataset import Dataset
-from edgewise.data.imagefolder import MAX_IMAGES, SUFFIXES
+from edgewise.data.imagefolder import MAX_IMAGES, SUFFIXES, prepared_images, seeded_sample
 from edgewise.errors import DataError
 
 
@@ -73,7 +73,7 @@ def _read_labels(path: Path, classes: int) -> np.ndarray:
 
 
 def yolo_folder(root: Path, size: int = 320, max_images: int = MAX_IMAGES, seed: int = 0) -> Dataset:
-    from edgewise.media import ImageSpec, decode, prepare
+    from edgewise.media import ImageSpec
 
     root = Path(root)
     names = class_names(root)
@@ -81,17 +81,11 @@ def yolo_folder(root: Path, size: int = 320, max_images: int = MAX_IMAGES, seed:
     if not files:
         raise DataError(f"{root / 'images'} holds no .jpg/.png images")
     total = len(files)
-    if total > max_images:
-        rng = np.random.default_rng(seed)
-        files = [files[i] for i in sorted(rng.choice(total, max_images, replace=False))]
+    files = seeded_sample(files, max_images, seed)
     spec = ImageSpec(size=(size, size), resize="letterbox")
     x = np.zeros((len(files), 3, size, size), np.float32)
     boxes = []
-    for i, f in enumerate(files):
-        try:
-            p = prepare(decode(f.read_bytes(), spec), spec)
-        except DataError as e:
-            raise DataError(f"{f}: {e}") from e
+    for i, (f, p) in enumerate(zip(files, prepared_images(files, spec))):
         x[i] = p.tensor[0]
         lab = _read_labels((root / "labels" / f.relative_to(root / "images")).with_suffix(".txt"), len(names))
         h0, w0 = p.original

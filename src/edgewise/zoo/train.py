@@ -96,41 +96,54 @@ def evaluate_torch(module: nn.Module, ds: Dataset) -> float:
     return float((predict_logits(module, ds.x).argmax(1) == ds.y).mean())
 
 
+BatchLoss = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def _train_loop(module: nn.Module, cfg: TrainConfig, n: int, batch_loss: BatchLoss, validate: Callable[[], float],
+                val_key: str, on_epoch: EpochHook | None) -> float:
+    """The loop every zoo model trains with: AdamW + cosine schedule over seeded shuffles of `n` samples,
+    `batch_loss(indices, generator)` per batch; keeps the epoch `validate()` scores best, restores its
+    weights and returns that score."""
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    epochs = cfg.epochs_for(n)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    best: tuple[float, dict[str, Any]] = (-1.0, copy.deepcopy(module.state_dict()))
+    for epoch in range(epochs):
+        module.train()
+        perm = torch.randperm(n, generator=gen)
+        total = 0.0
+        for i in range(0, n, cfg.batch_size):
+            idx = perm[i : i + cfg.batch_size]
+            if len(idx) < 2:  # BatchNorm cannot train on a single sample
+                continue
+            opt.zero_grad()
+            loss = batch_loss(idx, gen)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        sched.step()
+        val = validate()
+        if val > best[0]:
+            best = (val, copy.deepcopy(module.state_dict()))
+        if on_epoch:
+            on_epoch(epoch + 1, epochs, {"loss": total / n, val_key: val})
+    module.load_state_dict(best[1])
+    module.eval()
+    return best[0]
+
+
 def fit(module: nn.Module, splits: Splits, cfg: TrainConfig, loss_fn: LossFn | None = None,
         on_epoch: EpochHook | None = None) -> dict[str, float]:
     """Adam + cosine schedule; returns metrics of the best validation epoch, whose weights it restores."""
     if splits.train.y is None:
         raise ModelError("training needs labels: the dataset has no `y`")
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
     x, y = torch.from_numpy(splits.train.x), torch.from_numpy(splits.train.y)
-    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    epochs = cfg.epochs_for(len(x))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-    loss_fn = loss_fn or (lambda logits, _x, target: F.cross_entropy(logits, target))
-    best: tuple[float, dict[str, Any]] = (-1.0, copy.deepcopy(module.state_dict()))
-    for epoch in range(epochs):
-        module.train()
-        perm = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for i in range(0, len(x), cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            if len(idx) < 2:  # BatchNorm cannot train on a single sample
-                continue
-            opt.zero_grad()
-            loss = loss_fn(module(x[idx]), x[idx], y[idx])
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        sched.step()
-        val_acc = evaluate_torch(module, splits.val)
-        if val_acc > best[0]:
-            best = (val_acc, copy.deepcopy(module.state_dict()))
-        if on_epoch:
-            on_epoch(epoch + 1, epochs, {"loss": total / len(x), "val_accuracy": val_acc})
-    module.load_state_dict(best[1])
-    module.eval()
-    return {"val_accuracy": best[0], "test_accuracy": evaluate_torch(module, splits.test)}
+    loss_of = loss_fn or (lambda logits, _x, target: F.cross_entropy(logits, target))
+    val = _train_loop(module, cfg, len(x), lambda idx, _gen: loss_of(module(x[idx]), x[idx], y[idx]),
+                      lambda: evaluate_torch(module, splits.val), "val_accuracy", on_epoch)
+    return {"val_accuracy": val, "test_accuracy": evaluate_torch(module, splits.test)}
 
 
 def evaluate_detector(module: nn.Module, ds: Dataset) -> dict[str, float]:
@@ -152,38 +165,17 @@ def fit_detector(module: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: 
 
     if splits.train.boxes is None:
         raise ModelError("a detector trains on boxes: use a detection set (shapes, or a YOLO-format folder)")
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
     x = torch.from_numpy(splits.train.x)
     boxes = [torch.from_numpy(b) for b in splits.train.boxes]
-    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    epochs = cfg.epochs_for(len(x))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-    best: tuple[float, dict[str, Any]] = (-1.0, copy.deepcopy(module.state_dict()))
-    for epoch in range(epochs):
-        module.train()
-        perm = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for i in range(0, len(x), cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            if len(idx) < 2:
-                continue
-            xb, bb = flip(x[idx], [boxes[int(j)] for j in idx], torch.rand(len(idx), generator=gen) < 0.5)
-            opt.zero_grad()
-            batch_loss = loss(module, xb, bb)  # type: ignore[arg-type]
-            batch_loss.backward()
-            opt.step()
-            total += float(batch_loss.detach()) * len(idx)
-        sched.step()
-        val = evaluate_detector(module, splits.val)["map50"]
-        if val > best[0]:
-            best = (val, copy.deepcopy(module.state_dict()))
-        if on_epoch:
-            on_epoch(epoch + 1, epochs, {"loss": total / len(x), "val_map50": val})
-    module.load_state_dict(best[1])
-    module.eval()
+
+    def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        xb, bb = flip(x[idx], [boxes[int(j)] for j in idx], torch.rand(len(idx), generator=gen) < 0.5)
+        return loss(module, xb, bb)  # type: ignore[arg-type]
+
+    val = _train_loop(module, cfg, len(x), batch_loss, lambda: evaluate_detector(module, splits.val)["map50"],
+                      "val_map50", on_epoch)
     test = evaluate_detector(module, splits.test)
-    return {"val_map50": best[0], "test_map50": test["map50"], "test_map50_95": test["map50_95"]}
+    return {"val_map50": val, "test_map50": test["map50"], "test_map50_95": test["map50_95"]}
 
 
 def train(arch: str, splits: Splits, cfg: TrainConfig | None = None, width: float = 1.0,

@@ -191,9 +191,14 @@ class Inference:
             self.counts["local"] += 1
             return {"task": "keyword_spotting", "detections": found, "duration_s": round(len(samples) / spec.sample_rate, 3),
                     "tier": self.cascade.tier, "latency_ms": (time.perf_counter() - t0) * 1e3}
-        results = self.predict(name, features(samples, spec)[None, None])
-        post = m.manifest.postprocessing or {}
-        top = classify(np.asarray(results[0]["outputs"]), labels, int(post.get("top_k", 5)))
+        return self._labelled(name, m, features(samples, spec)[None, None])
+
+    def _labelled(self, name: str, m: Any, x: np.ndarray) -> dict[str, Any]:
+        """A classifier's answer to one prepared signal (image or audio): through the cascade and the result
+        queue like any sample, then label, score and the top k with the bundle's class names."""
+        results = self.predict(name, x)
+        top_k = int((m.manifest.postprocessing or {}).get("top_k", 5))
+        top = classify(np.asarray(results[0]["outputs"]), list(m.manifest.labels), top_k)
         return {"task": "classification", **{k: results[0][k] for k in ("tier", "degraded", "latency_ms")}, **top}
 
     def answer_picture(self, name: str, im: Any, queue: bool = True,
@@ -214,10 +219,7 @@ class Inference:
         post = m.manifest.postprocessing or {}
         labels = list(m.manifest.labels)
         if task_of(m.manifest) == "classification":
-            results = self.predict(name, prepared.tensor)
-            top = classify(np.asarray(results[0]["outputs"]), labels, int(post.get("top_k", 5)))
-            return {"task": "classification", **{k: results[0][k] for k in ("tier", "degraded", "latency_ms")},
-                    **top, "image_size": list(prepared.original)}
+            return {**self._labelled(name, m, prepared.tensor), "image_size": list(prepared.original)}
         if post.get("kind") != "detection":
             raise BadInput(f"model {name} ({task_of(m.manifest)}) has no image answer yet; send its input tensor")
         t0 = time.perf_counter()
