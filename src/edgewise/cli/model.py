@@ -186,7 +186,9 @@ def compile_cmd(
                   f["planner"], f"{f['constants_bytes']:,} B")
     out_console.print(table)
     out_console.print(f"wrote {out}/: " + ", ".join(sorted(compiled.sources)) + ", memory.json")
-    out_console.print(f"build: gcc -std=c99 -O2 -o model {out}/model.c {out}/ew_kernels.c {out}/main.c")
+    from edgewise.codegen.toolchain import host_command
+
+    out_console.print("build: " + " ".join(host_command(out, Path("model"), ["-std=c99", "-O2"])))
     if update_bundle:
         out_console.print(f"bundle {bundle} now carries c/ and its figures (manifest artifacts.c)")
 

@@ -49,8 +49,13 @@ def _sources(src: Path) -> list[str]:
     return files
 
 
+def host_command(src: Path, exe: Path, flags: list[str] | None = None, gcc: str = "gcc") -> list[str]:
+    """The host build of the generated C in `src` (the front end and PCM demo included when present)."""
+    return [gcc, *(flags or HOST_FLAGS), "-o", str(exe), *_sources(src)]
+
+
 def build_host(src: Path, exe: Path, flags: list[str] | None = None) -> Path:
-    cmd = [_need("gcc"), *(flags or HOST_FLAGS), "-o", str(exe), *_sources(src)]
+    cmd = host_command(src, exe, flags, _need("gcc"))
     _run(cmd, "host build")
     return exe
 
