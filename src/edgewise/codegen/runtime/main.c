@@ -2,12 +2,13 @@
  *
  * Hosted build: reads samples of EW_INPUT_SIZE bytes from stdin until EOF.
  * -DEW_AUDIO_FRONTEND (a bundle that declares an audio front end): reads clips of EW_FE_CLIP_SAMPLES
- * 16-bit PCM samples instead (embedded: ew_pcm from inputs.h), and runs the generated front end before
+ * 16-bit PCM samples instead (a short last clip is padded with silence) (embedded: ew_pcm from inputs.h), and runs the generated front end before
  * the model.
  * -DEW_EMBEDDED_INPUTS: runs the samples compiled in from inputs.h (for boards without stdin; output
  * goes through semihosting's printf).
  */
 #include <stdio.h>
+#include <string.h>
 #include "model.h"
 #include "ew_kernels.h"
 #ifdef EW_AUDIO_FRONTEND
@@ -46,10 +47,15 @@ int main(void)
     (void)in;
 #elif defined(EW_AUDIO_FRONTEND)
     static int16_t pcm[EW_FE_CLIP_SAMPLES];
-    while (fread(pcm, sizeof(int16_t), EW_FE_CLIP_SAMPLES, stdin) == EW_FE_CLIP_SAMPLES) {
+    size_t n;
+    while ((n = fread(pcm, sizeof(int16_t), EW_FE_CLIP_SAMPLES, stdin)) > 0) {
+        if (n < EW_FE_CLIP_SAMPLES)  /* a recording shorter than a clip: padded with silence */
+            memset(pcm + n, 0, (EW_FE_CLIP_SAMPLES - n) * sizeof(int16_t));
         ew_frontend_features(pcm, in);
         ew_model_invoke(in, out);
         print_output(out);
+        if (n < EW_FE_CLIP_SAMPLES)
+            break;
     }
 #else
     while (fread(in, 1, EW_INPUT_SIZE, stdin) == EW_INPUT_SIZE) {
