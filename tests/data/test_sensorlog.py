@@ -71,3 +71,11 @@ def test_a_pre_windowed_csv_becomes_channels_by_time(tmp_path, fmt, start):
     from edgewise.zoo import build
 
     build("cnn1d", ds.sample_shape, 2)  # the sequence model takes it (it refused 48 flat features before)
+
+
+def test_a_semicolon_separated_log_reads_like_a_comma_separated_one(tmp_path):
+    comma = sensor_log_csv(tmp_path / "log.csv", seconds_per_segment=4)
+    (tmp_path / "semi.csv").write_text(comma.read_text().replace(",", ";"))
+    a, b = load(str(comma)), load(str(tmp_path / "semi.csv"))
+    assert a.labels == b.labels and a.preprocessing["channels"] == b.preprocessing["channels"]
+    np.testing.assert_array_equal(a.x, b.x)

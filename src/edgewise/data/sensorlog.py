@@ -12,7 +12,7 @@ label column of strings (or numbers), e.g. `timestamp,ax,ay,az,label`. Cut into 
 - Channel order, rate, window, stride and class names are recorded in the dataset's preprocessing (and so in
   the bundle). Unknown text columns are an error that names them.
 
-Options follow the file after a colon: `log.csv:window=1000,stride=250,rate=50`.
+Comma-, semicolon- or tab-separated. Options follow the file after a colon: `log.csv:window=1000,stride=250,rate=50`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,12 +57,23 @@ def _raise(s: str) -> float:
     raise ValueError(s)
 
 
+def _dialect(f: Any) -> type[csv.Dialect] | csv.Dialect:
+    """Comma, semicolon (common where the decimal mark is a comma) or tab, from the first lines."""
+    sample = f.read(4096)
+    f.seek(0)
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",;\t")
+    except csv.Error:
+        return csv.excel
+
+
 def is_sensor_log(path: Path) -> bool:
     """A CSV with a time column or a text label column: read as a log, not as a table of samples."""
     try:
         with open(path, newline="") as f:
-            header = next(csv.reader(f))
-            first = next(csv.reader(f), [])
+            reader = csv.reader(f, _dialect(f))
+            header = next(reader)
+            first = next(reader, [])
     except (OSError, StopIteration, UnicodeDecodeError, csv.Error):
         return False
     names = [h.strip().lower() for h in header]
@@ -98,7 +110,7 @@ def sensor_log(path: Path, options: str = "") -> Dataset:
     opts = parse_options(options)
     try:
         with open(path, newline="") as f:
-            rows = list(csv.reader(f))
+            rows = list(csv.reader(f, _dialect(f)))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{path}: not a readable CSV file ({e})") from e
     if len(rows) < 3:
