@@ -166,7 +166,8 @@ IDLE_TIMEOUT_S = 5.0
 HEADER_TIMEOUT_S = 10.0  # from the first byte (or the last response) to a request's complete headers
 
 
-def serve_http(app: Any, host: str, port: int, max_connections: int = 4096) -> None:
+def serve_http(app: Any, host: str, port: int, max_connections: int = 4096, idle_timeout_s: float = IDLE_TIMEOUT_S,
+               header_timeout_s: float = HEADER_TIMEOUT_S) -> None:
     """Run an ASGI app with uvicorn, hardened against idle and excess connections.
 
     uvicorn closes an idle keep-alive connection after `timeout_keep_alive`, but a connection that never
@@ -182,7 +183,7 @@ def serve_http(app: Any, host: str, port: int, max_connections: int = 4096) -> N
 
     class TimedH11(H11Protocol):  # type: ignore[misc]
         """Idle connections get uvicorn's keep-alive timer from the start; a request's headers must be
-        complete within HEADER_TIMEOUT_S of the connection (or of its last response), so a client that
+        complete within `header_timeout_s` of the connection (or of its last response), so a client that
         trickles header bytes (slowloris) cannot hold a connection either."""
 
         def connection_made(self, transport: Any) -> None:
@@ -192,7 +193,7 @@ def serve_http(app: Any, host: str, port: int, max_connections: int = 4096) -> N
             self._arm_header_timer()
 
         def _arm_header_timer(self) -> None:
-            self._header_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._headers_too_slow)
+            self._header_timer = self.loop.call_later(header_timeout_s, self._headers_too_slow)
             self._cycle_at_arm = self.cycle
 
         def _headers_too_slow(self) -> None:
@@ -221,5 +222,5 @@ def serve_http(app: Any, host: str, port: int, max_connections: int = 4096) -> N
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     limit = min(max_connections, max(64, int(soft) - 128))
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, http=TimedH11,
-                timeout_keep_alive=int(IDLE_TIMEOUT_S), limit_concurrency=limit,
+                timeout_keep_alive=max(1, round(idle_timeout_s)), limit_concurrency=limit,
                 h11_max_incomplete_event_size=64 * 1024)

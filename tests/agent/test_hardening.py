@@ -154,11 +154,12 @@ def test_idle_connections_are_closed_and_never_starve_health(tier_bundles, tmp_p
     import socket
     import urllib.request
 
-    from edgewise.httplimits import IDLE_TIMEOUT_S
-
     from ..harness import AgentProc, free_port
 
-    agent = AgentProc(["--tier", "server", "--bundle", str(tier_bundles["server"])], free_port(), tmp_path).start()
+    IDLE_TIMEOUT_S = 2  # the default is 5; the operator sets it in agent.toml
+    (tmp_path / "agent.toml").write_text(f"idle_timeout_s = {IDLE_TIMEOUT_S}\n")
+    agent = AgentProc(["--tier", "server", "--bundle", str(tier_bundles["server"]), "--config",
+                       str(tmp_path / "agent.toml")], free_port(), tmp_path).start()
     socks = []
     try:
         for _ in range(1100):
@@ -188,11 +189,12 @@ def test_a_client_trickling_header_bytes_is_cut_off(tier_bundles, tmp_path):
     import socket
     import urllib.request
 
-    from edgewise.httplimits import HEADER_TIMEOUT_S
-
     from ..harness import AgentProc, free_port
 
-    agent = AgentProc(["--tier", "server", "--bundle", str(tier_bundles["server"])], free_port(), tmp_path).start()
+    HEADER_TIMEOUT_S = 3  # the default is 10; the operator sets it in agent.toml
+    (tmp_path / "agent.toml").write_text(f"header_timeout_s = {HEADER_TIMEOUT_S}\n")
+    agent = AgentProc(["--tier", "server", "--bundle", str(tier_bundles["server"]), "--config",
+                       str(tmp_path / "agent.toml")], free_port(), tmp_path).start()
     try:
         s = socket.create_connection(("127.0.0.1", agent.port), timeout=5)
         start, closed = time.time(), False

@@ -1,4 +1,8 @@
-"""Federated learning on Flower's simulation engine: partitions, rounds, what crosses, crashing clients."""
+"""Federated learning on Flower's simulation engine: partitions, rounds, what crosses, crashing clients.
+
+One test runs on Ray (Flower's simulation engine) and checks that the in-process engine (LocalGrid) gives
+the same run; the others use the in-process engine, which runs the same ServerApp, ClientApp and mods
+without Ray's start-up."""
 
 from __future__ import annotations
 
@@ -44,6 +48,12 @@ def test_simulation_improves_round_over_round_and_only_weights_and_metrics_cross
 
     tensors = get_weights(build_module(FedConfig(), client_data(FedConfig(clients=4))[0]))
     assert not any("num_batches_tracked" in k for k in tensors) and any("running_var" in k for k in tensors)
+    # The in-process engine the other tests use runs the same ServerApp and ClientApp to the same result
+    local = run(FedConfig(model="cnn", clients=4, rounds=3, partition="iid", fail_clients=[3]), tmp_path / "local",
+                baseline=False, engine="local")
+    assert [r["accuracy"] for r in local["rounds"]] == pytest.approx(acc, abs=0.02)
+    assert sorted((c["round"], c["error"]) for c in local["crossed"]) == sorted(
+        (c["round"], c["error"]) for c in h["crossed"])
     crossed = h["crossed"]
     errors = [c for c in crossed if c["error"]]
     assert len(errors) == 2 and {c["round"] for c in errors} == {2, 3}
@@ -63,13 +73,12 @@ def test_dp_epsilon_follows_the_gaussian_mechanism():
     assert epsilon(0.0, 10) == float("inf")
 
 
-@pytest.mark.e2e
 def test_dp_run_clips_on_clients_adds_noise_and_states_its_epsilon(tmp_path):
     # Execute: clipping on the clients (Flower's fixedclipping_mod), noise on the server
     h = run(FedConfig(model="mlp", width=0.5, clients=3, rounds=2, partition="iid", dp_clip=0.5, dp_noise=0.8,
-                      lr=0.1), tmp_path / "dp", baseline=False)
+                      lr=0.1), tmp_path / "dp", baseline=False, engine="local")
     clip_only = FedConfig(model="mlp", width=0.5, clients=3, rounds=2, partition="iid", dp_clip=0.5, lr=0.1)
-    run(clip_only, tmp_path / "plain", baseline=False)
+    run(clip_only, tmp_path / "plain", baseline=False, engine="local")
     # Assert: the run completed and says what it guarantees; the noise changed the model it produced
     from edgewise.federated.config import build_module
     from edgewise.federated.dp import epsilon
@@ -106,7 +115,8 @@ def test_publish_goes_from_federated_training_to_a_signed_bundle_in_a_rollout(tm
         fleet.admin.enroll_token(["lab"])
         # Execute: one command, from federated rounds to a rollout
         proc = subprocess.run([sys.executable, "-m", "edgewise.cli", "federate", "--model", "mlp", "--clients", "3",
-                               "--rounds", "2", "--out", str(tmp_path / "fl"), "--publish", "--target", "edge-node",
+                               "--rounds", "2", "--engine", "local", "--out", str(tmp_path / "fl"), "--publish",
+                               "--target", "edge-node",
                                "--key", str(fleet_kit["key"]), "--tag", "lab", "--version", "2.0.0",
                                "--server", fleet.url], capture_output=True, text=True,
                               env={**__import__("os").environ, "EDGEWISE_ADMIN_TOKEN": ADMIN}, timeout=600)
@@ -126,7 +136,6 @@ def test_publish_goes_from_federated_training_to_a_signed_bundle_in_a_rollout(tm
     assert manifest.recipe[0]["pass"] == "federated"
 
 
-@pytest.mark.e2e
 def test_secagg_server_sees_only_masked_updates_and_still_gets_fedavgs_model(tmp_path):
     from edgewise.federated.config import build_module
     from edgewise.federated.simulate import client_data
@@ -136,8 +145,8 @@ def test_secagg_server_sees_only_masked_updates_and_still_gets_fedavgs_model(tmp
     # (after it shared its keys), so the server must unmask the round without it
     # (both runs also score each round on the clients' held-out samples: the legacy evaluate path)
     cfg = dict(model="mlp", width=0.5, clients=4, rounds=3, partition="iid", fail_clients=[3], eval_fraction=1.0)
-    plain = run(FedConfig(**cfg), tmp_path / "plain", baseline=False)
-    sa = run(FedConfig(**cfg, secagg=True), tmp_path / "sa", baseline=False)
+    plain = run(FedConfig(**cfg), tmp_path / "plain", baseline=False, engine="local")
+    sa = run(FedConfig(**cfg, secagg=True), tmp_path / "sa", baseline=False, engine="local")
     # Assert: under SecAgg+ no reply carried a model: every ArrayRecord that crossed was empty, the updates
     # came as masked vectors (one per client a round, three once client 3 is gone)
     replies = [c for c in sa["crossed"] if not c["error"]]
@@ -175,14 +184,13 @@ def test_an_output_directory_is_replaced_only_when_it_holds_an_earlier_run(tmp_p
     assert fresh_run_dir(earlier) == earlier.resolve() and list(earlier.iterdir()) == []
 
 
-@pytest.mark.e2e
 def test_a_client_sending_garbage_is_dropped_or_outvoted(tmp_path):
     # Execute: 5 clients, client 4 returns its weights plus N(0, 10) noise every round
     acc, dropped = {}, {}
     for strategy, ratio in (("fedavg", 0.0), ("fedavg", 5.0), ("fedmedian", 0.0)):
         h = run(FedConfig(model="mlp", width=0.5, clients=5, rounds=3, partition="iid", strategy=strategy,
                           poison_clients=[4], lr=0.1, max_update_ratio=ratio), tmp_path / f"{strategy}-{ratio}",
-                baseline=False)
+                baseline=False, engine="local")
         acc[strategy, ratio] = [r["accuracy"] for r in h["rounds"]]
         dropped[strategy, ratio] = h["dropped_updates"]
     # Assert: without the update bound, the average is ruined by one client; with it (the default), the

@@ -25,9 +25,12 @@ def test_a_notified_agent_updates_long_before_its_next_poll(fleet_kit, tmp_path,
         agent = AgentProc(["--tier", "endpoint", "--fleet-poll", "120", "--trust", str(fleet_kit["pub"]),
                            "--mqtt", f"127.0.0.1:{broker}"], free_port(), tmp_path / "a").start()
         deadline = time.time() + 10  # its first poll (at start) finds nothing; then it sleeps >= 60 s
-        while time.time() < deadline and not agent.get("/health")["ota"]["last_steps"]:
-            time.sleep(0.2)
-        time.sleep(1.0)
+        while time.time() < deadline:
+            ota = agent.get("/health")["ota"]
+            if ota["polls"] >= 1 and ota["notify_subscribed"]:
+                break
+            time.sleep(0.1)
+        assert ota["polls"] == 1 and ota["notify_subscribed"] and ota["version"] is None, ota
         # Execute
         t0 = time.time()
         r = fleet.admin.rollout("digits", "1.0.0", "lobby", [100])

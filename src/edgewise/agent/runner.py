@@ -15,6 +15,7 @@ from edgewise.agent.forward.upstream import HttpUpstream
 from edgewise.agent.serve.cascade import CascadeConfig, Inference, PrivacyPolicy
 from edgewise.agent.serve.models import ModelManager
 from edgewise.errors import AgentError
+from edgewise.httplimits import HEADER_TIMEOUT_S, IDLE_TIMEOUT_S
 
 
 @dataclass
@@ -47,6 +48,8 @@ class AgentConfig:
     streams: list[str] = field(default_factory=list)  # NAME=SOURCE: video files, rtsp:// URLs, /dev/videoN
     stream_fps: float = 5.0
     stream_model: str | None = None  # default: the only model served
+    idle_timeout_s: float = IDLE_TIMEOUT_S  # a connection with no request in flight is closed after this
+    header_timeout_s: float = HEADER_TIMEOUT_S  # a request's headers must arrive within this (slowloris)
 
     @classmethod
     def from_toml(cls, path: Path, **overrides: Any) -> AgentConfig:
@@ -167,8 +170,11 @@ def build_agent(cfg: AgentConfig) -> Agent:
 def serve(cfg: AgentConfig) -> None:
     from edgewise.httplimits import serve_http
 
+    if min(cfg.idle_timeout_s, cfg.header_timeout_s) <= 0:
+        raise AgentError("idle_timeout_s and header_timeout_s must be positive seconds")
     agent = build_agent(cfg)
     try:
-        serve_http(agent.app, cfg.host, cfg.port)
+        serve_http(agent.app, cfg.host, cfg.port, idle_timeout_s=cfg.idle_timeout_s,
+                   header_timeout_s=cfg.header_timeout_s)
     finally:
         agent.close()

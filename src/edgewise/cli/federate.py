@@ -118,6 +118,9 @@ def federate(
     publishing: dict[str, Any],
     clients: Annotated[int, typer.Option(help="simulated clients")] = 10,
     partition: Annotated[str, typer.Option(help="'iid' or 'dirichlet:ALPHA' label skew")] = "iid",
+    engine: Annotated[str, typer.Option(help="'ray': Flower's simulation engine, clients in parallel; 'local': "
+                                              "one after another in this process (no Ray start-up, "
+                                              "reproducible)")] = "ray",
     out_dir: FedOut = Path("fl-out"),
 ) -> None:
     """Federated training on Flower's simulation engine, on this machine: per-round test accuracy beside a
@@ -135,7 +138,7 @@ def federate(
     parse_scheme(partition)
     _check_publish(publishing)
     cfg = FedConfig(clients=clients, partition=partition, **training)
-    h = run(cfg, out_dir, _print_round(cfg.rounds))
+    h = run(cfg, out_dir, _print_round(cfg.rounds), engine=engine)
     out.print(f"{summary(h)}; client sizes {min(h['client_sizes'])}-{max(h['client_sizes'])}; "
               f"wrote {out_dir / 'history.json'} and {out_dir / 'history.png'}")
     _publish_if_asked(h, out_dir, publishing)

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from edgewise.errors import FederatedError
 from edgewise.federated.client import make_client_app
 from edgewise.federated.config import ClientData, FedConfig
 from edgewise.federated.history import collect_history, fresh_run_dir, save_history, summary
@@ -40,11 +41,18 @@ def centralized(cfg: FedConfig, splits: Any) -> float:
     return accuracy(module, splits.test.x, splits.test.y)[0]
 
 
-def run(cfg: FedConfig, out: Path, on_round: Any = None, baseline: bool = True) -> dict[str, Any]:
+ENGINES = ("ray", "local")
+
+
+def run(cfg: FedConfig, out: Path, on_round: Any = None, baseline: bool = True,
+        engine: str = "ray") -> dict[str, Any]:
+    """Simulate `cfg` and write its history to `out`. `engine`: "ray" is Flower's simulation engine
+    (clients in parallel, in Ray worker processes); "local" runs them one after another in this process
+    (no Ray start-up; reproducible; see federated.localgrid)."""
     import logging
 
-    from flwr.simulation import run_simulation
-
+    if engine not in ENGINES:
+        raise FederatedError(f"--engine must be one of {', '.join(ENGINES)}; got {engine!r}")
     out = fresh_run_dir(out)
     data, splits, sizes = client_data(cfg)
     server = make_server_app(cfg, data, (splits.test.x, splits.test.y), out, on_round)
@@ -54,16 +62,27 @@ def run(cfg: FedConfig, out: Path, on_round: Any = None, baseline: bool = True) 
 
     client = make_client_app(lambda _ctx: cfg, share)
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU only; silences Ray's GPU notice
-    run_simulation(server, client, num_supernodes=cfg.clients,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"include_dashboard": False, "log_to_driver": False,
-                                                 "logging_level": "error"}})
+    if engine == "local":
+        from edgewise.federated.localgrid import run_local
+
+        run_local(server, client, cfg.clients)
+    else:
+        _run_on_ray(server, client, cfg.clients)
     history = collect_history(cfg, out, sizes)
     if baseline:
         history["centralized_accuracy"] = centralized(cfg, splits)
     save_history(history, out)
     return history
+
+
+def _run_on_ray(server: Any, client: Any, clients: int) -> None:
+    from flwr.simulation import run_simulation
+
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU only; silences Ray's GPU notice
+    run_simulation(server, client, num_supernodes=clients,
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                   "init_args": {"include_dashboard": False, "log_to_driver": False,
+                                                 "logging_level": "error"}})
 
 
 __all__ = ["FedConfig", "run", "summary", "np"]

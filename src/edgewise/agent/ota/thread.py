@@ -68,7 +68,7 @@ class OtaThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
-        self.mqtt, self.notified, self._mqtt_client = mqtt, 0, None
+        self.mqtt, self.notified, self.subscribed, self._mqtt_client = mqtt, 0, False, None
         self._thread = threading.Thread(target=self._main, name="ota", daemon=True)
         self.updater: Updater | None = None
 
@@ -106,12 +106,15 @@ class OtaThread:
         def on_connect(client, userdata, flags, reason, props):  # type: ignore[no-untyped-def]
             client.subscribe(topic, qos=1)
 
+        def on_subscribe(client, userdata, mid, reasons, props):  # type: ignore[no-untyped-def]
+            self.subscribed = not any(getattr(r, "is_failure", False) for r in reasons)
+
         def on_message(client, userdata, msg):  # type: ignore[no-untyped-def]
             self.notified += 1
             if self._loop is not None and self._wake is not None:
                 self._loop.call_soon_threadsafe(self._wake.set)
 
-        c.on_connect, c.on_message = on_connect, on_message
+        c.on_connect, c.on_message, c.on_subscribe = on_connect, on_message, on_subscribe
         c.reconnect_delay_set(min_delay=1, max_delay=30)
         c.connect_async(host, port, keepalive=30)  # polling works without the broker; this only speeds it up
         c.loop_start()
@@ -121,7 +124,8 @@ class OtaThread:
         st = self.slots.state
         return {"device_id": self.ident.device_id, "active_slot": st.active, "model": st.model,
                 "version": st.version, "last_serial": st.last_serial, "recovered": self.recovered,
-                "notifications": self.notified,
+                "notifications": self.notified, "notify_subscribed": self.subscribed,
+                "polls": self.updater.polls if self.updater else 0,
                 "last_steps": (self.updater.log[-5:] if self.updater else [])}
 
     def stop(self) -> None:

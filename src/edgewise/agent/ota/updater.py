@@ -100,6 +100,7 @@ class Updater:
         self.recovered = self.slots.recover()  # after a power cut: the active slot verifies, or the previous one
         self.bytes_downloaded = 0
         self.log: list[tuple[str, bool, str]] = []
+        self.polls = 0  # polls finished (whatever their outcome)
 
     # ---- plumbing -----------------------------------------------------------------------------------
     async def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
@@ -321,6 +322,7 @@ class Updater:
                 await self.poll_once()
             except Exception as e:  # never let one bad round end the updater
                 self.log.append(("poll", False, str(e)[:300]))
+            self.polls += 1
             waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
             await asyncio.wait(waits, timeout=interval_s * (0.5 + random.random()),
                                return_when=asyncio.FIRST_COMPLETED)
