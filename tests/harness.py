@@ -31,6 +31,55 @@ from edgewise.data import load_splits
 from edgewise.fleet.client import FleetClient
 from edgewise.modelio import inputs, outputs
 
+# ---- the edgewise command ----------------------------------------------------------------------------------
+
+CLI_ENV = {"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
+
+
+def ew_process(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`edgewise ARGS` in its own process, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "edgewise.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600, env=CLI_ENV)
+
+
+def ew(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`edgewise ARGS` run by the same entry point (`edgewise.cli.main`: its error handling, exit codes and
+    output) in this process, so a test does not pay for a cold interpreter and torch import each time.
+    stdout and stderr are captured apart, as from a process."""
+    import contextlib
+
+    from edgewise.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved_argv, saved_env, saved_cwd = sys.argv, dict(os.environ), os.getcwd()
+    code = 0
+    try:
+        sys.argv = ["edgewise", *args]
+        os.environ["COLUMNS"] = CLI_ENV["COLUMNS"]
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                main()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+    return subprocess.CompletedProcess(["edgewise", *args], code, stdout.getvalue(), stderr.getvalue())
+
+
+def assert_clean_failure(proc: subprocess.CompletedProcess[str], fragment: str) -> None:
+    """Exit code 1 and one `error:` line that says `fragment`; never a traceback."""
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    assert fragment in proc.stderr, proc.stderr
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1
+
+
 # ---- processes on loopback ---------------------------------------------------------------------------------
 
 def free_port() -> int:

@@ -1,4 +1,6 @@
-"""The `edgewise` command end to end, as a user runs it, in real subprocesses."""
+"""The `edgewise` command end to end, as a user runs it: through its entry point in this process (`ew`),
+and in real subprocesses (`ew_process`) where the process itself matters (--help on every verb, the whole
+train-optimize-bench path)."""
 
 from __future__ import annotations
 
@@ -12,24 +14,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-
-def ew(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgewise.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=600, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
-
-
-def assert_clean_failure(proc: subprocess.CompletedProcess[str], fragment: str) -> None:
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
-    assert fragment in proc.stderr, proc.stderr
-    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1
+from .harness import assert_clean_failure, ew, ew_process
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "cnn"
-    proc = ew("train", "--model", "cnn", "--data", "digits", "--out", str(out), "--epochs", "6")
+    proc = ew("train", "--model", "cnn", "--data", "digits", "--out", str(out), "--epochs", "4")
     assert proc.returncode == 0, proc.stderr
     assert "trained cnn on digits" in proc.stdout
     return out
@@ -42,15 +33,17 @@ def test_help_on_every_verb():
                  ["targets", "list"], ["targets", "show"], ["quickstart"]):
         proc = ew(*verb, "--help")
         assert proc.returncode == 0 and "Usage" in proc.stdout, verb
+    proc = ew_process("--help")  # the installed entry point, in a process of its own
+    assert proc.returncode == 0 and "Usage" in proc.stdout and "quickstart" in proc.stdout
 
 
 @pytest.mark.e2e
 def test_train_optimize_bench_end_to_end(trained: Path, tmp_path: Path):
     # Execute
-    opt = ew("optimize", str(trained), "--target", "edge-node", "--data", "digits", "--out", str(tmp_path / "o"),
-             "--no-torch-passes", "--calibration-samples", "64")
-    verify = ew("bundle", "verify", str(tmp_path / "o" / "bundle"))
-    bench = ew("bench", str(trained), str(tmp_path / "o" / "bundle"), "--data", "digits", "--runs", "30",
+    opt = ew_process("optimize", str(trained), "--target", "edge-node", "--data", "digits", "--out",
+                     str(tmp_path / "o"), "--no-torch-passes", "--calibration-samples", "64")
+    verify = ew_process("bundle", "verify", str(tmp_path / "o" / "bundle"))
+    bench = ew_process("bench", str(trained), str(tmp_path / "o" / "bundle"), "--data", "digits", "--runs", "30",
                "--json", str(tmp_path / "bench.json"))
     # Assert
     assert opt.returncode == 0, opt.stderr

@@ -52,6 +52,7 @@ def test_cascade_answers_at_each_tier_and_results_flow_up(tiers):
         assert set(json.loads(payload)) <= set(RESULT_FIELDS)
 
 
+@pytest.mark.e2e
 def test_node_killed_endpoint_degrades_queues_and_delivers_exactly_once_after_restart(tiers):
     # Prepare
     endpoint, node = tiers["endpoint"], tiers["node"]
@@ -121,6 +122,7 @@ def test_default_privacy_policy_sends_results_only(tier_bundles, tmp_path):
     assert sum(r["items"] for r in audit) >= 60
 
 
+@pytest.mark.e2e
 def test_agent_kill_9_during_a_burst_loses_no_acknowledged_result(tier_bundles, tmp_path):
     """The endpoint is killed mid-burst while its upstream is down; after both come back, every result
     whose request was answered 200 reaches the node, and no result arrives twice."""

@@ -37,7 +37,7 @@ def test_three_tiers_and_an_impossible_bottom():
 
 def test_cli_writes_agent_configs(tier_bundles, tmp_path):
     from edgewise.agent.runner import AgentConfig
-    from tests.test_cli import ew
+    from tests.harness import ew
 
     proc = ew("cascade", "calibrate", "-b", str(tier_bundles["endpoint"]), "-b", str(tier_bundles["node"]),
               "-b", str(tier_bundles["server"]), "--data", "digits", "--out-dir", str(tmp_path))

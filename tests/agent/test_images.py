@@ -86,7 +86,7 @@ def test_the_bundle_declares_its_signal_path(served):
 
 def test_the_cli_takes_the_declaration_and_class_names_from_files(served, tmp_path):
     from edgewise.bundle import read_bundle
-    from tests.test_cli import ew
+    from tests.harness import ew
 
     _, out = served
     (tmp_path / "pre.toml").write_text('[image]\nsize = [160, 160]\nresize = "letterbox"\n[postprocess]\nconf = 0.4\n')

@@ -73,6 +73,7 @@ class Sensor:
         self.c.disconnect()
 
 
+@pytest.mark.e2e
 def test_readings_in_results_out_malformed_answered_and_persistent_session(broker, tier_bundles, tmp_path):
     # Prepare
     args = ["--bundle", str(tier_bundles["node"]), "--tier", "node", "--mqtt", f"127.0.0.1:{broker}"]

@@ -85,6 +85,7 @@ class NsAgent(AgentProc):
             return False
 
 
+@pytest.mark.e2e
 def test_link_cut_and_restored_between_hosts_loses_nothing(link, tier_bundles, tmp_path):
     ns, host_if = link
     x = load_splits("digits").test.x

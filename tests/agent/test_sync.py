@@ -67,6 +67,7 @@ def test_restart_while_offline_then_link_returns(tmp_path):
     assert store.keys() == keys
 
 
+@pytest.mark.e2e
 def test_receiver_killed_and_restarted_mid_stream_gets_everything_exactly_once(tmp_path):
     # Prepare: a real receiver process over loopback
     port = free_port()

@@ -24,6 +24,7 @@ def device(ident: Path, slots: Path, kit: dict, fleet_pub: Path, kill_at: str = 
                            str(fleet_pub), kill_at], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kill_at", ["midstream", "download", "verify", "selftest", "switch", "health"])
 def test_kill_9_at_each_step_comes_back_on_a_working_model(fleet, fleet_kit, tmp_path, kill_at):
     # Prepare: a device process on 1.0.0, then a rollout of 1.1.0
@@ -49,6 +50,7 @@ def test_kill_9_at_each_step_comes_back_on_a_working_model(fleet, fleet_kit, tmp
     assert wait_rollout(fleet, r["id"], ("completed",), timeout=10)["devices"] == {"healthy": 1}
 
 
+@pytest.mark.e2e
 def test_fleet_server_restarted_mid_rollout_finishes_the_rollout(fleet_kit, tmp_path):
     # Prepare
     fleet = FleetProc(tmp_path / "fleet", [fleet_kit["pub"]]).start()

@@ -88,6 +88,7 @@ def test_unlabelled_data_scores_fidelity_to_the_starting_model(trained_cnn_dir, 
     assert outcome.result.final["baseline_accuracy"] == 1.0
 
 
+@pytest.mark.e2e
 def test_real_third_party_model_keeps_99_percent_agreement(rapidocr_cls, fast_opts, tmp_path):
     """PaddleOCR's MobileNetV3 text-direction classifier, optimized for a Raspberry-Pi class target."""
     fast_opts.sensitivity_max_layers = 3
