@@ -373,6 +373,20 @@ def tone_clips(labels: list[str], per_class: int = 8, seed: int = 9) -> tuple[np
     return np.stack(pcm), truth
 
 
+def tone_recording(order: list[str], seed: int = 4) -> tuple[np.ndarray, list[tuple[str, float]]]:
+    """One 16 kHz int16 recording: a tone 'word' of each name in `order`, 1.5 s apart, over faint noise,
+    and (name, second it ends)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 0.002, int(16000 * (1.5 * len(order) + 1.0))).astype(np.float32)
+    said = []
+    for i, name in enumerate(order):
+        t = tone(TONE_FREQS[name] * rng.uniform(0.98, 1.02), 16000, 0.6, rng.uniform(0.3, 0.7))
+        start = int(16000 * (0.5 + 1.5 * i))
+        x[start : start + len(t)] += t
+        said.append((name, (start + len(t)) / 16000))
+    return np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16), said
+
+
 # ---- sensor logs -------------------------------------------------------------------------------------
 ACTIVITIES = {"idle": (0.05, 0.0), "walk": (0.6, 2.0), "shake": (1.5, 7.0)}  # noise level, motion frequency
 

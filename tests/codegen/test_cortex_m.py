@@ -18,7 +18,7 @@ from edgewise.codegen.reference import quantize_input, run_reference
 from edgewise.codegen.toolchain import arm_sizes, build_arm, run_qemu
 from edgewise.data import load_splits
 
-from ..harness import build_host, have, run_program, tone_clips, tone_keyword_bundle
+from ..harness import assert_clean_failure, build_host, ew, have, run_program, tone_clips, tone_keyword_bundle, tone_recording, wav_bytes
 
 TOOLS = ("arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm")
 missing = [t for t in TOOLS if not have(t)]
@@ -73,4 +73,20 @@ def test_a_keyword_model_with_its_front_end_runs_pcm_under_qemu_like_the_host(tm
     assert lines == on_host.stdout.decode().strip().splitlines()
     assert [int(line.split("|")[1]) for line in lines] == truth
     f = compiled.figures()
-    assert f["arena_bytes"] + f["frontend_ram_bytes"] <= 64 * 1024
+    assert f["arena_bytes"] + f["frontend_ram_bytes"] + f["stream_ram_bytes"] <= 64 * 1024
+    # The streaming build reads a WAV file named on its command line, over semihosting, and prints the words
+    # it hears: the same lines as the host build
+    pcm, _ = tone_recording(["high", "low", "mid"])
+    (tmp_path / "talk.wav").write_bytes(wav_bytes(pcm.astype(np.float32) / 32767, 16000))
+    elf = build_arm(src, tmp_path / "kws-stream.elf", embedded_inputs=False)
+    heard = run_qemu(elf, args=[str(tmp_path / "talk.wav")]).strip().splitlines()
+    on_host = subprocess.run([str(host), str(tmp_path / "talk.wav")], capture_output=True, text=True, timeout=60)
+    assert heard == on_host.stdout.strip().splitlines() and {"high", "low", "mid"} <= {h.split()[0] for h in heard}
+    # ... and the command does all of it: compile, build the firmware, run it on the recording
+    proc = ew("compile", str(bundle), "--out", str(tmp_path / "fw"), "--board", "mps2-an386", "--run",
+              str(tmp_path / "talk.wav"), "--no-update-bundle")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "fw" / "firmware.elf").is_file() and "\n".join(heard) in proc.stdout
+    assert_clean_failure(ew("compile", str(bundle), "--out", str(tmp_path / "fw2"), "--board", "esp32"),
+                         "unknown board")
+    assert not (tmp_path / "fw2").exists()

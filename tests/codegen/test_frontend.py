@@ -11,7 +11,7 @@ import pytest
 from edgewise.codegen.frontend import emit_audio_frontend, quantize_reference
 from edgewise.media.audio import AudioSpec, features
 
-from ..harness import build_host, tone, tone_clips, tone_keyword_bundle
+from ..harness import build_host, tone, tone_clips, tone_keyword_bundle, tone_recording, wav_bytes
 
 MAIN = """#include <stdio.h>
 #include "ew_frontend.h"
@@ -94,3 +94,38 @@ def test_a_compiled_keyword_model_takes_pcm_and_answers_like_python(tmp_path):
     # a recording shorter than a clip is padded with silence, not silently skipped
     short = subprocess.run([str(exe)], input=pcm[0, 2000:12000].tobytes(), capture_output=True, timeout=60, check=True)
     assert len(short.stdout.decode().strip().splitlines()) == 1
+
+
+def test_the_streaming_c_hears_what_the_reference_hears_in_a_long_recording(tmp_path):
+    import onnxruntime as ort
+
+    from edgewise.bundle import read_bundle
+    from edgewise.codegen.compile import compile_bundle
+    from edgewise.media.recognize import detect_keywords
+    from edgewise.targets import load_target
+
+    # Prepare: the keyword model compiled with its front end and stream; a recording of six words
+    bundle = tone_keyword_bundle(tmp_path)
+    compiled = compile_bundle(bundle, tmp_path / "c", load_target("mcu-256k"))
+    assert {"ew_stream.c", "ew_stream.h"} <= set(compiled.sources) and compiled.figures()["stream_ram_bytes"] > 0
+    manifest = read_bundle(bundle)
+    pcm, said = tone_recording(["low", "high", "mid", "mid", "low", "high"])
+    (tmp_path / "talk.wav").write_bytes(wav_bytes(pcm.astype(np.float32) / 32767, 16000))
+    exe = build_host(compiled.sources, tmp_path / "build")
+    # Execute: the C program streams the WAV file in 512-sample chunks; the reference slides over it in NumPy
+    proc = subprocess.run([str(exe), str(tmp_path / "talk.wav")], capture_output=True, text=True, timeout=120)
+    spec = AudioSpec.from_dict(manifest.preprocessing["audio"])
+    sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    ref = detect_keywords(pcm.astype(np.float32) / 32768, spec, manifest.labels,
+                          lambda x: sess.run(None, {sess.get_inputs()[0].name: x})[0])
+    # Assert: the same words at the same times, with the same scores; every word said is among them
+    assert proc.returncode == 0, proc.stderr
+    got = [line.split() for line in proc.stdout.strip().splitlines()]
+    assert [(g[0], float(g[2])) for g in got] == [(d["label"], d["time_s"]) for d in ref], (got, ref)
+    assert np.allclose([float(g[1]) for g in got], [d["score"] for d in ref], atol=2e-4)
+    for name, end in said:
+        assert any(g[0] == name and abs(float(g[2]) - end) < 0.8 for g in got), (name, end, got)
+    # a file the device cannot stream is refused with the conversion to run
+    (tmp_path / "stereo.wav").write_bytes(wav_bytes(pcm[:8000].astype(np.float32) / 32767, 16000, channels=2))
+    bad = subprocess.run([str(exe), str(tmp_path / "stereo.wav")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "16-bit mono PCM at 16000 Hz" in bad.stderr and "ffmpeg" in bad.stderr

@@ -116,15 +116,18 @@ def test_the_keywords_set_is_spoken_by_held_out_voices_in_its_test_split(tmp_pat
 
 
 def test_the_recognizer_smooths_suppresses_and_ignores_silence():
+    from edgewise.media.audio import AudioSpec
     from edgewise.media.recognize import Recognizer, Smoothing
 
-    rec = Recognizer(["silence", "unknown", "yes", "no"], Smoothing(average_ms=100, threshold=0.6, suppress_ms=500,
-                                                                    min_count=2))
+    cfg = Smoothing(average_ms=100, threshold=0.6, suppress_ms=500, min_count=2)
+    # 40 ms hops: 100 ms averages the last 3 hops; 500 ms suppresses a word for 13 hops (12 x 40 < 500)
+    assert cfg.hops(AudioSpec()) == (640, 3, 13)
+    rec = Recognizer(["silence", "unknown", "yes", "no"], 3, 13, cfg)
     one = lambda k, p=0.9: np.eye(4)[k] * p + (1 - p) / 4  # noqa: E731
-    hits = [rec.update(t, one(k)) for t, k in [(0, 0), (40, 0), (80, 2), (120, 2), (160, 2), (200, 2), (240, 0),
-                                                (600, 2), (640, 2), (800, 3), (840, 3)]]
-    found = [(h[0], h[2]) for h in hits if h]
+    hits = [(t, rec.update(t // 40, one(k))) for t, k in [(0, 0), (40, 0), (80, 2), (120, 2), (160, 2), (200, 2),
+                                                          (240, 0), (600, 2), (640, 2), (800, 3), (840, 3)]]
+    found = [(h[0], t) for t, h in hits if h]
     # yes once its average and count are there (120 ms), not again within 500 ms; yes again at 640;
     # no at once after it (another word is not suppressed); silence never
     assert found == [("yes", 120), ("yes", 640), ("no", 840)], found
-    assert rec.update(900, one(3, 0.4)) is None  # under the threshold
+    assert rec.update(900 // 40, one(3, 0.4)) is None  # under the threshold

@@ -168,15 +168,27 @@ def compile_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="directory for model.c/.h, the kernels and main.c")],
     target: Annotated[str, typer.Option("--target", "-t", help="target whose RAM/flash budget must hold")] = "mcu-256k",
     update_bundle: Annotated[bool, typer.Option(help="also record the C sources and figures in the bundle")] = True,
+    board: Annotated[str | None, typer.Option(help="also build firmware for this board with arm-none-eabi-gcc: "
+                                                   "'mps2-an386' (Cortex-M4, emulated by qemu-system-arm)")] = None,
+    run: Annotated[Path | None, typer.Option(help="then run the firmware under qemu on this WAV file (audio "
+                                                  "bundles): it prints each keyword it hears")] = None,
 ) -> None:
     """Compile an int8 bundle to dependency-free C99 with a static memory plan (tier 1: microcontrollers).
 
     Example: edgewise compile runs/cnn-mcu/bundle --out runs/cnn-c
+    Example: edgewise compile runs/kws/bundle --out runs/kws-c --board mps2-an386 --run talk.wav
     """
     from edgewise.codegen.compile import compile_bundle
+    from edgewise.codegen.toolchain import BOARDS
     from edgewise.targets import load_target
 
     profile = load_target(target)
+    if board is not None and board not in BOARDS:
+        raise EdgewiseError(f"unknown board {board!r}; known: {', '.join(BOARDS)}")
+    if run is not None and board is None:
+        raise EdgewiseError("--run needs --board (the firmware to run)")
+    if run is not None and not run.is_file():
+        raise EdgewiseError(f"{run} not found")
     compiled = compile_bundle(bundle, out, profile, update_bundle=update_bundle)
     f = compiled.figures()
     table = Table(title=f"{bundle} -> C99 for {profile.name}")
@@ -191,6 +203,18 @@ def compile_cmd(
     out_console.print("build: " + " ".join(host_command(out, Path("model"), ["-std=c99", "-O2"])))
     if update_bundle:
         out_console.print(f"bundle {bundle} now carries c/ and its figures (manifest artifacts.c)")
+    if board is not None:
+        from edgewise.codegen.toolchain import build_firmware, run_qemu
+
+        if run is not None and "ew_stream.c" not in compiled.sources:
+            raise EdgewiseError("--run streams a WAV file: this bundle declares no audio front end")
+        elf, sizes = build_firmware(out, board)
+        out_console.print(f"firmware: {elf} for {board} (model, kernels{', front end' if compiled.frontend else ''}: "
+                          f"flash {sizes['text'] + sizes['data']:,} B, static RAM {sizes['bss'] + sizes['data']:,} B)")
+        if run is not None:
+            out_console.print(f"running {elf.name} on an emulated {board} with {run}:")
+            heard = run_qemu(elf, args=[str(run.resolve())])
+            out_console.print(heard.rstrip() or "(nothing heard)", highlight=False)
 
 
 @app.command("import")

@@ -47,11 +47,13 @@ def compile_model(model: onnx.ModelProto, name: str = "model", labels: list[str]
     return Compiled(graph, p, render(graph, p, name, labels or []))
 
 
-def add_frontend(c: Compiled, preprocessing: dict[str, Any]) -> None:
-    """The bundle's declared audio front end, in C, quantizing to the model's input (`frontend.py`)."""
+def add_frontend(c: Compiled, preprocessing: dict[str, Any], labels: list[str] | None = None) -> None:
+    """The bundle's declared audio front end, in C, quantizing to the model's input (`frontend.py`), and
+    the streaming keyword spotter over it (`stream.py`)."""
     if not preprocessing.get("audio"):
         return
     from edgewise.codegen.frontend import emit_audio_frontend, frontend_bytes
+    from edgewise.codegen.stream import emit_stream, stream_bytes
     from edgewise.media.audio import AudioSpec
 
     spec = AudioSpec.from_dict(preprocessing["audio"])
@@ -59,16 +61,18 @@ def add_frontend(c: Compiled, preprocessing: dict[str, Any]) -> None:
     if t_in.size != spec.frames * spec.bins:
         raise CodegenError(f"the audio front end makes {spec.frames}x{spec.bins} features but the model takes "
                            f"{t_in.size} values")
+    classes = c.graph.tensors[c.graph.output].size
     c.sources.update(emit_audio_frontend(spec, t_in.scale, t_in.zero_point))
-    c.frontend = frontend_bytes(spec)
+    c.sources.update(emit_stream(spec, labels or [], classes))
+    c.frontend = {**frontend_bytes(spec), "stream_ram_bytes": stream_bytes(spec, classes)}
 
 
 def check_budget(c: Compiled, target: TargetProfile) -> None:
     """RAM: the arena; flash: the constants (code size comes from a real cross-build, see benchmarks)."""
     f = c.figures()
-    ram = f["arena_bytes"] + f.get("frontend_ram_bytes", 0)
+    ram = f["arena_bytes"] + f.get("frontend_ram_bytes", 0) + f.get("stream_ram_bytes", 0)
     flash = f["constants_bytes"] + f.get("frontend_tables_bytes", 0)
-    what = " and the audio front end" if c.frontend else ""
+    what = " and the audio front end and stream" if c.frontend else ""
     if ram > target.ram_bytes:
         raise CodegenError(f"needs {ram / 1024:.1f} KB RAM for the arena{what}, {target.name} has "
                            f"{target.ram_bytes / 1024:.0f} KB")
@@ -86,7 +90,7 @@ def compile_bundle(bundle: Path, out: Path, target: TargetProfile, update_bundle
                            "before signing, or pass --no-update-bundle to leave the bundle as it is")
     model = onnx.load(str(bundle / "model.onnx"))
     compiled = compile_model(model, manifest.name, manifest.labels)
-    add_frontend(compiled, manifest.preprocessing or {})
+    add_frontend(compiled, manifest.preprocessing or {}, manifest.labels)
     check_budget(compiled, target)
     figures = {**compiled.figures(), "target": target.name}
     with atomic_dir(out, error=CodegenError) as tmp:

@@ -64,10 +64,16 @@ def emit_audio_frontend(spec: AudioSpec, scale: float, zero_point: int) -> dict[
 #define EW_FE_FRAMES {spec.frames}
 #define EW_FE_BINS {spec.bins}
 #define EW_FE_FEATURES (EW_FE_FRAMES * EW_FE_BINS)
+#define EW_FE_WINDOW_SAMPLES {w}
+#define EW_FE_STRIDE_SAMPLES {spec.stride_samples}
 
 /* One clip of EW_FE_CLIP_SAMPLES 16-bit samples at EW_FE_SAMPLE_RATE Hz -> EW_FE_FEATURES int8 features
  * (frame-major), quantized as round(x / {scale!r}) + {zero_point}. Static scratch: not reentrant. */
 void ew_frontend_features(const int16_t *pcm, int8_t *out);
+
+/* One frame: EW_FE_WINDOW_SAMPLES samples -> EW_FE_BINS int8 features (what ew_frontend_features does for
+ * each of its frames, EW_FE_STRIDE_SAMPLES apart; the streaming API in ew_stream.h calls it). */
+void ew_frontend_frame(const int16_t *x, int8_t *out);
 
 #endif
 """
@@ -114,36 +120,40 @@ static int8_t quantize(float v)
     return (int8_t)(q < -128 ? -128 : q > 127 ? 127 : q);
 }}
 
+void ew_frontend_frame(const int16_t *x, int8_t *out)
+{{
+    int i, m, c, wi;
+    for (i = 0; i < N; i++) {{
+        re[i] = i < W ? (float)x[i] * (1.0f / 32768.0f) * window[i] : 0.0f;
+        im[i] = 0.0f;
+    }}
+    fft();
+    for (i = 0; i <= N / 2; i++)  /* power spectrum, in place in re[] */
+        re[i] = (re[i] * re[i] + im[i] * im[i]) * (1.0f / N);
+    for (m = 0, wi = 0; m < MELS; m++) {{
+        float s = 0.0f;
+        for (i = 0; i < mel_count[m]; i++)
+            s += re[mel_start[m] + i] * mel_w[wi++];
+        mel[m] = logf(s + {spec.noise_floor!r}f);
+    }}
+    if (MFCC) {{
+        for (c = 0; c < MFCC; c++) {{
+            float s = 0.0f;
+            for (m = 0; m < MELS; m++)
+                s += dct[c * MELS + m] * mel[m];
+            out[c] = quantize(s);
+        }}
+    }} else {{
+        for (m = 0; m < MELS; m++)
+            out[m] = quantize(mel[m]);
+    }}
+}}
+
 void ew_frontend_features(const int16_t *pcm, int8_t *out)
 {{
-    int f, i, m, c, wi;
-    for (f = 0; f < EW_FE_FRAMES; f++) {{
-        const int16_t *x = pcm + f * STRIDE;
-        for (i = 0; i < N; i++) {{
-            re[i] = i < W ? (float)x[i] * (1.0f / 32768.0f) * window[i] : 0.0f;
-            im[i] = 0.0f;
-        }}
-        fft();
-        for (i = 0; i <= N / 2; i++)  /* power spectrum, in place in re[] */
-            re[i] = (re[i] * re[i] + im[i] * im[i]) * (1.0f / N);
-        for (m = 0, wi = 0; m < MELS; m++) {{
-            float s = 0.0f;
-            for (i = 0; i < mel_count[m]; i++)
-                s += re[mel_start[m] + i] * mel_w[wi++];
-            mel[m] = logf(s + {spec.noise_floor!r}f);
-        }}
-        if (MFCC) {{
-            for (c = 0; c < MFCC; c++) {{
-                float s = 0.0f;
-                for (m = 0; m < MELS; m++)
-                    s += dct[c * MELS + m] * mel[m];
-                out[f * EW_FE_BINS + c] = quantize(s);
-            }}
-        }} else {{
-            for (m = 0; m < MELS; m++)
-                out[f * EW_FE_BINS + m] = quantize(mel[m]);
-        }}
-    }}
+    int f;
+    for (f = 0; f < EW_FE_FRAMES; f++)
+        ew_frontend_frame(pcm + f * STRIDE, out + f * EW_FE_BINS);
 }}
 """
     return {"ew_frontend.h": header, "ew_frontend.c": source}

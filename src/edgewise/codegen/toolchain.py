@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -18,6 +19,7 @@ HOST_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-O2"]
 ARM_FLAGS = ["-mcpu=cortex-m4", "-mthumb", "-Os", "-std=c99", "-Wall", "-Wextra", "-Werror",
              "-ffunction-sections", "-fdata-sections"]
 SOURCES = ("model.c", "ew_kernels.c", "main.c")
+BOARDS = ("mps2-an386",)  # Cortex-M4 boards the firmware is built for (and qemu-system-arm emulates)
 PACKAGES = {"gcc": "gcc", "arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi",
             "arm-none-eabi-size": "binutils-arm-none-eabi", "qemu-system-arm": "qemu-system-arm",
             "valgrind": "valgrind"}
@@ -42,10 +44,11 @@ def _run(cmd: list[str], what: str, timeout: float = 300, **kw) -> subprocess.Co
 
 
 def _sources(src: Path) -> list[str]:
-    """The program's C files; with the bundle's audio front end, the demo reads PCM and runs it first."""
+    """The program's C files; with the bundle's audio front end (and its streaming keyword spotter), the demo
+    reads PCM or a WAV file and runs it first."""
     files = [str(src / s) for s in SOURCES]
     if (src / "ew_frontend.c").is_file():
-        files += [str(src / "ew_frontend.c"), "-DEW_AUDIO_FRONTEND", "-lm"]
+        files += [str(src / "ew_frontend.c"), str(src / "ew_stream.c"), "-DEW_AUDIO_FRONTEND", "-lm"]
     return files
 
 
@@ -65,10 +68,12 @@ def _arm_files() -> tuple[Path, Path]:
     return root / "startup.c", root / "mps2.ld"
 
 
-def build_arm(src: Path, elf: Path) -> Path:
-    """Cortex-M4 program for qemu's mps2-an386, running the samples in src/inputs.h over semihosting."""
+def build_arm(src: Path, elf: Path, embedded_inputs: bool = True) -> Path:
+    """Cortex-M4 program for qemu's mps2-an386: it runs the samples in src/inputs.h, or (embedded_inputs
+    False, audio bundles) streams the WAV file named on its command line, read over semihosting."""
     startup, script = _arm_files()
-    cmd = [_need("arm-none-eabi-gcc"), *ARM_FLAGS, "-DEW_EMBEDDED_INPUTS", f"-I{src}", "-T", str(script),
+    defines = ["-DEW_EMBEDDED_INPUTS"] if embedded_inputs else []
+    cmd = [_need("arm-none-eabi-gcc"), *ARM_FLAGS, *defines, f"-I{src}", "-T", str(script),
            "--specs=rdimon.specs", "-Wl,--gc-sections", "-o", str(elf), str(startup),
            *_sources(src), "-lc", "-lrdimon"]
     _run(cmd, "arm-none-eabi-gcc build")
@@ -80,7 +85,8 @@ def arm_sizes(src: Path, work: Path) -> dict[str, int]:
     main), built for Cortex-M4 -Os."""
     gcc, size = _need("arm-none-eabi-gcc"), _need("arm-none-eabi-size")
     objs = []
-    names = ["model.c", "ew_kernels.c"] + (["ew_frontend.c"] if (src / "ew_frontend.c").is_file() else [])
+    audio = ["ew_frontend.c", "ew_stream.c"] if (src / "ew_frontend.c").is_file() else []
+    names = ["model.c", "ew_kernels.c", *audio]
     for name in names:
         obj = work / (name[:-2] + ".o")
         _run([gcc, *ARM_FLAGS, "-c", "-o", str(obj), str(src / name)], f"arm-none-eabi-gcc {name}")
@@ -90,9 +96,25 @@ def arm_sizes(src: Path, work: Path) -> dict[str, int]:
     return {"text": int(total[0]), "data": int(total[1]), "bss": int(total[2])}
 
 
-def run_qemu(elf: Path, timeout: float = 120) -> str:
+def build_firmware(src: Path, board: str) -> tuple[Path, dict[str, int]]:
+    """src/firmware.elf for `board` (the demo main takes a WAV path on its command line for audio bundles,
+    stdin otherwise), and the .text/.data/.bss of the model, kernels and front end in it."""
+    if board not in BOARDS:
+        raise CodegenError(f"unknown board {board!r}; known: {', '.join(BOARDS)}")
+    elf = build_arm(src, src / "firmware.elf", embedded_inputs=False)
+    with tempfile.TemporaryDirectory() as work:
+        sizes = arm_sizes(src, Path(work))
+    return elf, sizes
+
+
+def run_qemu(elf: Path, timeout: float = 120, args: list[str] | None = None) -> str:
+    """The program's stdout on an emulated Cortex-M4 (mps2-an386); `args` are its command line, and files
+    it opens are the host's (semihosting)."""
+    config = "enable=on,target=native" + "".join(f",arg={a}" for a in [elf.name, *(args or [])])
+    if any("," in a for a in args or []):
+        raise CodegenError("qemu's semihosting command line cannot hold a comma: rename the file")
     cmd = [_need("qemu-system-arm"), "-M", "mps2-an386", "-nographic", "-monitor", "none", "-serial", "none",
-           "-semihosting-config", "enable=on,target=native", "-kernel", str(elf)]
+           "-semihosting-config", config, "-kernel", str(elf)]
     return _run(cmd, "qemu-system-arm", timeout=timeout, text=True).stdout
 
 

@@ -10,6 +10,7 @@ the reference a streaming C version is checked against.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,31 +30,40 @@ class Smoothing:
     min_count: int = 2
     hop_strides: int = 2
 
+    def hops(self, spec: AudioSpec) -> tuple[int, int, int]:
+        """(hop in samples, hops averaged, hops a word stays suppressed): the rules in whole hops, so the
+        NumPy reference and the generated C (`codegen.stream`) count them the same way."""
+        hop = spec.stride_samples * self.hop_strides
+        hop_ms = hop * 1000 / spec.sample_rate
+        return hop, int(math.floor(self.average_ms / hop_ms + 1e-9)) + 1, int(math.ceil(self.suppress_ms / hop_ms - 1e-9))
+
 
 @dataclass
 class Recognizer:
+    """Averages the last `average` hops' scores; reports a keyword at most once per `suppress` hops."""
+
     labels: list[str]
+    average: int
+    suppress: int
     cfg: Smoothing = field(default_factory=Smoothing)
 
     def __post_init__(self) -> None:
-        self._recent: deque[tuple[float, np.ndarray]] = deque()
-        self._last: dict[str, float] = {}
+        self._recent: deque[np.ndarray] = deque(maxlen=self.average)
+        self._last: dict[str, int] = {}
 
-    def update(self, t_ms: float, scores: np.ndarray) -> tuple[str, float, float] | None:
-        """Feed one hop's class probabilities at time `t_ms` (the end of its clip); a detection or None."""
-        self._recent.append((t_ms, np.asarray(scores, np.float64)))
-        while self._recent and self._recent[0][0] < t_ms - self.cfg.average_ms:
-            self._recent.popleft()
-        stack = np.stack([s for _, s in self._recent])
+    def update(self, hop: int, scores: np.ndarray) -> tuple[str, float] | None:
+        """Feed hop number `hop`'s class probabilities; (label, averaged score) or None."""
+        self._recent.append(np.asarray(scores, np.float64))
+        stack = np.stack(list(self._recent))
         avg = stack.mean(0)
         k = int(avg.argmax())
         label = self.labels[k] if k < len(self.labels) else str(k)
         if label in IGNORED or avg[k] < self.cfg.threshold or int((stack.argmax(1) == k).sum()) < self.cfg.min_count:
             return None
-        if t_ms - self._last.get(label, -1e18) < self.cfg.suppress_ms:
+        if label in self._last and hop - self._last[label] < self.suppress:
             return None
-        self._last[label] = t_ms
-        return label, float(avg[k]), t_ms
+        self._last[label] = hop
+        return label, float(avg[k])
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -69,17 +79,18 @@ def detect_keywords(samples: np.ndarray, spec: AudioSpec, labels: list[str],
     """Detections in a recording already at spec.sample_rate: [{"label", "score", "time_s"}], time being the
     end of the clip that decided it. `run` maps a (1, 1, frames, bins) tensor to the model's scores."""
     cfg = cfg or Smoothing()
-    rec = Recognizer(labels, cfg)
-    clip, hop = spec.clip_samples, spec.stride_samples * cfg.hop_strides
+    hop, average, suppress = cfg.hops(spec)
+    rec = Recognizer(labels, average, suppress, cfg)
+    clip = spec.clip_samples
     x = np.asarray(samples, np.float32)
     if len(x) < clip:  # a short recording is one clip, padded
         x = np.concatenate([x, np.zeros(clip - len(x), np.float32)])
     out = []
-    for end in range(clip, len(x) + 1, hop):
+    for i, end in enumerate(range(clip, len(x) + 1, hop)):
         f = features(x[end - clip : end], spec)
-        hit = rec.update(end / spec.sample_rate * 1000, softmax(run(f[None, None])))
+        hit = rec.update(i, softmax(run(f[None, None])))
         if hit:
-            out.append({"label": hit[0], "score": round(hit[1], 4), "time_s": round(hit[2] / 1000, 3)})
+            out.append({"label": hit[0], "score": round(hit[1], 4), "time_s": round(end / spec.sample_rate, 3)})
     return out
 
 

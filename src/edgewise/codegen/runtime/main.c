@@ -1,9 +1,12 @@
 /* Demo program: runs the model on int8 inputs and prints each output vector and its argmax.
  *
  * Hosted build: reads samples of EW_INPUT_SIZE bytes from stdin until EOF.
- * -DEW_AUDIO_FRONTEND (a bundle that declares an audio front end): reads clips of EW_FE_CLIP_SAMPLES
- * 16-bit PCM samples instead (a short last clip is padded with silence) (embedded: ew_pcm from inputs.h), and runs the generated front end before
- * the model.
+ * -DEW_AUDIO_FRONTEND (a bundle that declares an audio front end):
+ *   `model FILE.wav`: streams the recording through ew_stream_push (16-bit mono PCM at the front end's
+ *   rate) and prints one line per keyword heard: label, score, time in seconds. On an emulated board the
+ *   file is read over semihosting.
+ *   `model < clips.pcm`: reads clips of EW_FE_CLIP_SAMPLES 16-bit samples instead (a short last clip is
+ *   padded with silence) (embedded: ew_pcm from inputs.h), runs the front end, then the model, per clip.
  * -DEW_EMBEDDED_INPUTS: runs the samples compiled in from inputs.h (for boards without stdin; output
  * goes through semihosting's printf).
  */
@@ -13,6 +16,7 @@
 #include "ew_kernels.h"
 #ifdef EW_AUDIO_FRONTEND
 #include "ew_frontend.h"
+#include "ew_stream.h"
 #endif
 
 #ifdef EW_EMBEDDED_INPUTS
@@ -27,10 +31,87 @@ static void print_output(const int8_t *out)
     printf(" | %d\n", ew_argmax(out, EW_OUTPUT_SIZE));
 }
 
-int main(void)
+#ifdef EW_AUDIO_FRONTEND
+static uint32_t le(const unsigned char *b, int n)
+{
+    uint32_t v = 0;
+    while (n--)
+        v = v << 8 | b[n];
+    return v;
+}
+
+static void print_detection(int label, double score, uint32_t time_ms, void *user)
+{
+    (void)user;
+    printf("%s %.4f %.3f\n", label < EW_NUM_LABELS ? ew_labels[label] : "?", score, time_ms / 1000.0);
+}
+
+/* A RIFF/WAVE file of 16-bit mono PCM at EW_FE_SAMPLE_RATE, streamed in chunks; 0, or 2 with a reason. */
+static int stream_wav(const char *path)
+{
+    static int16_t chunk[512];
+    unsigned char h[12], c[8], fmt[16];
+    uint32_t size, left = 0, pushed = 0;
+    int have_fmt = 0, data = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "cannot open %s\n", path);
+        return 2;
+    }
+    if (fread(h, 1, 12, f) != 12 || memcmp(h, "RIFF", 4) || memcmp(h + 8, "WAVE", 4)) {
+        fprintf(stderr, "%s is not a WAV file\n", path);
+        fclose(f);
+        return 2;
+    }
+    while (!data && fread(c, 1, 8, f) == 8) {  /* chunks until "data" */
+        size = le(c + 4, 4);
+        if (!memcmp(c, "fmt ", 4) && size >= 16) {
+            if (fread(fmt, 1, 16, f) != 16 || fseek(f, (long)(size - 16 + (size & 1)), SEEK_CUR)) break;
+            have_fmt = 1;
+        } else if (!memcmp(c, "data", 4)) {
+            data = 1;
+            left = size;
+        } else if (fseek(f, (long)(size + (size & 1)), SEEK_CUR)) {
+            break;
+        }
+    }
+    if (!have_fmt || !data || (le(fmt, 2) != 1 && le(fmt, 2) != 0xFFFE) || le(fmt + 2, 2) != 1
+        || le(fmt + 4, 4) != EW_FE_SAMPLE_RATE || le(fmt + 14, 2) != 16) {
+        fprintf(stderr, "%s: need 16-bit mono PCM at %d Hz (ffmpeg -i IN -ac 1 -ar %d -c:a pcm_s16le OUT.wav)\n",
+                path, EW_FE_SAMPLE_RATE, EW_FE_SAMPLE_RATE);
+        fclose(f);
+        return 2;
+    }
+    ew_stream_reset();
+    while (left >= 2) {
+        size_t want = left / 2 < 512 ? left / 2 : 512, n = fread(chunk, sizeof(int16_t), want, f);
+        if (n == 0)
+            break;
+        ew_stream_push(chunk, (int)n, print_detection, NULL);
+        pushed += (uint32_t)n;
+        left -= (uint32_t)(2 * n);
+    }
+    memset(chunk, 0, sizeof chunk);
+    while (pushed < EW_FE_CLIP_SAMPLES) {  /* a recording shorter than a clip: padded with silence */
+        int n = EW_FE_CLIP_SAMPLES - pushed < 512 ? (int)(EW_FE_CLIP_SAMPLES - pushed) : 512;
+        ew_stream_push(chunk, n, print_detection, NULL);
+        pushed += (uint32_t)n;
+    }
+    fclose(f);
+    return 0;
+}
+#endif
+
+int main(int argc, char **argv)
 {
     static int8_t in[EW_INPUT_SIZE];
     static int8_t out[EW_OUTPUT_SIZE];
+#ifdef EW_AUDIO_FRONTEND
+    if (argc > 1)
+        return stream_wav(argv[1]);
+#endif
+    (void)argc;
+    (void)argv;
 #if defined(EW_EMBEDDED_INPUTS) && defined(EW_AUDIO_FRONTEND)
     int s;
     for (s = 0; s < EW_NUM_INPUTS; s++) {  /* PCM clips: the front end, then the model */
