@@ -172,6 +172,8 @@ def compile_cmd(
                                                    "'mps2-an386' (Cortex-M4, emulated by qemu-system-arm)")] = None,
     run: Annotated[Path | None, typer.Option(help="then run the firmware under qemu on this WAV file (audio "
                                                   "bundles): it prints each keyword it hears")] = None,
+    package: Annotated[list[str] | None, typer.Option(help="also export the sources as an 'arduino' library "
+                                                          "and/or a 'cmake' package (repeatable)")] = None,
 ) -> None:
     """Compile an int8 bundle to dependency-free C99 with a static memory plan (tier 1: microcontrollers).
 
@@ -189,7 +191,7 @@ def compile_cmd(
         raise EdgewiseError("--run needs --board (the firmware to run)")
     if run is not None and not run.is_file():
         raise EdgewiseError(f"{run} not found")
-    compiled = compile_bundle(bundle, out, profile, update_bundle=update_bundle)
+    compiled = compile_bundle(bundle, out, profile, update_bundle=update_bundle, packages=tuple(package or ()))
     f = compiled.figures()
     table = Table(title=f"{bundle} -> C99 for {profile.name}")
     for col in ("ops", "MACs", "arena (RAM)", "lower bound", "planner", "weights (flash)"):
@@ -198,6 +200,10 @@ def compile_cmd(
                   f["planner"], f"{f['constants_bytes']:,} B")
     out_console.print(table)
     out_console.print(f"wrote {out}/: " + ", ".join(sorted(compiled.sources)) + ", memory.json")
+    for kind in package or ():
+        out_console.print(f"{kind}: {out / kind}/ (" + ("library.properties, src/, examples/" if kind == "arduino"
+                                                       else "CMakeLists.txt, include/, src/; target edgewise::<name>")
+                          + ")")
     from edgewise.codegen.toolchain import host_command
 
     out_console.print("build: " + " ".join(host_command(out, Path("model"), ["-std=c99", "-O2"])))

@@ -81,8 +81,16 @@ def check_budget(c: Compiled, target: TargetProfile) -> None:
                            f"{target.flash_bytes / 1024:.0f} KB")
 
 
-def compile_bundle(bundle: Path, out: Path, target: TargetProfile, update_bundle: bool = True) -> Compiled:
-    """Write the C sources and memory.json to `out` (all or nothing) and record them in the bundle."""
+def compile_bundle(bundle: Path, out: Path, target: TargetProfile, update_bundle: bool = True,
+                   packages: tuple[str, ...] = ()) -> Compiled:
+    """Write the C sources and memory.json to `out` (all or nothing) and record them in the bundle; with
+    `packages` ("arduino", "cmake"), also the sources packaged as such under out/arduino/<library>/ and
+    out/cmake/ (see package.py)."""
+    from edgewise.codegen.package import PACKAGES, export, library_name
+
+    unknown = [p for p in packages if p not in PACKAGES]
+    if unknown:
+        raise CodegenError(f"unknown package kind {unknown[0]!r}; known: {', '.join(PACKAGES)}")
     check_out(out, CodegenError, inputs=(bundle,))
     manifest = verify_bundle(bundle)
     if update_bundle and (Path(bundle) / "signature").exists():
@@ -97,6 +105,11 @@ def compile_bundle(bundle: Path, out: Path, target: TargetProfile, update_bundle
         for fname, text in compiled.sources.items():
             (tmp / fname).write_text(text)
         (tmp / "memory.json").write_text(json.dumps(figures, indent=2))
+        for kind in packages:
+            root = tmp / kind / (library_name(manifest.name) if kind == "arduino" else "")
+            for rel, text in export(kind, compiled.sources, manifest.name, manifest.version).items():
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                (root / rel).write_text(text)
     if update_bundle:
         files: dict[str, bytes | Path] = {n: bundle / n for n in read_bundle(bundle).files if not n.startswith("c/")}
         files.update({f"c/{n}": t.encode() for n, t in compiled.sources.items()})

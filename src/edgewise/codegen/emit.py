@@ -70,6 +70,10 @@ def render(graph: IntGraph, plan: Plan, name: str, labels: list[str]) -> dict[st
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
 #define EW_INPUT_SIZE {t_in.size}
 #define EW_OUTPUT_SIZE {t_out.size}
 #define EW_ARENA_BYTES {plan.arena_bytes}
@@ -88,6 +92,10 @@ extern const char *const ew_labels[{max(1, len(labels))}];
 /* Runs one inference. `in` holds EW_INPUT_SIZE int8 values (shape {list(t_in.shape)}), `out` receives
  * EW_OUTPUT_SIZE int8 values. Uses only the static arena (EW_ARENA_BYTES); returns 0. Not reentrant. */
 int ew_model_invoke(const int8_t *in, int8_t *out);
+
+#ifdef __cplusplus
+}}
+#endif
 
 #endif
 """

@@ -59,6 +59,10 @@ def emit_audio_frontend(spec: AudioSpec, scale: float, zero_point: int) -> dict[
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
 #define EW_FE_SAMPLE_RATE {spec.sample_rate}
 #define EW_FE_CLIP_SAMPLES {spec.clip_samples}
 #define EW_FE_FRAMES {spec.frames}
@@ -74,6 +78,10 @@ void ew_frontend_features(const int16_t *pcm, int8_t *out);
 /* One frame: EW_FE_WINDOW_SAMPLES samples -> EW_FE_BINS int8 features (what ew_frontend_features does for
  * each of its frames, EW_FE_STRIDE_SAMPLES apart; the streaming API in ew_stream.h calls it). */
 void ew_frontend_frame(const int16_t *x, int8_t *out);
+
+#ifdef __cplusplus
+}}
+#endif
 
 #endif
 """

@@ -34,6 +34,10 @@ def emit_stream(spec: AudioSpec, labels: list[str], classes: int, cfg: Smoothing
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
 #define EW_ST_HOP_SAMPLES {hop}      /* the model runs every hop ({hop * 1000 / spec.sample_rate:g} ms) on the last clip */
 #define EW_ST_AVERAGE_HOPS {average}      /* scores averaged over this many hops ({cfg.average_ms:g} ms) */
 #define EW_ST_SUPPRESS_HOPS {suppress}    /* a word is not reported again within this many hops ({cfg.suppress_ms:g} ms) */
@@ -49,6 +53,10 @@ void ew_stream_reset(void);
 
 /* Feed `n` samples at EW_FE_SAMPLE_RATE Hz, in chunks of any size. Static state: not reentrant. */
 void ew_stream_push(const int16_t *pcm, int n, ew_detect_fn on_detect, void *user);
+
+#ifdef __cplusplus
+}}
+#endif
 
 #endif
 """

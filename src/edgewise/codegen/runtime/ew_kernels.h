@@ -15,6 +15,10 @@
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 void ew_conv(const int8_t *x, int cin, int h, int w, const int8_t *wt, const int32_t *bias, int cout,
              int kh, int kw, int sh, int sw, int pt, int pl, int ho, int wo, int depthwise, int kp,
              int32_t zin, int32_t zout, const int32_t *mult, const int32_t *shift, int8_t *col, int8_t *y);
@@ -37,5 +41,9 @@ void ew_clamp(const int8_t *x, int n, int32_t zin, int32_t zout, int32_t mult, i
 
 /* Index of the largest value: the predicted class of a classifier's int8 logits. */
 int ew_argmax(const int8_t *x, int n);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

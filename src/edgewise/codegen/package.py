@@ -1,0 +1,145 @@
+"""The generated C as packages firmware projects take in as they are: an Arduino library and a CMake package.
+
+Both hold the same sources `compile` writes (the model, the kernels and, for audio bundles, the front end
+and the keyword stream), without the demo `main.c`, plus one umbrella header named after the library that
+includes the rest. Every header is C with `extern "C"` guards, so an Arduino sketch (C++) or a C++
+firmware includes it directly.
+
+- Arduino (1.5 library format): `library.properties`, `src/`, and an example sketch that runs the model
+  on a zero input (or streams silence) and prints over Serial.
+- CMake: a static library target `edgewise::<name>` with its public include directory, usable through
+  `add_subdirectory` or, after `cmake --install`, `find_package(<name>)`.
+"""
+
+from __future__ import annotations
+
+import re
+
+PACKAGES = ("arduino", "cmake")
+
+
+def library_name(model_name: str) -> str:
+    """A C identifier, also a valid Arduino library and CMake target name: 'edgewise_' + the model's."""
+    return "edgewise_" + (re.sub(r"[^A-Za-z0-9_]", "_", model_name).strip("_") or "model")
+
+
+def _api(sources: dict[str, str]) -> tuple[list[str], list[str]]:
+    headers = sorted(n for n in sources if n.endswith(".h") and n != "inputs.h")
+    return headers, sorted(n for n in sources if n.endswith(".c") and n != "main.c")
+
+
+def _umbrella(lib: str, headers: list[str], audio: bool) -> str:
+    includes = "".join(f'#include "{h}"\n' for h in headers)
+    stream = ("\n * Audio: ew_stream_reset(); then ew_stream_push(pcm, n, on_detect, user) as PCM arrives (16-bit,"
+              "\n * EW_FE_SAMPLE_RATE Hz); on_detect(label, score, time_ms, user) is called for each keyword."
+              if audio else "")
+    return f"""/* {lib}: an edgewise model as C99. Generated: do not edit.
+ *
+ * int ew_model_invoke(const int8_t *in, int8_t *out): one inference on EW_INPUT_SIZE int8 values (quantize
+ * with EW_INPUT_SCALE / EW_INPUT_ZERO_POINT) into EW_OUTPUT_SIZE int8 values; ew_argmax(out, EW_OUTPUT_SIZE)
+ * is the class, ew_labels[class] its name. Static memory only (EW_ARENA_BYTES), not reentrant.{stream}
+ */
+#ifndef {lib.upper()}_H
+#define {lib.upper()}_H
+
+{includes}
+#endif
+"""
+
+
+def arduino(sources: dict[str, str], model_name: str, version: str) -> dict[str, str]:
+    """Files of the Arduino library, relative to its folder."""
+    lib = library_name(model_name)
+    headers, cfiles = _api(sources)
+    audio = "ew_stream.h" in sources
+    files = {f"src/{n}": sources[n] for n in headers + cfiles}
+    files[f"src/{lib}.h"] = _umbrella(lib, headers, audio)
+    files["library.properties"] = "\n".join([
+        f"name={lib}", f"version={version}", "author=edgewise", "maintainer=edgewise",
+        f"sentence=The {model_name} model, compiled to int8 C99 by edgewise.",
+        "paragraph=Static memory, no malloc, no dependencies beyond libc." + (
+            " Includes the audio front end and a streaming keyword spotter." if audio else ""),
+        "category=Data Processing", "url=https://github.com/edgewise", "architectures=*", f"includes={lib}.h", ""])
+    if audio:
+        body = """static void heard(int label, double score, uint32_t time_ms, void *user)
+{
+  (void)user;
+  Serial.print(ew_labels[label]);
+  Serial.print(' ');
+  Serial.print(score, 3);
+  Serial.print(" at ");
+  Serial.println(time_ms);
+}
+
+void setup()
+{
+  Serial.begin(115200);
+  ew_stream_reset();
+}
+
+void loop()
+{
+  static int16_t pcm[256] = {0};  /* replace with samples from your microphone (I2S/PDM) */
+  ew_stream_push(pcm, 256, heard, NULL);
+}
+"""
+    else:
+        body = """void setup()
+{
+  Serial.begin(115200);
+}
+
+void loop()
+{
+  static int8_t in[EW_INPUT_SIZE] = {0};  /* replace with your quantized sensor data */
+  static int8_t out[EW_OUTPUT_SIZE];
+  ew_model_invoke(in, out);
+  int k = ew_argmax(out, EW_OUTPUT_SIZE);
+  Serial.println(k < EW_NUM_LABELS ? ew_labels[k] : "?");
+  delay(1000);
+}
+"""
+    files[f"examples/{lib}_demo/{lib}_demo.ino"] = f"#include <{lib}.h>\n\n{body}"
+    return files
+
+
+def cmake(sources: dict[str, str], model_name: str, version: str) -> dict[str, str]:
+    """Files of the CMake package, relative to its folder."""
+    lib = library_name(model_name)
+    headers, cfiles = _api(sources)
+    audio = "ew_stream.h" in sources
+    files = {f"include/{n}": sources[n] for n in headers}
+    files.update({f"src/{n}": sources[n] for n in cfiles})
+    files[f"include/{lib}.h"] = _umbrella(lib, headers, audio)
+    files["examples/demo.c"] = sources["main.c"]
+    srcs = " ".join(f"src/{n}" for n in cfiles)
+    libm = f"\nif(NOT MSVC)\n  target_link_libraries({lib} PUBLIC m)\nendif()\n" if audio else ""
+    # a semver prerelease/build suffix is not a CMake version
+    cmake_version = re.match(r"\d+(\.\d+){0,3}", version)
+    files["CMakeLists.txt"] = f"""# {lib}: the {model_name} model as C99, generated by edgewise.
+#   add_subdirectory({lib})  or  find_package({lib})  then  target_link_libraries(app PRIVATE edgewise::{lib})
+cmake_minimum_required(VERSION 3.13)
+project({lib} VERSION {cmake_version.group(0) if cmake_version else "0.0.0"} LANGUAGES C)
+
+add_library({lib} STATIC {srcs})
+add_library(edgewise::{lib} ALIAS {lib})
+set_target_properties({lib} PROPERTIES C_STANDARD 99 C_STANDARD_REQUIRED ON)
+target_include_directories({lib} PUBLIC $<BUILD_INTERFACE:${{CMAKE_CURRENT_SOURCE_DIR}}/include>
+                                        $<INSTALL_INTERFACE:include/{lib}>){libm}
+option({lib.upper()}_DEMO "build the demo program (reads samples from stdin, or streams a WAV)" OFF)
+if({lib.upper()}_DEMO)
+  add_executable({lib}_demo examples/demo.c)
+  target_link_libraries({lib}_demo PRIVATE {lib}){f"{chr(10)}  target_compile_definitions({lib}_demo PRIVATE EW_AUDIO_FRONTEND)" if audio else ""}
+endif()
+
+include(GNUInstallDirs)
+install(TARGETS {lib} EXPORT {lib}Targets ARCHIVE DESTINATION ${{CMAKE_INSTALL_LIBDIR}})
+install(DIRECTORY include/ DESTINATION ${{CMAKE_INSTALL_INCLUDEDIR}}/{lib})
+install(EXPORT {lib}Targets NAMESPACE edgewise:: FILE {lib}Config.cmake
+        DESTINATION ${{CMAKE_INSTALL_LIBDIR}}/cmake/{lib})
+"""
+    return files
+
+
+def export(kind: str, sources: dict[str, str], model_name: str, version: str) -> dict[str, str]:
+    return {"arduino": arduino, "cmake": cmake}[kind](sources, model_name, version)
