@@ -27,7 +27,8 @@ from _common import WORK, cpu_flags, machine, table, trained, write_section  # n
 
 from edgewise.bundle import read_bundle  # noqa: E402
 from edgewise.codegen.compile import compile_bundle  # noqa: E402
-from edgewise.codegen.toolchain import arm_sizes, build_host  # noqa: E402
+from edgewise.codegen.emit import render_pcm_inputs  # noqa: E402
+from edgewise.codegen.toolchain import arm_sizes, build_host, count_instructions  # noqa: E402
 from edgewise.data.keywords import KEYWORDS, TEST_VOICES, cache_dir  # noqa: E402
 from edgewise.media.audio import AudioSpec, features, fit_clip, read_wav, resample, write_wav  # noqa: E402
 from edgewise.media.recognize import detect_keywords  # noqa: E402
@@ -116,8 +117,27 @@ def streaming(detect: Callable[[np.ndarray], list[str]], talks: list, noise: np.
     )
 
 
+def mcu_instructions(src: Path, pcm: np.ndarray, macs: int) -> list[str]:
+    """Instructions on the emulated Cortex-M4 (qemu -icount, see toolchain.count_instructions) for 3
+    held-out clips: per MAC of the model, and per second of streaming audio (50 frames of the front end
+    and 25 model runs: a 20 ms stride, a 40 ms hop) against an 80 MHz clock at one instruction a cycle."""
+    (src / "inputs.h").write_text(render_pcm_inputs(pcm))
+    counts = np.array(count_instructions(src, src), float)
+    spec = AudioSpec()
+    fe_frame, model = counts[:, 0].mean() / spec.frames, counts[:, 1].mean()
+    frames_s, hops_s = 1000 / spec.stride_ms, 1000 / (spec.stride_ms * 2)
+    per_s = frames_s * fe_frame + hops_s * model
+    return [
+        f"{model / macs:.2f}",
+        f"{model / 1e6:.2f} M",
+        f"{fe_frame / 1e3:.1f} k",
+        f"{per_s / 1e6:.1f} M ({frames_s * fe_frame / per_s * 100:.0f}% front end)",
+        f"{80e6 / per_s:.2f}x",
+    ]
+
+
 def main() -> None:
-    rows, stream = [], None
+    rows, stream, cycles = [], None, []
     for arch in ("cnn", "dscnn"):
         model_dir = trained(arch, "keywords", 30)
         meta = json.loads((model_dir / "train.json").read_text())
@@ -169,6 +189,8 @@ def main() -> None:
             ]
         )
         print(rows[-1], flush=True)
+        cycles.append([arch] + mcu_instructions(src, pcm[:3], f["macs"]))
+        print(cycles[-1], flush=True)
         if arch == "cnn":
             talks, noise = recordings()
             stream = [
@@ -186,6 +208,16 @@ def main() -> None:
             ["model", "fp32 held-out", "int8 held-out (chosen)", "C from PCM", "flash", "RAM", "params"], rows
         )
     )
+    if cycles:
+        md += (
+            "\n\nCortex-M4 instructions, counted by qemu (`-icount shift=0`, the mps2 board's 25 MHz counter read "
+            "around each call; exact to 40 instructions), `-O2`, hard float, int8 kernels on SMLAD. Streaming "
+            "costs 50 front-end frames and 25 model runs per second of audio; headroom is 80 MHz over that, at "
+            "one instruction per cycle:\n\n"
+            + table(["model", "instructions / MAC", "per model run", "front end / frame", "per second of audio",
+                     "80 MHz headroom"], cycles)
+            + "\n\nGoals: <= 3 instructions per MAC; real time at 80 MHz with >= 4x headroom."
+        )
     if stream:
         md += (
             "\n\nStreaming, cnn (40 ms hops, 200 ms smoothing): 5 recordings of the 10 keywords by held-out "

@@ -15,7 +15,7 @@ import pytest
 from edgewise.codegen.compile import compile_model
 from edgewise.codegen.emit import render_inputs, render_pcm_inputs
 from edgewise.codegen.reference import quantize_input, run_reference
-from edgewise.codegen.toolchain import arm_sizes, build_arm, run_qemu
+from edgewise.codegen.toolchain import arm_sizes, build_arm, count_instructions, run_qemu
 from edgewise.data import load_splits
 
 from ..harness import assert_clean_failure, build_host, ew, have, run_program, tone_clips, tone_keyword_bundle, tone_recording, wav_bytes
@@ -47,6 +47,16 @@ def test_cortex_m4_build_runs_under_qemu_and_matches_the_host(request, tmp_path,
     assert sizes["bss"] >= compiled.plan.arena_bytes, "the arena is static RAM"
     assert sizes["text"] + sizes["data"] >= compiled.graph.flash_bytes(), "weights live in flash"
     assert sizes["bss"] <= 64 * 1024 and sizes["text"] + sizes["data"] <= 1024 * 1024
+    # the DSP extension's dual multiply-accumulate is what the kernels run on (and stayed bit-exact above)
+    import subprocess
+
+    dis = subprocess.run(["arm-none-eabi-objdump", "-d", str(tmp_path / "model.elf")], capture_output=True,
+                         text=True).stdout
+    assert "smlad" in dis
+    # instructions counted by the emulator: every sample costs the same, a few per MAC
+    counts = count_instructions(tmp_path, tmp_path)
+    per_mac = [m / compiled.graph.macs for _, m in counts]
+    assert len(counts) == len(q) and max(per_mac) - min(per_mac) < 0.05 and 1.0 < per_mac[0] < 12, per_mac
 
 
 def test_a_keyword_model_with_its_front_end_runs_pcm_under_qemu_like_the_host(tmp_path):

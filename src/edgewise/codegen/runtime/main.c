@@ -9,6 +9,9 @@
  *   padded with silence) (embedded: ew_pcm from inputs.h), runs the front end, then the model, per clip.
  * -DEW_EMBEDDED_INPUTS: runs the samples compiled in from inputs.h (for boards without stdin; output
  * goes through semihosting's printf).
+ * -DEW_COUNT_INSTRUCTIONS (with EW_EMBEDDED_INPUTS, on qemu's mps2 boards run with -icount shift=0): prints
+ * "ticks FRONTEND MODEL" per sample instead, read from the board's 25 MHz FPGAIO counter; under
+ * -icount shift=0 one instruction is one ns of virtual time, so a tick is 40 instructions.
  */
 #include <stdio.h>
 #include <string.h>
@@ -23,6 +26,14 @@
 #include "inputs.h"
 #endif
 
+#ifdef EW_COUNT_INSTRUCTIONS
+#define EW_TICKS() (*(volatile uint32_t *)0x40028018u)  /* mps2 FPGAIO COUNTER */
+#define EW_COUNTED(call, ticks) do { uint32_t t0_ = EW_TICKS(); call; ticks = EW_TICKS() - t0_; } while (0)
+#else
+#define EW_COUNTED(call, ticks) do { call; (void)(ticks); } while (0)
+#endif
+
+#ifndef EW_COUNT_INSTRUCTIONS
 static void print_output(const int8_t *out)
 {
     int i;
@@ -30,6 +41,21 @@ static void print_output(const int8_t *out)
         printf(i ? " %d" : "%d", (int)out[i]);
     printf(" | %d\n", ew_argmax(out, EW_OUTPUT_SIZE));
 }
+#endif
+
+#ifdef EW_EMBEDDED_INPUTS
+static void print_output_or_ticks(const int8_t *out, uint32_t fe, uint32_t model)
+{
+#ifdef EW_COUNT_INSTRUCTIONS
+    (void)out;
+    printf("ticks %lu %lu\n", (unsigned long)fe, (unsigned long)model);
+#else
+    (void)fe;
+    (void)model;
+    print_output(out);
+#endif
+}
+#endif
 
 #ifdef EW_AUDIO_FRONTEND
 static uint32_t le(const unsigned char *b, int n)
@@ -114,16 +140,18 @@ int main(int argc, char **argv)
     (void)argv;
 #if defined(EW_EMBEDDED_INPUTS) && defined(EW_AUDIO_FRONTEND)
     int s;
+    uint32_t fe = 0, model = 0;
     for (s = 0; s < EW_NUM_INPUTS; s++) {  /* PCM clips: the front end, then the model */
-        ew_frontend_features(ew_pcm[s], in);
-        ew_model_invoke(in, out);
-        print_output(out);
+        EW_COUNTED(ew_frontend_features(ew_pcm[s], in), fe);
+        EW_COUNTED(ew_model_invoke(in, out), model);
+        print_output_or_ticks(out, fe, model);
     }
 #elif defined(EW_EMBEDDED_INPUTS)
     int s;
+    uint32_t model = 0;
     for (s = 0; s < EW_NUM_INPUTS; s++) {
-        ew_model_invoke(ew_inputs[s], out);
-        print_output(out);
+        EW_COUNTED(ew_model_invoke(ew_inputs[s], out), model);
+        print_output_or_ticks(out, 0, model);
     }
     (void)in;
 #elif defined(EW_AUDIO_FRONTEND)

@@ -11,6 +11,11 @@ void ew_fault_handler(void);
 
 void ew_reset_handler(void)
 {
+#if defined(__ARM_FP)
+    /* a hard-float build: grant full access to the FPU (CP10, CP11) before any floating-point instruction */
+    *(volatile uint32_t *)0xE000ED88u |= 0xFu << 20;
+    __asm__ volatile("dsb\n\tisb");
+#endif
     _start();
     for (;;) {
     }
