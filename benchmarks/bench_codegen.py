@@ -18,7 +18,8 @@ from _common import WORK, machine, table, trained, write_section  # noqa: E402
 
 from edgewise.codegen.compile import compile_model  # noqa: E402
 from edgewise.codegen.reference import quantize_input  # noqa: E402
-from edgewise.codegen.toolchain import arm_sizes, build_host, callgrind_instructions  # noqa: E402
+from edgewise.codegen.emit import render_inputs  # noqa: E402
+from edgewise.codegen.toolchain import arm_sizes, build_host, callgrind_instructions, count_instructions  # noqa: E402
 from edgewise.data import load_splits  # noqa: E402
 from edgewise.optimize.pipeline import optimize  # noqa: E402
 from edgewise.optimize.search import SearchOptions  # noqa: E402
@@ -66,9 +67,12 @@ def main() -> None:
                 (d / name).write_text(text)
             instr = callgrind_instructions(build_host(d, d / "model"), q.tobytes(), d) / len(q)
             arm = arm_sizes(d, d)
+            (d / "inputs.h").write_text(render_inputs(q[:3]))
+            m4 = float(np.mean([m for _, m in count_instructions(d, d)]))
         ort = measure_memory(model_path)["rss_delta_bytes"]
         p = c.plan
         rows.append([label, f"{c.graph.macs:,}", f"{instr:,.0f}", f"{instr / c.graph.macs:.2f}",
+                     f"{m4:,.0f}", f"{m4 / c.graph.macs:.2f}",
                      f"{p.arena_bytes:,}", f"{p.lower_bound_bytes:,}", f"{p.arena_bytes / p.lower_bound_bytes:.2f}x",
                      f"{p.tried['largest-first']:,}", p.strategy])
         mem_rows.append([label, f"{arm['text']:,}", f"{arm['data']:,}", f"{arm['bss']:,}",
@@ -76,11 +80,14 @@ def main() -> None:
                          f"{ort / 1024:,.0f} KB"])
     md = (f"## Tier 1: generated C\n\nMachine: {machine()}. Instructions from `valgrind --tool=callgrind` inside "
           "`ew_model_invoke` only (host gcc -O2, x86-64), averaged over 10 test inputs: a count, not a time. "
+          "Cortex-M4: the same call on qemu's mps2-an386 (`-icount shift=0`, the board's 25 MHz counter read "
+          "around it, exact to 40 instructions; arm-none-eabi-gcc -O2, hard float, the SMLAD kernels), 3 inputs. "
           "Arena: the planner's best of 5 placement orders; lower bound: the largest set of simultaneously live "
           "tensors (plus the running conv's scratch column); TFLM order: greedy largest-first, as TFLite Micro plans.\n\n"
-          + table(["model", "MACs", "instructions / inference", "instructions / MAC", "arena B", "lower bound B",
+          + table(["model", "MACs", "x86 instructions / inference", "x86 / MAC", "Cortex-M4 instructions",
+                   "M4 / MAC", "arena B", "lower bound B",
                    "arena / bound", "TFLM-order arena B", "chosen order"], rows)
-          + "\n\nFlash and RAM on Cortex-M4 (arm-none-eabi-gcc -Os, model.c + ew_kernels.c only, no libc), beside "
+          + "\n\nFlash and RAM on Cortex-M4 (arm-none-eabi-gcc -O2, hard float, model.c + ew_kernels.c only, no libc), beside "
           "the int8 ONNX file and ONNX Runtime's peak RSS growth for the same model on this machine:\n\n"
           + table(["model", ".text B", ".data B", ".bss B (arena)", "weights+params B", "ONNX file B",
                    "ONNX Runtime RSS"], mem_rows) + "\n")

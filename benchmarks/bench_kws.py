@@ -203,7 +203,7 @@ def main() -> None:
         f"Machine: {machine()}; CPU flags: {cpu_flags()}. `keywords` (12 classes; test split = 4 espeak-ng "
         "voices never trained on, 196 clips), `train --epochs 30`, `optimize --target mcu-256k`, `compile`; "
         "C classes from the host build of the generated C fed the held-out voices' PCM. Sizes from "
-        "`arm-none-eabi-size` of model.c + ew_kernels.c + ew_frontend.c at -Os for Cortex-M4 (soft float):\n\n"
+        "`arm-none-eabi-size` of model.c + ew_kernels.c + ew_frontend.c + ew_stream.c at -O2 for Cortex-M4 (hard float):\n\n"
         + table(
             ["model", "fp32 held-out", "int8 held-out (chosen)", "C from PCM", "flash", "RAM", "params"], rows
         )
