@@ -139,7 +139,7 @@ def mcu_instructions(src: Path, pcm: np.ndarray, macs: int) -> list[str]:
 def main() -> None:
     rows, stream, cycles = [], None, []
     for arch in ("cnn", "dscnn"):
-        model_dir = trained(arch, "keywords", 30)
+        model_dir = trained(arch, "keywords", 60)
         meta = json.loads((model_dir / "train.json").read_text())
         out = optimize(
             model_dir,
@@ -201,7 +201,7 @@ def main() -> None:
             print(stream, flush=True)
     md = (
         f"Machine: {machine()}; CPU flags: {cpu_flags()}. `keywords` (12 classes; test split = 4 espeak-ng "
-        "voices never trained on, 196 clips), `train --epochs 30`, `optimize --target mcu-256k`, `compile`; "
+        "voices never trained on, 196 clips), `train --epochs 60`, `optimize --target mcu-256k`, `compile`; "
         "C classes from the host build of the generated C fed the held-out voices' PCM. Sizes from "
         "`arm-none-eabi-size` of model.c + ew_kernels.c + ew_frontend.c + ew_stream.c at -O2 for Cortex-M4 (hard float):\n\n"
         + table(
