@@ -44,6 +44,21 @@ def _call(op: IntOp, i: int, plan: Plan) -> str:
     if op.kind == "add":
         xb = f"ew_arena.bytes + {plan.offset(op.inputs[1])}"
         return f"ew_add({x}, {xb}, {a['n']}, {a['za']}, {a['zb']}, {a['zout']}, m{i}, s{i}, {y});"
+    if op.kind == "mul":
+        xb = f"ew_arena.bytes + {plan.offset(op.inputs[1])}"
+        return (f"ew_mul({x}, {xb}, {a['c']}, {a['inner']}, {a['b_inner']}, {a['za']}, {a['zb']}, {a['zout']}, "
+                f"{int(op.consts['mult'][0])}, {int(op.consts['shift'][0])}, {y});")
+    if op.kind == "lut":
+        return f"ew_lut({x}, {a['n']}, t{i}, {y});"
+    if op.kind == "softmax":
+        return f"ew_softmax({x}, {a['rows']}, {a['k']}, t{i}, {a['r']}, {a['zout']}, {y});"
+    if op.kind == "concat":  # each input requantized to the output's scale, at its offset
+        calls, at = [], 0
+        for j, (name, n, z) in enumerate(zip(op.inputs, a["sizes"], a["zins"])):
+            calls.append(f"ew_clamp(ew_arena.bytes + {plan.offset(name)}, {n}, {z}, {a['zout']}, "
+                         f"{int(op.consts['mult'][j])}, {int(op.consts['shift'][j])}, -128, 127, {y} + {at});")
+            at += n
+        return "\n    ".join(calls)
     if op.kind == "clamp":
         return (f"ew_clamp({x}, {a['n']}, {a['zin']}, {a['zout']}, {int(op.consts['mult'][0])}, "
                 f"{int(op.consts['shift'][0])}, {a['lo']}, {a['hi']}, {y});")
@@ -61,6 +76,10 @@ def render(graph: IntGraph, plan: Plan, name: str, labels: list[str]) -> dict[st
                           + _array("int32_t", f"b{i}", k["bias"]))
         if op.kind in ("conv", "fc", "add"):
             consts.append(_array("int32_t", f"m{i}", k["mult"]) + _array("int32_t", f"s{i}", k["shift"]))
+        if op.kind == "lut":
+            consts.append(f"/* {op.node}: activation table */\n" + _array("int8_t", f"t{i}", k["table"]))
+        if op.kind == "softmax":
+            consts.append(f"/* {op.node}: exp table */\n" + _array("int32_t", f"t{i}", k["table"]))
         calls.append(f"    {_call(op, i, plan)}")
     label_list = ", ".join('"' + lab.replace("\\", "\\\\").replace('"', '\\"') + '"' for lab in labels)
     guard = "EW_MODEL_H"

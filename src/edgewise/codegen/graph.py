@@ -4,6 +4,7 @@ constants (weights, biases, multipliers) are already in the form the C kernels t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -22,11 +23,11 @@ class QTensor:
 
 @dataclass
 class IntOp:
-    kind: str  # conv | fc | maxpool | avgpool | add | clamp | reshape
+    kind: str  # conv | fc | maxpool | avgpool | add | mul | concat | clamp | lut | softmax | reshape
     node: str  # the ONNX node it came from, for error messages
     inputs: list[str]
     output: str
-    attrs: dict[str, int] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)  # ints (lists of ints for concat)
     consts: dict[str, np.ndarray] = field(default_factory=dict)
     macs: int = 0
 

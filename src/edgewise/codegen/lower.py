@@ -6,6 +6,8 @@ Quantize to int8: that is a fully int8 model. Anything else is refused with the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
@@ -15,7 +17,25 @@ from edgewise.codegen.quant import quantize_multiplier
 from edgewise.errors import CodegenError
 
 SUPPORTED = ("Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape",
-             "Squeeze", "Relu", "Clip", "Add")
+             "Squeeze", "Relu", "Clip", "Add", "Mul", "Concat", "Softmax", "Sigmoid", "HardSigmoid", "HardSwish",
+             "Tanh", "LeakyRelu")
+
+
+def _unary(node: onnx.NodeProto) -> Callable[[np.ndarray], np.ndarray]:
+    """The float32 function of an elementwise activation, as ONNX defines it."""
+    a = _attrs(node)
+    one, zero = np.float32(1), np.float32(0)
+    if node.op_type == "Sigmoid":
+        return lambda x: one / (one + np.exp(-x))
+    if node.op_type == "Tanh":
+        return np.tanh
+    if node.op_type == "HardSigmoid":
+        alpha, beta = np.float32(a.get("alpha", 0.2)), np.float32(a.get("beta", 0.5))
+        return lambda x: np.clip(alpha * x + beta, zero, one)
+    if node.op_type == "HardSwish":
+        return lambda x: x * np.clip(x * np.float32(1 / 6) + np.float32(0.5), zero, one)
+    alpha = np.float32(a.get("alpha", 0.01))  # LeakyRelu
+    return lambda x: np.where(x >= 0, x, alpha * x)
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
@@ -261,6 +281,68 @@ class _Lowering:
                               {"n": a_t.size, "za": a_t.zero_point, "zb": b_t.zero_point, "zout": y.zero_point},
                               {"mult": np.concatenate([ma, mb, mo]), "shift": np.concatenate([sa, sb, so])}))
 
+    def lut(self, node: onnx.NodeProto) -> None:
+        """An elementwise activation on int8 has 256 possible inputs: it becomes a table, computed here as
+        ONNX Runtime computes the QDQ graph (dequantize, the function in float32, quantize)."""
+        x = self._activation(node.input[0], node)
+        y = self._output(node)
+        q = np.arange(-128, 128, dtype=np.int32)
+        xf = (q - x.zero_point).astype(np.float32) * np.float32(x.scale)
+        with np.errstate(over="ignore"):
+            yf = _unary(node)(xf).astype(np.float32)
+        table = np.clip(np.rint(yf / np.float32(y.scale)) + y.zero_point, -128, 127).astype(np.int8)
+        self.ops.append(IntOp("lut", node.name, [x.name], y.name, {"n": x.size}, {"table": table}))
+
+    def mul(self, node: onnx.NodeProto) -> None:
+        a_t = self._activation(node.input[0], node)
+        b_t = self._activation(node.input[1], node)
+        y = self._output(node)
+        if b_t.size > a_t.size:
+            a_t, b_t = b_t, a_t
+        if b_t.size == a_t.size and b_t.shape == a_t.shape:
+            c, inner, b_inner = 1, a_t.size, a_t.size
+        elif b_t.size == 1:
+            c, inner, b_inner = 1, a_t.size, 1
+        elif b_t.size == a_t.shape[0] and all(d == 1 for d in b_t.shape[1:]) and len(b_t.shape) == len(a_t.shape):
+            c, inner, b_inner = a_t.shape[0], a_t.size // a_t.shape[0], 1  # per channel (squeeze-excite)
+        else:
+            raise CodegenError(f"node {node.name}: Mul broadcasting {b_t.shape} onto {a_t.shape} is not supported "
+                               "(same shape, one value, or one per channel)")
+        m, s = self._multipliers(np.array([a_t.scale * b_t.scale / y.scale]))
+        self.ops.append(IntOp("mul", node.name, [a_t.name, b_t.name], y.name,
+                              {"c": c, "inner": inner, "b_inner": b_inner, "za": a_t.zero_point,
+                               "zb": b_t.zero_point, "zout": y.zero_point}, {"mult": m, "shift": s}))
+
+    def concat(self, node: onnx.NodeProto) -> None:
+        ins = [self._activation(name, node) for name in node.input]
+        y = self._output(node)
+        axis = int(_attrs(node).get("axis", 1))
+        rank = len(y.shape) + 1  # with the batch dimension
+        if axis < 0:
+            axis += rank
+        if axis != 1:
+            raise CodegenError(f"node {node.name}: Concat on axis {axis} is not supported (channels only)")
+        m, s = self._multipliers(np.array([t.scale / y.scale for t in ins]))
+        self.ops.append(IntOp("concat", node.name, [t.name for t in ins], y.name,
+                              {"zout": y.zero_point, "sizes": [t.size for t in ins], "zins": [t.zero_point for t in ins]},
+                              {"mult": m, "shift": s}))
+
+    def softmax(self, node: onnx.NodeProto) -> None:
+        """exp(x - max) from a table of 2^20 exp(-d * scale) for the 256 possible differences d; each
+        output round(t / (sum * y.scale)) + zero point in 64-bit integers."""
+        x = self._activation(node.input[0], node)
+        y = self._output(node)
+        axis = int(_attrs(node).get("axis", -1))
+        if axis not in (-1, len(x.shape)):
+            raise CodegenError(f"node {node.name}: Softmax over axis {axis} is not supported (the last only)")
+        k = x.shape[-1]
+        table = np.round(np.exp(-np.arange(256) * x.scale) * (1 << 20)).astype(np.int32)
+        r = round((1 << 16) / y.scale)
+        if r >= 2**31 or k > 2048:
+            raise CodegenError(f"node {node.name}: Softmax output scale {y.scale} or width {k} is out of range")
+        self.ops.append(IntOp("softmax", node.name, [x.name], y.name,
+                              {"rows": x.size // k, "k": k, "r": int(r), "zout": y.zero_point}, {"table": table}))
+
     def run(self) -> IntGraph:
         g = self.model.graph
         inits = set(self.inits)
@@ -276,7 +358,8 @@ class _Lowering:
         handlers = {"Conv": self.conv, "Gemm": self.fc, "MatMul": self.fc, "MaxPool": self.pool,
                     "AveragePool": self.pool, "GlobalAveragePool": self.pool, "Flatten": self.reshape,
                     "Reshape": self.reshape, "Squeeze": self.reshape, "Relu": self.clamp, "Clip": self.clamp,
-                    "Add": self.add}
+                    "Add": self.add, "Mul": self.mul, "Concat": self.concat, "Softmax": self.softmax,
+                    **{op: self.lut for op in ("Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu")}}
         for node in g.node:
             if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Constant"):
                 continue

@@ -71,6 +71,28 @@ def _add(op: IntOp, xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
     return saturate_int8(requantize(ta + tb, m[2], s[2]) + a["zout"])
 
 
+def _mul(op: IntOp, xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
+    a, k = op.attrs, op.consts
+    va = xa.reshape(a["c"], a["inner"]).astype(np.int64) - a["za"]
+    vb = xb.reshape(a["c"], a["b_inner"]).astype(np.int64) - a["zb"]
+    return saturate_int8(requantize(va * vb, k["mult"][0], k["shift"][0]) + a["zout"])
+
+
+def _concat(op: IntOp, *xs: np.ndarray) -> np.ndarray:
+    a, k = op.attrs, op.consts
+    parts = [requantize(x.reshape(-1).astype(np.int64) - z, m, s) + a["zout"]
+             for x, z, m, s in zip(xs, a["zins"], k["mult"], k["shift"])]
+    return saturate_int8(np.concatenate(parts))
+
+
+def _softmax(op: IntOp, x: np.ndarray) -> np.ndarray:
+    a, t = op.attrs, op.consts["table"].astype(np.int64)
+    v = x.reshape(a["rows"], a["k"]).astype(np.int64)
+    e = t[v.max(axis=1, keepdims=True) - v]
+    den = e.sum(axis=1, keepdims=True) << 16
+    return saturate_int8((e * a["r"] + den // 2) // den + a["zout"])
+
+
 def run_reference(graph: IntGraph, x: np.ndarray) -> np.ndarray:
     """int8 input (one sample, the input tensor's shape) -> int8 output, as the C code computes it."""
     values = {graph.input: np.asarray(x, dtype=np.int8)}
@@ -88,6 +110,14 @@ def run_reference(graph: IntGraph, x: np.ndarray) -> np.ndarray:
             y = _clamp(op, ins[0])
         elif op.kind == "add":
             y = _add(op, ins[0], ins[1])
+        elif op.kind == "mul":
+            y = _mul(op, ins[0], ins[1])
+        elif op.kind == "concat":
+            y = _concat(op, *ins)
+        elif op.kind == "lut":
+            y = op.consts["table"][ins[0].astype(np.int64) + 128]
+        elif op.kind == "softmax":
+            y = _softmax(op, ins[0])
         else:  # reshape
             y = ins[0]
         values[op.output] = np.asarray(y, dtype=np.int8).reshape(graph.tensors[op.output].shape)

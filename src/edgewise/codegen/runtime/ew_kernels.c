@@ -283,3 +283,43 @@ int ew_argmax(const int8_t *x, int n)
         if (x[i] > x[best]) best = i;
     return best;
 }
+
+void ew_mul(const int8_t *a, const int8_t *b, int c, int inner, int b_inner, int32_t za, int32_t zb, int32_t zout,
+            int32_t mult, int32_t shift, int8_t *y)
+{
+    int ch, i;
+    for (ch = 0; ch < c; ch++) {
+        const int8_t *pa = a + ch * inner, *pb = b + ch * b_inner;
+        int8_t *py = y + ch * inner;
+        for (i = 0; i < inner; i++) {
+            const int32_t vb = (int32_t)pb[b_inner == 1 ? 0 : i] - zb;
+            py[i] = ew_sat(zout + ew_requant(((int32_t)pa[i] - za) * vb, mult, shift), -128, 127);
+        }
+    }
+}
+
+void ew_lut(const int8_t *x, int n, const int8_t *table, int8_t *y)
+{
+    int i;
+    for (i = 0; i < n; i++)
+        y[i] = table[(int)x[i] + 128];
+}
+
+void ew_softmax(const int8_t *x, int rows, int k, const int32_t *table, int32_t r, int32_t zout, int8_t *y)
+{
+    int row, i;
+    for (row = 0; row < rows; row++, x += k, y += k) {
+        int32_t mx = x[0];
+        int64_t den;
+        int32_t sum = 0;
+        for (i = 1; i < k; i++)
+            mx = x[i] > mx ? x[i] : mx;
+        for (i = 0; i < k; i++)
+            sum += table[mx - x[i]];
+        den = (int64_t)sum << 16;
+        for (i = 0; i < k; i++) {
+            const int64_t q = ((int64_t)table[mx - x[i]] * r + den / 2) / den;
+            y[i] = ew_sat((int32_t)q + zout, -128, 127);
+        }
+    }
+}

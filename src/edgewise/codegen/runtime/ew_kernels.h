@@ -39,6 +39,19 @@ void ew_add(const int8_t *a, const int8_t *b, int n, int32_t za, int32_t zb, int
 void ew_clamp(const int8_t *x, int n, int32_t zin, int32_t zout, int32_t mult, int32_t shift,
               int32_t lo, int32_t hi, int8_t *y);
 
+/* y = zout + requant((a - za) * (b - zb)) over c channels of `inner` values; b holds b_inner values per
+ * channel: 1 (one per channel, or one for all when c == 1) or inner (the same shape as a). */
+void ew_mul(const int8_t *a, const int8_t *b, int c, int inner, int b_inner, int32_t za, int32_t zb, int32_t zout,
+            int32_t mult, int32_t shift, int8_t *y);
+
+/* Any elementwise activation of an int8 tensor (Sigmoid, Tanh, HardSwish, ...): a 256-entry table indexed
+ * by x + 128, computed by the compiler from the op's float definition and the in/out quantization. */
+void ew_lut(const int8_t *x, int n, const int8_t *table, int8_t *y);
+
+/* Softmax over the last axis (rows of k): table[d] = 2^20 exp(-d * scale_in) for d = max - x;
+ * y = round(table[d] * r / (sum << 16)) + zout with r = round(2^16 / scale_out). */
+void ew_softmax(const int8_t *x, int rows, int k, const int32_t *table, int32_t r, int32_t zout, int8_t *y);
+
 /* Index of the largest value: the predicted class of a classifier's int8 logits. */
 int ew_argmax(const int8_t *x, int n);
 
