@@ -1,5 +1,6 @@
 """The MobileNet-class ops in the C backend: HardSwish, Sigmoid, Tanh, LeakyRelu and HardSigmoid (as 256-entry
-tables), Mul (elementwise and per channel, as in squeeze-excite), Concat on channels, and Softmax. A small network
+tables), Mul (elementwise and per channel, as in squeeze-excite), Concat on channels, Softmax, and grouped,
+dilated and channel-multiplier convolutions. A small network
 using all of them, quantized to int8 QDQ as `optimize` does for an MCU, compiled to C: bit-exact with the integer
 reference on the host and on the emulated Cortex-M4, and within one step of ONNX Runtime's execution."""
 
@@ -27,13 +28,16 @@ class MobileBits(nn.Module):
         self.c1 = nn.Conv2d(1, 8, 3, padding=1)
         self.c2 = nn.Conv2d(8, 8, 3, padding=1)
         self.se = nn.Conv2d(8, 8, 1)
-        self.fc = nn.Linear(16, 10)
+        self.grouped = nn.Conv2d(16, 16, 3, padding=2, dilation=2, groups=4)  # grouped and dilated
+        self.mult = nn.Conv2d(8, 16, 3, padding=1, groups=8)  # depthwise with a channel multiplier of 2
+        self.fc = nn.Linear(32, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = nn.functional.hardswish(self.c1(x))
         b = torch.sigmoid(self.c2(a))
         b = b * nn.functional.hardsigmoid(self.se(nn.functional.adaptive_avg_pool2d(b, 1)))  # squeeze-excite
-        c = nn.functional.leaky_relu(torch.cat([a, b], 1), 0.1)
+        c = nn.functional.leaky_relu(self.grouped(torch.cat([a, b], 1)), 0.1)
+        c = torch.cat([c, self.mult(a)], 1)
         g = nn.functional.adaptive_avg_pool2d(c, 1).flatten(1)
         return torch.softmax(self.fc(torch.tanh(g)), -1)
 
@@ -55,6 +59,8 @@ def test_every_op_lowers_and_the_c_is_bit_exact_and_one_step_from_onnxruntime(qu
     model, x = quantized
     c = compile_model(model)
     assert {"lut", "mul", "concat", "softmax"} <= {op.kind for op in c.graph.ops}
+    convs = [op.attrs for op in c.graph.ops if op.kind == "conv"]
+    assert {(a["groups"], a["dh"], a["depthwise"]) for a in convs} >= {(4, 2, 0), (8, 1, 0), (1, 1, 0)}
     assert {op.attrs["b_inner"] for op in c.graph.ops if op.kind == "mul"} == {1, 8 * 8 * 8}  # per channel; same shape
     q = np.stack([quantize_input(c.graph, s) for s in x])
     ref = np.stack([run_reference(c.graph, s).reshape(-1) for s in q]).astype(int)

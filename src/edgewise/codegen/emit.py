@@ -30,7 +30,8 @@ def _call(op: IntOp, i: int, plan: Plan) -> str:
     y = f"ew_arena.bytes + {plan.offset(op.output)}"
     if op.kind == "conv":
         return (f"ew_conv({x}, {a['cin']}, {a['h']}, {a['w']}, w{i}, b{i}, {a['cout']}, {a['kh']}, {a['kw']}, "
-                f"{a['sh']}, {a['sw']}, {a['pt']}, {a['pl']}, {a['ho']}, {a['wo']}, {a['depthwise']}, {a['col']}, {a['zin']}, "
+                f"{a['sh']}, {a['sw']}, {a['dh']}, {a['dw']}, {a['pt']}, {a['pl']}, {a['ho']}, {a['wo']}, {a['groups']}, "
+                f"{a['col']}, {a['zin']}, "
                 f"{a['zout']}, m{i}, s{i}, ew_arena.bytes + {plan.offset(f'scratch{i}')}, {y});")
     if op.kind == "fc":
         return f"ew_fc({x}, {a['k']}, w{i}, b{i}, {a['n']}, {a['zout']}, m{i}, s{i}, {y});"

@@ -148,24 +148,21 @@ class _Lowering:
         dims = len(w.shape) - 2
         if dims not in (1, 2):
             raise CodegenError(f"node {node.name}: {dims}-D convolution is not supported")
-        if any(d != 1 for d in a.get("dilations", [1] * dims)):
-            raise CodegenError(f"node {node.name}: dilated convolution is not supported")
         if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             raise CodegenError(f"node {node.name}: auto_pad is not supported; export with explicit pads")
         group = int(a.get("group", 1))
         cout = w.shape[0]
         cin = x.shape[0]
-        depthwise = group > 1 and group == cin
-        if group != 1 and not depthwise:
-            raise CodegenError(f"node {node.name}: grouped convolution with {group} groups is not supported "
-                               "(only standard and depthwise)")
-        if depthwise and cout != cin:
-            raise CodegenError(f"node {node.name}: depthwise convolution with a channel multiplier is not supported")
+        if cin % group or cout % group:
+            raise CodegenError(f"node {node.name}: {group} groups do not divide {cin} inputs and {cout} outputs")
+        depthwise = group > 1 and group == cin and cout == cin
         kernel = list(w.shape[2:])
         strides = list(a.get("strides", [1] * dims))
+        dilations = list(a.get("dilations", [1] * dims))
         pads = list(a.get("pads", [0] * 2 * dims))
         if dims == 1:  # run 1-D as 2-D with height 1
-            kernel, strides, pads = [1] + kernel, [1] + strides, [0, pads[0], 0, pads[1]]
+            kernel, strides, dilations = [1] + kernel, [1] + strides, [1] + dilations
+            pads = [0, pads[0], 0, pads[1]]
         in_hw = (1, x.shape[1]) if dims == 1 else x.shape[1:]
         out_hw = (1, y.shape[1]) if dims == 1 else y.shape[1:]
         bias = self._bias(node, 2, x, sw, cout)
@@ -174,8 +171,9 @@ class _Lowering:
         bias = _fold_zero_point(bias, w2, x.zero_point, node)
         op = IntOp("conv", node.name, [x.name], y.name,
                    {"cin": cin, "h": in_hw[0], "w": in_hw[1], "cout": cout, "kh": kernel[0], "kw": kernel[1],
-                    "sh": strides[0], "sw": strides[1], "pt": pads[0], "pl": pads[1], "ho": out_hw[0],
-                    "wo": out_hw[1], "depthwise": int(depthwise), "zin": x.zero_point,
+                    "sh": strides[0], "sw": strides[1], "dh": dilations[0], "dw": dilations[1], "pt": pads[0],
+                    "pl": pads[1], "ho": out_hw[0], "wo": out_hw[1], "groups": group, "depthwise": int(depthwise),
+                    "zin": x.zero_point,
                     "zout": y.zero_point, "col": _pad16(int(np.prod(w2.shape[1:])))},
                    {"weights": _pad_rows(w2), "bias": bias, "mult": m, "shift": s})
         op.macs = int(np.prod(out_hw)) * cout * int(np.prod(w2.shape[1:]))

@@ -13,25 +13,29 @@ from edgewise.codegen.quant import requantize, saturate_int8
 
 
 def _windows(x: np.ndarray, a: dict[str, int], pad_value: int) -> np.ndarray:
-    """(C, Ho, Wo, kh, kw) view of the padded input; padding holds `pad_value`."""
+    """(C, Ho, Wo, kh, kw) view of the padded input (taps dh, dw apart); padding holds `pad_value`."""
     c, h, w = a.get("cin", a.get("c")), a["h"], a["w"]
+    dh, dw = a.get("dh", 1), a.get("dw", 1)
+    span_h, span_w = (a["kh"] - 1) * dh + 1, (a["kw"] - 1) * dw + 1
     x = x.reshape(c, h, w).astype(np.int64)
-    ph_end = max(0, (a["ho"] - 1) * a["sh"] + a["kh"] - h - a["pt"])
-    pw_end = max(0, (a["wo"] - 1) * a["sw"] + a["kw"] - w - a["pl"])
+    ph_end = max(0, (a["ho"] - 1) * a["sh"] + span_h - h - a["pt"])
+    pw_end = max(0, (a["wo"] - 1) * a["sw"] + span_w - w - a["pl"])
     xp = np.pad(x, ((0, 0), (a["pt"], ph_end), (a["pl"], pw_end)), constant_values=pad_value)
-    win = np.lib.stride_tricks.sliding_window_view(xp, (a["kh"], a["kw"]), axis=(1, 2))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (span_h, span_w), axis=(1, 2))[..., ::dh, ::dw]
     return win[:, :: a["sh"], :: a["sw"]][:, : a["ho"], : a["wo"]]
 
 
 def _conv(op: IntOp, x: np.ndarray) -> np.ndarray:
     a, k = op.attrs, op.consts
     win = _windows(x, a, a["zin"])  # padding holds zin; the bias holds -zin * sum(w)
-    cg = 1 if a["depthwise"] else a["cin"]
+    groups = a.get("groups", a["cin"] if a["depthwise"] else 1)
+    cg, og = a["cin"] // groups, a["cout"] // groups
     w = k["weights"][:, : a["k"]].reshape(a["cout"], cg, a["kh"], a["kw"]).astype(np.int64)
     if a["depthwise"]:
         acc = np.einsum("chwij,cij->chw", win, w[:, 0])
     else:
-        acc = np.einsum("dhwij,cdij->chw", win, w)
+        acc = np.concatenate([np.einsum("dhwij,cdij->chw", win[g * cg : (g + 1) * cg], w[g * og : (g + 1) * og])
+                              for g in range(groups)])
     acc = acc + k["bias"].astype(np.int64)[:, None, None]
     y = requantize(acc, k["mult"][:, None, None], k["shift"][:, None, None]) + a["zout"]
     return saturate_int8(y)

@@ -70,19 +70,30 @@ static int32_t ew_dot(const int8_t *a, const int8_t *b, int n)
 }
 #endif
 
-/* One row of a receptive field: kw taps starting at column iw0 of input row `row` (NULL: a padding
- * row); taps outside the row hold the zero point. */
-static int8_t *ew_gather_row(int8_t *c, const int8_t *row, int w, int iw0, int kw, int8_t zin)
+/* One row of a receptive field: kw taps, dw apart, starting at column iw0 of input row `row` (NULL: a
+ * padding row); taps outside the row hold the zero point. */
+static int8_t *ew_gather_row(int8_t *c, const int8_t *row, int w, int iw0, int kw, int dw, int8_t zin)
 {
-    const int j0 = ew_max(0, -iw0), j1 = ew_min(kw, w - iw0);
     int j;
-    if (row == 0 || j1 <= j0) {
+    if (row == 0) {
         for (j = 0; j < kw; j++) *c++ = zin;
         return c;
     }
-    for (j = 0; j < j0; j++) *c++ = zin;
-    for (j = j0; j < j1; j++) *c++ = row[iw0 + j];
-    for (j = j1; j < kw; j++) *c++ = zin;
+    if (dw == 1) {
+        const int j0 = ew_max(0, -iw0), j1 = ew_min(kw, w - iw0);
+        if (j1 <= j0) {
+            for (j = 0; j < kw; j++) *c++ = zin;
+            return c;
+        }
+        for (j = 0; j < j0; j++) *c++ = zin;
+        for (j = j0; j < j1; j++) *c++ = row[iw0 + j];
+        for (j = j1; j < kw; j++) *c++ = zin;
+        return c;
+    }
+    for (j = 0; j < kw; j++) {
+        const int iw = iw0 + j * dw;
+        *c++ = (iw >= 0 && iw < w) ? row[iw] : zin;
+    }
     return c;
 }
 
@@ -137,15 +148,26 @@ static void ew_dot4(const int8_t *a, const int8_t *b, int n, int32_t *acc)
 #endif
 
 void ew_conv(const int8_t *x, int cin, int h, int w, const int8_t *wt, const int32_t *bias, int cout,
-             int kh, int kw, int sh, int sw, int pt, int pl, int ho, int wo, int depthwise, int kp,
+             int kh, int kw, int sh, int sw, int dh, int dw, int pt, int pl, int ho, int wo, int groups, int kp,
              int32_t zin, int32_t zout, const int32_t *mult, const int32_t *shift, int8_t *col, int8_t *y)
 {
     /* Each output pixel's receptive field is gathered once into `col` (padding taps hold zin), then
      * dotted with every output channel's weights. The bias already holds -zin * sum(weights), so
      * sum((x - zin) * w) + b == dot(col, w) + bias. Weight rows are zero-padded to kp (a multiple of
-     * 16) so the dot product has no scalar tail; col's padding is zeroed once here. */
+     * 16) so the dot product has no scalar tail; col's padding is zeroed once here. Taps are dh rows and
+     * dw columns apart (dilation). Depthwise (groups == cin == cout) gathers one channel per output; other
+     * groupings run as one standard convolution per group on its slice of channels. */
+    const int depthwise = groups > 1 && groups == cin && cout == cin;
     const int k = (depthwise ? 1 : cin) * kh * kw;
     int oh, ow, co, ci, i;
+    if (groups > 1 && !depthwise) {
+        const int cg = cin / groups, og = cout / groups;
+        int g;
+        for (g = 0; g < groups; g++)
+            ew_conv(x + g * cg * h * w, cg, h, w, wt + g * og * kp, bias + g * og, og, kh, kw, sh, sw, dh, dw,
+                    pt, pl, ho, wo, 1, kp, zin, zout, mult + g * og, shift + g * og, col, y + g * og * ho * wo);
+        return;
+    }
     for (i = k; i < kp; i++) col[i] = 0;
     for (oh = 0; oh < ho; oh++) {
         const int ih0 = oh * sh - pt;
@@ -153,20 +175,20 @@ void ew_conv(const int8_t *x, int cin, int h, int w, const int8_t *wt, const int
             const int iw0 = ow * sw - pl;
             if (!depthwise) {
                 int8_t *c = col;
-                if (ih0 >= 0 && ih0 + kh <= h && iw0 >= 0 && iw0 + kw <= w) {
+                if (ih0 >= 0 && ih0 + (kh - 1) * dh < h && iw0 >= 0 && iw0 + (kw - 1) * dw < w) {
                     /* Interior pixel: plain copies, no padding checks. */
                     for (ci = 0; ci < cin; ci++) {
                         const int8_t *src = x + (ci * h + ih0) * w + iw0;
-                        for (i = 0; i < kh; i++, src += w) {
+                        for (i = 0; i < kh; i++, src += dh * w) {
                             int j;
-                            for (j = 0; j < kw; j++) *c++ = src[j];
+                            for (j = 0; j < kw; j++) *c++ = src[j * dw];
                         }
                     }
                 } else {
                     for (ci = 0; ci < cin; ci++)
                         for (i = 0; i < kh; i++) {
-                            const int ih = ih0 + i;
-                            c = ew_gather_row(c, (ih >= 0 && ih < h) ? x + (ci * h + ih) * w : 0, w, iw0, kw,
+                            const int ih = ih0 + i * dh;
+                            c = ew_gather_row(c, (ih >= 0 && ih < h) ? x + (ci * h + ih) * w : 0, w, iw0, kw, dw,
                                               (int8_t)zin);
                         }
                 }
@@ -189,8 +211,9 @@ void ew_conv(const int8_t *x, int cin, int h, int w, const int8_t *wt, const int
                 int32_t acc;
                 int8_t *c = col;
                 for (i = 0; i < kh; i++) {
-                    const int ih = ih0 + i;
-                    c = ew_gather_row(c, (ih >= 0 && ih < h) ? x + (co * h + ih) * w : 0, w, iw0, kw, (int8_t)zin);
+                    const int ih = ih0 + i * dh;
+                    c = ew_gather_row(c, (ih >= 0 && ih < h) ? x + (co * h + ih) * w : 0, w, iw0, kw, dw,
+                                      (int8_t)zin);
                 }
                 acc = bias[co] + ew_dot(col, wt + co * kp, kp);
                 y[(co * ho + oh) * wo + ow] = ew_sat(zout + ew_requant(acc, mult[co], shift[co]), -128, 127);

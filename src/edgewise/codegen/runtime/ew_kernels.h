@@ -20,7 +20,7 @@ extern "C" {
 #endif
 
 void ew_conv(const int8_t *x, int cin, int h, int w, const int8_t *wt, const int32_t *bias, int cout,
-             int kh, int kw, int sh, int sw, int pt, int pl, int ho, int wo, int depthwise, int kp,
+             int kh, int kw, int sh, int sw, int dh, int dw, int pt, int pl, int ho, int wo, int groups, int kp,
              int32_t zin, int32_t zout, const int32_t *mult, const int32_t *shift, int8_t *col, int8_t *y);
 
 void ew_fc(const int8_t *x, int k, const int8_t *wt, const int32_t *bias, int n, int32_t zout,
