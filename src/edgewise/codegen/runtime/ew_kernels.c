@@ -207,6 +207,19 @@ void ew_conv(const int8_t *x, int cin, int h, int w, const int8_t *wt, const int
                 }
                 continue;
             }
+            if (ih0 >= 0 && ih0 + (kh - 1) * dh < h && iw0 >= 0 && iw0 + (kw - 1) * dw < w) {
+                /* Interior pixel of a depthwise convolution: the taps straight from the input, no column */
+                for (co = 0; co < cout; co++) {
+                    const int8_t *src = x + (co * h + ih0) * w + iw0, *wr = wt + co * kp;
+                    int32_t acc = bias[co];
+                    int j;
+                    for (i = 0; i < kh; i++, src += dh * w, wr += kw)
+                        for (j = 0; j < kw; j++)
+                            acc += (int32_t)src[j * dw] * (int32_t)wr[j];
+                    y[(co * ho + oh) * wo + ow] = ew_sat(zout + ew_requant(acc, mult[co], shift[co]), -128, 127);
+                }
+                continue;
+            }
             for (co = 0; co < cout; co++) {
                 int32_t acc;
                 int8_t *c = col;
