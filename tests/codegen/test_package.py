@@ -22,6 +22,7 @@ NO_CMAKE = not (have("cmake") and have("g++")) and not os.environ.get("CI")  # i
 NO_ARM_CXX = not have("arm-none-eabi-g++") and not os.environ.get("CI")
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(NO_CMAKE, reason="cmake and g++ not installed (see .ci/run)")
 def test_the_cmake_package_builds_for_a_cpp_consumer_and_its_demo_hears_what_the_host_build_hears(tmp_path):
     # Prepare: an audio bundle compiled with both packages; a C++ program that uses the package's target
