@@ -167,7 +167,6 @@ def test_an_unsure_detection_goes_up_as_a_crop_and_the_answer_replaces_it(tmp_pa
     of the same name that always sees a 'dog' at 0.99, box (60, 70, 100, 90) in its 160x160 frame."""
     import json
 
-    from edgewise.agent.forward.receiver import EventStore
     from tests.harness import AgentProc, free_port
 
     decl = {"image": {"size": [160, 160], "resize": "letterbox", "scale": 1 / 255}, "postprocess": {"conf": 0.5}}

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
-from ..harness import mcu_bundle
+from ..harness import mcu_bundle, tone_keyword_bundle
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +25,15 @@ def motion_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def dscnn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return mcu_bundle(tmp_path_factory.mktemp("cg-dscnn"), "dscnn", "digits", 3)
+
+
+@pytest.fixture(scope="session")
+def _tone_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tone_keyword_bundle(tmp_path_factory.mktemp("cg-tones"))
+
+
+@pytest.fixture
+def tone_bundle(_tone_bundle: Path, tmp_path: Path) -> Path:
+    """The int8 tone 'keyword' bundle (harness.tone_keyword_bundle), trained once; each test gets its own
+    copy, since compiling records the C sources in the bundle."""
+    return Path(shutil.copytree(_tone_bundle, tmp_path / "tone-bundle"))

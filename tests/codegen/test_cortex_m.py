@@ -18,7 +18,8 @@ from edgewise.codegen.reference import quantize_input, run_reference
 from edgewise.codegen.toolchain import arm_sizes, build_arm, count_instructions, run_qemu
 from edgewise.data import load_splits
 
-from ..harness import assert_clean_failure, build_host, ew, have, run_program, tone_clips, tone_keyword_bundle, tone_recording, wav_bytes
+from ..harness import (assert_clean_failure, build_host, ew, have, run_program, tone_clips, tone_recording,
+                       wav_bytes)
 
 TOOLS = ("arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm")
 missing = [t for t in TOOLS if not have(t)]
@@ -59,13 +60,13 @@ def test_cortex_m4_build_runs_under_qemu_and_matches_the_host(request, tmp_path,
     assert len(counts) == len(q) and max(per_mac) - min(per_mac) < 0.05 and 1.0 < per_mac[0] < 12, per_mac
 
 
-def test_a_keyword_model_with_its_front_end_runs_pcm_under_qemu_like_the_host(tmp_path):
+def test_a_keyword_model_with_its_front_end_runs_pcm_under_qemu_like_the_host(tmp_path, tone_bundle):
     from edgewise.bundle import read_bundle
     from edgewise.codegen.compile import compile_bundle
     from edgewise.targets import load_target
 
     # Prepare: the int8 model and its generated front end, and PCM clips compiled into the program
-    bundle = tone_keyword_bundle(tmp_path)
+    bundle = tone_bundle
     compiled = compile_bundle(bundle, tmp_path / "c", load_target("mcu-256k"))
     pcm, truth = tone_clips(read_bundle(bundle).labels, per_class=2)
     src = tmp_path / "arm"

@@ -11,7 +11,7 @@ import pytest
 from edgewise.codegen.frontend import emit_audio_frontend, quantize_reference
 from edgewise.media.audio import AudioSpec, features
 
-from ..harness import build_host, tone, tone_clips, tone_keyword_bundle, tone_recording, wav_bytes
+from ..harness import build_host, tone, tone_clips, tone_recording, wav_bytes
 
 MAIN = """#include <stdio.h>
 #include "ew_frontend.h"
@@ -66,14 +66,14 @@ def test_c_features_match_the_numpy_reference_within_one_step(tmp_path, mfcc):
     assert (diff <= 1).mean() >= 0.99 and diff.max() <= 2
 
 
-def test_a_compiled_keyword_model_takes_pcm_and_answers_like_python(tmp_path):
+def test_a_compiled_keyword_model_takes_pcm_and_answers_like_python(tmp_path, tone_bundle):
     import onnxruntime as ort
 
     from edgewise.bundle import read_bundle
     from edgewise.codegen.compile import compile_bundle
     from edgewise.targets import load_target
 
-    bundle = tone_keyword_bundle(tmp_path)
+    bundle = tone_bundle
     compiled = compile_bundle(bundle, tmp_path / "c", load_target("mcu-256k"))
     assert "ew_frontend.c" in compiled.sources and "c/ew_frontend.c" in read_bundle(bundle).files
     f = compiled.figures()  # the front end's scratch and tables are counted against the target
@@ -96,7 +96,7 @@ def test_a_compiled_keyword_model_takes_pcm_and_answers_like_python(tmp_path):
     assert len(short.stdout.decode().strip().splitlines()) == 1
 
 
-def test_the_streaming_c_hears_what_the_reference_hears_in_a_long_recording(tmp_path):
+def test_the_streaming_c_hears_what_the_reference_hears_in_a_long_recording(tmp_path, tone_bundle):
     import onnxruntime as ort
 
     from edgewise.bundle import read_bundle
@@ -105,7 +105,7 @@ def test_the_streaming_c_hears_what_the_reference_hears_in_a_long_recording(tmp_
     from edgewise.targets import load_target
 
     # Prepare: the keyword model compiled with its front end and stream; a recording of six words
-    bundle = tone_keyword_bundle(tmp_path)
+    bundle = tone_bundle
     compiled = compile_bundle(bundle, tmp_path / "c", load_target("mcu-256k"))
     assert {"ew_stream.c", "ew_stream.h"} <= set(compiled.sources) and compiled.figures()["stream_ram_bytes"] > 0
     manifest = read_bundle(bundle)

@@ -15,7 +15,7 @@ from edgewise.codegen.compile import compile_bundle
 from edgewise.codegen.package import library_name
 from edgewise.targets import load_target
 
-from ..harness import build_host, have, tone_keyword_bundle, tone_recording, wav_bytes
+from ..harness import build_host, have, tone_recording, wav_bytes
 
 
 NO_CMAKE = not (have("cmake") and have("g++")) and not os.environ.get("CI")  # in CI a missing tool fails
@@ -24,9 +24,10 @@ NO_ARM_CXX = not have("arm-none-eabi-g++") and not os.environ.get("CI")
 
 @pytest.mark.e2e
 @pytest.mark.skipif(NO_CMAKE, reason="cmake and g++ not installed (see .ci/run)")
-def test_the_cmake_package_builds_for_a_cpp_consumer_and_its_demo_hears_what_the_host_build_hears(tmp_path):
+def test_the_cmake_package_builds_for_a_cpp_consumer_and_its_demo_hears_what_the_host_build_hears(
+        tmp_path, tone_bundle):
     # Prepare: an audio bundle compiled with both packages; a C++ program that uses the package's target
-    bundle = tone_keyword_bundle(tmp_path)
+    bundle = tone_bundle
     compiled = compile_bundle(bundle, tmp_path / "c", load_target("mcu-256k"), update_bundle=False,
                               packages=("cmake", "arduino"))
     lib = library_name(read_bundle(bundle).name)
