@@ -105,7 +105,7 @@ def test_three_supernodes_train_on_their_agents_samples_over_loopback(tmp_path):
                                           stderr=subprocess.STDOUT))
         outsiders = {"rogue-ca": ["--root-cert", str(rogue_ca), "--node-key", str(keys[0].private)],
                      "unregistered": ["--root-cert", str(tls / "ca.crt"), "--node-key", str(keys[3].private),
-                                      "--max-wait", "30"],
+                                      "--max-wait", "15"],
                      "keyless": ["--root-cert", str(tls / "ca.crt")]}
         for name, args in outsiders.items():
             procs.append(subprocess.Popen([*join, "--store", str(agents[0].data_dir), *args],

@@ -75,6 +75,8 @@ def optimize(
     labels: Annotated[Path | None, typer.Option(help="class names, one per line (e.g. a detector's)")] = None,
     window: Window = None,
     stride: Stride = None,
+    measure_memory: Annotated[bool, typer.Option(help="measure each candidate's peak memory in a fresh process "
+                                                      "(off: quicker; the report shows the model sizes only)")] = True,
 ) -> None:
     """Try recipes for TARGET, keep the Pareto front, and bundle the best model that fits.
 
@@ -93,6 +95,7 @@ def optimize(
     data = with_windows(data, window, stride)
     opts = SearchOptions(max_accuracy_drop=max_accuracy_drop, torch_passes=torch_passes,
                          calibration_samples=calibration_samples, only=tuple(recipe or ()), task=task,
+                         measure_memory=measure_memory,
                          time_budget_s=time_budget or None, max_latency_ms=max_latency_ms,
                          max_ram_bytes=None if max_ram_kb is None else int(max_ram_kb * 1024),
                          max_flash_bytes=None if max_flash_kb is None else int(max_flash_kb * 1024))
