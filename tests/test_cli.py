@@ -40,7 +40,7 @@ def test_help_on_every_verb():
 def test_train_optimize_bench_end_to_end(trained: Path, tmp_path: Path):
     # Execute
     opt = ew_process("optimize", str(trained), "--target", "edge-node", "--data", "digits", "--out",
-                     str(tmp_path / "o"), "--no-torch-passes", "--calibration-samples", "64")
+                     str(tmp_path / "o"), "--no-torch-passes", "--calibration-samples", "64", "--time-budget", "5")
     verify = ew_process("bundle", "verify", str(tmp_path / "o" / "bundle"))
     bench = ew_process("bench", str(trained), str(tmp_path / "o" / "bundle"), "--data", "digits", "--runs", "30",
                "--json", str(tmp_path / "bench.json"))

@@ -22,7 +22,7 @@ from edgewise.zoo import corpus
 
 pytestmark = pytest.mark.e2e
 
-TIME_BUDGET_S = 3
+TIME_BUDGET_S = 2
 RUNS = [(m.name, "edge-node") for m in corpus.CORPUS] + [(m.name, "mcu-256k") for m in corpus.CORPUS if m.mcu]
 
 
