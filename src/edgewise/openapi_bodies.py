@@ -24,7 +24,7 @@ PREDICT = body({"type": "object", "required": ["inputs"],
                 "properties": {"inputs": {"oneOf": [_NUMBERS, {"type": "object",
                                                                "additionalProperties": _NUMBERS}]}}},
                ("application/x-npy", BINARY), ("application/x-npz", BINARY), ("image/jpeg", BINARY),
-               ("image/png", BINARY))
+               ("image/png", BINARY), ("audio/wav", BINARY), ("audio/pcm", BINARY), ("audio/L16", BINARY))
 SAMPLES = body({"type": "object", "required": ["inputs", "labels"],
                 "properties": {"inputs": _NUMBERS, "labels": {"type": "array", "items": {"type": "integer"}}}})
 EVENTS = body({"type": "object", "required": ["events"], "properties": {"events": {"type": "array", "items": {

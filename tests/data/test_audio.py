@@ -92,6 +92,14 @@ def test_a_wav_folder_trains_optimizes_and_the_agent_answers_a_wav_with_its_name
         assert 1.0 < found[0]["time_s"] < 2.6 and 3.0 < found[1]["time_s"] < 4.6, found
         bad = client.post("/predict", content=b"RIFFnope", headers={"content-type": "audio/wav"})
         assert bad.status_code == 422 and "WAV" in bad.json()["error"]
+        # raw PCM straight from a microphone: little-endian audio/pcm or big-endian audio/L16, with its rate
+        pcm = np.round(np.repeat(tone(1500, 22050, 0.8)[:, None], 2, 1) * 32767).astype(np.int16)
+        for ctype, data in (("audio/pcm; rate=22050; channels=2", pcm.astype("<i2").tobytes()),
+                            ("audio/L16;rate=22050;channels=2", pcm.astype(">i2").tobytes())):
+            r = client.post("/predict", content=data, headers={"content-type": ctype})
+            assert r.status_code == 200 and r.json()["label"] == "mid", (ctype, r.text)
+        r = client.post("/predict", content=pcm.tobytes(), headers={"content-type": "audio/pcm"})
+        assert r.status_code == 422 and "rate=16000" in r.json()["error"]
     finally:
         agent.close()
 

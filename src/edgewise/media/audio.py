@@ -86,6 +86,31 @@ class AudioSpec:
             raise DataError(f"audio preprocessing is malformed ({e})") from e
 
 
+PCM_TYPES = {"audio/pcm": "<i2", "audio/l16": ">i2"}  # s16le as microphones and `ffmpeg -f s16le` give; RFC 2586
+
+
+def read_pcm(raw: bytes, ctype: str, params: dict[str, str]) -> tuple[np.ndarray, int]:
+    """Mono float32 samples and the rate from a raw 16-bit PCM body: `audio/pcm` (little-endian) or
+    `audio/L16` (big-endian, RFC 2586), with `rate=` (required) and `channels=` (default 1) parameters."""
+    dtype = PCM_TYPES.get(ctype.lower())
+    if dtype is None:
+        raise DataError(f"not a raw PCM type: {ctype}")
+    try:
+        rate, channels = int(params["rate"]), int(params.get("channels", "1"))
+    except (KeyError, ValueError) as e:
+        raise DataError(f"{ctype} needs its sample rate, e.g. Content-Type: {ctype}; rate=16000 "
+                        "(and channels=N when not mono)") from e
+    if rate < 1000 or rate > 384000 or not 1 <= channels <= 16:
+        raise DataError(f"unsupported PCM: {rate} Hz, {channels} channel(s)")
+    n = len(raw) // (2 * channels)
+    if n == 0:
+        raise DataError("the body holds no samples")
+    if n > MAX_SECONDS * rate:
+        raise DataError(f"the recording is {n / rate:.0f} s long; at most {MAX_SECONDS} s is decoded")
+    x = np.frombuffer(raw[: n * 2 * channels], dtype).astype(np.float32) / 32768.0
+    return x.reshape(-1, channels).mean(1), rate
+
+
 def read_wav(raw: bytes) -> tuple[np.ndarray, int]:
     """Mono float32 samples in [-1, 1] and the sample rate, from PCM WAV bytes (8/16/24/32-bit, any channel
     count: channels are averaged). Anything else is a DataError."""

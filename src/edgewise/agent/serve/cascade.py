@@ -158,10 +158,12 @@ class Inference:
         # crops for the tier above come from the full-resolution picture, decoded again only if needed
         return self.answer_picture(name, im, full=lambda: decode(raw))
 
-    def answer_audio(self, name: str, raw: bytes) -> dict[str, Any]:
+    def answer_audio(self, name: str, raw: bytes,
+                     decode: Callable[[bytes], tuple[np.ndarray, int]] | None = None) -> dict[str, Any]:
         """A WAV through the bundle's audio front end (`media.audio`). A clip (up to 1.5x the declared clip
         length) answers label, score and the top k, through the cascade and the result queue like any
-        sample; a longer recording answers the keywords in it with their times (`media.recognize`)."""
+        sample; a longer recording answers the keywords in it with their times (`media.recognize`). `decode`
+        turns the body into (samples, rate): a WAV file by default, raw PCM when the service says so."""
         from edgewise.media.audio import AudioSpec, features, read_wav, resample
         from edgewise.media.recognize import detect_keywords
 
@@ -173,7 +175,7 @@ class Inference:
             raise BadInput(f"model {name} ({task_of(m.manifest)}) has no audio answer yet; send its input tensor")
         spec = AudioSpec.from_dict(spec_doc)
         try:
-            samples, rate = read_wav(raw)
+            samples, rate = (decode or read_wav)(raw)
         except DataError as e:
             raise BadInput(str(e)) from e
         samples = resample(samples, rate, spec.sample_rate)

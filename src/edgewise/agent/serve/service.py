@@ -29,11 +29,21 @@ from edgewise.agent.serve.inputs import (
 from edgewise.agent.serve.models import ModelBudgetExceeded
 from edgewise.errors import AgentError, DataError, QueueFull, StorageError
 from edgewise.httplimits import BodyCap
+from edgewise.media.audio import PCM_TYPES, read_pcm
 
 MAX_BODY_BYTES = 16 * 2**20
 
 
 AUDIO_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave")
+
+
+def _media_params(content_type: str) -> dict[str, str]:
+    """`type/sub; rate=16000; channels=1` -> {"rate": "16000", "channels": "1"}."""
+    params = {}
+    for part in content_type.split(";")[1:]:
+        key, _, value = part.partition("=")
+        params[key.strip().lower()] = value.strip().strip('"')
+    return params
 
 
 def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any = None, tier: str = "server",
@@ -57,9 +67,10 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         with `Accept: application/x-npz`); classifiers add `results` (label, score), and their
         low-confidence samples go to the tier above when the privacy policy allows. A JPEG or PNG body
         (image/jpeg, image/png) goes through the bundle's declared preprocessing and answers `boxes`
-        (label, score, box in the image's pixels) or `label`, `score` and `top`. A WAV body (audio/wav)
-        goes through the bundle's audio front end (resample, window, log-mel/MFCC) and answers `label`,
-        `score` and `top`."""
+        (label, score, box in the image's pixels) or `label`, `score` and `top`. A WAV body (audio/wav), or
+        raw 16-bit PCM (`audio/pcm; rate=16000` little-endian, `audio/L16; rate=16000` big-endian), goes
+        through the bundle's audio front end (resample, window, log-mel/MFCC) and answers `label`, `score`
+        and `top` (a clip) or the keywords heard (a longer recording)."""
         if inference is None:
             return JSONResponse({"error": "this agent serves no models"}, status_code=404)
         body = await request.body()
@@ -79,6 +90,10 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
                 answer = await run_in_threadpool(inference.answer_image, name, body)
             elif ctype in AUDIO_TYPES:  # resampled and turned into features by the bundle's front end
                 answer = await run_in_threadpool(inference.answer_audio, name, body)
+            elif ctype.lower() in PCM_TYPES:  # raw 16-bit PCM: the rate (and channels) from the type's parameters
+                params = _media_params(request.headers.get("content-type", ""))
+                answer = await run_in_threadpool(inference.answer_audio, name, body,
+                                                 lambda raw: read_pcm(raw, ctype, params))
             else:
                 if ctype == "application/x-npy":
                     inputs = parse_npy(body)
@@ -88,7 +103,8 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
                     inputs = parse_json_inputs(load_json(body))
                 else:
                     return JSONResponse({"error": f"unsupported content type {ctype!r}: use application/json, "
-                                                  "application/x-npy, application/x-npz, image/jpeg, image/png or audio/wav"},
+                                                  "application/x-npy, application/x-npz, image/jpeg, image/png, "
+                                                  "audio/wav or audio/pcm;rate=N"},
                                         status_code=415)
                 answer = await run_in_threadpool(inference.answer, name, feed_for(inputs, manifest))
         except BadInput as e:
