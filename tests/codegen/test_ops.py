@@ -36,7 +36,7 @@ class MobileBits(nn.Module):
         a = nn.functional.hardswish(self.c1(x))
         b = torch.sigmoid(self.c2(a))
         b = b * nn.functional.hardsigmoid(self.se(nn.functional.adaptive_avg_pool2d(b, 1)))  # squeeze-excite
-        c = nn.functional.leaky_relu(self.grouped(torch.cat([a, b], 1)), 0.1)
+        c = nn.functional.leaky_relu(self.grouped(torch.cat([a, a * b], 1)), 0.1)  # a * b: same shape
         c = torch.cat([c, self.mult(a)], 1)
         g = nn.functional.adaptive_avg_pool2d(c, 1).flatten(1)
         return torch.softmax(self.fc(torch.tanh(g)), -1)
@@ -62,6 +62,7 @@ def test_every_op_lowers_and_the_c_is_bit_exact_and_one_step_from_onnxruntime(qu
     convs = [op.attrs for op in c.graph.ops if op.kind == "conv"]
     assert {(a["groups"], a["dh"], a["depthwise"]) for a in convs} >= {(4, 2, 0), (8, 1, 0), (1, 1, 0)}
     assert {op.attrs["b_inner"] for op in c.graph.ops if op.kind == "mul"} == {1, 8 * 8 * 8}  # per channel; same shape
+    assert any("+" in op.node for op in c.graph.ops if op.kind == "lut"), "x * HardSigmoid(x) is one table"
     q = np.stack([quantize_input(c.graph, s) for s in x])
     ref = np.stack([run_reference(c.graph, s).reshape(-1) for s in q]).astype(int)
     on_host = run_program(build_host(c.sources, tmp_path / "ops"), q)

@@ -13,7 +13,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from edgewise.codegen.graph import IntGraph, IntOp, QTensor
-from edgewise.codegen.quant import quantize_multiplier
+from edgewise.codegen.quant import quantize_multiplier, requantize, saturate_int8
 from edgewise.errors import CodegenError
 
 SUPPORTED = ("Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape",
@@ -307,9 +307,33 @@ class _Lowering:
             raise CodegenError(f"node {node.name}: Mul broadcasting {b_t.shape} onto {a_t.shape} is not supported "
                                "(same shape, one value, or one per channel)")
         m, s = self._multipliers(np.array([a_t.scale * b_t.scale / y.scale]))
+        fused = self._fuse_gate(node, a_t, b_t, y, m, s)
+        if fused is not None:
+            self.ops.append(fused)
+            return
         self.ops.append(IntOp("mul", node.name, [a_t.name, b_t.name], y.name,
                               {"c": c, "inner": inner, "b_inner": b_inner, "za": a_t.zero_point,
                                "zb": b_t.zero_point, "zout": y.zero_point}, {"mult": m, "shift": s}))
+
+    def _fuse_gate(self, node: onnx.NodeProto, a_t: QTensor, b_t: QTensor, y: QTensor, m: np.ndarray,
+                   s: np.ndarray) -> IntOp | None:
+        """x * f(x), with f a table op read only here (HardSwish as the quantizer leaves it: x * HardSigmoid(x);
+        also SiLU): a function of x alone, so one table computed with the Mul's own integer arithmetic, which
+        keeps the result bit-exact and drops a full-size pass and its per-element requantization."""
+        for x_t, g_t in ((a_t, b_t), (b_t, a_t)):
+            gate = next((op for op in self.ops if op.kind == "lut" and op.output == g_t.name), None)
+            if gate is None or gate.inputs[0] != x_t.name or g_t.shape != x_t.shape:
+                continue
+            readers = [n for dq in self.consumers.get(g_t.name, []) for n in self.consumers.get(dq.output[0], [])]
+            if len(readers) != 1 or readers[0] is not node:
+                continue
+            q = np.arange(-128, 128, dtype=np.int64)
+            t = gate.consts["table"].astype(np.int64)
+            acc = (q - x_t.zero_point) * (t - g_t.zero_point)
+            table = saturate_int8(requantize(acc, int(m[0]), int(s[0])) + y.zero_point)
+            self.ops.remove(gate)
+            return IntOp("lut", f"{gate.node}+{node.name}", [x_t.name], y.name, {"n": x_t.size}, {"table": table})
+        return None
 
     def concat(self, node: onnx.NodeProto) -> None:
         ins = [self._activation(name, node) for name in node.input]
