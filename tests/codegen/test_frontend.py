@@ -129,3 +129,52 @@ def test_the_streaming_c_hears_what_the_reference_hears_in_a_long_recording(tmp_
     (tmp_path / "stereo.wav").write_bytes(wav_bytes(pcm[:8000].astype(np.float32) / 32767, 16000, channels=2))
     bad = subprocess.run([str(exe), str(tmp_path / "stereo.wav")], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "16-bit mono PCM at 16000 Hz" in bad.stderr and "ffmpeg" in bad.stderr
+
+
+def test_the_bundle_sets_the_hop_and_smoothing_and_every_tier_follows_it(tmp_path, tone_bundle):
+    from dataclasses import replace
+
+    import onnxruntime as ort
+
+    from edgewise.bundle import read_bundle, write_bundle
+    from edgewise.codegen.compile import compile_bundle
+    from edgewise.media.recognize import Smoothing, detect_keywords
+    from edgewise.targets import load_target
+
+    from ..harness import assert_clean_failure, ew
+
+    # Prepare: the bundle asks for a model run every 80 ms and a stricter threshold
+    settings = {"hop_ms": 80, "threshold": 0.6, "average_ms": 240}
+    b = read_bundle(tone_bundle)
+    manifest = replace(b, files={}, postprocessing={**b.postprocessing, "keyword_spotting": settings})
+    write_bundle(tone_bundle, manifest, {n: tone_bundle / n for n in b.files})
+    compiled = compile_bundle(tone_bundle, tmp_path / "c", load_target("mcu-256k"))
+    assert "#define EW_ST_HOP_SAMPLES 1280" in compiled.sources["ew_stream.h"]
+    pcm, _ = tone_recording(["mid", "low", "high", "low"])
+    (tmp_path / "talk.wav").write_bytes(wav_bytes(pcm.astype(np.float32) / 32767, 16000))
+    # Execute
+    exe = build_host(compiled.sources, tmp_path / "build")
+    got = subprocess.run([str(exe), str(tmp_path / "talk.wav")], capture_output=True, text=True, timeout=60)
+    spec = AudioSpec.from_dict(manifest.preprocessing["audio"])
+    sess = ort.InferenceSession(str(tone_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    ref = detect_keywords(pcm.astype(np.float32) / 32768, spec, manifest.labels,
+                          lambda x: sess.run(None, {sess.get_inputs()[0].name: x})[0], Smoothing.from_dict(settings))
+    # Assert: the C follows the bundle's settings exactly as the reference does (times on the 80 ms grid)
+    lines = [line.split() for line in got.stdout.strip().splitlines()]
+    assert [(g[0], float(g[2])) for g in lines] == [(d["label"], d["time_s"]) for d in ref] and lines, (lines, ref)
+    assert all(round(float(g[2]) * 1000 - 1000) % 80 == 0 for g in lines)
+    from fastapi.testclient import TestClient
+
+    from edgewise.agent.runner import AgentConfig, build_agent
+
+    agent = build_agent(AgentConfig(bundles=[tone_bundle], tier="server", data_dir=tmp_path / "agent"))
+    try:  # the agent reads the same settings from the bundle
+        r = TestClient(agent.app).post("/predict", content=(tmp_path / "talk.wav").read_bytes(),
+                                       headers={"content-type": "audio/wav"})
+    finally:
+        agent.close()
+    assert [(d["label"], d["time_s"]) for d in r.json()["detections"]] == [(d["label"], d["time_s"]) for d in ref]
+    # settings that cannot work are refused when the TOML is read, before any search
+    (tmp_path / "bad.toml").write_text("[postprocess.keyword_spotting]\nhop_ms = 30\n")
+    assert_clean_failure(ew("optimize", str(tone_bundle), "--target", "mcu-256k", "--data", "digits", "--out",
+                            str(tmp_path / "o"), "--preprocess", str(tmp_path / "bad.toml")), "multiple of")

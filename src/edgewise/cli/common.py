@@ -184,6 +184,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
     unknown = set(doc) - {"image", "postprocess"}
     if unknown:
         raise EdgewiseError(f"{path}: unknown sections {', '.join(sorted(unknown))} (use [image] and [postprocess])")
+    kws = doc.get("postprocess", {}).get("keyword_spotting")
+    if kws is not None:  # checked now rather than after the search
+        from edgewise.media.recognize import Smoothing
+
+        try:
+            Smoothing.from_dict(kws)
+        except EdgewiseError as e:
+            raise EdgewiseError(f"{path}: [postprocess] {e}") from e
     return doc
 
 

@@ -47,7 +47,8 @@ def compile_model(model: onnx.ModelProto, name: str = "model", labels: list[str]
     return Compiled(graph, p, render(graph, p, name, labels or []))
 
 
-def add_frontend(c: Compiled, preprocessing: dict[str, Any], labels: list[str] | None = None) -> None:
+def add_frontend(c: Compiled, preprocessing: dict[str, Any], labels: list[str] | None = None,
+                 postprocessing: dict[str, Any] | None = None) -> None:
     """The bundle's declared audio front end, in C, quantizing to the model's input (`frontend.py`), and
     the streaming keyword spotter over it (`stream.py`)."""
     if not preprocessing.get("audio"):
@@ -55,16 +56,18 @@ def add_frontend(c: Compiled, preprocessing: dict[str, Any], labels: list[str] |
     from edgewise.codegen.frontend import emit_audio_frontend, frontend_bytes
     from edgewise.codegen.stream import emit_stream, stream_bytes
     from edgewise.media.audio import AudioSpec
+    from edgewise.media.recognize import Smoothing
 
     spec = AudioSpec.from_dict(preprocessing["audio"])
+    smoothing = Smoothing.from_dict((postprocessing or {}).get("keyword_spotting"), spec.stride_ms)
     t_in = c.graph.tensors[c.graph.input]
     if t_in.size != spec.frames * spec.bins:
         raise CodegenError(f"the audio front end makes {spec.frames}x{spec.bins} features but the model takes "
                            f"{t_in.size} values")
     classes = c.graph.tensors[c.graph.output].size
     c.sources.update(emit_audio_frontend(spec, t_in.scale, t_in.zero_point))
-    c.sources.update(emit_stream(spec, labels or [], classes))
-    c.frontend = {**frontend_bytes(spec), "stream_ram_bytes": stream_bytes(spec, classes)}
+    c.sources.update(emit_stream(spec, labels or [], classes, smoothing))
+    c.frontend = {**frontend_bytes(spec), "stream_ram_bytes": stream_bytes(spec, classes, smoothing)}
 
 
 def check_budget(c: Compiled, target: TargetProfile) -> None:
@@ -98,7 +101,7 @@ def compile_bundle(bundle: Path, out: Path, target: TargetProfile, update_bundle
                            "before signing, or pass --no-update-bundle to leave the bundle as it is")
     model = onnx.load(str(bundle / "model.onnx"))
     compiled = compile_model(model, manifest.name, manifest.labels)
-    add_frontend(compiled, manifest.preprocessing or {}, manifest.labels)
+    add_frontend(compiled, manifest.preprocessing or {}, manifest.labels, manifest.postprocessing)
     check_budget(compiled, target)
     figures = {**compiled.figures(), "target": target.name}
     with atomic_dir(out, error=CodegenError) as tmp:

@@ -14,9 +14,11 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from edgewise.errors import DataError
 from edgewise.media.audio import AudioSpec, features
 
 IGNORED = ("silence", "unknown", "_silence_", "_unknown_", "_background_noise_")
@@ -29,6 +31,32 @@ class Smoothing:
     suppress_ms: float = 1000.0
     min_count: int = 2
     hop_strides: int = 2
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, stride_ms: float = AudioSpec.stride_ms) -> Smoothing:
+        """The bundle's `postprocessing.keyword_spotting` (average_ms, threshold, suppress_ms, min_count,
+        hop_ms: a whole number of front-end strides); what it leaves out keeps the defaults."""
+        d = dict(d or {})
+        unknown = set(d) - {"average_ms", "threshold", "suppress_ms", "min_count", "hop_ms"}
+        if unknown:
+            raise DataError(f"keyword_spotting: unknown settings {', '.join(sorted(unknown))}")
+        try:
+            cfg = cls()
+            hop_ms = float(d.pop("hop_ms", cfg.hop_strides * stride_ms))
+            cfg = cls(**{k: type(getattr(cfg, k))(v) for k, v in d.items()},
+                      hop_strides=int(round(hop_ms / stride_ms)))
+        except (TypeError, ValueError) as e:
+            raise DataError(f"keyword_spotting: {e}") from e
+        if cfg.hop_strides < 1 or abs(cfg.hop_strides * stride_ms - hop_ms) > 1e-6:
+            raise DataError(f"keyword_spotting: hop_ms must be a multiple of the front end's {stride_ms:g} ms stride")
+        if not (0 < cfg.threshold <= 1 and cfg.average_ms >= 0 and cfg.suppress_ms >= 0 and cfg.min_count >= 1):
+            raise DataError("keyword_spotting: need 0 < threshold <= 1, average_ms and suppress_ms >= 0, "
+                            "min_count >= 1")
+        return cfg
+
+    def as_dict(self, stride_ms: float = AudioSpec.stride_ms) -> dict[str, Any]:
+        return {"average_ms": self.average_ms, "threshold": self.threshold, "suppress_ms": self.suppress_ms,
+                "min_count": self.min_count, "hop_ms": self.hop_strides * stride_ms}
 
     def hops(self, spec: AudioSpec) -> tuple[int, int, int]:
         """(hop in samples, hops averaged, hops a word stays suppressed): the rules in whole hops, so the

@@ -165,7 +165,7 @@ class Inference:
         sample; a longer recording answers the keywords in it with their times (`media.recognize`). `decode`
         turns the body into (samples, rate): a WAV file by default, raw PCM when the service says so."""
         from edgewise.media.audio import AudioSpec, features, read_wav, resample
-        from edgewise.media.recognize import detect_keywords
+        from edgewise.media.recognize import Smoothing, detect_keywords
 
         m = self.models.get(name)
         spec_doc = (m.manifest.preprocessing or {}).get("audio")
@@ -187,7 +187,8 @@ class Inference:
                 m.requests += 1
                 return np.asarray(m.session.run(None, {m.input_name: x})[0])
 
-            found = detect_keywords(samples, spec, labels, run)
+            smoothing = Smoothing.from_dict((m.manifest.postprocessing or {}).get("keyword_spotting"), spec.stride_ms)
+            found = detect_keywords(samples, spec, labels, run, smoothing)
             self.counts["requests"] += 1
             self.counts["samples"] += 1
             self.counts["local"] += 1
