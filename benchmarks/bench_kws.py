@@ -117,15 +117,15 @@ def streaming(detect: Callable[[np.ndarray], list[str]], talks: list, noise: np.
     )
 
 
-def mcu_instructions(src: Path, pcm: np.ndarray, macs: int) -> list[str]:
+def mcu_instructions(src: Path, pcm: np.ndarray, macs: int, hop_ms: float = 40) -> list[str]:
     """Instructions on the emulated Cortex-M4 (qemu -icount, see toolchain.count_instructions) for 3
     held-out clips: per MAC of the model, and per second of streaming audio (50 frames of the front end
-    and 25 model runs: a 20 ms stride, a 40 ms hop) against an 80 MHz clock at one instruction a cycle."""
+    and 1000 / hop_ms model runs) against an 80 MHz clock at one instruction a cycle."""
     (src / "inputs.h").write_text(render_pcm_inputs(pcm))
     counts = np.array(count_instructions(src, src), float)
     spec = AudioSpec()
     fe_frame, model = counts[:, 0].mean() / spec.frames, counts[:, 1].mean()
-    frames_s, hops_s = 1000 / spec.stride_ms, 1000 / (spec.stride_ms * 2)
+    frames_s, hops_s = 1000 / spec.stride_ms, 1000 / hop_ms
     per_s = frames_s * fe_frame + hops_s * model
     return [
         f"{model / macs:.2f}",
@@ -134,6 +134,21 @@ def mcu_instructions(src: Path, pcm: np.ndarray, macs: int) -> list[str]:
         f"{per_s / 1e6:.1f} M ({frames_s * fe_frame / per_s * 100:.0f}% front end)",
         f"{80e6 / per_s:.2f}x",
     ]
+
+
+def with_smoothing(bundle: Path, out: Path, settings: dict) -> Path:
+    """A copy of `bundle` whose manifest sets postprocessing.keyword_spotting."""
+    import shutil
+    from dataclasses import replace
+
+    from edgewise.bundle import write_bundle
+
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(bundle, out)
+    m = read_bundle(out)
+    write_bundle(out, replace(m, files={}, postprocessing={**m.postprocessing, "keyword_spotting": settings}),
+                 {n: out / n for n in m.files})
+    return out
 
 
 def main() -> None:
@@ -198,7 +213,15 @@ def main() -> None:
                 ["NumPy reference, int8 bundle"] + list(streaming(numpy_stream(out.bundle / "model.onnx", labels), talks, noise)),
                 ["generated C stream (ew_stream_push), int8"] + list(streaming(c_stream(exe), talks, noise)),
             ]
-            print(stream, flush=True)
+            # One other setting, fixed before it was measured (not tuned on these voices): a run every
+            # 80 ms and a 0.7 threshold, set in the bundle as a user would (postprocessing.keyword_spotting)
+            alt = with_smoothing(out.bundle, WORK / "kws-cnn-hop80", {"hop_ms": 80, "threshold": 0.7})
+            alt_src = WORK / "kws-cnn-hop80-c"
+            compile_bundle(alt, alt_src, load_target("mcu-256k"), update_bundle=False)
+            stream.append(["generated C stream, bundle set to hop 80 ms, threshold 0.7"]
+                          + list(streaming(c_stream(build_host(alt_src, alt_src / "kws")), talks, noise)))
+            cycles.append(["cnn, hop 80 ms"] + mcu_instructions(alt_src, pcm[:3], f["macs"], hop_ms=80))
+            print(stream[-1], cycles[-1], flush=True)
     md = (
         f"Machine: {machine()}; CPU flags: {cpu_flags()}. `keywords` (12 classes; test split = 4 espeak-ng "
         "voices never trained on, 196 clips), `train --epochs 60`, `optimize --target mcu-256k`, `compile`; "
@@ -216,7 +239,7 @@ def main() -> None:
             "one instruction per cycle:\n\n"
             + table(["model", "instructions / MAC", "per model run", "front end / frame", "per second of audio",
                      "80 MHz headroom"], cycles)
-            + "\n\nGoals: <= 3 instructions per MAC; real time at 80 MHz with >= 4x headroom."
+            + "\n\nGoals: <= 3 instructions per MAC; real time at 80 MHz with >= 4x headroom (not met)."
         )
     if stream:
         md += (
