@@ -127,8 +127,8 @@ def run_qemu(elf: Path, timeout: float = 120, args: list[str] | None = None, ico
     """The program's stdout on an emulated Cortex-M4 (mps2-an386); `args` are its command line, and files
     it opens are the host's (semihosting)."""
     config = "enable=on,target=native" + "".join(f",arg={a}" for a in [elf.name, *(args or [])])
-    if any("," in a for a in args or []):
-        raise CodegenError("qemu's semihosting command line cannot hold a comma: rename the file")
+    if any("," in a or " " in a for a in args or []):  # qemu splits options at commas, the guest at spaces
+        raise CodegenError("qemu's semihosting command line cannot hold a comma or a space: rename the file")
     cmd = [_need("qemu-system-arm"), "-M", "mps2-an386", "-nographic", "-monitor", "none", "-serial", "none",
            "-semihosting-config", config, *(["-icount", "shift=0"] if icount else []), "-kernel", str(elf)]
     return _run(cmd, "qemu-system-arm", timeout=timeout, text=True).stdout
