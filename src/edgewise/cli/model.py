@@ -184,12 +184,12 @@ def compile_cmd(
     Example: edgewise compile runs/kws/bundle --out runs/kws-c --board mps2-an386 --run talk.wav
     """
     from edgewise.codegen.compile import compile_bundle
-    from edgewise.codegen.toolchain import BOARDS
+    from edgewise.codegen.toolchain import check_board
     from edgewise.targets import load_target
 
     profile = load_target(target)
-    if board is not None and board not in BOARDS:
-        raise EdgewiseError(f"unknown board {board!r}; known: {', '.join(BOARDS)}")
+    if board is not None:  # before any work
+        check_board(board)
     if run is not None and board is None:
         raise EdgewiseError("--run needs --board (the firmware to run)")
     if run is not None and not run.is_file():

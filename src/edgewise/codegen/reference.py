@@ -28,7 +28,7 @@ def _windows(x: np.ndarray, a: dict[str, int], pad_value: int) -> np.ndarray:
 def _conv(op: IntOp, x: np.ndarray) -> np.ndarray:
     a, k = op.attrs, op.consts
     win = _windows(x, a, a["zin"])  # padding holds zin; the bias holds -zin * sum(w)
-    groups = a.get("groups", a["cin"] if a["depthwise"] else 1)
+    groups = a["groups"]
     cg, og = a["cin"] // groups, a["cout"] // groups
     w = k["weights"][:, : a["k"]].reshape(a["cout"], cg, a["kh"], a["kw"]).astype(np.int64)
     if a["depthwise"]:

@@ -21,6 +21,7 @@ ARM_FLAGS = ["-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=har
              "-Wextra", "-Werror", "-ffunction-sections", "-fdata-sections"]
 TICK_INSTRUCTIONS = 40  # mps2 FPGAIO counter at 25 MHz; under qemu -icount shift=0 one instruction = 1 ns
 SOURCES = ("model.c", "ew_kernels.c", "main.c")
+AUDIO_SOURCES = ("ew_frontend.c", "ew_stream.c")  # present when the bundle declares an audio front end
 BOARDS = ("mps2-an386",)  # Cortex-M4 boards the firmware is built for (and qemu-system-arm emulates)
 PACKAGES = {"gcc": "gcc", "arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi",
             "arm-none-eabi-size": "binutils-arm-none-eabi", "qemu-system-arm": "qemu-system-arm",
@@ -45,13 +46,15 @@ def _run(cmd: list[str], what: str, timeout: float = 300, **kw) -> subprocess.Co
     return proc
 
 
+def _audio(src: Path) -> tuple[str, ...]:
+    return AUDIO_SOURCES if (src / AUDIO_SOURCES[0]).is_file() else ()
+
+
 def _sources(src: Path) -> list[str]:
     """The program's C files; with the bundle's audio front end (and its streaming keyword spotter), the demo
     reads PCM or a WAV file and runs it first."""
-    files = [str(src / s) for s in SOURCES]
-    if (src / "ew_frontend.c").is_file():
-        files += [str(src / "ew_frontend.c"), str(src / "ew_stream.c"), "-DEW_AUDIO_FRONTEND", "-lm"]
-    return files
+    audio = _audio(src)
+    return [str(src / s) for s in SOURCES + audio] + (["-DEW_AUDIO_FRONTEND", "-lm"] if audio else [])
 
 
 def host_command(src: Path, exe: Path, flags: list[str] | None = None, gcc: str = "gcc") -> list[str]:
@@ -84,13 +87,11 @@ def build_arm(src: Path, elf: Path, embedded_inputs: bool = True, count: bool = 
 
 
 def arm_sizes(src: Path, work: Path) -> dict[str, int]:
-    """.text/.data/.bss of the model and kernels (and the audio front end, if any) alone (no libc, no demo
-    main), built for Cortex-M4 -Os."""
+    """.text/.data/.bss of the model and kernels (and the audio front end and stream, if any) alone (no libc,
+    no demo main), built with ARM_FLAGS."""
     gcc, size = _need("arm-none-eabi-gcc"), _need("arm-none-eabi-size")
     objs = []
-    audio = ["ew_frontend.c", "ew_stream.c"] if (src / "ew_frontend.c").is_file() else []
-    names = ["model.c", "ew_kernels.c", *audio]
-    for name in names:
+    for name in [n for n in SOURCES if n != "main.c"] + list(_audio(src)):
         obj = work / (name[:-2] + ".o")
         _run([gcc, *ARM_FLAGS, "-c", "-o", str(obj), str(src / name)], f"arm-none-eabi-gcc {name}")
         objs.append(str(obj))
@@ -99,11 +100,15 @@ def arm_sizes(src: Path, work: Path) -> dict[str, int]:
     return {"text": int(total[0]), "data": int(total[1]), "bss": int(total[2])}
 
 
+def check_board(board: str) -> None:
+    if board not in BOARDS:
+        raise CodegenError(f"unknown board {board!r}; known: {', '.join(BOARDS)}")
+
+
 def build_firmware(src: Path, board: str) -> tuple[Path, dict[str, int]]:
     """src/firmware.elf for `board` (the demo main takes a WAV path on its command line for audio bundles,
     stdin otherwise), and the .text/.data/.bss of the model, kernels and front end in it."""
-    if board not in BOARDS:
-        raise CodegenError(f"unknown board {board!r}; known: {', '.join(BOARDS)}")
+    check_board(board)
     elf = build_arm(src, src / "firmware.elf", embedded_inputs=False)
     with tempfile.TemporaryDirectory() as work:
         sizes = arm_sizes(src, Path(work))
@@ -126,9 +131,9 @@ def count_instructions(src: Path, work: Path) -> list[tuple[int, int]]:
 def run_qemu(elf: Path, timeout: float = 120, args: list[str] | None = None, icount: bool = False) -> str:
     """The program's stdout on an emulated Cortex-M4 (mps2-an386); `args` are its command line, and files
     it opens are the host's (semihosting)."""
-    config = "enable=on,target=native" + "".join(f",arg={a}" for a in [elf.name, *(args or [])])
     if any("," in a or " " in a for a in args or []):  # qemu splits options at commas, the guest at spaces
         raise CodegenError("qemu's semihosting command line cannot hold a comma or a space: rename the file")
+    config = "enable=on,target=native" + "".join(f",arg={a}" for a in [elf.name, *(args or [])])
     cmd = [_need("qemu-system-arm"), "-M", "mps2-an386", "-nographic", "-monitor", "none", "-serial", "none",
            "-semihosting-config", config, *(["-icount", "shift=0"] if icount else []), "-kernel", str(elf)]
     return _run(cmd, "qemu-system-arm", timeout=timeout, text=True).stdout

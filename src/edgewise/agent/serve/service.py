@@ -37,13 +37,14 @@ MAX_BODY_BYTES = 16 * 2**20
 AUDIO_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave")
 
 
-def _media_params(content_type: str) -> dict[str, str]:
-    """`type/sub; rate=16000; channels=1` -> {"rate": "16000", "channels": "1"}."""
+def _content_type(header: str) -> tuple[str, dict[str, str]]:
+    """`type/sub; rate=16000; channels=1` -> ("type/sub", {"rate": "16000", "channels": "1"})."""
+    kind, *parts = header.split(";")
     params = {}
-    for part in content_type.split(";")[1:]:
+    for part in parts:
         key, _, value = part.partition("=")
         params[key.strip().lower()] = value.strip().strip('"')
-    return params
+    return kind.strip(), params
 
 
 def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any = None, tier: str = "server",
@@ -80,7 +81,7 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         name = model or (names[0] if len(names) == 1 else None)
         if name is None:
             return JSONResponse({"error": f"several models are served; pass ?model= one of {names}"}, status_code=400)
-        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
+        ctype, params = _content_type(request.headers.get("content-type", "application/json"))
         try:
             manifest = inference.models.manifest(name)
         except AgentError as e:
@@ -91,7 +92,6 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
             elif ctype in AUDIO_TYPES:  # resampled and turned into features by the bundle's front end
                 answer = await run_in_threadpool(inference.answer_audio, name, body)
             elif ctype.lower() in PCM_TYPES:  # raw 16-bit PCM: the rate (and channels) from the type's parameters
-                params = _media_params(request.headers.get("content-type", ""))
                 answer = await run_in_threadpool(inference.answer_audio, name, body,
                                                  lambda raw: read_pcm(raw, ctype, params))
             else:
