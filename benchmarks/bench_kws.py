@@ -23,7 +23,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import WORK, cpu_flags, machine, table, trained, write_section  # noqa: E402
+
+from tests.harness import set_keyword_spotting  # noqa: E402
 
 from edgewise.bundle import read_bundle  # noqa: E402
 from edgewise.codegen.compile import compile_bundle  # noqa: E402
@@ -139,16 +142,10 @@ def mcu_instructions(src: Path, pcm: np.ndarray, macs: int, hop_ms: float = 40) 
 def with_smoothing(bundle: Path, out: Path, settings: dict) -> Path:
     """A copy of `bundle` whose manifest sets postprocessing.keyword_spotting."""
     import shutil
-    from dataclasses import replace
-
-    from edgewise.bundle import write_bundle
 
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(bundle, out)
-    m = read_bundle(out)
-    write_bundle(out, replace(m, files={}, postprocessing={**m.postprocessing, "keyword_spotting": settings}),
-                 {n: out / n for n in m.files})
-    return out
+    return set_keyword_spotting(out, settings)
 
 
 def main() -> None:

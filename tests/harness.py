@@ -387,6 +387,15 @@ def tone_recording(order: list[str], seed: int = 4) -> tuple[np.ndarray, list[tu
     return np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16), said
 
 
+def set_keyword_spotting(bundle: Path, settings: dict) -> Path:
+    """Rewrite `bundle` in place so its manifest sets postprocessing.keyword_spotting, as a user's
+    `--preprocess` TOML would."""
+    m = read_bundle(bundle)
+    write_bundle(bundle, replace(m, files={}, postprocessing={**m.postprocessing, "keyword_spotting": settings}),
+                 {n: bundle / n for n in m.files})
+    return bundle
+
+
 # ---- sensor logs -------------------------------------------------------------------------------------
 ACTIVITIES = {"idle": (0.05, 0.0), "walk": (0.6, 2.0), "shake": (1.5, 7.0)}  # noise level, motion frequency
 

@@ -96,31 +96,36 @@ def test_a_compiled_keyword_model_takes_pcm_and_answers_like_python(tmp_path, to
     assert len(short.stdout.decode().strip().splitlines()) == 1
 
 
-def test_the_streaming_c_hears_what_the_reference_hears_in_a_long_recording(tmp_path, tone_bundle):
+def _stream(bundle, tmp_path, order: list[str], settings: dict | None = None):  # type: ignore[no-untyped-def]
+    """`bundle` compiled with its front end and stream; a recording of the tone words in `order` as a WAV; what
+    the C program printed streaming it, what the NumPy reference detects in it, and the compiled sources."""
     import onnxruntime as ort
 
     from edgewise.bundle import read_bundle
     from edgewise.codegen.compile import compile_bundle
-    from edgewise.media.recognize import detect_keywords
+    from edgewise.media.recognize import Smoothing, detect_keywords
     from edgewise.targets import load_target
 
-    # Prepare: the keyword model compiled with its front end and stream; a recording of six words
-    bundle = tone_bundle
     compiled = compile_bundle(bundle, tmp_path / "c", load_target("mcu-256k"))
-    assert {"ew_stream.c", "ew_stream.h"} <= set(compiled.sources) and compiled.figures()["stream_ram_bytes"] > 0
     manifest = read_bundle(bundle)
-    pcm, said = tone_recording(["low", "high", "mid", "mid", "low", "high"])
+    pcm, said = tone_recording(order)
     (tmp_path / "talk.wav").write_bytes(wav_bytes(pcm.astype(np.float32) / 32767, 16000))
     exe = build_host(compiled.sources, tmp_path / "build")
-    # Execute: the C program streams the WAV file in 512-sample chunks; the reference slides over it in NumPy
+    # the C program streams the WAV file in 512-sample chunks; the reference slides over it in NumPy
     proc = subprocess.run([str(exe), str(tmp_path / "talk.wav")], capture_output=True, text=True, timeout=120)
     spec = AudioSpec.from_dict(manifest.preprocessing["audio"])
     sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
     ref = detect_keywords(pcm.astype(np.float32) / 32768, spec, manifest.labels,
-                          lambda x: sess.run(None, {sess.get_inputs()[0].name: x})[0])
-    # Assert: the same words at the same times, with the same scores; every word said is among them
+                          lambda x: sess.run(None, {sess.get_inputs()[0].name: x})[0], Smoothing.from_dict(settings))
     assert proc.returncode == 0, proc.stderr
-    got = [line.split() for line in proc.stdout.strip().splitlines()]
+    return [line.split() for line in proc.stdout.strip().splitlines()], ref, said, pcm, exe, compiled
+
+
+def test_the_streaming_c_hears_what_the_reference_hears_in_a_long_recording(tmp_path, tone_bundle):
+    # Execute: the keyword model compiled with its front end and stream, on a recording of six words
+    got, ref, said, pcm, exe, compiled = _stream(tone_bundle, tmp_path, ["low", "high", "mid", "mid", "low", "high"])
+    # Assert: the same words at the same times, with the same scores; every word said is among them
+    assert {"ew_stream.c", "ew_stream.h"} <= set(compiled.sources) and compiled.figures()["stream_ram_bytes"] > 0
     assert [(g[0], float(g[2])) for g in got] == [(d["label"], d["time_s"]) for d in ref], (got, ref)
     assert np.allclose([float(g[1]) for g in got], [d["score"] for d in ref], atol=2e-4)
     for name, end in said:
@@ -132,41 +137,21 @@ def test_the_streaming_c_hears_what_the_reference_hears_in_a_long_recording(tmp_
 
 
 def test_the_bundle_sets_the_hop_and_smoothing_and_every_tier_follows_it(tmp_path, tone_bundle):
-    from dataclasses import replace
-
-    import onnxruntime as ort
-
-    from edgewise.bundle import read_bundle, write_bundle
-    from edgewise.codegen.compile import compile_bundle
-    from edgewise.media.recognize import Smoothing, detect_keywords
-    from edgewise.targets import load_target
-
-    from ..harness import assert_clean_failure, ew
-
-    # Prepare: the bundle asks for a model run every 80 ms and a stricter threshold
-    settings = {"hop_ms": 80, "threshold": 0.6, "average_ms": 240}
-    b = read_bundle(tone_bundle)
-    manifest = replace(b, files={}, postprocessing={**b.postprocessing, "keyword_spotting": settings})
-    write_bundle(tone_bundle, manifest, {n: tone_bundle / n for n in b.files})
-    compiled = compile_bundle(tone_bundle, tmp_path / "c", load_target("mcu-256k"))
-    assert "#define EW_ST_HOP_SAMPLES 1280" in compiled.sources["ew_stream.h"]
-    pcm, _ = tone_recording(["mid", "low", "high", "low"])
-    (tmp_path / "talk.wav").write_bytes(wav_bytes(pcm.astype(np.float32) / 32767, 16000))
-    # Execute
-    exe = build_host(compiled.sources, tmp_path / "build")
-    got = subprocess.run([str(exe), str(tmp_path / "talk.wav")], capture_output=True, text=True, timeout=60)
-    spec = AudioSpec.from_dict(manifest.preprocessing["audio"])
-    sess = ort.InferenceSession(str(tone_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
-    ref = detect_keywords(pcm.astype(np.float32) / 32768, spec, manifest.labels,
-                          lambda x: sess.run(None, {sess.get_inputs()[0].name: x})[0], Smoothing.from_dict(settings))
-    # Assert: the C follows the bundle's settings exactly as the reference does (times on the 80 ms grid)
-    lines = [line.split() for line in got.stdout.strip().splitlines()]
-    assert [(g[0], float(g[2])) for g in lines] == [(d["label"], d["time_s"]) for d in ref] and lines, (lines, ref)
-    assert all(round(float(g[2]) * 1000 - 1000) % 80 == 0 for g in lines)
     from fastapi.testclient import TestClient
 
     from edgewise.agent.runner import AgentConfig, build_agent
 
+    from ..harness import assert_clean_failure, ew, set_keyword_spotting
+
+    # Prepare: the bundle asks for a model run every 80 ms and a stricter threshold
+    settings = {"hop_ms": 80, "threshold": 0.6, "average_ms": 240}
+    set_keyword_spotting(tone_bundle, settings)
+    # Execute
+    lines, ref, _, _, _, compiled = _stream(tone_bundle, tmp_path, ["mid", "low", "high", "low"], settings)
+    # Assert: the C follows the bundle's settings exactly as the reference does (times on the 80 ms grid)
+    assert "#define EW_ST_HOP_SAMPLES 1280" in compiled.sources["ew_stream.h"]
+    assert [(g[0], float(g[2])) for g in lines] == [(d["label"], d["time_s"]) for d in ref] and lines, (lines, ref)
+    assert all(round(float(g[2]) * 1000 - 1000) % 80 == 0 for g in lines)
     agent = build_agent(AgentConfig(bundles=[tone_bundle], tier="server", data_dir=tmp_path / "agent"))
     try:  # the agent reads the same settings from the bundle
         r = TestClient(agent.app).post("/predict", content=(tmp_path / "talk.wav").read_bytes(),
