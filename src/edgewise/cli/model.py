@@ -202,7 +202,7 @@ def compile_cmd(
     table.add_row(str(f["ops"]), f"{f['macs']:,}", f"{f['arena_bytes']:,} B", f"{f['arena_lower_bound_bytes']:,} B",
                   f["planner"], f"{f['constants_bytes']:,} B")
     out_console.print(table)
-    out_console.print(f"wrote {out}/: " + ", ".join(sorted(compiled.sources)) + ", memory.json")
+    out_console.print(f"wrote {out}/: " + ", ".join(sorted(compiled.sources)) + ", memory.json", soft_wrap=False)
     for kind in package or ():
         out_console.print(f"{kind}: {out / kind}/ (" + ("library.properties, src/, examples/" if kind == "arduino"
                                                        else "CMakeLists.txt, include/, src/; target edgewise::<name>")
@@ -218,8 +218,8 @@ def compile_cmd(
         if run is not None and "ew_stream.c" not in compiled.sources:
             raise EdgewiseError("--run streams a WAV file: this bundle declares no audio front end")
         elf, sizes = build_firmware(out, board)
-        out_console.print(f"firmware: {elf} for {board} (model, kernels{', front end' if compiled.frontend else ''}: "
-                          f"flash {sizes['text'] + sizes['data']:,} B, static RAM {sizes['bss'] + sizes['data']:,} B)")
+        out_console.print(f"firmware: {elf} for {board}\n  model, kernels{', front end' if compiled.frontend else ''}: "
+                          f"flash {sizes['text'] + sizes['data']:,} B, static RAM {sizes['bss'] + sizes['data']:,} B")
         if run is not None:
             out_console.print(f"running {elf.name} on an emulated {board} with {run}:")
             heard = run_qemu(elf, args=[str(run.resolve())])
