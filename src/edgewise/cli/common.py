@@ -55,7 +55,8 @@ def with_windows(data: str, window: float | None, stride: float | None) -> str:
     return f"{path}:{','.join(filter(None, [opts, *extra]))}"
 
 
-def _train(model: str, data: str, out: Path, epochs: int, width: float, seed: int) -> Any:
+def _train(model: str, data: str, out: Path, epochs: int, width: float, seed: int,
+           false_alarm_rate: float | None = None) -> Any:
     from edgewise.data import load_splits
     from edgewise.zoo import TrainConfig
     from edgewise.zoo import train as train_model
@@ -68,21 +69,44 @@ def _train(model: str, data: str, out: Path, epochs: int, width: float, seed: in
         task = progress.add_task("train", total=cfg.epochs_for(len(splits.train)), arch=model, status="")
 
         def on_epoch(epoch: int, total: int, m: dict[str, float]) -> None:
-            val = f"val {m['val_accuracy'] * 100:.1f}%" if "val_accuracy" in m else f"val mAP50 {m['val_map50'] * 100:.1f}%"
+            val = (f"val {m['val_accuracy'] * 100:.1f}%" if "val_accuracy" in m else f"val score {-m['val_score']:.3f}"
+                   if "val_score" in m else f"val mAP50 {m['val_map50'] * 100:.1f}%")
             progress.update(task, completed=epoch, total=total, status=f"loss {m['loss']:.3f}  {val}")
 
-        trained = train_model(model, splits, cfg, width=width, on_epoch=on_epoch)
+        trained = train_model(model, splits, cfg, width=width, on_epoch=on_epoch, false_alarm_rate=false_alarm_rate)
     from edgewise.fsutil import atomic_dir
 
     with atomic_dir(out) as tmp:
         trained.save(tmp)
     m = trained.metrics
+    if "threshold" in m:
+        out_console.print(f"trained [bold]{model}[/] on {data}: {trained.params:,} params, anomaly threshold "
+                          f"{m['threshold']:.4g} (false alarms {_pct(m['false_alarm_target'])} of validation normal)")
+        out_console.print(_anomaly_line(m))
+        out_console.print(f"wrote {out}/model.onnx, checkpoint.pt, train.json")
+        return trained
     scores = (f"val {_pct(m['val_accuracy'])}, test {_pct(m['test_accuracy'])}" if "test_accuracy" in m else
               f"val mAP@0.5 {_pct(m['val_map50'])}, test mAP@0.5 {_pct(m['test_map50'])}, "
               f"mAP@0.5:0.95 {_pct(m['test_map50_95'])}")
     out_console.print(f"trained [bold]{model}[/] on {data}: {trained.params:,} params, {scores}")
     out_console.print(f"wrote {out}/model.onnx, checkpoint.pt, train.json")
     return trained
+
+
+def _anomaly_line(m: dict[str, Any]) -> str:
+    """Test figures of an anomaly detector, as far as the test split allows."""
+    parts = [f"test: {m.get('test_normal_windows', 0)} normal, {m.get('test_anomaly_windows', 0)} anomalous windows"]
+    if "test_auroc" in m:
+        parts.append(f"AUROC {m['test_auroc']:.3f}")
+    if "test_false_alarm_rate" in m:
+        parts.append(f"false alarms {_pct(m['test_false_alarm_rate'])}")
+    if "test_detection_rate" in m:
+        parts.append(f"detected {_pct(m['test_detection_rate'])}")
+    by = m.get("test_detection_by_class") or {}
+    line = ", ".join(parts)
+    if by:
+        line += "\n  detected by class: " + ", ".join(f"{k} {_pct(v)}" for k, v in by.items())
+    return line
 
 
 class _SearchProgress:

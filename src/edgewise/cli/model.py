@@ -32,20 +32,28 @@ from edgewise.errors import EdgewiseError
 
 @app.command()
 def train(
-    model: Annotated[str, typer.Option("--model", "-m", help="zoo architecture: mlp, cnn, dscnn, cnn1d, mobilenetv3-small, tinydet (a detector)")],
-    data: Annotated[str, typer.Option("--data", "-d", help="digits, digits:64, basicmotions, textlines, shapes (boxes), keywords (speech), a .npz/.csv file, or a folder: per-class subfolders of images or WAVs, or YOLO format")],
+    model: Annotated[str, typer.Option("--model", "-m", help="zoo architecture: mlp, cnn, dscnn, cnn1d, mobilenetv3-small, tinydet (a detector), autoencoder (anomaly detection, trained on normal data only)")],
+    data: Annotated[str, typer.Option("--data", "-d", help="digits, digits:64, basicmotions, textlines, shapes (boxes), keywords (speech), vibration (anomalies), a .npz/.csv file, or a folder: per-class subfolders of images or WAVs, or YOLO format")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output directory (model.onnx, checkpoint.pt, train.json)")],
     epochs: Annotated[int, typer.Option(help="training epochs (the weights of the best validation epoch are kept)")] = 30,
     width: Annotated[float, typer.Option(help="channel width multiplier")] = 1.0,
     seed: Annotated[int, typer.Option(help="seed for the split and training")] = 0,
     window: Window = None,
     stride: Stride = None,
+    false_alarm_rate: Annotated[float | None, typer.Option(help="autoencoder: the share of normal windows allowed "
+                                                                "to raise an alarm; sets the threshold [0.01]")] = None,
 ) -> None:
     """Train a zoo model on DATA, evaluate it on the test split, and export ONNX.
 
+    An autoencoder learns normal running from the windows labelled `normal` (or all of them, for a
+    recording with one label); raw sensor windows go through the spectral front end first.
+
     Example: edgewise train --model cnn --data digits --out runs/cnn
+    Example: edgewise train --model autoencoder --data vibration --out runs/vib
     """
-    _train(model, with_windows(data, window, stride), out, epochs, width, seed)
+    if false_alarm_rate is not None and model != "autoencoder":
+        raise EdgewiseError("--false-alarm-rate sets an anomaly detector's threshold: use it with --model autoencoder")
+    _train(model, with_windows(data, window, stride), out, epochs, width, seed, false_alarm_rate)
 
 
 @app.command()

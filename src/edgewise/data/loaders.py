@@ -17,6 +17,9 @@ BUNDLED = {
               "default 224): calibration data for third-party vision models",
     "keywords": "keyword spotting: 10 words + unknown + silence, synthesized with espeak-ng on first use and "
                 "cached, 1 s at 16 kHz -> 49x40 log-mel; test split = 4 held-out voices",
+    "vibration": "predictive maintenance: a motor's 3-axis accelerometer at 1 kHz, 3x1000 windows, normal "
+                 "running and 5 faults (imbalance, misalignment, looseness, bearing races), synthesized; "
+                 "test split = 3 unseen normal runs and every fault run",
     "shapes": "detection: circles, squares and triangles composited onto the sample photos, with boxes, "
               "3xSIZExSIZE (shapes:SIZE, default 96), 800 images",
 }
@@ -163,6 +166,10 @@ def load(spec: str) -> Dataset:
         from edgewise.data.keywords import keywords
 
         return keywords()
+    if name == "vibration":
+        from edgewise.data.vibration import vibration
+
+        return vibration()
     if name == "shapes":
         from edgewise.data.shapes import shapes
 

@@ -115,6 +115,12 @@ def _tinydet(shape: tuple[int, ...], classes: int, width: float = 1.0) -> nn.Mod
     return tinydet(shape, classes, width)
 
 
+def _autoencoder(shape: tuple[int, ...], classes: int, width: float = 1.0) -> nn.Module:
+    from edgewise.zoo.anomaly import autoencoder
+
+    return autoencoder(shape, classes, width)
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
     "cnn": cnn,
@@ -122,8 +128,10 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "cnn1d": cnn1d,
     "mobilenetv3-small": mobilenetv3_small,
     "tinydet": _tinydet,
+    "autoencoder": _autoencoder,
 }
 DETECTORS = ("tinydet",)  # trained on boxes; their output is the YOLOv8 layout [B, 4+C, A]
+ANOMALY = ("autoencoder",)  # trained on normal data only; the output is a residual to score (media.anomaly)
 
 
 def build(name: str, shape: tuple[int, ...], classes: int, width: float = 1.0) -> nn.Module:

@@ -46,7 +46,8 @@ class TrainedModel:
     labels: list[str]
     module: nn.Module
     preprocessing: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    postprocessing: dict[str, Any] = field(default_factory=dict)  # an anomaly detector's threshold, say
 
     @property
     def params(self) -> int:
@@ -55,7 +56,7 @@ class TrainedModel:
     def meta(self) -> dict[str, Any]:
         return {"arch": self.arch, "width": self.width, "sample_shape": list(self.sample_shape),
                 "labels": self.labels, "preprocessing": self.preprocessing, "metrics": self.metrics,
-                "params": self.params}
+                "postprocessing": self.postprocessing, "params": self.params}
 
     def save(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
@@ -80,7 +81,7 @@ def load_trained(path: Path) -> TrainedModel:
         raise ModelError(f"{path / 'checkpoint.pt'}: cannot load checkpoint ({e})") from e
     module.eval()
     return TrainedModel(meta["arch"], meta["width"], tuple(meta["sample_shape"]), meta["labels"], module,
-                        meta.get("preprocessing", {}), meta.get("metrics", {}))
+                        meta.get("preprocessing", {}), meta.get("metrics", {}), meta.get("postprocessing", {}))
 
 
 @torch.no_grad()
@@ -179,11 +180,13 @@ def fit_detector(module: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: 
 
 
 def train(arch: str, splits: Splits, cfg: TrainConfig | None = None, width: float = 1.0,
-          on_epoch: EpochHook | None = None) -> TrainedModel:
-    from edgewise.zoo.models import DETECTORS
+          on_epoch: EpochHook | None = None, false_alarm_rate: float | None = None) -> TrainedModel:
+    from edgewise.zoo.models import ANOMALY, DETECTORS
 
     cfg = cfg or TrainConfig()
     torch.manual_seed(cfg.seed)
+    if arch in ANOMALY:
+        return _train_anomaly(arch, splits, cfg, width, on_epoch, false_alarm_rate)
     ds = splits.train
     module = build(arch, ds.sample_shape, ds.num_classes, width)
     if arch in DETECTORS:
@@ -195,3 +198,21 @@ def train(arch: str, splits: Splits, cfg: TrainConfig | None = None, width: floa
         metrics = fit(module, splits, cfg, on_epoch=on_epoch)
     return TrainedModel(arch, width, ds.sample_shape, ds.labels, module, ds.preprocessing, metrics)
 
+
+
+def _train_anomaly(arch: str, splits: Splits, cfg: TrainConfig, width: float, on_epoch: EpochHook | None,
+                   false_alarm_rate: float | None) -> TrainedModel:
+    """An anomaly detector on normal windows only; raw sensor windows go through the spectral front end."""
+    from edgewise.media.anomaly import normal_index
+    from edgewise.zoo import anomaly
+
+    normal = normal_index(splits.train.labels, splits.train.preprocessing)
+    if len(splits.train.sample_shape) == 2:
+        splits = anomaly.spectral_splits(splits, normal if splits.train.y is not None else None)
+    ds = splits.train
+    module = build(arch, ds.sample_shape, 0, width)
+    far = anomaly.DEFAULT_FALSE_ALARM_RATE if false_alarm_rate is None else false_alarm_rate
+    metrics = anomaly.fit_anomaly(module, splits, cfg, far, on_epoch)
+    labels = ds.labels or ["normal"]
+    post = anomaly.anomaly_postprocessing(metrics, labels[normal] if normal < len(labels) else "normal")
+    return TrainedModel(arch, width, ds.sample_shape, labels, module, ds.preprocessing, metrics, post)
