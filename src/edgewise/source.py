@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ class Source:
     labels: list[str]
     preprocessing: dict[str, Any]
     trained: Any = None  # edgewise.zoo.TrainedModel; typed loosely so the core imports no torch
+    postprocessing: dict[str, Any] = field(default_factory=dict)  # what training declared (an anomaly threshold)
 
 
 def load_source(path: Path) -> Source:
@@ -32,12 +33,13 @@ def load_source(path: Path) -> Source:
         from edgewise.zoo import load_trained
 
         tm = load_trained(path)
-        return Source(tm.arch, load_onnx(path / "model.onnx"), tm.labels, tm.preprocessing, tm)
+        return Source(tm.arch, load_onnx(path / "model.onnx"), tm.labels, tm.preprocessing, tm, tm.postprocessing)
     if path.is_dir() and (path / "manifest.json").is_file():
         from edgewise.bundle import read_bundle
 
         man = read_bundle(path)
-        return Source(man.name, load_onnx(path / "model.onnx"), man.labels, man.preprocessing)
+        return Source(man.name, load_onnx(path / "model.onnx"), man.labels, man.preprocessing,
+                      postprocessing=dict(man.postprocessing or {}))
     if path.suffix.lower() in (".pt", ".pth"):
         raise ModelError(f"{path}: convert torch models first with `edgewise import {path} --input-shape ...`")
     # "model.onnx" says little: a model kept as <name>/model.onnx is called <name>
@@ -57,6 +59,8 @@ def fit_data(source: Source, splits: Splits) -> tuple[Source, Splits]:
         if not source.preprocessing:
             source.preprocessing = splits.train.preprocessing
         return source, splits
+    if "spectral" in source.preprocessing and len(splits.train.sample_shape) == 2:
+        splits = _through_spectral(source.preprocessing, splits)
     shape = sample_shape(source.model)
     data_shape = splits.train.sample_shape
     if all(isinstance(d, int) and d > 0 for d in shape):
@@ -74,3 +78,17 @@ def fit_data(source: Source, splits: Splits) -> tuple[Source, Splits]:
     if not source.preprocessing:
         source.preprocessing = splits.train.preprocessing
     return source, splits
+
+
+def _through_spectral(preprocessing: dict[str, Any], splits: Splits) -> Splits:
+    """Raw sensor windows through the model's declared spectral front end (its fitted standardization)."""
+    from edgewise.data import Dataset
+    from edgewise.media.spectral import SpectralSpec, as_logged, features
+
+    spec = SpectralSpec.from_dict(preprocessing["spectral"])
+
+    def conv(ds: Dataset) -> Dataset:
+        return Dataset(ds.name, features(spec, as_logged(ds.x, ds.preprocessing)), ds.y, ds.labels,
+                       {**preprocessing}, groups=ds.groups)
+
+    return Splits(conv(splits.train), conv(splits.val), conv(splits.test))

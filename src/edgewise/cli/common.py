@@ -190,12 +190,17 @@ def _print_search(outcome: Any) -> None:
     f = r.final
     out_console.print(f"[bold green]chosen[/] {r.why}")
     lat = "estimated p50" if estimated else "p50"
-    out_console.print(f"test split: {f['fidelity_kind'].replace('_', ' ')} {_pct(f['baseline_accuracy'])} -> "
-                      f"{_pct(f['accuracy'])}, size {_kb(f['baseline_size_bytes'])} -> {_kb(f['size_bytes'])}, "
+    fmt = (lambda v: f"{v:.3f}") if f["fidelity_kind"] == "auroc" else _pct
+    out_console.print(f"test split: {f['fidelity_kind'].replace('_', ' ')} {fmt(f['baseline_accuracy'])} -> "
+                      f"{fmt(f['accuracy'])}, size {_kb(f['baseline_size_bytes'])} -> {_kb(f['size_bytes'])}, "
                       f"{lat} {f['baseline_latency_p50_ms']:.3f} -> {f['latency_p50_ms']:.3f} ms")
     if "map50_95" in f.get("fidelity_details", {}):
         out_console.print(f"test split: mAP@0.5:0.95 {_pct(f['baseline_fidelity_details']['map50_95'])} -> "
                           f"{_pct(f['fidelity_details']['map50_95'])} (against the data's boxes)")
+    if "anomaly_threshold" in f:
+        out_console.print(f"anomaly threshold {f['anomaly_threshold']:.4g}, recalibrated for the chosen model; "
+                          + _anomaly_line({f"test_{k.removeprefix('anomaly_')}": v for k, v in f.items()
+                                           if k.startswith("anomaly_")}))
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -24,7 +24,7 @@ class Compiled:
     graph: IntGraph
     plan: Plan
     sources: dict[str, str]
-    frontend: dict[str, int] = field(default_factory=dict)  # the audio front end's RAM and tables, if any
+    frontend: dict[str, int] = field(default_factory=dict)  # the front end's (audio, spectral) RAM and tables
 
     def figures(self) -> dict[str, Any]:
         return {"arena_bytes": self.plan.arena_bytes, "arena_lower_bound_bytes": self.plan.lower_bound_bytes,
@@ -50,7 +50,11 @@ def compile_model(model: onnx.ModelProto, name: str = "model", labels: list[str]
 def add_frontend(c: Compiled, preprocessing: dict[str, Any], labels: list[str] | None = None,
                  postprocessing: dict[str, Any] | None = None) -> None:
     """The bundle's declared audio front end, in C, quantizing to the model's input (`frontend.py`), and
-    the streaming keyword spotter over it (`stream.py`)."""
+    the streaming keyword spotter over it (`stream.py`); or its spectral front end for sensor windows and
+    the sensor stream (`sensor.py`)."""
+    if preprocessing.get("spectral"):
+        _add_spectral(c, preprocessing, postprocessing or {})
+        return
     if not preprocessing.get("audio"):
         return
     from edgewise.codegen.frontend import emit_audio_frontend, frontend_bytes
@@ -70,12 +74,28 @@ def add_frontend(c: Compiled, preprocessing: dict[str, Any], labels: list[str] |
     c.frontend = {**frontend_bytes(spec), "stream_ram_bytes": stream_bytes(spec, classes, smoothing)}
 
 
+def _add_spectral(c: Compiled, preprocessing: dict[str, Any], postprocessing: dict[str, Any]) -> None:
+    from edgewise.codegen.sensor import emit_sensor_stream, emit_spectral, spectral_bytes
+    from edgewise.media.spectral import SpectralSpec
+
+    spec = SpectralSpec.from_dict(preprocessing["spectral"])
+    t_in = c.graph.tensors[c.graph.input]
+    if t_in.size != spec.features:
+        raise CodegenError(f"the spectral front end makes {spec.features} features but the model takes {t_in.size}")
+    stride_ms = float(preprocessing.get("stride_ms") or 1000.0 * spec.window / spec.rate_hz / 2)
+    stride = max(1, int(round(stride_ms * spec.rate_hz / 1000.0)))
+    threshold = postprocessing.get("threshold") if postprocessing.get("kind") == "anomaly" else None
+    c.sources.update(emit_spectral(spec, t_in.scale, t_in.zero_point))
+    c.sources.update(emit_sensor_stream(spec, stride, threshold))
+    c.frontend = spectral_bytes(spec, stride)
+
+
 def check_budget(c: Compiled, target: TargetProfile) -> None:
     """RAM: the arena; flash: the constants (code size comes from a real cross-build, see benchmarks)."""
     f = c.figures()
     ram = f["arena_bytes"] + f.get("frontend_ram_bytes", 0) + f.get("stream_ram_bytes", 0)
     flash = f["constants_bytes"] + f.get("frontend_tables_bytes", 0)
-    what = " and the audio front end and stream" if c.frontend else ""
+    what = " and the front end and stream" if c.frontend else ""
     if ram > target.ram_bytes:
         raise CodegenError(f"needs {ram / 1024:.1f} KB RAM for the arena{what}, {target.name} has "
                            f"{target.ram_bytes / 1024:.0f} KB")

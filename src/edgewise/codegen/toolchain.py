@@ -22,6 +22,8 @@ ARM_FLAGS = ["-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=har
 TICK_INSTRUCTIONS = 40  # mps2 FPGAIO counter at 25 MHz; under qemu -icount shift=0 one instruction = 1 ns
 SOURCES = ("model.c", "ew_kernels.c", "main.c")
 AUDIO_SOURCES = ("ew_frontend.c", "ew_stream.c")  # present when the bundle declares an audio front end
+SENSOR_SOURCES = ("ew_spectral.c", "ew_sensor.c")  # ... or a spectral front end for sensor windows
+FRONTENDS = ((AUDIO_SOURCES, "-DEW_AUDIO_FRONTEND"), (SENSOR_SOURCES, "-DEW_SENSOR_FRONTEND"))
 BOARDS = ("mps2-an386",)  # Cortex-M4 boards the firmware is built for (and qemu-system-arm emulates)
 PACKAGES = {"gcc": "gcc", "arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi",
             "arm-none-eabi-size": "binutils-arm-none-eabi", "qemu-system-arm": "qemu-system-arm",
@@ -46,15 +48,19 @@ def _run(cmd: list[str], what: str, timeout: float = 300, **kw) -> subprocess.Co
     return proc
 
 
-def _audio(src: Path) -> tuple[str, ...]:
-    return AUDIO_SOURCES if (src / AUDIO_SOURCES[0]).is_file() else ()
+def _frontend(src: Path) -> tuple[tuple[str, ...], list[str]]:
+    """The front end's C files in `src` and the define that tells the demo main about them."""
+    for files, define in FRONTENDS:
+        if (src / files[0]).is_file():
+            return files, [define, "-lm"]
+    return (), []
 
 
 def _sources(src: Path) -> list[str]:
     """The program's C files; with the bundle's audio front end (and its streaming keyword spotter), the demo
-    reads PCM or a WAV file and runs it first."""
-    audio = _audio(src)
-    return [str(src / s) for s in SOURCES + audio] + (["-DEW_AUDIO_FRONTEND", "-lm"] if audio else [])
+    reads PCM or a WAV file and runs it first; with a spectral front end, it streams a CSV of readings."""
+    files, flags = _frontend(src)
+    return [str(src / s) for s in SOURCES + files] + flags
 
 
 def host_command(src: Path, exe: Path, flags: list[str] | None = None, gcc: str = "gcc") -> list[str]:
@@ -87,11 +93,11 @@ def build_arm(src: Path, elf: Path, embedded_inputs: bool = True, count: bool = 
 
 
 def arm_sizes(src: Path, work: Path) -> dict[str, int]:
-    """.text/.data/.bss of the model and kernels (and the audio front end and stream, if any) alone (no libc,
+    """.text/.data/.bss of the model and kernels (and the front end and stream, if any) alone (no libc,
     no demo main), built with ARM_FLAGS."""
     gcc, size = _need("arm-none-eabi-gcc"), _need("arm-none-eabi-size")
     objs = []
-    for name in [n for n in SOURCES if n != "main.c"] + list(_audio(src)):
+    for name in [n for n in SOURCES if n != "main.c"] + list(_frontend(src)[0]):
         obj = work / (name[:-2] + ".o")
         _run([gcc, *ARM_FLAGS, "-c", "-o", str(obj), str(src / name)], f"arm-none-eabi-gcc {name}")
         objs.append(str(obj))

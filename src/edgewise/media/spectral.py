@@ -130,6 +130,15 @@ def raw_features(spec: SpectralSpec, windows: np.ndarray) -> np.ndarray:
     return np.concatenate([bands, stats], -1).reshape(len(x), -1)
 
 
+def as_logged(x: np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
+    """Windows as the sensor read them: a per-channel standardization the loader applied (sensor logs) is
+    undone, since the front end runs on the device's raw readings."""
+    if preprocessing.get("standardize") and "mean" in preprocessing:
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return x * np.reshape(preprocessing["std"], shape) + np.reshape(preprocessing["mean"], shape)
+    return x
+
+
 def fit(spec: SpectralSpec, windows: np.ndarray) -> SpectralSpec:
     """The spec with its standardization fitted on `windows` (the training split)."""
     f = raw_features(spec, windows)
@@ -145,4 +154,4 @@ def features(spec: SpectralSpec, windows: np.ndarray) -> np.ndarray:
     return np.clip(f, -spec.clip, spec.clip).astype(np.float32)
 
 
-__all__ = ["STATS", "SpectralSpec", "features", "fit", "raw_features"]
+__all__ = ["STATS", "SpectralSpec", "as_logged", "features", "fit", "raw_features"]

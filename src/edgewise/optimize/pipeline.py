@@ -82,10 +82,14 @@ def optimize(model_path: Path, data: str, target: TargetProfile, out: Path, opts
     source, splits = fit_data(load_source(model_path), load_splits(data))
     if labels:
         source.labels = list(labels)
+    if source.postprocessing.get("kind") == "anomaly" and not opts.task:
+        opts = replace(opts, task="anomaly")
     result = search(source, splits, target, opts, log, progress)
     if result.chosen is not None:
         log("measuring the chosen model against the starting model on the test split")
         finalize(result, splits, final_runs(result, opts.time_budget_s))
+        if result.task is not None and result.task.name == "anomaly":
+            source.postprocessing = _anomaly_threshold(source, result.chosen, result, splits)
     report = _report(source, result, opts, splits)
     bundle_path = None
     with atomic_dir(out) as tmp:
@@ -103,7 +107,6 @@ def _manifest(source: Source, result: SearchResult, name: str, version: str, tra
     chosen = result.chosen
     assert chosen is not None and chosen.model is not None
     m = chosen.model
-    metrics = {k: v for k, v in result.final.items() if not isinstance(v, np.generic)}
     # The range the model saw in training, widened by 10% each way: devices refuse inputs far outside it
     # (a wrong scale or a broken sensor), instead of answering nonsense confidently.
     preprocessing = _jsonable(source.preprocessing)
@@ -125,13 +128,35 @@ def _manifest(source: Source, result: SearchResult, name: str, version: str, tra
         if classes and len(labels) != classes:  # numbered from the head's anchor axis by fit_data: renumber
             labels = [str(i) for i in range(classes)]
     post = postprocessing_for(task, labels) if task is not None else {}
+    if task is not None and task.name == "anomaly":
+        post = dict(source.postprocessing)  # its threshold recalibrated for the chosen model (_anomaly_threshold)
     post.update((declared or {}).get("postprocess", {}))
+    metrics = {k: v for k, v in result.final.items() if not isinstance(v, np.generic)}
     return Manifest(
         name=name, version=version, target=result.target.name,
         inputs=[s.as_dict() for s in inputs(m)], outputs=[s.as_dict() for s in outputs(m)],
         labels=labels, preprocessing=preprocessing,
         precision=chosen.precision, recipe=[{"candidate": chosen.id}] + chosen.recipe, metrics=_jsonable(metrics),
         task=task.name if task else "", postprocessing=_jsonable(post))
+
+
+def _anomaly_threshold(source: Source, chosen: Any, result: SearchResult, splits: Splits) -> dict[str, Any]:
+    """The anomaly threshold recalibrated for the chosen model (int8 shifts the scores a little) on the
+    validation split's normal windows, for the false-alarm rate training asked for; the test split's
+    false-alarm and detection rates at it go into the metrics."""
+    from edgewise.media import anomaly as an
+    from edgewise.optimize.measure import Runner
+
+    post = dict(source.postprocessing or {"kind": "anomaly", "score": "mean_square", "false_alarm_rate": 0.01})
+    runner = Runner(result.target)
+    val, test = splits.val, splits.test
+    normal = an.normal_index(val.labels, val.preprocessing) if val.labels else 0
+    s_val = an.scores(runner.outputs(chosen.model, val)[0])
+    thr = an.threshold(s_val if val.y is None else s_val[val.y == normal], float(post.get("false_alarm_rate", 0.01)))
+    s_test = an.scores(runner.outputs(chosen.model, test)[0])
+    bad = np.zeros(len(test), bool) if test.y is None else test.y != normal
+    result.final.update({f"anomaly_{k}": v for k, v in an.evaluate(s_test, bad, thr).items()})
+    return {**post, "kind": "anomaly", "threshold": thr}
 
 
 def _detector_classes(specs: list[Any], layout: Any) -> int | None:

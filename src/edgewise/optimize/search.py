@@ -51,7 +51,10 @@ def search(source: Source, splits: Splits, target: TargetProfile, opts: SearchOp
     baseline.logical = source.model
     baseline.metrics.update(fidelity_metrics(base_fid, base_fid))
     result = SearchResult(target, baseline, [], None, "", task=task)
-    if y_val is None and (val.y is not None or val.boxes is not None):
+    if y_val is None and task.name == "anomaly":
+        result.notes.append("the validation split has no anomalies (as in practice): candidates are compared by how "
+                            "closely their anomaly scores follow the starting model's")
+    elif y_val is None and (val.y is not None or val.boxes is not None):
         result.notes.append(f"the data's labels do not fit a {task.name} model; its fidelity is agreement with the "
                             "starting model")
     if not target.runs_onnxruntime:

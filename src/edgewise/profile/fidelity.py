@@ -10,6 +10,10 @@ accuracy, when there are labels), so "drop in points" means the same for every t
 | segmentation   | -              | mean IoU of the thresholded (or argmax) maps                         |
 | ctc            | -              | 1 - character error rate of the greedy decode (exact lines beside)  |
 | regression     | -              | cosine similarity, the worst output (relative L2 beside)            |
+| anomaly        | AUROC          | 1 - mean relative error of the anomaly scores                        |
+
+An anomaly model's output is a residual whose mean square is the score (`media.anomaly`); its ground
+truth is "not the normal class", and AUROC needs both kinds in the split.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ import numpy as np
 from edgewise.errors import DataError
 from edgewise.profile import detection
 
-TASKS = ("classification", "detection", "segmentation", "ctc", "regression")
+TASKS = ("classification", "detection", "segmentation", "ctc", "regression", "anomaly")
 KINDS = {"classification": "top1_agreement", "detection": "map50_agreement", "segmentation": "iou_agreement",
-         "ctc": "cer_agreement", "regression": "cosine"}
+         "ctc": "cer_agreement", "regression": "cosine", "anomaly": "score_agreement"}
 TOP_K_FALLBACK = 100
 
 
@@ -193,7 +197,7 @@ def _detections(outs: list[np.ndarray], refs: list[np.ndarray], layout: detectio
     return details
 
 
-TRUTH_KINDS = ("accuracy", "map50")  # fidelity kinds measured against ground truth, not the starting model
+TRUTH_KINDS = ("accuracy", "map50", "auroc")  # fidelity kinds measured against ground truth, not the starting model
 
 
 def ground_truth(task: Task, ds: Any) -> Any:
@@ -203,6 +207,11 @@ def ground_truth(task: Task, ds: Any) -> Any:
         return ds.y
     if task.name == "detection" and getattr(ds, "boxes", None) is not None:
         return detection.truth(ds.boxes)
+    if task.name == "anomaly" and ds.y is not None and ds.labels:
+        from edgewise.media.anomaly import normal_index
+
+        bad = ds.y != normal_index(ds.labels, ds.preprocessing)
+        return bad if bad.any() and not bad.all() else None
     return None
 
 
@@ -242,6 +251,17 @@ def fidelity(task: Task, outs: list[np.ndarray], refs: list[np.ndarray], y: Any)
         cer = errors / chars if chars else float(any(a))
         details.update({"cer": cer, "exact_sequences": float(np.mean([p == r for p, r in zip(a, b)]))})
         value, kind = max(0.0, 1.0 - cer), "cer_agreement"
+    elif task.name == "anomaly":
+        from edgewise.media.anomaly import auroc, scores
+
+        sc, sr = scores(first), scores(ref0)
+        rel = float(np.abs(sc - sr).mean() / max(float(sr.mean()), 1e-12))
+        details.update({"score_rel_error": rel, "score_agreement": max(0.0, 1.0 - rel)})
+        value, kind = details["score_agreement"], "score_agreement"
+        if y is not None:
+            bad = np.asarray(y, bool)
+            accuracy = value = details["auroc"] = auroc(sc[~bad], sc[bad])
+            kind = "auroc"
     else:
         value, kind = agree["cosine"], "cosine"
     return Fidelity(accuracy, top1, agree["cosine"], kind, float(value), details)

@@ -17,7 +17,7 @@ from torch import nn
 from edgewise.data import Dataset, Splits
 from edgewise.errors import DataError
 from edgewise.media import anomaly as an
-from edgewise.media.spectral import SpectralSpec, features, fit
+from edgewise.media.spectral import SpectralSpec, as_logged, features, fit
 
 DEFAULT_FALSE_ALARM_RATE = 0.01
 
@@ -49,28 +49,18 @@ def autoencoder(shape: tuple[int, ...], classes: int, width: float = 1.0) -> nn.
     return AutoEncoder(int(shape[0]), width)
 
 
-def _raw(ds: Dataset) -> np.ndarray:
-    """The readings as logged: per-channel standardization (sensor logs) undone, since the spectral front
-    end runs on the device's raw readings."""
-    pre = ds.preprocessing
-    if pre.get("standardize") and "mean" in pre:
-        shape = (1, -1) + (1,) * (ds.x.ndim - 2)
-        return ds.x * np.reshape(pre["std"], shape) + np.reshape(pre["mean"], shape)
-    return ds.x
-
-
 def spectral_splits(splits: Splits, normal: int | None = None, **settings: Any) -> Splits:
     """Splits of raw windows -> splits of standardized spectral features; the front end is fitted on the
     training windows (of class `normal` only, when given) and recorded in each part's preprocessing."""
     train = splits.train
     pre = {k: v for k, v in train.preprocessing.items() if k not in ("standardize", "mean", "std")}
     spec = SpectralSpec.for_windows(pre, train.sample_shape, **settings)
-    fit_on = _raw(train) if normal is None or train.y is None else _raw(train)[train.y == normal]
+    fit_on = as_logged(train.x, train.preprocessing) if normal is None or train.y is None else as_logged(train.x, train.preprocessing)[train.y == normal]
     spec = fit(spec, fit_on)
     pre = {**pre, "layout": "features", "spectral": spec.as_dict(), "feature_names": spec.feature_names()}
 
     def conv(ds: Dataset) -> Dataset:
-        return Dataset(ds.name, features(spec, _raw(ds)), ds.y, ds.labels, pre, groups=ds.groups)
+        return Dataset(ds.name, features(spec, as_logged(ds.x, ds.preprocessing)), ds.y, ds.labels, pre, groups=ds.groups)
 
     return Splits(conv(splits.train), conv(splits.val), conv(splits.test))
 

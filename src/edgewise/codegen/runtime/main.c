@@ -7,6 +7,12 @@
  *   file is read over semihosting.
  *   `model < clips.pcm`: reads clips of EW_FE_CLIP_SAMPLES 16-bit samples instead (a short last clip is
  *   padded with silence) (embedded: ew_pcm from inputs.h), runs the front end, then the model, per clip.
+ * -DEW_SENSOR_FRONTEND (a bundle that declares a spectral front end for sensor windows):
+ *   `model FILE.csv`: streams a recording of readings at the front end's rate through ew_push_samples and
+ *   prints one line per window: the time its window ends (s), then the label and its int8 score, or for an
+ *   anomaly detector "normal"/"anomaly" and the score. Columns are found by the channel names in a header
+ *   line (a timestamp or label column is skipped); without a header they are the channels in order.
+ *   Comma, semicolon or tab separated. On an emulated board the file is read over semihosting.
  * -DEW_EMBEDDED_INPUTS: runs the samples compiled in from inputs.h (for boards without stdin; output
  * goes through semihosting's printf).
  * -DEW_COUNT_INSTRUCTIONS (with EW_EMBEDDED_INPUTS, on qemu's mps2 boards run with -icount shift=0): prints
@@ -22,6 +28,10 @@
 #include "ew_stream.h"
 #endif
 
+#ifdef EW_SENSOR_FRONTEND
+#include <stdlib.h>
+#include "ew_sensor.h"
+#endif
 #ifdef EW_EMBEDDED_INPUTS
 #include "inputs.h"
 #endif
@@ -128,6 +138,89 @@ static int stream_wav(const char *path)
 }
 #endif
 
+#ifdef EW_SENSOR_FRONTEND
+static void print_window(uint32_t end_sample, const int8_t *out, void *user)
+{
+    (void)user;
+#ifdef EW_ANOMALY_THRESHOLD
+    float score = ew_anomaly_score(out);
+    printf("%.3f %s %.5f\n", end_sample / EW_SP_RATE_HZ, score > EW_ANOMALY_THRESHOLD ? "anomaly" : "normal",
+           (double)score);
+#else
+    int k = ew_argmax(out, EW_OUTPUT_SIZE);
+    printf("%.3f %s %d\n", end_sample / EW_SP_RATE_HZ, k < EW_NUM_LABELS ? ew_labels[k] : "?", (int)out[k]);
+#endif
+}
+
+/* The fields of one CSV line, split in place at commas, semicolons or tabs; returns how many. */
+static int split_fields(char *line, char **field, int most)
+{
+    int n = 0;
+    char *p = line;
+    while (n < most) {
+        field[n++] = p;
+        while (*p && *p != ',' && *p != ';' && *p != '\t' && *p != '\n' && *p != '\r')
+            p++;
+        if (*p != ',' && *p != ';' && *p != '\t')
+            break;
+        *p++ = '\0';
+    }
+    *p = '\0';
+    return n;
+}
+
+static int stream_csv(const char *path)
+{
+    static char line[1024];
+    char *field[64];
+    int col[EW_SP_CHANNELS], c, n, lineno = 0, header = 0;
+    float reading[EW_SP_CHANNELS];
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "cannot open %s\n", path);
+        return 2;
+    }
+    for (c = 0; c < EW_SP_CHANNELS; c++)
+        col[c] = c;
+    ew_sensor_reset();
+    while (fgets(line, sizeof line, f)) {
+        lineno++;
+        n = split_fields(line, field, 64);
+        if (lineno == 1 && n > 0 && strtod(field[0], NULL) == 0.0 && field[0][0] != '0' && field[0][0] != '-'
+            && field[0][0] != '.') {  /* a header: find the channels by name */
+            header = 1;
+            for (c = 0; c < EW_SP_CHANNELS; c++) {
+                int i;
+                col[c] = -1;
+                for (i = 0; i < n; i++)
+                    if (!strcmp(field[i], ew_sp_channel_names[c]))
+                        col[c] = i;
+                if (col[c] < 0) {
+                    fprintf(stderr, "%s: no column %s in the header\n", path, ew_sp_channel_names[c]);
+                    fclose(f);
+                    return 2;
+                }
+            }
+            continue;
+        }
+        if (n == 1 && field[0][0] == '\0')
+            continue;  /* a blank line */
+        for (c = 0; c < EW_SP_CHANNELS; c++) {
+            char *end;
+            if (col[c] >= n || (reading[c] = strtof(field[col[c]], &end), end == field[col[c]])) {
+                fprintf(stderr, "%s:%d: no number for %s\n", path, lineno, ew_sp_channel_names[c]);
+                fclose(f);
+                return 2;
+            }
+        }
+        ew_push_samples(reading, 1, print_window, NULL);
+    }
+    (void)header;
+    fclose(f);
+    return 0;
+}
+#endif
+
 int main(int argc, char **argv)
 {
     static int8_t in[EW_INPUT_SIZE];
@@ -135,6 +228,10 @@ int main(int argc, char **argv)
 #ifdef EW_AUDIO_FRONTEND
     if (argc > 1)
         return stream_wav(argv[1]);
+#endif
+#ifdef EW_SENSOR_FRONTEND
+    if (argc > 1)
+        return stream_csv(argv[1]);
 #endif
     (void)argc;
     (void)argv;
