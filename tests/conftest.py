@@ -10,7 +10,7 @@ import pytest
 from edgewise.bundle.signing import generate_keys
 from edgewise.data import Splits, load_splits
 
-from .harness import make_bundle, versioned
+from .harness import make_bundle, mcu_bundle, versioned
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +31,12 @@ def trained_cnn_dir(tmp_path_factory: pytest.TempPathFactory, digits: Splits) ->
     out = tmp_path_factory.mktemp("cnn")
     train("cnn", digits, TrainConfig(epochs=8)).save(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def vibration_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An autoencoder trained on the bundled vibration set's normal runs, optimized to int8 for mcu-256k."""
+    return mcu_bundle(tmp_path_factory.mktemp("vibration"), "autoencoder", "vibration", 30)
 
 
 @pytest.fixture(scope="session")

@@ -76,14 +76,13 @@ def add_frontend(c: Compiled, preprocessing: dict[str, Any], labels: list[str] |
 
 def _add_spectral(c: Compiled, preprocessing: dict[str, Any], postprocessing: dict[str, Any]) -> None:
     from edgewise.codegen.sensor import emit_sensor_stream, emit_spectral, spectral_bytes
-    from edgewise.media.spectral import SpectralSpec
+    from edgewise.media.spectral import SpectralSpec, stride_samples
 
     spec = SpectralSpec.from_dict(preprocessing["spectral"])
     t_in = c.graph.tensors[c.graph.input]
     if t_in.size != spec.features:
         raise CodegenError(f"the spectral front end makes {spec.features} features but the model takes {t_in.size}")
-    stride_ms = float(preprocessing.get("stride_ms") or 1000.0 * spec.window / spec.rate_hz / 2)
-    stride = max(1, int(round(stride_ms * spec.rate_hz / 1000.0)))
+    stride = stride_samples(spec, preprocessing)
     threshold = postprocessing.get("threshold") if postprocessing.get("kind") == "anomaly" else None
     c.sources.update(emit_spectral(spec, t_in.scale, t_in.zero_point))
     c.sources.update(emit_sensor_stream(spec, stride, threshold))

@@ -154,4 +154,53 @@ def features(spec: SpectralSpec, windows: np.ndarray) -> np.ndarray:
     return np.clip(f, -spec.clip, spec.clip).astype(np.float32)
 
 
-__all__ = ["STATS", "SpectralSpec", "as_logged", "features", "fit", "raw_features"]
+def stride_samples(spec: SpectralSpec, preprocessing: dict[str, Any]) -> int:
+    """Samples between window starts: the dataset's stride (ms), else half a window."""
+    stride_ms = float(preprocessing.get("stride_ms") or 500.0 * spec.window / spec.rate_hz)
+    return max(1, int(round(stride_ms * spec.rate_hz / 1000.0)))
+
+
+def windows_of(readings: np.ndarray, spec: SpectralSpec, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """A recording [samples, channels] -> (the sample count at each window's end, windows [N, channels,
+    window]): the windows the C stream (`ew_push_samples`) runs, starts 0, stride, 2 x stride, ..."""
+    x = np.asarray(readings, np.float64)
+    if x.ndim != 2 or x.shape[1] != len(spec.channels):
+        raise DataError(f"readings must be rows of {len(spec.channels)} values ({', '.join(spec.channels)}); got "
+                        f"shape {tuple(x.shape)}")
+    if len(x) < spec.window:
+        raise DataError(f"a window is {spec.window} samples ({spec.window / spec.rate_hz:g} s at {spec.rate_hz:g} "
+                        f"Hz); got {len(x)}")
+    starts = np.arange(0, len(x) - spec.window + 1, stride)
+    return starts + spec.window, np.stack([x[s : s + spec.window].T for s in starts])
+
+
+def parse_readings(text: str, channels: tuple[str, ...]) -> np.ndarray:
+    """CSV text of readings -> [samples, channels]. With a header, the channels are found by name (other
+    columns, a timestamp or a label, are ignored); without one, the first columns are the channels in
+    order. Comma, semicolon or tab separated."""
+    import csv
+    import io
+
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise DataError("no readings in the CSV body")
+    delim = max(",;\t", key=lines[0].count)
+    rows = list(csv.reader(io.StringIO("\n".join(lines)), delimiter=delim))
+    head = [h.strip() for h in rows[0]]
+    try:
+        [float(v) for v in head[: len(channels)]]
+        cols, body = list(range(len(channels))), rows
+    except ValueError:
+        missing = [c for c in channels if c not in head]
+        if missing:
+            raise DataError(f"the CSV header has no column {', '.join(missing)} (the model reads "
+                            f"{', '.join(channels)})") from None
+        cols, body = [head.index(c) for c in channels], rows[1:]
+    try:
+        return np.array([[float(r[i]) for i in cols] for r in body], np.float64).reshape(-1, len(channels))
+    except (ValueError, IndexError) as e:
+        raise DataError(f"a CSV row without a number for every channel ({e})") from e
+
+
+__all__ = ["STATS", "SpectralSpec", "as_logged", "features", "fit", "parse_readings", "raw_features",
+           "stride_samples", "windows_of"]

@@ -140,6 +140,8 @@ class Inference:
                                   "outputs": outputs_json(names, [np.asarray(o) for o in outs[: len(names)]])}
         if answer["task"] == "classification":
             answer["results"] = self._classify(name, m, feed, outs, t0)
+        elif answer["task"] == "anomaly":  # feature vectors sent as they are: one verdict per sample
+            answer["results"] = self._anomalies(name, m, np.asarray(outs[0]), None)
         else:
             self.counts["requests"] += 1
             self.counts["samples"] += 1
@@ -195,6 +197,65 @@ class Inference:
             return {"task": "keyword_spotting", "detections": found, "duration_s": round(len(samples) / spec.sample_rate, 3),
                     "tier": self.cascade.tier, "latency_ms": (time.perf_counter() - t0) * 1e3}
         return self._labelled(name, m, features(samples, spec)[None, None])
+
+    def answer_readings(self, name: str, readings: np.ndarray) -> dict[str, Any]:
+        """A recording of sensor readings [samples, channels] through the bundle's spectral front end
+        (`media.spectral`), cut into the windows the device's C stream runs (every stride once a window is
+        full). Per window, the time its window ends and: for an anomaly detector `anomaly`, `score` and
+        `threshold` (anomalies are queued upstream as `anomaly` events); for a classifier label and score,
+        through the cascade and the result queue."""
+        from edgewise.media.spectral import SpectralSpec, features, stride_samples, windows_of
+
+        m = self.models.get(name)
+        pre = m.manifest.preprocessing or {}
+        if "spectral" not in pre:
+            raise BadInput(f"model {name} declares no spectral front end for sensor readings: send its input "
+                           "tensor (JSON or .npy)")
+        spec = SpectralSpec.from_dict(pre["spectral"])
+        try:
+            ends, wins = windows_of(readings, spec, stride_samples(spec, pre))
+            x = features(spec, wins)
+        except DataError as e:
+            raise BadInput(str(e)) from e
+        end_s = [round(float(e) / spec.rate_hz, 3) for e in ends]
+        task = task_of(m.manifest)
+        if task == "anomaly":
+            t0 = time.perf_counter()
+            m.requests += 1
+            out = np.concatenate([np.asarray(m.session.run(None, {m.input_name: x[i : i + 1]})[0])
+                                  for i in range(len(x))])
+            found = self._anomalies(name, m, out, end_s)
+            return {"task": "anomaly", "windows": found, "anomalies": sum(w["anomaly"] for w in found),
+                    "tier": self.cascade.tier, "latency_ms": (time.perf_counter() - t0) * 1e3}
+        if task != "classification":
+            raise BadInput(f"model {name} ({task}) has no answer for sensor readings yet; send its input tensor")
+        results = [self.predict(name, x[i : i + 1])[0] for i in range(len(x))]
+        return {"task": "classification", "tier": self.cascade.tier,
+                "windows": [{"end_s": e, "label": r["label"], "class": r["class"], "score": r["score"],
+                             "tier": r["tier"]} for e, r in zip(end_s, results)]}
+
+    def _anomalies(self, name: str, m: Any, out: np.ndarray, end_s: list[float] | None) -> list[dict[str, Any]]:
+        """Anomaly verdicts for residuals `out` (one row per window); the anomalies are queued upstream."""
+        from edgewise.media.anomaly import answer as verdict
+
+        post = m.manifest.postprocessing or {}
+        try:
+            found = [verdict(row, post) for row in out.reshape(len(out), -1)]
+        except DataError as e:
+            raise AgentError(f"model {name}: {e}") from e
+        if end_s is not None:
+            found = [{"end_s": e, **f} for e, f in zip(end_s, found)]
+        self.counts["requests"] += 1
+        self.counts["samples"] += len(found)
+        self.counts["local"] += len(found)
+        bad = [f for f in found if f["anomaly"]]
+        if bad and self.policy.send_results and self.committer is not None:
+            now = round(time.time(), 3)
+            self.committer.submit([NewItem(json.dumps(
+                {"m": name, "v": m.manifest.version, "s": round(f["score"], 5), "thr": round(f["threshold"], 5),
+                 "ts": now, **({"end_s": f["end_s"]} if "end_s" in f else {})}, separators=(",", ":")).encode(),
+                topic="anomaly") for f in bad])
+        return found
 
     def _labelled(self, name: str, m: Any, x: np.ndarray) -> dict[str, Any]:
         """A classifier's answer to one prepared signal (image or audio): through the cascade and the result

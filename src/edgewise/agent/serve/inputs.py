@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgewise.bundle import Manifest
-from edgewise.errors import AgentError
+from edgewise.errors import AgentError, DataError
 from edgewise.npyio import HEADER_LOCK
 
 MAX_BATCH = 1024
@@ -156,8 +156,17 @@ def validate(x: np.ndarray, manifest: Manifest) -> np.ndarray:
         lo, hi = float(x.min()), float(x.max())
         if lo < bounds[0] or hi > bounds[1]:
             raise BadInput(f"inputs span [{lo:.4g}, {hi:.4g}], outside the model's input range "
-                           f"[{bounds[0]:.4g}, {bounds[1]:.4g}]: check the preprocessing ({manifest.preprocessing})")
+                           f"[{bounds[0]:.4g}, {bounds[1]:.4g}]: check the preprocessing ({_brief(manifest.preprocessing)})")
     return np.ascontiguousarray(_cast(spec["name"], x, spec.get("dtype", "float32")))
+
+
+def _brief(preprocessing: dict[str, Any] | None, most: int = 160) -> str:
+    """What the bundle declares about its input, short enough for an error message."""
+    items = {k: v for k, v in (preprocessing or {}).items()
+             if k not in ("input_range", "feature_names", "test_groups", "source")}
+    text = ", ".join(f"{k}: {v}" if not isinstance(v, (dict, list)) or len(str(v)) < 40 else f"{k}: ..."
+                     for k, v in items.items())
+    return text if len(text) <= most else text[: most - 3] + "..."
 
 
 def feed_for(inputs: Inputs, manifest: Manifest) -> dict[str, np.ndarray]:
@@ -192,3 +201,29 @@ def feed_for(inputs: Inputs, manifest: Manifest) -> dict[str, np.ndarray]:
 def outputs_json(names: list[str], outs: list[np.ndarray]) -> dict[str, dict[str, Any]]:
     """Every output by name, with its dtype and shape beside the values."""
     return {n: {"dtype": o.dtype.name, "shape": list(o.shape), "data": o.tolist()} for n, o in zip(names, outs)}
+
+
+def readings_json(value: Any) -> np.ndarray:
+    """`{"readings": [[ch0, ch1, ...], ...]}`: one row per sample, the channels in the manifest's order."""
+    try:
+        x = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise BadInput(f"readings must be rows of numbers, one row per sample ({e})") from e
+    if x.ndim != 2:
+        raise BadInput(f"readings must be rows of numbers, one row per sample; got shape {tuple(x.shape)}")
+    return x
+
+
+def readings_csv(raw: bytes, manifest: Manifest) -> np.ndarray:
+    """A CSV body of readings, its channels found by the names the bundle's spectral front end records."""
+    from edgewise.media.spectral import SpectralSpec, parse_readings
+
+    spec = (manifest.preprocessing or {}).get("spectral")
+    if not spec:
+        raise BadInput(f"model {manifest.name} declares no spectral front end: a CSV of readings needs one")
+    try:
+        return parse_readings(raw.decode("utf-8-sig"), SpectralSpec.from_dict(spec).channels)
+    except UnicodeDecodeError as e:
+        raise BadInput(f"the CSV body is not UTF-8 ({e.reason})") from e
+    except DataError as e:
+        raise BadInput(str(e)) from e

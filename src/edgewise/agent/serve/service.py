@@ -18,6 +18,8 @@ from edgewise import openapi_bodies as bodies
 from edgewise.agent.forward.receiver import EventStore
 from edgewise.agent.forward.upstream import decode_batch
 from edgewise.agent.serve.inputs import (
+    readings_csv,
+    readings_json,
     BadInput,
     feed_for,
     load_json,
@@ -71,7 +73,10 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         (label, score, box in the image's pixels) or `label`, `score` and `top`. A WAV body (audio/wav), or
         raw 16-bit PCM (`audio/pcm; rate=16000` little-endian, `audio/L16; rate=16000` big-endian), goes
         through the bundle's audio front end (resample, window, log-mel/MFCC) and answers `label`, `score`
-        and `top` (a clip) or the keywords heard (a longer recording)."""
+        and `top` (a clip) or the keywords heard (a longer recording). Sensor readings (a text/csv body
+        with the channels named in its header, or JSON `{"readings": [[...], ...]}`, one row per sample)
+        go through the bundle's spectral front end and answer per window: `anomaly` and `score` for an
+        anomaly detector, `label` and `score` for a classifier."""
         if inference is None:
             return JSONResponse({"error": "this agent serves no models"}, status_code=404)
         body = await request.body()
@@ -91,6 +96,8 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
                 answer = await run_in_threadpool(inference.answer_image, name, body)
             elif ctype in AUDIO_TYPES:  # resampled and turned into features by the bundle's front end
                 answer = await run_in_threadpool(inference.answer_audio, name, body)
+            elif ctype in ("text/csv", "text/plain"):  # sensor readings as logged: the bundle's spectral front end
+                answer = await run_in_threadpool(inference.answer_readings, name, readings_csv(body, manifest))
             elif ctype.lower() in PCM_TYPES:  # raw 16-bit PCM: the rate (and channels) from the type's parameters
                 answer = await run_in_threadpool(inference.answer_audio, name, body,
                                                  lambda raw: read_pcm(raw, ctype, params))
@@ -100,13 +107,20 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
                 elif ctype in ("application/x-npz", "application/zip"):
                     inputs = parse_npz(body)
                 elif ctype in ("application/json", ""):
-                    inputs = parse_json_inputs(load_json(body))
+                    doc = load_json(body)
+                    if isinstance(doc, dict) and "readings" in doc:  # sensor readings, rows of channels
+                        inputs = None
+                        answer = await run_in_threadpool(inference.answer_readings, name,
+                                                         readings_json(doc["readings"]))
+                    else:
+                        inputs = parse_json_inputs(doc)
                 else:
                     return JSONResponse({"error": f"unsupported content type {ctype!r}: use application/json, "
                                                   "application/x-npy, application/x-npz, image/jpeg, image/png, "
-                                                  "audio/wav or audio/pcm;rate=N"},
+                                                  "audio/wav, audio/pcm;rate=N or text/csv"},
                                         status_code=415)
-                answer = await run_in_threadpool(inference.answer, name, feed_for(inputs, manifest))
+                if inputs is not None:
+                    answer = await run_in_threadpool(inference.answer, name, feed_for(inputs, manifest))
         except BadInput as e:
             return failed("bad_input", 422, e)
         except (ModelBudgetExceeded, QueueFull) as e:
