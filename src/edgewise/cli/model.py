@@ -182,7 +182,8 @@ def compile_cmd(
     board: Annotated[str | None, typer.Option(help="also build firmware for this board with arm-none-eabi-gcc: "
                                                    "'mps2-an386' (Cortex-M4, emulated by qemu-system-arm)")] = None,
     run: Annotated[Path | None, typer.Option(help="then run the firmware under qemu on this WAV file (audio "
-                                                  "bundles): it prints each keyword it hears")] = None,
+                                                  "bundles: it prints each keyword it hears) or CSV of readings "
+                                                  "(sensor bundles: a verdict per window)")] = None,
     package: Annotated[list[str] | None, typer.Option(help="also export the sources as an 'arduino' library "
                                                           "and/or a 'cmake' package (repeatable)")] = None,
 ) -> None:
@@ -190,6 +191,7 @@ def compile_cmd(
 
     Example: edgewise compile runs/cnn-mcu/bundle --out runs/cnn-c
     Example: edgewise compile runs/kws/bundle --out runs/kws-c --board mps2-an386 --run talk.wav
+    Example: edgewise compile runs/vib-mcu/bundle --out runs/vib-c --board mps2-an386 --run motor.csv
     """
     from edgewise.codegen.compile import compile_bundle
     from edgewise.codegen.toolchain import check_board
@@ -223,14 +225,17 @@ def compile_cmd(
     if board is not None:
         from edgewise.codegen.toolchain import build_firmware, run_qemu
 
-        if run is not None and "ew_stream.c" not in compiled.sources:
-            raise EdgewiseError("--run streams a WAV file: this bundle declares no audio front end")
+        if run is not None and not {"ew_stream.c", "ew_sensor.c"} & set(compiled.sources):
+            raise EdgewiseError("--run streams a WAV file (an audio front end) or a CSV of readings (a spectral "
+                                "front end): this bundle declares neither")
         elf, sizes = build_firmware(out, board)
         out_console.print(f"firmware: {elf} for {board}\n  model, kernels{', front end' if compiled.frontend else ''}: "
                           f"flash {sizes['text'] + sizes['data']:,} B, static RAM {sizes['bss'] + sizes['data']:,} B")
         if run is not None:
             out_console.print(f"running {elf.name} on an emulated {board} with {run}:")
             heard = run_qemu(elf, args=[str(run.resolve())])
+            if "ew_sensor.c" in compiled.sources:
+                out_console.print("window end (s), verdict, score:", highlight=False)
             out_console.print(heard.rstrip() or "(nothing heard)", highlight=False)
 
 
