@@ -10,19 +10,20 @@ import pytest
 
 from edgewise.codegen.frontend import quantize_reference
 from edgewise.codegen.sensor import emit_spectral
-from edgewise.media.spectral import SpectralSpec, features, fit, windows_of
+from edgewise.media.sensor import SensorInput
+from edgewise.media.spectral import SpectralSpec, features, fit
 
 from ..harness import have
 
 MAIN = """#include <stdio.h>
-#include "ew_spectral.h"
+#include "ew_features.h"
 int main(void)
 {
-    static float window[EW_SP_CHANNELS * EW_SP_WINDOW];
-    static int8_t out[EW_SP_FEATURES];
-    while (fread(window, sizeof(float), EW_SP_CHANNELS * EW_SP_WINDOW, stdin) == EW_SP_CHANNELS * EW_SP_WINDOW) {
-        ew_spectral_features(window, out);
-        fwrite(out, 1, EW_SP_FEATURES, stdout);
+    static float window[EW_FX_CHANNELS * EW_FX_WINDOW];
+    static int8_t out[EW_FX_FEATURES];
+    while (fread(window, sizeof(float), EW_FX_CHANNELS * EW_FX_WINDOW, stdin) == EW_FX_CHANNELS * EW_FX_WINDOW) {
+        ew_features(window, out);
+        fwrite(out, 1, EW_FX_FEATURES, stdout);
     }
     return 0;
 }
@@ -33,7 +34,8 @@ def test_c_spectral_features_match_the_numpy_reference_within_one_step(tmp_path)
     from edgewise.data.vibration import LABELS, recording
 
     spec = SpectralSpec(1000.0, 1000, ("acc_x", "acc_y", "acc_z"))
-    wins = np.concatenate([windows_of(recording(k, 4.0, seed=60 + i).T, spec, 250)[1] for i, k in enumerate(LABELS)])
+    cut = SensorInput(spec.channels, spec.rate_hz, spec.window, 250, spec)
+    wins = np.concatenate([cut.windows(recording(k, 4.0, seed=60 + i).T)[1] for i, k in enumerate(LABELS)])
     wins = np.concatenate([wins, 1e-3 * wins[:5], 100 * wins[5:10] + 3.0])  # quiet, loud and offset sensors
     spec = fit(spec, wins)
     ref = features(spec, wins)
@@ -60,16 +62,14 @@ def _reference_verdicts(bundle, rows: np.ndarray) -> tuple[list[float], list[flo
     from edgewise.codegen.lower import lower
     from edgewise.codegen.reference import quantize_input, run_reference
     from edgewise.media.anomaly import scores
-    from edgewise.media.spectral import stride_samples
-
     man = read_bundle(bundle)
-    spec = SpectralSpec.from_dict(man.preprocessing["spectral"])
-    ends, wins = windows_of(rows, spec, stride_samples(spec, man.preprocessing))
+    sensor = SensorInput.from_preprocessing(man.preprocessing)
+    ends, wins = sensor.windows(rows)
     graph = lower(onnx.load(str(bundle / "model.onnx")))
-    out = np.stack([run_reference(graph, quantize_input(graph, f[None])).reshape(-1) for f in features(spec, wins)])
+    out = np.stack([run_reference(graph, quantize_input(graph, f[None])).reshape(-1) for f in sensor.inputs(wins)])
     t_out = graph.tensors[graph.output]
     residual = (out.astype(np.float64) - t_out.zero_point) * t_out.scale
-    return [float(e) / spec.rate_hz for e in ends], scores(residual).tolist(), float(man.postprocessing["threshold"])
+    return [float(e) / sensor.rate_hz for e in ends], scores(residual).tolist(), float(man.postprocessing["threshold"])
 
 
 def _recording(path) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -90,7 +90,7 @@ def test_a_compiled_anomaly_detector_streams_a_csv_and_flags_the_faults_as_pytho
     from edgewise.targets import load_target
 
     compiled = compile_bundle(vibration_bundle, tmp_path / "c", load_target("mcu-256k"), update_bundle=False)
-    assert {"ew_spectral.c", "ew_sensor.c"} <= set(compiled.sources)
+    assert {"ew_features.h", "ew_spectral.c", "ew_sensor.c"} <= set(compiled.sources)
     assert "#define EW_ANOMALY_THRESHOLD" in compiled.sources["ew_sensor.h"]
     f = compiled.figures()  # the window ring and the front end's scratch are counted against the target
     assert f["stream_ram_bytes"] == 4 * 3 * 1000 + 8 and f["frontend_ram_bytes"] == 4 * (2 * 128 + 64)

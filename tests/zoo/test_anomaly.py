@@ -11,7 +11,8 @@ import pytest
 from edgewise.data import load, load_splits
 from edgewise.errors import DataError
 from edgewise.media import anomaly as an
-from edgewise.media.spectral import SpectralSpec, features, fit, parse_readings, raw_features, windows_of
+from edgewise.media.sensor import SensorInput, parse_readings
+from edgewise.media.spectral import SpectralSpec, features, fit, raw_features
 
 from ..harness import assert_clean_failure, ew
 
@@ -46,12 +47,18 @@ def test_readings_parse_by_channel_name_and_cut_into_the_streams_windows():
         parse_readings("ax,az\n1,2\n", ("ax", "ay"))
     with pytest.raises(DataError, match="a number for every channel"):
         parse_readings("ax,az\n1,oops\n", ("ax", "az"))
-    spec = SpectralSpec(100.0, 200, ("a", "b"), fft=64, bands=8)
-    ends, wins = windows_of(np.arange(1000).reshape(500, 2), spec, 50)
+    sensor = SensorInput(("a", "b"), 100.0, 200, 50)
+    ends, wins = sensor.windows(np.arange(1000).reshape(500, 2))
     assert ends.tolist() == [200, 250, 300, 350, 400, 450, 500] and wins.shape == (7, 2, 200)
     assert wins[1, 0, 0] == 100  # the second window starts at sample 50: channel a's value there
     with pytest.raises(DataError, match="a window is 200 samples"):
-        windows_of(np.zeros((150, 2)), spec, 50)
+        sensor.windows(np.zeros((150, 2)))
+    with pytest.raises(DataError, match="NaN"):
+        sensor.windows(np.full((300, 2), np.nan))
+    raw = SensorInput.from_preprocessing({"layout": "NCT", "rate_hz": 100.0, "window_ms": 2000, "stride_ms": 500,
+                                          "channels": ["a", "b"], "mean": [1.0, 2.0], "std": [2.0, 4.0]})
+    assert (raw.kind, raw.window, raw.stride) == ("raw", 200, 50)
+    assert raw.inputs(wins[:1])[0, :, 0].tolist() == [(0 - 1) / 2, (1 - 2) / 4]
 
 
 def test_the_vibration_set_is_seeded_and_holds_its_faults_and_unseen_runs_out_for_test():
@@ -129,8 +136,8 @@ def test_optimize_recalibrates_the_threshold_and_the_agent_answers_readings_per_
             bad = client.post("/predict", content=body, headers={"content-type": ctype})
             assert bad.status_code == 422 and fragment in bad.json()["error"], bad.text
         # the features themselves, as any tensor: one verdict per sample
-        spec = SpectralSpec.from_dict(man.preprocessing["spectral"])
-        x = features(spec, windows_of(rows, spec, 500)[1])
+        sensor = SensorInput.from_preprocessing(man.preprocessing)
+        x = sensor.inputs(sensor.windows(rows)[1])
         t = client.post("/predict", json={"inputs": x[-2:].tolist()})
         assert t.status_code == 200 and all(v["anomaly"] for v in t.json()["results"]), t.text
     finally:

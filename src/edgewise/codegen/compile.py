@@ -50,10 +50,8 @@ def compile_model(model: onnx.ModelProto, name: str = "model", labels: list[str]
 def add_frontend(c: Compiled, preprocessing: dict[str, Any], labels: list[str] | None = None,
                  postprocessing: dict[str, Any] | None = None) -> None:
     """The bundle's declared audio front end, in C, quantizing to the model's input (`frontend.py`), and
-    the streaming keyword spotter over it (`stream.py`); or its spectral front end for sensor windows and
-    the sensor stream (`sensor.py`)."""
-    if preprocessing.get("spectral"):
-        _add_spectral(c, preprocessing, postprocessing or {})
+    the streaming keyword spotter over it (`stream.py`); or its sensor front end and the sensor stream."""
+    if _add_sensor(c, preprocessing, postprocessing or {}):
         return
     if not preprocessing.get("audio"):
         return
@@ -74,19 +72,27 @@ def add_frontend(c: Compiled, preprocessing: dict[str, Any], labels: list[str] |
     c.frontend = {**frontend_bytes(spec), "stream_ram_bytes": stream_bytes(spec, classes, smoothing)}
 
 
-def _add_spectral(c: Compiled, preprocessing: dict[str, Any], postprocessing: dict[str, Any]) -> None:
-    from edgewise.codegen.sensor import emit_sensor_stream, emit_spectral, spectral_bytes
-    from edgewise.media.spectral import SpectralSpec, stride_samples
+def _add_sensor(c: Compiled, preprocessing: dict[str, Any], postprocessing: dict[str, Any]) -> bool:
+    """The bundle's sensor front end (spectral features, or the standardized window itself) and the sensor
+    stream, in C (`sensor.py`); False when it takes no sensor windows."""
+    from edgewise.codegen.sensor import emit_raw_window, emit_sensor_stream, emit_spectral, sensor_bytes
+    from edgewise.media.sensor import SensorInput
 
-    spec = SpectralSpec.from_dict(preprocessing["spectral"])
+    sensor = SensorInput.from_preprocessing(preprocessing)
+    if sensor is None:
+        return False
     t_in = c.graph.tensors[c.graph.input]
-    if t_in.size != spec.features:
-        raise CodegenError(f"the spectral front end makes {spec.features} features but the model takes {t_in.size}")
-    stride = stride_samples(spec, preprocessing)
+    want = sensor.spectral.features if sensor.spectral else len(sensor.channels) * sensor.window
+    if t_in.size != want:
+        raise CodegenError(f"the sensor front end makes {want} values per window but the model takes {t_in.size}")
     threshold = postprocessing.get("threshold") if postprocessing.get("kind") == "anomaly" else None
-    c.sources.update(emit_spectral(spec, t_in.scale, t_in.zero_point))
-    c.sources.update(emit_sensor_stream(spec, stride, threshold))
-    c.frontend = spectral_bytes(spec, stride)
+    if sensor.spectral is not None:
+        c.sources.update(emit_spectral(sensor.spectral, t_in.scale, t_in.zero_point))
+    else:
+        c.sources.update(emit_raw_window(sensor, t_in.scale, t_in.zero_point))
+    c.sources.update(emit_sensor_stream(sensor, threshold))
+    c.frontend = sensor_bytes(sensor)
+    return True
 
 
 def check_budget(c: Compiled, target: TargetProfile) -> None:

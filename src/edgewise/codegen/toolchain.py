@@ -22,8 +22,9 @@ ARM_FLAGS = ["-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=har
 TICK_INSTRUCTIONS = 40  # mps2 FPGAIO counter at 25 MHz; under qemu -icount shift=0 one instruction = 1 ns
 SOURCES = ("model.c", "ew_kernels.c", "main.c")
 AUDIO_SOURCES = ("ew_frontend.c", "ew_stream.c")  # present when the bundle declares an audio front end
-SENSOR_SOURCES = ("ew_spectral.c", "ew_sensor.c")  # ... or a spectral front end for sensor windows
-FRONTENDS = ((AUDIO_SOURCES, "-DEW_AUDIO_FRONTEND"), (SENSOR_SOURCES, "-DEW_SENSOR_FRONTEND"))
+# ... or a sensor front end (spectral features, or the standardized raw window) and the sensor stream
+SENSOR_FRONTENDS = ("ew_spectral.c", "ew_window.c")
+SENSOR_SOURCES = ("ew_sensor.c",)
 BOARDS = ("mps2-an386",)  # Cortex-M4 boards the firmware is built for (and qemu-system-arm emulates)
 PACKAGES = {"gcc": "gcc", "arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi",
             "arm-none-eabi-size": "binutils-arm-none-eabi", "qemu-system-arm": "qemu-system-arm",
@@ -50,15 +51,17 @@ def _run(cmd: list[str], what: str, timeout: float = 300, **kw) -> subprocess.Co
 
 def _frontend(src: Path) -> tuple[tuple[str, ...], list[str]]:
     """The front end's C files in `src` and the define that tells the demo main about them."""
-    for files, define in FRONTENDS:
-        if (src / files[0]).is_file():
-            return files, [define, "-lm"]
+    if (src / AUDIO_SOURCES[0]).is_file():
+        return AUDIO_SOURCES, ["-DEW_AUDIO_FRONTEND", "-lm"]
+    if (src / SENSOR_SOURCES[0]).is_file():
+        fe = tuple(f for f in SENSOR_FRONTENDS if (src / f).is_file())
+        return fe + SENSOR_SOURCES, ["-DEW_SENSOR_FRONTEND", "-lm"]
     return (), []
 
 
 def _sources(src: Path) -> list[str]:
     """The program's C files; with the bundle's audio front end (and its streaming keyword spotter), the demo
-    reads PCM or a WAV file and runs it first; with a spectral front end, it streams a CSV of readings."""
+    reads PCM or a WAV file and runs it first; with a sensor front end, it streams a CSV of readings."""
     files, flags = _frontend(src)
     return [str(src / s) for s in SOURCES + files] + flags
 

@@ -199,25 +199,24 @@ class Inference:
         return self._labelled(name, m, features(samples, spec)[None, None])
 
     def answer_readings(self, name: str, readings: np.ndarray) -> dict[str, Any]:
-        """A recording of sensor readings [samples, channels] through the bundle's spectral front end
-        (`media.spectral`), cut into the windows the device's C stream runs (every stride once a window is
-        full). Per window, the time its window ends and: for an anomaly detector `anomaly`, `score` and
-        `threshold` (anomalies are queued upstream as `anomaly` events); for a classifier label and score,
-        through the cascade and the result queue."""
-        from edgewise.media.spectral import SpectralSpec, features, stride_samples, windows_of
+        """A recording of sensor readings [samples, channels] through the bundle's sensor front end
+        (`media.sensor`: spectral features, or the standardized window itself), cut into the windows the
+        device's C stream runs (every stride once a window is full). Per window, the time its window ends
+        and: for an anomaly detector `anomaly`, `score` and `threshold` (anomalies are queued upstream as
+        `anomaly` events); for a classifier label and score, through the cascade and the result queue."""
+        from edgewise.media.sensor import SensorInput
 
         m = self.models.get(name)
-        pre = m.manifest.preprocessing or {}
-        if "spectral" not in pre:
-            raise BadInput(f"model {name} declares no spectral front end for sensor readings: send its input "
-                           "tensor (JSON or .npy)")
-        spec = SpectralSpec.from_dict(pre["spectral"])
         try:
-            ends, wins = windows_of(readings, spec, stride_samples(spec, pre))
-            x = features(spec, wins)
+            sensor = SensorInput.from_preprocessing(m.manifest.preprocessing or {})
+            if sensor is None:
+                raise BadInput(f"model {name} declares no sensor front end (spectral features or a window of "
+                               "readings): send its input tensor (JSON or .npy)")
+            ends, wins = sensor.windows(readings)
+            x = sensor.inputs(wins)
         except DataError as e:
             raise BadInput(str(e)) from e
-        end_s = [round(float(e) / spec.rate_hz, 3) for e in ends]
+        end_s = [round(float(e) / sensor.rate_hz, 3) for e in ends]
         task = task_of(m.manifest)
         if task == "anomaly":
             t0 = time.perf_counter()

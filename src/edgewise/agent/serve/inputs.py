@@ -215,14 +215,14 @@ def readings_json(value: Any) -> np.ndarray:
 
 
 def readings_csv(raw: bytes, manifest: Manifest) -> np.ndarray:
-    """A CSV body of readings, its channels found by the names the bundle's spectral front end records."""
-    from edgewise.media.spectral import SpectralSpec, parse_readings
+    """A CSV body of readings, its channels found by the names the bundle's sensor front end records."""
+    from edgewise.media.sensor import SensorInput, parse_readings
 
-    spec = (manifest.preprocessing or {}).get("spectral")
-    if not spec:
-        raise BadInput(f"model {manifest.name} declares no spectral front end: a CSV of readings needs one")
     try:
-        return parse_readings(raw.decode("utf-8-sig"), SpectralSpec.from_dict(spec).channels)
+        sensor = SensorInput.from_preprocessing(manifest.preprocessing or {})
+        if sensor is None:
+            raise BadInput(f"model {manifest.name} declares no sensor front end: a CSV of readings needs one")
+        return parse_readings(raw.decode("utf-8-sig"), sensor.channels)
     except UnicodeDecodeError as e:
         raise BadInput(f"the CSV body is not UTF-8 ({e.reason})") from e
     except DataError as e:

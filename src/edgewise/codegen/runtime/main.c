@@ -7,7 +7,7 @@
  *   file is read over semihosting.
  *   `model < clips.pcm`: reads clips of EW_FE_CLIP_SAMPLES 16-bit samples instead (a short last clip is
  *   padded with silence) (embedded: ew_pcm from inputs.h), runs the front end, then the model, per clip.
- * -DEW_SENSOR_FRONTEND (a bundle that declares a spectral front end for sensor windows):
+ * -DEW_SENSOR_FRONTEND (a bundle that declares a sensor front end: spectral features or the raw window):
  *   `model FILE.csv`: streams a recording of readings at the front end's rate through ew_push_samples and
  *   prints one line per window: the time its window ends (s), then the label and its int8 score, or for an
  *   anomaly detector "normal"/"anomaly" and the score. Columns are found by the channel names in a header
@@ -144,11 +144,11 @@ static void print_window(uint32_t end_sample, const int8_t *out, void *user)
     (void)user;
 #ifdef EW_ANOMALY_THRESHOLD
     float score = ew_anomaly_score(out);
-    printf("%.3f %s %.5f\n", end_sample / EW_SP_RATE_HZ, score > EW_ANOMALY_THRESHOLD ? "anomaly" : "normal",
+    printf("%.3f %s %.5f\n", end_sample / EW_FX_RATE_HZ, score > EW_ANOMALY_THRESHOLD ? "anomaly" : "normal",
            (double)score);
 #else
     int k = ew_argmax(out, EW_OUTPUT_SIZE);
-    printf("%.3f %s %d\n", end_sample / EW_SP_RATE_HZ, k < EW_NUM_LABELS ? ew_labels[k] : "?", (int)out[k]);
+    printf("%.3f %s %d\n", end_sample / EW_FX_RATE_HZ, k < EW_NUM_LABELS ? ew_labels[k] : "?", (int)out[k]);
 #endif
 }
 
@@ -173,14 +173,14 @@ static int stream_csv(const char *path)
 {
     static char line[1024];
     char *field[64];
-    int col[EW_SP_CHANNELS], c, n, lineno = 0, header = 0;
-    float reading[EW_SP_CHANNELS];
+    int col[EW_FX_CHANNELS], c, n, lineno = 0, header = 0;
+    float reading[EW_FX_CHANNELS];
     FILE *f = fopen(path, "r");
     if (!f) {
         fprintf(stderr, "cannot open %s\n", path);
         return 2;
     }
-    for (c = 0; c < EW_SP_CHANNELS; c++)
+    for (c = 0; c < EW_FX_CHANNELS; c++)
         col[c] = c;
     ew_sensor_reset();
     while (fgets(line, sizeof line, f)) {
@@ -189,14 +189,14 @@ static int stream_csv(const char *path)
         if (lineno == 1 && n > 0 && strtod(field[0], NULL) == 0.0 && field[0][0] != '0' && field[0][0] != '-'
             && field[0][0] != '.') {  /* a header: find the channels by name */
             header = 1;
-            for (c = 0; c < EW_SP_CHANNELS; c++) {
+            for (c = 0; c < EW_FX_CHANNELS; c++) {
                 int i;
                 col[c] = -1;
                 for (i = 0; i < n; i++)
-                    if (!strcmp(field[i], ew_sp_channel_names[c]))
+                    if (!strcmp(field[i], ew_fx_channel_names[c]))
                         col[c] = i;
                 if (col[c] < 0) {
-                    fprintf(stderr, "%s: no column %s in the header\n", path, ew_sp_channel_names[c]);
+                    fprintf(stderr, "%s: no column %s in the header\n", path, ew_fx_channel_names[c]);
                     fclose(f);
                     return 2;
                 }
@@ -205,10 +205,10 @@ static int stream_csv(const char *path)
         }
         if (n == 1 && field[0][0] == '\0')
             continue;  /* a blank line */
-        for (c = 0; c < EW_SP_CHANNELS; c++) {
+        for (c = 0; c < EW_FX_CHANNELS; c++) {
             char *end;
             if (col[c] >= n || (reading[c] = strtof(field[col[c]], &end), end == field[col[c]])) {
-                fprintf(stderr, "%s:%d: no number for %s\n", path, lineno, ew_sp_channel_names[c]);
+                fprintf(stderr, "%s:%d: no number for %s\n", path, lineno, ew_fx_channel_names[c]);
                 fclose(f);
                 return 2;
             }
