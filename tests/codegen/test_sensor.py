@@ -132,3 +132,56 @@ def test_the_anomaly_firmware_prints_the_host_builds_verdicts_under_qemu(tmp_pat
     assert np.allclose([s for _, _, s in board], [s for _, _, s in hosted], rtol=1e-3)
     print(f"firmware: text {sizes['text']} B, data {sizes['data']} B, bss {sizes['bss']} B")
     assert sizes["bss"] >= 4 * 3 * 1000  # the window ring
+
+
+def test_a_logger_csv_classifier_compiles_and_its_c_stream_labels_a_new_recording(tmp_path):
+    """train cnn1d on a logger CSV with string labels -> int8 for mcu-256k -> C, which reads a second
+    recording (another session, as a CSV with the logger's columns) and labels its windows as the integer
+    reference does."""
+    import onnx
+
+    from edgewise.bundle import read_bundle
+    from edgewise.codegen.compile import compile_bundle
+    from edgewise.codegen.lower import lower
+    from edgewise.codegen.reference import quantize_input, run_reference
+    from edgewise.codegen.toolchain import build_host
+    from edgewise.targets import load_target
+
+    from ..harness import mcu_bundle, sensor_log_csv
+
+    log = sensor_log_csv(tmp_path / "log.csv")
+    bundle = mcu_bundle(tmp_path, "cnn1d", str(log), 12)
+    man = read_bundle(bundle)
+    assert man.labels == ["idle", "shake", "walk"]
+    compiled = compile_bundle(bundle, tmp_path / "c", load_target("mcu-256k"), update_bundle=False)
+    assert {"ew_window.c", "ew_sensor.c"} <= set(compiled.sources) and "ew_spectral.c" not in compiled.sources
+    assert "EW_ANOMALY_THRESHOLD" not in compiled.sources["ew_sensor.h"]
+    exe = build_host(tmp_path / "c", tmp_path / "c" / "model")
+    new = sensor_log_csv(tmp_path / "new.csv", seconds_per_segment=8, seed=5)
+    got = _parse(subprocess.run([str(exe), str(new)], capture_output=True, text=True, check=True, timeout=60).stdout)
+    sensor = SensorInput.from_preprocessing(man.preprocessing)
+    from edgewise.media.sensor import parse_readings
+
+    rows = parse_readings(new.read_text(), sensor.channels)
+    ends, wins = sensor.windows(rows)
+    graph = lower(onnx.load(str(bundle / "model.onnx")))
+    ref = [int(np.argmax(run_reference(graph, quantize_input(graph, x[None])))) for x in sensor.inputs(wins)]
+    assert [v for _, v, _ in got] == [man.labels[k] for k in ref]  # the C stream is the integer reference
+    truth = [line.split(",")[-1] for line in new.read_text().splitlines()[1:]]
+    inside = [(v, truth[int(e) - 1]) for (_, v, _), e in zip(got, ends) if truth[int(e) - 1] == truth[int(e) - 100]]
+    right = sum(v == t for v, t in inside) / len(inside)
+    print(f"C labels on a new recording: {right:.1%} of {len(inside)} windows inside one activity")
+    assert right >= 0.8
+    # the agent answers the same CSV, window by window, with the same labels (ORT's int8 kernels)
+    from fastapi.testclient import TestClient
+
+    from edgewise.agent.runner import AgentConfig, build_agent
+
+    agent = build_agent(AgentConfig(bundles=[bundle], tier="server", data_dir=tmp_path / "a"))
+    try:
+        r = TestClient(agent.app).post("/predict", content=new.read_bytes(), headers={"content-type": "text/csv"})
+        assert r.status_code == 200, r.text
+        labels = [w["label"] for w in r.json()["windows"]]
+        assert sum(a == v for a, (_, v, _) in zip(labels, got)) >= 0.95 * len(got)
+    finally:
+        agent.close()

@@ -9,8 +9,9 @@
  *   padded with silence) (embedded: ew_pcm from inputs.h), runs the front end, then the model, per clip.
  * -DEW_SENSOR_FRONTEND (a bundle that declares a sensor front end: spectral features or the raw window):
  *   `model FILE.csv`: streams a recording of readings at the front end's rate through ew_push_samples and
- *   prints one line per window: the time its window ends (s), then the label and its int8 score, or for an
- *   anomaly detector "normal"/"anomaly" and the score. Columns are found by the channel names in a header
+ *   prints one line per window: the time its window ends (s), then the label and its output (dequantized:
+ *   a logit, or a probability if the model ends in softmax), or for an anomaly detector "normal"/"anomaly"
+ *   and the score. Columns are found by the channel names in a header
  *   line (a timestamp or label column is skipped); without a header they are the channels in order.
  *   Comma, semicolon or tab separated. On an emulated board the file is read over semihosting.
  * -DEW_EMBEDDED_INPUTS: runs the samples compiled in from inputs.h (for boards without stdin; output
@@ -148,7 +149,8 @@ static void print_window(uint32_t end_sample, const int8_t *out, void *user)
            (double)score);
 #else
     int k = ew_argmax(out, EW_OUTPUT_SIZE);
-    printf("%.3f %s %d\n", end_sample / EW_FX_RATE_HZ, k < EW_NUM_LABELS ? ew_labels[k] : "?", (int)out[k]);
+    printf("%.3f %s %.4f\n", end_sample / EW_FX_RATE_HZ, k < EW_NUM_LABELS ? ew_labels[k] : "?",
+           ((double)out[k] - EW_OUTPUT_ZERO_POINT) * EW_OUTPUT_SCALE);
 #endif
 }
 
