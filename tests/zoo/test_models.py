@@ -10,7 +10,7 @@ from edgewise.zoo.export import export_onnx, import_torch
 from edgewise.zoo.train import predict_logits
 
 SHAPES = {"mlp": (1, 8, 8), "cnn": (1, 8, 8), "dscnn": (1, 16, 16), "cnn1d": (6, 100),
-          "mobilenetv3-small": (3, 64, 64), "tinydet": (3, 32, 32)}
+          "mobilenetv3-small": (3, 64, 64), "tinydet": (3, 32, 32), "autoencoder": (60,)}
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
@@ -23,8 +23,9 @@ def test_every_architecture_exports_to_onnx_matching_torch(arch, tmp_path):
     export_onnx(model, SHAPES[arch], tmp_path / "m.onnx")
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
-    # Assert: dynamic batch, same numbers as torch (a detector: boxes + 5 class scores per 8x8 cell)
-    assert out.shape == ((3, 4 + 5, 16) if arch == "tinydet" else (3, 5))
+    # Assert: dynamic batch, same numbers as torch (a detector: boxes + 5 class scores per 8x8 cell; an
+    # autoencoder: its residual, one value per feature)
+    assert out.shape == {"tinydet": (3, 4 + 5, 16), "autoencoder": (3, 60)}.get(arch, (3, 5))
     np.testing.assert_allclose(out, predict_logits(model, x), rtol=1e-3, atol=1e-4)
 
 
