@@ -198,7 +198,7 @@ def _print_search(outcome: Any) -> None:
         out_console.print(f"test split: mAP@0.5:0.95 {_pct(f['baseline_fidelity_details']['map50_95'])} -> "
                           f"{_pct(f['fidelity_details']['map50_95'])} (against the data's boxes)")
     if "anomaly_threshold" in f:
-        out_console.print(f"anomaly threshold {f['anomaly_threshold']:.4g}, recalibrated for the chosen model; "
+        out_console.print(f"anomaly threshold {f['anomaly_threshold']:.4g} (scaled to the chosen model's scores); "
                           + _anomaly_line({f"test_{k.removeprefix('anomaly_')}": v for k, v in f.items()
                                            if k.startswith("anomaly_")}))
 

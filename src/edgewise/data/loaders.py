@@ -19,7 +19,7 @@ BUNDLED = {
                 "cached, 1 s at 16 kHz -> 49x40 log-mel; test split = 4 held-out voices",
     "vibration": "predictive maintenance: a motor's 3-axis accelerometer at 1 kHz, 3x1000 windows, normal "
                  "running and 5 faults (imbalance, misalignment, looseness, bearing races), synthesized; "
-                 "test split = 3 unseen normal runs and every fault run",
+                 "test split = 6 unseen normal runs and every fault run",
     "shapes": "detection: circles, squares and triangles composited onto the sample photos, with boxes, "
               "3xSIZExSIZE (shapes:SIZE, default 96), 800 images",
 }

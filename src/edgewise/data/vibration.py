@@ -12,7 +12,7 @@ with a severity drawn per recording (some subtle):
     bearing_inner   impacts at the inner-race frequency (5.42x), modulated by the shaft, ringing at 380 Hz
 
 Windows of 1 s every 0.5 s. A model of "normal" trains on the normal recordings only: the test split holds
-three normal recordings it never saw and every fault recording (`test_groups`).
+six normal recordings it never saw and every fault recording (`test_groups`).
 """
 
 from __future__ import annotations
@@ -95,10 +95,10 @@ def _windows(sig: np.ndarray, window: int, stride: int) -> np.ndarray:
     return np.stack([sig[:, s : s + window] for s in range(0, sig.shape[1] - window + 1, stride)])
 
 
-def vibration(seed: int = 0, normal_runs: int = 24, fault_runs: int = 3) -> Dataset:
-    """Windows of 16 normal runs (40 s) and 3 runs of each fault (12 s), labelled by machine state."""
+def vibration(seed: int = 0, normal_runs: int = 40, fault_runs: int = 3) -> Dataset:
+    """Windows of 40 normal runs (20 s) and 3 runs of each fault (12 s), labelled by machine state."""
     xs, ys, groups = [], [], []
-    runs = [("normal", i, 30.0) for i in range(normal_runs)]
+    runs = [("normal", i, 20.0) for i in range(normal_runs)]
     runs += [(kind, i, 12.0) for kind in LABELS[1:] for i in range(fault_runs)]
     for n, (kind, i, seconds) in enumerate(runs):
         sig = recording(kind, seconds, seed * 1000 + n, severity=np.linspace(0.6, 1.2, fault_runs)[i % fault_runs]
@@ -107,7 +107,7 @@ def vibration(seed: int = 0, normal_runs: int = 24, fault_runs: int = 3) -> Data
         xs.append(w)
         ys += [LABELS.index(kind)] * len(w)
         groups += [f"{kind}{i}"] * len(w)
-    held = [f"normal{i}" for i in range(normal_runs - 4, normal_runs)]
+    held = [f"normal{i}" for i in range(normal_runs - 6, normal_runs)]
     held += [f"{kind}{i}" for kind in LABELS[1:] for i in range(fault_runs)]
     pre = {"layout": "NCT", "channels": CHANNELS, "rate_hz": float(RATE), "window_ms": 1000.0, "stride_ms": 500.0,
            "normal_class": "normal", "test_groups": held, "source": "edgewise synthetic motor vibration"}

@@ -144,9 +144,11 @@ def _manifest(source: Source, result: SearchResult, name: str, version: str, tra
 
 
 def _anomaly_threshold(source: Source, chosen: Any, result: SearchResult, splits: Splits) -> dict[str, Any]:
-    """The anomaly threshold recalibrated for the chosen model (int8 shifts the scores a little) on the
-    validation split's normal windows, for the false-alarm rate training asked for; the test split's
-    false-alarm and detection rates at it go into the metrics."""
+    """The anomaly threshold for the chosen model. Training calibrated one for the starting model (out of
+    fold, on windows it never saw); int8 shifts the scores a little, so it is scaled by how the chosen
+    model's mean score on validation's normal windows compares with the starting model's. A model without
+    one (an imported detector) is calibrated on validation's normal windows for a 1% false-alarm rate.
+    The test split's false-alarm and detection rates at it go into the metrics."""
     from edgewise.media import anomaly as an
     from edgewise.optimize.measure import Runner
 
@@ -154,8 +156,13 @@ def _anomaly_threshold(source: Source, chosen: Any, result: SearchResult, splits
     runner = Runner(result.target)
     val, test = splits.val, splits.test
     normal = an.normal_index(val.labels, val.preprocessing) if val.labels else 0
-    s_val = an.scores(runner.outputs(chosen.model, val)[0])
-    thr = an.threshold(s_val if val.y is None else s_val[val.y == normal], float(post.get("false_alarm_rate", 0.01)))
+    calm = val if val.y is None else val.subset(np.flatnonzero(val.y == normal), "normal")
+    s_val = an.scores(runner.outputs(chosen.model, calm)[0])
+    if "threshold" in post:
+        s_ref = an.scores(runner.outputs(result.baseline.model, calm)[0])
+        thr = float(post["threshold"]) * float(s_val.mean() / max(s_ref.mean(), 1e-12))
+    else:
+        thr = an.threshold(s_val, float(post.get("false_alarm_rate", 0.01)))
     s_test = an.scores(runner.outputs(chosen.model, test)[0])
     bad = np.zeros(len(test), bool) if test.y is None else test.y != normal
     result.final.update({f"anomaly_{k}": v for k, v in an.evaluate(s_test, bad, thr).items()})

@@ -210,9 +210,8 @@ def _train_anomaly(arch: str, splits: Splits, cfg: TrainConfig, width: float, on
     if len(splits.train.sample_shape) == 2:
         splits = anomaly.spectral_splits(splits, normal if splits.train.y is not None else None)
     ds = splits.train
-    module = build(arch, ds.sample_shape, 0, width)
     far = anomaly.DEFAULT_FALSE_ALARM_RATE if false_alarm_rate is None else false_alarm_rate
-    metrics = anomaly.fit_anomaly(module, splits, cfg, far, on_epoch)
+    module, metrics = anomaly.fit_anomaly(lambda: build(arch, ds.sample_shape, 0, width), splits, cfg, far, on_epoch)
     labels = ds.labels or ["normal"]
     post = anomaly.anomaly_postprocessing(metrics, labels[normal] if normal < len(labels) else "normal")
     return TrainedModel(arch, width, ds.sample_shape, labels, module, ds.preprocessing, metrics, post)
