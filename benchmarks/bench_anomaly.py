@@ -111,7 +111,7 @@ def main() -> None:
         "detector sees the same 60 spectral features (16 Welch bands + RMS, crest, skew, kurtosis per axis, "
         "standardized on the training windows); every threshold is the score 1% of normal windows exceed out of fold "
         "(3 folds of whole runs: each fold scored by a detector fitted without it). The int8 row's threshold is "
-        "recalibrated by `optimize` on its validation windows. Train seconds: the final fit (the autoencoder's "
+        "the fp32 one scaled by `optimize` to the int8 model's scores. Train seconds: the final fit (the autoencoder's "
         "includes its 3 calibration fits):\n\n"
         + table(["detector", "AUROC", "false alarms (test)", "detected", "detected by fault", "train s"], rows)
         + f"\n\nCortex-M4 (`arm-none-eabi-size`, -O2, hard float) of model.c + ew_kernels.c + ew_spectral.c + "

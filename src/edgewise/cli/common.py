@@ -81,7 +81,8 @@ def _train(model: str, data: str, out: Path, epochs: int, width: float, seed: in
     m = trained.metrics
     if "threshold" in m:
         out_console.print(f"trained [bold]{model}[/] on {data}: {trained.params:,} params, anomaly threshold "
-                          f"{m['threshold']:.4g} (false alarms {_pct(m['false_alarm_target'])} of validation normal)")
+                          f"{m['threshold']:.4g}: {_pct(m['false_alarm_target'])} false alarms on normal windows it did not "
+                          f"train on ({m.get('calibration', 'validation windows')})")
         out_console.print(_anomaly_line(m))
         out_console.print(f"wrote {out}/model.onnx, checkpoint.pt, train.json")
         return trained
