@@ -12,6 +12,8 @@ from edgewise.errors import DataError
 BUNDLED = {
     "digits": "scikit-learn handwritten digits, 1x8x8 grey images, 10 classes (append :SIZE to upscale)",
     "basicmotions": "aeon BasicMotions, 6-axis smartwatch accelerometer+gyroscope, 6x100, 4 classes",
+    "gunpoint": "aeon GunPoint, a hand's x position drawing a gun or pointing, 1x150, 2 classes, 200 series",
+    "arrowhead": "aeon ArrowHead, arrowhead outlines as 1-D series, 1x251, 3 classes, 211 series",
     "textlines": "rendered text crops on real photo backgrounds, 3x48x192, upright (0) vs rotated (180)",
     "photos": "crops of scikit-learn's sample photos, 3xSIZExSIZE RGB in [0, 1], unlabelled (photos:SIZE, "
               "default 224): calibration data for third-party vision models",
@@ -41,16 +43,25 @@ def _digits(size: int | None) -> Dataset:
     return Dataset(name, x, d.target, [str(i) for i in range(10)], pre)
 
 
-def _basicmotions() -> Dataset:
-    from aeon.datasets import load_basic_motions
+AEON_SETS = {  # bundled name: (aeon loader, channel names, class names for the set's class codes)
+    "basicmotions": ("load_basic_motions", ["acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z"], {}),
+    "gunpoint": ("load_gunpoint", ["x"], {"1": "gun", "2": "point"}),
+    "arrowhead": ("load_arrow_head", ["outline"], {"0": "avonlea", "1": "clovis", "2": "mix"}),
+}
 
-    xs, ys = zip(*(load_basic_motions(split=s) for s in ("train", "test")))
+
+def _aeon(name: str) -> Dataset:
+    """A classification set aeon ships in its wheel: its train and test series pooled (the split is ours)."""
+    import aeon.datasets
+
+    loader, channels, names = AEON_SETS[name]
+    xs, ys = zip(*(getattr(aeon.datasets, loader)(split=s) for s in ("train", "test")))
     x = np.concatenate(xs).astype(np.float32)
     y_str = np.concatenate(ys)
     labels = sorted(set(y_str.tolist()))
     y = np.array([labels.index(v) for v in y_str])
-    channels = ["acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z"]
-    return Dataset("basicmotions", x, y, labels, {"layout": "NCT", "channels": channels, "standardize": True})
+    return Dataset(name, x, y, [names.get(str(v), str(v)) for v in labels],
+                   {"layout": "NCT", "channels": channels, "standardize": True})
 
 
 def _npz(path: Path) -> Dataset:
@@ -154,8 +165,8 @@ def load(spec: str) -> Dataset:
         if arg and not arg.isdigit():
             raise DataError(f"digits size must be an integer, got {arg!r}")
         return _digits(int(arg) if arg else None)
-    if name == "basicmotions":
-        return _basicmotions()
+    if name in AEON_SETS:
+        return _aeon(name)
     if name == "photos":
         from edgewise.data.photos import photos
 

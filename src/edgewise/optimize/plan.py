@@ -108,6 +108,7 @@ def param_count(model: onnx.ModelProto) -> int:
 def torch_parents(source: Source, splits: Splits, opts: SearchOptions, log: Log) -> list[Parent]:
     """Structured-pruned and distilled fp32 models (only for zoo models, which carry their torch module)."""
     tm = source.trained
+    series = len(tm.sample_shape) == 2  # sensor windows train with augmentation, as `train` did
 
     def pruned() -> tuple[onnx.ModelProto, int, list[dict[str, Any]]]:
         from edgewise.optimize.prune import structured_prune
@@ -115,7 +116,7 @@ def torch_parents(source: Source, splits: Splits, opts: SearchOptions, log: Log)
         from edgewise.zoo.export import export_onnx
 
         log(f"structured pruning (keep {opts.prune_keep:.0%} of channels) + fine-tuning")
-        ft = TrainConfig(epochs=opts.finetune_epochs, lr=1e-3, min_steps=opts.finetune_min_steps)
+        ft = TrainConfig(epochs=opts.finetune_epochs, lr=1e-3, min_steps=opts.finetune_min_steps, augment=series)
         module = structured_prune(tm.module, opts.prune_keep, splits, ft)
         with tempfile.TemporaryDirectory(prefix="edgewise-torch-") as tmp:
             model = export_onnx(module, tm.sample_shape, Path(tmp) / "pruned.onnx")
@@ -131,7 +132,7 @@ def torch_parents(source: Source, splits: Splits, opts: SearchOptions, log: Log)
 
         width = pick_student_width(tm.arch, tm.sample_shape, len(tm.labels), tm.params)
         log(f"distilling a {tm.arch} student (width {width}) from the model")
-        cfg = TrainConfig(epochs=opts.distill_epochs, min_steps=opts.distill_min_steps)
+        cfg = TrainConfig(epochs=opts.distill_epochs, min_steps=opts.distill_min_steps, augment=series)
         student = distill(tm.module, tm.arch, width, splits, cfg)
         with tempfile.TemporaryDirectory(prefix="edgewise-torch-") as tmp:
             model = export_onnx(student, tm.sample_shape, Path(tmp) / "student.onnx")

@@ -30,6 +30,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     min_steps: int = 0  # small datasets get more epochs so the optimizer takes at least this many steps
+    augment: bool = False  # series (C, T): random scaling, jitter and time shift per sample (`augment_series`)
 
     def epochs_for(self, n_train: int) -> int:
         steps_per_epoch = max(1, -(-n_train // self.batch_size))
@@ -135,6 +136,20 @@ def _train_loop(module: nn.Module, cfg: TrainConfig, n: int, batch_loss: BatchLo
     return best[0]
 
 
+SERIES_MIN_STEPS = 1000  # small sensor sets (tens of windows) converge only with many more steps than epochs
+
+
+def augment_series(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Windows [B, C, T] as a sensor might have read them: each scaled by N(1, 0.1) per channel, shifted
+    in time by up to a tenth of the window (wrapping), with N(0, 0.03) jitter (inputs are standardized)."""
+    b, c, t = x.shape
+    scale = 1 + 0.1 * torch.randn((b, c, 1), generator=gen)
+    shift = torch.randint(-(t // 10), t // 10 + 1, (b,), generator=gen)
+    idx = (torch.arange(t)[None, :] - shift[:, None]) % t
+    moved = torch.gather(x, 2, idx[:, None, :].expand(b, c, t))
+    return moved * scale + 0.03 * torch.randn(x.shape, generator=gen)
+
+
 def fit(module: nn.Module, splits: Splits, cfg: TrainConfig, loss_fn: LossFn | None = None,
         on_epoch: EpochHook | None = None) -> dict[str, float]:
     """Adam + cosine schedule; returns metrics of the best validation epoch, whose weights it restores."""
@@ -142,8 +157,14 @@ def fit(module: nn.Module, splits: Splits, cfg: TrainConfig, loss_fn: LossFn | N
         raise ModelError("training needs labels: the dataset has no `y`")
     x, y = torch.from_numpy(splits.train.x), torch.from_numpy(splits.train.y)
     loss_of = loss_fn or (lambda logits, _x, target: F.cross_entropy(logits, target))
-    val = _train_loop(module, cfg, len(x), lambda idx, _gen: loss_of(module(x[idx]), x[idx], y[idx]),
-                      lambda: evaluate_torch(module, splits.val), "val_accuracy", on_epoch)
+    series = cfg.augment and x.ndim == 3
+
+    def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        xb = augment_series(x[idx], gen) if series else x[idx]
+        return loss_of(module(xb), xb, y[idx])
+
+    val = _train_loop(module, cfg, len(x), batch_loss, lambda: evaluate_torch(module, splits.val), "val_accuracy",
+                      on_epoch)
     return {"val_accuracy": val, "test_accuracy": evaluate_torch(module, splits.test)}
 
 
@@ -189,6 +210,10 @@ def train(arch: str, splits: Splits, cfg: TrainConfig | None = None, width: floa
         return _train_anomaly(arch, splits, cfg, width, on_epoch, false_alarm_rate)
     ds = splits.train
     module = build(arch, ds.sample_shape, ds.num_classes, width)
+    if len(ds.sample_shape) == 2 and arch not in DETECTORS:  # sensor windows: augment, and train to convergence
+        from dataclasses import replace
+
+        cfg = replace(cfg, augment=True, min_steps=cfg.min_steps or SERIES_MIN_STEPS)
     if arch in DETECTORS:
         metrics = fit_detector(module, splits, cfg, on_epoch=on_epoch)
     elif ds.boxes is not None:
