@@ -24,7 +24,12 @@ PREDICT = body({"type": "object", "required": ["inputs"],
                 "properties": {"inputs": {"oneOf": [_NUMBERS, {"type": "object",
                                                                "additionalProperties": _NUMBERS}]}}},
                ("application/x-npy", BINARY), ("application/x-npz", BINARY), ("image/jpeg", BINARY),
-               ("image/png", BINARY), ("audio/wav", BINARY), ("audio/pcm", BINARY), ("audio/L16", BINARY))
+               ("image/png", BINARY), ("audio/wav", BINARY), ("audio/pcm", BINARY), ("audio/L16", BINARY),
+               ("text/csv", {"type": "string"}))
+READINGS = body({"type": "object", "required": ["readings"],
+                 "properties": {"readings": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+                                "seq": {"type": "integer", "minimum": 0}, "t0": {"type": "number"}}},
+                ("text/csv", {"type": "string"}))
 SAMPLES = body({"type": "object", "required": ["inputs", "labels"],
                 "properties": {"inputs": _NUMBERS, "labels": {"type": "array", "items": {"type": "integer"}}}})
 EVENTS = body({"type": "object", "required": ["events"], "properties": {"events": {"type": "array", "items": {

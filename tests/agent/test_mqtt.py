@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
@@ -104,3 +106,70 @@ def test_readings_in_results_out_malformed_answered_and_persistent_session(broke
     assert {e["id"] for e in sensor.errors} == {None, 99, 7, 5}
     assert any("expects [batch, 1, 8, 8]" in e["error"] for e in sensor.errors)
     assert health["mqtt"]["connected"] is True
+
+
+class Broker:
+    """A Mosquitto that keeps sessions and queued messages on disk, so it can be restarted mid-test."""
+
+    def __init__(self, root: Path) -> None:
+        self.port, self.root = free_port(), root
+        root.mkdir(parents=True, exist_ok=True)
+        # `user`: run as root, mosquitto would switch to the mosquitto user, which cannot write in our temp dir
+        (root / "mosquitto.conf").write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                                             f"user {getpass.getuser()}\n"
+                                             f"persistence_location {root}/\nautosave_interval 1\n")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Broker:
+        self.proc = subprocess.Popen([BROKER, "-c", str(self.root / "mosquitto.conf")], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_for(lambda: _can_connect(self.port), timeout=10)
+        return self
+
+    def stop(self) -> None:  # SIGTERM: mosquitto writes its sessions and queues to disk first
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.mark.e2e
+def test_a_sensor_streams_readings_over_mqtt_and_none_are_lost_across_a_broker_restart(vibration_bundle, tmp_path):
+    from edgewise.agent.runner import AgentConfig, build_agent
+
+    broker = Broker(tmp_path / "broker").start()
+    agent = build_agent(AgentConfig(bundles=[vibration_bundle], tier="node", data_dir=tmp_path / "agent",
+                                    mqtt=f"127.0.0.1:{broker.port}", mqtt_client_id="agent-under-test"))
+    got: list[dict] = []
+    dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pump-1", clean_session=False)
+    dev.on_message = lambda _c, _u, m: got.append(json.loads(m.payload))
+    acked: list[int] = []
+    dev.on_publish = lambda _c, _u, mid, _r, _p: acked.append(mid)
+    dev.on_connect = lambda c, _u, _f, _r, _p: c.subscribe("edgewise/node/out/autoencoder/pump-1", qos=1)
+    dev.reconnect_delay_set(min_delay=1, max_delay=2)
+    dev.connect("127.0.0.1", broker.port)
+    dev.loop_start()
+    wait_for(dev.is_connected)
+    time.sleep(0.3)
+    rows = np.random.default_rng(3).normal(0, 0.1, (8000, 3))
+    try:
+        for k in range(80):  # 8 s of readings in chunks of 100 (at 20x real time); the broker restarts half-way
+            chunk = {"readings": rows[100 * k : 100 * (k + 1)].round(5).tolist(), "seq": 100 * k, "t0": 50 + k / 10}
+            dev.publish("edgewise/node/readings/autoencoder/pump-1", json.dumps(chunk), qos=1)
+            time.sleep(0.005)
+            if k == 30:
+                broker.stop()  # the sensor goes on publishing: its client queues until the broker is back
+            if k == 50:
+                broker.start()
+        streams = agent.inference.sensors
+        wait_for(lambda: streams.counts["samples"] == 8000 and len(got) > 0, timeout=60)
+        wait_for(lambda: sum(len(m["windows"]) for m in got) == streams.counts["windows"], timeout=30)
+    finally:
+        dev.loop_stop()
+        dev.disconnect()
+        agent.close()
+        broker.stop()
+    c = streams.counts
+    assert len(set(acked)) == 80  # the broker took every chunk (the ones sent while it was down, on its return)
+    assert c["windows"] == (8000 - 1000) // 500 + 1 and c["gaps"] == 0 and c["late_samples"] == 0, c
+    ends = sorted(w["ts"] for m in got for w in m["windows"])
+    assert ends == pytest.approx([50 + (999 + 500 * k) / 1000 for k in range(15)], abs=1e-3)

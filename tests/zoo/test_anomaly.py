@@ -142,3 +142,54 @@ def test_optimize_recalibrates_the_threshold_and_the_agent_answers_readings_per_
         assert t.status_code == 200 and all(v["anomaly"] for v in t.json()["results"]), t.text
     finally:
         agent.close()
+
+
+def test_a_device_streams_chunks_and_the_agent_answers_every_window_once_whatever_the_network_does(
+        vibration_bundle, tmp_path):
+    """Chunks of any size over HTTP: the same windows (and verdicts) as the whole recording at once; a
+    redelivered chunk changes nothing; a gap restarts the ring; a late chunk is counted, never crashes."""
+    from fastapi.testclient import TestClient
+
+    from edgewise.agent.runner import AgentConfig, build_agent
+    from edgewise.data.vibration import recording
+
+    rows = np.concatenate([recording("normal", 3.0, seed=81), recording("bearing_inner", 3.0, seed=82)], 1).T
+    agent = build_agent(AgentConfig(bundles=[vibration_bundle], tier="node", data_dir=tmp_path / "a"))
+    client = TestClient(agent.app)
+    try:
+        whole = client.post("/predict", json={"readings": rows.tolist()}).json()["windows"]
+        got, seq, rng = [], 0, np.random.default_rng(0)
+        while seq < len(rows):
+            n = int(rng.integers(1, 400))
+            chunk = {"readings": rows[seq : seq + n].tolist(), "seq": seq, "t0": 1000.0 + seq / 1000}
+            r = client.post("/v1/readings/autoencoder/pump-7", json=chunk)
+            assert r.status_code == 200, r.text
+            got += r.json()["windows"]
+            if n % 3 == 0:  # the network delivers it twice
+                assert client.post("/v1/readings/autoencoder/pump-7", json=chunk).json()["windows"] == []
+            seq += n
+        assert [w["score"] for w in got] == pytest.approx([w["score"] for w in whole], rel=1e-6)
+        assert [w["ts"] for w in got] == pytest.approx([1000.0 + w["end_s"] - 0.001 for w in whole], abs=2e-3)
+        assert all(w["device"] == "pump-7" for w in got)
+        health = client.get("/health").json()["sensor_streams"]
+        assert health["samples"] == len(rows) and health["windows"] == len(whole) and health["duplicate_samples"] > 0
+        # another device: a gap of 2 s restarts its ring (no window crosses it); the chunk it skipped arrives late
+        dev = "/v1/readings/autoencoder/pump-8"
+        assert client.post(dev, json={"readings": rows[:1500].tolist(), "seq": 0}).json()["samples"] == 1500
+        after = client.post(dev, json={"readings": rows[3500:4600].tolist(), "seq": 3500}).json()
+        assert [w["ts"] for w in after["windows"]][:1] and len(after["windows"]) == 1  # 1,100 readings: one window
+        late = client.post(dev, json={"readings": rows[1500:2000].tolist(), "seq": 1500}).json()
+        assert late["windows"] == [] and late["samples"] == 0
+        h = client.get("/health").json()["sensor_streams"]
+        assert h["gaps"] == 1 and h["gap_samples"] == 2000 and h["late_samples"] == 500 and h["devices"] == 2
+        # CSV chunks, and what a broken sensor sends
+        csv = "acc_x,acc_y,acc_z\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows[:1000])
+        r = client.post("/v1/readings/autoencoder/pump-9?seq=0&t0=5", content=csv, headers={"content-type": "text/csv"})
+        assert r.status_code == 200 and len(r.json()["windows"]) == 1 and r.json()["windows"][0]["ts"] == 5.999
+        for body in ({"readings": [[1, 2]]}, {"readings": [[1, 2, float("nan")]]}, {"nope": 1}, {"readings": [[1, 2, 3]], "seq": "x"}):
+            bad = client.post("/v1/readings/autoencoder/pump-9", content=__import__("json").dumps(body),
+                              headers={"content-type": "application/json"})
+            assert bad.status_code == 422, (body, bad.text)
+        assert client.post("/v1/readings/nosuch/pump-9", json={"readings": [[1, 2, 3]]}).status_code == 404
+    finally:
+        agent.close()

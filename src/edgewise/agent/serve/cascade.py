@@ -127,6 +127,9 @@ class Inference:
         self.committer, self.upstream = committer, upstream
         self.counts = {"requests": 0, "samples": 0, "local": 0, "escalated": 0, "degraded": 0,
                        "blocked_by_policy": 0, "review_queued": 0}
+        from edgewise.agent.serve.sensorstream import SensorStreams
+
+        self.sensors = SensorStreams(self)  # per-device rings of streamed sensor readings
 
     def answer(self, name: str, feed: dict[str, np.ndarray]) -> dict[str, Any]:
         """Every output by name (dtype, shape, values); for a classifier also `results` (label, score,
@@ -217,23 +220,34 @@ class Inference:
         except DataError as e:
             raise BadInput(str(e)) from e
         end_s = [round(float(e) / sensor.rate_hz, 3) for e in ends]
+        t0 = time.perf_counter()
+        windows = self.answer_windows(name, x, end_s, key="end_s")
+        answer: dict[str, Any] = {"task": task_of(m.manifest), "windows": windows, "tier": self.cascade.tier,
+                                  "latency_ms": (time.perf_counter() - t0) * 1e3}
+        if answer["task"] == "anomaly":
+            answer["anomalies"] = sum(w["anomaly"] for w in windows)
+        return answer
+
+    def answer_windows(self, name: str, x: np.ndarray, stamps: list[float], device: str | None = None,
+                       key: str = "ts") -> list[dict[str, Any]]:
+        """The answer for each window's model input in `x`, stamped `key: stamps[i]` (seconds into a
+        recording, or the Unix time a streamed window ends): an anomaly verdict (anomalies queued upstream
+        with the device and stamp), or label and score through the cascade and the result queue."""
+        m = self.models.get(name)
         task = task_of(m.manifest)
         if task == "anomaly":
-            t0 = time.perf_counter()
             m.requests += 1
             out = np.concatenate([np.asarray(m.session.run(None, {m.input_name: x[i : i + 1]})[0])
                                   for i in range(len(x))])
-            found = self._anomalies(name, m, out, end_s)
-            return {"task": "anomaly", "windows": found, "anomalies": sum(w["anomaly"] for w in found),
-                    "tier": self.cascade.tier, "latency_ms": (time.perf_counter() - t0) * 1e3}
+            return self._anomalies(name, m, out, stamps, key, device)
         if task != "classification":
             raise BadInput(f"model {name} ({task}) has no answer for sensor readings yet; send its input tensor")
         results = [self.predict(name, x[i : i + 1])[0] for i in range(len(x))]
-        return {"task": "classification", "tier": self.cascade.tier,
-                "windows": [{"end_s": e, "label": r["label"], "class": r["class"], "score": r["score"],
-                             "tier": r["tier"]} for e, r in zip(end_s, results)]}
+        return [{key: t, "label": r["label"], "class": r["class"], "score": r["score"], "tier": r["tier"],
+                 **({"device": device} if device is not None else {})} for t, r in zip(stamps, results)]
 
-    def _anomalies(self, name: str, m: Any, out: np.ndarray, end_s: list[float] | None) -> list[dict[str, Any]]:
+    def _anomalies(self, name: str, m: Any, out: np.ndarray, stamps: list[float] | None, key: str = "end_s",
+                   device: str | None = None) -> list[dict[str, Any]]:
         """Anomaly verdicts for residuals `out` (one row per window); the anomalies are queued upstream."""
         from edgewise.media.anomaly import answer as verdict
 
@@ -242,8 +256,10 @@ class Inference:
             found = [verdict(row, post) for row in out.reshape(len(out), -1)]
         except DataError as e:
             raise AgentError(f"model {name}: {e}") from e
-        if end_s is not None:
-            found = [{"end_s": e, **f} for e, f in zip(end_s, found)]
+        if stamps is not None:
+            found = [{key: t, **f} for t, f in zip(stamps, found)]
+        if device is not None:
+            found = [{**f, "device": device} for f in found]
         self.counts["requests"] += 1
         self.counts["samples"] += len(found)
         self.counts["local"] += len(found)
@@ -252,7 +268,8 @@ class Inference:
             now = round(time.time(), 3)
             self.committer.submit([NewItem(json.dumps(
                 {"m": name, "v": m.manifest.version, "s": round(f["score"], 5), "thr": round(f["threshold"], 5),
-                 "ts": now, **({"end_s": f["end_s"]} if "end_s" in f else {})}, separators=(",", ":")).encode(),
+                 "ts": f[key] if key == "ts" else now, **({"end_s": f["end_s"]} if "end_s" in f else {}),
+                 **({"dev": device} if device is not None else {})}, separators=(",", ":")).encode(),
                 topic="anomaly") for f in bad])
         return found
 

@@ -3,6 +3,9 @@
 Topics under a prefix (default `edgewise/<tier>`): readings arrive on `<prefix>/in/<model>` as JSON
 `{"id": ..., "inputs": [...]}` (or `{"inputs": {name: [...]}}`); answers leave on `<prefix>/out/<model>` as
 `{"id": ..., "outputs": {...}, "results": [...]}` (`results`: label and score, for classifiers).
+Streamed sensor readings arrive on `<prefix>/readings/<model>/<device>` as JSON `{"readings": [[...], ...],
+"seq": N, "t0": T}` (rows of channels; `seq` and `t0` optional, see `sensorstream`); each window they
+complete is answered on `<prefix>/out/<model>/<device>` as `{"device": ..., "windows": [...]}`.
 A malformed reading is answered on `<prefix>/errors` and counted; it never stops the agent. The session
 is persistent (clean_session=False, a fixed client id), so readings published while the agent was away
 are delivered when it reconnects.
@@ -45,7 +48,7 @@ class MqttBridge:
 
     def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if not reason.is_failure:
-            client.subscribe(f"{self.prefix}/in/+", qos=1)
+            client.subscribe([(f"{self.prefix}/in/+", 1), (f"{self.prefix}/readings/+/+", 1)])
 
     def _error(self, message: str, reading_id: Any = None) -> None:
         with self._lock:
@@ -55,6 +58,10 @@ class MqttBridge:
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
             self.counts["received"] += 1
+        parts = msg.topic[len(self.prefix) + 1 :].split("/")
+        if parts[0] == "readings" and len(parts) == 3:
+            self._readings(parts[1], parts[2], msg.payload)
+            return
         model = msg.topic.rsplit("/", 1)[-1]
         reading_id = None
         try:
@@ -74,3 +81,24 @@ class MqttBridge:
         self.client.publish(f"{self.prefix}/out/{model}", json.dumps({"id": reading_id, **answer}), qos=1)
         with self._lock:
             self.counts["answered"] += 1
+
+    def _readings(self, model: str, device: str, payload: bytes) -> None:
+        """A chunk of a device's stream: its ring advances, and the windows it completes are answered."""
+        try:
+            body = json.loads(payload)
+            if not isinstance(body, dict) or "readings" not in body:
+                raise BadInput('a chunk of readings is {"readings": [[...], ...], "seq": N, "t0": T}')
+            out = self.inference.sensors.push(model, device, body["readings"], body.get("seq"), body.get("t0"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            self._error(f"payload is not JSON: {e}")
+            return
+        except (ValueError, TypeError) as e:
+            self._error(f"readings from {device}: {e}")
+            return
+        except EdgewiseError as e:
+            self._error(f"readings from {device}: {e}")
+            return
+        if out["windows"]:
+            self.client.publish(f"{self.prefix}/out/{model}/{device}", json.dumps(out), qos=1)
+            with self._lock:
+                self.counts["answered"] += 1

@@ -208,6 +208,8 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
             out["cascade"] = inference.counts
         if mqtt is not None:
             out["mqtt"] = {**mqtt.counts, "connected": mqtt.client.is_connected()}
+        if inference is not None and inference.sensors.counts["chunks"]:
+            out["sensor_streams"] = inference.sensors.health()
         if ota is not None:
             out["ota"] = ota.status()
         if samples is not None:
@@ -215,6 +217,43 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         if streams:
             out["streams"] = {s.name: s.stats.as_dict() for s in streams}
         return out
+
+    @app.post("/v1/readings/{model}/{device}", response_model=None, openapi_extra=bodies.READINGS)
+    async def post_readings(model: str, device: str, request: Request, seq: int | None = None,
+                            t0: float | None = None) -> JSONResponse:
+        """A chunk of a device's sensor stream: JSON `{"readings": [[...], ...], "seq": N, "t0": T}` (rows of
+        channels in the bundle's order) or a text/csv body (`?seq=&t0=` in the query). The device's ring
+        advances; the answer holds each window the chunk completed, stamped with the time it ends."""
+        if inference is None:
+            return JSONResponse({"error": "this agent serves no models"}, status_code=404)
+        body = await request.body()
+        ctype, _ = _content_type(request.headers.get("content-type", "application/json"))
+        try:
+            manifest = inference.models.manifest(model)
+        except AgentError as e:
+            return failed("unknown_model", 404, e)
+        try:
+            if ctype in ("text/csv", "text/plain"):
+                rows = readings_csv(body, manifest)
+            else:
+                doc = load_json(body)
+                if not isinstance(doc, dict) or "readings" not in doc:
+                    raise BadInput('body must be {"readings": [[...], ...]} (rows of channels), "seq" and "t0" '
+                                   "optional")
+                rows = readings_json(doc["readings"])
+                seq = doc.get("seq", seq)
+                t0 = doc.get("t0", t0)
+            out = await run_in_threadpool(inference.sensors.push, model, device, rows,
+                                          None if seq is None else int(seq), None if t0 is None else float(t0))
+        except (TypeError, ValueError) as e:
+            return failed("bad_input", 422, BadInput(f"seq must be an integer and t0 a number ({e})"))
+        except BadInput as e:
+            return failed("bad_input", 422, e)
+        except StorageError as e:
+            return failed("storage", 507, e)
+        except AgentError as e:
+            return failed("model_unavailable", 503, e)
+        return JSONResponse({**out, "version": manifest.version})
 
     @app.get("/v1/streams")
     def stream_answers() -> dict[str, Any]:
