@@ -5,6 +5,7 @@ conftest files and call these; nothing imports a conftest."""
 from __future__ import annotations
 
 import asyncio
+import getpass
 import io
 import json
 import os
@@ -425,3 +426,39 @@ def sensor_log_csv(path: Path, seconds_per_segment: int = 24, rate: int = 50, se
         lines[nan_row] = ",".join(parts)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+class Broker:
+    """A Mosquitto that keeps sessions and queued messages on disk, so it can be restarted mid-test."""
+
+    def __init__(self, exe: str, root: Path) -> None:
+        self.exe, self.port, self.root = exe, free_port(), root
+        root.mkdir(parents=True, exist_ok=True)
+        # `user`: run as root, mosquitto would switch to the mosquitto user, which cannot write in our temp dir
+        (root / "mosquitto.conf").write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                                             f"user {getpass.getuser()}\n"
+                                             f"persistence_location {root}/\nautosave_interval 1\n"
+                                             # a backlog for a slow subscriber is kept, not dropped past 1,000
+                                             "max_queued_messages 1000000\n")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Broker:
+        self.proc = subprocess.Popen([self.exe, "-c", str(self.root / "mosquitto.conf")], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_for(lambda: _listening(self.port), timeout=10)
+        return self
+
+    def stop(self) -> None:  # SIGTERM: mosquitto writes its sessions and queues to disk first
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ import pytest
 
 from edgewise.data import load_splits
 
-from ..harness import AgentProc, free_port, wait_for
+from ..harness import AgentProc, Broker, free_port, wait_for
 
 BROKER = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
 if BROKER is None and not os.environ.get("CI"):
@@ -108,35 +107,11 @@ def test_readings_in_results_out_malformed_answered_and_persistent_session(broke
     assert health["mqtt"]["connected"] is True
 
 
-class Broker:
-    """A Mosquitto that keeps sessions and queued messages on disk, so it can be restarted mid-test."""
-
-    def __init__(self, root: Path) -> None:
-        self.port, self.root = free_port(), root
-        root.mkdir(parents=True, exist_ok=True)
-        # `user`: run as root, mosquitto would switch to the mosquitto user, which cannot write in our temp dir
-        (root / "mosquitto.conf").write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                                             f"user {getpass.getuser()}\n"
-                                             f"persistence_location {root}/\nautosave_interval 1\n")
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Broker:
-        self.proc = subprocess.Popen([BROKER, "-c", str(self.root / "mosquitto.conf")], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        wait_for(lambda: _can_connect(self.port), timeout=10)
-        return self
-
-    def stop(self) -> None:  # SIGTERM: mosquitto writes its sessions and queues to disk first
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
 @pytest.mark.e2e
 def test_a_sensor_streams_readings_over_mqtt_and_none_are_lost_across_a_broker_restart(vibration_bundle, tmp_path):
     from edgewise.agent.runner import AgentConfig, build_agent
 
-    broker = Broker(tmp_path / "broker").start()
+    broker = Broker(BROKER, tmp_path / "broker").start()
     agent = build_agent(AgentConfig(bundles=[vibration_bundle], tier="node", data_dir=tmp_path / "agent",
                                     mqtt=f"127.0.0.1:{broker.port}", mqtt_client_id="agent-under-test"))
     got: list[dict] = []
