@@ -141,7 +141,8 @@ def make_bundle(out: Path, arch: str, epochs: int, name: str, width: float = 1.0
 MCU_OPTS = dict(latency_runs=5, measure_memory=False, calibration_samples=64, torch_passes=False)
 
 
-def mcu_bundle(tmp: Path, arch: str, data: str, epochs: int, only: str = "baseline-int8-minmax") -> Path:
+def mcu_bundle(tmp: Path, arch: str, data: str, epochs: int, only: str = "baseline-int8-minmax",
+               features: str | None = None) -> Path:
     """The search picks among `only`; the tolerance is wide because these fixtures test the compiler
     (BasicMotions' 16-sample validation split moves 6.25 points per sample)."""
     from edgewise.optimize.pipeline import optimize
@@ -149,7 +150,7 @@ def mcu_bundle(tmp: Path, arch: str, data: str, epochs: int, only: str = "baseli
     from edgewise.targets import load_target
     from edgewise.zoo import TrainConfig, train
 
-    train(arch, load_splits(data), TrainConfig(epochs=epochs)).save(tmp / "train")
+    train(arch, load_splits(data), TrainConfig(epochs=epochs), features=features).save(tmp / "train")
     opts = SearchOptions(**MCU_OPTS, only=(only,), max_accuracy_drop=20.0)
     outcome = optimize(tmp / "train", data, load_target("mcu-256k"), tmp / "opt", opts)
     assert outcome.bundle is not None, outcome.result.why

@@ -134,10 +134,11 @@ def test_the_anomaly_firmware_prints_the_host_builds_verdicts_under_qemu(tmp_pat
     assert sizes["bss"] >= 4 * 3 * 1000  # the window ring
 
 
-def test_a_logger_csv_classifier_compiles_and_its_c_stream_labels_a_new_recording(tmp_path):
-    """train cnn1d on a logger CSV with string labels -> int8 for mcu-256k -> C, which reads a second
-    recording (another session, as a CSV with the logger's columns) and labels its windows as the integer
-    reference does."""
+@pytest.mark.parametrize("arch,features", [("cnn1d", None), ("mlp", "spectral")])
+def test_a_logger_csv_classifier_compiles_and_its_c_stream_labels_a_new_recording(tmp_path, arch, features):
+    """train a classifier on a logger CSV with string labels (a cnn1d on the raw windows, or an mlp on their
+    spectral features) -> int8 for mcu-256k -> C, which reads a second recording (another session, as a
+    CSV with the logger's columns) and labels its windows as the integer reference does."""
     import onnx
 
     from edgewise.bundle import read_bundle
@@ -150,11 +151,12 @@ def test_a_logger_csv_classifier_compiles_and_its_c_stream_labels_a_new_recordin
     from ..harness import mcu_bundle, sensor_log_csv
 
     log = sensor_log_csv(tmp_path / "log.csv")
-    bundle = mcu_bundle(tmp_path, "cnn1d", str(log), 12)
+    bundle = mcu_bundle(tmp_path, arch, str(log), 12, features=features)
     man = read_bundle(bundle)
     assert man.labels == ["idle", "shake", "walk"]
     compiled = compile_bundle(bundle, tmp_path / "c", load_target("mcu-256k"), update_bundle=False)
-    assert {"ew_window.c", "ew_sensor.c"} <= set(compiled.sources) and "ew_spectral.c" not in compiled.sources
+    fe = "ew_spectral.c" if features == "spectral" else "ew_window.c"
+    assert {fe, "ew_sensor.c"} <= set(compiled.sources) and len({"ew_spectral.c", "ew_window.c"} & set(compiled.sources)) == 1
     assert "EW_ANOMALY_THRESHOLD" not in compiled.sources["ew_sensor.h"]
     exe = build_host(tmp_path / "c", tmp_path / "c" / "model")
     new = sensor_log_csv(tmp_path / "new.csv", seconds_per_segment=8, seed=5)
@@ -170,7 +172,7 @@ def test_a_logger_csv_classifier_compiles_and_its_c_stream_labels_a_new_recordin
     truth = [line.split(",")[-1] for line in new.read_text().splitlines()[1:]]
     inside = [(v, truth[int(e) - 1]) for (_, v, _), e in zip(got, ends) if truth[int(e) - 1] == truth[int(e) - 100]]
     right = sum(v == t for v, t in inside) / len(inside)
-    print(f"C labels on a new recording: {right:.1%} of {len(inside)} windows inside one activity")
+    print(f"{arch}: C labels on a new recording: {right:.1%} of {len(inside)} windows inside one activity")
     assert right >= 0.8
     # the agent answers the same CSV, window by window, with the same labels (ORT's int8 kernels)
     from fastapi.testclient import TestClient

@@ -56,7 +56,7 @@ def with_windows(data: str, window: float | None, stride: float | None) -> str:
 
 
 def _train(model: str, data: str, out: Path, epochs: int, width: float, seed: int,
-           false_alarm_rate: float | None = None) -> Any:
+           false_alarm_rate: float | None = None, features: str | None = None) -> Any:
     from edgewise.data import load_splits
     from edgewise.zoo import TrainConfig
     from edgewise.zoo import train as train_model
@@ -73,7 +73,8 @@ def _train(model: str, data: str, out: Path, epochs: int, width: float, seed: in
                    if "val_score" in m else f"val mAP50 {m['val_map50'] * 100:.1f}%")
             progress.update(task, completed=epoch, total=total, status=f"loss {m['loss']:.3f}  {val}")
 
-        trained = train_model(model, splits, cfg, width=width, on_epoch=on_epoch, false_alarm_rate=false_alarm_rate)
+        trained = train_model(model, splits, cfg, width=width, on_epoch=on_epoch, false_alarm_rate=false_alarm_rate,
+                              features=features)
     from edgewise.fsutil import atomic_dir
 
     with atomic_dir(out) as tmp:

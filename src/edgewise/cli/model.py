@@ -42,6 +42,9 @@ def train(
     stride: Stride = None,
     false_alarm_rate: Annotated[float | None, typer.Option(help="autoencoder: the share of normal windows allowed "
                                                                 "to raise an alarm; sets the threshold [0.01]")] = None,
+    features: Annotated[str | None, typer.Option(help="sensor windows: 'raw' (the model reads the window) or "
+                                                      "'spectral' (band powers, RMS, crest, skew, kurtosis per "
+                                                      "channel; for --model mlp)")] = None,
 ) -> None:
     """Train a zoo model on DATA, evaluate it on the test split, and export ONNX.
 
@@ -53,7 +56,7 @@ def train(
     """
     if false_alarm_rate is not None and model != "autoencoder":
         raise EdgewiseError("--false-alarm-rate sets an anomaly detector's threshold: use it with --model autoencoder")
-    _train(model, with_windows(data, window, stride), out, epochs, width, seed, false_alarm_rate)
+    _train(model, with_windows(data, window, stride), out, epochs, width, seed, false_alarm_rate, features)
 
 
 @app.command()

@@ -19,8 +19,10 @@ def mlp(shape: tuple[int, ...], classes: int, width: float = 1.0) -> nn.Module:
     for d in shape:
         n *= d
     h1, h2 = _ch(128, width), _ch(64, width)
-    return nn.Sequential(nn.Flatten(), nn.Linear(n, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(),
-                         nn.Linear(h2, classes))
+    # A feature vector needs no Flatten (and a graph that starts with one keeps its input in float when
+    # quantized); Identity keeps the layer indices, so checkpoints load either way.
+    first = nn.Flatten() if len(shape) > 1 else nn.Identity()
+    return nn.Sequential(first, nn.Linear(n, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, classes))
 
 
 def _image_shape(shape: tuple[int, ...], arch: str) -> tuple[int, int, int]:

@@ -200,14 +200,33 @@ def fit_detector(module: nn.Module, splits: Splits, cfg: TrainConfig, on_epoch: 
     return {"val_map50": val, "test_map50": test["map50"], "test_map50_95": test["map50_95"]}
 
 
+FEATURES = ("raw", "spectral")
+
+
 def train(arch: str, splits: Splits, cfg: TrainConfig | None = None, width: float = 1.0,
-          on_epoch: EpochHook | None = None, false_alarm_rate: float | None = None) -> TrainedModel:
+          on_epoch: EpochHook | None = None, false_alarm_rate: float | None = None,
+          features: str | None = None) -> TrainedModel:
+    """`features`: for sensor windows, "raw" (the model reads the window; the default for classifiers) or
+    "spectral" (the spectral front end's feature vector, for an `mlp`; the default for anomaly detectors)."""
     from edgewise.zoo.models import ANOMALY, DETECTORS
 
     cfg = cfg or TrainConfig()
     torch.manual_seed(cfg.seed)
+    if features is not None and features not in FEATURES:
+        raise ModelError(f"unknown features {features!r}: use {' or '.join(FEATURES)}")
     if arch in ANOMALY:
+        if features == "raw":
+            raise ModelError(f"{arch} reads spectral features of sensor windows, not the raw window")
         return _train_anomaly(arch, splits, cfg, width, on_epoch, false_alarm_rate)
+    if features == "spectral":
+        from edgewise.zoo.anomaly import spectral_splits
+
+        if len(splits.train.sample_shape) != 2:
+            raise ModelError(f"spectral features are computed from sensor windows (channels, samples); "
+                             f"{splits.train.name} has samples of shape {splits.train.sample_shape}")
+        if arch != "mlp":
+            raise ModelError(f"spectral features are one vector per window: train an mlp on them, not {arch}")
+        splits = spectral_splits(splits)
     ds = splits.train
     module = build(arch, ds.sample_shape, ds.num_classes, width)
     if len(ds.sample_shape) == 2 and arch not in DETECTORS:  # sensor windows: augment, and train to convergence
