@@ -27,24 +27,9 @@ X = load_splits("digits").test.x
 
 @pytest.fixture
 def broker(tmp_path: Path):
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen([BROKER, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: _can_connect(port), timeout=10)
-    yield port
-    proc.kill()
-    proc.wait()
-
-
-def _can_connect(port: int) -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
+    b = Broker(BROKER, tmp_path / "broker").start()
+    yield b.port
+    b.stop()
 
 
 class Sensor:

@@ -62,6 +62,13 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         errors[kind] += 1
         return JSONResponse({"error": str(e)}, status_code=status)
 
+    def lookup(name: str) -> tuple[Any, JSONResponse | None]:
+        """The served model's manifest, or the 404 that says it is not served."""
+        try:
+            return inference.models.manifest(name), None
+        except AgentError as e:
+            return None, failed("unknown_model", 404, e)
+
     @app.post("/predict", response_model=None, openapi_extra=bodies.PREDICT)
     async def predict(request: Request, model: str | None = None) -> Response:
         """Run a model. One input: JSON `{"inputs": [...]}` (batch first) or a binary `.npy` body
@@ -87,10 +94,9 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         if name is None:
             return JSONResponse({"error": f"several models are served; pass ?model= one of {names}"}, status_code=400)
         ctype, params = _content_type(request.headers.get("content-type", "application/json"))
-        try:
-            manifest = inference.models.manifest(name)
-        except AgentError as e:
-            return failed("unknown_model", 404, e)
+        manifest, refused = lookup(name)
+        if refused is not None:
+            return refused
         try:
             if ctype in ("image/jpeg", "image/png"):  # decoded and prepared as the bundle declares
                 answer = await run_in_threadpool(inference.answer_image, name, body)
@@ -228,10 +234,9 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
             return JSONResponse({"error": "this agent serves no models"}, status_code=404)
         body = await request.body()
         ctype, _ = _content_type(request.headers.get("content-type", "application/json"))
-        try:
-            manifest = inference.models.manifest(model)
-        except AgentError as e:
-            return failed("unknown_model", 404, e)
+        manifest, refused = lookup(model)
+        if refused is not None:
+            return refused
         try:
             if ctype in ("text/csv", "text/plain"):
                 rows = readings_csv(body, manifest)
