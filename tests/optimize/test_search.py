@@ -28,6 +28,16 @@ def test_every_offered_candidate_ran_on_onnxruntime(edge_node_result):
     assert any(c.precision == "int4" for c in r.candidates) and any(c.id.endswith("ort-defaults") for c in r.candidates)
 
 
+def test_a_target_that_runs_fp16_gets_an_fp16_candidate_measured_like_the_others(edge_node_result):
+    r = edge_node_result
+    fp16 = next(c for c in r.candidates if c.id == "baseline-fp16")
+    assert fp16.precision == "fp16" and fp16.status == "ok", fp16.reason
+    assert 0.45 < fp16.metrics["size_bytes"] / r.baseline.metrics["size_bytes"] < 0.6  # half the weight bytes
+    assert fp16.metrics["accuracy_drop_points"] <= 0.5 and fp16.metrics["latency_p50_ms"] > 0
+    inputs = {i.name: i.type.tensor_type.elem_type for i in fp16.model.graph.input}
+    assert set(inputs.values()) == {1}  # inputs stay float32: the device feeds it what it fed fp32
+
+
 def test_latency_objective_never_ships_a_slower_model(edge_node_result):
     r = edge_node_result
     assert r.chosen.metrics["latency_p50_ms"] <= r.baseline.metrics["latency_p50_ms"]

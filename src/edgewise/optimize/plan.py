@@ -17,7 +17,7 @@ from edgewise.errors import EdgewiseError, OptimizeError
 from edgewise.optimize.candidates import allowed, has_weight_matmul, recipe_static, static_configs
 from edgewise.optimize.fuse import fuse
 from edgewise.optimize.options import Log, SearchOptions
-from edgewise.optimize.quantize import ORT_DEFAULTS, Quantizer, StaticConfig, quantize_int4_weights
+from edgewise.optimize.quantize import ORT_DEFAULTS, Quantizer, StaticConfig, quantize_int4_weights, to_fp16
 from edgewise.optimize.sensitivity import auto_exclusions, mixed_precision
 from edgewise.profile import count_macs
 from edgewise.source import Source
@@ -203,6 +203,10 @@ class Planner:
                     out.append(Plan(cid, f"int8 dynamic ({'+'.join(o.lower() for o in ops)})", p, "int8",
                                      [{"pass": "quantize", "mode": "dynamic", "weights": "int8", "ops": list(ops)}],
                                      lambda p=p, ops=ops: self.quant(p).dynamic(ops)))
+            if primary and allowed("fp16", t) and t.runs_onnxruntime:
+                out.append(Plan("baseline-fp16", "float16 weights and activations, float32 inputs and outputs", p,
+                                 "fp16", [{"pass": "convert", "precision": "fp16", "keep_io_types": True}],
+                                 lambda p=p: to_fp16(p.get())))
             if primary and allowed("int4", t) and has_weight_matmul(self.source.model):
                 out.append(Plan("baseline-int4-weights", "int4 weight-only MatMul/Gemm (block 32)", p, "int4",
                                  [{"pass": "quantize", "mode": "weight-only", "weights": "int4", "block_size": 32,
