@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned to the CPU build that lies on disk; installing it first keeps pip from a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[train,agent,video,fleet,federated,test]'
+	$(PY) -m pip install -q -e '.[train,agent,video,fleet,federated,openvino,test]'
 	@touch $(STAMP)
 
 demo: $(STAMP)

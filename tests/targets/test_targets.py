@@ -10,6 +10,11 @@ def test_builtin_targets():
     mcu = load_target("mcu-256k")
     assert mcu.ram_bytes == 256 * 1024 and mcu.flash_bytes == 1024 * 1024 and mcu.int8_only
     assert not mcu.runs_onnxruntime and load_target("edge-node").runs_onnxruntime
+    # profiles that differ in what runs them, not only in size
+    assert {"x86-server", "jetson-orin", "intel-igpu"} <= names
+    assert load_target("x86-server").runtimes == ("onnxruntime", "openvino")
+    assert load_target("intel-igpu").openvino_device == "GPU" and load_target("edge-node").runtimes == ("onnxruntime",)
+    assert load_target("jetson-orin").execution_providers[0] == "TensorrtExecutionProvider"
 
 
 def test_user_toml(tmp_path):
@@ -22,6 +27,7 @@ def test_user_toml(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("name = 'x'", "lacks"),
+    ("name='x'\nram_bytes=1\nflash_bytes=1\nlatency_budget_ms=1\nprecisions=['fp32']\nruntimes=['tvm']", "runtimes"),
     ("name='x'\nram_bytes=1\nflash_bytes=1\nlatency_budget_ms=1\nprecisions=['int3']", "precisions"),
     ("name='x'\nram_bytes=1\nflash_bytes=1\nlatency_budget_ms=1\nprecisions=['int8']\nobjective='fun'", "objective"),
     ("name = [", "not valid TOML"),

@@ -12,9 +12,9 @@ from edgewise.errors import BundleError
 FORMAT_VERSION = 1
 _TYPES = {"name": str, "version": str, "target": str, "inputs": list, "outputs": list, "labels": list,
           "preprocessing": dict, "precision": str, "recipe": list, "metrics": dict, "files": dict, "artifacts": dict,
-          "created": str, "format_version": int, "task": str, "postprocessing": dict}
+          "created": str, "format_version": int, "task": str, "postprocessing": dict, "runtime": dict}
 # Optional fields added since format 1; omitted from the JSON (and the signed bytes) while empty.
-_LATER_FIELDS = ("task", "postprocessing")
+_LATER_FIELDS = ("task", "postprocessing", "runtime")
 
 
 @dataclass
@@ -41,6 +41,10 @@ class Manifest:
     # How raw outputs become answers (edgewise.media.answer): class names and top-k, or boxes after decode
     # and NMS. Also left out of the signed bytes while empty.
     postprocessing: dict[str, Any] = field(default_factory=dict)
+    # Which runtime the model was chosen on and how it was measured: {"engine": "openvino", "device": "CPU",
+    # "precision": "f32", "threads": 1}. Empty: ONNX Runtime with the target's execution providers. The
+    # model file is ONNX either way, so a device without the engine falls back to ONNX Runtime's CPU.
+    runtime: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, kind in _TYPES.items():

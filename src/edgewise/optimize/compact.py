@@ -49,7 +49,7 @@ def _drop_zero_zero_points(m: onnx.ModelProto) -> int:
 def compact(model: onnx.ModelProto) -> onnx.ModelProto:
     """Short internal names, no inferred shapes or doc strings, no redundant zero points.
 
-    Graph input and output names are kept: they are the model's interface.
+    Graph input and output names are kept: they are the model's interface, and so is the runtime tag.
     """
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -78,5 +78,9 @@ def compact(model: onnx.ModelProto) -> onnx.ModelProto:
     del g.value_info[:]
     m.doc_string = ""
     g.doc_string = ""
+    from edgewise.profile.openvino import RUNTIME_KEY
+
+    keep_meta = [p for p in m.metadata_props if p.key == RUNTIME_KEY]  # which runtime it is for stays
     del m.metadata_props[:]
+    m.metadata_props.extend(keep_meta)
     return m

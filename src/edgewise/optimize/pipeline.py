@@ -136,6 +136,7 @@ def _manifest(source: Source, result: SearchResult, name: str, version: str, tra
     post.update((declared or {}).get("postprocess", {}))
     metrics = {k: v for k, v in result.final.items() if not isinstance(v, np.generic)}
     return Manifest(
+        runtime=_runtime(chosen.model, result.target),
         name=name, version=version, target=result.target.name,
         inputs=[s.as_dict() for s in inputs(m)], outputs=[s.as_dict() for s in outputs(m)],
         labels=labels, preprocessing=preprocessing,
@@ -167,6 +168,21 @@ def _anomaly_threshold(source: Source, chosen: Any, result: SearchResult, splits
     bad = np.zeros(len(test), bool) if test.y is None else test.y != normal
     result.final.update({f"anomaly_{k}": v for k, v in an.evaluate(s_test, bad, thr).items()})
     return {**post, "kind": "anomaly", "threshold": thr}
+
+
+def _runtime(model: Any, target: TargetProfile) -> dict[str, Any]:
+    """How the chosen model was measured, for the device to run it the same way: the engine (and OpenVINO's
+    device and precision hint) and the thread count. Empty for targets that run generated C."""
+    from edgewise.profile.openvino import runtime_of
+
+    if not target.runs_onnxruntime:
+        return {}
+    rt = runtime_of(model)
+    if rt.startswith("openvino"):
+        _, device, precision = (rt.split(":") + ["", ""])[:3]
+        return {"engine": "openvino", "device": device or "CPU", **({"precision": precision} if precision else {}),
+                "threads": target.threads, "fallback": "onnxruntime:CPUExecutionProvider"}
+    return {"engine": "onnxruntime", "providers": list(target.execution_providers), "threads": target.threads}
 
 
 def _detector_classes(specs: list[Any], layout: Any) -> int | None:

@@ -207,6 +207,18 @@ class Planner:
                 out.append(Plan("baseline-fp16", "float16 weights and activations, float32 inputs and outputs", p,
                                  "fp16", [{"pass": "convert", "precision": "fp16", "keep_io_types": True}],
                                  lambda p=p: to_fp16(p.get())))
+            if primary and "openvino" in t.runtimes:
+                dev = t.openvino_device
+                out.append(Plan("baseline-openvino-fp32", f"OpenVINO on {dev}, fp32 (precision hint f32)", p, "fp32",
+                                 [{"pass": "runtime", "runtime": "openvino", "device": dev, "precision": "f32"}],
+                                 lambda p=p: self._openvino(p, None)))
+                if allowed("int8", t):
+                    out.append(Plan("baseline-openvino-nncf-int8", f"OpenVINO on {dev}, int8 by NNCF post-training "
+                                     "quantization", p, "int8",
+                                     [{"pass": "quantize", "tool": "nncf", "mode": "static", "format": "QDQ",
+                                       "calibration_samples": opts.calibration_samples},
+                                      {"pass": "runtime", "runtime": "openvino", "device": dev}],
+                                     lambda p=p: self._openvino(p, "int8")))
             if primary and allowed("int4", t) and has_weight_matmul(self.source.model):
                 out.append(Plan("baseline-int4-weights", "int4 weight-only MatMul/Gemm (block 32)", p, "int4",
                                  [{"pass": "quantize", "mode": "weight-only", "weights": "int4", "block_size": 32,
@@ -224,6 +236,35 @@ class Planner:
     def first_static(self) -> StaticConfig:
         """The static setting tried first for this target: the base of mixed precision and sensitivity."""
         return sorted(static_configs(self.target, True), key=promise)[0]
+
+    def _openvino(self, p: Parent, precision: str | None) -> onnx.ModelProto:
+        """The model tagged for OpenVINO on the target's device: as it is (fp32, precision hint f32), or
+        quantized to int8 QDQ by NNCF on the calibration samples. Where OpenVINO cannot run, the candidate
+        is reported as not measurable here."""
+        from edgewise.profile import openvino as ov
+
+        why = ov.available()
+        if why:
+            raise OptimizeError(f"not measurable here: {why}")
+        dev = self.target.openvino_device
+        model = p.get()
+        if precision is None:
+            return ov.tagged(model, f"openvino:{dev}:f32")
+        try:
+            import nncf
+        except ImportError as e:
+            raise OptimizeError("not measurable here: NNCF is not installed (pip install 'edgewise[openvino]')") from e
+        from edgewise.profile.feeds import Feeder, model_inputs
+
+        train = self.splits.train.head(self.opts.calibration_samples)
+        feeder = Feeder(model_inputs(model), train)
+        self.log(f"NNCF: calibrating int8 on {len(train)} samples")
+        try:
+            q = nncf.quantize(model, nncf.Dataset([feeder.one(i) for i in range(len(train))]),
+                              subset_size=len(train))
+        except Exception as e:  # NNCF raises assorted errors for graphs it cannot handle
+            raise OptimizeError(f"NNCF quantization failed: {str(e).strip().splitlines()[0][:200]}") from e
+        return ov.tagged(q, f"openvino:{dev}")
 
     def _fused(self, p: Parent) -> onnx.ModelProto:
         model, info = fuse(p.get())

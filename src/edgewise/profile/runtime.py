@@ -10,8 +10,11 @@ from edgewise.errors import ModelError
 
 def make_session(model: onnx.ModelProto | bytes | str, threads: int = 1,
                  providers: tuple[str, ...] = ("CPUExecutionProvider",),
-                 reference: bool = False) -> ort.InferenceSession:
+                 reference: bool = False, runtime: str | None = None) -> ort.InferenceSession:
     """A session with full graph optimization; `threads=0` lets ORT use every core.
+
+    `runtime` (default: what a ModelProto's metadata says, `profile.openvino.runtime_of`): `openvino:<DEVICE>`
+    compiles the model with OpenVINO instead, behind the same interface (reference semantics are ORT's).
 
     `reference=True` stops at basic optimizations, so a QDQ model runs as Dequantize -> float op ->
     Quantize: exact int8 semantics up to rounding, without the fused x86 kernels (whose u8 x s8 products
@@ -19,6 +22,14 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int = 1,
 
     Providers not present in this ONNX Runtime build are skipped (CPU is always the last resort).
     """
+    if runtime is None and isinstance(model, onnx.ModelProto):
+        from edgewise.profile.openvino import runtime_of
+
+        runtime = runtime_of(model)
+    if runtime and runtime.startswith("openvino") and not reference:
+        from edgewise.profile.openvino import session_for
+
+        return session_for(model if not isinstance(model, str) else open(model, "rb").read(), runtime, threads)  # type: ignore[return-value]
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1

@@ -12,6 +12,7 @@ from edgewise.errors import TargetError
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 OBJECTIVES = ("latency", "size", "accuracy")
 TIERS = ("endpoint", "node", "server")
+RUNTIMES = ("onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class TargetProfile:
     objective: str = "latency"
     threads: int = 1  # 0 = all cores
     execution_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    # runtimes the search may choose between: onnxruntime (with the providers above), openvino
+    runtimes: tuple[str, ...] = ("onnxruntime",)
+    openvino_device: str = "CPU"  # CPU, GPU or NPU, as OpenVINO names them
     energy_pj_per_mac: float = 1.0
     macs_per_second: float | None = None  # set for devices we cannot run here (MCUs): latency is estimated
     extra: dict[str, object] = field(default_factory=dict)
@@ -49,7 +53,7 @@ def _parse(data: dict[str, object], origin: str) -> TargetProfile:
     kwargs["extra"] = {k: v for k, v in data.items() if k not in known}
     kwargs.setdefault("description", "")
     kwargs.setdefault("tier", "node")
-    for key in ("precisions", "execution_providers"):
+    for key in ("precisions", "execution_providers", "runtimes"):
         if key in kwargs:
             kwargs[key] = tuple(kwargs[key])  # type: ignore[arg-type]
     try:
@@ -61,6 +65,8 @@ def _parse(data: dict[str, object], origin: str) -> TargetProfile:
         raise TargetError(f"{origin}: precisions must be a non-empty subset of {PRECISIONS}, got {bad}")
     if t.objective not in OBJECTIVES:
         raise TargetError(f"{origin}: objective must be one of {OBJECTIVES}, got {t.objective!r}")
+    if not t.runtimes or any(r not in RUNTIMES for r in t.runtimes):
+        raise TargetError(f"{origin}: runtimes must be a non-empty subset of {RUNTIMES}, got {list(t.runtimes)}")
     if t.tier not in TIERS:
         raise TargetError(f"{origin}: tier must be one of {TIERS}, got {t.tier!r}")
     if int(t.ram_bytes) <= 0 or int(t.flash_bytes) <= 0 or float(t.latency_budget_ms) <= 0:

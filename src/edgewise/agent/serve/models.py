@@ -97,6 +97,7 @@ class ModelManager:
             self.trust = TrustStore.load(list(trust))
         self._bundles: dict[str, tuple[Path, Manifest, int]] = {}
         self._providers: dict[str, tuple[str, ...]] = {}
+        self._fallbacks: dict[str, str] = {}  # model -> why its bundle's runtime is not the one running it
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._last: LoadedModel | None = None
@@ -213,7 +214,7 @@ class ModelManager:
                         data = proto.SerializeToString()
                     except EdgewiseError as e:
                         raise AgentError(f"cannot serve {name} in features mode: {e}") from e
-                session = make_session(data, threads=self.threads, providers=self._providers[name])
+                session = self._session(name, manifest, data)
             graph = proto.graph
             ends_in_softmax = any(n.op_type == "Softmax" and n.output[0] == graph.output[0].name for n in graph.node)
             loaded = LoadedModel(name, manifest, session, need, session.get_providers(),
@@ -226,6 +227,27 @@ class ModelManager:
             self._last = loaded
             self.loads += 1
             return loaded
+
+    def _session(self, name: str, manifest: Manifest, data: bytes) -> Any:
+        """The runtime the bundle was chosen on (`manifest.runtime`): OpenVINO on its device where it can
+        run here, else ONNX Runtime with the target's providers (CPU last), the fallback noted for /health."""
+        rt = manifest.runtime or {}
+        if rt.get("engine") == "openvino":
+            from edgewise.profile.openvino import available, session_for
+
+            spec = f"openvino:{rt.get('device', 'CPU')}" + (f":{rt['precision']}" if rt.get("precision") else "")
+            why = available()
+            if why is None:
+                try:
+                    session = session_for(data, spec, self.threads)
+                    self._fallbacks.pop(name, None)
+                    return session
+                except EdgewiseError as e:
+                    why = str(e)
+            self._fallbacks[name] = f"{spec} wanted: {why}; running on ONNX Runtime's CPUExecutionProvider"
+            log.warning("model %s: %s", name, self._fallbacks[name])
+            return make_session(data, threads=self.threads, providers=("CPUExecutionProvider",), runtime="onnxruntime")
+        return make_session(data, threads=self.threads, providers=self._providers[name], runtime="onnxruntime")
 
     @staticmethod
     def _warm_up(m: LoadedModel) -> None:
@@ -244,6 +266,12 @@ class ModelManager:
         have = ort.get_available_providers()
         eps = {}
         for name, wanted in self._providers.items():
+            rt = self._bundles[name][1].runtime if name in self._bundles else {}
+            if rt.get("engine") == "openvino":
+                spec = f"OpenVINO:{rt.get('device', 'CPU')}"
+                fb = self._fallbacks.get(name)
+                eps[name] = {"wanted": [spec], "running_on": "CPUExecutionProvider" if fb else spec, "fallback": fb}
+                continue
             missing = [p for p in wanted if p not in have]
             running = next((p for p in wanted if p in have), "CPUExecutionProvider")
             eps[name] = {"wanted": list(wanted), "running_on": running,

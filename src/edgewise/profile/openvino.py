@@ -1,0 +1,124 @@
+"""OpenVINO as a runtime beside ONNX Runtime: the same ONNX model (fp32, or int8 QDQ from NNCF), compiled by
+OpenVINO for a device, behind the interface the rest of edgewise uses for an ORT session.
+
+Which runtime a model is meant for travels with it, in its ONNX metadata (`edgewise.runtime`, e.g.
+`openvino:CPU`) and in the bundle's manifest (`runtime`), so the search measures each candidate on its own
+runtime and the agent loads it the same way. OpenVINO is optional (`pip install edgewise[openvino]`); where it
+is missing, candidates for it are reported as not measurable here, and the agent falls back to ONNX
+Runtime's CPU provider with the same ONNX file and says so in `/health`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgewise.errors import ModelError
+
+RUNTIME_KEY = "edgewise.runtime"
+ORT = "onnxruntime"
+_TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "f64": "tensor(double)", "i64": "tensor(int64)",
+          "i32": "tensor(int32)", "i8": "tensor(int8)", "u8": "tensor(uint8)", "boolean": "tensor(bool)"}
+
+
+def available() -> str | None:
+    """None when OpenVINO can run here, else why not."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return "OpenVINO is not installed here (pip install 'edgewise[openvino]')"
+    return None
+
+
+def runtime_of(model: onnx.ModelProto) -> str:
+    """`onnxruntime`, or `openvino:<DEVICE>`, as the model's metadata says."""
+    return next((p.value for p in model.metadata_props if p.key == RUNTIME_KEY), ORT)
+
+
+def tagged(model: onnx.ModelProto, runtime: str) -> onnx.ModelProto:
+    """A copy of `model` that says which runtime it is for."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    keep = [p for p in out.metadata_props if p.key != RUNTIME_KEY]
+    del out.metadata_props[:]
+    out.metadata_props.extend(keep)
+    if runtime != ORT:
+        out.metadata_props.add(key=RUNTIME_KEY, value=runtime)
+    return out
+
+
+@dataclass(frozen=True)
+class _Arg:  # what ORT's NodeArg offers the feeders: name, shape, type
+    name: str
+    shape: list[Any]
+    type: str
+
+
+class OpenVinoSession:
+    """An ONNX model compiled by OpenVINO for `device`, answering `run(None, feed)` as an ORT session does.
+    `threads=0` lets OpenVINO use every core; `precision` is its INFERENCE_PRECISION_HINT (f32, f16, bf16)."""
+
+    def __init__(self, model: onnx.ModelProto | bytes, device: str = "CPU", threads: int = 1,
+                 precision: str | None = None) -> None:
+        import openvino as ov
+
+        data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+        core = ov.Core()
+        if device not in core.available_devices:
+            raise ModelError(f"OpenVINO has no {device} device here (it has {', '.join(core.available_devices)})")
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if precision:
+            config["INFERENCE_PRECISION_HINT"] = precision
+        try:
+            with tempfile.TemporaryDirectory(prefix="edgewise-ov-") as tmp:
+                path = Path(tmp) / "model.onnx"
+                path.write_bytes(data)
+                ov_model = core.read_model(str(path))
+                self.compiled = core.compile_model(ov_model, device, config)
+        except Exception as e:  # OpenVINO raises RuntimeError with its own text for what it cannot read
+            raise ModelError(f"OpenVINO cannot compile the model for {device}: {str(e).strip().splitlines()[0][:300]}"
+                             ) from e
+        self.device = device
+        self._request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()  # one infer request: calls are serialized, as the agent's callers expect
+
+    @staticmethod
+    def _arg(port: Any) -> _Arg:
+        shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+        return _Arg(port.get_any_name(), shape, _TYPES.get(port.get_element_type().get_type_name(), "tensor(float)"))
+
+    def get_inputs(self) -> list[_Arg]:
+        return [self._arg(p) for p in self.compiled.inputs]
+
+    def get_outputs(self) -> list[_Arg]:
+        return [self._arg(p) for p in self.compiled.outputs]
+
+    def get_providers(self) -> list[str]:
+        return [f"OpenVINO:{self.device}"]
+
+    def run(self, names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with self._lock:
+            res = self._request.infer(feed)
+            outs = [np.array(res[p]) for p in self.compiled.outputs]
+        if names:
+            by = {a.name: o for a, o in zip(self.get_outputs(), outs)}
+            return [by[n] for n in names]
+        return outs
+
+
+def session_for(model: onnx.ModelProto | bytes, runtime: str, threads: int = 1) -> OpenVinoSession:
+    """The OpenVINO session `runtime` (`openvino:<DEVICE>[:<precision>]`) names."""
+    _, _, rest = runtime.partition(":")
+    device, _, precision = (rest or "CPU").partition(":")
+    return OpenVinoSession(model, device or "CPU", threads, precision or None)
+
+
+__all__ = ["ORT", "RUNTIME_KEY", "OpenVinoSession", "available", "runtime_of", "session_for", "tagged"]

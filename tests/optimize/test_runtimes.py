@@ -1,0 +1,82 @@
+"""Choosing the runtime, not only the recipe: OpenVINO candidates measured beside ONNX Runtime's, the
+choice recorded in the bundle, and the agent loading what the bundle names (or falling back, and saying so)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgewise.targets import load_target
+
+pytest.importorskip("openvino", reason="OpenVINO is installed by `make test` (the openvino extra)")
+
+
+@pytest.fixture(scope="module")
+def x86_result(trained_cnn_dir, digits):
+    from edgewise.optimize.search import SearchOptions, search
+    from edgewise.source import fit_data, load_source
+
+    opts = SearchOptions(latency_runs=20, measure_memory=False, torch_passes=False, calibration_samples=64,
+                         only=("baseline-fp32", "baseline-openvino*", "baseline-int8-minmax"))
+    src, splits = fit_data(load_source(trained_cnn_dir), digits)
+    return search(src, splits, load_target("x86-server"), opts)
+
+
+def test_openvino_candidates_are_built_and_measured_beside_onnx_runtimes(x86_result):
+    from edgewise.profile.openvino import runtime_of
+
+    by = {c.id: c for c in x86_result.candidates}
+    fp32, int8 = by["baseline-openvino-fp32"], by["baseline-openvino-nncf-int8"]
+    assert fp32.status == int8.status == "ok", (fp32.reason, int8.reason)
+    assert runtime_of(fp32.model) == "openvino:CPU:f32" and runtime_of(int8.model) == "openvino:CPU"
+    assert fp32.metrics["accuracy_drop_points"] <= 0.5 and int8.metrics["accuracy_drop_points"] <= 2.0
+    assert int8.metrics["size_bytes"] < 0.5 * fp32.metrics["size_bytes"]  # NNCF's int8 QDQ weights
+    for c in (fp32, int8, by["baseline-int8-minmax"]):  # one interleaved measurement for every runtime
+        assert c.metrics["latency_p50_ms"] > 0
+
+
+def test_a_device_openvino_lacks_here_is_reported_not_dropped(trained_cnn_dir, digits):
+    from edgewise.optimize.search import SearchOptions, search
+    from edgewise.source import fit_data, load_source
+
+    opts = SearchOptions(latency_runs=5, measure_memory=False, torch_passes=False, only=("baseline-openvino-fp32",))
+    src, splits = fit_data(load_source(trained_cnn_dir), digits)
+    r = search(src, splits, load_target("intel-igpu"), opts)  # openvino_device = GPU: none on this machine
+    c = next(c for c in r.candidates if c.id == "baseline-openvino-fp32")
+    assert c.status == "rejected" and "no GPU device here" in c.reason, c.reason
+
+
+@pytest.mark.parametrize("device", ["CPU", "NPU"])
+def test_the_agent_runs_a_bundle_on_openvino_or_falls_back_and_says_so(trained_cnn_dir, tmp_path, device, digits):
+    import onnx
+    from fastapi.testclient import TestClient
+
+    from edgewise.agent.runner import AgentConfig, build_agent
+    from edgewise.bundle import Manifest, write_bundle
+    from edgewise.modelio import inputs, outputs
+
+    model = onnx.load(str(trained_cnn_dir / "model.onnx"))
+    man = Manifest("cnn", "1.0.0", "x86-server", [s.as_dict() for s in inputs(model)],
+                   [s.as_dict() for s in outputs(model)], [str(i) for i in range(10)], {}, "fp32", [], {},
+                   task="classification", runtime={"engine": "openvino", "device": device, "precision": "f32",
+                                                   "threads": 1})
+    bundle = write_bundle(tmp_path / "bundle", man, {"model.onnx": model.SerializeToString()})
+    agent = build_agent(AgentConfig(bundles=[bundle], tier="server", data_dir=tmp_path / "a"))
+    try:
+        client = TestClient(agent.app)
+        x = digits.test.x[:8]
+        r = client.post("/predict", json={"inputs": x.tolist()})
+        assert r.status_code == 200, r.text
+        import onnxruntime as ort
+
+        ref = ort.InferenceSession(str(trained_cnn_dir / "model.onnx")).run(None, {"input": x})[0]
+        got = np.array(r.json()["outputs"][man.outputs[0]["name"]]["data"])
+        assert np.abs(got - ref).max() < 1e-3 and [v["class"] for v in r.json()["results"]] == ref.argmax(1).tolist()
+        ep = client.get("/health").json()["models"]["execution_providers"]["cnn"]
+    finally:
+        agent.close()
+    assert ep["wanted"] == [f"OpenVINO:{device}"]
+    if device == "CPU":
+        assert ep["running_on"] == "OpenVINO:CPU" and ep["fallback"] is None
+    else:  # no NPU here: ONNX Runtime's CPU with the same ONNX file, and /health says why
+        assert ep["running_on"] == "CPUExecutionProvider" and "no NPU device here" in ep["fallback"]
