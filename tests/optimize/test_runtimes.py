@@ -80,3 +80,38 @@ def test_the_agent_runs_a_bundle_on_openvino_or_falls_back_and_says_so(trained_c
         assert ep["running_on"] == "OpenVINO:CPU" and ep["fallback"] is None
     else:  # no NPU here: ONNX Runtime's CPU with the same ONNX file, and /health says why
         assert ep["running_on"] == "CPUExecutionProvider" and "no NPU device here" in ep["fallback"]
+
+
+def test_an_agent_without_openvino_serves_the_same_bundle_on_onnx_runtime(trained_cnn_dir, tmp_path, digits):
+    """A device where OpenVINO is not installed: a real agent process whose `import openvino` fails."""
+    import json
+    import os
+
+    import onnx
+
+    from edgewise.bundle import Manifest, write_bundle
+    from edgewise.modelio import inputs, outputs
+
+    from ..harness import AgentProc, free_port
+
+    model = onnx.load(str(trained_cnn_dir / "model.onnx"))
+    man = Manifest("cnn", "1.0.0", "x86-server", [s.as_dict() for s in inputs(model)],
+                   [s.as_dict() for s in outputs(model)], [str(i) for i in range(10)], {}, "fp32", [], {},
+                   task="classification", runtime={"engine": "openvino", "device": "CPU", "threads": 1})
+    bundle = write_bundle(tmp_path / "bundle", man, {"model.onnx": model.SerializeToString()})
+    shadow = tmp_path / "no-openvino" / "openvino"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('openvino is not installed on this device')\n")
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(shadow.parent) + (os.pathsep + old if old else "")
+    try:
+        agent = AgentProc(["--bundle", str(bundle)], free_port(), tmp_path / "a").start()
+    finally:
+        os.environ.pop("PYTHONPATH") if old is None else os.environ.__setitem__("PYTHONPATH", old)
+    try:
+        status, body = agent.post("/predict", json.dumps({"inputs": digits.test.x[:4].tolist()}).encode())
+        ep = agent.get("/health")["models"]["execution_providers"]["cnn"]
+    finally:
+        agent.kill()
+    assert status == 200 and len(body["results"]) == 4
+    assert ep["running_on"] == "CPUExecutionProvider" and "not installed" in ep["fallback"], ep

@@ -32,6 +32,10 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int = 1,
         return session_for(model if not isinstance(model, str) else open(model, "rb").read(), runtime, threads)  # type: ignore[return-value]
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
+    if threads != 1:
+        # Spinning worker threads keep a core busy between runs: fine for one model alone, but in interleaved
+        # measurements one session's spinners steal the cores of the next (it cost all-core runs ~0.68x).
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.inter_op_num_threads = 1
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if reference
                                    else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
