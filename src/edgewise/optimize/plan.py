@@ -212,6 +212,10 @@ class Planner:
                 out.append(Plan("baseline-openvino-fp32", f"OpenVINO on {dev}, fp32 (precision hint f32)", p, "fp32",
                                  [{"pass": "runtime", "runtime": "openvino", "device": dev, "precision": "f32"}],
                                  lambda p=p: self._openvino(p, None)))
+                out.append(Plan("baseline-openvino-auto", f"OpenVINO on {dev}, its default precision (bf16 on CPUs "
+                                 "with AVX-512 BF16 or AMX, else f32)", p, "fp32",
+                                 [{"pass": "runtime", "runtime": "openvino", "device": dev, "precision": "auto"}],
+                                 lambda p=p: self._openvino(p, "auto")))
                 if allowed("int8", t):
                     out.append(Plan("baseline-openvino-nncf-int8", f"OpenVINO on {dev}, int8 by NNCF post-training "
                                      "quantization", p, "int8",
@@ -250,6 +254,8 @@ class Planner:
         model = p.get()
         if precision is None:
             return ov.tagged(model, f"openvino:{dev}:f32")
+        if precision == "auto":
+            return ov.tagged(model, f"openvino:{dev}")
         try:
             import nncf
         except ImportError as e:
