@@ -191,12 +191,23 @@ class Planner:
             if "fp32" in t.precisions:
                 out.append(Plan(f"{p.name}-fused", f"{p.description}; Conv+BN folded, ORT offline graph optimization",
                                  p, "fp32", [{"pass": "fuse"}], lambda p=p: self._fused(p)))
+            if primary and "openvino" in t.runtimes:
+                dev = t.openvino_device
+                out.append(Plan("baseline-openvino-fp32", f"OpenVINO on {dev}, fp32 (precision hint f32)", p, "fp32",
+                                 [{"pass": "runtime", "runtime": "openvino", "device": dev, "precision": "f32"}],
+                                 lambda p=p: self._openvino(p, None)))
+                out.append(Plan("baseline-openvino-auto", f"OpenVINO on {dev}, its default precision (bf16 on CPUs "
+                                 "with AVX-512 BF16 or AMX, else f32)", p, "fp32",
+                                 [{"pass": "runtime", "runtime": "openvino", "device": dev, "precision": "auto"}],
+                                 lambda p=p: self._openvino(p, "auto")))
             if allowed("int8", t) or allowed("mixed", t):
                 cfgs = sorted(static_configs(t, primary), key=promise)
-                for cfg in cfgs:
+                for k, cfg in enumerate(cfgs):
                     out.append(Plan(static_id(p.name, cfg, t), cfg.label(), p, "int8",
                                      [recipe_static(cfg, opts.calibration_samples)],
                                      lambda p=p, cfg=cfg: self.quant(p).static(cfg), method=cfg.method))
+                    if k == 1 and primary and "openvino" in t.runtimes and allowed("int8", t):
+                        out.append(self._nncf_plan(p))  # as promising as ORT's best two: tried early
             if primary and allowed("int8", t) and t.runs_onnxruntime:
                 for ops in (("MatMul", "Gemm"), ("Conv", "MatMul", "Gemm")):
                     cid = "baseline-int8-dynamic" + ("-conv" if "Conv" in ops else "")
@@ -207,22 +218,6 @@ class Planner:
                 out.append(Plan("baseline-fp16", "float16 weights and activations, float32 inputs and outputs", p,
                                  "fp16", [{"pass": "convert", "precision": "fp16", "keep_io_types": True}],
                                  lambda p=p: to_fp16(p.get())))
-            if primary and "openvino" in t.runtimes:
-                dev = t.openvino_device
-                out.append(Plan("baseline-openvino-fp32", f"OpenVINO on {dev}, fp32 (precision hint f32)", p, "fp32",
-                                 [{"pass": "runtime", "runtime": "openvino", "device": dev, "precision": "f32"}],
-                                 lambda p=p: self._openvino(p, None)))
-                out.append(Plan("baseline-openvino-auto", f"OpenVINO on {dev}, its default precision (bf16 on CPUs "
-                                 "with AVX-512 BF16 or AMX, else f32)", p, "fp32",
-                                 [{"pass": "runtime", "runtime": "openvino", "device": dev, "precision": "auto"}],
-                                 lambda p=p: self._openvino(p, "auto")))
-                if allowed("int8", t):
-                    out.append(Plan("baseline-openvino-nncf-int8", f"OpenVINO on {dev}, int8 by NNCF post-training "
-                                     "quantization", p, "int8",
-                                     [{"pass": "quantize", "tool": "nncf", "mode": "static", "format": "QDQ",
-                                       "calibration_samples": opts.calibration_samples},
-                                      {"pass": "runtime", "runtime": "openvino", "device": dev}],
-                                     lambda p=p: self._openvino(p, "int8")))
             if primary and allowed("int4", t) and has_weight_matmul(self.source.model):
                 out.append(Plan("baseline-int4-weights", "int4 weight-only MatMul/Gemm (block 32)", p, "int4",
                                  [{"pass": "quantize", "mode": "weight-only", "weights": "int4", "block_size": 32,
@@ -240,6 +235,14 @@ class Planner:
     def first_static(self) -> StaticConfig:
         """The static setting tried first for this target: the base of mixed precision and sensitivity."""
         return sorted(static_configs(self.target, True), key=promise)[0]
+
+    def _nncf_plan(self, p: Parent) -> Plan:
+        dev = self.target.openvino_device
+        return Plan("baseline-openvino-nncf-int8", f"OpenVINO on {dev}, int8 by NNCF post-training quantization", p,
+                    "int8", [{"pass": "quantize", "tool": "nncf", "mode": "static", "format": "QDQ",
+                              "calibration_samples": self.opts.calibration_samples},
+                             {"pass": "runtime", "runtime": "openvino", "device": dev}],
+                    lambda: self._openvino(p, "int8"))
 
     def _openvino(self, p: Parent, precision: str | None) -> onnx.ModelProto:
         """The model tagged for OpenVINO on the target's device: as it is (fp32, precision hint f32), or
