@@ -62,7 +62,7 @@ def train(
 @app.command()
 def optimize(
     model: Annotated[Path, typer.Argument(help="an .onnx file, a `train` output directory, or a bundle")],
-    target: Annotated[str, typer.Option("--target", "-t", help="mcu-256k, cortex-a, edge-node, edge-server or a .toml")],
+    target: Annotated[str, typer.Option("--target", "-t", help="mcu-256k, cortex-a, edge-node, edge-server, x86-server, intel-igpu, jetson-orin or a .toml")],
     data: Annotated[str, typer.Option("--data", "-d", help="calibration/validation/test data (bundled name or file)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output directory: bundle/, report.html, report.json")],
     max_accuracy_drop: Annotated[float, typer.Option(help="tolerated accuracy drop, percentage points")] = 1.0,
