@@ -140,7 +140,10 @@ def main() -> None:
     ap.add_argument("models", nargs="*", default=[m.name for m in corpus.CORPUS if not m.expect_error])
     ap.add_argument("--time-budget", type=float, default=60)
     ap.add_argument("--target", default="edge-node", help="x86-server lets the search choose OpenVINO too")
+    ap.add_argument("--table-only", action="store_true", help="rewrite the table from the last run's JSON")
     args = ap.parse_args()
+    if args.table_only:
+        return runtimes_section(json.loads((WORK / f"corpus-{args.target}.json").read_text()), args)
     rows = []
     for name in args.models:
         print(f"== {name}", flush=True)
@@ -175,26 +178,31 @@ def runtimes_section(rows: list[dict], args: argparse.Namespace) -> None:
     peers = ["ORT fp32", "ORT defaults", "ORT tuned int8", "OpenVINO fp32", "OpenVINO+NNCF int8"]
     body, beat, yolo = [], 0, None
     for r in rows:
-        ms = r["ms"]
-        best_peer = min(ms[p] for p in peers if p in ms)
-        ratio = best_peer / ms["chosen"]
+        ms, fid = r["ms"], r["fidelity"]
+        # a peer counts when it keeps the fidelity the search demands of its own candidates (1 point)
+        fair = [p for p in peers if p in ms and fid[p] >= fid["ORT fp32"] - 0.01]
+        best = min(fair, key=lambda p: ms[p])
+        ratio = ms[best] / ms["chosen"]
         beat += ratio >= 0.95
         if r["model"] == "yolov8n":
             yolo = ratio
         body.append([r["model"], f"{r['chosen'].removeprefix('baseline-')} ({r['runtime']})",
-                     f"{r['fidelity']['chosen'] * 100:.1f}%", f"{ms['ORT fp32']:.2f}",
-                     *[f"{ms['ORT fp32'] / ms[p]:.2f}x" if p in ms else "-" for p in ["chosen", *peers[1:]]],
-                     f"**{ratio:.2f}x**"])
+                     f"{fid['chosen'] * 100:.1f}%", f"{ms['ORT fp32']:.2f}",
+                     *[f"{ms['ORT fp32'] / ms[p]:.2f}x ({fid[p] * 100:.0f}%)" if p in ms else "-"
+                       for p in ["chosen", *peers[1:]]],
+                     f"**{ratio:.2f}x** ({best})"])
     md = (f"Machine: {machine()}; CPU flags: {cpu_flags()}. `optimize --target {args.target} --time-budget "
           f"{args.time_budget:g}` per model: the search measures ONNX Runtime and OpenVINO candidates in one "
           "interleaved run and keeps the fastest within tolerance. Then every deployment is measured again side by "
           "side (batch 1, one thread, median of 200 interleaved runs); speed = ORT fp32 ms / its ms. ORT tuned "
           "int8 = the fastest int8 ONNX Runtime candidate the search accepted; the OpenVINO peers are OpenVINO's "
-          "defaults (its precision hint, bf16 where the CPU has it) and NNCF's default int8. Fidelity: the chosen "
-          "model's agreement with the starting model on the test samples:\n\n"
+          "defaults (its precision hint, bf16 where the CPU has it) and NNCF's default int8 on OpenVINO's own model. "
+          "In brackets: agreement with the starting model on the test samples. The best peer is the fastest that "
+          "keeps within 1 point of it, as the search requires of its own candidates:\n\n"
           + table(["model", "chosen (runtime)", "fidelity", "ORT fp32 ms", "chosen", *peers[1:],
                    "chosen / best peer"], body)
-          + f"\n\nGoals: chosen >= 1.0x the best peer within 5% noise: {beat} of {len(rows)}; >= 1.1x on YOLOv8n: "
+          + f"\n\nGoals: chosen >= 1.0x the best peer within 5% noise: {beat} of {len(rows)} (not met); >= 1.1x on "
+          "YOLOv8n: "
           + (f"{yolo:.2f}x" if yolo is not None else "not run") + "; never below the starting model.")
     write_section(f"runtimes-{args.target}", md)
 
