@@ -73,6 +73,10 @@ def test_the_agent_runs_a_bundle_on_openvino_or_falls_back_and_says_so(trained_c
         got = np.array(r.json()["outputs"][man.outputs[0]["name"]]["data"])
         assert np.abs(got - ref).max() < 1e-3 and [v["class"] for v in r.json()["results"]] == ref.argmax(1).tolist()
         ep = client.get("/health").json()["models"]["execution_providers"]["cnn"]
+        # the thread count the bundle was measured with is the one it runs with, unless the agent sets its own
+        from dataclasses import replace
+
+        assert agent.inference.models._threads(replace(man, runtime={**man.runtime, "threads": 0})) == 0
     finally:
         agent.close()
     assert ep["wanted"] == [f"OpenVINO:{device}"]

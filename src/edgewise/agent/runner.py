@@ -26,7 +26,7 @@ class AgentConfig:
     upstream: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
-    threads: int = 1
+    threads: int | None = None  # None: as each bundle was measured (manifest.runtime.threads), else 1
     runtime: str = "onnxruntime"  # or "c": run the bundle's generated C through ctypes (endpoint tier)
     model_budget_bytes: int = 512 * 2**20
     model_policy: str = "evict-lru"

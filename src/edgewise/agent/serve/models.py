@@ -74,7 +74,7 @@ class ModelManager:
     """Holds several models within `budget_bytes`; least recently used ones are evicted (or loading is
     refused) when a new one would not fit, and are reloaded on their next request."""
 
-    def __init__(self, budget_bytes: int = 512 * 2**20, policy: str = "evict-lru", threads: int = 1,
+    def __init__(self, budget_bytes: int = 512 * 2**20, policy: str = "evict-lru", threads: int | None = None,
                  providers: tuple[str, ...] = ("CPUExecutionProvider",), runtime: str = "onnxruntime",
                  build_dir: Path | None = None, features: bool = False, features_at: str | None = None,
                  trust: list[Path] | None = None) -> None:
@@ -239,15 +239,22 @@ class ModelManager:
             why = available()
             if why is None:
                 try:
-                    session = session_for(data, spec, self.threads)
+                    session = session_for(data, spec, self._threads(manifest))
                     self._fallbacks.pop(name, None)
                     return session
                 except EdgewiseError as e:
                     why = str(e)
             self._fallbacks[name] = f"{spec} wanted: {why}; running on ONNX Runtime's CPUExecutionProvider"
             log.warning("model %s: %s", name, self._fallbacks[name])
-            return make_session(data, threads=self.threads, providers=("CPUExecutionProvider",), runtime="onnxruntime")
-        return make_session(data, threads=self.threads, providers=self._providers[name], runtime="onnxruntime")
+            return make_session(data, threads=self._threads(manifest), providers=("CPUExecutionProvider",),
+                                runtime="onnxruntime")
+        return make_session(data, threads=self._threads(manifest), providers=self._providers[name], runtime="onnxruntime")
+
+    def _threads(self, manifest: Manifest) -> int:
+        """The agent's own setting if it has one; else the threads the bundle was measured with (0 = all cores)."""
+        if self.threads is not None:
+            return self.threads
+        return int((manifest.runtime or {}).get("threads", 1))
 
     @staticmethod
     def _warm_up(m: LoadedModel) -> None:
