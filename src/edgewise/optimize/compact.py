@@ -78,9 +78,9 @@ def compact(model: onnx.ModelProto) -> onnx.ModelProto:
     del g.value_info[:]
     m.doc_string = ""
     g.doc_string = ""
-    from edgewise.profile.openvino import RUNTIME_KEY
+    from edgewise.profile.openvino import IR_KEY, RUNTIME_KEY
 
-    keep_meta = [p for p in m.metadata_props if p.key == RUNTIME_KEY]  # which runtime it is for stays
+    keep_meta = [p for p in m.metadata_props if p.key in (RUNTIME_KEY, IR_KEY)]  # which runtime it is for stays
     del m.metadata_props[:]
     m.metadata_props.extend(keep_meta)
     return m

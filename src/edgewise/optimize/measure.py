@@ -30,6 +30,13 @@ from edgewise.targets import TargetProfile
 BUILD_SHARE = 0.75
 
 
+def _size(model: onnx.ModelProto) -> int:
+    """What the device stores: the ONNX file, plus the OpenVINO IR it carries for OpenVINO, if any."""
+    from edgewise.profile.openvino import ir_size
+
+    return model.ByteSize() + (ir_size(model) or 0)
+
+
 class Runner:
     """Runs models the way the target will: ORT's optimized kernels, or int8 reference semantics."""
 
@@ -151,7 +158,7 @@ def measure_candidates(cands: list[Candidate], baseline: Candidate, target: Targ
     for c in ok:
         int8_act = c.precision == "int8" and any(s.get("mode") == "static" for s in c.recipe)
         c.metrics.update({
-            "size_bytes": c.model.ByteSize(), "weight_bytes": weight_bytes(c.model),
+            "size_bytes": _size(c.model), "weight_bytes": weight_bytes(c.model),
             "arena_estimate_bytes": live_tensor_peak(c.logical or c.model, 1 if int8_act else 4),
             "macs": c.macs, "energy_uj_estimate": c.macs * target.energy_pj_per_mac * 1e-6,
         })

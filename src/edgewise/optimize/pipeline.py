@@ -97,7 +97,10 @@ def optimize(model_path: Path, data: str, target: TargetProfile, out: Path, opts
         (tmp / "report.html").write_text(render_html(report))
         if result.chosen is not None and result.chosen.model is not None:
             manifest = _manifest(source, result, name or source.name, version, splits.train, declared)
-            write_bundle(tmp / "bundle", manifest, {"model.onnx": result.chosen.model.SerializeToString()})
+            from edgewise.profile.openvino import ir_files
+
+            write_bundle(tmp / "bundle", manifest, {"model.onnx": result.chosen.model.SerializeToString(),
+                                                    **ir_files(result.chosen.model)})
             bundle_path = out / "bundle"
     return OptimizeOutcome(result, out, bundle_path, report)
 

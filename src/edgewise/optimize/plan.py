@@ -239,9 +239,10 @@ class Planner:
     def _nncf_plan(self, p: Parent) -> Plan:
         dev = self.target.openvino_device
         return Plan("baseline-openvino-nncf-int8", f"OpenVINO on {dev}, int8 by NNCF post-training quantization", p,
-                    "int8", [{"pass": "quantize", "tool": "nncf", "mode": "static", "format": "QDQ",
+                    "int8", [{"pass": "quantize", "tool": "nncf", "mode": "static", "format": "OpenVINO IR",
                               "calibration_samples": self.opts.calibration_samples},
-                             {"pass": "runtime", "runtime": "openvino", "device": dev}],
+                             {"pass": "runtime", "runtime": "openvino", "device": dev,
+                              "files": ["model.xml", "model.bin"], "fallback": "model.onnx (fp32)"}],
                     lambda: self._openvino(p, "int8"))
 
     def _openvino(self, p: Parent, precision: str | None) -> onnx.ModelProto:
@@ -263,17 +264,23 @@ class Planner:
             import nncf
         except ImportError as e:
             raise OptimizeError("not measurable here: NNCF is not installed (pip install 'edgewise[openvino]')") from e
+        import openvino
+
         from edgewise.profile.feeds import Feeder, model_inputs
 
         train = self.splits.train.head(self.opts.calibration_samples)
         feeder = Feeder(model_inputs(model), train)
-        self.log(f"NNCF: calibrating int8 on {len(train)} samples")
+        self.log(f"NNCF: calibrating int8 on {len(train)} samples, on OpenVINO's own graph")
         try:
-            q = nncf.quantize(model, nncf.Dataset([feeder.one(i) for i in range(len(train))]),
+            with tempfile.TemporaryDirectory(prefix="edgewise-ov-") as tmp:
+                onnx.save(model, str(Path(tmp) / "model.onnx"))
+                ov_model = openvino.convert_model(str(Path(tmp) / "model.onnx"))
+            q = nncf.quantize(ov_model, nncf.Dataset([feeder.one(i) for i in range(len(train))]),
                               subset_size=len(train))
-        except Exception as e:  # NNCF raises assorted errors for graphs it cannot handle
+        except Exception as e:  # NNCF and OpenVINO raise assorted errors for graphs they cannot handle
             raise OptimizeError(f"NNCF quantization failed: {str(e).strip().splitlines()[0][:200]}") from e
-        return ov.tagged(q, f"openvino:{dev}")
+        # the bundle carries the IR for OpenVINO and the fp32 ONNX for a device without it
+        return ov.with_ir(model, q, f"openvino:{dev}")
 
     def _fused(self, p: Parent) -> onnx.ModelProto:
         model, info = fuse(p.get())

@@ -22,7 +22,10 @@ import onnx
 from edgewise.errors import ModelError
 
 RUNTIME_KEY = "edgewise.runtime"
+IR_KEY = "edgewise.openvino_ir"  # sha256 of an OpenVINO IR (xml + bin) that replaces the ONNX graph on OpenVINO
+IR_FILES = ("model.xml", "model.bin")
 ORT = "onnxruntime"
+_IR_CACHE: dict[str, tuple[bytes, bytes]] = {}  # IR key -> (xml, bin), for IRs built in this process
 _TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "f64": "tensor(double)", "i64": "tensor(int64)",
           "i32": "tensor(int32)", "i8": "tensor(int8)", "u8": "tensor(uint8)", "boolean": "tensor(bool)"}
 
@@ -53,6 +56,44 @@ def tagged(model: onnx.ModelProto, runtime: str) -> onnx.ModelProto:
     return out
 
 
+def with_ir(model: onnx.ModelProto, ov_model: Any, runtime: str) -> onnx.ModelProto:
+    """`model` (the ONNX graph a device without OpenVINO runs) tagged for `runtime`, with an OpenVINO model
+    (say NNCF's int8 on OpenVINO's own graph) to run in its place where OpenVINO is present. The IR is kept
+    in this process under its hash (`ir_files` gives it back for the bundle)."""
+    import hashlib
+
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory(prefix="edgewise-ir-") as tmp:
+        ov.save_model(ov_model, str(Path(tmp) / "model.xml"), compress_to_fp16=False)
+        xml, weights = (Path(tmp) / "model.xml").read_bytes(), (Path(tmp) / "model.bin").read_bytes()
+    key = hashlib.sha256(xml + weights).hexdigest()
+    _IR_CACHE[key] = (xml, weights)
+    out = tagged(model, runtime)
+    out.metadata_props.add(key=IR_KEY, value=key)
+    return out
+
+
+def ir_key(model: onnx.ModelProto) -> str | None:
+    return next((p.value for p in model.metadata_props if p.key == IR_KEY), None)
+
+
+def ir_files(model: onnx.ModelProto) -> dict[str, bytes]:
+    """The OpenVINO IR files a model carries (for the bundle), or none."""
+    key = ir_key(model)
+    if key is None:
+        return {}
+    if key not in _IR_CACHE:
+        raise ModelError("the model names an OpenVINO IR that was not built in this process")
+    xml, weights = _IR_CACHE[key]
+    return {"model.xml": xml, "model.bin": weights}
+
+
+def ir_size(model: onnx.ModelProto) -> int | None:
+    key = ir_key(model)
+    return None if key is None or key not in _IR_CACHE else sum(len(b) for b in _IR_CACHE[key])
+
+
 @dataclass(frozen=True)
 class _Arg:  # what ORT's NodeArg offers the feeders: name, shape, type
     name: str
@@ -65,10 +106,15 @@ class OpenVinoSession:
     `threads=0` lets OpenVINO use every core; `precision` is its INFERENCE_PRECISION_HINT (f32, f16, bf16)."""
 
     def __init__(self, model: onnx.ModelProto | bytes, device: str = "CPU", threads: int = 1,
-                 precision: str | None = None) -> None:
+                 precision: str | None = None, ir: tuple[bytes, bytes] | None = None) -> None:
         import openvino as ov
 
         data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+        if ir is None and isinstance(model, onnx.ModelProto) and ir_key(model) is not None:
+            key = ir_key(model)
+            if key not in _IR_CACHE:
+                raise ModelError("the model names an OpenVINO IR that is not here")
+            ir = _IR_CACHE[key]
         core = ov.Core()
         if device not in core.available_devices:
             raise ModelError(f"OpenVINO has no {device} device here (it has {', '.join(core.available_devices)})")
@@ -80,7 +126,12 @@ class OpenVinoSession:
         try:
             with tempfile.TemporaryDirectory(prefix="edgewise-ov-") as tmp:
                 path = Path(tmp) / "model.onnx"
-                path.write_bytes(data)
+                if ir is not None:  # the IR replaces the ONNX graph (both files are read before the dir goes)
+                    path = Path(tmp) / "model.xml"
+                    path.write_bytes(ir[0])
+                    (Path(tmp) / "model.bin").write_bytes(ir[1])
+                else:
+                    path.write_bytes(data)
                 ov_model = core.read_model(str(path))
                 self.compiled = core.compile_model(ov_model, device, config)
         except Exception as e:  # OpenVINO raises RuntimeError with its own text for what it cannot read
@@ -114,11 +165,14 @@ class OpenVinoSession:
         return outs
 
 
-def session_for(model: onnx.ModelProto | bytes, runtime: str, threads: int = 1) -> OpenVinoSession:
-    """The OpenVINO session `runtime` (`openvino:<DEVICE>[:<precision>]`) names."""
+def session_for(model: onnx.ModelProto | bytes, runtime: str, threads: int = 1,
+                ir: tuple[bytes, bytes] | None = None) -> OpenVinoSession:
+    """The OpenVINO session `runtime` (`openvino:<DEVICE>[:<precision>]`) names; `ir` (xml, bin) runs in
+    place of the ONNX graph (a bundle's model.xml/model.bin)."""
     _, _, rest = runtime.partition(":")
     device, _, precision = (rest or "CPU").partition(":")
-    return OpenVinoSession(model, device or "CPU", threads, precision or None)
+    return OpenVinoSession(model, device or "CPU", threads, precision or None, ir)
 
 
-__all__ = ["ORT", "RUNTIME_KEY", "OpenVinoSession", "available", "runtime_of", "session_for", "tagged"]
+__all__ = ["IR_FILES", "ORT", "RUNTIME_KEY", "OpenVinoSession", "available", "ir_files", "ir_size", "runtime_of",
+           "session_for", "tagged", "with_ir"]

@@ -239,7 +239,7 @@ class ModelManager:
             why = available()
             if why is None:
                 try:
-                    session = session_for(data, spec, self._threads(manifest))
+                    session = session_for(data, spec, self._threads(manifest), self._ir(name, manifest))
                     self._fallbacks.pop(name, None)
                     return session
                 except EdgewiseError as e:
@@ -249,6 +249,19 @@ class ModelManager:
             return make_session(data, threads=self._threads(manifest), providers=("CPUExecutionProvider",),
                                 runtime="onnxruntime")
         return make_session(data, threads=self._threads(manifest), providers=self._providers[name], runtime="onnxruntime")
+
+    def _ir(self, name: str, manifest: Manifest) -> tuple[bytes, bytes] | None:
+        """The OpenVINO IR the bundle carries (model.xml + model.bin), checked against the manifest's hashes."""
+        if "model.xml" not in manifest.files:
+            return None
+        path = self._bundles[name][0]
+        parts = []
+        for f in ("model.xml", "model.bin"):
+            blob = (path / f).read_bytes() if (path / f).is_file() else b""
+            if f not in manifest.files or hashlib.sha256(blob).hexdigest() != manifest.files[f]["sha256"]:
+                raise AgentError(f"cannot serve {name}: {path / f} changed since its bundle was verified")
+            parts.append(blob)
+        return parts[0], parts[1]
 
     def _threads(self, manifest: Manifest) -> int:
         """The agent's own setting if it has one; else the threads the bundle was measured with (0 = all cores)."""
