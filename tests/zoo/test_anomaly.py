@@ -203,9 +203,9 @@ def test_spectral_features_are_for_an_mlp_on_sensor_windows_and_say_so_otherwise
     s = load_splits(str(sensor_log_csv(tmp_path / "log.csv", seconds_per_segment=12)))
     tm = train("mlp", s, TrainConfig(epochs=2, min_steps=10), features="spectral")
     assert tm.sample_shape == (3 * 20,) and tm.preprocessing["spectral"]["rate_hz"] == pytest.approx(50, rel=0.01)
-    for arch, data, features, fragment in (("cnn1d", s, "spectral", "train an mlp"),
-                                           ("mlp", load_splits("digits"), "spectral", "sensor windows"),
-                                           ("autoencoder", s, "raw", "spectral features"),
-                                           ("mlp", s, "mel", "unknown features")):
+    for arch, data, kind, fragment in (("cnn1d", s, "spectral", "train an mlp"),
+                                       ("mlp", load_splits("digits"), "spectral", "sensor windows"),
+                                       ("autoencoder", s, "raw", "spectral features"),
+                                       ("mlp", s, "mel", "unknown features")):
         with pytest.raises(ModelError, match=fragment):
-            train(arch, data, TrainConfig(epochs=1), features=features)
+            train(arch, data, TrainConfig(epochs=1), features=kind)
