@@ -142,7 +142,7 @@ MCU_OPTS = dict(latency_runs=5, measure_memory=False, calibration_samples=64, to
 
 
 def mcu_bundle(tmp: Path, arch: str, data: str, epochs: int, only: str = "baseline-int8-minmax",
-               features: str | None = None) -> Path:
+               features: str | None = None, min_steps: int = 0) -> Path:
     """The search picks among `only`; the tolerance is wide because these fixtures test the compiler
     (BasicMotions' 16-sample validation split moves 6.25 points per sample)."""
     from edgewise.optimize.pipeline import optimize
@@ -150,7 +150,8 @@ def mcu_bundle(tmp: Path, arch: str, data: str, epochs: int, only: str = "baseli
     from edgewise.targets import load_target
     from edgewise.zoo import TrainConfig, train
 
-    train(arch, load_splits(data), TrainConfig(epochs=epochs), features=features).save(tmp / "train")
+    cfg = TrainConfig(epochs=epochs, min_steps=min_steps)  # 0: the library's floor (series train >= 1,000 steps)
+    train(arch, load_splits(data), cfg, features=features).save(tmp / "train")
     opts = SearchOptions(**MCU_OPTS, only=(only,), max_accuracy_drop=20.0)
     outcome = optimize(tmp / "train", data, load_target("mcu-256k"), tmp / "opt", opts)
     assert outcome.bundle is not None, outcome.result.why

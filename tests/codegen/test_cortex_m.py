@@ -60,6 +60,7 @@ def test_cortex_m4_build_runs_under_qemu_and_matches_the_host(request, tmp_path,
     assert len(counts) == len(q) and max(per_mac) - min(per_mac) < 0.05 and 1.0 < per_mac[0] < 12, per_mac
 
 
+@pytest.mark.e2e  # firmware under QEMU
 def test_a_keyword_model_with_its_front_end_runs_pcm_under_qemu_like_the_host(tmp_path, tone_bundle):
     from edgewise.bundle import read_bundle
     from edgewise.codegen.compile import compile_bundle

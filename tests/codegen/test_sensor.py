@@ -116,6 +116,7 @@ def test_a_compiled_anomaly_detector_streams_a_csv_and_flags_the_faults_as_pytho
 
 @pytest.mark.skipif(not (have("arm-none-eabi-gcc") and have("qemu-system-arm")),
                     reason="needs gcc-arm-none-eabi and qemu-system-arm")
+@pytest.mark.e2e  # firmware under QEMU
 def test_the_anomaly_firmware_prints_the_host_builds_verdicts_under_qemu(tmp_path, vibration_bundle):
     from edgewise.codegen.compile import compile_bundle
     from edgewise.codegen.toolchain import build_firmware, build_host, run_qemu
@@ -134,6 +135,7 @@ def test_the_anomaly_firmware_prints_the_host_builds_verdicts_under_qemu(tmp_pat
     assert sizes["bss"] >= 4 * 3 * 1000  # the window ring
 
 
+@pytest.mark.e2e  # train -> optimize -> C -> agent
 @pytest.mark.parametrize("arch,features", [("cnn1d", None), ("mlp", "spectral")])
 def test_a_logger_csv_classifier_compiles_and_its_c_stream_labels_a_new_recording(tmp_path, arch, features):
     """train a classifier on a logger CSV with string labels (a cnn1d on the raw windows, or an mlp on their

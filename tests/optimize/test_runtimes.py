@@ -92,6 +92,7 @@ def test_the_agent_runs_a_bundle_on_openvino_or_falls_back_and_says_so(trained_c
         assert ep["running_on"] == "CPUExecutionProvider" and "no NPU device here" in ep["fallback"]
 
 
+@pytest.mark.e2e  # a real agent process
 def test_an_agent_without_openvino_serves_the_same_bundle_on_onnx_runtime(trained_cnn_dir, tmp_path, digits):
     """A device where OpenVINO is not installed: a real agent process whose `import openvino` fails."""
     import json
