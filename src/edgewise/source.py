@@ -60,7 +60,7 @@ def fit_data(source: Source, splits: Splits) -> tuple[Source, Splits]:
             source.preprocessing = splits.train.preprocessing
         return source, splits
     if "spectral" in source.preprocessing and len(splits.train.sample_shape) == 2:
-        splits = _through_spectral(source.preprocessing, splits)
+        splits = through_spectral(source.preprocessing, splits)
     shape = sample_shape(source.model)
     data_shape = splits.train.sample_shape
     if all(isinstance(d, int) and d > 0 for d in shape):
@@ -80,8 +80,9 @@ def fit_data(source: Source, splits: Splits) -> tuple[Source, Splits]:
     return source, splits
 
 
-def _through_spectral(preprocessing: dict[str, Any], splits: Splits) -> Splits:
-    """Raw sensor windows through the model's declared spectral front end (its fitted standardization)."""
+def through_spectral(preprocessing: dict[str, Any], splits: Splits) -> Splits:
+    """Raw sensor windows through the spectral front end `preprocessing` declares (with its fitted
+    standardization); each part then records `preprocessing` as what was applied."""
     from edgewise.data import Dataset
     from edgewise.media.spectral import SpectralSpec, as_logged, features
 

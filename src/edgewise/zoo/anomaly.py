@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgewise.data import Dataset, Splits
+from edgewise.data import Splits
 from edgewise.errors import DataError
 from edgewise.media import anomaly as an
-from edgewise.media.spectral import SpectralSpec, as_logged, features, fit
+from edgewise.media.spectral import SpectralSpec, as_logged, fit
+from edgewise.source import through_spectral
 
 DEFAULT_FALSE_ALARM_RATE = 0.01
 
@@ -56,14 +57,10 @@ def spectral_splits(splits: Splits, normal: int | None = None, **settings: Any) 
     train = splits.train
     pre = {k: v for k, v in train.preprocessing.items() if k not in ("standardize", "mean", "std")}
     spec = SpectralSpec.for_windows(pre, train.sample_shape, **settings)
-    fit_on = as_logged(train.x, train.preprocessing) if normal is None or train.y is None else as_logged(train.x, train.preprocessing)[train.y == normal]
-    spec = fit(spec, fit_on)
+    raw = as_logged(train.x, train.preprocessing)
+    spec = fit(spec, raw if normal is None or train.y is None else raw[train.y == normal])
     pre = {**pre, "layout": "features", "spectral": spec.as_dict(), "feature_names": spec.feature_names()}
-
-    def conv(ds: Dataset) -> Dataset:
-        return Dataset(ds.name, features(spec, as_logged(ds.x, ds.preprocessing)), ds.y, ds.labels, pre, groups=ds.groups)
-
-    return Splits(conv(splits.train), conv(splits.val), conv(splits.test))
+    return through_spectral(pre, splits)
 
 
 def _fit_one(module: nn.Module, x: np.ndarray, xv: np.ndarray, cfg: Any, on_epoch: Any) -> None:
