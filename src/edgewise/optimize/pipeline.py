@@ -176,14 +176,14 @@ def _anomaly_threshold(source: Source, chosen: Any, result: SearchResult, splits
 def _runtime(model: Any, target: TargetProfile) -> dict[str, Any]:
     """How the chosen model was measured, for the device to run it the same way: the engine (and OpenVINO's
     device and precision hint) and the thread count. Empty for targets that run generated C."""
-    from edgewise.profile.openvino import runtime_of
+    from edgewise.profile.openvino import parse_runtime, runtime_of
 
     if not target.runs_onnxruntime:
         return {}
     rt = runtime_of(model)
     if rt.startswith("openvino"):
-        _, device, precision = (rt.split(":") + ["", ""])[:3]
-        return {"engine": "openvino", "device": device or "CPU", **({"precision": precision} if precision else {}),
+        device, precision = parse_runtime(rt)
+        return {"engine": "openvino", "device": device, **({"precision": precision} if precision else {}),
                 "threads": target.threads, "fallback": "onnxruntime:CPUExecutionProvider"}
     return {"engine": "onnxruntime", "providers": list(target.execution_providers), "threads": target.threads}
 

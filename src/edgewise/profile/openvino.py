@@ -165,14 +165,18 @@ class OpenVinoSession:
         return outs
 
 
-def session_for(model: onnx.ModelProto | bytes, runtime: str, threads: int = 1,
-                ir: tuple[bytes, bytes] | None = None) -> OpenVinoSession:
-    """The OpenVINO session `runtime` (`openvino:<DEVICE>[:<precision>]`) names; `ir` (xml, bin) runs in
-    place of the ONNX graph (a bundle's model.xml/model.bin)."""
+def parse_runtime(runtime: str) -> tuple[str, str | None]:
+    """`openvino:<DEVICE>[:<precision>]` -> (device, precision hint or None)."""
     _, _, rest = runtime.partition(":")
     device, _, precision = (rest or "CPU").partition(":")
-    return OpenVinoSession(model, device or "CPU", threads, precision or None, ir)
+    return device or "CPU", precision or None
 
 
-__all__ = ["IR_FILES", "ORT", "RUNTIME_KEY", "OpenVinoSession", "available", "ir_files", "ir_size", "runtime_of",
-           "session_for", "tagged", "with_ir"]
+def session_for(model: onnx.ModelProto | bytes, runtime: str, threads: int = 1) -> OpenVinoSession:
+    """The OpenVINO session a model's runtime tag (`openvino:<DEVICE>[:<precision>]`) names."""
+    device, precision = parse_runtime(runtime)
+    return OpenVinoSession(model, device, threads, precision)
+
+
+__all__ = ["IR_FILES", "ORT", "RUNTIME_KEY", "OpenVinoSession", "available", "ir_files", "ir_size", "parse_runtime",
+           "runtime_of", "session_for", "tagged", "with_ir"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnx
 import onnxruntime as ort
 
@@ -29,7 +31,8 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int = 1,
     if runtime and runtime.startswith("openvino") and not reference:
         from edgewise.profile.openvino import session_for
 
-        return session_for(model if not isinstance(model, str) else open(model, "rb").read(), runtime, threads)  # type: ignore[return-value]
+        data = Path(model).read_bytes() if isinstance(model, str) else model
+        return session_for(data, runtime, threads)  # type: ignore[return-value]
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     if threads != 1:

@@ -192,10 +192,7 @@ class ModelManager:
                         f"{self.budget:,} bytes in use); policy: refuse")
                 self._loaded.popitem(last=False)
                 self.evictions += 1
-            data = (path / "model.onnx").read_bytes()
-            # Serve the bytes that were verified: a model.onnx swapped since registration is refused.
-            if hashlib.sha256(data).hexdigest() != manifest.files["model.onnx"]["sha256"]:
-                raise AgentError(f"cannot serve {name}: {path / 'model.onnx'} changed since its bundle was verified")
+            data = self._verified(name, "model.onnx")
             proto = onnx.load_from_string(data)  # parsed once: features mode and the Softmax check read it
             rss_before = rss_bytes()
             features_at = None
@@ -233,13 +230,15 @@ class ModelManager:
         run here, else ONNX Runtime with the target's providers (CPU last), the fallback noted for /health."""
         rt = manifest.runtime or {}
         if rt.get("engine") == "openvino":
-            from edgewise.profile.openvino import available, session_for
+            from edgewise.profile.openvino import OpenVinoSession, available
 
-            spec = f"openvino:{rt.get('device', 'CPU')}" + (f":{rt['precision']}" if rt.get("precision") else "")
+            device = rt.get("device", "CPU")
+            spec = f"openvino:{device}" + (f":{rt['precision']}" if rt.get("precision") else "")
             why = available()
             if why is None:
                 try:
-                    session = session_for(data, spec, self._threads(manifest), self._ir(name, manifest))
+                    session = OpenVinoSession(data, device, self._threads(manifest), rt.get("precision"),
+                                              self._ir(name, manifest))
                     self._fallbacks.pop(name, None)
                     return session
                 except EdgewiseError as e:
@@ -254,14 +253,16 @@ class ModelManager:
         """The OpenVINO IR the bundle carries (model.xml + model.bin), checked against the manifest's hashes."""
         if "model.xml" not in manifest.files:
             return None
-        path = self._bundles[name][0]
-        parts = []
-        for f in ("model.xml", "model.bin"):
-            blob = (path / f).read_bytes() if (path / f).is_file() else b""
-            if f not in manifest.files or hashlib.sha256(blob).hexdigest() != manifest.files[f]["sha256"]:
-                raise AgentError(f"cannot serve {name}: {path / f} changed since its bundle was verified")
-            parts.append(blob)
-        return parts[0], parts[1]
+        return self._verified(name, "model.xml"), self._verified(name, "model.bin")
+
+    def _verified(self, name: str, fname: str) -> bytes:
+        """A bundle file's bytes, as they were verified: one swapped (or gone) since registration is refused."""
+        path, manifest, _ = self._bundles[name]
+        f = path / fname
+        data = f.read_bytes() if f.is_file() else b""
+        if fname not in manifest.files or hashlib.sha256(data).hexdigest() != manifest.files[fname]["sha256"]:
+            raise AgentError(f"cannot serve {name}: {f} changed since its bundle was verified")
+        return data
 
     def _threads(self, manifest: Manifest) -> int:
         """The agent's own setting if it has one; else the threads the bundle was measured with (0 = all cores)."""
