@@ -116,8 +116,8 @@ def _manifest(source: Source, result: SearchResult, name: str, version: str, tra
     if not train.named:
         lo, hi = float(train.x.min()), float(train.x.max())
         if "spectral" in preprocessing:  # the front end clips: all it can make (an anomaly is out of training's range)
-            lo = hi = float(preprocessing["spectral"].get("clip", 8.0))
-            lo = -lo
+            clip = float(preprocessing["spectral"].get("clip", 8.0))
+            lo, hi = -clip, clip
         pad = 0.1 * max(hi - lo, 1e-6)
         preprocessing["input_range"] = [lo - pad, hi + pad]
     task = result.task

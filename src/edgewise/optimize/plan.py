@@ -246,9 +246,10 @@ class Planner:
                     lambda: self._openvino(p, "int8"))
 
     def _openvino(self, p: Parent, precision: str | None) -> onnx.ModelProto:
-        """The model tagged for OpenVINO on the target's device: as it is (fp32, precision hint f32), or
-        quantized to int8 QDQ by NNCF on the calibration samples. Where OpenVINO cannot run, the candidate
-        is reported as not measurable here."""
+        """The model tagged for OpenVINO on the target's device: as it is, with precision hint f32 (None) or
+        OpenVINO's own ("auto"), or ("int8") quantized by NNCF on OpenVINO's graph with the calibration
+        samples, carried as an IR beside the fp32 ONNX. Where OpenVINO cannot run, the candidate is reported
+        as not measurable here."""
         from edgewise.profile import openvino as ov
 
         why = ov.available()

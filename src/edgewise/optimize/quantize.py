@@ -308,13 +308,9 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     why the search measures it rather than assumes it."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    m = onnx.ModelProto()
+    m.CopyFrom(model)  # the converter rewrites the model it is given
     try:
-        return convert_float_to_float16(copy_model(model), keep_io_types=True, disable_shape_infer=False)
+        return convert_float_to_float16(m, keep_io_types=True, disable_shape_infer=False)
     except Exception as e:  # the converter raises assorted errors for graphs it cannot type
         raise OptimizeError(f"float16 conversion failed: {e}") from e
-
-
-def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out

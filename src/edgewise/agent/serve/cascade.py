@@ -235,14 +235,16 @@ class Inference:
         with the device and stamp), or label and score through the cascade and the result queue."""
         m = self.models.get(name)
         task = task_of(m.manifest)
+        # one run for every window, unless the model takes a fixed batch of one
+        fixed = (m.manifest.inputs[0]["shape"] or [None])[0] == 1 if m.manifest.inputs else False
+        batches = [x[i : i + 1] for i in range(len(x))] if fixed else [x]
         if task == "anomaly":
             m.requests += 1
-            out = np.concatenate([np.asarray(m.session.run(None, {m.input_name: x[i : i + 1]})[0])
-                                  for i in range(len(x))])
+            out = np.concatenate([np.asarray(m.session.run(None, {m.input_name: b})[0]) for b in batches])
             return self._anomalies(name, m, out, stamps, key, device)
         if task != "classification":
             raise BadInput(f"model {name} ({task}) has no answer for sensor readings yet; send its input tensor")
-        results = [self.predict(name, x[i : i + 1])[0] for i in range(len(x))]
+        results = [r for b in batches for r in self.predict(name, b)]
         return [{key: t, "label": r["label"], "class": r["class"], "score": r["score"], "tier": r["tier"],
                  **({"device": device} if device is not None else {})} for t, r in zip(stamps, results)]
 

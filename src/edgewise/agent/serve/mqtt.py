@@ -92,10 +92,7 @@ class MqttBridge:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             self._error(f"payload is not JSON: {e}")
             return
-        except (ValueError, TypeError) as e:
-            self._error(f"readings from {device}: {e}")
-            return
-        except EdgewiseError as e:
+        except (ValueError, TypeError, EdgewiseError) as e:  # a bad seq or t0, or readings that do not fit
             self._error(f"readings from {device}: {e}")
             return
         if out["windows"]:

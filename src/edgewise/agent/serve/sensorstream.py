@@ -41,7 +41,7 @@ class WindowRing:
     skipped: list[tuple[int, int]] = field(default_factory=list)  # [start, end) seq ranges a gap jumped over
 
     def __post_init__(self) -> None:
-        self.buf = np.zeros((len(self.sensor.channels), 0))
+        self.restart()
 
     def restart(self) -> None:
         self.buf = np.zeros((len(self.sensor.channels), 0))
@@ -93,7 +93,7 @@ class SensorStreams:
     def push(self, model: str, device: str, readings: Any, seq: int | None = None,
              t0: float | None = None) -> dict[str, Any]:
         """One chunk from `device` for `model` -> the windows it completed, each with its answer."""
-        rows = np.asarray(readings, np.float64) if not isinstance(readings, np.ndarray) else readings
+        rows = np.asarray(readings, np.float64)
         with self.lock:
             try:
                 ring = self._ring(model, device)
