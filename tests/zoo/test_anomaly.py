@@ -209,3 +209,8 @@ def test_spectral_features_are_for_an_mlp_on_sensor_windows_and_say_so_otherwise
                                        ("mlp", s, "mel", "unknown features")):
         with pytest.raises(ModelError, match=fragment):
             train(arch, data, TrainConfig(epochs=1), features=kind)
+
+
+def test_a_window_too_short_for_the_spectral_bands_says_how_long_it_must_be():
+    with pytest.raises(DataError, match=r"window of 20 samples is too short .* at least 32 \(160 ms at 200 Hz\)"):
+        SpectralSpec.for_windows({"rate_hz": 200.0, "channels": ["x"]}, (1, 20))

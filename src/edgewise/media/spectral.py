@@ -103,6 +103,12 @@ class SpectralSpec:
         c, t = sample_shape
         channels = tuple(preprocessing.get("channels") or [f"ch{i}" for i in range(c)])
         fft = settings.pop("fft", min(128, 1 << (int(t).bit_length() - 1)))
+        bands = settings.get("bands", cls.bands)
+        if fft < 2 * bands:
+            need = 2 * bands
+            raise DataError(f"a window of {t} samples is too short for the spectral front end's {bands} bands: it "
+                            f"needs at least {need} ({1000 * need / float(rate):g} ms at {float(rate):g} Hz); use a "
+                            "longer --window")
         return cls(float(rate), int(t), channels, fft=fft, **settings)
 
 
