@@ -161,8 +161,13 @@ def test_execution_providers_follow_the_target_with_the_fallback_stated(two_bund
     mm.get(name)
     eps = mm.health()["execution_providers"][name]
     assert eps["wanted"][:2] == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+    # what /health says is where the loaded session runs, not merely what this ONNX Runtime build lists
+    assert eps["running_on"] == mm.get(name).session.get_providers()[0]
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         assert eps["running_on"] == "CPUExecutionProvider" and "not available here" in eps["fallback"]
+    else:  # a GPU build: TensorRT needs libnvinfer besides, so CUDA may be as far as it gets
+        assert eps["running_on"] in ("TensorrtExecutionProvider", "CUDAExecutionProvider"), eps
+        assert (eps["fallback"] is None) == (eps["running_on"] == "TensorrtExecutionProvider"), eps
 
 
 def test_the_device_side_never_imports_torch():

@@ -20,7 +20,7 @@ from edgewise.optimize.compact import compact
 from edgewise.optimize.options import Log, Progress, SearchOptions, SearchResult
 from edgewise.optimize.plan import NotApplicable, Parent, Plan, Planner, static_id
 from edgewise.optimize.sensitivity import layer_sensitivity, quantizable_nodes
-from edgewise.profile import make_session, measure_latency, measure_memory
+from edgewise.profile import fallback_note, make_session, measure_latency, measure_memory, measured_on, running_on
 from edgewise.profile.arena import live_tensor_peak
 from edgewise.profile.feeds import Feeder, session_inputs
 from edgewise.profile.fidelity import Fidelity, Task, fidelity
@@ -45,11 +45,22 @@ class Runner:
         self.reference = not target.runs_onnxruntime
 
     def session(self, model: onnx.ModelProto):  # type: ignore[no-untyped-def]
-        return make_session(model, threads=self.target.threads, reference=self.reference)
+        return make_session(model, threads=self.target.threads, reference=self.reference,
+                            providers=self.target.execution_providers)
 
     def outputs(self, model: onnx.ModelProto, data: Dataset) -> list[np.ndarray]:
         sess = self.session(model)
+        self.ran_on = running_on(sess)
         return Feeder(session_inputs(sess), data).run(sess)
+
+    def provider_note(self) -> str | None:
+        """Said when the target's first execution provider is not what ran here (after `outputs`)."""
+        t = self.target
+        if not t.runs_onnxruntime or not getattr(self, "ran_on", None):
+            return None
+        note = fallback_note(t.execution_providers, self.ran_on)
+        return note and (f"{t.name}: {note}, so fidelity and latency are this machine's, not the device's "
+                         "(measure on the device to choose by its figures)")
 
 
 class Clock:
@@ -170,10 +181,10 @@ def measure_candidates(cands: list[Candidate], baseline: Candidate, target: Targ
         progress("measuring latency", 0, 1)
         stats = measure_latency(sessions, feed, runs=runs, warmup=min(20, runs))
         progress("measuring latency", 1, 1)
-        for c, s in zip(ok, stats):
+        for c, s, sess in zip(ok, stats, sessions):
             c.metrics["latency_ms"] = s.as_dict()
             c.metrics["latency_p50_ms"] = s.p50_ms
-            c.metrics["latency_source"] = "measured (ONNX Runtime, this machine)"
+            c.metrics["latency_source"] = measured_on(sess)
         if opts.measure_memory:
             log("measuring peak memory in a fresh process per candidate")
             # Fastest first: when the time budget runs out, the likely winners have their figure.

@@ -25,7 +25,7 @@ from edgewise.optimize.measure import (
 )
 from edgewise.optimize.options import Log, Progress, SearchOptions, SearchResult
 from edgewise.optimize.plan import Parent, Planner, param_count, torch_parents
-from edgewise.profile import count_macs, measure_latency
+from edgewise.profile import count_macs, measure_latency, measured_on
 from edgewise.profile.feeds import Feeder, session_inputs
 from edgewise.profile.fidelity import TRUTH_KINDS, check_task, fidelity, ground_truth, infer_task
 from edgewise.source import Source
@@ -59,6 +59,8 @@ def search(source: Source, splits: Splits, target: TargetProfile, opts: SearchOp
                             "starting model")
     if not target.runs_onnxruntime:
         result.notes.append("latency is estimated from MACs; it was not measured on the device")
+    elif note := runner.provider_note():
+        result.notes.append(note)
 
     def acceptable(model: onnx.ModelProto) -> bool:
         fid = fidelity(task, runner.outputs(model, val), base_val, y_val)
@@ -141,7 +143,7 @@ def finalize(result: SearchResult, splits: Splits, runs: int = 300) -> dict[str,
         final.update({"latency_ms": sc.as_dict(), "baseline_latency_ms": sb.as_dict(),
                       "latency_p50_ms": sc.p50_ms, "baseline_latency_p50_ms": sb.p50_ms,
                       "speedup": sb.p50_ms / sc.p50_ms, "latency_threads": result.target.threads or "all",
-                      "latency_source": "measured (ONNX Runtime, this machine)"})
+                      "latency_source": measured_on(sessions[1])})
     else:
         final.update({"latency_p50_ms": c.metrics["latency_p50_ms"],
                       "baseline_latency_p50_ms": b.metrics["latency_p50_ms"],

@@ -11,7 +11,7 @@ from edgewise.profile.measure import (
     run_model,
     run_outputs,
 )
-from edgewise.profile.runtime import make_session
+from edgewise.profile.runtime import fallback_note, make_session, measured_on, running_on
 
 __all__ = [
     "Fidelity",
@@ -21,7 +21,10 @@ __all__ = [
     "evaluate",
     "fidelity",
     "infer_task",
+    "fallback_note",
     "make_session",
+    "measured_on",
+    "running_on",
     "measure_latency",
     "measure_memory",
     "measure_throughput",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import onnx
@@ -44,10 +46,58 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int = 1,
                                    else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     so.log_severity_level = 3
     have = set(ort.get_available_providers())
-    chosen = [p for p in providers if p in have] or ["CPUExecutionProvider"]
+    chosen = [p for p in providers if p in have and p != "CPUExecutionProvider"] + ["CPUExecutionProvider"]
+    if len(chosen) > 1:
+        _preload_gpu_libraries()
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    try:
-        return ort.InferenceSession(data, so, providers=chosen)
-    except Exception as e:  # ORT raises its own Fail / NotImplemented / InvalidGraph types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"ONNX Runtime cannot load the model: {first[:300]}") from e
+    # A provider can be built in yet unable to start (TensorRT without libnvinfer, CUDA without cuDNN): then
+    # the next one is tried, quietly (ORT's own fallback prints to stdout), and `running_on` tells the truth.
+    for i, first in enumerate(chosen):
+        try:
+            return ort.InferenceSession(data, so, providers=chosen[i:], enable_fallback=0)
+        except Exception as e:  # ORT raises its own Fail / NotImplemented / InvalidGraph types
+            if first != "CPUExecutionProvider":
+                continue
+            text = str(e).strip()
+            first_line = text.splitlines()[0] if text else type(e).__name__
+            raise ModelError(f"ONNX Runtime cannot load the model: {first_line[:300]}") from e
+    raise AssertionError("unreachable: the CPU provider is always tried last")
+
+
+_preloaded: list[bool] = []
+
+
+def _preload_gpu_libraries() -> None:
+    """Load CUDA and cuDNN from the `nvidia-*` pip packages (`pip install onnxruntime-gpu[cuda,cudnn]`), so
+    the CUDA provider starts without LD_LIBRARY_PATH; where they are not pip-installed, nothing happens and
+    the system's libraries are used."""
+    if _preloaded:
+        return
+    _preloaded.append(True)
+    preload = getattr(ort, "preload_dlls", None)  # ONNX Runtime 1.21+
+    if preload is not None:
+        try:  # it prints its warnings; a CLI's stdout may be JSON
+            with contextlib.redirect_stdout(io.StringIO()):
+                preload()
+        except Exception:  # noqa: S110 - a missing library shows as the provider falling back, reported by name
+            pass
+
+
+def running_on(sess: object) -> str:
+    """The execution provider (or OpenVINO device) a session actually runs on."""
+    providers = sess.get_providers()  # type: ignore[attr-defined]
+    return str(providers[0]) if providers else "CPUExecutionProvider"
+
+
+def measured_on(sess: object) -> str:
+    """How a latency figure was measured, for reports: the engine and where, on the build host."""
+    where = running_on(sess)
+    engine = "OpenVINO" if where.startswith("OpenVINO") else "ONNX Runtime"
+    return f"measured ({engine} {where.removeprefix('OpenVINO:').removesuffix('ExecutionProvider')}, this machine)"
+
+
+def fallback_note(wanted: tuple[str, ...] | list[str], running: str) -> str | None:
+    """'X, Y not available here: running on Z' when a session runs on a later choice than the first wanted."""
+    skipped = list(wanted[: list(wanted).index(running)]) if running in wanted else list(wanted)
+    skipped = [p for p in skipped if p != running]
+    return f"{', '.join(skipped)} not available here: running on {running}" if skipped else None

@@ -20,7 +20,7 @@ from edgewise.bundle import Manifest, read_bundle, verify_bundle
 from edgewise.errors import AgentError, EdgewiseError
 from edgewise.modelio import embedding_tensor, expose
 from edgewise.profile.arena import live_tensor_peak
-from edgewise.profile.runtime import make_session
+from edgewise.profile.runtime import fallback_note, make_session
 
 log = logging.getLogger("edgewise.agent.serve.models")
 
@@ -293,10 +293,11 @@ class ModelManager:
                 fb = self._fallbacks.get(name)
                 eps[name] = {"wanted": [spec], "running_on": "CPUExecutionProvider" if fb else spec, "fallback": fb}
                 continue
-            missing = [p for p in wanted if p not in have]
-            running = next((p for p in wanted if p in have), "CPUExecutionProvider")
-            eps[name] = {"wanted": list(wanted), "running_on": running,
-                         "fallback": f"{', '.join(missing)} not available here: running on {running}" if missing else None}
+            # a loaded model says where it really runs (a provider can be built in yet fail to start)
+            loaded = self._loaded.get(name)
+            running = loaded.providers[0] if loaded is not None and loaded.providers else next(
+                (p for p in wanted if p in have), "CPUExecutionProvider")
+            eps[name] = {"wanted": list(wanted), "running_on": running, "fallback": fallback_note(wanted, running)}
         return {"budget_bytes": self.budget, "used_bytes": self.used_bytes(), "policy": self.policy,
                 "loaded": {n: {"version": m.manifest.version, "memory_bytes": m.memory_bytes,
                                "rss_delta_bytes": m.rss_delta_bytes,

@@ -1,0 +1,201 @@
+"""GPU execution providers (issue 12): what `optimize --target jetson-orin` chooses where ONNX Runtime's CUDA
+provider is present, against what a user would deploy instead on the same GPU, all measured in one run.
+
+Peers (batch 1, interleaved run by run): ORT fp32 on the CPU (every core), ORT fp32 on CUDA, ORT fp16 on CUDA
+(ORT's float16 converter, float32 inputs and outputs) and ORT `quantize_static` at its defaults on CUDA. The
+chosen deployment runs on the providers jetson-orin names (TensorRT, CUDA, CPU: the first that starts).
+
+Three steps, because the GPU machine has neither network nor ultralytics:
+    .venv/bin/python benchmarks/bench_gpu.py prepare DIR           # here: export the models as ONNX
+    python3 benchmarks/bench_gpu.py run DIR --json OUT.json        # there, with onnxruntime-gpu
+    .venv/bin/python benchmarks/bench_gpu.py record OUT.json       # here: the 'gpu' section of RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_flags, table, write_section  # noqa: E402
+
+TEST_SAMPLES = 48
+# name -> (how to export it, --data, --task); models a GPU runs at sizes where its launch overhead is not all
+MODELS = {
+    "yolov8n-640": ("yolov8n@640", "photos:640", "detection"),
+    "ssdlite": ("ssdlite", None, None),
+    "lraspp": ("lraspp", None, None),
+    "ppocr-det": ("ppocr-det", None, None),
+    "mobilenetv3-small": ("mobilenetv3-small", None, None),
+}
+
+
+def prepare(directory: Path) -> None:
+    from edgewise.zoo import corpus
+
+    for name, (what, data, task) in MODELS.items():
+        d = directory / name
+        d.mkdir(parents=True, exist_ok=True)
+        if what.startswith("yolov8n@"):
+            path = corpus.yolov8n_onnx(d / "model.onnx", int(what.split("@")[1]))
+        else:
+            path, data = corpus.build(what, d)
+            task = corpus.get(what).task_flag
+        if path.parent != d:  # a model shipped inside a wheel: copied, so the directory travels alone
+            path = Path(shutil.copy(path, d / path.name))
+        (d / "spec.json").write_text(json.dumps({"model": path.name, "data": data, "task": task}))
+        print(f"{name}: {path.stat().st_size / 1e6:.1f} MB, data {data}", flush=True)
+
+
+def _gpu_name() -> str:
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30).stdout.strip() or "?"
+    except OSError:
+        return "no nvidia-smi"
+
+
+def _interleaved(sessions: dict, feed: dict[str, np.ndarray], runs: int) -> dict[str, float]:  # type: ignore[type-arg]
+    for s in sessions.values():
+        for _ in range(10):
+            s.run(None, feed)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(runs):
+        for k, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, feed)
+            times[k].append(time.perf_counter() - t)
+    return {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+
+
+def bench(d: Path, budget: float, out: Path) -> dict:
+    from edgewise.data import load_splits
+    from edgewise.modelio import load_onnx
+    from edgewise.optimize.pipeline import optimize
+    from edgewise.optimize.quantize import ORT_DEFAULTS, Quantizer, to_fp16
+    from edgewise.optimize.search import SearchOptions
+    from edgewise.profile import make_session, running_on
+    from edgewise.profile.feeds import Feeder, session_inputs
+    from edgewise.profile.fidelity import fidelity
+    from edgewise.source import fit_data, load_source
+    from edgewise.targets import load_target
+
+    spec = json.loads((d / "spec.json").read_text())
+    model_path = d / spec["model"]
+    t0 = time.perf_counter()
+    opts = SearchOptions(time_budget_s=budget, task=spec["task"], measure_memory=False)
+    target = load_target("jetson-orin")
+    outcome = optimize(model_path, spec["data"], target, out / d.name, opts,
+                       log=lambda m: print(f"    {time.perf_counter() - t0:5.0f}s {m}", flush=True))
+    seconds = time.perf_counter() - t0
+    r = outcome.result
+    src, splits = fit_data(load_source(model_path), load_splits(spec["data"]))
+    test = splits.test.head(TEST_SAMPLES)
+    q = Quantizer(src.model, splits.train, 256)
+    defaults = q.static(ORT_DEFAULTS)
+    q.close()
+    cuda = ("CUDAExecutionProvider",)
+    sessions = {"CPU fp32": make_session(src.model, threads=0),
+                "CUDA fp32": make_session(src.model, providers=cuda),
+                "CUDA fp16": make_session(to_fp16(src.model), providers=cuda),
+                "CUDA ORT defaults int8": make_session(defaults, providers=cuda),
+                "chosen": make_session(load_onnx(outcome.bundle / "model.onnx"), providers=target.execution_providers)}
+    ref_sess = make_session(src.model)
+    feeder = Feeder(session_inputs(ref_sess), test)
+    ref = feeder.run(ref_sess)
+    y = test.y if r.task.name == "classification" else None
+    fid = {k: fidelity(r.task, Feeder(session_inputs(s), test).run(s), ref, y).score for k, s in sessions.items()}
+    ms = _interleaved(sessions, feeder.one(0), runs=200)
+    row = {"model": d.name, "task": r.task.name, "chosen": r.chosen.id, "runs_on": running_on(sessions["chosen"]),
+           "fidelity_kind": r.final["fidelity_kind"], "fidelity": fid, "ms": ms, "search_s": seconds,
+           "candidates": {c.id: {"status": c.status, "p50_ms": c.metrics.get("latency_p50_ms"),
+                                 "drop": c.metrics.get("accuracy_drop_points"), "source": c.metrics.get("latency_source"),
+                                 "reason": c.reason} for c in [r.baseline, *r.candidates]},
+           "notes": r.notes}
+    print(json.dumps({k: v for k, v in row.items() if k != "candidates"}, default=float), flush=True)
+    return row
+
+
+def run(directory: Path, budget: float, json_out: Path) -> None:
+    import onnxruntime as ort
+
+    info = {"gpu": _gpu_name(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "onnxruntime": f"{ort.__version__} ({', '.join(ort.get_available_providers())})",
+            "cpu": next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+                        "?"), "time_budget_s": budget}
+    print(json.dumps(info), flush=True)
+    rows = []
+    for d in sorted(p for p in directory.iterdir() if (p / "spec.json").exists()):
+        print(f"== {d.name}", flush=True)
+        try:
+            rows.append(bench(d, budget, json_out.parent / "gpu-bundles"))
+        except Exception as e:  # one model's failure is a row, not the end of a scarce GPU session
+            rows.append({"model": d.name, "error": f"{type(e).__name__}: {e}"[:400]})
+            print(rows[-1], flush=True)
+        json_out.write_text(json.dumps({"machine": info, "rows": rows}, indent=1, default=float))
+
+
+def record(json_in: Path) -> None:
+    data = json.loads(json_in.read_text())
+    info, rows = data["machine"], data["rows"]
+    peers = ["CPU fp32", "CUDA fp16", "CUDA ORT defaults int8"]
+    body, beat = [], 0
+    for r in rows:
+        if "error" in r:
+            body.append([r["model"], f"failed: {r['error'][:60]}", *["-"] * 6])
+            continue
+        ms, fid = r["ms"], r["fidelity"]
+        fair = [p for p in ["CUDA fp32", *peers] if fid[p] >= fid["CPU fp32"] - 0.01]
+        best = min(fair, key=lambda p: ms[p])
+        beat += ms[best] / ms["chosen"] >= 0.95
+        body.append([r["model"], f"{r['chosen'].removeprefix('baseline-')} ({r['runs_on'].removesuffix('ExecutionProvider')})",
+                     f"{fid['chosen'] * 100:.1f}%", f"{ms['CUDA fp32']:.2f}", f"**{ms['CUDA fp32'] / ms['chosen']:.2f}x**",
+                     *[f"{ms['CUDA fp32'] / ms[p]:.2f}x ({fid[p] * 100:.0f}%)" for p in peers],
+                     f"{ms[best] / ms['chosen']:.2f}x ({best})"])
+    ok = [r for r in rows if "error" not in r]
+    md = (f"GPU machine: {info['gpu']}; {info['cpu']}, {info['cores']} cores, CPU flags: {info['cpu_flags']}; Python "
+          f"{info['python']}, onnxruntime {info['onnxruntime']}. `optimize --target jetson-orin --time-budget "
+          f"{info['time_budget_s']:g}` per model (no memory probe): the search measures every candidate on the first "
+          "of TensorRT, CUDA, CPU that starts here. Then every deployment is measured again side by side (batch 1, "
+          "median of 200 interleaved runs, NumPy in and out, so host-device copies are included); speed = ORT CUDA "
+          "fp32 ms / its ms. In brackets: agreement with ORT CPU fp32 on the test samples. This machine is an "
+          "H100/H200-class server GPU, not a Jetson: the figures show the search choosing on a GPU, not Orin "
+          "latencies.\n\n"
+          + table(["model", "chosen (runs on)", "fidelity", "CUDA fp32 ms", "chosen", *peers, "chosen / best peer"],
+                  body)
+          + f"\n\nChosen >= 1.0x the best peer that keeps within 1 point (5% noise): {beat} of {len(ok)}; "
+          f"{len(rows) - len(ok)} model(s) failed.")
+    write_section("gpu-jetson-orin", md)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="step", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("dir", type=Path)
+    p = sub.add_parser("run")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--time-budget", type=float, default=30)
+    p = sub.add_parser("record")
+    p.add_argument("json", type=Path)
+    a = ap.parse_args()
+    if a.step == "prepare":
+        prepare(a.dir)
+    elif a.step == "run":
+        run(a.dir, a.time_budget, a.json)
+    else:
+        record(a.json)
+
+
+if __name__ == "__main__":
+    main()

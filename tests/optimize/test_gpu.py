@@ -1,0 +1,83 @@
+"""ONNX Runtime's GPU execution providers (issue 12).
+
+Where CUDA is present, the search measures a GPU target's candidates on it and labels the figures so, the
+fp16 candidate keeps the fp32 answers, and a provider that is built in but cannot start (TensorRT without
+libnvinfer) gives way to the next one. Without a GPU those tests skip and say why; the fallback to the CPU
+is tested in every run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edgewise.profile import fallback_note, make_session, running_on
+from edgewise.targets import load_target
+
+GPU_EPS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+needs_gpu = pytest.mark.skipif(not CUDA, reason="no CUDA execution provider here (needs onnxruntime-gpu and an "
+                                                 "NVIDIA GPU); the CPU fallback is tested instead")
+
+
+def _search(trained_cnn_dir, digits, only: tuple[str, ...], runs: int = 20):  # type: ignore[no-untyped-def]
+    from edgewise.optimize.search import SearchOptions, search
+    from edgewise.source import fit_data, load_source
+
+    opts = SearchOptions(latency_runs=runs, measure_memory=False, torch_passes=False, calibration_samples=64,
+                         only=only, max_accuracy_drop=100)
+    src, splits = fit_data(load_source(trained_cnn_dir), digits)
+    return search(src, splits, load_target("jetson-orin"), opts)
+
+
+def test_fallback_note_names_what_was_skipped():
+    assert fallback_note(GPU_EPS, "CUDAExecutionProvider") == (
+        "TensorrtExecutionProvider not available here: running on CUDAExecutionProvider")
+    assert fallback_note(GPU_EPS, "TensorrtExecutionProvider") is None
+    assert fallback_note(("CUDAExecutionProvider",), "CPUExecutionProvider") == (
+        "CUDAExecutionProvider not available here: running on CPUExecutionProvider")
+
+
+@pytest.mark.skipif(CUDA, reason="this machine has CUDA: the GPU tests below run instead")
+def test_a_gpu_target_is_measured_on_the_cpu_here_and_the_report_says_so(trained_cnn_dir, digits):
+    from edgewise.source import load_source
+
+    sess = make_session(load_source(trained_cnn_dir).model, providers=GPU_EPS)
+    assert running_on(sess) == "CPUExecutionProvider"
+    r = _search(trained_cnn_dir, digits, ("baseline-fp32", "baseline-fused"), runs=5)
+    assert any("jetson-orin: TensorrtExecutionProvider, CUDAExecutionProvider not available here" in n
+               and "not the device's" in n for n in r.notes), r.notes
+    for c in r.candidates + [r.baseline]:
+        assert c.metrics["latency_source"] == "measured (ONNX Runtime CPU, this machine)", c.metrics
+
+
+@needs_gpu
+def test_a_cuda_session_runs_on_the_gpu_and_agrees_with_the_cpu(trained_cnn_dir, digits):
+    from edgewise.source import load_source
+
+    model = load_source(trained_cnn_dir).model
+    cpu, gpu = make_session(model), make_session(model, providers=GPU_EPS)
+    assert running_on(cpu) == "CPUExecutionProvider"
+    assert running_on(gpu) in ("TensorrtExecutionProvider", "CUDAExecutionProvider"), gpu.get_providers()
+    x = digits.test.x[:64].astype(np.float32)
+    name = cpu.get_inputs()[0].name
+    a, b = cpu.run(None, {name: x})[0], gpu.run(None, {name: x})[0]
+    assert np.abs(a - b).max() <= 1e-3 * max(1.0, float(np.abs(a).max())), np.abs(a - b).max()
+    assert (a.argmax(1) == b.argmax(1)).all()
+
+
+@needs_gpu
+def test_a_jetson_search_measures_on_the_gpu_and_fp16_keeps_the_answers(trained_cnn_dir, digits):
+    r = _search(trained_cnn_dir, digits, ("baseline-fp32", "baseline-fused", "baseline-fp16", "baseline-int8-minmax"))
+    by = {c.id: c for c in r.candidates}
+    assert by["baseline-fp16"].status == "ok", by["baseline-fp16"].reason
+    assert by["baseline-fp16"].metrics["accuracy_drop_points"] <= 0.5
+    here = running_on(make_session(r.baseline.model, providers=GPU_EPS))
+    for c in [r.baseline, *r.candidates]:
+        if c.status == "ok":
+            label = here.removesuffix("ExecutionProvider")
+            assert c.metrics["latency_source"] == f"measured (ONNX Runtime {label}, this machine)", c.metrics
+    # TensorRT is first in jetson-orin's list: if it could not start here, the report says where it ran instead
+    assert (here == "TensorrtExecutionProvider") != any("TensorrtExecutionProvider not available here" in n
+                                                         for n in r.notes), r.notes
