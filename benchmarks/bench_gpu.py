@@ -134,7 +134,10 @@ def run(directory: Path, budget: float, json_out: Path) -> None:
                         "?"), "time_budget_s": budget}
     print(json.dumps(info), flush=True)
     rows = []
-    for d in sorted(p for p in directory.iterdir() if (p / "spec.json").exists()):
+    order = list(MODELS)  # the detector first: a GPU session may end early
+    dirs = sorted((p for p in directory.iterdir() if (p / "spec.json").exists()),
+                  key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))
+    for d in dirs:
         print(f"== {d.name}", flush=True)
         try:
             rows.append(bench(d, budget, json_out.parent / "gpu-bundles"))
