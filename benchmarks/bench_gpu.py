@@ -33,9 +33,9 @@ TEST_SAMPLES = 48
 MODELS = {
     "yolov8n-640": ("yolov8n@640", "photos:640", "detection"),
     "ssdlite": ("ssdlite", None, None),
-    "lraspp": ("lraspp", None, None),
     "ppocr-det": ("ppocr-det", None, None),
     "mobilenetv3-small": ("mobilenetv3-small", None, None),
+    "lraspp": ("lraspp", None, None),
 }
 
 

@@ -191,6 +191,8 @@ class Planner:
             if "fp32" in t.precisions:
                 out.append(Plan(f"{p.name}-fused", f"{p.description}; Conv+BN folded, ORT offline graph optimization",
                                  p, "fp32", [{"pass": "fuse"}], lambda p=p: self._fused(p)))
+            if primary and allowed("fp16", t) and t.accelerated:  # native on a GPU: tried before any int8
+                out.append(self._fp16_plan(p))
             if primary and "openvino" in t.runtimes:
                 dev = t.openvino_device
                 out.append(Plan("baseline-openvino-fp32", f"OpenVINO on {dev}, fp32 (precision hint f32)", p, "fp32",
@@ -214,10 +216,8 @@ class Planner:
                     out.append(Plan(cid, f"int8 dynamic ({'+'.join(o.lower() for o in ops)})", p, "int8",
                                      [{"pass": "quantize", "mode": "dynamic", "weights": "int8", "ops": list(ops)}],
                                      lambda p=p, ops=ops: self.quant(p).dynamic(ops)))
-            if primary and allowed("fp16", t) and t.runs_onnxruntime:
-                out.append(Plan("baseline-fp16", "float16 weights and activations, float32 inputs and outputs", p,
-                                 "fp16", [{"pass": "convert", "precision": "fp16", "keep_io_types": True}],
-                                 lambda p=p: to_fp16(p.get())))
+            if primary and allowed("fp16", t) and t.runs_onnxruntime and not t.accelerated:
+                out.append(self._fp16_plan(p))
             if primary and allowed("int4", t) and has_weight_matmul(self.source.model):
                 out.append(Plan("baseline-int4-weights", "int4 weight-only MatMul/Gemm (block 32)", p, "int4",
                                  [{"pass": "quantize", "mode": "weight-only", "weights": "int4", "block_size": 32,
@@ -235,6 +235,11 @@ class Planner:
     def first_static(self) -> StaticConfig:
         """The static setting tried first for this target: the base of mixed precision and sensitivity."""
         return sorted(static_configs(self.target, True), key=promise)[0]
+
+    @staticmethod
+    def _fp16_plan(p: Parent) -> Plan:
+        return Plan("baseline-fp16", "float16 weights and activations, float32 inputs and outputs", p, "fp16",
+                    [{"pass": "convert", "precision": "fp16", "keep_io_types": True}], lambda: to_fp16(p.get()))
 
     def _nncf_plan(self, p: Parent) -> Plan:
         dev = self.target.openvino_device

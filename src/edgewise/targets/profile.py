@@ -13,6 +13,9 @@ PRECISIONS = ("fp32", "fp16", "int8", "int4")
 OBJECTIVES = ("latency", "size", "accuracy")
 TIERS = ("endpoint", "node", "server")
 RUNTIMES = ("onnxruntime", "openvino")
+# execution providers that run on an accelerator, where fp16 is native and int8 depends on the provider
+ACCELERATOR_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "ROCMExecutionProvider",
+                         "MIGraphXExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,11 @@ class TargetProfile:
     @property
     def int8_only(self) -> bool:
         return set(self.precisions) == {"int8"}
+
+    @property
+    def accelerated(self) -> bool:
+        """Its first choice of execution provider is a GPU or NPU one."""
+        return bool(self.execution_providers) and self.execution_providers[0] in ACCELERATOR_PROVIDERS
 
     @property
     def runs_onnxruntime(self) -> bool:
