@@ -147,36 +147,52 @@ def run(directory: Path, budget: float, json_out: Path) -> None:
         json_out.write_text(json.dumps({"machine": info, "rows": rows}, indent=1, default=float))
 
 
-def record(json_in: Path) -> None:
-    data = json.loads(json_in.read_text())
-    info, rows = data["machine"], data["rows"]
+def record(json_files: list[Path]) -> None:
+    """The 'gpu-jetson-orin' section from one or more runs' JSON (a later run's row replaces an earlier one's)."""
+    runs = [json.loads(f.read_text()) for f in json_files]
+    info = runs[-1]["machine"]
+    by_model: dict[str, dict] = {}
+    for k, run_ in enumerate(runs):
+        for r in run_["rows"]:
+            by_model[r["model"]] = {**r, "run": k + 1, "budget": run_["machine"]["time_budget_s"]}
+    rows = list(by_model.values())
     peers = ["CPU fp32", "CUDA fp16", "CUDA ORT defaults int8"]
     body, beat = [], 0
     for r in rows:
         if "error" in r:
-            body.append([r["model"], f"failed: {r['error'][:60]}", *["-"] * 6])
+            body.append([r["model"], f"failed: {r['error'][:60]}", *["-"] * 7])
             continue
-        ms, fid = r["ms"], r["fidelity"]
+        ms, fid, cands = r["ms"], r["fidelity"], r["candidates"]
         fair = [p for p in ["CUDA fp32", *peers] if fid[p] >= fid["CPU fp32"] - 0.01]
         best = min(fair, key=lambda p: ms[p])
         beat += ms[best] / ms["chosen"] >= 0.95
-        body.append([r["model"], f"{r['chosen'].removeprefix('baseline-')} ({r['runs_on'].removesuffix('ExecutionProvider')})",
+        fp16 = cands.get("baseline-fp16")
+        fp16_txt = "not reached" if fp16 is None else f"{fp16['drop']:.0f} pt drop" + (
+            "" if fp16["drop"] > 1 else f", {fp16['p50_ms']:.2f} ms")
+        body.append([f"{r['model']}" + (f" (run {r['run']})" if len(runs) > 1 else ""),
+                     f"{r['chosen'].removeprefix('baseline-')} ({r['runs_on'].removesuffix('ExecutionProvider')})",
                      f"{fid['chosen'] * 100:.1f}%", f"{ms['CUDA fp32']:.2f}", f"**{ms['CUDA fp32'] / ms['chosen']:.2f}x**",
                      *[f"{ms['CUDA fp32'] / ms[p]:.2f}x ({fid[p] * 100:.0f}%)" for p in peers],
-                     f"{ms[best] / ms['chosen']:.2f}x ({best})"])
+                     f"{ms[best] / ms['chosen']:.2f}x ({best})", fp16_txt])
     ok = [r for r in rows if "error" not in r]
+    same = [r["model"] for r in ok if r["chosen"] == "baseline-fp32"]
+    spread = [r["ms"]["CUDA fp32"] / r["ms"]["chosen"] for r in ok if r["chosen"] == "baseline-fp32"]
+    budgets = ", ".join(f"run {k + 1}: {run_['machine']['time_budget_s']:g} s" for k, run_ in enumerate(runs))
     md = (f"GPU machine: {info['gpu']}; {info['cpu']}, {info['cores']} cores, CPU flags: {info['cpu_flags']}; Python "
-          f"{info['python']}, onnxruntime {info['onnxruntime']}. `optimize --target jetson-orin --time-budget "
-          f"{info['time_budget_s']:g}` per model (no memory probe): the search measures every candidate on the first "
-          "of TensorRT, CUDA, CPU that starts here. Then every deployment is measured again side by side (batch 1, "
-          "median of 200 interleaved runs, NumPy in and out, so host-device copies are included); speed = ORT CUDA "
-          "fp32 ms / its ms. In brackets: agreement with ORT CPU fp32 on the test samples. This machine is an "
-          "H100/H200-class server GPU, not a Jetson: the figures show the search choosing on a GPU, not Orin "
-          "latencies.\n\n"
-          + table(["model", "chosen (runs on)", "fidelity", "CUDA fp32 ms", "chosen", *peers, "chosen / best peer"],
-                  body)
+          f"{info['python']}, onnxruntime {info['onnxruntime']}. `optimize --target jetson-orin` per model "
+          f"(time budget {budgets}; no memory probe): the search measures every candidate on the first of "
+          "TensorRT, CUDA, CPU that starts here (TensorRT did not: no libnvinfer). Then every deployment is measured "
+          "again side by side (batch 1, median of 200 interleaved runs, NumPy in and out, so host-device copies are "
+          "included); speed = ORT CUDA fp32 ms / its ms. In brackets: agreement with ORT CPU fp32 on the test "
+          "samples. The last column is the search's own fp16 candidate on CUDA. This is an H200 server GPU, not a "
+          "Jetson: the figures show the search choosing on a GPU, not Orin latencies.\n\n"
+          + table(["model", "chosen (runs on)", "fidelity", "CUDA fp32 ms", "chosen", *peers, "chosen / best peer",
+                   "search's fp16"], body)
           + f"\n\nChosen >= 1.0x the best peer that keeps within 1 point (5% noise): {beat} of {len(ok)}; "
-          f"{len(rows) - len(ok)} model(s) failed.")
+          f"{len(rows) - len(ok)} model(s) failed. "
+          + (f"{', '.join(same)} ship the starting model itself, so their "
+             f"{min(spread):.2f}-{max(spread):.2f}x over CUDA fp32 is one model measured twice: the spread of this "
+             "measurement (run order, noise), not a gain." if same else ""))
     write_section("gpu-jetson-orin", md)
 
 
@@ -190,7 +206,7 @@ def main() -> None:
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--time-budget", type=float, default=30)
     p = sub.add_parser("record")
-    p.add_argument("json", type=Path)
+    p.add_argument("json", type=Path, nargs="+", help="runs' JSON, oldest first (a later row replaces an earlier)")
     a = ap.parse_args()
     if a.step == "prepare":
         prepare(a.dir)

@@ -79,3 +79,31 @@ def test_int4_refuses_a_model_without_matmul():
 
     with pytest.raises(OptimizeError, match="no MatMul/Gemm"):
         quantize_int4_weights(_conv_bn_model())
+
+
+def test_fp16_keeps_float32_where_a_constant_is_beyond_float16s_range():
+    """PaddleOCR's text detector holds BatchNorm variances near 1e7: clamped to float16's range, every output
+    pixel was wrong (0% IoU agreement); those nodes stay float32 and the rest goes float16."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from edgewise.optimize.quantize import fp16_unsafe_nodes, to_fp16
+    from edgewise.profile import make_session
+
+    c = 2
+    init = [numpy_helper.from_array(np.asarray(v, np.float32), n) for n, v in
+            (("scale", [1.0, 2.0]), ("bias", [0.5, -0.5]), ("mean", [0.1, -0.2]), ("var", [1.0e7, 4.0e7]),
+             ("w", np.ones((c, c, 1, 1)) * 0.5))]
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["h"]),
+         helper.make_node("BatchNormalization", ["h", "scale", "bias", "mean", "var"], ["y"])], "bn",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, c, 4, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, c, 4, 4])], init)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert len(fp16_unsafe_nodes(m)) == 1  # the BatchNorm; the Conv's weights fit
+    x = np.random.default_rng(0).normal(0, 3000, (1, c, 4, 4)).astype(np.float32)
+    want = make_session(m).run(None, {"x": x})[0]
+    got = make_session(to_fp16(m)).run(None, {"x": x})[0]
+    assert np.abs(got - want).max() <= 1e-2 * np.abs(want).max(), (got, want)
+    half = {t.name: t.data_type for t in to_fp16(m).graph.initializer}
+    assert half["var"] == onnx.TensorProto.FLOAT and half["w"] == onnx.TensorProto.FLOAT16

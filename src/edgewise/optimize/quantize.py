@@ -301,6 +301,33 @@ def quantize_int4_weights(model: onnx.ModelProto, block_size: int = 32) -> onnx.
     return result
 
 
+FP16_MAX = 65504.0
+
+
+def fp16_unsafe_nodes(model: onnx.ModelProto) -> list[str]:
+    """Nodes that must stay float32 because a constant they read lies beyond float16's range (a BatchNorm
+    variance of 1e7 in PaddleOCR's detector, say: the converter would clamp it to 1e4 and the output would be
+    wrong everywhere). The Constant nodes that hold such values stay float32 too. Unnamed nodes are named."""
+    from onnx import numpy_helper
+
+    for i, n in enumerate(model.graph.node):
+        if not n.name:
+            n.name = f"{n.op_type}_{i}_edgewise"
+    big: dict[str, str | None] = {}
+    for t in model.graph.initializer:
+        if t.data_type == onnx.TensorProto.FLOAT and np.abs(numpy_helper.to_array(t)).max(initial=0.0) > FP16_MAX:
+            big[t.name] = None
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR:
+            t = n.attribute[0].t
+            if t.data_type == onnx.TensorProto.FLOAT and np.abs(numpy_helper.to_array(t)).max(initial=0.0) > FP16_MAX:
+                big[n.output[0]] = n.name
+    if not big:
+        return []
+    return sorted({n.name for n in model.graph.node if any(i in big for i in n.input)}
+                  | {name for name in big.values() if name})
+
+
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """Weights and activations in float16, inputs and outputs kept float32 (a Cast at each end), with ONNX
     Runtime's float16 converter; ops that have no float16 form are left in float32 behind casts. Half the
@@ -311,6 +338,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)  # the converter rewrites the model it is given
     try:
-        return convert_float_to_float16(m, keep_io_types=True, disable_shape_infer=False)
+        return convert_float_to_float16(m, keep_io_types=True, disable_shape_infer=False,
+                                        node_block_list=fp16_unsafe_nodes(m))
     except Exception as e:  # the converter raises assorted errors for graphs it cannot type
         raise OptimizeError(f"float16 conversion failed: {e}") from e
