@@ -133,3 +133,39 @@ def test_a_slower_choice_is_caught_by_the_confirmation_run(trained_cnn_dir, digi
     # Assert
     assert r.chosen is r.baseline and final["speedup"] > 0
     assert any("never slower" in n for n in r.notes)
+
+
+def test_the_close_contenders_are_measured_again_among_themselves():
+    """Candidates within 15% of the fastest (and the starting model) get a longer run of their own; one far
+    behind keeps its first figure, and so does one that breaks the fidelity tolerance."""
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    from edgewise.optimize.candidates import Candidate
+    from edgewise.optimize.measure import Clock, runoff
+    from edgewise.optimize.options import SearchOptions
+    from edgewise.profile import make_session
+
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    first = {"baseline-fp32": 1.3, "a": 1.0, "b": 1.1, "c": 2.0, "d": 1.05}
+    cands = []
+    for cid, ms in first.items():
+        c = Candidate(cid, cid, "baseline", "fp32", [], model)
+        c.metrics.update({"latency_p50_ms": ms, "accuracy_drop_points": 5.0 if cid == "d" else 0.0,
+                          "fidelity_kind": "top1_agreement", "size_bytes": 100})
+        cands.append(c)
+    sessions = {c.id: make_session(model) for c in cands}
+    logs: list[str] = []
+    runoff(sessions, cands, cands[0], load_target("edge-node"), SearchOptions(latency_runs=10),
+           {"x": np.ones((1, 64), np.float32)}, 10, Clock(None), logs.append)
+    again = {c.id for c in cands if "latency_first_p50_ms" in c.metrics}
+    assert again == {"baseline-fp32", "a", "b"}, again  # c is 2x the fastest; d misses the tolerance
+    assert logs and "3 closest" in logs[0]
+    for c in cands:
+        if c.id in again:
+            assert c.metrics["latency_first_p50_ms"] == first[c.id] and c.metrics["latency_p50_ms"] < 1.0
+            assert c.metrics["latency_ms"]["runs"] == 30

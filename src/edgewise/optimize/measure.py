@@ -185,6 +185,8 @@ def measure_candidates(cands: list[Candidate], baseline: Candidate, target: Targ
             c.metrics["latency_ms"] = s.as_dict()
             c.metrics["latency_p50_ms"] = s.p50_ms
             c.metrics["latency_source"] = measured_on(sess)
+        if target.objective == "latency":
+            runoff(dict(zip((c.id for c in ok), sessions)), ok, baseline, target, opts, feed, runs, clock, log)
         if opts.measure_memory:
             log("measuring peak memory in a fresh process per candidate")
             # Fastest first: when the time budget runs out, the likely winners have their figure.
@@ -229,6 +231,34 @@ def measure_candidates(cands: list[Candidate], baseline: Candidate, target: Targ
         c.violations = violations_of(c, target, opts, is_baseline=c is baseline)
         if c.metrics["latency_p50_ms"] > target.latency_budget_ms:
             c.metrics["over_latency_preference"] = True
+
+
+# Candidates this close to the fastest (relative) are measured again among themselves, and how many at most.
+RUNOFF_WITHIN, RUNOFF_MAX = 0.15, 4
+
+
+def runoff(sessions: dict[str, Any], ok: list[Candidate], baseline: Candidate, target: TargetProfile,
+           opts: SearchOptions, feed: dict[str, np.ndarray], runs: int, clock: Clock, log: Log) -> None:
+    """The close contenders, measured again in a longer interleaved run of their own (with the starting model,
+    which the never-slower rule compares against). Among a dozen candidates, each run's cache and noise spread
+    over all of them; two runtimes within a few percent were ordered by chance (issue 12's YOLOv8n and SSDLite:
+    1% apart in the search, 7-12% apart when measured side by side)."""
+    fit = [c for c in ok if c is baseline or not violations_of(c, target, opts, is_baseline=False)]
+    if not fit:
+        return
+    fastest = min(c.metrics["latency_p50_ms"] for c in fit)
+    close = sorted((c for c in fit if c.metrics["latency_p50_ms"] <= fastest * (1 + RUNOFF_WITHIN)),
+                   key=lambda c: c.metrics["latency_p50_ms"])[:RUNOFF_MAX]
+    group = close + ([baseline] if baseline not in close else [])
+    if len([c for c in group if c is not baseline]) < 2:
+        return
+    more = affordable_runs(sessions[group[0].id], feed, len(group), 3 * max(runs, opts.latency_runs), clock)
+    log(f"measuring the {len(group)} closest again, among themselves ({more} runs each)")
+    stats = measure_latency([sessions[c.id] for c in group], feed, runs=more, warmup=min(20, more))
+    for c, st in zip(group, stats):
+        c.metrics["latency_first_p50_ms"] = c.metrics["latency_p50_ms"]
+        c.metrics["latency_ms"] = st.as_dict()
+        c.metrics["latency_p50_ms"] = st.p50_ms
 
 
 def affordable_runs(sess: Any, feed: dict[str, np.ndarray], n_models: int, wanted: int, clock: Clock) -> int:
