@@ -21,6 +21,10 @@ class OptimizeError(EdgewiseError):
     """A pass failed, or no candidate fits the target's budget."""
 
 
+class ProfileError(EdgewiseError):
+    """A measurement could not be made: the device to measure on is unreachable, refuses, or answers oddly."""
+
+
 class BundleError(EdgewiseError):
     """A bundle is incomplete, tampered with, or cannot be written."""
 

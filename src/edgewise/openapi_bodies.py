@@ -26,6 +26,9 @@ PREDICT = body({"type": "object", "required": ["inputs"],
                ("application/x-npy", BINARY), ("application/x-npz", BINARY), ("image/jpeg", BINARY),
                ("image/png", BINARY), ("audio/wav", BINARY), ("audio/pcm", BINARY), ("audio/L16", BINARY),
                ("text/csv", {"type": "string"}))
+BENCH_MODEL = {"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": BINARY}}}}
+# the feed, an .npz archive (one array per input name); any content type is read as one
+BENCH_RUN = {"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": BINARY}}}}
 READINGS = body({"type": "object", "required": ["readings"],
                  "properties": {"readings": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
                                 "seq": {"type": "integer", "minimum": 0}, "t0": {"type": "number"}}},

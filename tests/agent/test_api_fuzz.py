@@ -20,7 +20,7 @@ FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
 @pytest.fixture(scope="module")
 def agent_app(tier_bundles, tmp_path_factory):  # type: ignore[no-untyped-def]
     agent = build_agent(AgentConfig(bundles=[tier_bundles["server"]], tier="server",
-                                    data_dir=tmp_path_factory.mktemp("fuzz-agent")))
+                                    data_dir=tmp_path_factory.mktemp("fuzz-agent"), allow_bench=True))
     yield agent.app
     agent.close()
 
@@ -58,7 +58,8 @@ def _fuzz(app, headers: dict[str, str] | None = None) -> dict[str, int]:  # type
 
 def test_the_agent_api_never_answers_5xx(agent_app):
     seen = _fuzz(agent_app)
-    assert {"POST /predict", "POST /v1/events", "POST /v1/samples"} <= set(seen)
+    assert {"POST /predict", "POST /v1/events", "POST /v1/samples", "POST /v1/bench/models",
+            "POST /v1/bench/run"} <= set(seen)
 
 
 def test_the_fleet_api_never_answers_5xx(fleet_app):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -50,6 +51,7 @@ class AgentConfig:
     stream_model: str | None = None  # default: the only model served
     idle_timeout_s: float = IDLE_TIMEOUT_S  # a connection with no request in flight is closed after this
     header_timeout_s: float = HEADER_TIMEOUT_S  # a request's headers must arrive within this (slowloris)
+    allow_bench: bool = False  # POST /v1/bench/*: the build host measures candidates here (unsigned models)
 
     @classmethod
     def from_toml(cls, path: Path, **overrides: Any) -> AgentConfig:
@@ -159,7 +161,14 @@ def build_agent(cfg: AgentConfig) -> Agent:
         if len({n for n, _ in specs}) != len(specs):
             raise AgentError("stream names must differ")
         streams = [Stream(n, src, model, inference, committer, cfg.stream_fps) for n, src in specs]
-    app = create_app(events, syncer, queue, cfg.tier, inference, bridge, updater, samples, streams)
+    bench = None
+    if cfg.allow_bench:
+        from edgewise.agent.serve.benchsvc import BenchSessions
+
+        bench = BenchSessions()
+        logging.getLogger("edgewise.agent").warning(
+            "--allow-bench: this agent runs unsigned models it is sent (for a device on the bench only)")
+    app = create_app(events, syncer, queue, cfg.tier, inference, bridge, updater, samples, streams, bench)
     if updater is not None:
         updater.start()
     for s in streams:

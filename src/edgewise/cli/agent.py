@@ -44,10 +44,15 @@ def agent(
     fps: Annotated[float | None, typer.Option(help="frames a second each stream is sampled at [default: 5]")] = None,
     stream_model: Annotated[str | None, typer.Option(help="the model that answers the streams (default: the only "
                                                           "one served)")] = None,
+    allow_bench: Annotated[bool, typer.Option("--allow-bench", help="let `optimize --measure-on` upload candidate "
+                                                                   "models and time them here (POST /v1/bench/*): "
+                                                                   "for a device on your bench, not in the field, "
+                                                                   "since it runs unsigned models")] = False,
 ) -> None:
     """Serve bundles over HTTP (POST /predict, POST /v1/samples, GET /health, GET /metrics, docs at /docs).
 
     Example: edgewise agent --bundle runs/cnn-mcu/bundle --tier node --data-dir /var/lib/edgewise --port 8081
+    Example: edgewise agent --tier server --host 0.0.0.0 --port 8090 --allow-bench   (a device to measure on)
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -56,7 +61,7 @@ def agent(
     overrides = {"bundles": bundle or None, "tier": tier, "data_dir": data_dir, "upstream": upstream, "port": port,
                  "host": host, "escalate": escalate, "runtime": runtime, "mqtt": mqtt, "fleet_poll_s": fleet_poll,
                  "trust": trust or None, "samples_max_mb": samples_max_mb, "streams": stream or None,
-                 "stream_fps": fps, "stream_model": stream_model}
+                 "stream_fps": fps, "stream_model": stream_model, "allow_bench": allow_bench or None}
     if config is not None:
         cfg = AgentConfig.from_toml(config, **overrides)
     else:

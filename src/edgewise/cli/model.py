@@ -88,6 +88,9 @@ def optimize(
     stride: Stride = None,
     measure_memory: Annotated[bool, typer.Option(help="measure each candidate's peak memory in a fresh process "
                                                       "(off: quicker; the report shows the model sizes only)")] = True,
+    measure_on: Annotated[str | None, typer.Option(help="time the candidates on the device itself: the URL of an "
+                                                        "agent started with --allow-bench (fidelity is still "
+                                                        "measured here)")] = None,
 ) -> None:
     """Try recipes for TARGET, keep the Pareto front, and bundle the best model that fits.
 
@@ -97,6 +100,7 @@ def optimize(
     or output cosine).
 
     Example: edgewise optimize runs/cnn --target mcu-256k --data digits --out runs/cnn-mcu
+    Example: edgewise optimize m.onnx -t jetson-orin -d photos:320 -o runs/orin --measure-on http://orin:8090
     """
     from edgewise.optimize.pipeline import optimize as run_optimize
     from edgewise.optimize.search import SearchOptions
@@ -106,7 +110,7 @@ def optimize(
     data = with_windows(data, window, stride)
     opts = SearchOptions(max_accuracy_drop=max_accuracy_drop, torch_passes=torch_passes,
                          calibration_samples=calibration_samples, only=tuple(recipe or ()), task=task,
-                         measure_memory=measure_memory,
+                         measure_memory=measure_memory, measure_on=measure_on,
                          time_budget_s=time_budget or None, max_latency_ms=max_latency_ms,
                          max_ram_bytes=None if max_ram_kb is None else int(max_ram_kb * 1024),
                          max_flash_bytes=None if max_flash_kb is None else int(max_flash_kb * 1024))
@@ -132,10 +136,14 @@ def bench(
     batch: Annotated[int, typer.Option(help="larger batch for the throughput figure")] = 32,
     runs: Annotated[int, typer.Option(help="latency runs per model after warm-up")] = 300,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures as JSON")] = None,
+    remote: Annotated[str | None, typer.Option(help="measure latency on the device itself: the URL of an agent "
+                                                    "started with --allow-bench (with --target's execution "
+                                                    "providers; no throughput or memory figures then)")] = None,
 ) -> None:
     """Measure models side by side: latency p50/p90/p99, throughput, size, peak memory, accuracy, energy.
 
     Example: edgewise bench runs/cnn runs/cnn-mcu/bundle --data digits
+    Example: edgewise bench m.onnx runs/orin/bundle -d photos:320 -t jetson-orin --remote http://orin:8090
     """
     from edgewise.data import load_splits
     from edgewise.profile.bench import bench as run_bench
@@ -146,7 +154,8 @@ def bench(
     loaded, reference = _load_models([(str(p), p) for p in models], splits)
     sp = loaded[0][2]
     with console.status("[bold]benchmarking"):
-        rows = run_bench([(n, m) for n, m, _ in loaded], sp, profile, batch=batch, runs=runs, reference=reference)
+        rows = run_bench([(n, m) for n, m, _ in loaded], sp, profile, batch=batch, runs=runs, reference=reference,
+                         remote=remote)
     def short(name: str) -> str:  # a path's last two parts are what tells the rows apart
         parts = Path(name).parts
         return "/".join(parts[-2:]) if len(parts) > 1 else name
@@ -160,14 +169,16 @@ def bench(
         l1, la = r["latency_1t"], r["latency_all"]
         table.add_row(short(r["model"]), _pct(r.get("fidelity", r["accuracy"])), _kb(r["size_bytes"]),
                       f"{l1['p50_ms']:.3f}", f"{l1['p99_ms']:.3f}", f"{la['p50_ms']:.3f}", f"{r['speedup_1t']:.2f}x",
-                      _kb(r["peak_memory"]["rss_delta_bytes"]))
+                      _kb(r["peak_memory"]["rss_delta_bytes"]) if "peak_memory" in r else "-")
     out_console.print(table)
+    if remote:
+        out_console.print(f"latency {rows[0]['measured_on']}; throughput and peak memory are not measured remotely")
     table = Table(title="throughput and energy", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("model", "thr b1", f"thr b{batch}", "MACs", "energy*"):
         table.add_column(col, no_wrap=col != "model", overflow="fold", justify="left" if col == "model" else "right")
     for r in rows:
-        table.add_row(short(r["model"]), f"{r['throughput_b1_1t']:,.0f}/s", f"{r[f'throughput_b{batch}_1t']:,.0f}/s",
-                      f"{r['macs']:,}", f"{r['energy_uj_estimate']:.3f} µJ")
+        thr = [f"{r[k]:,.0f}/s" if k in r else "-" for k in ("throughput_b1_1t", f"throughput_b{batch}_1t")]
+        table.add_row(short(r["model"]), *thr, f"{r['macs']:,}", f"{r['energy_uj_estimate']:.3f} µJ")
     out_console.print(table)
     out_console.print(f"latency in ms at batch 1; * energy is an estimate: MACs x {profile.energy_pj_per_mac} pJ/MAC "
                       f"({profile.name}); peak mem = RSS high-water mark of a fresh process (ORT included)")

@@ -21,6 +21,7 @@ from edgewise.optimize.options import Log, Progress, SearchOptions, SearchResult
 from edgewise.optimize.plan import NotApplicable, Parent, Plan, Planner, static_id
 from edgewise.optimize.sensitivity import layer_sensitivity, quantizable_nodes
 from edgewise.profile import fallback_note, make_session, measure_latency, measure_memory, measured_on, running_on
+from edgewise.profile.measure import LatencyStats
 from edgewise.profile.arena import live_tensor_peak
 from edgewise.profile.feeds import Feeder, session_inputs
 from edgewise.profile.fidelity import Fidelity, Task, fidelity
@@ -38,11 +39,15 @@ def _size(model: onnx.ModelProto) -> int:
 
 
 class Runner:
-    """Runs models the way the target will: ORT's optimized kernels, or int8 reference semantics."""
+    """Runs models the way the target will: ORT's optimized kernels, or int8 reference semantics; and times
+    them here, or on the device itself (`remote`: an agent started with --allow-bench)."""
 
-    def __init__(self, target: TargetProfile) -> None:
+    def __init__(self, target: TargetProfile, remote: str | None = None) -> None:
+        from edgewise.profile.remote import RemoteBench
+
         self.target = target
         self.reference = not target.runs_onnxruntime
+        self.remote = RemoteBench.at(remote) if remote else None
 
     def session(self, model: onnx.ModelProto):  # type: ignore[no-untyped-def]
         return make_session(model, threads=self.target.threads, reference=self.reference,
@@ -53,14 +58,36 @@ class Runner:
         self.ran_on = running_on(sess)
         return Feeder(session_inputs(sess), data).run(sess)
 
+    def timed(self, models: list[onnx.ModelProto]) -> list[Any]:
+        """What `time` takes for each model: a session here, or its id once uploaded to the device."""
+        if self.remote is not None:
+            return [self.remote.upload(m) for m in models]
+        return [self.session(m) for m in models]
+
+    def feed(self, model: onnx.ModelProto, data: Dataset) -> dict[str, np.ndarray]:
+        """A batch-1 feed of the first sample, as the model takes it."""
+        return Feeder(session_inputs(self.session(model)), data).one(0)
+
+    def time(self, handles: list[Any], feed: dict[str, np.ndarray], runs: int,
+             warmup: int = 20) -> tuple[list[LatencyStats], list[str]]:
+        """Batch-1 latency, interleaved run by run, and how each figure was measured (for the report)."""
+        if self.remote is not None:
+            t = self.target
+            stats, ran = self.remote.run(handles, feed, runs, warmup, t.threads, t.execution_providers)
+            return stats, [self.remote.label(r) for r in ran]
+        return measure_latency(handles, feed, runs=runs, warmup=warmup), [measured_on(h) for h in handles]
+
     def provider_note(self) -> str | None:
         """Said when the target's first execution provider is not what ran here (after `outputs`)."""
         t = self.target
         if not t.runs_onnxruntime or not getattr(self, "ran_on", None):
             return None
+        if self.remote is not None:
+            return (f"latency is measured on the device at {self.remote.url}; fidelity on this machine "
+                    f"({self.ran_on})")
         note = fallback_note(t.execution_providers, self.ran_on)
         return note and (f"{t.name}: {note}, so fidelity and latency are this machine's, not the device's "
-                         "(measure on the device to choose by its figures)")
+                         "(measure on the device to choose by its figures: --measure-on URL)")
 
 
 class Clock:
@@ -174,20 +201,21 @@ def measure_candidates(cands: list[Candidate], baseline: Candidate, target: Targ
             "macs": c.macs, "energy_uj_estimate": c.macs * target.energy_pj_per_mac * 1e-6,
         })
     if target.runs_onnxruntime:
-        sessions = [runner.session(c.model) for c in ok]
-        feed = Feeder(session_inputs(sessions[0]), val).one(0)
-        runs = affordable_runs(sessions[0], feed, len(ok), opts.latency_runs, clock)
+        handles = runner.timed([c.model for c in ok])
+        feed = runner.feed(ok[0].model, val)
+        runs = affordable_runs(runner, handles[0], feed, len(ok), opts.latency_runs, clock)
         log(f"measuring batch-1 latency of {len(ok)} candidates, interleaved ({runs} runs each)")
         progress("measuring latency", 0, 1)
-        stats = measure_latency(sessions, feed, runs=runs, warmup=min(20, runs))
+        stats, sources = runner.time(handles, feed, runs=runs, warmup=min(20, runs))
         progress("measuring latency", 1, 1)
-        for c, s, sess in zip(ok, stats, sessions):
+        for c, s, source in zip(ok, stats, sources):
             c.metrics["latency_ms"] = s.as_dict()
             c.metrics["latency_p50_ms"] = s.p50_ms
-            c.metrics["latency_source"] = measured_on(sess)
+            c.metrics["latency_source"] = source
         if target.objective == "latency":
-            runoff(dict(zip((c.id for c in ok), sessions)), ok, baseline, target, opts, feed, runs, clock, log)
-        if opts.measure_memory:
+            runoff(dict(zip((c.id for c in ok), handles)), ok, baseline, target, opts, feed, runs, runner, clock,
+                   log)
+        if opts.measure_memory and runner.remote is None:
             log("measuring peak memory in a fresh process per candidate")
             # Fastest first: when the time budget runs out, the likely winners have their figure.
             order = [baseline] + sorted((c for c in ok if c is not baseline), key=lambda c: c.metrics["latency_p50_ms"])
@@ -237,8 +265,9 @@ def measure_candidates(cands: list[Candidate], baseline: Candidate, target: Targ
 RUNOFF_WITHIN, RUNOFF_MAX = 0.15, 4
 
 
-def runoff(sessions: dict[str, Any], ok: list[Candidate], baseline: Candidate, target: TargetProfile,
-           opts: SearchOptions, feed: dict[str, np.ndarray], runs: int, clock: Clock, log: Log) -> None:
+def runoff(handles: dict[str, Any], ok: list[Candidate], baseline: Candidate, target: TargetProfile,
+           opts: SearchOptions, feed: dict[str, np.ndarray], runs: int, runner: Runner, clock: Clock,
+           log: Log) -> None:
     """The close contenders, measured again in a longer interleaved run of their own (with the starting model,
     which the never-slower rule compares against). Among a dozen candidates, each run's cache and noise spread
     over all of them; two runtimes within a few percent were ordered by chance (issue 12's YOLOv8n and SSDLite:
@@ -252,22 +281,21 @@ def runoff(sessions: dict[str, Any], ok: list[Candidate], baseline: Candidate, t
     group = close + ([baseline] if baseline not in close else [])
     if len([c for c in group if c is not baseline]) < 2:
         return
-    more = affordable_runs(sessions[group[0].id], feed, len(group), 3 * max(runs, opts.latency_runs), clock)
+    more = affordable_runs(runner, handles[group[0].id], feed, len(group), 3 * max(runs, opts.latency_runs), clock)
     log(f"measuring the {len(group)} closest again, among themselves ({more} runs each)")
-    stats = measure_latency([sessions[c.id] for c in group], feed, runs=more, warmup=min(20, more))
+    stats, _ = runner.time([handles[c.id] for c in group], feed, runs=more, warmup=min(20, more))
     for c, st in zip(group, stats):
         c.metrics["latency_first_p50_ms"] = c.metrics["latency_p50_ms"]
         c.metrics["latency_ms"] = st.as_dict()
         c.metrics["latency_p50_ms"] = st.p50_ms
 
 
-def affordable_runs(sess: Any, feed: dict[str, np.ndarray], n_models: int, wanted: int, clock: Clock) -> int:
+def affordable_runs(runner: Runner, handle: Any, feed: dict[str, np.ndarray], n_models: int, wanted: int,
+                    clock: Clock) -> int:
     """Latency runs per model that fit what is left of the time budget (at least 10)."""
     left = clock.left()
     if left is None:
         return wanted
-    t = time.perf_counter()
-    for _ in range(3):
-        sess.run(None, feed)
-    per_run = (time.perf_counter() - t) / 3
+    stats, _ = runner.time([handle], feed, runs=3, warmup=1)
+    per_run = stats[0].mean_ms / 1e3  # on the device itself when remote (the round trip is extra, once per run)
     return int(max(10, min(wanted, 0.6 * left / max(per_run * n_models, 1e-6))))

@@ -39,6 +39,8 @@ class SearchOptions:
     max_latency_ms: float | None = None
     max_ram_bytes: int | None = None
     max_flash_bytes: int | None = None
+    # An agent started with --allow-bench (http://device:8080): latency is measured there, not here.
+    measure_on: str | None = None
 
     def wants(self, candidate_id: str) -> bool:
         return not self.only or any(fnmatch.fnmatch(candidate_id, p) for p in self.only)
@@ -60,4 +62,5 @@ class SearchResult:
     final: dict[str, Any] = field(default_factory=dict)
     task: Task | None = None
     not_tried: list[str] = field(default_factory=list)
+    measure_on: str | None = None  # the device latency was measured on (SearchOptions.measure_on)
     preparation: str = ""

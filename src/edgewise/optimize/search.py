@@ -25,8 +25,7 @@ from edgewise.optimize.measure import (
 )
 from edgewise.optimize.options import Log, Progress, SearchOptions, SearchResult
 from edgewise.optimize.plan import Parent, Planner, param_count, torch_parents
-from edgewise.profile import count_macs, measure_latency, measured_on
-from edgewise.profile.feeds import Feeder, session_inputs
+from edgewise.profile import count_macs
 from edgewise.profile.fidelity import TRUTH_KINDS, check_task, fidelity, ground_truth, infer_task
 from edgewise.source import Source
 from edgewise.targets import TargetProfile
@@ -38,7 +37,7 @@ def search(source: Source, splits: Splits, target: TargetProfile, opts: SearchOp
            log: Log = lambda _m: None, progress: Progress = lambda _w, _d, _t: None) -> SearchResult:
     opts = opts or SearchOptions()
     clock = Clock(opts.time_budget_s)
-    runner = Runner(target)
+    runner = Runner(target, opts.measure_on)
     val = splits.val
     log(f"running the starting model on {len(val)} validation samples")
     base_val = runner.outputs(source.model, val)
@@ -50,7 +49,7 @@ def search(source: Source, splits: Splits, target: TargetProfile, opts: SearchOp
                          count_macs(source.model), param_count(source.model))
     baseline.logical = source.model
     baseline.metrics.update(fidelity_metrics(base_fid, base_fid))
-    result = SearchResult(target, baseline, [], None, "", task=task)
+    result = SearchResult(target, baseline, [], None, "", task=task, measure_on=opts.measure_on)
     if y_val is None and task.name == "anomaly":
         result.notes.append("the validation split has no anomalies (as in practice): candidates are compared by how "
                             "closely their anomaly scores follow the starting model's")
@@ -106,7 +105,7 @@ def finalize(result: SearchResult, splits: Splits, runs: int = 300) -> dict[str,
     c, b = result.chosen, result.baseline
     if c is None or c.model is None or b.model is None:
         raise OptimizeError(result.why)
-    runner = Runner(result.target)
+    runner = Runner(result.target, result.measure_on)
     test = splits.test
     task = result.task or infer_task(runner.outputs(b.model, test.head(1)), None, test.y is not None)
     y = ground_truth(task, test)
@@ -126,13 +125,13 @@ def finalize(result: SearchResult, splits: Splits, runs: int = 300) -> dict[str,
     if task.name == "classification" and fid_c.kind == "top1_agreement":
         final["accuracy_kind"] = "top1_agreement_with_fp32"
     if result.target.runs_onnxruntime:
-        sessions = [runner.session(b.model), runner.session(c.model)]
-        feed = Feeder(session_inputs(sessions[0]), test).one(0)
-        sb, sc = measure_latency(sessions, feed, runs=runs)
+        handles = runner.timed([b.model, c.model])
+        feed = runner.feed(b.model, test)
+        (sb, sc), sources = runner.time(handles, feed, runs=runs)
         if (result.target.objective == "latency" and b.feasible and c is not b
                 and sc.p50_ms > sb.p50_ms):
             # A second, longer look before concluding: single measurements on a shared machine are noisy.
-            sb, sc = measure_latency(sessions, feed, runs=2 * runs)
+            (sb, sc), sources = runner.time(handles, feed, runs=2 * runs)
             if sc.p50_ms > sb.p50_ms:
                 result.notes.append(f"{c.id} measured {sb.p50_ms / sc.p50_ms:.3f}x the starting model's speed in "
                                     "the confirmation run; shipping the starting model instead (never slower)")
@@ -143,7 +142,7 @@ def finalize(result: SearchResult, splits: Splits, runs: int = 300) -> dict[str,
         final.update({"latency_ms": sc.as_dict(), "baseline_latency_ms": sb.as_dict(),
                       "latency_p50_ms": sc.p50_ms, "baseline_latency_p50_ms": sb.p50_ms,
                       "speedup": sb.p50_ms / sc.p50_ms, "latency_threads": result.target.threads or "all",
-                      "latency_source": measured_on(sessions[1])})
+                      "latency_source": sources[1]})
     else:
         final.update({"latency_p50_ms": c.metrics["latency_p50_ms"],
                       "baseline_latency_p50_ms": b.metrics["latency_p50_ms"],

@@ -20,13 +20,17 @@ from edgewise.targets import TargetProfile
 
 
 def bench(models: list[tuple[str, onnx.ModelProto]], splits: Splits, target: TargetProfile, batch: int = 32,
-          runs: int = 300, memory: bool = True, reference: set[str] | None = None) -> list[dict[str, Any]]:
+          runs: int = 300, memory: bool = True, reference: set[str] | None = None,
+          remote: str | None = None) -> list[dict[str, Any]]:
     """Latency p50/p90/p99 (batch 1, one thread and all cores, interleaved across models), throughput at
     batch 1 and `batch`, size on disk, peak memory, test accuracy and an energy estimate per inference.
 
     The first model is the reference for fidelity (top-1 agreement, cosine) when the data has no labels.
     Models named in `reference` (bundles for int8-only MCU targets) are scored with int8 reference
     semantics, as the device's integer kernels compute; their latency is still ORT's on this machine.
+
+    `remote` (an agent started with --allow-bench): latency is measured on that device instead, with the
+    target's execution providers; throughput and peak memory are then not measured.
     """
     reference = reference or set()
     test = splits.test
@@ -48,16 +52,29 @@ def bench(models: list[tuple[str, onnx.ModelProto]], splits: Splits, target: Tar
                      "energy_pj_per_mac": target.energy_pj_per_mac, "test_samples": len(test),
                      "accuracy_semantics": "int8 reference" if name in reference else "onnxruntime"})
     cores = os.cpu_count() or 1
-    for threads, key in ((1, "latency_1t"), (0, "latency_all")):
-        sessions = [make_session(m, threads=threads) for _, m in models]
-        feed = Feeder(session_inputs(sessions[0]), test).one(0)
-        for row, stats in zip(rows, measure_latency(sessions, feed, runs=runs)):
-            row[key] = stats.as_dict()
-        for row, sess in zip(rows, sessions):
-            suffix = "1t" if threads == 1 else "all"
-            row[f"throughput_b1_{suffix}"] = measure_throughput(sess, test, 1, seconds=0.5)
-            row[f"throughput_b{batch}_{suffix}"] = measure_throughput(sess, test, batch, seconds=0.5)
-    rows[0]["all_cores"] = cores
+    if remote is not None:
+        from edgewise.profile.remote import RemoteBench
+
+        device = RemoteBench.at(remote)
+        ids = [device.upload(m) for _, m in models]
+        feed = Feeder(session_inputs(make_session(models[0][1])), test).one(0)
+        for threads, key in ((1, "latency_1t"), (0, "latency_all")):
+            stats, ran = device.run(ids, feed, runs, min(20, runs), threads, target.execution_providers)
+            for row, st, where in zip(rows, stats, ran):
+                row[key], row["measured_on"] = st.as_dict(), device.label(where)
+        rows[0]["all_cores"] = (device.machine or {}).get("cores", "?")
+        memory = False
+    else:
+        for threads, key in ((1, "latency_1t"), (0, "latency_all")):
+            sessions = [make_session(m, threads=threads) for _, m in models]
+            feed = Feeder(session_inputs(sessions[0]), test).one(0)
+            for row, stats in zip(rows, measure_latency(sessions, feed, runs=runs)):
+                row[key] = stats.as_dict()
+            for row, sess in zip(rows, sessions):
+                suffix = "1t" if threads == 1 else "all"
+                row[f"throughput_b1_{suffix}"] = measure_throughput(sess, test, 1, seconds=0.5)
+                row[f"throughput_b{batch}_{suffix}"] = measure_throughput(sess, test, batch, seconds=0.5)
+        rows[0]["all_cores"] = cores
     if memory:
         with tempfile.TemporaryDirectory(prefix="edgewise-bench-") as tmp:
             for i, (row, (_, model)) in enumerate(zip(rows, models)):

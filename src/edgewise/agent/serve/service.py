@@ -51,7 +51,7 @@ def _content_type(header: str) -> tuple[str, dict[str, str]]:
 
 def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any = None, tier: str = "server",
                inference: Any = None, mqtt: Any = None, ota: Any = None, samples: Any = None,
-               streams: list[Any] | None = None) -> FastAPI:
+               streams: list[Any] | None = None, bench: Any = None) -> FastAPI:
     app = FastAPI(title=f"edgewise agent ({tier})", version="0.1.0")
     # Bodies are read up to the cap before any handler runs: a larger one (declared or chunked) is a 413.
     app.add_middleware(BodyCap, limit=MAX_BODY_BYTES)
@@ -198,6 +198,38 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
             return failed("storage", 507, e)
         return JSONResponse({"stored": len(labels), "model": name, "total": total})
 
+    def bench_off() -> JSONResponse:
+        return JSONResponse({"error": "measuring uploaded models is off on this agent (start it with "
+                                      "--allow-bench, on a device on your bench)"}, status_code=404)
+
+    @app.post("/v1/bench/models", openapi_extra=bodies.BENCH_MODEL)
+    async def bench_upload(request: Request) -> JSONResponse:
+        """A candidate model (ONNX bytes) for `POST /v1/bench/run`; its id is its content hash."""
+        if bench is None:
+            return bench_off()
+        from edgewise.agent.serve.benchsvc import BenchError
+
+        try:
+            return JSONResponse({"id": await run_in_threadpool(bench.add, await request.body())})
+        except BenchError as e:
+            return failed("bad_input", 422, e)
+
+    @app.post("/v1/bench/run", openapi_extra=bodies.BENCH_RUN)
+    async def bench_run(request: Request, models: str, runs: int = 200, warmup: int = 20, threads: int = 1,
+                        providers: str = "CPUExecutionProvider") -> JSONResponse:
+        """Batch-1 latency of uploaded models (comma-separated ids), interleaved; the body is the feed (.npz)."""
+        if bench is None:
+            return bench_off()
+        from edgewise.agent.serve.benchsvc import BenchError
+
+        try:
+            feed = parse_npz(await request.body())
+            out = await run_in_threadpool(bench.run, [m for m in models.split(",") if m], feed, runs, warmup,
+                                          threads, tuple(p for p in providers.split(",") if p))
+        except (BadInput, BenchError, DataError) as e:
+            return failed("bad_input", 422, e)
+        return JSONResponse(out)
+
     @app.get("/health")
     def health() -> dict[str, Any]:
         out: dict[str, Any] = {"status": "ok", "tier": tier}
@@ -222,6 +254,8 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
             out["samples"] = samples.counts()
         if streams:
             out["streams"] = {s.name: s.stats.as_dict() for s in streams}
+        if bench is not None:
+            out["bench"] = bench.counts
         return out
 
     @app.post("/v1/readings/{model}/{device}", response_model=None, openapi_extra=bodies.READINGS)

@@ -1,0 +1,120 @@
+"""Measuring on the device itself (issue 12): the search uploads its candidates to a second agent on loopback
+(`agent --allow-bench`), gets one interleaved latency run back, and labels the figures with where they came
+from; an agent that does not allow it, or is not there, is a clear error."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+from edgewise.errors import ProfileError
+from edgewise.targets import load_target
+
+from ..harness import AgentProc, free_port
+
+ONLY = ("baseline-fp32", "baseline-fused", "baseline-int8-minmax")
+
+
+@pytest.fixture(scope="module")
+def bench_agent(tmp_path_factory):  # type: ignore[no-untyped-def]
+    agent = AgentProc(["--tier", "server", "--allow-bench"], free_port(), tmp_path_factory.mktemp("bench-agent"))
+    agent.start()
+    yield agent
+    agent.kill()
+
+
+def _search(trained_cnn_dir, digits, url: str):  # type: ignore[no-untyped-def]
+    from edgewise.optimize.search import SearchOptions, finalize, search
+    from edgewise.source import fit_data, load_source
+
+    opts = SearchOptions(latency_runs=20, measure_memory=False, torch_passes=False, calibration_samples=64,
+                         only=ONLY, measure_on=url)
+    src, splits = fit_data(load_source(trained_cnn_dir), digits)
+    r = search(src, splits, load_target("cortex-a"), opts)
+    finalize(r, splits, runs=20)
+    return r
+
+
+@pytest.mark.e2e
+def test_the_search_times_its_candidates_on_a_remote_agent(bench_agent, trained_cnn_dir, digits):
+    r = _search(trained_cnn_dir, digits, bench_agent.url)
+    host = f"via {bench_agent.url})"
+    measured = [c for c in [r.baseline, *r.candidates] if c.status == "ok"]
+    assert {c.id for c in measured} == set(ONLY)
+    for c in measured:
+        assert c.metrics["latency_source"].startswith("measured on the device (ONNX Runtime CPU, "), c.metrics
+        assert c.metrics["latency_source"].endswith(host) and c.metrics["latency_p50_ms"] > 0
+    assert r.final["latency_source"].endswith(host)
+    assert any(f"latency is measured on the device at {bench_agent.url}" in n for n in r.notes), r.notes
+    bench = bench_agent.get("/health")["bench"]
+    # each distinct model uploaded once (the fused model may equal the baseline byte for byte), then several runs
+    assert 2 <= bench["uploads"] <= len(ONLY) and bench["runs"] >= 2, bench  # search + final
+
+
+@pytest.mark.e2e
+def test_an_agent_that_does_not_allow_it_or_is_not_there_is_a_clear_error(trained_cnn_dir, digits, tmp_path):
+    plain = AgentProc(["--tier", "server"], free_port(), tmp_path / "plain").start()
+    try:
+        with pytest.raises(ProfileError, match="start it with --allow-bench"):
+            _search(trained_cnn_dir, digits, plain.url)
+    finally:
+        plain.kill()
+    with pytest.raises(ProfileError, match="cannot measure on the device at http://127.0.0.1:"):
+        _search(trained_cnn_dir, digits, f"http://127.0.0.1:{free_port()}")
+    from edgewise.profile.remote import RemoteBench
+
+    with pytest.raises(ProfileError, match="the agent's URL"):
+        RemoteBench("orin:8090")
+
+
+def test_the_bench_endpoints_refuse_what_they_cannot_run(trained_cnn_dir, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from edgewise.agent.runner import AgentConfig, build_agent
+    from edgewise.source import load_source
+
+    agent = build_agent(AgentConfig(tier="server", data_dir=tmp_path / "a", allow_bench=True))
+    try:
+        c = TestClient(agent.app)
+        assert c.post("/v1/bench/models", content=b"not onnx at all").status_code == 422
+        model = load_source(trained_cnn_dir).model
+        mid = c.post("/v1/bench/models", content=model.SerializeToString()).json()["id"]
+        name = model.graph.input[0].name
+        shape = [1, *[d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]]
+
+        def npz(**arrays: np.ndarray) -> bytes:
+            buf = io.BytesIO()
+            np.savez(buf, **arrays)
+            return buf.getvalue()
+
+        good = npz(**{name: np.zeros(shape, np.float32)})
+        r = c.post(f"/v1/bench/run?models={mid}&runs=5&warmup=1", content=good)
+        assert r.status_code == 200 and r.json()["latency"][mid]["runs"] == 5, r.text
+        assert r.json()["running_on"][mid] == "CPUExecutionProvider"
+        for query, body, why in ((f"models=ffff{mid[4:]}", good, "no uploaded model"),
+                                 (f"models={mid}&runs=0", good, "runs must be"),
+                                 (f"models={mid}", npz(other=np.zeros(3, np.float32)), "lacks input"),
+                                 (f"models={mid}", npz(**{name: np.zeros((1, 7), np.float32)}), "cannot run"),
+                                 (f"models={mid}", b"PK garbage", "not a valid .npz")):
+            r = c.post(f"/v1/bench/run?{query}", content=body)
+            assert r.status_code == 422 and why in r.json()["error"], (query, r.text)
+        assert json.loads(c.get("/health").text)["bench"] == {"uploads": 1, "runs": 1}  # refusals count nothing
+    finally:
+        agent.close()
+
+
+@pytest.mark.e2e
+def test_bench_remote_measures_models_side_by_side_on_the_device(bench_agent, trained_cnn_dir, tmp_path):
+    from ..harness import ew
+
+    out = tmp_path / "bench.json"
+    proc = ew("bench", str(trained_cnn_dir), "--data", "digits", "--runs", "20", "--remote", bench_agent.url,
+              "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "measured on the device (ONNX Runtime CPU" in proc.stdout and "not measured remotely" in proc.stdout
+    row = json.loads(out.read_text())[0]
+    assert row["latency_1t"]["runs"] == 20 and row["measured_on"].endswith(f"via {bench_agent.url})")
+    assert "peak_memory" not in row and "throughput_b1_1t" not in row
