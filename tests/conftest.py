@@ -10,7 +10,7 @@ import pytest
 from edgewise.bundle.signing import generate_keys
 from edgewise.data import Splits, load_splits
 
-from .harness import make_bundle, mcu_bundle, versioned
+from .harness import make_bundle, mcu_bundle, shared, versioned
 
 
 @pytest.fixture(scope="session")
@@ -28,15 +28,17 @@ def trained_cnn_dir(tmp_path_factory: pytest.TempPathFactory, digits: Splits) ->
     """A small CNN trained briefly on digits and saved as `edgewise train` saves it."""
     from edgewise.zoo import TrainConfig, train
 
-    out = tmp_path_factory.mktemp("cnn")
-    train("cnn", digits, TrainConfig(epochs=8)).save(out)
-    return out
+    def build(out: Path) -> Path:
+        train("cnn", digits, TrainConfig(epochs=8)).save(out)
+        return out
+
+    return shared(tmp_path_factory, "cnn", build)
 
 
 @pytest.fixture(scope="session")
 def vibration_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An autoencoder trained on the bundled vibration set's normal runs, optimized to int8 for mcu-256k."""
-    return mcu_bundle(tmp_path_factory.mktemp("vibration"), "autoencoder", "vibration", 30)
+    return shared(tmp_path_factory, "vibration", lambda d: mcu_bundle(d, "autoencoder", "vibration", 30))
 
 
 @pytest.fixture(scope="session")
@@ -60,16 +62,19 @@ def fast_opts():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def fleet_kit(tmp_path_factory):
     """Keys and signed bundles: 1.0.0, 1.1.0 (good), and bad variants of 1.2.0."""
-    root = tmp_path_factory.mktemp("fleet-kit")
-    generate_keys(root / "keys", "release")
-    generate_keys(root / "keys", "rogue")
-    key, rogue = root / "keys" / "release.key", root / "keys" / "rogue.key"
-    base = make_bundle(root / "m", "mlp", 2, "digits", 0.5)
-    other = make_bundle(root / "m2", "mlp", 1, "digits", 0.25)
-    b = {"1.0.0": versioned(base, root / "b100", "1.0.0", key), "1.1.0": versioned(base, root / "b110", "1.1.0", key)}
-    b["noload"] = versioned(base, root / "bnoload", "1.2.0", key, model_bytes=b"not an onnx model at all")
-    b["selftest"] = versioned(base, root / "bself", "1.3.0", key, model_bytes=(other / "model.onnx").read_bytes(),
-                              golden_from=b["1.0.0"])
-    b["rogue"] = versioned(base, root / "brogue", "1.4.0", rogue)
-    return {"root": root, "key": key, "pub": root / "keys" / "release.pub", "rogue_pub": root / "keys" / "rogue.pub",
-            "bundles": b}
+    def build(root: Path) -> dict:
+        generate_keys(root / "keys", "release")
+        generate_keys(root / "keys", "rogue")
+        key, rogue = root / "keys" / "release.key", root / "keys" / "rogue.key"
+        base = make_bundle(root / "m", "mlp", 2, "digits", 0.5)
+        other = make_bundle(root / "m2", "mlp", 1, "digits", 0.25)
+        b = {"1.0.0": versioned(base, root / "b100", "1.0.0", key),
+             "1.1.0": versioned(base, root / "b110", "1.1.0", key)}
+        b["noload"] = versioned(base, root / "bnoload", "1.2.0", key, model_bytes=b"not an onnx model at all")
+        b["selftest"] = versioned(base, root / "bself", "1.3.0", key,
+                                  model_bytes=(other / "model.onnx").read_bytes(), golden_from=b["1.0.0"])
+        b["rogue"] = versioned(base, root / "brogue", "1.4.0", rogue)
+        return {"root": root, "key": key, "pub": root / "keys" / "release.pub",
+                "rogue_pub": root / "keys" / "rogue.pub", "bundles": b}
+
+    return shared(tmp_path_factory, "fleet-kit", build)

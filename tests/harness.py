@@ -115,6 +115,40 @@ def wait_for(cond, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-de
     raise AssertionError("condition not reached in time")
 
 
+# ---- fixtures built once per test run -----------------------------------------------------------------------
+
+def shared(factory, name: str, build):  # type: ignore[no-untyped-def]
+    """What `build(directory)` returns (a Path, or a dict of Paths and plain values), built once per test run
+    rather than once per pytest-xdist worker: the first worker to ask builds it under a lock in the run's
+    common temp dir; the others wait and reuse it. Tests must treat it as read-only, as they already do."""
+    from filelock import FileLock
+
+    base = factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    d, done = root / f"shared-{name}", root / f"shared-{name}.json"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not done.exists():
+            if d.exists():  # a worker that died halfway
+                shutil.rmtree(d)
+            d.mkdir(parents=True)
+            done.write_text(json.dumps(_encode(build(d), d)))
+    return _decode(json.loads(done.read_text()), d)
+
+
+def _encode(v, d: Path):  # type: ignore[no-untyped-def]
+    if isinstance(v, Path):
+        return {"__path__": str(v.relative_to(d))}
+    if isinstance(v, dict):
+        return {k: _encode(x, d) for k, x in v.items()}
+    return v
+
+
+def _decode(v, d: Path):  # type: ignore[no-untyped-def]
+    if isinstance(v, dict):
+        return d / v["__path__"] if set(v) == {"__path__"} else {k: _decode(x, d) for k, x in v.items()}
+    return v
+
+
 # ---- bundles -----------------------------------------------------------------------------------------------
 
 def bundle_trained(train_dir: Path, out: Path, name: str, metrics: dict | None = None) -> Path:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from ..harness import make_bundle
+from ..harness import make_bundle, shared
 
 
 @pytest.fixture(scope="session")
 def tier_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiers")
-    return {"endpoint": make_bundle(root / "e", "mlp", 8, "digits", 0.5),
-            "node": make_bundle(root / "n", "cnn", 3, "digits"),
-            "server": make_bundle(root / "s", "cnn", 10, "digits")}
+    return shared(tmp_path_factory, "tiers", lambda root: {
+        "endpoint": make_bundle(root / "e", "mlp", 8, "digits", 0.5),
+        "node": make_bundle(root / "n", "cnn", 3, "digits"),
+        "server": make_bundle(root / "s", "cnn", 10, "digits")})

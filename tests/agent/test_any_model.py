@@ -16,16 +16,28 @@ from edgewise.targets import load_target
 from edgewise.zoo import corpus
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    root = tmp_path_factory.mktemp("any-model")
+def _serve(root, names: tuple[str, ...]):  # type: ignore[no-untyped-def]
     opts = SearchOptions(latency_runs=10, measure_memory=False, only=("baseline-fused",), sensitivity_max_layers=0)
     bundles = []
-    for name in ("gru-stream", "yolov8n"):
+    for name in names:
         model, data = corpus.build(name, root / name)
         outcome = optimize(model, data, load_target("cortex-a"), root / f"opt-{name}", opts, name=name)
         bundles.append(outcome.bundle)
-    agent = build_agent(AgentConfig(bundles=bundles, tier="server", data_dir=root / "agent"))
+    return build_agent(AgentConfig(bundles=bundles, tier="server", data_dir=root / "agent"))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A streaming GRU: features, state in and out, an int64 step counter."""
+    agent = _serve(tmp_path_factory.mktemp("any-model"), ("gru-stream",))
+    yield TestClient(agent.app)
+    agent.close()
+
+
+@pytest.fixture(scope="module")
+def served_detector(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """YOLOv8n through the whole pipeline (6 s of it is optimizing a detector: an e2e test's fixture)."""
+    agent = _serve(tmp_path_factory.mktemp("any-detector"), ("yolov8n",))
     yield TestClient(agent.app)
     agent.close()
 
@@ -72,7 +84,9 @@ def test_a_single_array_for_a_multi_input_model_says_how_to_send_it(served):
     assert r.status_code == 422 and "has 3 inputs" in r.json()["error"]
 
 
-def test_a_detector_gets_its_raw_head_not_a_softmax_over_box_coordinates(served):
+@pytest.mark.e2e
+def test_a_detector_gets_its_raw_head_not_a_softmax_over_box_coordinates(served_detector):
+    served = served_detector
     x = np.random.default_rng(1).uniform(0, 1, (1, 3, 160, 160)).astype(np.float32)
     buf = io.BytesIO()
     np.save(buf, x)

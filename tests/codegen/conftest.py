@@ -7,30 +7,30 @@ from pathlib import Path
 
 import pytest
 
-from ..harness import mcu_bundle, tone_keyword_bundle
+from ..harness import mcu_bundle, shared, tone_keyword_bundle
 
 
 @pytest.fixture(scope="session")
 def digits_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return mcu_bundle(tmp_path_factory.mktemp("cg-digits"), "cnn", "digits", 6)
+    return shared(tmp_path_factory, "cg-digits", lambda d: mcu_bundle(d, "cnn", "digits", 6))
 
 
 @pytest.fixture(scope="session")
 def motion_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # per-tensor weights here, per-channel in the others; 20 epochs as given (the compiler is under test,
     # not convergence: min_steps=1 lifts the series floor of 1,000 steps)
-    return mcu_bundle(tmp_path_factory.mktemp("cg-motion"), "cnn1d", "basicmotions", 20,
-                       "baseline-int8-minmax-per-tensor", min_steps=1)
+    return shared(tmp_path_factory, "cg-motion", lambda d: mcu_bundle(d, "cnn1d", "basicmotions", 20,
+                                                                    "baseline-int8-minmax-per-tensor", min_steps=1))
 
 
 @pytest.fixture(scope="session")
 def dscnn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return mcu_bundle(tmp_path_factory.mktemp("cg-dscnn"), "dscnn", "digits", 3)
+    return shared(tmp_path_factory, "cg-dscnn", lambda d: mcu_bundle(d, "dscnn", "digits", 3))
 
 
 @pytest.fixture(scope="session")
 def _tone_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tone_keyword_bundle(tmp_path_factory.mktemp("cg-tones"))
+    return shared(tmp_path_factory, "cg-tones", tone_keyword_bundle)
 
 
 @pytest.fixture

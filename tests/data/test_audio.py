@@ -54,6 +54,7 @@ def test_the_front_end_puts_a_tone_in_its_mel_bin_at_any_input_rate():
     assert np.isfinite(silent).all() and silent.max() == pytest.approx(np.log(1e-6), abs=1e-3)
 
 
+@pytest.mark.e2e  # WAV folder -> train -> optimize -> agent
 def test_a_wav_folder_trains_optimizes_and_the_agent_answers_a_wav_with_its_name(tmp_path):
     from fastapi.testclient import TestClient
 

@@ -143,7 +143,7 @@ def test_the_close_contenders_are_measured_again_among_themselves():
     from onnx import helper
 
     from edgewise.optimize.candidates import Candidate
-    from edgewise.optimize.measure import Clock, runoff
+    from edgewise.optimize.measure import Clock, Runner, runoff
     from edgewise.optimize.options import SearchOptions
     from edgewise.profile import make_session
 
@@ -160,8 +160,9 @@ def test_the_close_contenders_are_measured_again_among_themselves():
         cands.append(c)
     sessions = {c.id: make_session(model) for c in cands}
     logs: list[str] = []
-    runoff(sessions, cands, cands[0], load_target("edge-node"), SearchOptions(latency_runs=10),
-           {"x": np.ones((1, 64), np.float32)}, 10, Clock(None), logs.append)
+    target = load_target("edge-node")
+    runoff(sessions, cands, cands[0], target, SearchOptions(latency_runs=10), {"x": np.ones((1, 64), np.float32)},
+           10, Runner(target), Clock(None), logs.append)
     again = {c.id for c in cands if "latency_first_p50_ms" in c.metrics}
     assert again == {"baseline-fp32", "a", "b"}, again  # c is 2x the fastest; d misses the tolerance
     assert logs and "3 closest" in logs[0]
