@@ -286,6 +286,66 @@ class FleetProc:
         return t
 
 
+    def client(self) -> httpx.AsyncClient:
+        """What a device talks to this server through."""
+        return httpx.AsyncClient()
+
+    def tick(self) -> None:
+        """A real server advances rollouts on its own ticker (every second)."""
+
+
+class FakeClock:
+    """Time that moves only when a test says so (the fleet store's `clock`)."""
+
+    def __init__(self, start: float = 1.8e9) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FleetInProc:
+    """The fleet server's app in this process, on a fake clock: devices reach it through httpx's ASGI
+    transport, the admin through Starlette's TestClient, and rollouts advance when the test ticks them
+    (the background ticker is parked), so a wave timeout takes no waiting and nothing depends on timing."""
+
+    def __init__(self, data_dir: Path, trust: list[Path], ttl: float = 3600) -> None:
+        from starlette.testclient import TestClient
+
+        from edgewise.fleet.server import ServerConfig, build_store, create_app
+
+        self.data_dir, self.url, self.clock = data_dir, "http://fleet.test", FakeClock()
+        cfg = ServerConfig(data_dir=data_dir, trust=trust, admin_token=ADMIN, assignment_ttl_s=ttl, tick_s=1e9)
+        self.store = build_store(cfg)
+        self.store.clock = self.clock
+        self.app = create_app(cfg, self.store)
+        self._admin_http = TestClient(self.app, base_url=self.url)
+
+    def start(self) -> FleetInProc:
+        return self
+
+    def kill(self) -> None:  # the parked ticker is a daemon thread waiting on a 1e9 s timer
+        self._admin_http.close()
+
+    @property
+    def admin(self) -> FleetClient:
+        return FleetClient(self.url, ADMIN, http=self._admin_http)
+
+    def fleet_keys(self) -> TrustStore:
+        t = TrustStore()
+        t.add(load_public(self._admin_http.get("/v1/keys/fleet.pub").content))
+        return t
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url=self.url)
+
+    def tick(self) -> None:
+        self.store.tick_all()
+
+
 async def make_devices(fleet: FleetProc, kit: dict, root: Path, n: int, tag: str, client: httpx.AsyncClient,
                        **kw) -> list[Updater]:
     """n devices enrolled for real, each with its own slots, trusting only the release key."""
@@ -306,6 +366,7 @@ def run(coro):  # type: ignore[no-untyped-def]
 def wait_rollout(fleet: FleetProc, rid: str, states: tuple[str, ...], timeout: float = 60) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
+        fleet.tick()
         r = fleet.admin.get_rollout(rid)
         if r["state"] in states:
             return r

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from ..harness import FleetProc
+from ..harness import FleetInProc, FleetProc
 
 
 @pytest.fixture
 def fleet(fleet_kit, tmp_path):
+    """A real `edgewise fleet serve` process."""
     f = FleetProc(tmp_path / "fleet", [fleet_kit["pub"], fleet_kit["rogue_pub"]]).start()
+    yield f
+    f.kill()
+
+
+@pytest.fixture
+def fleet_app(fleet_kit, tmp_path):
+    """The same server's app in this process, on a fake clock that the test moves (harness.FleetInProc)."""
+    f = FleetInProc(tmp_path / "fleet", [fleet_kit["pub"], fleet_kit["rogue_pub"]])
     yield f
     f.kill()

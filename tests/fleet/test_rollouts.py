@@ -1,25 +1,31 @@
-"""A real fleet server process; devices running the real updater code (in-process, async) against it."""
+"""Rollouts: devices running the real updater code (async) against the fleet server's app in this process,
+through httpx's ASGI transport, on a fake clock; rollouts advance when the test ticks them. One test keeps a
+real server process (the wire, the ticker thread)."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
-import httpx
 import pytest
 
 from edgewise.bundle import verify_bundle
 from edgewise.bundle.signing import TrustStore, verify_signed_bundle
 
-from ..harness import make_devices, run, wait_rollout
+from ..harness import FleetProc, make_devices, run, wait_rollout
 
 
-async def poll_all(devs, rounds: int = 40, until=None) -> None:  # type: ignore[no-untyped-def]
+async def poll_all(devs, rounds: int = 40, until=None, fleet=None) -> None:  # type: ignore[no-untyped-def]
+    """Every device polls once a round; then the fleet advances its rollouts (a real server does so on its
+    own, every second: then the round also waits a little)."""
     for _ in range(rounds):
         await asyncio.gather(*(d.poll_once() for d in devs))
+        if fleet is not None:
+            fleet.tick()
         if until is not None and until():
             return
-        await asyncio.sleep(0.05)
+        if fleet is None or isinstance(fleet, FleetProc):
+            await asyncio.sleep(0.05)
 
 
 def on_verified_working_model(dev, kit) -> str:  # type: ignore[no-untyped-def]
@@ -39,11 +45,11 @@ def test_waves_update_every_device_and_each_step_is_reported(fleet, fleet_kit, t
     upload_all(fleet, fleet_kit, "1.0.0", "1.1.0")
 
     async def go():  # type: ignore[no-untyped-def]
-        async with httpx.AsyncClient() as c:
+        async with fleet.client() as c:
             devs = await make_devices(fleet, fleet_kit, tmp_path, 5, "cams", c)
             # Execute: install 1.0.0 everywhere, then roll 1.1.0 out in three waves
             r1 = fleet.admin.rollout("digits", "1.0.0", "cams", [20, 60, 100])
-            await poll_all(devs, until=lambda: fleet.admin.get_rollout(r1["id"])["state"] == "completed")
+            await poll_all(devs, fleet=fleet, until=lambda: fleet.admin.get_rollout(r1["id"])["state"] == "completed")
             r2 = fleet.admin.rollout("digits", "1.1.0", "cams", [20, 60, 100])
             seen_waves = set()
             for _ in range(60):
@@ -69,23 +75,24 @@ async def on_base(fleet, kit, tmp_path, c, n=4, **kw):  # type: ignore[no-untype
         fleet.admin.upload(kit["bundles"]["1.0.0"])
     devs = await make_devices(fleet, kit, tmp_path, n, "cams", c, **kw)
     r = fleet.admin.rollout("digits", "1.0.0", "cams", [100])
-    await poll_all(devs, until=lambda: fleet.admin.get_rollout(r["id"])["state"] == "completed")
+    await poll_all(devs, fleet=fleet, until=lambda: fleet.admin.get_rollout(r["id"])["state"] == "completed")
     return devs
 
 
 @pytest.mark.parametrize("bad, version, failing_step", [("noload", "1.2.0", "selftest"),
                                                         ("selftest", "1.3.0", "selftest"),
                                                         ("rogue", "1.4.0", "verify")])
-def test_a_bad_bundle_fails_the_canary_and_the_rollout_halts(fleet, fleet_kit, tmp_path, bad, version, failing_step):
+def test_a_bad_bundle_fails_the_canary_and_the_rollout_halts(fleet_app, fleet_kit, tmp_path, bad, version, failing_step):
+    fleet = fleet_app
     # Prepare: four devices on 1.0.0 and a bad bundle: its model does not load, or it fails its self-test,
     # or it is signed by a key the registry accepts but the devices were never given
     async def go():  # type: ignore[no-untyped-def]
-        async with httpx.AsyncClient() as c:
+        async with fleet.client() as c:
             devs = await on_base(fleet, fleet_kit, tmp_path, c)
             fleet.admin.upload(fleet_kit["bundles"][bad])
             # Execute
             r = fleet.admin.rollout("digits", version, "cams", [25, 100])
-            await poll_all(devs, until=lambda: fleet.admin.get_rollout(r["id"])["state"] != "running")
+            await poll_all(devs, fleet=fleet, until=lambda: fleet.admin.get_rollout(r["id"])["state"] != "running")
             return devs, fleet.admin.get_rollout(r["id"])
 
     devs, r = run(go())
@@ -96,7 +103,8 @@ def test_a_bad_bundle_fails_the_canary_and_the_rollout_halts(fleet, fleet_kit, t
     assert [on_verified_working_model(d, fleet_kit) for d in devs] == ["1.0.0"] * 4
 
 
-def test_health_gate_failure_rolls_installed_devices_back(fleet, fleet_kit, tmp_path):
+def test_health_gate_failure_rolls_installed_devices_back(fleet_app, fleet_kit, tmp_path):
+    fleet = fleet_app
     # Prepare: devices whose health check after the switch reports a 40% error rate (a model that loads
     # and passes its self-test but misbehaves on live data)
     fleet.admin.upload(fleet_kit["bundles"]["1.1.0"])
@@ -105,12 +113,12 @@ def test_health_gate_failure_rolls_installed_devices_back(fleet, fleet_kit, tmp_
         return {"error_rate": 0.4 if verify_bundle(bundle).version == "1.1.0" else 0.0, "latency_ms": 1.0}
 
     async def go():  # type: ignore[no-untyped-def]
-        async with httpx.AsyncClient() as c:
+        async with fleet.client() as c:
             devs = await on_base(fleet, fleet_kit, tmp_path, c, health=sick_health)
             # Execute
             r = fleet.admin.rollout("digits", "1.1.0", "cams", [50, 100], gate={"max_error_rate": 0.05})
-            await poll_all(devs, until=lambda: fleet.admin.get_rollout(r["id"])["state"] != "running")
-            await poll_all(devs, rounds=10)  # devices pick up the signed rollback instruction
+            await poll_all(devs, fleet=fleet, until=lambda: fleet.admin.get_rollout(r["id"])["state"] != "running")
+            await poll_all(devs, fleet=fleet, rounds=10)  # devices pick up the signed rollback instruction
             return devs, fleet.admin.get_rollout(r["id"])
 
     devs, r = run(go())
@@ -122,10 +130,11 @@ def test_health_gate_failure_rolls_installed_devices_back(fleet, fleet_kit, tmp_
     assert sorted(sum(s == "switch" for s, _, _ in d.log) for d in devs) == [1, 1, 3, 3]
 
 
-def test_corrupted_and_truncated_downloads_are_refused(fleet, fleet_kit, tmp_path):
+def test_corrupted_and_truncated_downloads_are_refused(fleet_app, fleet_kit, tmp_path):
+    fleet = fleet_app
     # Prepare: the stored archive is damaged on the server's disk after upload
     async def go(damage):  # type: ignore[no-untyped-def]
-        async with httpx.AsyncClient() as c:
+        async with fleet.client() as c:
             devs = await on_base(fleet, fleet_kit, tmp_path / damage, c, n=1)
             m = fleet.admin.upload(fleet_kit["bundles"]["1.1.0"]) if damage == "corrupt" else \
                 next(x for x in fleet.admin.models() if x["version"] == "1.1.0")
@@ -138,7 +147,7 @@ def test_corrupted_and_truncated_downloads_are_refused(fleet, fleet_kit, tmp_pat
             stored.write_bytes(bytes(data))
             # Execute
             fleet.admin.rollout("digits", "1.1.0", "cams", [100])
-            await poll_all(devs, rounds=3)
+            await poll_all(devs, fleet=fleet, rounds=3)
             return devs[0]
 
     for damage, words in (("corrupt", "sha256"), ("truncated", "bytes")):
@@ -148,9 +157,10 @@ def test_corrupted_and_truncated_downloads_are_refused(fleet, fleet_kit, tmp_pat
         assert on_verified_working_model(dev, fleet_kit) == "1.0.0"
 
 
-def test_an_interrupted_download_resumes_where_it_stopped(fleet, fleet_kit, tmp_path):
+def test_an_interrupted_download_resumes_where_it_stopped(fleet_app, fleet_kit, tmp_path):
+    fleet = fleet_app
     async def go():  # type: ignore[no-untyped-def]
-        async with httpx.AsyncClient() as c:
+        async with fleet.client() as c:
             devs = await on_base(fleet, fleet_kit, tmp_path, c, n=1)
             dev = devs[0]
             m = fleet.admin.upload(fleet_kit["bundles"]["1.1.0"])
@@ -159,7 +169,7 @@ def test_an_interrupted_download_resumes_where_it_stopped(fleet, fleet_kit, tmp_
             (dev.slots.root / "download" / f"{m['sha256']}.part").write_bytes(archive[: len(archive) * 2 // 3])
             dev.bytes_downloaded = 0
             fleet.admin.rollout("digits", "1.1.0", "cams", [100])
-            await poll_all(devs, rounds=3)
+            await poll_all(devs, fleet=fleet, rounds=3)
             return dev, len(archive)
 
     dev, size = run(go())
@@ -167,17 +177,47 @@ def test_an_interrupted_download_resumes_where_it_stopped(fleet, fleet_kit, tmp_
     assert dev.bytes_downloaded == size - size * 2 // 3
 
 
-def test_a_kept_partial_download_with_wrong_bytes_is_fetched_again_whole(fleet, fleet_kit, tmp_path):
+def test_a_kept_partial_download_with_wrong_bytes_is_fetched_again_whole(fleet_app, fleet_kit, tmp_path):
+    fleet = fleet_app
     async def go():  # type: ignore[no-untyped-def]
-        async with httpx.AsyncClient() as c:
+        async with fleet.client() as c:
             dev = (await on_base(fleet, fleet_kit, tmp_path, c, n=1))[0]
             m = fleet.admin.upload(fleet_kit["bundles"]["1.1.0"])
             (dev.slots.root / "download" / f"{m['sha256']}.part").write_bytes(b"\0" * 4096)  # zeros after a crash
             dev.bytes_downloaded = 0
             fleet.admin.rollout("digits", "1.1.0", "cams", [100])
-            await poll_all([dev], rounds=2)
+            await poll_all([dev], fleet=fleet, rounds=2)
             return dev, m["size"]
 
     dev, size = run(go())
     assert dev.slots.state.version == "1.1.0"
     assert dev.bytes_downloaded == (size - 4096) + size
+
+
+def test_a_device_silent_past_the_wave_timeout_halts_the_rollout_without_waiting_for_it(fleet_app, fleet_kit,
+                                                                                         tmp_path):
+    """On the fake clock: ten minutes pass in a line, so the wave timeout is tested as it is configured."""
+    fleet = fleet_app
+    fleet.admin.upload(fleet_kit["bundles"]["1.1.0"])
+
+    async def go():  # type: ignore[no-untyped-def]
+        async with fleet.client() as c:
+            devs = await on_base(fleet, fleet_kit, tmp_path, c)
+            r = fleet.admin.rollout("digits", "1.1.0", "cams", [50, 100], gate={"wave_timeout_s": 600})
+            fleet.tick()  # the first wave (two devices) is assigned
+            assigned = {row[0] for row in fleet.store.db.query(
+                "SELECT device_id FROM assignments WHERE rollout_id=? AND rollback=0", (r["id"],))}
+            wave = [d for d in devs if d.ident.device_id in assigned]
+            assert len(wave) == 2
+            await poll_all(wave[:1], fleet=fleet, rounds=3)  # one installs; the other stays off the air
+            fleet.clock.advance(599)
+            fleet.tick()
+            before = fleet.admin.get_rollout(r["id"])
+            fleet.clock.advance(2)
+            fleet.tick()
+            return before, fleet.admin.get_rollout(r["id"])
+
+    before, after = run(go())
+    assert before["state"] == "running" and before["wave"] == 0, before  # still within the timeout
+    assert after["state"] in ("halted", "rolled_back"), after
+    assert "1 of 2 devices failed (1 silent past the 600 s wave timeout)" in after["reason"], after

@@ -13,12 +13,23 @@ from edgewise.errors import FleetError
 
 
 class FleetClient:
-    def __init__(self, server: str, token: str, timeout_s: float = 60.0) -> None:
-        self.server, self.token, self.timeout_s = server.rstrip("/"), token, timeout_s
+    """`http`: an httpx-style client to send through instead of urllib (tests talk to the app in-process)."""
+
+    def __init__(self, server: str, token: str, timeout_s: float = 60.0, http: Any = None) -> None:
+        self.server, self.token, self.timeout_s, self.http = server.rstrip("/"), token, timeout_s, http
 
     def _req(self, method: str, path: str, body: bytes | None = None, ctype: str = "application/json") -> Any:
-        req = urllib.request.Request(self.server + path, data=body, method=method,
-                                     headers={"Authorization": f"Bearer {self.token}", "Content-Type": ctype})
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": ctype}
+        if self.http is not None:
+            r = self.http.request(method, self.server + path, content=body, headers=headers)
+            if r.status_code >= 400:
+                try:
+                    msg = r.json().get("error") or r.reason_phrase
+                except ValueError:
+                    msg = r.reason_phrase
+                raise FleetError(f"fleet server refused {method} {path}: {r.status_code} {msg}")
+            return r.json()
+        req = urllib.request.Request(self.server + path, data=body, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
                 return json.loads(r.read())
