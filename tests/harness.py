@@ -297,8 +297,8 @@ class FleetProc:
 class FakeClock:
     """Time that moves only when a test says so (the fleet store's `clock`)."""
 
-    def __init__(self, start: float = 1.8e9) -> None:
-        self.now = start
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else start
 
     def __call__(self) -> float:
         return self.now
@@ -322,21 +322,21 @@ class FleetInProc:
         self.store = build_store(cfg)
         self.store.clock = self.clock
         self.app = create_app(cfg, self.store)
-        self._admin_http = TestClient(self.app, base_url=self.url)
+        self.http = TestClient(self.app, base_url=self.url)  # any request, as from outside
 
     def start(self) -> FleetInProc:
         return self
 
     def kill(self) -> None:  # the parked ticker is a daemon thread waiting on a 1e9 s timer
-        self._admin_http.close()
+        self.http.close()
 
     @property
     def admin(self) -> FleetClient:
-        return FleetClient(self.url, ADMIN, http=self._admin_http)
+        return FleetClient(self.url, ADMIN, http=self.http)
 
     def fleet_keys(self) -> TrustStore:
         t = TrustStore()
-        t.add(load_public(self._admin_http.get("/v1/keys/fleet.pub").content))
+        t.add(load_public(self.http.get("/v1/keys/fleet.pub").content))
         return t
 
     def client(self) -> httpx.AsyncClient:

@@ -16,7 +16,7 @@ def fleet(fleet_kit, tmp_path):
 
 
 @pytest.fixture
-def fleet_app(fleet_kit, tmp_path):
+def inproc_fleet(fleet_kit, tmp_path):
     """The same server's app in this process, on a fake clock that the test moves (harness.FleetInProc)."""
     f = FleetInProc(tmp_path / "fleet", [fleet_kit["pub"], fleet_kit["rogue_pub"]])
     yield f

@@ -82,8 +82,8 @@ async def on_base(fleet, kit, tmp_path, c, n=4, **kw):  # type: ignore[no-untype
 @pytest.mark.parametrize("bad, version, failing_step", [("noload", "1.2.0", "selftest"),
                                                         ("selftest", "1.3.0", "selftest"),
                                                         ("rogue", "1.4.0", "verify")])
-def test_a_bad_bundle_fails_the_canary_and_the_rollout_halts(fleet_app, fleet_kit, tmp_path, bad, version, failing_step):
-    fleet = fleet_app
+def test_a_bad_bundle_fails_the_canary_and_the_rollout_halts(inproc_fleet, fleet_kit, tmp_path, bad, version, failing_step):
+    fleet = inproc_fleet
     # Prepare: four devices on 1.0.0 and a bad bundle: its model does not load, or it fails its self-test,
     # or it is signed by a key the registry accepts but the devices were never given
     async def go():  # type: ignore[no-untyped-def]
@@ -103,8 +103,8 @@ def test_a_bad_bundle_fails_the_canary_and_the_rollout_halts(fleet_app, fleet_ki
     assert [on_verified_working_model(d, fleet_kit) for d in devs] == ["1.0.0"] * 4
 
 
-def test_health_gate_failure_rolls_installed_devices_back(fleet_app, fleet_kit, tmp_path):
-    fleet = fleet_app
+def test_health_gate_failure_rolls_installed_devices_back(inproc_fleet, fleet_kit, tmp_path):
+    fleet = inproc_fleet
     # Prepare: devices whose health check after the switch reports a 40% error rate (a model that loads
     # and passes its self-test but misbehaves on live data)
     fleet.admin.upload(fleet_kit["bundles"]["1.1.0"])
@@ -130,8 +130,8 @@ def test_health_gate_failure_rolls_installed_devices_back(fleet_app, fleet_kit, 
     assert sorted(sum(s == "switch" for s, _, _ in d.log) for d in devs) == [1, 1, 3, 3]
 
 
-def test_corrupted_and_truncated_downloads_are_refused(fleet_app, fleet_kit, tmp_path):
-    fleet = fleet_app
+def test_corrupted_and_truncated_downloads_are_refused(inproc_fleet, fleet_kit, tmp_path):
+    fleet = inproc_fleet
     # Prepare: the stored archive is damaged on the server's disk after upload
     async def go(damage):  # type: ignore[no-untyped-def]
         async with fleet.client() as c:
@@ -157,8 +157,8 @@ def test_corrupted_and_truncated_downloads_are_refused(fleet_app, fleet_kit, tmp
         assert on_verified_working_model(dev, fleet_kit) == "1.0.0"
 
 
-def test_an_interrupted_download_resumes_where_it_stopped(fleet_app, fleet_kit, tmp_path):
-    fleet = fleet_app
+def test_an_interrupted_download_resumes_where_it_stopped(inproc_fleet, fleet_kit, tmp_path):
+    fleet = inproc_fleet
     async def go():  # type: ignore[no-untyped-def]
         async with fleet.client() as c:
             devs = await on_base(fleet, fleet_kit, tmp_path, c, n=1)
@@ -177,8 +177,8 @@ def test_an_interrupted_download_resumes_where_it_stopped(fleet_app, fleet_kit, 
     assert dev.bytes_downloaded == size - size * 2 // 3
 
 
-def test_a_kept_partial_download_with_wrong_bytes_is_fetched_again_whole(fleet_app, fleet_kit, tmp_path):
-    fleet = fleet_app
+def test_a_kept_partial_download_with_wrong_bytes_is_fetched_again_whole(inproc_fleet, fleet_kit, tmp_path):
+    fleet = inproc_fleet
     async def go():  # type: ignore[no-untyped-def]
         async with fleet.client() as c:
             dev = (await on_base(fleet, fleet_kit, tmp_path, c, n=1))[0]
@@ -194,10 +194,10 @@ def test_a_kept_partial_download_with_wrong_bytes_is_fetched_again_whole(fleet_a
     assert dev.bytes_downloaded == (size - 4096) + size
 
 
-def test_a_device_silent_past_the_wave_timeout_halts_the_rollout_without_waiting_for_it(fleet_app, fleet_kit,
+def test_a_device_silent_past_the_wave_timeout_halts_the_rollout_without_waiting_for_it(inproc_fleet, fleet_kit,
                                                                                          tmp_path):
     """On the fake clock: ten minutes pass in a line, so the wave timeout is tested as it is configured."""
-    fleet = fleet_app
+    fleet = inproc_fleet
     fleet.admin.upload(fleet_kit["bundles"]["1.1.0"])
 
     async def go():  # type: ignore[no-untyped-def]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 
@@ -12,11 +13,15 @@ import pytest
 from edgewise.bundle.signing import canonical
 from edgewise.errors import SignatureError
 
-from ..harness import ADMIN, FleetProc, make_devices, run
+from ..harness import ADMIN, FleetInProc, make_devices, run
 from .test_rollouts import on_base, on_verified_working_model, poll_all
 
 
-def status(url: str, headers: dict | None = None, method: str = "GET", body: bytes | None = None) -> int:
+def status(url: str, headers: dict | None = None, method: str = "GET", body: bytes | None = None,
+           fleet=None) -> int:  # type: ignore[no-untyped-def]
+    """The status code of one request: over the wire, or to an in-process fleet (harness.FleetInProc)."""
+    if isinstance(fleet, FleetInProc):
+        return fleet.http.request(method, url, headers=headers or {}, content=body).status_code
     req = urllib.request.Request(url, headers=headers or {}, method=method, data=body)
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
@@ -25,9 +30,14 @@ def status(url: str, headers: dict | None = None, method: str = "GET", body: byt
         return e.code
 
 
-def test_unauthenticated_and_cross_device_requests_are_refused(fleet, fleet_kit, tmp_path):
+def test_unauthenticated_and_cross_device_requests_are_refused(inproc_fleet, fleet_kit, tmp_path):
+    fleet = inproc_fleet
+
+    def status(*a, **kw):  # type: ignore[no-untyped-def]
+        return globals()["status"](*a, **kw, fleet=fleet)
+
     async def go():  # type: ignore[no-untyped-def]
-        async with httpx.AsyncClient() as c:
+        async with fleet.client() as c:
             devs = await on_base(fleet, fleet_kit, tmp_path, c, n=1)
             other = (await make_devices(fleet, fleet_kit, tmp_path / "o", 1, "other", c))[0]
             return devs[0], other
@@ -63,9 +73,11 @@ def test_rate_limit_answers_429(fleet, fleet_kit, tmp_path):
     assert 429 in codes and codes[0] == 401
 
 
-def test_tampered_replayed_expired_and_downgrade_metadata_is_refused(fleet, fleet_kit, tmp_path):
+def test_tampered_replayed_expired_and_downgrade_metadata_is_refused(inproc_fleet, fleet_kit, tmp_path):
+    fleet = inproc_fleet
+
     async def go():  # type: ignore[no-untyped-def]
-        async with httpx.AsyncClient() as c:
+        async with fleet.client() as c:
             devs = await on_base(fleet, fleet_kit, tmp_path, c, n=1)
             dev = devs[0]
             r = await c.get(f"{fleet.url}/v1/device/assignment", headers=dev.ident.auth)
@@ -77,7 +89,7 @@ def test_tampered_replayed_expired_and_downgrade_metadata_is_refused(fleet, flee
             # Replayed: a newer assignment was seen, then the old (validly signed) one comes back
             fleet.admin.upload(fleet_kit["bundles"]["1.1.0"])
             fleet.admin.rollout("digits", "1.1.0", "cams", [100])
-            await poll_all(devs, rounds=2)
+            await poll_all(devs, fleet=fleet, rounds=2)
             assert dev.slots.state.version == "1.1.0"
             old = doc
 
@@ -90,6 +102,7 @@ def test_tampered_replayed_expired_and_downgrade_metadata_is_refused(fleet, flee
             dev.client = c
             # Downgrade: an ordinary (not rollback) assignment of 1.0.0 to a device on 1.1.0
             fleet.admin.rollout("digits", "1.0.0", "cams", [100])
+            fleet.tick()
             outcome = await dev.poll_once()
             return dev, outcome
 
@@ -98,17 +111,21 @@ def test_tampered_replayed_expired_and_downgrade_metadata_is_refused(fleet, flee
     assert on_verified_working_model(dev, fleet_kit) == "1.1.0"
 
 
-def test_expired_assignment_metadata_is_refused(fleet_kit, tmp_path):
-    fleet = FleetProc(tmp_path / "fleet", [fleet_kit["pub"]], ttl=-1).start()  # every assignment is born stale
-    try:
-        async def go():  # type: ignore[no-untyped-def]
-            async with httpx.AsyncClient() as c:
-                dev = (await make_devices(fleet, fleet_kit, tmp_path, 1, "cams", c))[0]
-                fleet.admin.upload(fleet_kit["bundles"]["1.0.0"])
-                fleet.admin.rollout("digits", "1.0.0", "cams", [100])
-                return dev, await dev.poll_once()
+def test_expired_assignment_metadata_is_refused(inproc_fleet, fleet_kit, tmp_path):
+    """Signed an hour and a second ago with a one-hour life (the fleet's clock is set back; the device's is not)."""
+    fleet = inproc_fleet
+    fleet.clock.now = time.time() - 3601
 
-        dev, outcome = run(go())
-    finally:
-        fleet.kill()
-    assert outcome == "refused" and "expired" in dev.log[-1][2] and dev.slots.state.version is None
+    async def go():  # type: ignore[no-untyped-def]
+        async with fleet.client() as c:
+            dev = (await make_devices(fleet, fleet_kit, tmp_path, 1, "cams", c))[0]
+            fleet.admin.upload(fleet_kit["bundles"]["1.0.0"])
+            fleet.admin.rollout("digits", "1.0.0", "cams", [100])
+            fleet.tick()
+            stale = await dev.poll_once()
+            fleet.clock.now = time.time() - 3500  # now signed 58 minutes ago: still valid
+            return dev, stale, await dev.poll_once()
+
+    dev, stale, fresh = run(go())
+    assert stale == "refused" and any("expired" in d for s, ok, d in dev.log if not ok), dev.log
+    assert fresh != "refused" and dev.slots.state.version == "1.0.0", dev.log
