@@ -99,7 +99,7 @@ def test_dp_run_clips_on_clients_adds_noise_and_states_its_epsilon(tmp_path):
 
 
 @pytest.mark.e2e
-def test_publish_goes_from_federated_training_to_a_signed_bundle_in_a_rollout(tmp_path, fleet_kit):  # noqa: F811
+def test_publish_goes_from_federated_training_to_a_signed_bundle_in_a_rollout(tmp_path, fleet_kit):
     # Prepare: a real fleet server that trusts the release key, and one enrolled device tag
     import json
     import subprocess
