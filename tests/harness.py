@@ -252,8 +252,11 @@ ADMIN = "test-admin-token"
 
 class FleetProc:
     def __init__(self, data_dir: Path, trust: list[Path], port: int | None = None, db: str | None = None,
-                 ttl: float = 3600, mqtt: str | None = None) -> None:
-        self.data_dir, self.trust, self.port, self.db, self.ttl = data_dir, trust, port or free_port(), db, ttl
+                 ttl: float = 3600, mqtt: str | None = None, workers: int | None = None) -> None:
+        self.data_dir, self.trust, self.port, self.ttl = data_dir, trust, port or free_port(), ttl
+        # EDGEWISE_TEST_FLEET_WORKERS=N runs every fleet server of the suite as N workers on PostgreSQL
+        self.workers = workers or int(os.environ.get("EDGEWISE_TEST_FLEET_WORKERS", "1"))
+        self.db = db or fresh_test_database()
         self.mqtt = mqtt
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -267,14 +270,29 @@ class FleetProc:
             args += ["--db", self.db]
         if self.mqtt:
             args += ["--mqtt", self.mqtt]
+        if self.workers > 1:
+            args += ["--workers", str(self.workers)]
         self.proc = spawn_until_healthy(args, self.url, "fleet server", {**os.environ, "EDGEWISE_ADMIN_TOKEN": ADMIN},
                                         timeout=30)
         return self
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            if self.workers > 1:  # the supervisor stops its workers on SIGTERM
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=10)
+                    return
+                except subprocess.TimeoutExpired:
+                    pass
             self.proc.kill()
             self.proc.wait()
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes of a `--workers N` server (children of the supervisor)."""
+        assert self.proc is not None
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(p) for p in path.read_text().split()]
 
     @property
     def admin(self) -> FleetClient:
@@ -292,6 +310,21 @@ class FleetProc:
 
     def tick(self) -> None:
         """A real server advances rollouts on its own ticker (every second)."""
+
+
+def fresh_test_database() -> str | None:
+    """A new database on the suite's PostgreSQL server when EDGEWISE_TEST_FLEET_DB names one, else None."""
+    server = os.environ.get("EDGEWISE_TEST_FLEET_DB")
+    if not server:
+        return None
+    import uuid
+
+    import psycopg
+
+    name = "t" + uuid.uuid4().hex[:12]
+    with psycopg.connect(server, autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name}")
+    return server.rsplit("/", 1)[0] + "/" + name
 
 
 class FakeClock:
@@ -318,7 +351,8 @@ class FleetInProc:
         from edgewise.fleet.server import ServerConfig, build_store, create_app
 
         self.data_dir, self.url, self.clock = data_dir, "http://fleet.test", FakeClock()
-        cfg = ServerConfig(data_dir=data_dir, trust=trust, admin_token=ADMIN, assignment_ttl_s=ttl, tick_s=1e9)
+        cfg = ServerConfig(data_dir=data_dir, trust=trust, admin_token=ADMIN, assignment_ttl_s=ttl, tick_s=1e9,
+                           db=fresh_test_database())
         self.store = build_store(cfg)
         self.store.clock = self.clock
         self.app = create_app(cfg, self.store)

@@ -167,13 +167,16 @@ HEADER_TIMEOUT_S = 10.0  # from the first byte (or the last response) to a reque
 
 
 def serve_http(app: Any, host: str, port: int, max_connections: int = 4096, idle_timeout_s: float = IDLE_TIMEOUT_S,
-               header_timeout_s: float = HEADER_TIMEOUT_S) -> None:
+               header_timeout_s: float = HEADER_TIMEOUT_S, sock: Any = None) -> None:
     """Run an ASGI app with uvicorn, hardened against idle and excess connections.
 
     uvicorn closes an idle keep-alive connection after `timeout_keep_alive`, but a connection that never
     sends a request at all is kept forever: 1,030 of them took every file descriptor and /health failed.
     Here a new connection gets the same timer until its request starts; the descriptor limit is raised to
     the hard limit; beyond `max_connections` new requests get a 503 instead of nothing.
+
+    `sock`: a listening socket to serve on instead of binding host:port (the workers of a pre-forked server
+    share one).
     """
     import logging
     import resource
@@ -221,6 +224,7 @@ def serve_http(app: Any, host: str, port: int, max_connections: int = 4096, idle
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     limit = min(max_connections, max(64, int(soft) - 128))
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, http=TimedH11,
-                timeout_keep_alive=max(1, round(idle_timeout_s)), limit_concurrency=limit,
-                h11_max_incomplete_event_size=64 * 1024)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, http=TimedH11,
+                            timeout_keep_alive=max(1, round(idle_timeout_s)), limit_concurrency=limit,
+                            h11_max_incomplete_event_size=64 * 1024)
+    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)

@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
 
 from edgewise.bundle.archive import pack
@@ -16,51 +10,6 @@ from edgewise.errors import FleetError
 from edgewise.fleet.db import Database
 from edgewise.fleet.store import FleetStore
 
-from ..harness import free_port
-
-
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (d / name).exists():
-            return str(d / name)
-    return None
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is missing in CI (.ci/run installs it)")
-        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
-    import tempfile
-
-    root = Path(tempfile.mkdtemp(prefix="edgewise-pg-"))  # not under pytest's 0700 root-owned tree
-    data, port = root / "data", free_port()
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        user = "postgres" if _has_user("postgres") else "nobody"
-        shutil.chown(root, user)
-        as_user = ["runuser", "-u", user, "--"]
-    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "edgewise", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
-    url = f"postgresql://edgewise@127.0.0.1:{port}/postgres"
-    yield url
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-    shutil.rmtree(root, ignore_errors=True)
-
-
-def _has_user(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-        return True
-    except KeyError:
-        return False
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -24,10 +24,14 @@ def fleet_serve(
     port: Annotated[int, typer.Option(help="HTTP port")] = 8700,
     assignment_ttl: Annotated[float, typer.Option(help="seconds before assignment metadata expires")] = 3600.0,
     mqtt: Annotated[str | None, typer.Option(help="MQTT broker HOST:PORT: notify devices of new assignments")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="server processes sharing the port; > 1 needs --db "
+                                                     "postgresql://... (all state lives there; a worker that dies "
+                                                     "is replaced)")] = 1,
 ) -> None:
     """Run the fleet server: admin API (/v1/admin), device API (/v1/device), web console at /.
 
     Example: edgewise fleet serve --data-dir /var/lib/edgewise-fleet --trust keys/release.pub --port 8700
+    Example: edgewise fleet serve --db postgresql://fleet@db/fleet --workers 4 --host 0.0.0.0
     """
     from edgewise.fleet.server import ServerConfig, _admin_token, serve
 
@@ -36,8 +40,9 @@ def fleet_serve(
     where = "$EDGEWISE_ADMIN_TOKEN" if os.environ.get("EDGEWISE_ADMIN_TOKEN") else str(data_dir / "admin.token")
     _admin_token(cfg)
     out.print(f"edgewise fleet on http://{host}:{port} (console at /); admin token in {where}; "
-              f"database {db or data_dir / 'fleet.db'}")
-    serve(cfg, host, port)
+              f"database {(db or str(data_dir / 'fleet.db')).split('@')[-1]}"
+              + (f"; {workers} workers" if workers > 1 else ""))
+    serve(cfg, host, port, workers)
 
 
 @fleet_app.command("upload")

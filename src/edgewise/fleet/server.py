@@ -7,7 +7,10 @@ import hmac
 import logging
 import os
 import secrets
+import signal
+import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -231,7 +234,8 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"ok": True, "db": store.db.kind, "refused": limiter.refused, "latency": limiter.latency(),
+        return {"ok": True, "db": store.db.kind, "db_connections": store.db.connections, "pid": os.getpid(),
+                "refused": limiter.refused, "latency": limiter.latency(),
                 "notifications": getattr(store.notify, "sent", None)}
 
     @app.get("/", response_class=HTMLResponse)
@@ -245,7 +249,81 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
     return limiter.middleware(app)
 
 
-def serve(cfg: ServerConfig, host: str = "127.0.0.1", port: int = 8700) -> None:
+def serve(cfg: ServerConfig, host: str = "127.0.0.1", port: int = 8700, workers: int = 1) -> None:
+    """Serve the fleet. `workers` > 1: that many server processes share one listening socket and one
+    PostgreSQL database (all state lives there); a worker that dies is replaced, and the others keep
+    serving meanwhile."""
     from edgewise.httplimits import serve_http
 
-    serve_http(create_app(cfg), host, port)
+    if workers <= 1:
+        serve_http(create_app(cfg), host, port)
+        return
+    if not (cfg.db or "").startswith(("postgresql://", "postgres://")):
+        raise FleetError("--workers > 1 needs a database the workers share: --db postgresql://... "
+                         "(SQLite serves one process)")
+    # what every worker would otherwise race to create: the fleet key, the admin token, the tables
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    if not (cfg.data_dir / "fleet.key").exists():
+        generate_keys(cfg.data_dir, "fleet")
+    _admin_token(cfg)
+    Database(cfg.db).close()  # type: ignore[arg-type]
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        raise FleetError(f"cannot listen on {host}:{port}: {e.strerror}") from e
+    sock.listen(2048)
+    Supervisor(lambda: serve_http(create_app(cfg), host, port, sock=sock), workers).run()
+
+
+class Supervisor:
+    """Pre-forked workers: each runs `target` in its own process; one that exits is started again until
+    the supervisor itself is told to stop (SIGTERM or SIGINT), when every worker is stopped too."""
+
+    def __init__(self, target: Any, workers: int) -> None:
+        self.target, self.workers = target, workers
+        self.children: dict[int, int] = {}  # pid -> worker number
+        self.stopping = False
+
+    def _spawn(self, n: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 0
+            try:
+                self.target()
+            except BaseException:  # noqa: BLE001 - reported, then the supervisor starts another
+                log.exception("fleet worker %d failed", n)
+                code = 1
+            finally:
+                os._exit(code)
+        self.children[pid] = n
+
+    def _stop(self, *_: Any) -> None:
+        self.stopping = True
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        for n in range(self.workers):
+            self._spawn(n)
+        log.info("fleet: %d workers (pids %s)", self.workers, ", ".join(map(str, self.children)))
+        while self.children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            n = self.children.pop(pid, None)
+            if n is not None and not self.stopping:
+                log.warning("fleet worker %d (pid %d) exited (status %d); starting another", n, pid, status)
+                time.sleep(0.2)  # a worker that cannot start must not spin
+                self._spawn(n)

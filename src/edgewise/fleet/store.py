@@ -148,10 +148,11 @@ class FleetStore:
         """Trade a one-time token for a device id and secret (only the secret's hash is kept)."""
         device_id, secret = uuid.uuid4().hex, secrets.token_urlsafe(32)
         with self.db.tx() as t:
-            rows = t.query("SELECT tags, expires, used_by FROM enroll_tokens WHERE token_hash=?", (_hash(token),))
-            if not rows or rows[0][2] is not None or rows[0][1] < self.clock():
+            # claimed in one statement: two server processes given the same token cannot both enrol with it
+            if not t.execute("UPDATE enroll_tokens SET used_by=? WHERE token_hash=? AND used_by IS NULL AND "
+                             "expires >= ?", (device_id, _hash(token), self.clock())):
                 raise FleetError("enrolment token unknown, already used or expired")
-            t.execute("UPDATE enroll_tokens SET used_by=? WHERE token_hash=?", (device_id, _hash(token)))
+            rows = t.query("SELECT tags FROM enroll_tokens WHERE token_hash=?", (_hash(token),))
             t.execute("INSERT INTO devices VALUES (?,?,?,?,?,?,?,?,?)",
                       (device_id, name[:200], _hash(secret), rows[0][0], self.clock(), self.clock(), None, None,
                        "enrolled"))
@@ -308,8 +309,10 @@ class FleetStore:
 
     def _tick(self, rid: str) -> bool:
         with self.db.tx() as t:
+            # locked till this transaction ends: another server process ticking the same rollout waits, then
+            # sees the wave this one started (a wave is never judged or advanced twice)
             row = t.query("SELECT model, version, selector, waves, gate, auto_rollback, state, wave, wave_started "
-                          "FROM rollouts WHERE id=?", (rid,))
+                          "FROM rollouts WHERE id=?" + t.for_update, (rid,))
             if not row or row[0][6] != "running":
                 return False
             model, version, selector, waves, gate, auto_rb, _, wave, started = row[0]
