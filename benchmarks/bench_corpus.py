@@ -191,7 +191,8 @@ def runtimes_section(rows: list[dict], args: argparse.Namespace) -> None:
                      *[f"{ms['ORT fp32'] / ms[p]:.2f}x ({fid[p] * 100:.0f}%)" if p in ms else "-"
                        for p in ["chosen", *peers[1:]]],
                      f"**{ratio:.2f}x** ({best})"])
-    md = (f"Machine: {machine()}; CPU flags: {cpu_flags()}. `optimize --target {args.target} --time-budget "
+    md = (f"## Runtime choice ({args.target}): ONNX Runtime or OpenVINO, by measurement\n\n"
+          f"Machine: {machine()}; CPU flags: {cpu_flags()}. `optimize --target {args.target} --time-budget "
           f"{args.time_budget:g}` per model: the search measures ONNX Runtime and OpenVINO candidates in one "
           "interleaved run and keeps the fastest within tolerance. Then every deployment is measured again side by "
           "side (batch 1, one thread, median of 200 interleaved runs); speed = ORT fp32 ms / its ms. ORT tuned "

@@ -3,6 +3,9 @@ bundle from a real fleet server process in waves 1% -> 10% -> 50% -> 100%; plus 
 resumed with HTTP Range.
 
 Run: .venv/bin/python benchmarks/bench_fleet.py [--devices N]   (writes the 'fleet' section of RESULTS.md)
+     .venv/bin/python benchmarks/bench_fleet.py --workers 2 --postgresql --shards 2
+         (several server processes on a PostgreSQL started here, devices simulated in several processes;
+          writes the 'fleet-workers' section)
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ from edgewise.agent.ota.updater import Updater, enroll  # noqa: E402
 from edgewise.bundle import Manifest, write_bundle  # noqa: E402
 from edgewise.bundle.selftest import add_golden  # noqa: E402
 from edgewise.bundle.signing import TrustStore, generate_keys, load_private, load_public, sign_bundle  # noqa: E402
-from edgewise.sim.fleet import device_client, enroll_fleet, run_until  # noqa: E402
-from tests.harness import ADMIN, FleetProc  # noqa: E402
+from edgewise.sim.fleet import device_client, enroll_fleet, run_sharded, run_until  # noqa: E402
+from tests.harness import ADMIN, FleetProc, start_postgres  # noqa: E402
 
 HIDDEN = 18_500  # (64 + 10) x 18,500 fp32 weights: a 5.5 MB model, a 5.1 MB archive
 
@@ -136,24 +139,169 @@ async def resume(fleet: FleetProc, kit: Path) -> list[list[str]]:
                                                                f"{cut.bytes_downloaded / whole.bytes_downloaded:.3f}x"]]
 
 
+def server_cpu(fleet: FleetProc) -> float:
+    """CPU seconds of the server: the supervisor and its workers (live ones; a replaced one's are lost)."""
+    pids = [fleet.proc.pid] + (fleet.worker_pids() if fleet.workers > 1 else [])
+    return sum(cpu_seconds(p) for p in pids)
+
+
+def per_worker_health(fleet: FleetProc, tries: int = 40) -> dict[int, dict]:
+    """Each worker's /health (a new connection each time lands on whichever worker accepts it)."""
+    seen: dict[int, dict] = {}
+    want = max(1, fleet.workers)
+    for _ in range(tries):
+        h = httpx.get(f"{fleet.url}/health", headers={"Connection": "close"}).json()
+        seen[h["pid"]] = h
+        if len(seen) >= want:
+            break
+    return seen
+
+
+def _server_rows(fleet: FleetProc, what: str) -> list[list[str]]:
+    rows = []
+    for pid, h in sorted(per_worker_health(fleet).items()):
+        lat = h["latency"].get(what) or {}
+        if lat:
+            rows.append([f"{'device API' if what == 'device' else 'downloads'} at the server, worker {pid}: p50 / p99",
+                         f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} ms ({lat['n']:,} requests; "
+                         f"{h.get('db_connections')} database connections)"])
+    return rows
+
+
+def sharded_rollout(fleet: FleetProc, kit: Path, n: int, shards: int, poll_s: float,
+                    kill_worker: bool = False) -> list[list[str]]:
+    """The same rollout with the devices split over `shards` simulator processes; the time each wave
+    started; with `kill_worker`, one server worker is killed (SIGKILL) when the third wave starts."""
+    import signal
+    import threading
+
+    fleet.admin.upload(kit / "b110")
+    cpu, rid, waves, killed = [0.0], [], {}, []
+    stop = threading.Event()
+
+    def start() -> str:
+        cpu[0] = server_cpu(fleet)
+        rid.append(fleet.admin.rollout("wide", "1.1.0", "sim", [1, 10, 50, 100], gate={"wave_timeout_s": 120})["id"])
+        waves[0] = time.perf_counter()
+        threading.Thread(target=watch, daemon=True).start()
+        return rid[0]
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                w = fleet.admin.get_rollout(rid[0])["wave"]
+            except Exception:  # noqa: BLE001 - a worker being replaced: ask again
+                w = -1
+            if w >= 0 and w not in waves:
+                waves[w] = time.perf_counter()
+                if kill_worker and w == 2 and not killed:
+                    killed.append(fleet.worker_pids()[0])
+                    os.kill(killed[0], signal.SIGKILL)
+            time.sleep(0.2)
+
+    t = time.perf_counter()
+    res = run_sharded(fleet.url, ADMIN, n, shards, "sim", kit / "devices", [kit / "release.pub"], start,
+                      poll_s=poll_s)
+    stop.set()
+    end = time.perf_counter()
+    took, used = res["took"], server_cpu(fleet) - cpu[0]
+    final = fleet.admin.get_rollout(rid[0])
+    starts = [waves[w] for w in sorted(waves)] + [end]
+    per_wave = ", ".join(f"{b - a:.1f}" for a, b in zip(starts, starts[1:]))
+    api, dl = np.asarray(res["api_ms"]), np.asarray(res["download_ms"])
+    rows = [["devices, simulator processes, server workers", f"{n:,}, {shards}, {fleet.workers}"],
+            ["database", "PostgreSQL" if fleet.db else "SQLite"],
+            ["enrolment (all simulator processes)", f"{end - t - took:.1f} s"],
+            [f"rollout 1% -> 10% -> 50% -> 100% (each device polls every ~{poll_s:g} s)",
+             f"{took:.1f} s to 100% installed, state {final['state']}"],
+            ["time per wave (1%, 10%, 50%, 100%)", f"{per_wave} s"],
+            ["devices on the new version / failed", f"{res['versions'].get('1.1.0', 0):,} / "
+                                                    f"{final['devices'].get('failed', 0)}"],
+            ["fleet server CPU during the rollout (supervisor and live workers)",
+             f"{used:.1f} s ({used / took * 100:.0f}% of one core; {used / n * 1000:.1f} s per 1,000 devices)"]]
+    if kill_worker:
+        rows.append(["a worker killed (SIGKILL) when the third wave started", f"pid {killed[0] if killed else '-'}; "
+                     f"replaced by the supervisor; assignments for the rollout: "
+                     f"{final['devices']} (one per device)"])
+    rows += _server_rows(fleet, "device") + _server_rows(fleet, "download")
+    rows += [["device API seen by the devices p50 / p99 (incl. the simulators' own queueing)",
+              f"{np.percentile(api, 50):.1f} / {np.percentile(api, 99):.1f} ms ({len(api):,} calls)"],
+             ["download to first byte seen by the devices p50 / p99",
+              f"{np.percentile(dl, 50):.1f} / {np.percentile(dl, 99):.1f} ms"],
+             ["steps that failed on the devices", str(res["errors"])]]
+    return rows
+
+
+def steady(fleet: FleetProc, kit: Path, n: int, shards: int, poll_s: float, seconds: float) -> list[list[str]]:
+    """`n` devices polling every ~poll_s (jittered) for `seconds`, nothing to install: what the server holds."""
+    cpu = [0.0]
+
+    def start() -> float:
+        cpu[0] = server_cpu(fleet)
+        return seconds
+
+    t = time.perf_counter()
+    res = run_sharded(fleet.url, ADMIN, n, shards, "steady", kit / "devices", [kit / "release.pub"], start,
+                      poll_s=poll_s, timeout_s=seconds + 120)
+    took, used = res["took"], server_cpu(fleet) - cpu[0]
+    api = np.asarray(res["api_ms"])
+    return ([["devices, simulator processes, server workers", f"{n:,}, {shards}, {fleet.workers}"],
+             ["database", "PostgreSQL" if fleet.db else "SQLite"],
+             ["enrolment", f"{time.perf_counter() - t - took:.1f} s"],
+             [f"steady polling, each device every ~{poll_s:g} s with jitter, for", f"{took:.0f} s"],
+             ["requests held", f"{len(api) / took:,.0f}/s ({len(api):,} calls)"],
+             ["fleet server CPU", f"{used:.1f} s ({used / took * 100:.0f}% of one core)"]]
+            + _server_rows(fleet, "device")
+            + [["seen by the devices p50 / p99", f"{np.percentile(api, 50):.1f} / {np.percentile(api, 99):.1f} ms"],
+               ["errors on the devices", str(res["errors"])]])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--poll", type=float, default=5.0, help="seconds between a device's polls (jittered)")
+    ap.add_argument("--workers", type=int, default=1, help="fleet server processes (> 1 needs --postgresql)")
+    ap.add_argument("--postgresql", action="store_true", help="start a PostgreSQL server here and use it")
+    ap.add_argument("--shards", type=int, default=1, help="simulator processes the devices are split over")
+    ap.add_argument("--kill-worker", action="store_true", help="kill one server worker when the third wave starts")
+    ap.add_argument("--steady", type=float, default=0, help="no rollout: every device polls for this many seconds")
     args = ap.parse_args()
     kit = Path(tempfile.mkdtemp(prefix="edgewise-fleet-bench-"))
-    fleet = None
+    fleet, stop_pg = None, None
     try:
         generate_keys(kit, "release")
         big_bundle(kit / "b110", "1.1.0", kit / "release.key")
-        fleet = FleetProc(kit / "server", [kit / "release.pub"]).start()
-        rows = asyncio.run(rollout(fleet, kit, args.devices, args.poll))
-        shutil.rmtree(kit / "devices", ignore_errors=True)
-        res = asyncio.run(resume(fleet, kit))
+        db = None
+        if args.postgresql:
+            db, stop_pg = start_postgres()
+        fleet = FleetProc(kit / "server", [kit / "release.pub"], db=db, workers=args.workers).start()
+        if args.steady:
+            rows = steady(fleet, kit, args.devices, args.shards, args.poll, args.steady)
+            res = None
+        elif args.workers > 1 or args.shards > 1 or args.postgresql:
+            rows = sharded_rollout(fleet, kit, args.devices, args.shards, args.poll, args.kill_worker)
+            res = None
+        else:
+            rows = asyncio.run(rollout(fleet, kit, args.devices, args.poll))
+            shutil.rmtree(kit / "devices", ignore_errors=True)
+            res = asyncio.run(resume(fleet, kit))
     finally:
         if fleet is not None:
             fleet.kill()
+        if stop_pg is not None:
+            stop_pg()
         shutil.rmtree(kit, ignore_errors=True)
+    if res is None:
+        title = ("steady polling" if args.steady else "rollout" + (", a worker killed mid-way" if args.kill_worker else ""))
+        md = (f"## Fleet at scale: {args.workers} workers, {args.shards} simulator processes, {title}\n\n"
+              f"Machine: {machine()}. `fleet serve --workers {args.workers}`"
+              + (" on a PostgreSQL server started here" if args.postgresql else "")
+              + f"; the devices (the real updater, as asyncio tasks) split over {args.shards} simulator processes "
+              "(`sim.fleet.run_sharded`); all on the same 2 cores over loopback.\n\n" + table(["measure", "value"], rows))
+        print(md)
+        section = ("fleet-steady" if args.steady else "fleet-workers") + f"-w{args.workers}"
+        write_section(section + ("-kill" if args.kill_worker else ""), md)
+        return
     md = (f"## Fleet: OTA rollout to simulated devices\n\nMachine: {machine()}. One fleet server process "
           "(uvicorn, SQLite) and one process running every device as an asyncio task with the real updater "
           "(enrol, signed assignment, download, sha256, unpack, Ed25519 verification, ONNX Runtime self-test on "

@@ -178,7 +178,7 @@ def record(json_files: list[Path]) -> None:
     same = [r["model"] for r in ok if r["chosen"] == "baseline-fp32"]
     spread = [r["ms"]["CUDA fp32"] / r["ms"]["chosen"] for r in ok if r["chosen"] == "baseline-fp32"]
     budgets = ", ".join(f"run {k + 1}: {run_['machine']['time_budget_s']:g} s" for k, run_ in enumerate(runs))
-    md = (f"GPU machine: {info['gpu']}; {info['cpu']}, {info['cores']} cores, CPU flags: {info['cpu_flags']}; Python "
+    md = (f"## GPU: the search on ONNX Runtime's CUDA provider (jetson-orin)\n\nGPU machine: {info['gpu']}; {info['cpu']}, {info['cores']} cores, CPU flags: {info['cpu_flags']}; Python "
           f"{info['python']}, onnxruntime {info['onnxruntime']}. `optimize --target jetson-orin` per model "
           f"(time budget {budgets}; no memory probe): the search measures every candidate on the first of "
           "TensorRT, CUDA, CPU that starts here (TensorRT did not: no libnvinfer). Then every deployment is measured "

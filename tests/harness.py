@@ -19,6 +19,7 @@ import urllib.request
 import wave
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -113,6 +114,51 @@ def wait_for(cond, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-de
             return
         time.sleep(0.1)
     raise AssertionError("condition not reached in time")
+
+
+# ---- PostgreSQL ---------------------------------------------------------------------------------------------
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (d / name).exists():
+            return str(d / name)
+    return None
+
+
+def start_postgres() -> tuple[str, Any]:
+    """A real PostgreSQL server on a free loopback port: (its URL, a function that stops it and removes its
+    files). FileNotFoundError when the server binaries are not installed."""
+    import pwd
+    import tempfile
+
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        raise FileNotFoundError("PostgreSQL server binaries (initdb, pg_ctl)")
+    root = Path(tempfile.mkdtemp(prefix="edgewise-pg-"))  # not under pytest's 0700 root-owned tree
+    data, port = root / "data", free_port()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        try:
+            pwd.getpwnam("postgres")
+            user = "postgres"
+        except KeyError:
+            user = "nobody"
+        shutil.chown(root, user)
+        as_user = ["runuser", "-u", user, "--"]
+    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "edgewise", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200", "start"],
+                   check=True, capture_output=True)
+
+    def stop() -> None:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+    return f"postgresql://edgewise@127.0.0.1:{port}/postgres", stop
 
 
 # ---- fixtures built once per test run -----------------------------------------------------------------------

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import os
-import pwd
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 
-from ..harness import FleetInProc, FleetProc, free_port
+from ..harness import FleetInProc, FleetProc, start_postgres
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -38,49 +34,17 @@ def inproc_fleet(fleet_kit, tmp_path):
     f.kill()
 
 
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (d / name).exists():
-            return str(d / name)
-    return None
-
-
 @pytest.fixture(scope="session")
 def postgres_url():
     """A real PostgreSQL server, started for this test run (one per xdist worker)."""
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not initdb or not pg_ctl:
+    try:
+        url, stop = start_postgres()
+    except FileNotFoundError:
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL is missing in CI (.ci/run installs it)")
         pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
-    import tempfile
-
-    root = Path(tempfile.mkdtemp(prefix="edgewise-pg-"))  # not under pytest's 0700 root-owned tree
-    data, port = root / "data", free_port()
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        user = "postgres" if _has_user("postgres") else "nobody"
-        shutil.chown(root, user)
-        as_user = ["runuser", "-u", user, "--"]
-    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "edgewise", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
-    url = f"postgresql://edgewise@127.0.0.1:{port}/postgres"
     yield url
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-    shutil.rmtree(root, ignore_errors=True)
-
-
-def _has_user(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-        return True
-    except KeyError:
-        return False
+    stop()
 
 
 @pytest.fixture

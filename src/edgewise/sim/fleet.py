@@ -87,3 +87,89 @@ async def run_until(fleet: Fleet, done: Any, poll_s: float = 2.0, timeout_s: flo
 
     await asyncio.gather(watch(), *(device(d) for d in fleet.devices))
     return time.perf_counter() - t0
+
+
+def _shard(server: str, admin_token: str, idx: int, n: int, tag: str, root: Path, release: list[Path],
+           poll_s: float, timeout_s: float, conn: Any) -> None:
+    """One simulator process: enrol `n` devices, say so, wait for the rollout id, poll until the rollout ends;
+    send back how long it took, the versions the devices ended on, and what the devices saw (latency)."""
+    lat: dict[str, list[float]] = {"api": [], "download": []}
+
+    async def on_request(req: httpx.Request) -> None:
+        req.extensions["t0"] = time.perf_counter()
+
+    async def on_response(resp: httpx.Response) -> None:
+        kind = "download" if "/bundles/" in resp.request.url.path else "api"
+        lat[kind].append((time.perf_counter() - resp.request.extensions["t0"]) * 1e3)
+
+    async def main() -> dict[str, Any]:
+        hooks = {"request": [on_request], "response": [on_response]}
+        sim = await enroll_fleet(server, admin_token, n, tag, root / f"shard-{idx}", release,
+                                 lambda: device_client(event_hooks=hooks))
+        lat["api"].clear()
+        conn.send(("enrolled", idx))
+        rid = await asyncio.to_thread(conn.recv)
+        admin = FleetClient(server, admin_token)
+        if isinstance(rid, str):  # a rollout: until it ends
+            took = await run_until(sim, lambda: admin.get_rollout(rid)["state"] != "running", poll_s, timeout_s)
+        else:  # steady polling for that many seconds
+            end = time.monotonic() + float(rid)
+            took = await run_until(sim, lambda: time.monotonic() > end, poll_s, timeout_s)
+        await sim.close()
+        errors = sum(1 for d in sim.devices for _, ok, _ in d.log if not ok)
+        return {"took": took, "versions": sim.versions(), "api_ms": lat["api"], "download_ms": lat["download"],
+                "errors": errors}
+
+    try:
+        conn.send(("done", asyncio.run(main())))
+    except BaseException as e:  # noqa: BLE001 - the parent reports it
+        conn.send(("error", f"shard {idx}: {type(e).__name__}: {e}"))
+
+
+def run_sharded(server: str, admin_token: str, n: int, shards: int, tag: str, root: Path, release: list[Path],
+                start_rollout: Any, poll_s: float = 2.0, timeout_s: float = 600.0) -> dict[str, Any]:
+    """`n` devices split over `shards` simulator processes, so one Python process is not what limits a
+    large rollout. All enrol first; then `start_rollout()` runs: it returns the rollout id, and every device
+    polls until the rollout ends; or a number of seconds, and every device polls that long. Returns the
+    seconds it took, the versions the devices ended on, the device-side latencies (ms) of the API calls and
+    the downloads, and how many steps failed on the devices (`errors`)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    pipes, procs = [], []
+    per = [n // shards + (i < n % shards) for i in range(shards)]
+    for i, k in enumerate(per):
+        parent, child = ctx.Pipe()
+        p = ctx.Process(target=_shard, args=(server, admin_token, i, k, f"{tag}", root, release, poll_s, timeout_s,
+                                             child), daemon=True)
+        p.start()
+        pipes.append(parent)
+        procs.append(p)
+    try:
+        for c in pipes:
+            kind, what = c.recv()
+            if kind != "enrolled":
+                raise RuntimeError(what)
+        t0 = time.perf_counter()
+        rid = start_rollout()
+        for c in pipes:
+            c.send(rid)
+        results = []
+        for c in pipes:
+            kind, what = c.recv()
+            if kind != "done":
+                raise RuntimeError(what)
+            results.append(what)
+        took = time.perf_counter() - t0
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    versions: dict[str | None, int] = {}
+    for r in results:
+        for v, k in r["versions"].items():
+            versions[v] = versions.get(v, 0) + k
+    return {"took": took, "versions": versions, "api_ms": [x for r in results for x in r["api_ms"]],
+            "download_ms": [x for r in results for x in r["download_ms"]],
+            "errors": sum(r["errors"] for r in results)}
