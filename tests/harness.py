@@ -298,8 +298,10 @@ ADMIN = "test-admin-token"
 
 class FleetProc:
     def __init__(self, data_dir: Path, trust: list[Path], port: int | None = None, db: str | None = None,
-                 ttl: float = 3600, mqtt: str | None = None, workers: int | None = None) -> None:
+                 ttl: float = 3600, mqtt: str | None = None, workers: int | None = None,
+                 bundle_url: str | None = None) -> None:
         self.data_dir, self.trust, self.port, self.ttl = data_dir, trust, port or free_port(), ttl
+        self.bundle_url = bundle_url
         # EDGEWISE_TEST_FLEET_WORKERS=N runs every fleet server of the suite as N workers on PostgreSQL
         self.workers = workers or int(os.environ.get("EDGEWISE_TEST_FLEET_WORKERS", "1"))
         self.db = db or fresh_test_database()
@@ -318,6 +320,8 @@ class FleetProc:
             args += ["--mqtt", self.mqtt]
         if self.workers > 1:
             args += ["--workers", str(self.workers)]
+        if self.bundle_url:
+            args += ["--bundle-url", self.bundle_url]
         self.proc = spawn_until_healthy(args, self.url, "fleet server", {**os.environ, "EDGEWISE_ADMIN_TOKEN": ADMIN},
                                         timeout=30)
         return self
@@ -391,14 +395,14 @@ class FleetInProc:
     transport, the admin through Starlette's TestClient, and rollouts advance when the test ticks them
     (the background ticker is parked), so a wave timeout takes no waiting and nothing depends on timing."""
 
-    def __init__(self, data_dir: Path, trust: list[Path], ttl: float = 3600) -> None:
+    def __init__(self, data_dir: Path, trust: list[Path], ttl: float = 3600, bundle_url: str | None = None) -> None:
         from starlette.testclient import TestClient
 
         from edgewise.fleet.server import ServerConfig, build_store, create_app
 
         self.data_dir, self.url, self.clock = data_dir, "http://fleet.test", FakeClock()
         cfg = ServerConfig(data_dir=data_dir, trust=trust, admin_token=ADMIN, assignment_ttl_s=ttl, tick_s=1e9,
-                           db=fresh_test_database())
+                           db=fresh_test_database(), bundle_url=bundle_url)
         self.store = build_store(cfg)
         self.store.clock = self.clock
         self.app = create_app(cfg, self.store)

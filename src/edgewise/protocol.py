@@ -37,8 +37,22 @@ def parse_device_auth(header: str) -> tuple[str, str] | None:
     return (device_id, secret) if device_id and secret else None
 
 
-def bundle_url(base_url: str, sha256: str) -> str:
+def bundle_url(base_url: str, sha256: str, static: str | None = None) -> str:
+    """Where a device fetches a bundle: the fleet's own device route (authenticated), or `static`: a file
+    server's base URL (or a path on the fleet server, like /bundles) holding `<sha256>.tar` files."""
+    if static:
+        root = static if "://" in static else base_url.rstrip("/") + "/" + static.strip("/")
+        return f"{root.rstrip('/')}/{sha256}.tar"
     return f"{base_url.rstrip('/')}{BUNDLES}{sha256}"
+
+
+def same_origin(url: str, server: str) -> bool:
+    """A URL on the fleet server itself (scheme, host and port): only there does a device send its
+    credential. A bundle on a file server needs none; it is verified on the device."""
+    from urllib.parse import urlsplit
+
+    a, b = urlsplit(url), urlsplit(server)
+    return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
 
 
 # ---- the signed assignment --------------------------------------------------------------------------
@@ -63,4 +77,4 @@ def field_type_error(doc: dict[str, Any]) -> str | None:
 
 __all__ = ["ASSIGNED_FIELDS", "ASSIGNMENT", "ASSIGNMENT_FIELDS", "BUNDLES", "ENROLL", "FLEET_KEY", "NOTIFY_PAYLOAD",
            "NOTIFY_TOPIC", "REPORT", "SETTLING_STEPS", "STEPS", "bundle_url", "device_auth", "field_type_error",
-           "parse_device_auth"]
+           "parse_device_auth", "same_origin"]

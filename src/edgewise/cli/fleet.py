@@ -27,6 +27,11 @@ def fleet_serve(
     workers: Annotated[int, typer.Option(min=1, help="server processes sharing the port; > 1 needs --db "
                                                      "postgresql://... (all state lives there; a worker that dies "
                                                      "is replaced)")] = 1,
+    bundle_url: Annotated[str | None, typer.Option(help="where devices fetch bundles: a file server's base URL "
+                                                        "(nginx, a CDN) holding DATA_DIR/models/<sha256>.tar, or "
+                                                        "a path like /bundles to serve them here as static files; "
+                                                        "no credential is sent there (devices verify what they "
+                                                        "get). Default: the authenticated device route")] = None,
 ) -> None:
     """Run the fleet server: admin API (/v1/admin), device API (/v1/device), web console at /.
 
@@ -35,7 +40,8 @@ def fleet_serve(
     """
     from edgewise.fleet.server import ServerConfig, _admin_token, serve
 
-    cfg = ServerConfig(data_dir=data_dir, db=db, trust=list(trust or []), assignment_ttl_s=assignment_ttl, mqtt=mqtt)
+    cfg = ServerConfig(data_dir=data_dir, db=db, trust=list(trust or []), assignment_ttl_s=assignment_ttl, mqtt=mqtt,
+                       bundle_url=bundle_url)
     data_dir.mkdir(parents=True, exist_ok=True)
     where = "$EDGEWISE_ADMIN_TOKEN" if os.environ.get("EDGEWISE_ADMIN_TOKEN") else str(data_dir / "admin.token")
     _admin_token(cfg)

@@ -40,10 +40,15 @@ class ServerConfig:
     assignment_ttl_s: float = 3600.0
     tick_s: float = 1.0
     mqtt: str | None = None  # HOST:PORT: devices are told on edgewise/fleet/<device_id> when to poll
+    # Bundles off the device route: a file server's base URL (nginx, a CDN) holding DATA_DIR/models/<sha>.tar,
+    # or a path ("/bundles") where this server serves them as static files (Range, ETag, If-None-Match).
+    # Either way unauthenticated: a device verifies what it downloads (sha256 and signatures).
+    bundle_url: str | None = None
     limits: dict[str, Limit] = field(default_factory=lambda: {
         "admin": Limit(200, 400, 1 << 30), "device": Limit(20, 60, 64 << 10),
         "enroll": Limit(500, 2000, 4 << 10),
-        "download": Limit(5, 20, 4 << 10), "public": Limit(50, 100, 4 << 10)})
+        "download": Limit(5, 20, 4 << 10), "public": Limit(50, 100, 4 << 10),
+        "static": Limit(2000, 5000, 4 << 10)})
 
 
 def _admin_token(cfg: ServerConfig) -> str:
@@ -77,7 +82,8 @@ def build_store(cfg: ServerConfig) -> FleetStore:
         generate_keys(cfg.data_dir, "fleet")
     trust = TrustStore.load(cfg.trust) if cfg.trust else None
     db = Database(cfg.db or str(cfg.data_dir / "fleet.db"))
-    store = FleetStore(db, cfg.data_dir, load_private(cfg.data_dir / "fleet.key"), trust, cfg.assignment_ttl_s)
+    store = FleetStore(db, cfg.data_dir, load_private(cfg.data_dir / "fleet.key"), trust, cfg.assignment_ttl_s,
+                       bundle_url=cfg.bundle_url)
     if cfg.mqtt:
         from edgewise.fleet.notify import MqttNotifier
 
@@ -97,7 +103,14 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
         cred = protocol.parse_device_auth(got)
         return cred[0] if cred and store.authenticate(*cred) else None
 
-    limiter = Limiter(cfg.limits, _classify, identify)
+    static = "/" + cfg.bundle_url.strip("/") if cfg.bundle_url and "://" not in cfg.bundle_url else None
+    if static and static.startswith(("/v1/", "/health")) or static == "/":
+        raise FleetError(f"--bundle-url {cfg.bundle_url} would hide the server's own routes; use e.g. /bundles")
+
+    def classify(path: str) -> str:
+        return "static" if static and path.startswith(static + "/") and "static" in cfg.limits else _classify(path)
+
+    limiter = Limiter(cfg.limits, classify, identify)
     stop = threading.Event()
 
     def ticker() -> None:
@@ -246,6 +259,11 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
     def _stop() -> None:
         stop.set()
 
+    if static:  # content-addressed archives: Range for resumes, ETag and If-None-Match from Starlette
+        from starlette.staticfiles import StaticFiles
+
+        (cfg.data_dir / "models").mkdir(parents=True, exist_ok=True)
+        app.mount(static, StaticFiles(directory=str(cfg.data_dir / "models")), name="bundles")
     return limiter.middleware(app)
 
 

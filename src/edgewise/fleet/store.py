@@ -69,6 +69,9 @@ class FleetStore:
     trust: TrustStore | None = None  # release keys whose bundle signatures the registry accepts
     assignment_ttl_s: float = 3600.0
     clock: Any = field(default=time.time)
+    # where devices fetch bundles: None = the authenticated device route; else a file server's base URL, or
+    # a path on this server where the archives are served as static files (`<sha256>.tar`)
+    bundle_url: str | None = None
     # Polls are the most frequent request: their last-seen time is kept here and written once a tick,
     # not one fsynced transaction per poll.
     _seen: dict[str, float] = field(default_factory=dict)
@@ -190,7 +193,7 @@ class FleetStore:
             m = self.model(model, version)
             body.update({"serial": serial, "rollout_id": rollout_id, "model": model, "version": version,
                          "rollback": bool(rollback), "sha256": m["sha256"], "size": m["size"],
-                         "url": bundle_url(base_url, m["sha256"])})
+                         "url": bundle_url(base_url, m["sha256"], self.bundle_url)})
         else:
             body["serial"] = 0
         return {"assignment": body, "signature": sign_bytes(self.fleet_key, canonical(body))}

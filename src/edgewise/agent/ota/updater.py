@@ -32,7 +32,7 @@ from edgewise.bundle.version import older
 from edgewise.bundle.version import parse as parse_version
 from edgewise.errors import AgentError, EdgewiseError
 from edgewise.fsutil import fsync_tree
-from edgewise.protocol import ASSIGNMENT, ENROLL, REPORT, device_auth, field_type_error
+from edgewise.protocol import ASSIGNMENT, ENROLL, REPORT, device_auth, field_type_error, same_origin
 
 log = logging.getLogger("edgewise.agent.ota.updater")
 
@@ -277,7 +277,8 @@ class Updater:
             if have > size:
                 part.unlink()
                 have = 0
-            headers = dict(self.ident.auth)
+            # the credential goes to the fleet server only, never to a file server or CDN
+            headers = dict(self.ident.auth) if same_origin(a["url"], self.ident.server) else {}
             if have:
                 headers["Range"] = f"bytes={have}-"
             try:
