@@ -162,7 +162,8 @@ def _server_rows(fleet: FleetProc, what: str) -> list[list[str]]:
     for pid, h in sorted(per_worker_health(fleet).items()):
         lat = h["latency"].get(what) or {}
         if lat:
-            rows.append([f"{'device API' if what == 'device' else 'downloads'} at the server, worker {pid}: p50 / p99",
+            label = {"device": "device API", "download": "downloads", "static": "static-file downloads"}[what]
+            rows.append([f"{label} at the server, worker {pid}: p50 / p99",
                          f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} ms ({lat['n']:,} requests; "
                          f"{h.get('db_connections')} database connections)"])
     return rows
@@ -223,7 +224,7 @@ def sharded_rollout(fleet: FleetProc, kit: Path, n: int, shards: int, poll_s: fl
         rows.append(["a worker killed (SIGKILL) when the third wave started", f"pid {killed[0] if killed else '-'}; "
                      f"replaced by the supervisor; assignments for the rollout: "
                      f"{final['devices']} (one per device)"])
-    rows += _server_rows(fleet, "device") + _server_rows(fleet, "download")
+    rows += _server_rows(fleet, "device") + _server_rows(fleet, "download") + _server_rows(fleet, "static")
     rows += [["device API seen by the devices p50 / p99 (incl. the simulators' own queueing)",
               f"{np.percentile(api, 50):.1f} / {np.percentile(api, 99):.1f} ms ({len(api):,} calls)"],
              ["download to first byte seen by the devices p50 / p99",
@@ -265,6 +266,7 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=1, help="simulator processes the devices are split over")
     ap.add_argument("--kill-worker", action="store_true", help="kill one server worker when the third wave starts")
     ap.add_argument("--steady", type=float, default=0, help="no rollout: every device polls for this many seconds")
+    ap.add_argument("--bundle-url", help="e.g. /bundles: bundles as static files, off the device route")
     args = ap.parse_args()
     kit = Path(tempfile.mkdtemp(prefix="edgewise-fleet-bench-"))
     fleet, stop_pg = None, None
@@ -274,11 +276,12 @@ def main() -> None:
         db = None
         if args.postgresql:
             db, stop_pg = start_postgres()
-        fleet = FleetProc(kit / "server", [kit / "release.pub"], db=db, workers=args.workers).start()
+        fleet = FleetProc(kit / "server", [kit / "release.pub"], db=db, workers=args.workers,
+                          bundle_url=args.bundle_url).start()
         if args.steady:
             rows = steady(fleet, kit, args.devices, args.shards, args.poll, args.steady)
             res = None
-        elif args.workers > 1 or args.shards > 1 or args.postgresql:
+        elif args.workers > 1 or args.shards > 1 or args.postgresql or args.bundle_url:
             rows = sharded_rollout(fleet, kit, args.devices, args.shards, args.poll, args.kill_worker)
             res = None
         else:
@@ -292,7 +295,8 @@ def main() -> None:
             stop_pg()
         shutil.rmtree(kit, ignore_errors=True)
     if res is None:
-        title = ("steady polling" if args.steady else "rollout" + (", a worker killed mid-way" if args.kill_worker else ""))
+        title = ("steady polling" if args.steady else "rollout" + (", a worker killed mid-way" if args.kill_worker else "")
+                 + (f", bundles as static files ({args.bundle_url})" if args.bundle_url else ""))
         md = (f"## Fleet at scale: {args.workers} workers, {args.shards} simulator processes, {title}\n\n"
               f"Machine: {machine()}. `fleet serve --workers {args.workers}`"
               + (" on a PostgreSQL server started here" if args.postgresql else "")
@@ -300,7 +304,7 @@ def main() -> None:
               "(`sim.fleet.run_sharded`); all on the same 2 cores over loopback.\n\n" + table(["measure", "value"], rows))
         print(md)
         section = ("fleet-steady" if args.steady else "fleet-workers") + f"-w{args.workers}"
-        write_section(section + ("-kill" if args.kill_worker else ""), md)
+        write_section(section + ("-kill" if args.kill_worker else "") + ("-static" if args.bundle_url else ""), md)
         return
     md = (f"## Fleet: OTA rollout to simulated devices\n\nMachine: {machine()}. One fleet server process "
           "(uvicorn, SQLite) and one process running every device as an asyncio task with the real updater "
