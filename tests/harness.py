@@ -299,9 +299,9 @@ ADMIN = "test-admin-token"
 class FleetProc:
     def __init__(self, data_dir: Path, trust: list[Path], port: int | None = None, db: str | None = None,
                  ttl: float = 3600, mqtt: str | None = None, workers: int | None = None,
-                 bundle_url: str | None = None) -> None:
+                 bundle_url: str | None = None, extra: list[str] | None = None) -> None:
         self.data_dir, self.trust, self.port, self.ttl = data_dir, trust, port or free_port(), ttl
-        self.bundle_url = bundle_url
+        self.bundle_url, self.extra = bundle_url, list(extra or [])
         # EDGEWISE_TEST_FLEET_WORKERS=N runs every fleet server of the suite as N workers on PostgreSQL
         self.workers = workers or int(os.environ.get("EDGEWISE_TEST_FLEET_WORKERS", "1"))
         self.db = db or fresh_test_database()
@@ -322,6 +322,7 @@ class FleetProc:
             args += ["--workers", str(self.workers)]
         if self.bundle_url:
             args += ["--bundle-url", self.bundle_url]
+        args += self.extra
         self.proc = spawn_until_healthy(args, self.url, "fleet server", {**os.environ, "EDGEWISE_ADMIN_TOKEN": ADMIN},
                                         timeout=30)
         return self
@@ -622,7 +623,7 @@ def _listening(port: int) -> bool:
 class Broker:
     """A Mosquitto that keeps sessions and queued messages on disk, so it can be restarted mid-test."""
 
-    def __init__(self, exe: str, root: Path) -> None:
+    def __init__(self, exe: str, root: Path, extra: str = "") -> None:
         self.exe, self.port, self.root = exe, free_port(), root
         root.mkdir(parents=True, exist_ok=True)
         # `user`: run as root, mosquitto would switch to the mosquitto user, which cannot write in our temp dir
@@ -630,7 +631,7 @@ class Broker:
                                              f"user {getpass.getuser()}\n"
                                              f"persistence_location {root}/\nautosave_interval 1\n"
                                              # a backlog for a slow subscriber is kept, not dropped past 1,000
-                                             "max_queued_messages 1000000\n")
+                                             "max_queued_messages 1000000\n" + extra)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Broker:

@@ -17,6 +17,9 @@ FLEET_KEY = "/v1/keys/fleet.pub"
 
 # ---- MQTT: the fleet wakes a device between polls ----------------------------------------------------
 NOTIFY_TOPIC = "edgewise/fleet/{device_id}"
+# A wave of many devices sharing a tag is announced once, on the tag's topic; each device learns its tags from
+# its signed assignment (`tags`) and, told there, polls after a random delay (not all at once).
+NOTIFY_TAG_TOPIC = "edgewise/fleet/tag/{tag}"
 NOTIFY_PAYLOAD = b"assignment"
 
 # ---- steps a device reports while it installs an assignment -----------------------------------------
@@ -64,6 +67,9 @@ ASSIGNED_FIELDS: dict[str, tuple[type, ...]] = {"model": (str,), "version": (str
 
 def field_type_error(doc: dict[str, Any]) -> str | None:
     """What is wrong with an assignment body's field types, or None."""
+    tags = doc.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        return "assignment field 'tags' must be a list of strings"
     want = dict(ASSIGNMENT_FIELDS)
     if doc.get("serial"):
         want.update(ASSIGNED_FIELDS)
@@ -75,6 +81,6 @@ def field_type_error(doc: dict[str, Any]) -> str | None:
     return None
 
 
-__all__ = ["ASSIGNED_FIELDS", "ASSIGNMENT", "ASSIGNMENT_FIELDS", "BUNDLES", "ENROLL", "FLEET_KEY", "NOTIFY_PAYLOAD",
+__all__ = ["ASSIGNED_FIELDS", "ASSIGNMENT", "ASSIGNMENT_FIELDS", "BUNDLES", "ENROLL", "FLEET_KEY", "NOTIFY_PAYLOAD", "NOTIFY_TAG_TOPIC",
            "NOTIFY_TOPIC", "REPORT", "SETTLING_STEPS", "STEPS", "bundle_url", "device_auth", "field_type_error",
            "parse_device_auth", "same_origin"]

@@ -43,3 +43,49 @@ def test_a_notified_agent_updates_long_before_its_next_poll(fleet_kit, tmp_path,
         fleet.kill()
     # Assert: installed because it was told, far sooner than the 60 s minimum poll wait
     assert took < 20 and health["ota"]["version"] == "1.0.0" and health["ota"]["notifications"] >= 1
+
+
+@pytest.mark.e2e
+def test_a_wave_is_announced_once_per_tag_and_reaches_a_site_broker_over_a_bridge(fleet_kit, tmp_path):
+    """The fleet publishes on its broker; the site runs its own Mosquitto, bridged to the fleet's for
+    edgewise/fleet/#; the agent knows only the site broker. A wave is one message on the tag's topic."""
+    from ..agent.test_mqtt import BROKER
+    from ..harness import Broker
+
+    central = Broker(BROKER, tmp_path / "central").start()
+    site = Broker(BROKER, tmp_path / "site", extra=(f"connection to-fleet\naddress 127.0.0.1:{central.port}\n"
+                                                    "topic edgewise/fleet/# in 1\ncleansession false\n")).start()
+    fleet = FleetProc(tmp_path / "fleet", [fleet_kit["pub"]], mqtt=f"127.0.0.1:{central.port}",
+                      extra=["--notify-tag-min", "1"]).start()
+    agent = None
+    try:
+        fleet.admin.upload(fleet_kit["bundles"]["1.0.0"])
+        token = fleet.admin.enroll_token(["lobby"])
+        subprocess.run([sys.executable, "-m", "edgewise.cli", "device", "enroll", "--token", token,
+                        "--server", fleet.url, "--data-dir", str(tmp_path / "a")], check=True, capture_output=True)
+        agent = AgentProc(["--tier", "endpoint", "--fleet-poll", "120", "--trust", str(fleet_kit["pub"]),
+                           "--mqtt", f"127.0.0.1:{site.port}"], free_port(), tmp_path / "a").start()
+        deadline = time.time() + 10  # its first poll tells it its tags; it subscribes to the tag's topic
+        while time.time() < deadline:
+            ota = agent.get("/health")["ota"]
+            if ota["polls"] >= 1 and ota["notify_subscribed"] and ota["tags"] == ["lobby"]:
+                break
+            time.sleep(0.1)
+        assert ota["tags"] == ["lobby"] and ota["notify_subscribed"], ota
+        time.sleep(1.0)  # the bridge carries the new subscription's topic pattern already (edgewise/fleet/#)
+        t0 = time.time()
+        r = fleet.admin.rollout("digits", "1.0.0", "lobby", [100])
+        wait_rollout(fleet, r["id"], ("completed",), timeout=40)
+        took = time.time() - t0
+        health, server = agent.get("/health"), fleet.admin._req("GET", "/health")
+    finally:
+        if agent is not None:
+            agent.kill()
+        fleet.kill()
+        site.stop()
+        central.stop()
+    # Assert: told through the site broker on the tag's topic (one message, not one per device), and
+    # installed after a jitter of at most a quarter of its poll interval's 10 s cap: far before a poll
+    assert health["ota"]["version"] == "1.0.0" and health["ota"]["notifications_by_tag"] >= 1, health["ota"]
+    assert server["tag_notifications"] == 1 and server["notifications"] == 0, server
+    assert took < 30

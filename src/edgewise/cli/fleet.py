@@ -24,6 +24,9 @@ def fleet_serve(
     port: Annotated[int, typer.Option(help="HTTP port")] = 8700,
     assignment_ttl: Annotated[float, typer.Option(help="seconds before assignment metadata expires")] = 3600.0,
     mqtt: Annotated[str | None, typer.Option(help="MQTT broker HOST:PORT: notify devices of new assignments")] = None,
+    notify_tag_min: Annotated[int, typer.Option(min=1, help="a rollout wave of at least this many devices is "
+                                                             "announced once on edgewise/fleet/tag/<tag> instead of "
+                                                             "one message per device")] = 100,
     workers: Annotated[int, typer.Option(min=1, help="server processes sharing the port; > 1 needs --db "
                                                      "postgresql://... (all state lives there; a worker that dies "
                                                      "is replaced)")] = 1,
@@ -41,7 +44,7 @@ def fleet_serve(
     from edgewise.fleet.server import ServerConfig, _admin_token, serve
 
     cfg = ServerConfig(data_dir=data_dir, db=db, trust=list(trust or []), assignment_ttl_s=assignment_ttl, mqtt=mqtt,
-                       bundle_url=bundle_url)
+                       bundle_url=bundle_url, notify_tag_min=notify_tag_min)
     data_dir.mkdir(parents=True, exist_ok=True)
     where = "$EDGEWISE_ADMIN_TOKEN" if os.environ.get("EDGEWISE_ADMIN_TOKEN") else str(data_dir / "admin.token")
     _admin_token(cfg)

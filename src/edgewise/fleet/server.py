@@ -40,6 +40,7 @@ class ServerConfig:
     assignment_ttl_s: float = 3600.0
     tick_s: float = 1.0
     mqtt: str | None = None  # HOST:PORT: devices are told on edgewise/fleet/<device_id> when to poll
+    notify_tag_min: int = 100  # a wave this large is announced once on edgewise/fleet/tag/<tag>
     # Bundles off the device route: a file server's base URL (nginx, a CDN) holding DATA_DIR/models/<sha>.tar,
     # or a path ("/bundles") where this server serves them as static files (Range, ETag, If-None-Match).
     # Either way unauthenticated: a device verifies what it downloads (sha256 and signatures).
@@ -87,7 +88,7 @@ def build_store(cfg: ServerConfig) -> FleetStore:
     if cfg.mqtt:
         from edgewise.fleet.notify import MqttNotifier
 
-        store.notify = MqttNotifier(cfg.mqtt)
+        store.notify = MqttNotifier(cfg.mqtt, tag_min=cfg.notify_tag_min)
     return store
 
 
@@ -249,7 +250,8 @@ def create_app(cfg: ServerConfig, store: FleetStore | None = None) -> Any:
     def health() -> dict[str, Any]:
         return {"ok": True, "db": store.db.kind, "db_connections": store.db.connections, "pid": os.getpid(),
                 "refused": limiter.refused, "latency": limiter.latency(),
-                "notifications": getattr(store.notify, "sent", None)}
+                "notifications": getattr(store.notify, "sent", None),
+                "tag_notifications": getattr(store.notify, "sent_tags", None)}
 
     @app.get("/", response_class=HTMLResponse)
     def console() -> str:

@@ -75,8 +75,10 @@ class FleetStore:
     # Polls are the most frequent request: their last-seen time is kept here and written once a tick,
     # not one fsynced transaction per poll.
     _seen: dict[str, float] = field(default_factory=dict)
-    notify: Any = None  # called with device ids whose assignment changed, after the change is committed
-    _changed: list[str] = field(default_factory=list)
+    # called after a commit with (device id, tag) for each device whose assignment changed; tag: the rollout
+    # wave's selector when the device was assigned as one of a wave (None for a rollback, say)
+    notify: Any = None
+    _changed: list[tuple[str, str | None]] = field(default_factory=list)
 
     def _notify(self) -> None:
         changed, self._changed = self._changed, []
@@ -187,7 +189,9 @@ class FleetStore:
         rows = self.db.query("SELECT serial, rollout_id, model, version, rollback FROM assignments WHERE device_id=? "
                              "AND status != 'cancelled' ORDER BY serial DESC LIMIT 1", (device_id,))
         now = self.clock()
-        body: dict[str, Any] = {"device_id": device_id, "issued": now, "expires": now + self.assignment_ttl_s}
+        tags = self.db.query("SELECT tags FROM devices WHERE id=?", (device_id,))
+        body: dict[str, Any] = {"device_id": device_id, "issued": now, "expires": now + self.assignment_ttl_s,
+                                "tags": json.loads(tags[0][0]) if tags else []}
         if rows:
             serial, rollout_id, model, version, rollback = rows[0]
             m = self.model(model, version)
@@ -351,17 +355,18 @@ class FleetStore:
             if d["id"] in have:
                 continue
             status = "healthy" if d["version"] == version and d["model"] == model else "pending"
-            self._assign(t, d["id"], rid, model, version, False, status, "", d["version"], d["model"])
+            self._assign(t, d["id"], rid, model, version, False, status, "", d["version"], d["model"],
+                         tag=selector)
 
     def _assign(self, t: Any, device_id: str, rid: str, model: str, version: str, rollback: bool, status: str,
-                detail: str, prev_version: str | None, prev_model: str | None = None) -> None:
+                detail: str, prev_version: str | None, prev_model: str | None = None, tag: str | None = None) -> None:
         """A new desired state for a device: the next serial, so it supersedes every earlier one."""
         serial = (t.query("SELECT MAX(serial) FROM assignments WHERE device_id=?", (device_id,))[0][0] or 0) + 1
         t.execute("INSERT INTO assignments (device_id, serial, rollout_id, model, version, rollback, status, detail, "
                   "updated, prev_version, prev_model) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                   (device_id, serial, rid, model, version, int(rollback), status, detail, self.clock(), prev_version,
                    prev_model))
-        self._changed.append(device_id)
+        self._changed.append((device_id, tag))
 
     def _judge(self, t: Any, rid: str, g: Gate, started: float) -> str | None:
         """None while the wave runs; '' when it passed; the reason when it failed."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from edgewise.agent.serve.models import ModelManager
 from edgewise.bundle.signing import TrustStore, load_public
 from edgewise.errors import AgentError
 from edgewise.fsutil import atomic_write
+
+TAG_JITTER_S = 10.0  # told on a tag's topic, a device waits up to this long (and at most a quarter poll)
 
 IDENTITY, FLEET_PUB = "device.json", "fleet.pub"  # in DATA_DIR/ota: what enrolment leaves for the OtaThread
 
@@ -69,6 +72,8 @@ class OtaThread:
         self._stop: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
         self.mqtt, self.notified, self.subscribed, self._mqtt_client = mqtt, 0, False, None
+        self.notified_by_tag = 0
+        self._tag_topics: list[str] = []
         self._thread = threading.Thread(target=self._main, name="ota", daemon=True)
         self.updater: Updater | None = None
 
@@ -86,13 +91,16 @@ class OtaThread:
             async with httpx.AsyncClient() as client:
                 self.updater = Updater(self.ident, self.slots, self.release_keys, self.fleet_keys, client,
                                        on_switch=self.models.replace)
+                self.updater.on_tags = self._follow_tags
                 await self.updater.run(self.poll_s, self._stop, self._wake)
 
         self._loop = asyncio.new_event_loop()
         self._loop.run_until_complete(go())
 
     def _subscribe(self) -> None:
-        """Persistent MQTT session on this device's topic: a notification wakes the updater now."""
+        """Persistent MQTT session on this device's topic, and on its tags' (learned from its signed
+        assignment): a notification wakes the updater now; one on a tag's topic, after a random delay, so a
+        wave of thousands does not poll in the same second."""
         import paho.mqtt.client as mqtt
 
         from edgewise.hostport import parse_hostport
@@ -104,15 +112,19 @@ class OtaThread:
                         clean_session=False)
 
         def on_connect(client, userdata, flags, reason, props):  # type: ignore[no-untyped-def]
-            client.subscribe(topic, qos=1)
+            client.subscribe([(t, 1) for t in [topic, *self._tag_topics]])
 
         def on_subscribe(client, userdata, mid, reasons, props):  # type: ignore[no-untyped-def]
             self.subscribed = not any(getattr(r, "is_failure", False) for r in reasons)
 
         def on_message(client, userdata, msg):  # type: ignore[no-untyped-def]
             self.notified += 1
+            delay = 0.0
+            if msg.topic != topic:
+                self.notified_by_tag += 1
+                delay = random.uniform(0, min(TAG_JITTER_S, self.poll_s / 4))
             if self._loop is not None and self._wake is not None:
-                self._loop.call_soon_threadsafe(self._wake.set)
+                self._loop.call_soon_threadsafe(self._loop.call_later, delay, self._wake.set)
 
         c.on_connect, c.on_message, c.on_subscribe = on_connect, on_message, on_subscribe
         c.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -120,11 +132,26 @@ class OtaThread:
         c.loop_start()
         self._mqtt_client = c
 
+    def _follow_tags(self, tags: list[str]) -> None:
+        from edgewise.protocol import NOTIFY_TAG_TOPIC
+
+        topics = [NOTIFY_TAG_TOPIC.format(tag=t) for t in tags]
+        gone = [t for t in self._tag_topics if t not in topics]
+        self._tag_topics = topics
+        c = self._mqtt_client
+        if c is None:
+            return
+        if gone:
+            c.unsubscribe(gone)
+        if topics:
+            c.subscribe([(t, 1) for t in topics])
+
     def status(self) -> dict[str, Any]:
         st = self.slots.state
         return {"device_id": self.ident.device_id, "active_slot": st.active, "model": st.model,
                 "version": st.version, "last_serial": st.last_serial, "recovered": self.recovered,
-                "notifications": self.notified, "notify_subscribed": self.subscribed,
+                "notifications": self.notified, "notifications_by_tag": self.notified_by_tag,
+                "notify_subscribed": self.subscribed, "tags": self.updater.tags if self.updater else [],
                 "polls": self.updater.polls if self.updater else 0,
                 "last_steps": (self.updater.log[-5:] if self.updater else [])}
 

@@ -99,6 +99,8 @@ class Updater:
         self.pending_reports = self.slots.root / "reports.jsonl"  # reports that could not be sent yet
         self.recovered = self.slots.recover()  # after a power cut: the active slot verifies, or the previous one
         self.bytes_downloaded = 0
+        self.tags: list[str] = []
+        self.on_tags: Callable[[list[str]], None] | None = None  # told when the signed tags change
         self.log: list[tuple[str, bool, str]] = []
         self.polls = 0  # polls finished (whatever their outcome)
 
@@ -162,6 +164,11 @@ class Updater:
         if int(a.get("serial", 0)) < self.slots.state.last_serial:
             raise AgentError(f"assignment serial {a.get('serial')} is older than {self.slots.state.last_serial} "
                              "already seen (replayed)")
+        tags = sorted(set(a.get("tags", [])))
+        if tags != self.tags:  # the fleet's word on this device's tags (signed): where waves are announced
+            self.tags = tags
+            if self.on_tags is not None:
+                self.on_tags(tags)
         return a
 
     async def poll_once(self) -> str:
