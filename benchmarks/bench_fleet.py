@@ -32,7 +32,7 @@ from edgewise.agent.ota.updater import Updater, enroll  # noqa: E402
 from edgewise.bundle import Manifest, write_bundle  # noqa: E402
 from edgewise.bundle.selftest import add_golden  # noqa: E402
 from edgewise.bundle.signing import TrustStore, generate_keys, load_private, load_public, sign_bundle  # noqa: E402
-from edgewise.sim.fleet import device_client, enroll_fleet, run_sharded, run_until  # noqa: E402
+from edgewise.sim.fleet import device_client, enroll_fleet, latency_hooks, run_sharded, run_until  # noqa: E402
 from tests.harness import ADMIN, FleetProc, start_postgres  # noqa: E402
 
 HIDDEN = 18_500  # (64 + 10) x 18,500 fp32 weights: a 5.5 MB model, a 5.1 MB archive
@@ -62,16 +62,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def rollout(fleet: FleetProc, kit: Path, n: int, poll_s: float) -> list[list[str]]:
-    lat: dict[str, list[float]] = {"api": [], "download": []}
-
-    async def on_request(req: httpx.Request) -> None:
-        req.extensions["t0"] = time.perf_counter()
-
-    async def on_response(resp: httpx.Response) -> None:
-        kind = "download" if "/bundles/" in resp.request.url.path else "api"
-        lat[kind].append((time.perf_counter() - resp.request.extensions["t0"]) * 1e3)
-
-    hooks = {"request": [on_request], "response": [on_response]}
+    lat, hooks = latency_hooks()
     if True:
         t = time.perf_counter()
         sim = await enroll_fleet(fleet.url, ADMIN, n, "sim", kit / "devices", [kit / "release.pub"],

@@ -12,25 +12,32 @@ from ..harness import AgentProc, FleetProc, free_port, wait_rollout
 from ..agent.test_mqtt import broker  # noqa: F401  (a real Mosquitto, started per test)
 
 
+def _listening_agent(fleet, kit, tmp_path, broker_port: int) -> AgentProc:  # type: ignore[no-untyped-def]
+    """1.0.0 in the registry, and an agent enrolled with tag 'lobby' that polls only every 60-180 s and listens
+    on the broker; returned once its first poll (which finds nothing) is done and it has subscribed."""
+    fleet.admin.upload(kit["bundles"]["1.0.0"])
+    token = fleet.admin.enroll_token(["lobby"])
+    subprocess.run([sys.executable, "-m", "edgewise.cli", "device", "enroll", "--token", token,
+                    "--server", fleet.url, "--data-dir", str(tmp_path / "a")], check=True, capture_output=True)
+    agent = AgentProc(["--tier", "endpoint", "--fleet-poll", "120", "--trust", str(kit["pub"]),
+                       "--mqtt", f"127.0.0.1:{broker_port}"], free_port(), tmp_path / "a").start()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        ota = agent.get("/health")["ota"]
+        if ota["polls"] >= 1 and ota["notify_subscribed"] and ota["tags"] == ["lobby"]:
+            break
+        time.sleep(0.1)
+    assert ota["polls"] == 1 and ota["notify_subscribed"] and ota["version"] is None, ota
+    return agent
+
+
 @pytest.mark.e2e
 def test_a_notified_agent_updates_long_before_its_next_poll(fleet_kit, tmp_path, broker):  # noqa: F811
     # Prepare: the fleet server publishes to the broker; the agent polls only every 60-180 s
     fleet = FleetProc(tmp_path / "fleet", [fleet_kit["pub"]], mqtt=f"127.0.0.1:{broker}").start()
     agent = None
     try:
-        fleet.admin.upload(fleet_kit["bundles"]["1.0.0"])
-        token = fleet.admin.enroll_token(["lobby"])
-        subprocess.run([sys.executable, "-m", "edgewise.cli", "device", "enroll", "--token", token,
-                        "--server", fleet.url, "--data-dir", str(tmp_path / "a")], check=True, capture_output=True)
-        agent = AgentProc(["--tier", "endpoint", "--fleet-poll", "120", "--trust", str(fleet_kit["pub"]),
-                           "--mqtt", f"127.0.0.1:{broker}"], free_port(), tmp_path / "a").start()
-        deadline = time.time() + 10  # its first poll (at start) finds nothing; then it sleeps >= 60 s
-        while time.time() < deadline:
-            ota = agent.get("/health")["ota"]
-            if ota["polls"] >= 1 and ota["notify_subscribed"]:
-                break
-            time.sleep(0.1)
-        assert ota["polls"] == 1 and ota["notify_subscribed"] and ota["version"] is None, ota
+        agent = _listening_agent(fleet, fleet_kit, tmp_path, broker)
         # Execute
         t0 = time.time()
         r = fleet.admin.rollout("digits", "1.0.0", "lobby", [100])
@@ -59,19 +66,7 @@ def test_a_wave_is_announced_once_per_tag_and_reaches_a_site_broker_over_a_bridg
                       extra=["--notify-tag-min", "1"]).start()
     agent = None
     try:
-        fleet.admin.upload(fleet_kit["bundles"]["1.0.0"])
-        token = fleet.admin.enroll_token(["lobby"])
-        subprocess.run([sys.executable, "-m", "edgewise.cli", "device", "enroll", "--token", token,
-                        "--server", fleet.url, "--data-dir", str(tmp_path / "a")], check=True, capture_output=True)
-        agent = AgentProc(["--tier", "endpoint", "--fleet-poll", "120", "--trust", str(fleet_kit["pub"]),
-                           "--mqtt", f"127.0.0.1:{site.port}"], free_port(), tmp_path / "a").start()
-        deadline = time.time() + 10  # its first poll tells it its tags; it subscribes to the tag's topic
-        while time.time() < deadline:
-            ota = agent.get("/health")["ota"]
-            if ota["polls"] >= 1 and ota["notify_subscribed"] and ota["tags"] == ["lobby"]:
-                break
-            time.sleep(0.1)
-        assert ota["tags"] == ["lobby"] and ota["notify_subscribed"], ota
+        agent = _listening_agent(fleet, fleet_kit, tmp_path, site.port)  # its tags came with its first poll
         time.sleep(1.0)  # the bridge carries the new subscription's topic pattern already (edgewise/fleet/#)
         t0 = time.time()
         r = fleet.admin.rollout("digits", "1.0.0", "lobby", [100])

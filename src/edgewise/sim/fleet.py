@@ -89,21 +89,29 @@ async def run_until(fleet: Fleet, done: Any, poll_s: float = 2.0, timeout_s: flo
     return time.perf_counter() - t0
 
 
-def _shard(server: str, admin_token: str, idx: int, n: int, tag: str, root: Path, release: list[Path],
-           poll_s: float, timeout_s: float, conn: Any) -> None:
-    """One simulator process: enrol `n` devices, say so, wait for the rollout id, poll until the rollout ends;
-    send back how long it took, the versions the devices ended on, and what the devices saw (latency)."""
+def latency_hooks() -> tuple[dict[str, list[float]], dict[str, list[Any]]]:
+    """httpx event hooks that time what a device asks (request sent to response headers, ms), split into
+    API calls and bundle downloads; and the lists they fill."""
     lat: dict[str, list[float]] = {"api": [], "download": []}
 
     async def on_request(req: httpx.Request) -> None:
         req.extensions["t0"] = time.perf_counter()
 
     async def on_response(resp: httpx.Response) -> None:
-        kind = "download" if "/bundles/" in resp.request.url.path else "api"
+        path = resp.request.url.path
+        kind = "download" if "/bundles/" in path or path.endswith(".tar") else "api"
         lat[kind].append((time.perf_counter() - resp.request.extensions["t0"]) * 1e3)
 
+    return lat, {"request": [on_request], "response": [on_response]}
+
+
+def _shard(server: str, admin_token: str, idx: int, n: int, tag: str, root: Path, release: list[Path],
+           poll_s: float, timeout_s: float, conn: Any) -> None:
+    """One simulator process: enrol `n` devices, say so, wait for the rollout id, poll until the rollout ends;
+    send back how long it took, the versions the devices ended on, and what the devices saw (latency)."""
+    lat, hooks = latency_hooks()
+
     async def main() -> dict[str, Any]:
-        hooks = {"request": [on_request], "response": [on_response]}
         sim = await enroll_fleet(server, admin_token, n, tag, root / f"shard-{idx}", release,
                                  lambda: device_client(event_hooks=hooks))
         lat["api"].clear()
