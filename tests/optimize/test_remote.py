@@ -26,7 +26,7 @@ def bench_agent(tmp_path_factory):  # type: ignore[no-untyped-def]
     agent.kill()
 
 
-def _search(trained_cnn_dir, digits, url: str):  # type: ignore[no-untyped-def]
+def _search(trained_cnn_dir, digits, url: str | None):  # type: ignore[no-untyped-def]
     from edgewise.optimize.search import SearchOptions, finalize, search
     from edgewise.source import fit_data, load_source
 
@@ -48,10 +48,21 @@ def test_the_search_times_its_candidates_on_a_remote_agent(bench_agent, trained_
         assert c.metrics["latency_source"].startswith("measured on the device (ONNX Runtime CPU, "), c.metrics
         assert c.metrics["latency_source"].endswith(host) and c.metrics["latency_p50_ms"] > 0
     assert r.final["latency_source"].endswith(host)
-    assert any(f"latency is measured on the device at {bench_agent.url}" in n for n in r.notes), r.notes
+    assert any(f"latency and fidelity are measured on the device at {bench_agent.url} (running on "
+               "CPUExecutionProvider)" in n for n in r.notes), r.notes
+    # the same machine: the device's outputs are this machine's, so fidelity matches a local search's
+    local = _search(trained_cnn_dir, digits, None)
+    for c in measured:
+        other = next(x for x in [local.baseline, *local.candidates] if x.id == c.id)
+        assert c.metrics["accuracy_drop_points"] == pytest.approx(other.metrics["accuracy_drop_points"], abs=1e-9)
     bench = bench_agent.get("/health")["bench"]
     # each distinct model uploaded once (the fused model may equal the baseline byte for byte), then several runs
-    assert 2 <= bench["uploads"] <= len(ONLY) and bench["runs"] >= 2, bench  # search + final
+    from edgewise.profile.remote import RemoteBench
+
+    # every distinct model (candidates, and the per-layer sensitivity models) uploaded once; runs: search + final
+    assert bench["uploads"] == len(RemoteBench.at(bench_agent.url)._uploaded) >= len(ONLY) - 1, bench
+    assert bench["runs"] >= 2, bench
+    assert bench["inferences"] >= 2 * len(ONLY), bench  # every candidate's validation outputs, computed there
 
 
 @pytest.mark.e2e
@@ -74,6 +85,7 @@ def test_the_bench_endpoints_refuse_what_they_cannot_run(trained_cnn_dir, tmp_pa
     from fastapi.testclient import TestClient
 
     from edgewise.agent.runner import AgentConfig, build_agent
+    from edgewise.profile import make_session as build_session
     from edgewise.source import load_source
 
     agent = build_agent(AgentConfig(tier="server", data_dir=tmp_path / "a", allow_bench=True))
@@ -94,6 +106,12 @@ def test_the_bench_endpoints_refuse_what_they_cannot_run(trained_cnn_dir, tmp_pa
         r = c.post(f"/v1/bench/run?models={mid}&runs=5&warmup=1", content=good)
         assert r.status_code == 200 and r.json()["latency"][mid]["runs"] == 5, r.text
         assert r.json()["running_on"][mid] == "CPUExecutionProvider"
+        local = build_session(model).run(None, {name: np.ones(shape, np.float32)})[0]
+        r = c.post(f"/v1/bench/infer?model={mid}", content=npz(**{name: np.ones(shape, np.float32)}))
+        assert r.status_code == 200 and r.headers["x-running-on"] == "CPUExecutionProvider", r.text
+        with np.load(io.BytesIO(r.content), allow_pickle=False) as z:
+            np.testing.assert_allclose(z["out0"], local, rtol=1e-6)
+        assert c.post(f"/v1/bench/infer?model=ffff{mid[4:]}", content=good).status_code == 422
         for query, body, why in ((f"models=ffff{mid[4:]}", good, "no uploaded model"),
                                  (f"models={mid}&runs=0", good, "runs must be"),
                                  (f"models={mid}", npz(other=np.zeros(3, np.float32)), "lacks input"),
@@ -101,7 +119,7 @@ def test_the_bench_endpoints_refuse_what_they_cannot_run(trained_cnn_dir, tmp_pa
                                  (f"models={mid}", b"PK garbage", "not a valid .npz")):
             r = c.post(f"/v1/bench/run?{query}", content=body)
             assert r.status_code == 422 and why in r.json()["error"], (query, r.text)
-        assert json.loads(c.get("/health").text)["bench"] == {"uploads": 1, "runs": 1}  # refusals count nothing
+        assert json.loads(c.get("/health").text)["bench"] == {"uploads": 1, "runs": 1, "inferences": 1}
     finally:
         agent.close()
 

@@ -88,9 +88,9 @@ def optimize(
     stride: Stride = None,
     measure_memory: Annotated[bool, typer.Option(help="measure each candidate's peak memory in a fresh process "
                                                       "(off: quicker; the report shows the model sizes only)")] = True,
-    measure_on: Annotated[str | None, typer.Option(help="time the candidates on the device itself: the URL of an "
-                                                        "agent started with --allow-bench (fidelity is still "
-                                                        "measured here)")] = None,
+    measure_on: Annotated[str | None, typer.Option(help="measure the candidates on the device itself (latency, and "
+                                                        "the outputs fidelity is scored on): the URL of an agent "
+                                                        "started with --allow-bench")] = None,
 ) -> None:
     """Try recipes for TARGET, keep the Pareto front, and bundle the best model that fits.
 

@@ -54,6 +54,16 @@ class Runner:
                             providers=self.target.execution_providers)
 
     def outputs(self, model: onnx.ModelProto, data: Dataset) -> list[np.ndarray]:
+        """Every output for every sample: here, or on the device when timing there (so fidelity is the
+        device's too: its provider's numerics, fp16 underflow and all)."""
+        if self.remote is not None and not self.reference:
+            t = self.target
+            rs = self.remote.session(model, t.threads, t.execution_providers)
+            feeder = Feeder(session_inputs(rs), data)
+            sample = feeder.one(0)
+            out = feeder.run(rs, batch=rs.batch_for(sum(a[0].nbytes if a.ndim else a.nbytes for a in sample.values())))
+            self.ran_on = rs.ran_on
+            return out
         sess = self.session(model)
         self.ran_on = running_on(sess)
         return Feeder(session_inputs(sess), data).run(sess)
@@ -83,8 +93,8 @@ class Runner:
         if not t.runs_onnxruntime or not getattr(self, "ran_on", None):
             return None
         if self.remote is not None:
-            return (f"latency is measured on the device at {self.remote.url}; fidelity on this machine "
-                    f"({self.ran_on})")
+            return (f"latency and fidelity are measured on the device at {self.remote.url} "
+                    f"(running on {self.ran_on})")
         note = fallback_note(t.execution_providers, self.ran_on)
         return note and (f"{t.name}: {note}, so fidelity and latency are this machine's, not the device's "
                          "(measure on the device to choose by its figures: --measure-on URL)")

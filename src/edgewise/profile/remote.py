@@ -46,11 +46,11 @@ class RemoteBench:
         self._uploaded: set[str] = set()
         self._bytes: dict[str, bytes] = {}  # to upload again if the device has let a model go
 
-    def _post(self, path: str, body: bytes, ctype: str) -> dict[str, Any]:
+    def _post(self, path: str, body: bytes, ctype: str, raw: bool = False) -> Any:
         req = urllib.request.Request(self.url + path, data=body, method="POST", headers={"Content-Type": ctype})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                return json.loads(r.read())
+                return (r.read(), r.headers.get("X-Running-On", "")) if raw else json.loads(r.read())
         except urllib.error.HTTPError as e:
             try:
                 why = json.loads(e.read()).get("error", "")
@@ -99,6 +99,28 @@ class RemoteBench:
         except (KeyError, TypeError) as e:
             raise ProfileError(f"the device at {self.url} answered without the figures asked for ({e})") from e
 
+    def infer(self, mid: str, feed: dict[str, np.ndarray], threads: int,
+              providers: tuple[str, ...]) -> tuple[list[np.ndarray], str]:
+        """One uploaded model's outputs for a batch, computed on the device; and where they were computed."""
+        buf = io.BytesIO()
+        np.savez(buf, **feed)
+        query = urllib.parse.urlencode({"model": mid, "threads": threads, "providers": ",".join(providers)})
+        try:
+            body, where = self._post(f"/v1/bench/infer?{query}", buf.getvalue(), "application/x-npz", raw=True)
+        except ProfileError as e:
+            if "no uploaded model" not in str(e) or mid not in self._bytes:
+                raise
+            self._send(mid)  # the device let it go (it keeps its latest uploads): once more
+            body, where = self._post(f"/v1/bench/infer?{query}", buf.getvalue(), "application/x-npz", raw=True)
+        try:
+            with np.load(io.BytesIO(body), allow_pickle=False) as z:
+                return [z[f"out{i}"] for i in range(len(z.files))], where
+        except (ValueError, OSError, KeyError) as e:
+            raise ProfileError(f"the device at {self.url} answered outputs that cannot be read ({e})") from e
+
+    def session(self, model: onnx.ModelProto, threads: int, providers: tuple[str, ...]) -> RemoteSession:
+        return RemoteSession(self, model, threads, providers)
+
     def label(self, running: str) -> str:
         where = running.removeprefix("OpenVINO:").removesuffix("ExecutionProvider")
         engine = "OpenVINO" if running.startswith("OpenVINO") else "ONNX Runtime"
@@ -106,4 +128,39 @@ class RemoteBench:
         return f"measured on the device ({engine} {where}, {host} via {self.url})"
 
 
-__all__ = ["RemoteBench"]
+class RemoteSession:
+    """A model on the device, answering `run(None, feed)` as an ORT session does (its inputs are read from
+    the model here): so fidelity is measured on what the device computes, on its own provider."""
+
+    BODY_BYTES = 12 * 2**20  # a request under the agent's 16 MB body cap
+
+    def __init__(self, device: RemoteBench, model: onnx.ModelProto, threads: int, providers: tuple[str, ...]) -> None:
+        from edgewise.profile.runtime import make_session
+
+        self.device, self.threads, self.providers = device, threads, providers
+        self.mid = device.upload(model)
+        self._local = make_session(model)  # for its input and output descriptions only
+        self.ran_on = ""
+
+    def get_inputs(self) -> Any:
+        return self._local.get_inputs()
+
+    def get_outputs(self) -> Any:
+        return self._local.get_outputs()
+
+    def get_providers(self) -> list[str]:
+        return [self.ran_on or "remote"]
+
+    def run(self, names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        outs, self.ran_on = self.device.infer(self.mid, feed, self.threads, self.providers)
+        if names:
+            by = {o.name: a for o, a in zip(self.get_outputs(), outs)}
+            return [by[n] for n in names]
+        return outs
+
+    def batch_for(self, sample_bytes: int) -> int:
+        """Samples per request, so that one stays under the body cap."""
+        return max(1, min(64, self.BODY_BYTES // max(1, sample_bytes)))
+
+
+__all__ = ["RemoteBench", "RemoteSession"]

@@ -62,7 +62,7 @@ class BenchSessions:
         self._models: OrderedDict[str, onnx.ModelProto] = OrderedDict()
         self._sessions: dict[tuple[str, int, tuple[str, ...]], Any] = {}
         self._lock = threading.Lock()  # one run at a time: two interleaved runs would measure each other
-        self.counts = {"uploads": 0, "runs": 0}
+        self.counts = {"uploads": 0, "runs": 0, "inferences": 0}
 
     def add(self, data: bytes) -> str:
         """Keep an uploaded ONNX model; its id is its content hash (uploading it again is free)."""
@@ -91,6 +91,21 @@ class BenchSessions:
                                  f"{self.max_models})")
             self._sessions[key] = make_session(self._models[mid], threads=threads, providers=providers)
         return self._sessions[key]
+
+    def infer(self, mid: str, feed: dict[str, np.ndarray], threads: int,
+              providers: tuple[str, ...]) -> tuple[list[np.ndarray], str]:
+        """One model's outputs for a batch, as the device computes them (for fidelity measured here), and the
+        provider that computed them."""
+        with self._lock:
+            sess = self._session(mid, threads, providers)
+            try:
+                outs = sess.run(None, cast_feed(session_inputs(sess), feed))
+            except EdgewiseError:
+                raise
+            except Exception as e:  # ORT's own errors for a feed of the wrong shape
+                raise BenchError(f"the model cannot run on this input: {str(e).splitlines()[0][:300]}") from e
+            self.counts["inferences"] += 1
+            return [np.asarray(o) for o in outs], running_on(sess)
 
     def run(self, ids: list[str], feed: dict[str, np.ndarray], runs: int, warmup: int, threads: int,
             providers: tuple[str, ...]) -> dict[str, Any]:

@@ -230,6 +230,24 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
             return failed("bad_input", 422, e)
         return JSONResponse(out)
 
+    @app.post("/v1/bench/infer", response_model=None, openapi_extra=bodies.BENCH_RUN)
+    async def bench_infer(request: Request, model: str, threads: int = 1,
+                          providers: str = "CPUExecutionProvider") -> Response:
+        """An uploaded model's outputs for a batch (.npz in, .npz out: out0, out1, ...), computed here."""
+        if bench is None:
+            return bench_off()
+        from edgewise.agent.serve.benchsvc import BenchError
+
+        try:
+            feed = parse_npz(await request.body())
+            outs, where = await run_in_threadpool(bench.infer, model, feed, threads,
+                                                  tuple(p for p in providers.split(",") if p))
+        except (BadInput, BenchError, DataError) as e:
+            return failed("bad_input", 422, e)
+        buf = io.BytesIO()
+        np.savez(buf, **{f"out{i}": o for i, o in enumerate(outs)})
+        return Response(buf.getvalue(), media_type="application/x-npz", headers={"X-Running-On": where})
+
     @app.get("/health")
     def health() -> dict[str, Any]:
         out: dict[str, Any] = {"status": "ok", "tier": tier}
