@@ -136,21 +136,9 @@ def server_cpu(fleet: FleetProc) -> float:
     return sum(cpu_seconds(p) for p in pids)
 
 
-def per_worker_health(fleet: FleetProc, tries: int = 40) -> dict[int, dict]:
-    """Each worker's /health (a new connection each time lands on whichever worker accepts it)."""
-    seen: dict[int, dict] = {}
-    want = max(1, fleet.workers)
-    for _ in range(tries):
-        h = httpx.get(f"{fleet.url}/health", headers={"Connection": "close"}).json()
-        seen[h["pid"]] = h
-        if len(seen) >= want:
-            break
-    return seen
-
-
 def _server_rows(fleet: FleetProc, what: str) -> list[list[str]]:
     rows = []
-    for pid, h in sorted(per_worker_health(fleet).items()):
+    for pid, h in sorted(fleet.health_by_worker().items()):
         lat = h["latency"].get(what) or {}
         if lat:
             label = {"device": "device API", "download": "downloads", "static": "static-file downloads"}[what]

@@ -339,6 +339,18 @@ class FleetProc:
             self.proc.kill()
             self.proc.wait()
 
+    def health_by_worker(self, tries: int = 60) -> dict[int, dict]:
+        """Each worker's /health, by pid (a new connection lands on whichever worker accepts it, so ask until
+        every worker has answered)."""
+        seen: dict[int, dict] = {}
+        for _ in range(tries):
+            req = urllib.request.Request(self.url + "/health", headers={"Connection": "close"})
+            h = json.loads(urllib.request.urlopen(req, timeout=10).read())
+            seen[h["pid"]] = h
+            if len(seen) >= max(1, self.workers):
+                break
+        return seen
+
     def worker_pids(self) -> list[int]:
         """The worker processes of a `--workers N` server (children of the supervisor)."""
         assert self.proc is not None
