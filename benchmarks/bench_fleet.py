@@ -32,7 +32,7 @@ from edgewise.agent.ota.updater import Updater, enroll  # noqa: E402
 from edgewise.bundle import Manifest, write_bundle  # noqa: E402
 from edgewise.bundle.selftest import add_golden  # noqa: E402
 from edgewise.bundle.signing import TrustStore, generate_keys, load_private, load_public, sign_bundle  # noqa: E402
-from edgewise.sim.fleet import device_client, enroll_fleet, latency_hooks, run_sharded, run_until  # noqa: E402
+from edgewise.sim.fleet import run_sharded  # noqa: E402
 from tests.harness import ADMIN, FleetProc, start_postgres  # noqa: E402
 
 HIDDEN = 18_500  # (64 + 10) x 18,500 fp32 weights: a 5.5 MB model, a 5.1 MB archive
@@ -59,44 +59,6 @@ def big_bundle(out: Path, version: str, key: Path) -> Path:
 def cpu_seconds(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def rollout(fleet: FleetProc, kit: Path, n: int, poll_s: float) -> list[list[str]]:
-    lat, hooks = latency_hooks()
-    if True:
-        t = time.perf_counter()
-        sim = await enroll_fleet(fleet.url, ADMIN, n, "sim", kit / "devices", [kit / "release.pub"],
-                                 lambda: device_client(event_hooks=hooks))
-        enroll_s = time.perf_counter() - t
-        print(f"enrolled {n} devices in {enroll_s:.1f} s", flush=True)
-        lat["api"].clear()
-        fleet.admin.upload(kit / "b110")
-        cpu0 = cpu_seconds(fleet.proc.pid)
-        r = fleet.admin.rollout("wide", "1.1.0", "sim", [1, 10, 50, 100], gate={"wave_timeout_s": 120})
-        took = await run_until(sim, lambda: fleet.admin.get_rollout(r["id"])["state"] != "running", poll_s=poll_s,
-                               timeout_s=600)
-        cpu = cpu_seconds(fleet.proc.pid) - cpu0
-        at_server = httpx.get(f"{fleet.url}/health").json()["latency"]
-        server_lat, server_dl = at_server["device"], at_server["download"]
-        await sim.close()
-    final = fleet.admin.get_rollout(r["id"])
-    versions = sim.versions()
-    failed = final["devices"].get("failed", 0)
-    size = fleet.admin.models()[0]["size"]
-    return [["devices", f"{n:,}"], ["bundle archive", f"{size / 1e6:.2f} MB"],
-            ["enrolment of all devices", f"{enroll_s:.1f} s"],
-            [f"rollout 1% -> 10% -> 50% -> 100% (each device polls every ~{poll_s:g} s)",
-             f"{took:.1f} s, state {final['state']}"],
-            ["devices on the new version / failed", f"{versions.get('1.1.0', 0):,} / {failed}"],
-            ["fleet server CPU during the rollout", f"{cpu:.1f} s ({cpu / took * 100:.0f}% of one core)"],
-            ["device API latency at the server p50 / p99 (assignments and reports)",
-             f"{server_lat['p50_ms']:.1f} / {server_lat['p99_ms']:.1f} ms ({server_lat['n']:,} requests)"],
-            ["bundle downloads at the server, request to last byte, p50 / p99",
-             f"{server_dl['p50_ms']:.0f} / {server_dl['p99_ms']:.0f} ms ({server_dl['n']:,} downloads)"],
-            ["the same seen by the devices p50 / p99 (assignment + reports; includes the simulator's own queueing)",
-             f"{np.percentile(lat['api'], 50):.1f} / {np.percentile(lat['api'], 99):.1f} ms ({len(lat['api']):,} calls)"],
-            ["download time to first byte p50 / p99", f"{np.percentile(lat['download'], 50):.1f} / "
-                                                      f"{np.percentile(lat['download'], 99):.1f} ms"]]
 
 
 async def resume(fleet: FleetProc, kit: Path) -> list[list[str]]:
@@ -260,13 +222,12 @@ def main() -> None:
         if args.steady:
             rows = steady(fleet, kit, args.devices, args.shards, args.poll, args.steady)
             res = None
-        elif args.workers > 1 or args.shards > 1 or args.postgresql or args.bundle_url:
+        else:
             rows = sharded_rollout(fleet, kit, args.devices, args.shards, args.poll, args.kill_worker)
             res = None
-        else:
-            rows = asyncio.run(rollout(fleet, kit, args.devices, args.poll))
-            shutil.rmtree(kit / "devices", ignore_errors=True)
-            res = asyncio.run(resume(fleet, kit))
+            if args.workers == 1 and args.shards == 1 and not (args.postgresql or args.bundle_url):
+                shutil.rmtree(kit / "devices", ignore_errors=True)
+                res = asyncio.run(resume(fleet, kit))  # the plain setup: the 'fleet' section, with a resume
     finally:
         if fleet is not None:
             fleet.kill()
@@ -286,7 +247,7 @@ def main() -> None:
         write_section(section + ("-kill" if args.kill_worker else "") + ("-static" if args.bundle_url else ""), md)
         return
     md = (f"## Fleet: OTA rollout to simulated devices\n\nMachine: {machine()}. One fleet server process "
-          "(uvicorn, SQLite) and one process running every device as an asyncio task with the real updater "
+          "(uvicorn, SQLite) and one simulator process running every device as an asyncio task with the real updater "
           "(enrol, signed assignment, download, sha256, unpack, Ed25519 verification, ONNX Runtime self-test on "
           "golden pairs, A/B switch with fsync, health report), all on the same 2 cores over loopback.\n\n"
           + table(["measure", "value"], rows) + "\n\nResume after an interrupted download (HTTP Range):\n\n"

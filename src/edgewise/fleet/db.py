@@ -75,10 +75,7 @@ class Database:
             for stmt in SCHEMA.split(";"):
                 if stmt.strip():
                     t.execute(stmt)
-        for table, column, kind in MIGRATIONS:
-            with self.tx() as t:
-                if self.kind == "postgresql":
-                    t.execute("SELECT pg_advisory_xact_lock(7474)")
+            for table, column, kind in MIGRATIONS:
                 have = {r[0] for r in t.query(
                     "SELECT name FROM pragma_table_info(?)" if self.kind == "sqlite" else
                     "SELECT column_name FROM information_schema.columns WHERE table_name = ?", (table,))}

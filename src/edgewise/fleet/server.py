@@ -77,13 +77,19 @@ def _classify(path: str) -> str:
     return "public"
 
 
-def build_store(cfg: ServerConfig) -> FleetStore:
+def _fleet_key(cfg: ServerConfig) -> Path:
+    """The fleet's signing key, made on first start."""
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     if not (cfg.data_dir / "fleet.key").exists():
         generate_keys(cfg.data_dir, "fleet")
+    return cfg.data_dir / "fleet.key"
+
+
+def build_store(cfg: ServerConfig) -> FleetStore:
+    key = _fleet_key(cfg)
     trust = TrustStore.load(cfg.trust) if cfg.trust else None
     db = Database(cfg.db or str(cfg.data_dir / "fleet.db"))
-    store = FleetStore(db, cfg.data_dir, load_private(cfg.data_dir / "fleet.key"), trust, cfg.assignment_ttl_s,
+    store = FleetStore(db, cfg.data_dir, load_private(key), trust, cfg.assignment_ttl_s,
                        bundle_url=cfg.bundle_url)
     if cfg.mqtt:
         from edgewise.fleet.notify import MqttNotifier
@@ -288,9 +294,7 @@ def serve(cfg: ServerConfig, host: str = "127.0.0.1", port: int = 8700, workers:
         raise FleetError("--workers > 1 needs a database the workers share: --db postgresql://... "
                          "(SQLite serves one process)")
     # what every worker would otherwise race to create: the fleet key, the admin token, the tables
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    if not (cfg.data_dir / "fleet.key").exists():
-        generate_keys(cfg.data_dir, "fleet")
+    _fleet_key(cfg)
     _admin_token(cfg)
     Database(cfg.db).close()  # type: ignore[arg-type]
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)

@@ -186,15 +186,16 @@ class FleetStore:
     def assignment(self, device_id: str, base_url: str = "") -> dict[str, Any]:
         """The device's desired state as signed metadata (expires; serial only ever grows)."""
         self._seen[device_id] = self.clock()
-        rows = self.db.query("SELECT serial, rollout_id, model, version, rollback FROM assignments WHERE device_id=? "
-                             "AND status != 'cancelled' ORDER BY serial DESC LIMIT 1", (device_id,))
         now = self.clock()
-        tags = self.db.query("SELECT tags FROM devices WHERE id=?", (device_id,))
+        with self.db.tx() as t:  # a poll is the most frequent request: one transaction for its reads
+            rows = t.query("SELECT serial, rollout_id, model, version, rollback FROM assignments WHERE device_id=? "
+                           "AND status != 'cancelled' ORDER BY serial DESC LIMIT 1", (device_id,))
+            tags = t.query("SELECT tags FROM devices WHERE id=?", (device_id,))
+            m = self.model(rows[0][2], rows[0][3]) if rows else None
         body: dict[str, Any] = {"device_id": device_id, "issued": now, "expires": now + self.assignment_ttl_s,
                                 "tags": json.loads(tags[0][0]) if tags else []}
-        if rows:
+        if m is not None:
             serial, rollout_id, model, version, rollback = rows[0]
-            m = self.model(model, version)
             body.update({"serial": serial, "rollout_id": rollout_id, "model": model, "version": version,
                          "rollback": bool(rollback), "sha256": m["sha256"], "size": m["size"],
                          "url": bundle_url(base_url, m["sha256"], self.bundle_url)})

@@ -23,7 +23,7 @@ from edgewise.optimize.sensitivity import layer_sensitivity, quantizable_nodes
 from edgewise.profile import fallback_note, make_session, measure_latency, measure_memory, measured_on, running_on
 from edgewise.profile.measure import LatencyStats
 from edgewise.profile.arena import live_tensor_peak
-from edgewise.profile.feeds import Feeder, session_inputs
+from edgewise.profile.feeds import Feeder, model_inputs, session_inputs
 from edgewise.profile.fidelity import Fidelity, Task, fidelity
 from edgewise.targets import TargetProfile
 
@@ -48,6 +48,7 @@ class Runner:
         self.target = target
         self.reference = not target.runs_onnxruntime
         self.remote = RemoteBench.at(remote) if remote else None
+        self.ran_on: str | None = None  # where `outputs` last ran the model
 
     def session(self, model: onnx.ModelProto):  # type: ignore[no-untyped-def]
         return make_session(model, threads=self.target.threads, reference=self.reference,
@@ -57,11 +58,8 @@ class Runner:
         """Every output for every sample: here, or on the device when timing there (so fidelity is the
         device's too: its provider's numerics, fp16 underflow and all)."""
         if self.remote is not None and not self.reference:
-            t = self.target
-            rs = self.remote.session(model, t.threads, t.execution_providers)
-            feeder = Feeder(session_inputs(rs), data)
-            sample = feeder.one(0)
-            out = feeder.run(rs, batch=rs.batch_for(sum(a[0].nbytes if a.ndim else a.nbytes for a in sample.values())))
+            rs = self.remote.session(model, self.target.threads, self.target.execution_providers)
+            out = rs.outputs(data)
             self.ran_on = rs.ran_on
             return out
         sess = self.session(model)
@@ -75,8 +73,8 @@ class Runner:
         return [self.session(m) for m in models]
 
     def feed(self, model: onnx.ModelProto, data: Dataset) -> dict[str, np.ndarray]:
-        """A batch-1 feed of the first sample, as the model takes it."""
-        return Feeder(session_inputs(self.session(model)), data).one(0)
+        """A batch-1 feed of the first sample, as the model takes it (read from the graph: no session)."""
+        return Feeder(model_inputs(model), data).one(0)
 
     def time(self, handles: list[Any], feed: dict[str, np.ndarray], runs: int,
              warmup: int = 20) -> tuple[list[LatencyStats], list[str]]:
@@ -90,7 +88,7 @@ class Runner:
     def provider_note(self) -> str | None:
         """Said when the target's first execution provider is not what ran here (after `outputs`)."""
         t = self.target
-        if not t.runs_onnxruntime or not getattr(self, "ran_on", None):
+        if not t.runs_onnxruntime or not self.ran_on:
             return None
         if self.remote is not None:
             return (f"latency and fidelity are measured on the device at {self.remote.url} "

@@ -11,7 +11,7 @@ import onnx
 
 from edgewise.data import Splits
 from edgewise.modelio import save_model
-from edgewise.profile.feeds import Feeder, session_inputs
+from edgewise.profile.feeds import Feeder, model_inputs, session_inputs
 from edgewise.profile.fidelity import fidelity, ground_truth, infer_task
 from edgewise.profile.macs import count_macs
 from edgewise.profile.measure import measure_latency, measure_memory, measure_throughput, run_outputs
@@ -57,7 +57,7 @@ def bench(models: list[tuple[str, onnx.ModelProto]], splits: Splits, target: Tar
 
         device = RemoteBench.at(remote)
         ids = [device.upload(m) for _, m in models]
-        feed = Feeder(session_inputs(make_session(models[0][1])), test).one(0)
+        feed = Feeder(model_inputs(models[0][1]), test).one(0)
         for threads, key in ((1, "latency_1t"), (0, "latency_all")):
             stats, ran = device.run(ids, feed, runs, min(20, runs), threads, target.execution_providers)
             for row, st, where in zip(rows, stats, ran):

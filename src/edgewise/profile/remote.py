@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgewise.data import Dataset
 from edgewise.errors import ProfileError
+from edgewise.profile.feeds import Feeder, model_inputs
 from edgewise.profile.measure import LatencyStats
 
 ID_LEN = 16  # as the agent's benchsvc.model_id
@@ -77,21 +79,27 @@ class RemoteBench:
             raise ProfileError(f"the device at {self.url} stored the model under {got!r}, not {mid!r}")
         self._uploaded.add(mid)
 
-    def run(self, ids: list[str], feed: dict[str, np.ndarray], runs: int, warmup: int, threads: int,
-            providers: tuple[str, ...]) -> tuple[list[LatencyStats], list[str]]:
-        """Latency of the uploaded models, interleaved on the device; and where each ran ("CUDAExecutionProvider")."""
+    def _ask(self, path: str, params: dict[str, Any], ids: list[str], feed: dict[str, np.ndarray],
+             raw: bool = False) -> Any:
+        """POST a feed (.npz) that concerns uploaded models `ids`; should the device have let one go (it
+        restarted, or keeps only its latest uploads), they are sent again and the request is made once more."""
         buf = io.BytesIO()
         np.savez(buf, **feed)
-        query = urllib.parse.urlencode({"models": ",".join(ids), "runs": runs, "warmup": warmup, "threads": threads,
-                                        "providers": ",".join(providers)})
+        url = f"{path}?{urllib.parse.urlencode(params)}"
         try:
-            out = self._post(f"/v1/bench/run?{query}", buf.getvalue(), "application/x-npz")
+            return self._post(url, buf.getvalue(), "application/x-npz", raw=raw)
         except ProfileError as e:
             if "no uploaded model" not in str(e) or not all(m in self._bytes for m in ids):
                 raise
-            for m in ids:  # the device restarted, or kept only its latest uploads: send them again, once
+            for m in ids:
                 self._send(m)
-            out = self._post(f"/v1/bench/run?{query}", buf.getvalue(), "application/x-npz")
+            return self._post(url, buf.getvalue(), "application/x-npz", raw=raw)
+
+    def run(self, ids: list[str], feed: dict[str, np.ndarray], runs: int, warmup: int, threads: int,
+            providers: tuple[str, ...]) -> tuple[list[LatencyStats], list[str]]:
+        """Latency of the uploaded models, interleaved on the device; and where each ran ("CUDAExecutionProvider")."""
+        out = self._ask("/v1/bench/run", {"models": ",".join(ids), "runs": runs, "warmup": warmup, "threads": threads,
+                                          "providers": ",".join(providers)}, ids, feed)
         self.machine = out.get("machine")
         try:
             stats = [LatencyStats(**out["latency"][m]) for m in ids]
@@ -102,16 +110,8 @@ class RemoteBench:
     def infer(self, mid: str, feed: dict[str, np.ndarray], threads: int,
               providers: tuple[str, ...]) -> tuple[list[np.ndarray], str]:
         """One uploaded model's outputs for a batch, computed on the device; and where they were computed."""
-        buf = io.BytesIO()
-        np.savez(buf, **feed)
-        query = urllib.parse.urlencode({"model": mid, "threads": threads, "providers": ",".join(providers)})
-        try:
-            body, where = self._post(f"/v1/bench/infer?{query}", buf.getvalue(), "application/x-npz", raw=True)
-        except ProfileError as e:
-            if "no uploaded model" not in str(e) or mid not in self._bytes:
-                raise
-            self._send(mid)  # the device let it go (it keeps its latest uploads): once more
-            body, where = self._post(f"/v1/bench/infer?{query}", buf.getvalue(), "application/x-npz", raw=True)
+        body, where = self._ask("/v1/bench/infer", {"model": mid, "threads": threads,
+                                                    "providers": ",".join(providers)}, [mid], feed, raw=True)
         try:
             with np.load(io.BytesIO(body), allow_pickle=False) as z:
                 return [z[f"out{i}"] for i in range(len(z.files))], where
@@ -122,45 +122,37 @@ class RemoteBench:
         return RemoteSession(self, model, threads, providers)
 
     def label(self, running: str) -> str:
-        where = running.removeprefix("OpenVINO:").removesuffix("ExecutionProvider")
-        engine = "OpenVINO" if running.startswith("OpenVINO") else "ONNX Runtime"
+        from edgewise.profile.runtime import describe
+
         host = (self.machine or {}).get("host") or urllib.parse.urlparse(self.url).netloc
-        return f"measured on the device ({engine} {where}, {host} via {self.url})"
+        return f"measured on the device ({describe(running)}, {host} via {self.url})"
 
 
 class RemoteSession:
-    """A model on the device, answering `run(None, feed)` as an ORT session does (its inputs are read from
-    the model here): so fidelity is measured on what the device computes, on its own provider."""
+    """A model on the device, answering `run(None, feed)` as an ORT session does: so fidelity is measured on
+    what the device computes, on its own provider."""
 
     BODY_BYTES = 12 * 2**20  # a request under the agent's 16 MB body cap
 
     def __init__(self, device: RemoteBench, model: onnx.ModelProto, threads: int, providers: tuple[str, ...]) -> None:
-        from edgewise.profile.runtime import make_session
-
         self.device, self.threads, self.providers = device, threads, providers
         self.mid = device.upload(model)
-        self._local = make_session(model)  # for its input and output descriptions only
+        self.specs = model_inputs(model)
+        self.output_names = [o.name for o in model.graph.output]
         self.ran_on = ""
-
-    def get_inputs(self) -> Any:
-        return self._local.get_inputs()
-
-    def get_outputs(self) -> Any:
-        return self._local.get_outputs()
-
-    def get_providers(self) -> list[str]:
-        return [self.ran_on or "remote"]
 
     def run(self, names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         outs, self.ran_on = self.device.infer(self.mid, feed, self.threads, self.providers)
         if names:
-            by = {o.name: a for o, a in zip(self.get_outputs(), outs)}
+            by = dict(zip(self.output_names, outs))
             return [by[n] for n in names]
         return outs
 
-    def batch_for(self, sample_bytes: int) -> int:
-        """Samples per request, so that one stays under the body cap."""
-        return max(1, min(64, self.BODY_BYTES // max(1, sample_bytes)))
+    def outputs(self, data: Dataset) -> list[np.ndarray]:
+        """Every output for every sample (as `Feeder.run`), in requests that stay under the body cap."""
+        feeder = Feeder(self.specs, data)
+        sample = sum(a[0].nbytes if a.ndim else a.nbytes for a in feeder.one(0).values())
+        return feeder.run(self, batch=max(1, min(64, self.BODY_BYTES // max(1, sample))))
 
 
 __all__ = ["RemoteBench", "RemoteSession"]

@@ -89,11 +89,15 @@ def running_on(sess: object) -> str:
     return str(providers[0]) if providers else "CPUExecutionProvider"
 
 
+def describe(running: str) -> str:
+    """'ONNX Runtime CUDA', 'OpenVINO CPU': the engine and where, from what `running_on` says."""
+    engine = "OpenVINO" if running.startswith("OpenVINO") else "ONNX Runtime"
+    return f"{engine} {running.removeprefix('OpenVINO:').removesuffix('ExecutionProvider')}"
+
+
 def measured_on(sess: object) -> str:
     """How a latency figure was measured, for reports: the engine and where, on the build host."""
-    where = running_on(sess)
-    engine = "OpenVINO" if where.startswith("OpenVINO") else "ONNX Runtime"
-    return f"measured ({engine} {where.removeprefix('OpenVINO:').removesuffix('ExecutionProvider')}, this machine)"
+    return f"measured ({describe(running_on(sess))}, this machine)"
 
 
 def fallback_note(wanted: tuple[str, ...] | list[str], running: str) -> str | None:

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from edgewise import openapi_bodies as bodies
 from edgewise.agent.forward.receiver import EventStore
+from edgewise.agent.serve.benchsvc import BenchError
 from edgewise.agent.forward.upstream import decode_batch
 from edgewise.agent.serve.inputs import (
     readings_csv,
@@ -207,8 +208,6 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         """A candidate model (ONNX bytes) for `POST /v1/bench/run`; its id is its content hash."""
         if bench is None:
             return bench_off()
-        from edgewise.agent.serve.benchsvc import BenchError
-
         try:
             return JSONResponse({"id": await run_in_threadpool(bench.add, await request.body())})
         except BenchError as e:
@@ -220,8 +219,6 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         """Batch-1 latency of uploaded models (comma-separated ids), interleaved; the body is the feed (.npz)."""
         if bench is None:
             return bench_off()
-        from edgewise.agent.serve.benchsvc import BenchError
-
         try:
             feed = parse_npz(await request.body())
             out = await run_in_threadpool(bench.run, [m for m in models.split(",") if m], feed, runs, warmup,
@@ -236,8 +233,6 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         """An uploaded model's outputs for a batch (.npz in, .npz out: out0, out1, ...), computed here."""
         if bench is None:
             return bench_off()
-        from edgewise.agent.serve.benchsvc import BenchError
-
         try:
             feed = parse_npz(await request.body())
             outs, where = await run_in_threadpool(bench.infer, model, feed, threads,
