@@ -136,3 +136,43 @@ def test_bench_remote_measures_models_side_by_side_on_the_device(bench_agent, tr
     row = json.loads(out.read_text())[0]
     assert row["latency_1t"]["runs"] == 20 and row["measured_on"].endswith(f"via {bench_agent.url})")
     assert "peak_memory" not in row and "throughput_b1_1t" not in row
+
+
+@pytest.mark.e2e
+def test_an_nncf_candidate_travels_with_its_openvino_ir_and_runs_on_the_device(bench_agent, trained_cnn_dir, digits):
+    """NNCF's int8 runs as an OpenVINO IR in place of the ONNX graph: the device gets the IR too."""
+    pytest.importorskip("openvino", reason="OpenVINO is installed by `make test` (the openvino extra)")
+    from edgewise.optimize.search import SearchOptions, search
+    from edgewise.source import fit_data, load_source
+
+    opts = SearchOptions(latency_runs=20, measure_memory=False, torch_passes=False, calibration_samples=64,
+                         only=("baseline-fp32", "baseline-openvino-nncf-int8"), measure_on=bench_agent.url,
+                         max_accuracy_drop=100)
+    src, splits = fit_data(load_source(trained_cnn_dir), digits)
+    r = search(src, splits, load_target("x86-server"), opts)
+    nncf = next(c for c in r.candidates if c.id == "baseline-openvino-nncf-int8")
+    assert nncf.status == "ok", nncf.reason
+    assert nncf.metrics["latency_source"].startswith("measured on the device (OpenVINO CPU, "), nncf.metrics
+
+
+def test_a_model_the_device_cannot_load_is_a_clear_422_not_a_crash(trained_cnn_dir, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from edgewise.agent.runner import AgentConfig, build_agent
+    from edgewise.profile.openvino import IR_KEY
+    from edgewise.source import load_source
+
+    model = load_source(trained_cnn_dir).model
+    model.metadata_props.add(key=IR_KEY, value="0" * 64)  # names an IR that was never uploaded
+    model.metadata_props.add(key="edgewise.runtime", value="openvino:CPU")
+    agent = build_agent(AgentConfig(tier="server", data_dir=tmp_path / "a", allow_bench=True))
+    try:
+        c = TestClient(agent.app)
+        mid = c.post("/v1/bench/models", content=model.SerializeToString()).json()["id"]
+        buf = io.BytesIO()
+        np.savez(buf, **{model.graph.input[0].name: np.zeros((1, 1, 8, 8), np.float32)})
+        r = c.post(f"/v1/bench/run?models={mid}&runs=2", content=buf.getvalue())
+        assert r.status_code == 422 and "cannot be loaded here" in r.json()["error"], r.text
+        assert c.post("/v1/bench/ir", content=b"not an npz").status_code == 422
+    finally:
+        agent.close()

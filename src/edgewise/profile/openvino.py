@@ -60,18 +60,23 @@ def with_ir(model: onnx.ModelProto, ov_model: Any, runtime: str) -> onnx.ModelPr
     """`model` (the ONNX graph a device without OpenVINO runs) tagged for `runtime`, with an OpenVINO model
     (say NNCF's int8 on OpenVINO's own graph) to run in its place where OpenVINO is present. The IR is kept
     in this process under its hash (`ir_files` gives it back for the bundle)."""
-    import hashlib
-
     import openvino as ov
 
     with tempfile.TemporaryDirectory(prefix="edgewise-ir-") as tmp:
         ov.save_model(ov_model, str(Path(tmp) / "model.xml"), compress_to_fp16=False)
         xml, weights = (Path(tmp) / "model.xml").read_bytes(), (Path(tmp) / "model.bin").read_bytes()
+    out = tagged(model, runtime)
+    out.metadata_props.add(key=IR_KEY, value=register_ir(xml, weights))
+    return out
+
+
+def register_ir(xml: bytes, weights: bytes) -> str:
+    """Keep an IR in this process under its hash (the key a model's metadata names it by)."""
+    import hashlib
+
     key = hashlib.sha256(xml + weights).hexdigest()
     _IR_CACHE[key] = (xml, weights)
-    out = tagged(model, runtime)
-    out.metadata_props.add(key=IR_KEY, value=key)
-    return out
+    return key
 
 
 def ir_key(model: onnx.ModelProto) -> str | None:
@@ -178,5 +183,5 @@ def session_for(model: onnx.ModelProto | bytes, runtime: str, threads: int = 1) 
     return OpenVinoSession(model, device, threads, precision)
 
 
-__all__ = ["IR_FILES", "ORT", "RUNTIME_KEY", "OpenVinoSession", "available", "ir_files", "ir_size", "parse_runtime",
+__all__ = ["IR_FILES", "ORT", "RUNTIME_KEY", "OpenVinoSession", "available", "ir_files", "ir_size", "parse_runtime", "register_ir",
            "runtime_of", "session_for", "tagged", "with_ir"]

@@ -47,6 +47,7 @@ class RemoteBench:
         self.machine: dict[str, Any] | None = None
         self._uploaded: set[str] = set()
         self._bytes: dict[str, bytes] = {}  # to upload again if the device has let a model go
+        self._irs: dict[str, tuple[bytes, bytes]] = {}  # model id -> the OpenVINO IR it names (xml, bin)
 
     def _post(self, path: str, body: bytes, ctype: str, raw: bool = False) -> Any:
         req = urllib.request.Request(self.url + path, data=body, method="POST", headers={"Content-Type": ctype})
@@ -66,14 +67,24 @@ class RemoteBench:
             raise ProfileError(f"cannot measure on the device at {self.url}: {reason}") from e
 
     def upload(self, model: onnx.ModelProto) -> str:
+        from edgewise.profile.openvino import ir_files
+
         data = model.SerializeToString()
         mid = hashlib.sha256(data).hexdigest()[:ID_LEN]
         self._bytes[mid] = data
+        files = ir_files(model)  # NNCF's int8 for OpenVINO travels as an IR beside the ONNX graph
+        if files:
+            self._irs[mid] = (files["model.xml"], files["model.bin"])
         if mid not in self._uploaded:
             self._send(mid)
         return mid
 
     def _send(self, mid: str) -> None:
+        if mid in self._irs:  # the IR first: the model names it, and the device builds its session from it
+            buf = io.BytesIO()
+            xml, weights = self._irs[mid]
+            np.savez(buf, xml=np.frombuffer(xml, np.uint8), bin=np.frombuffer(weights, np.uint8))
+            self._post("/v1/bench/ir", buf.getvalue(), "application/octet-stream")
         got = self._post("/v1/bench/models", self._bytes[mid], "application/octet-stream")["id"]
         if got != mid:
             raise ProfileError(f"the device at {self.url} stored the model under {got!r}, not {mid!r}")

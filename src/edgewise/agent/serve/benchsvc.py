@@ -83,13 +83,31 @@ class BenchSessions:
             self.counts["uploads"] += 1
         return mid
 
+    def add_ir(self, data: bytes) -> str:
+        """An OpenVINO IR (an .npz of `xml` and `bin` bytes) that an uploaded model names by its hash (NNCF's
+        int8, which runs in place of the model's ONNX graph where OpenVINO is present); returns that hash."""
+        import io
+        import zipfile
+
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                xml, weights = z["xml"].tobytes(), z["bin"].tobytes()
+        except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise BenchError(f"not an IR upload (an .npz of xml and bin bytes): {e}") from e
+        from edgewise.profile.openvino import register_ir
+
+        return register_ir(xml, weights)
+
     def _session(self, mid: str, threads: int, providers: tuple[str, ...]) -> Any:
         key = (mid, threads, providers)
         if key not in self._sessions:
             if mid not in self._models:
                 raise BenchError(f"no uploaded model {mid!r} (upload it first; the device keeps the last "
                                  f"{self.max_models})")
-            self._sessions[key] = make_session(self._models[mid], threads=threads, providers=providers)
+            try:
+                self._sessions[key] = make_session(self._models[mid], threads=threads, providers=providers)
+            except EdgewiseError as e:  # a runtime or IR this device lacks
+                raise BenchError(f"the model cannot be loaded here: {e}") from e
         return self._sessions[key]
 
     def infer(self, mid: str, feed: dict[str, np.ndarray], threads: int,

@@ -213,6 +213,16 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         except BenchError as e:
             return failed("bad_input", 422, e)
 
+    @app.post("/v1/bench/ir", openapi_extra=bodies.BENCH_RUN)
+    async def bench_ir(request: Request) -> JSONResponse:
+        """The OpenVINO IR a candidate names (.npz of `xml` and `bin` bytes), before the candidate itself."""
+        if bench is None:
+            return bench_off()
+        try:
+            return JSONResponse({"key": await run_in_threadpool(bench.add_ir, await request.body())})
+        except BenchError as e:
+            return failed("bad_input", 422, e)
+
     @app.post("/v1/bench/run", openapi_extra=bodies.BENCH_RUN)
     async def bench_run(request: Request, models: str, runs: int = 200, warmup: int = 20, threads: int = 1,
                         providers: str = "CPUExecutionProvider") -> JSONResponse:
