@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import machine, table, write_section  # noqa: E402
 
-from edgewise.agent.ota.slots import Slots  # noqa: E402
+from edgewise.agent.ota.slots import SlotSet  # noqa: E402
 from edgewise.agent.ota.updater import Updater, enroll  # noqa: E402
 from edgewise.bundle import Manifest, write_bundle  # noqa: E402
 from edgewise.bundle.selftest import add_golden  # noqa: E402
@@ -70,11 +70,11 @@ async def resume(fleet: FleetProc, kit: Path) -> list[list[str]]:
         fk.add(load_public((await c.get(f"{fleet.url}/v1/keys/fleet.pub")).content))
         rk = TrustStore.load([kit / "release.pub"])
         r = fleet.admin.rollout("wide", "1.1.0", "resume", [100])
-        whole = Updater(ident, Slots(kit / "resume-whole"), rk, fk, c)
-        a = await whole.fetch_assignment()
+        whole = Updater(ident, SlotSet(kit / "resume-whole"), rk, fk, c)
+        a = (await whole.fetch_assignment())["models"][0]
         await whole._download(a)
         size = int(a["size"])
-        cut = Updater(ident, Slots(kit / "resume-cut"), rk, fk, c)
+        cut = Updater(ident, SlotSet(kit / "resume-cut"), rk, fk, c)
         task = asyncio.create_task(cut._download(a))
         while cut.bytes_downloaded < size // 2:
             await asyncio.sleep(0.001)
@@ -157,7 +157,7 @@ def sharded_rollout(fleet: FleetProc, kit: Path, n: int, shards: int, poll_s: fl
             [f"rollout 1% -> 10% -> 50% -> 100% (each device polls every ~{poll_s:g} s)",
              f"{took:.1f} s to 100% installed, state {final['state']}"],
             ["time per wave (1%, 10%, 50%, 100%)", f"{per_wave} s"],
-            ["devices on the new version / failed", f"{res['versions'].get('1.1.0', 0):,} / "
+            ["devices on the new version / failed", f"{res['versions'].get('wide 1.1.0', 0):,} / "
                                                     f"{final['devices'].get('failed', 0)}"],
             ["fleet server CPU during the rollout (supervisor and live workers)",
              f"{used:.1f} s ({used / took * 100:.0f}% of one core; {used / n * 1000:.1f} s per 1,000 devices)"]]

@@ -61,7 +61,8 @@ def fast_opts():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def fleet_kit(tmp_path_factory):
-    """Keys and signed bundles: 1.0.0, 1.1.0 (good), and bad variants of 1.2.0."""
+    """Keys and signed bundles of model `digits`: 1.0.0, 1.1.0 (good), and bad variants; and of a second model,
+    `digits-lite` (another network): 2.0.0 and 2.1.0."""
     def build(root: Path) -> dict:
         generate_keys(root / "keys", "release")
         generate_keys(root / "keys", "rogue")
@@ -74,6 +75,8 @@ def fleet_kit(tmp_path_factory):
         b["selftest"] = versioned(base, root / "bself", "1.3.0", key,
                                   model_bytes=(other / "model.onnx").read_bytes(), golden_from=b["1.0.0"])
         b["rogue"] = versioned(base, root / "brogue", "1.4.0", rogue)
+        b["lite-2.0.0"] = versioned(other, root / "l200", "2.0.0", key, name="digits-lite")
+        b["lite-2.1.0"] = versioned(other, root / "l210", "2.1.0", key, name="digits-lite")
         return {"root": root, "key": key, "pub": root / "keys" / "release.pub",
                 "rogue_pub": root / "keys" / "rogue.pub", "bundles": b}
 

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from edgewise.agent.ota.slots import Slots
+from edgewise.agent.ota.slots import SlotSet
 from edgewise.agent.ota.updater import Updater, enroll
 from edgewise.bundle import Manifest, read_bundle, write_bundle
 from edgewise.bundle.selftest import add_golden
@@ -239,11 +239,12 @@ def mcu_bundle(tmp: Path, arch: str, data: str, epochs: int, only: str = "baseli
 
 
 def versioned(src: Path, out: Path, version: str, key: Path, model_bytes: bytes | None = None,
-              golden_from: Path | None = None) -> Path:
-    """A copy of bundle `src` as `version`, with golden pairs and signed by `key`. `model_bytes` swaps the
-    model (hashes stay consistent: a well-formed bundle whose model is broken or different)."""
+              golden_from: Path | None = None, name: str | None = None) -> Path:
+    """A copy of bundle `src` as `version` (and model `name`), with golden pairs and signed by `key`.
+    `model_bytes` swaps the model (hashes stay consistent: a well-formed bundle whose model is broken or
+    different)."""
     m = read_bundle(src)
-    write_bundle(out, replace(m, version=version, files={}, created=""),
+    write_bundle(out, replace(m, version=version, files={}, created="", name=name or m.name),
                  {"model.onnx": model_bytes if model_bytes is not None else (src / "model.onnx").read_bytes()})
     if golden_from is not None:  # golden pairs of another model: the self-test must fail
         shutil.copy(golden_from / "selftest.npz", out / "selftest.npz")
@@ -451,7 +452,7 @@ async def make_devices(fleet: FleetProc, kit: dict, root: Path, n: int, tag: str
     for i in range(n):
         token = fleet.admin.enroll_token(token_tags)
         ident = await enroll(client, fleet.url, token, f"dev-{i}")
-        out.append(Updater(ident, Slots(root / f"dev-{i}"), TrustStore.load([kit["pub"]]), fleet.fleet_keys(),
+        out.append(Updater(ident, SlotSet(root / f"dev-{i}"), TrustStore.load([kit["pub"]]), fleet.fleet_keys(),
                            client, backoff_s=0.05, **kw))
     return out
 

@@ -59,10 +59,25 @@ def same_origin(url: str, server: str) -> bool:
 
 
 # ---- the signed assignment --------------------------------------------------------------------------
-# Fields of the assignment body the fleet signs and a device checks; `serial` 0 means "nothing assigned".
-ASSIGNMENT_FIELDS: dict[str, tuple[type, ...]] = {"device_id": (str,), "expires": (int, float), "serial": (int,)}
+# A device runs several models, each in its own A/B slot pair. Its signed assignment names the desired
+# (model, version) of each model the fleet manages there, one entry of `models` per model; a model the
+# assignment does not name is left as it is. `serial` grows with every change to any of them (a device
+# refuses an older document: a replay); each entry carries the serial of its own assignment, which the
+# device reports its steps under. `serial` 0 with no entries means "nothing assigned".
+ASSIGNMENT_FIELDS: dict[str, tuple[type, ...]] = {"device_id": (str,), "expires": (int, float), "serial": (int,),
+                                                  "models": (list,)}
 ASSIGNED_FIELDS: dict[str, tuple[type, ...]] = {"model": (str,), "version": (str,), "sha256": (str,),
-                                                "size": (int,), "url": (str,), "rollback": (bool,)}
+                                                "size": (int,), "url": (str,), "rollback": (bool,), "serial": (int,)}
+MAX_MODELS = 64  # models one device may be assigned
+
+
+def _type_error(doc: dict[str, Any], want: dict[str, tuple[type, ...]], where: str) -> str | None:
+    for key, types in want.items():
+        v = doc.get(key)
+        if isinstance(v, bool) and bool not in types or not isinstance(v, types):
+            return (f"{where} field {key!r} must be {' or '.join(t.__name__ for t in types)}, "
+                    f"got {type(v).__name__}")
+    return None
 
 
 def field_type_error(doc: dict[str, Any]) -> str | None:
@@ -70,17 +85,25 @@ def field_type_error(doc: dict[str, Any]) -> str | None:
     tags = doc.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         return "assignment field 'tags' must be a list of strings"
-    want = dict(ASSIGNMENT_FIELDS)
-    if doc.get("serial"):
-        want.update(ASSIGNED_FIELDS)
-    for key, types in want.items():
-        v = doc.get(key)
-        if isinstance(v, bool) and bool not in types or not isinstance(v, types):
-            return (f"assignment field {key!r} must be {' or '.join(t.__name__ for t in types)}, "
-                    f"got {type(v).__name__}")
+    wrong = _type_error(doc, ASSIGNMENT_FIELDS, "assignment")
+    if wrong:
+        return wrong
+    if len(doc["models"]) > MAX_MODELS:
+        return f"assignment names {len(doc['models'])} models; at most {MAX_MODELS}"
+    names = set()
+    for m in doc["models"]:
+        if not isinstance(m, dict):
+            return "assignment 'models' entries must be objects"
+        wrong = _type_error(m, ASSIGNED_FIELDS, "assignment model")
+        if wrong:
+            return wrong
+        if m["model"] in names:
+            return f"assignment names model {m['model']!r} twice"
+        names.add(m["model"])
     return None
 
 
-__all__ = ["ASSIGNED_FIELDS", "ASSIGNMENT", "ASSIGNMENT_FIELDS", "BUNDLES", "ENROLL", "FLEET_KEY", "NOTIFY_PAYLOAD", "NOTIFY_TAG_TOPIC",
+__all__ = ["ASSIGNED_FIELDS", "ASSIGNMENT", "ASSIGNMENT_FIELDS", "BUNDLES", "ENROLL", "FLEET_KEY", "MAX_MODELS",
+           "NOTIFY_PAYLOAD", "NOTIFY_TAG_TOPIC",
            "NOTIFY_TOPIC", "REPORT", "SETTLING_STEPS", "STEPS", "bundle_url", "device_auth", "field_type_error",
            "parse_device_auth", "same_origin"]

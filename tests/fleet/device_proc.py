@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from edgewise.agent.ota.slots import Slots
+from edgewise.agent.ota.slots import SlotSet
 from edgewise.agent.ota.updater import Identity, Updater
 from edgewise.bundle.signing import TrustStore
 
@@ -24,10 +24,10 @@ def main() -> None:
     kill_at = sys.argv[5] if len(sys.argv) > 5 else ""
 
     class Dying(Updater):
-        async def report(self, step, ok, serial, detail="", **m):  # type: ignore[no-untyped-def]
+        async def report(self, slots, model, step, ok, serial, detail="", **m):  # type: ignore[no-untyped-def]
             if step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
-            await super().report(step, ok, serial, detail, **m)
+            await super().report(slots, model, step, ok, serial, detail, **m)
 
         def __setattr__(self, name, value):  # type: ignore[no-untyped-def]
             if name == "bytes_downloaded" and value and kill_at == "midstream":
@@ -39,7 +39,7 @@ def main() -> None:
     async def go() -> None:
         fleet = TrustStore.load([fleet_pub])
         async with httpx.AsyncClient() as c:
-            u = Dying(Identity.load(ident_path), Slots(slots_dir), TrustStore.load([release]), fleet, c)
+            u = Dying(Identity.load(ident_path), SlotSet(slots_dir), TrustStore.load([release]), fleet, c)
             for _ in range(20):
                 outcome = await u.poll_once()
                 print(outcome, flush=True)

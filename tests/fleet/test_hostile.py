@@ -90,7 +90,7 @@ def test_the_health_gate_weighs_each_device_once_and_clamps_rates(fleet_kit, tmp
     assert verdict and "mean error rate 0.225" in verdict
 
 
-def test_a_rollback_restores_the_model_each_device_ran_before_whatever_its_name(fleet_kit, tmp_path):
+def test_a_rollback_restores_that_models_previous_version_and_never_touches_another_model(fleet_kit, tmp_path):
     from dataclasses import replace
 
     from edgewise.bundle import read_bundle, write_bundle
@@ -99,36 +99,55 @@ def test_a_rollback_restores_the_model_each_device_ran_before_whatever_its_name(
 
     store = build_store(ServerConfig(data_dir=tmp_path / "f", trust=[fleet_kit["pub"]], admin_token=ADMIN))
     a = fleet_kit["bundles"]["1.0.0"]
-    b = tmp_path / "b"  # the same network published under another name, as a second model
-    write_bundle(b, replace(read_bundle(a), name="other", version="2.0.0", files={}, created=""),
+    other = tmp_path / "other"  # the same network published under another name: a second model on the devices
+    write_bundle(other, replace(read_bundle(a), name="other", version="2.0.0", files={}, created=""),
                  {n: a / n for n in read_bundle(a).files})
-    sign_bundle(b, load_private(fleet_kit["key"]))
-    for bundle in (a, b):
+    sign_bundle(other, load_private(fleet_kit["key"]))
+    for bundle in (a, fleet_kit["bundles"]["1.1.0"], other):
         store.add_model(pack(bundle), "test")
-    ids = []
-    for i in range(2):
-        dev = store.enroll(store.enroll_token(["cams"]), f"d{i}")["device_id"]
-        store.report(dev, {"step": "health", "ok": True, "model": read_bundle(a).name, "active_version": "1.0.0"})
-        ids.append(dev)
-    # the second device ran a version the registry no longer has: it cannot be restored, and that is said
-    store.db.execute("UPDATE devices SET version='0.9.0' WHERE id=?", (ids[1],))
-    r = store.create_rollout("other", "2.0.0", "cams", [100], None, False, "test")
+    ids = [store.enroll(store.enroll_token(["cams"]), f"d{i}")["device_id"] for i in range(3)]
+    # d0 ran digits 1.0.0; d1 never ran digits; d2 ran a digits the registry no longer has
+    for dev, version in ((ids[0], "1.0.0"), (ids[2], "0.9.0")):
+        store.report(dev, {"step": "health", "ok": True, "model": "digits", "active_version": version})
+    r_other = store.create_rollout("other", "2.0.0", "cams", [100], None, False, "test")
+    store.db.execute("UPDATE assignments SET status='healthy' WHERE rollout_id=?", (r_other["id"],))
+    store.tick(r_other["id"])
+    r = store.create_rollout("digits", "1.1.0", "cams", [100], None, False, "test")
     store.db.execute("UPDATE assignments SET status='healthy' WHERE rollout_id=?", (r["id"],))
+    # Execute
     after = store.control(r["id"], "rollback")
+    # Assert: only d0 goes back, to digits 1.0.0; the others are counted with the reason; "other" untouched
     back = store.db.query("SELECT device_id, model, version FROM assignments WHERE rollout_id=? AND rollback=1",
                           (r["id"],))
-    assert back == [(ids[0], read_bundle(a).name, "1.0.0")]
-    assert "1 device(s) could not be rolled back" in after["reason"] and "0.9.0" in after["reason"]
+    assert back == [(ids[0], "digits", "1.0.0")]
+    assert "no earlier version of digits on record" in after["reason"] and "digits 0.9.0 is not in" in after["reason"]
+    slots = {m["model"]: (m["version"], m["rollback"]) for m in store.assignment(ids[0])["assignment"]["models"]}
+    assert slots == {"digits": ("1.0.0", True), "other": ("2.0.0", False)}
+    assert store.rollout(r_other["id"])["state"] == "completed"
+
+
+GOOD_ENTRY = {"model": "m", "version": "1.0.0", "sha256": "ab" * 32, "size": 1000, "url": "http://x/b",
+              "rollback": False, "serial": 3}
 
 
 @pytest.mark.parametrize("field,value", [("version", 2), ("serial", "7"), ("size", 2**40), ("sha256", "zz" * 32),
-                                         ("rollback", "yes"), ("version", "one.two")])
+                                         ("rollback", "yes"), ("version", "one.two"), ("serial", 4), ("serial", 0),
+                                         ("model", None)])
 def test_the_updater_refuses_odd_assignment_fields_instead_of_crashing(field, value):
     from edgewise.agent.ota.updater import _check_fields
     from edgewise.errors import AgentError
 
-    good = {"device_id": "d", "expires": 1e12, "serial": 3, "model": "m", "version": "1.0.0", "sha256": "ab" * 32,
-            "size": 1000, "url": "http://x/b", "rollback": False}
+    good = {"device_id": "d", "expires": 1e12, "serial": 3, "models": [GOOD_ENTRY, {**GOOD_ENTRY, "model": "n"}]}
     _check_fields(good)
     with pytest.raises(AgentError):
-        _check_fields({**good, field: value})
+        _check_fields({**good, "models": [{**GOOD_ENTRY, field: value}]})
+
+
+@pytest.mark.parametrize("doc", [{"models": {"m": GOOD_ENTRY}}, {"models": [GOOD_ENTRY, GOOD_ENTRY]},
+                                 {"models": ["m"]}, {"models": [GOOD_ENTRY] * 65}, {"serial": -1}])
+def test_the_updater_refuses_an_odd_set_of_models(doc):
+    from edgewise.agent.ota.updater import _check_fields
+    from edgewise.errors import AgentError
+
+    with pytest.raises(AgentError):
+        _check_fields({"device_id": "d", "expires": 1e12, "serial": 3, "models": [GOOD_ENTRY]} | doc)

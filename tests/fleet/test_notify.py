@@ -27,7 +27,7 @@ def _listening_agent(fleet, kit, tmp_path, broker_port: int) -> AgentProc:  # ty
         if ota["polls"] >= 1 and ota["notify_subscribed"] and ota["tags"] == ["lobby"]:
             break
         time.sleep(0.1)
-    assert ota["polls"] == 1 and ota["notify_subscribed"] and ota["version"] is None, ota
+    assert ota["polls"] == 1 and ota["notify_subscribed"] and ota["models"] == {}, ota
     return agent
 
 
@@ -49,7 +49,7 @@ def test_a_notified_agent_updates_long_before_its_next_poll(fleet_kit, tmp_path,
             agent.kill()
         fleet.kill()
     # Assert: installed because it was told, far sooner than the 60 s minimum poll wait
-    assert took < 20 and health["ota"]["version"] == "1.0.0" and health["ota"]["notifications"] >= 1
+    assert took < 20 and health["ota"]["models"]["digits"]["version"] == "1.0.0" and health["ota"]["notifications"] >= 1
 
 
 @pytest.mark.e2e
@@ -83,6 +83,6 @@ def test_a_wave_is_announced_once_per_tag_and_reaches_a_site_broker_over_a_bridg
         central.stop()
     # Assert: told through the site broker on the tag's topic (one message, not one per device), and
     # installed after a jitter of at most a quarter of its poll interval's 10 s cap: far before a poll
-    assert health["ota"]["version"] == "1.0.0" and health["ota"]["notifications_by_tag"] >= 1, health["ota"]
+    assert health["ota"]["models"]["digits"]["version"] == "1.0.0" and health["ota"]["notifications_by_tag"] >= 1, health["ota"]
     assert server["tag_notifications"] == 1 and server["notifications"] == 0, server
     assert took < 30

@@ -30,8 +30,8 @@ async def poll_all(devs, rounds: int = 40, until=None, fleet=None) -> None:  # t
 
 def on_verified_working_model(dev, kit) -> str:  # type: ignore[no-untyped-def]
     """The device's active slot verifies (hashes + release signature): its version."""
-    manifest, _ = verify_signed_bundle(dev.slots.active_dir, TrustStore.load([kit["pub"]]))
-    assert manifest.version == dev.slots.state.version
+    manifest, _ = verify_signed_bundle(dev.slots.of("digits").active_dir, TrustStore.load([kit["pub"]]))
+    assert manifest.version == dev.slots.of("digits").state.version
     return manifest.version
 
 
@@ -64,7 +64,7 @@ def test_waves_update_every_device_and_each_step_is_reported(fleet, fleet_kit, t
     assert wait_rollout(fleet, r2["id"], ("completed",))["devices"] == {"healthy": 5}
     assert seen_waves >= {0, 1, 2}
     assert [on_verified_working_model(d, fleet_kit) for d in devs] == ["1.1.0"] * 5
-    assert {d["version"] for d in fleet.admin.devices("cams")} == {"1.1.0"}
+    assert {d["models"]["digits"] for d in fleet.admin.devices("cams")} == {"1.1.0"}
     steps = [s[0] for s in devs[0].log]
     assert steps[-5:] == ["download", "verify", "selftest", "switch", "health"]
 
@@ -173,7 +173,7 @@ def test_an_interrupted_download_resumes_where_it_stopped(inproc_fleet, fleet_ki
             return dev, len(archive)
 
     dev, size = run(go())
-    assert dev.slots.state.version == "1.1.0"
+    assert dev.slots.of("digits").state.version == "1.1.0"
     assert dev.bytes_downloaded == size - size * 2 // 3
 
 
@@ -190,7 +190,7 @@ def test_a_kept_partial_download_with_wrong_bytes_is_fetched_again_whole(inproc_
             return dev, m["size"]
 
     dev, size = run(go())
-    assert dev.slots.state.version == "1.1.0"
+    assert dev.slots.of("digits").state.version == "1.1.0"
     assert dev.bytes_downloaded == (size - 4096) + size
 
 
@@ -221,3 +221,47 @@ def test_a_device_silent_past_the_wave_timeout_halts_the_rollout_without_waiting
     assert before["state"] == "running" and before["wave"] == 0, before  # still within the timeout
     assert after["state"] in ("halted", "rolled_back"), after
     assert "1 of 2 devices failed (1 silent past the 600 s wave timeout)" in after["reason"], after
+
+
+def test_two_models_from_two_independent_rollouts_and_a_failure_of_one_never_touches_the_other(
+        inproc_fleet, fleet_kit, tmp_path):
+    fleet = inproc_fleet
+    for b in ("1.1.0", "noload", "lite-2.0.0", "lite-2.1.0"):
+        fleet.admin.upload(fleet_kit["bundles"][b])
+
+    def lite(dev):  # type: ignore[no-untyped-def]
+        st = dev.slots.of("digits-lite").state
+        return st.active, st.version, st.installed_serial
+
+    async def go():  # type: ignore[no-untyped-def]
+        async with fleet.client() as c:
+            devs = await on_base(fleet, fleet_kit, tmp_path, c)  # digits 1.0.0 on four devices
+            # Execute: two rollouts at once, each in its own waves
+            r1 = fleet.admin.rollout("digits", "1.1.0", "cams", [25, 100])
+            r2 = fleet.admin.rollout("digits-lite", "2.0.0", "cams", [50, 100])
+            await poll_all(devs, fleet=fleet, until=lambda: all(
+                fleet.admin.get_rollout(r["id"])["state"] == "completed" for r in (r1, r2)))
+            installed = [lite(d) for d in devs]
+            # a bad digits (its model does not load) halts on its canary; then digits-lite 2.1.0, rolled back
+            bad = fleet.admin.rollout("digits", "1.2.0", "cams", [25, 100])
+            await poll_all(devs, fleet=fleet, until=lambda: fleet.admin.get_rollout(bad["id"])["state"] != "running")
+            after_bad = [lite(d) for d in devs]
+            r3 = fleet.admin.rollout("digits-lite", "2.1.0", "cams", [100])
+            await poll_all(devs, fleet=fleet, until=lambda: fleet.admin.get_rollout(r3["id"])["state"] == "completed")
+            fleet.admin.control(r3["id"], "rollback")
+            await poll_all(devs, fleet=fleet, rounds=3)
+            return devs, installed, after_bad, fleet.admin.get_rollout(bad["id"]), fleet.admin.get_rollout(r3["id"])
+
+    devs, installed, after_bad, bad, r3 = run(go())
+    # Assert: every device runs both models, each verified in its own slots
+    trust = TrustStore.load([fleet_kit["pub"]])
+    for d in devs:
+        got = {m: verify_signed_bundle(d.slots.of(m).active_dir, trust)[0].version for m in d.slots.models()}
+        assert got == {"digits": "1.1.0", "digits-lite": "2.0.0"}
+    assert {d.slots.of("digits").root != d.slots.of("digits-lite").root for d in devs} == {True}
+    # the bad digits failed on its canary alone; digits-lite stayed exactly as it was (slot, version, serial)
+    assert bad["state"] in ("halted", "rolled_back") and bad["devices"] == {"failed": 1}, bad
+    assert after_bad == installed and {v for _, v, _ in installed} == {"2.0.0"}
+    # the digits-lite rollback went back to 2.0.0 and did not move digits
+    assert r3["state"] == "rolled_back" and r3["devices"].get("rollback_healthy") == 4, r3
+    assert [m["models"] for m in fleet.admin.devices("cams")] == [{"digits": "1.1.0", "digits-lite": "2.0.0"}] * 4

@@ -92,7 +92,7 @@ def test_tampered_replayed_expired_and_downgrade_metadata_is_refused(inproc_flee
             fleet.admin.upload(fleet_kit["bundles"]["1.1.0"])
             fleet.admin.rollout("digits", "1.1.0", "cams", [100])
             await poll_all(devs, fleet=fleet, rounds=2)
-            assert dev.slots.state.version == "1.1.0"
+            assert dev.slots.of("digits").state.version == "1.1.0"
             old = doc
 
             class Replay(httpx.AsyncBaseTransport):
@@ -130,4 +130,4 @@ def test_expired_assignment_metadata_is_refused(inproc_fleet, fleet_kit, tmp_pat
 
     dev, stale, fresh = run(go())
     assert stale == "refused" and any("expired" in d for s, ok, d in dev.log if not ok), dev.log
-    assert fresh != "refused" and dev.slots.state.version == "1.0.0", dev.log
+    assert fresh != "refused" and dev.slots.of("digits").state.version == "1.0.0", dev.log

@@ -26,9 +26,9 @@ def test_forty_simulated_devices_complete_a_four_wave_rollout(fleet, fleet_kit, 
     sim, r, took = asyncio.run(go())
     final = fleet.admin.get_rollout(r["id"])
     assert final["state"] == "completed" and final["devices"] == {"healthy": 40}, final
-    assert sim.versions() == {"1.1.0": 40}
+    assert sim.versions() == {"digits 1.1.0": 40}
     trust = TrustStore.load([fleet_kit["pub"]])
-    assert all(verify_signed_bundle(d.slots.active_dir, trust)[0].version == "1.1.0" for d in sim.devices)
+    assert all(verify_signed_bundle(d.slots.of("digits").active_dir, trust)[0].version == "1.1.0" for d in sim.devices)
     assert len({d.ident.device_id for d in sim.devices}) == 40 and took < 120
 
 
@@ -47,5 +47,5 @@ def test_devices_split_over_simulator_processes_complete_a_rollout_together(flee
                       poll_s=0.3, timeout_s=120)
     final = fleet.admin.get_rollout(rid[0])
     assert final["state"] == "completed" and final["devices"] == {"healthy": 12}, final
-    assert res["versions"] == {"1.1.0": 12} and res["took"] < 120
+    assert res["versions"] == {"digits 1.1.0": 12} and res["took"] < 120
     assert len(res["api_ms"]) >= 24 and len(res["download_ms"]) == 12  # what the devices saw, from all shards

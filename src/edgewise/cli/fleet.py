@@ -83,10 +83,11 @@ def fleet_devices(tag: Annotated[str | None, typer.Option(help="only devices wit
     Example: edgewise fleet devices --tag cameras
     """
     table = Table()
-    for col in ("id", "name", "tags", "model", "version", "last step"):
+    for col in ("id", "name", "tags", "models", "last step"):
         table.add_column(col)
     for d in _client(server, token).devices(tag):
-        table.add_row(d["id"][:12], d["name"], ", ".join(d["tags"]), d["model"] or "", d["version"] or "", d["state"] or "")
+        models = "\n".join(f"{m} {v}" for m, v in d["models"].items())  # one line per model
+        table.add_row(d["id"][:12], d["name"], ", ".join(d["tags"]), models, d["state"] or "")
     out.print(table)
 
 

@@ -35,12 +35,18 @@ CREATE TABLE IF NOT EXISTS assignments (device_id TEXT, serial BIGINT, rollout_i
     PRIMARY KEY (device_id, serial));
 CREATE TABLE IF NOT EXISTS reports (device_id TEXT, ts DOUBLE PRECISION, rollout_id TEXT, version TEXT,
     step TEXT, ok BIGINT, detail TEXT, error_rate DOUBLE PRECISION, latency_ms DOUBLE PRECISION);
+CREATE TABLE IF NOT EXISTS device_models (device_id TEXT, model TEXT, version TEXT, state TEXT,
+    updated DOUBLE PRECISION, PRIMARY KEY (device_id, model));
 CREATE INDEX IF NOT EXISTS reports_device ON reports (device_id, ts);
 CREATE INDEX IF NOT EXISTS assignments_rollout ON assignments (rollout_id, status);
 CREATE INDEX IF NOT EXISTS reports_rollout ON reports (rollout_id, step);
 """
 # Columns added after a store may already exist: (table, column, type), each added when missing.
-MIGRATIONS = (("assignments", "prev_model", "TEXT"),)
+MIGRATIONS = (("assignments", "prev_model", "TEXT"), ("reports", "model", "TEXT"))
+# Rows copied when a table is new in a store that already has the old one: (new table, its source, copy).
+DATA_MIGRATIONS = (("device_models", "devices",  # one model per device (devices.model) became several
+                    "INSERT INTO device_models SELECT id, model, version, state, last_seen FROM devices "
+                    "WHERE model IS NOT NULL AND version IS NOT NULL"),)
 
 
 POOL_SIZE = 8  # PostgreSQL connections per server process, at most
@@ -72,6 +78,9 @@ class Database:
         with self.tx() as t:
             if self.kind == "postgresql":  # two processes starting at once must not both create the tables
                 t.execute("SELECT pg_advisory_xact_lock(7474)")
+            tables = {r[0] for r in t.query(
+                "SELECT name FROM sqlite_master WHERE type='table'" if self.kind == "sqlite" else
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")}
             for stmt in SCHEMA.split(";"):
                 if stmt.strip():
                     t.execute(stmt)
@@ -81,6 +90,9 @@ class Database:
                     "SELECT column_name FROM information_schema.columns WHERE table_name = ?", (table,))}
                 if column not in have:
                     t.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            for table, source, copy in DATA_MIGRATIONS:
+                if table not in tables and source in tables:
+                    t.execute(copy)
 
     def _connect(self) -> Any:
         import psycopg

@@ -168,10 +168,16 @@ class FleetStore:
         return bool(rows) and hmac.compare_digest(rows[0][0], _hash(secret))
 
     def devices(self, tag: str | None = None) -> list[dict[str, Any]]:
+        """Devices (with `tag`), each with `models`: the version of each model it last reported running."""
         seen = dict(self._seen)
-        out = [d | {"tags": json.loads(d["tags"]), "last_seen": seen.get(d["id"], d["last_seen"])}
-               for d in self._select("id, name, tags, enrolled, last_seen, model, version, state",
-                                     "FROM devices ORDER BY enrolled, id")]
+        with self.db.tx() as t:
+            rows = t.query("SELECT id, name, tags, enrolled, last_seen, state FROM devices ORDER BY enrolled, id")
+            models: dict[str, dict[str, str]] = {}
+            for device_id, model, version in t.query("SELECT device_id, model, version FROM device_models "
+                                                     "ORDER BY model"):
+                models.setdefault(device_id, {})[model] = version
+        out = [{"id": i, "name": n, "tags": json.loads(tags), "enrolled": e, "last_seen": seen.get(i, last),
+                "state": state, "models": models.get(i, {})} for i, n, tags, e, last, state in rows]
         return [d for d in out if tag is None or tag in d["tags"]]
 
     def set_tags(self, device_id: str, tags: list[str]) -> None:
@@ -179,28 +185,33 @@ class FleetStore:
             raise FleetNotFound(f"no device {device_id}")
 
     def timeline(self, device_id: str, limit: int = 200) -> list[dict[str, Any]]:
-        return self._select("ts, rollout_id, version, step, ok, detail, error_rate, latency_ms",
+        return self._select("ts, rollout_id, model, version, step, ok, detail, error_rate, latency_ms",
                             "FROM reports WHERE device_id=? ORDER BY ts DESC LIMIT ?", (device_id, limit))
 
     # ---- assignments --------------------------------------------------------------------------------
     def assignment(self, device_id: str, base_url: str = "") -> dict[str, Any]:
-        """The device's desired state as signed metadata (expires; serial only ever grows)."""
+        """The device's desired state as signed metadata: per model, its newest assignment not cancelled.
+        The document's serial is the device's newest of any (cancelled too), so it only ever grows."""
         self._seen[device_id] = self.clock()
         now = self.clock()
+        slots: dict[str, tuple] = {}
         with self.db.tx() as t:  # a poll is the most frequent request: one transaction for its reads
-            rows = t.query("SELECT serial, rollout_id, model, version, rollback FROM assignments WHERE device_id=? "
-                           "AND status != 'cancelled' ORDER BY serial DESC LIMIT 1", (device_id,))
+            rows = t.query("SELECT serial, rollout_id, model, version, rollback, status FROM assignments "
+                           "WHERE device_id=? ORDER BY serial DESC", (device_id,))
+            for row in rows:
+                if row[5] != "cancelled":
+                    slots.setdefault(row[2], row)
             tags = t.query("SELECT tags FROM devices WHERE id=?", (device_id,))
-            m = self.model(rows[0][2], rows[0][3]) if rows else None
+            registry = {name: self.model(name, row[3]) for name, row in slots.items()}
+        models = []
+        for name, (serial, rollout_id, model, version, rollback, _) in sorted(slots.items()):
+            m = registry[name]
+            models.append({"serial": serial, "rollout_id": rollout_id, "model": model, "version": version,
+                           "rollback": bool(rollback), "sha256": m["sha256"], "size": m["size"],
+                           "url": bundle_url(base_url, m["sha256"], self.bundle_url)})
         body: dict[str, Any] = {"device_id": device_id, "issued": now, "expires": now + self.assignment_ttl_s,
-                                "tags": json.loads(tags[0][0]) if tags else []}
-        if m is not None:
-            serial, rollout_id, model, version, rollback = rows[0]
-            body.update({"serial": serial, "rollout_id": rollout_id, "model": model, "version": version,
-                         "rollback": bool(rollback), "sha256": m["sha256"], "size": m["size"],
-                         "url": bundle_url(base_url, m["sha256"], self.bundle_url)})
-        else:
-            body["serial"] = 0
+                                "tags": json.loads(tags[0][0]) if tags else [],
+                                "serial": rows[0][0] if rows else 0, "models": models}
         return {"assignment": body, "signature": sign_bytes(self.fleet_key, canonical(body))}
 
     def report(self, device_id: str, r: dict[str, Any]) -> None:
@@ -214,17 +225,21 @@ class FleetStore:
             if serial is not None:
                 rows = t.query("SELECT rollout_id FROM assignments WHERE device_id=? AND serial=?", (device_id, serial))
                 rollout_id = rows[0][0] if rows else None
-            t.execute("INSERT INTO reports VALUES (?,?,?,?,?,?,?,?,?)",
+            model = str(r.get("model") or "")[:200] or None
+            t.execute("INSERT INTO reports (device_id, ts, rollout_id, version, step, ok, detail, error_rate, "
+                      "latency_ms, model) VALUES (?,?,?,?,?,?,?,?,?,?)",
                       (device_id, self.clock(), rollout_id, str(r.get("version", ""))[:40], step, int(ok),
                        str(r.get("detail", ""))[:1000], _num(r.get("error_rate"), 0.0, 1.0),
-                       _num(r.get("latency_ms"), 0.0, 1e7)))
+                       _num(r.get("latency_ms"), 0.0, 1e7), model))
             status = "healthy" if step == "health" and ok else "failed" if not ok and step in SETTLING_STEPS else None
             if serial is not None and status:
                 t.execute("UPDATE assignments SET status=?, detail=?, updated=? WHERE device_id=? AND serial=? "
                           "AND status='pending'", (status, str(r.get("detail", ""))[:500], self.clock(), device_id, serial))
-            if r.get("active_version"):
-                t.execute("UPDATE devices SET model=?, version=?, state=? WHERE id=?",
-                          (r.get("model"), r["active_version"], step, device_id))
+            t.execute("UPDATE devices SET state=? WHERE id=?", (step, device_id))
+            if r.get("active_version") and model:  # what the device runs of this model now
+                t.execute("INSERT INTO device_models VALUES (?,?,?,?,?) ON CONFLICT (device_id, model) DO UPDATE "
+                          "SET version=excluded.version, state=excluded.state, updated=excluded.updated",
+                          (device_id, model, str(r["active_version"])[:40], step, self.clock()))
         if rollout_id and status:  # only a settled device can change a wave's verdict
             self.tick(rollout_id)
 
@@ -355,13 +370,14 @@ class FleetStore:
         for d in take:
             if d["id"] in have:
                 continue
-            status = "healthy" if d["version"] == version and d["model"] == model else "pending"
-            self._assign(t, d["id"], rid, model, version, False, status, "", d["version"], d["model"],
-                         tag=selector)
+            running = d["models"].get(model)  # this model's version there: the device's other models stay
+            status = "healthy" if running == version else "pending"
+            self._assign(t, d["id"], rid, model, version, False, status, "", running, model, tag=selector)
 
     def _assign(self, t: Any, device_id: str, rid: str, model: str, version: str, rollback: bool, status: str,
                 detail: str, prev_version: str | None, prev_model: str | None = None, tag: str | None = None) -> None:
-        """A new desired state for a device: the next serial, so it supersedes every earlier one."""
+        """A new desired state for one of a device's models: the device's next serial, so it supersedes every
+        earlier assignment of that model (its other models keep theirs)."""
         serial = (t.query("SELECT MAX(serial) FROM assignments WHERE device_id=?", (device_id,))[0][0] or 0) + 1
         t.execute("INSERT INTO assignments (device_id, serial, rollout_id, model, version, rollback, status, detail, "
                   "updated, prev_version, prev_model) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -391,8 +407,9 @@ class FleetStore:
         return ""
 
     def _issue_rollbacks(self, t: Any, rid: str) -> str:
-        """Every device that took this rollout's version goes back to what it ran before (whatever that
-        model's name), by a signed rollback assignment (the only way a device accepts an older version).
+        """Every device that took this rollout's version goes back to the version of that model it ran
+        before, by a signed rollback assignment (the only way a device accepts an older version); its other
+        models are not touched. A device that did not run the model before is left on it, and counted.
         Devices that failed are already back on their previous model: the updater never leaves a failed
         install active. Returns what could not be restored, for the rollout's reason ('' when all were)."""
         rows = t.query("SELECT device_id, prev_version, prev_model, model FROM assignments WHERE rollout_id=? "
@@ -401,7 +418,8 @@ class FleetStore:
         for device_id, prev, prev_model, model in rows:
             prev_model = prev_model or model  # assignments from before prev_model was recorded
             if not prev:
-                missing["no earlier model on record"] = missing.get("no earlier model on record", 0) + 1
+                why = f"no earlier version of {prev_model} on record"
+                missing[why] = missing.get(why, 0) + 1
                 continue
             try:
                 self.model(prev_model, prev)

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from edgewise.agent.ota.slots import Slots
+from edgewise.agent.ota.slots import SlotSet
 from edgewise.agent.ota.updater import Updater, enroll, model_selftest
 from edgewise.bundle.signing import TrustStore, load_public
 from edgewise.fleet.client import FleetClient
@@ -29,10 +29,12 @@ class Fleet:
     async def close(self) -> None:
         await asyncio.gather(*(d.client.aclose() for d in self.devices))
 
-    def versions(self) -> dict[str | None, int]:
-        out: dict[str | None, int] = {}
+    def versions(self) -> dict[str, int]:
+        """How many devices run each model's version ('digits 1.1.0'), over every model they run."""
+        out: dict[str, int] = {}
         for d in self.devices:
-            out[d.slots.state.version] = out.get(d.slots.state.version, 0) + 1
+            for model, version in d.slots.versions().items():
+                out[f"{model} {version}"] = out.get(f"{model} {version}", 0) + 1
         return out
 
 
@@ -63,7 +65,7 @@ async def enroll_fleet(server: str, admin_token: str, n: int, tag: str, root: Pa
         client = make_client()
         async with sem:
             ident = await enroll(client, server, token, f"sim-{i:05d}")
-        return Updater(ident, Slots(root / f"sim-{i:05d}"), release_keys, fleet_keys, client, selftest=selftest,
+        return Updater(ident, SlotSet(root / f"sim-{i:05d}"), release_keys, fleet_keys, client, selftest=selftest,
                        timeout_s=30.0, retries=6)
 
     return Fleet(list(await asyncio.gather(*(one(i, t) for i, t in enumerate(tokens)))))
@@ -174,7 +176,7 @@ def run_sharded(server: str, admin_token: str, n: int, shards: int, tag: str, ro
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()
-    versions: dict[str | None, int] = {}
+    versions: dict[str, int] = {}
     for r in results:
         for v, k in r["versions"].items():
             versions[v] = versions.get(v, 0) + k

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from edgewise.agent.ota.slots import Slots
+from edgewise.agent.ota.slots import SlotSet
 from edgewise.agent.ota.updater import Identity, Updater
 from edgewise.agent.serve.models import ModelManager
 from edgewise.bundle.signing import TrustStore, load_public
@@ -64,10 +64,10 @@ class OtaThread:
         fleet_keys = TrustStore()
         fleet_keys.add(load_public(ota_dir / FLEET_PUB))
         self.release_keys, self.fleet_keys = TrustStore.load(trust), fleet_keys
-        self.slots, self.models, self.poll_s = Slots(ota_dir / "slots"), models, poll_s
+        self.slots, self.models, self.poll_s = SlotSet(ota_dir / "slots"), models, poll_s
         self.recovered = self.slots.recover()
-        if self.slots.active_dir is not None:  # serve what was installed before the restart
-            models.register(self.slots.active_dir)
+        for name in self.slots.models():  # serve what was installed before the restart
+            models.register(self.slots.of(name).active_dir)  # type: ignore[arg-type]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
@@ -147,9 +147,13 @@ class OtaThread:
             c.subscribe([(t, 1) for t in topics])
 
     def status(self) -> dict[str, Any]:
-        st = self.slots.state
-        return {"device_id": self.ident.device_id, "active_slot": st.active, "model": st.model,
-                "version": st.version, "last_serial": st.last_serial, "recovered": self.recovered,
+        models = {}
+        for name in self.slots.models():
+            st = self.slots.of(name).state
+            models[name] = {"version": st.version, "active_slot": st.active, "installed_serial": st.installed_serial,
+                            "outcome": self.updater.outcomes.get(name) if self.updater else None}
+        return {"device_id": self.ident.device_id, "models": models, "last_serial": self.slots.last_serial,
+                "recovered": self.recovered,
                 "notifications": self.notified, "notifications_by_tag": self.notified_by_tag,
                 "notify_subscribed": self.subscribed, "tags": self.updater.tags if self.updater else [],
                 "polls": self.updater.polls if self.updater else 0,

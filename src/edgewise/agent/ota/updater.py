@@ -1,5 +1,6 @@
 """The device updater: poll the fleet, download with resume, verify, stage in the inactive slot,
-self-test, switch atomically, check health, roll back on any failure, and report every step.
+self-test, switch atomically, check health, roll back on any failure, and report every step; for each model
+the device's signed assignment names, each in its own slots (a model's failure never touches another's).
 
 Async on httpx, so the same code runs inside an agent (one device) and in the fleet simulator (a
 thousand devices as tasks in one process). Every network call has a timeout; retries are bounded and
@@ -22,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from edgewise.agent.ota.slots import Slots
+from edgewise.agent.ota.slots import Slots, SlotSet
 from edgewise.bundle.archive import MAX_UNPACKED_BYTES as MAX_BUNDLE_BYTES
 from edgewise.bundle.archive import unpack
 from edgewise.bundle.pack import sha256_file
@@ -85,8 +86,12 @@ def model_selftest(bundle: Path) -> dict[str, Any]:
     return out | {"latency_ms": (time.perf_counter() - t) * 1e3 / max(1, out["pairs"])}
 
 
+# What one poll did, most telling first: a poll over several models says the worst of their outcomes.
+OUTCOMES = ("rolled_back", "failed", "installed", "current")
+
+
 class Updater:
-    def __init__(self, ident: Identity, slots: Slots, release_keys: TrustStore, fleet_keys: TrustStore,
+    def __init__(self, ident: Identity, slots: SlotSet, release_keys: TrustStore, fleet_keys: TrustStore,
                  client: httpx.AsyncClient, selftest: Callable[[Path], dict[str, Any]] = model_selftest,
                  on_switch: Callable[[Path], Awaitable[None] | None] | None = None,
                  health: Callable[[Path], dict[str, Any]] | None = None,
@@ -97,11 +102,12 @@ class Updater:
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self.downloads = self.slots.root / "download"
         self.pending_reports = self.slots.root / "reports.jsonl"  # reports that could not be sent yet
-        self.recovered = self.slots.recover()  # after a power cut: the active slot verifies, or the previous one
+        self.recovered = self.slots.recover()  # per model, after a power cut: its active slot, or its previous
         self.bytes_downloaded = 0
         self.tags: list[str] = []
         self.on_tags: Callable[[list[str]], None] | None = None  # told when the signed tags change
         self.log: list[tuple[str, bool, str]] = []
+        self.outcomes: dict[str, str] = {}  # the last poll's outcome per model
         self.polls = 0  # polls finished (whatever their outcome)
 
     # ---- plumbing -----------------------------------------------------------------------------------
@@ -120,11 +126,13 @@ class Updater:
             await asyncio.sleep(self.backoff_s * 2**attempt * (0.5 + random.random()))
         raise AgentError(f"fleet unreachable after {self.retries} tries: {last}")
 
-    async def report(self, step: str, ok: bool, serial: int | None, detail: str = "", **metrics: Any) -> None:
-        """Report a step; reports that cannot be sent wait in a file and go with the next poll."""
+    async def report(self, slots: Slots, model: str, step: str, ok: bool, serial: int | None, detail: str = "",
+                     **metrics: Any) -> None:
+        """Report a step of `model` (in `slots`); reports that cannot be sent wait in a file and go with the
+        next poll."""
         self.log.append((step, ok, detail))
-        body = {"step": step, "ok": ok, "serial": serial, "detail": detail[:900], "model": self.slots.state.model,
-                "active_version": self.slots.state.version, "version": metrics.pop("version", None), **metrics}
+        body = {"step": step, "ok": ok, "serial": serial, "detail": detail[:900], "model": model,
+                "active_version": slots.state.version, "version": metrics.pop("version", None), **metrics}
         try:
             await self._flush_reports()
             r = await self._call("POST", REPORT, json=body)
@@ -161,8 +169,8 @@ class Updater:
             raise AgentError("assignment is for another device")
         if float(a.get("expires", 0)) < time.time():
             raise AgentError("assignment metadata has expired (stale or replayed)")
-        if int(a.get("serial", 0)) < self.slots.state.last_serial:
-            raise AgentError(f"assignment serial {a.get('serial')} is older than {self.slots.state.last_serial} "
+        if int(a.get("serial", 0)) < self.slots.last_serial:
+            raise AgentError(f"assignment serial {a.get('serial')} is older than {self.slots.last_serial} "
                              "already seen (replayed)")
         tags = sorted(set(a.get("tags", [])))
         if tags != self.tags:  # the fleet's word on this device's tags (signed): where waves are announced
@@ -172,101 +180,108 @@ class Updater:
         return a
 
     async def poll_once(self) -> str:
-        """One round: 'idle', 'current', 'installed', 'refused', 'failed' or 'rolled_back'."""
+        """One round: 'idle', 'refused', or over the models assigned, the most telling of 'current',
+        'installed', 'failed' and 'rolled_back' (each model's own is in `outcomes`)."""
         await self._flush_reports()
         try:
             a = await self.fetch_assignment()
         except AgentError as e:
             self.log.append(("assignment", False, str(e)))
             return "refused"
-        serial = int(a["serial"])
-        st = self.slots.state
-        if serial == 0:
-            return "idle"
-        if serial > st.last_serial:
-            st.last_serial = serial
+        if a["serial"] > self.slots.last_serial:
+            self.slots.last_serial = a["serial"]
             await asyncio.to_thread(self.slots.save)
-        if a["version"] == st.version and a["model"] == st.model:
+        if not a["models"]:
+            return "idle"
+        self.outcomes = {m["model"]: await self._apply(m) for m in a["models"]}
+        return next(o for o in OUTCOMES if o in self.outcomes.values())
+
+    async def _apply(self, m: dict[str, Any]) -> str:
+        """One model's assignment: 'current', 'installed', 'failed' or 'rolled_back'."""
+        slots, serial = self.slots.of(m["model"]), m["serial"]
+        st = slots.state
+        if m["version"] == st.version:
             if st.installed_serial != serial:  # e.g. restarted after the switch, or a rollback to this version
-                await self._confirm_health(serial, a["version"])
+                return await self._confirm_health(slots, m["model"], serial, m["version"])
             return "current"
         if st.extra.get("failed_serial") == serial:
             return "failed"  # this assignment already failed here; wait for a new one
-        if st.version and older(a["version"], st.version) and not a.get("rollback"):
-            return await self._fail(serial, "verify", f"refused downgrade {st.version} -> {a['version']} "
-                                                      "without a signed rollback instruction", a["version"])
-        return await self._install(a)
+        if st.version and older(m["version"], st.version) and not m["rollback"]:
+            return await self._fail(slots, m["model"], serial, "verify", f"refused downgrade {st.version} -> "
+                                    f"{m['version']} without a signed rollback instruction", m["version"])
+        return await self._install(slots, m)
 
-    async def _fail(self, serial: int, step: str, detail: str, version: str) -> str:
-        self.slots.state.extra["failed_serial"] = serial
-        await asyncio.to_thread(self.slots.save)
-        await self.report(step, False, serial, detail, version=version)
+    async def _fail(self, slots: Slots, model: str, serial: int, step: str, detail: str, version: str) -> str:
+        slots.state.extra["failed_serial"] = serial
+        await asyncio.to_thread(slots.save)
+        await self.report(slots, model, step, False, serial, detail, version=version)
         return "failed"
 
-    async def _install(self, a: dict[str, Any]) -> str:
-        serial, version = int(a["serial"]), a["version"]
+    async def _install(self, slots: Slots, a: dict[str, Any]) -> str:
+        serial, version, model = a["serial"], a["version"], a["model"]
         try:
             archive = await self._download(a)
         except AgentError as e:
-            return await self._fail(serial, "gave_up" if "tries" in str(e) else "download", str(e), version)
-        await self.report("download", True, serial, f"{a['size']} bytes", version=version)
-        slot = self.slots.inactive
-        target = await asyncio.to_thread(self.slots.clear_inactive)
+            return await self._fail(slots, model, serial, "gave_up" if "tries" in str(e) else "download", str(e),
+                                    version)
+        await self.report(slots, model, "download", True, serial, f"{a['size']} bytes", version=version)
+        slot = slots.inactive
+        target = await asyncio.to_thread(slots.clear_inactive)
         try:
             await asyncio.to_thread(unpack, archive, target)
             manifest, key = await asyncio.to_thread(verify_signed_bundle, target, self.release_keys)
-            if (manifest.name, manifest.version) != (a["model"], version):
-                raise AgentError(f"bundle is {manifest.name} {manifest.version}, assignment says {a['model']} {version}")
+            if (manifest.name, manifest.version) != (model, version):
+                raise AgentError(f"bundle is {manifest.name} {manifest.version}, assignment says {model} {version}")
         except EdgewiseError as e:
             archive.unlink(missing_ok=True)
-            await asyncio.to_thread(self.slots.clear_inactive)  # nothing of a refused bundle stays on disk
-            return await self._fail(serial, "verify", str(e), version)
-        await self.report("verify", True, serial, f"signed by {key}", version=version)
+            await asyncio.to_thread(slots.clear_inactive)  # nothing of a refused bundle stays on disk
+            return await self._fail(slots, model, serial, "verify", str(e), version)
+        await self.report(slots, model, "verify", True, serial, f"signed by {key}", version=version)
         try:
             st = await asyncio.to_thread(self.selftest, target)
         except EdgewiseError as e:
-            return await self._fail(serial, "selftest", str(e), version)
-        await self.report("selftest", True, serial, json.dumps(st), version=version)
+            return await self._fail(slots, model, serial, "selftest", str(e), version)
+        await self.report(slots, model, "selftest", True, serial, json.dumps(st), version=version)
         await asyncio.to_thread(fsync_tree, target)  # the new slot is on disk before the pointer names it
-        await asyncio.to_thread(self.slots.activate, slot, manifest.name, version, None)
+        await asyncio.to_thread(slots.activate, slot, model, version, None)
         archive.unlink(missing_ok=True)
-        await self.report("switch", True, serial, f"slot {slot}", version=version)
-        return await self._confirm_health(serial, version)
+        await self.report(slots, model, "switch", True, serial, f"slot {slot}", version=version)
+        return await self._confirm_health(slots, model, serial, version)
 
-    async def _confirm_health(self, serial: int, version: str) -> str:
+    async def _serve(self, bundle: Path) -> None:
+        if self.on_switch is not None:
+            res = self.on_switch(bundle)
+            if asyncio.iscoroutine(res):
+                await res
+
+    async def _confirm_health(self, slots: Slots, model: str, serial: int, version: str) -> str:
         """After a switch: hand the model to the service and check it; roll back if either fails."""
-        active = self.slots.active_dir
+        active = slots.active_dir
         try:
-            if self.on_switch is not None and active is not None:
-                res = self.on_switch(active)
-                if asyncio.iscoroutine(res):
-                    await res
+            if active is not None:
+                await self._serve(active)
             h = await asyncio.to_thread(self.health, active) if active is not None else {}
         except Exception as e:  # whatever broke, the device must end on a model that works
-            prev = self.slots.state.previous
+            prev = slots.state.previous
             detail = f"health check failed: {str(e)[:300]}"
             if prev and prev.get("slot"):
-                await asyncio.to_thread(self.slots.activate, prev["slot"], self.slots.state.model or "",
-                                        prev["version"], None)
-                self.slots.state.previous = None
-                await asyncio.to_thread(self.slots.save)
-                if self.on_switch is not None:
-                    try:
-                        res = self.on_switch(self.slots.dir(prev["slot"]))
-                        if asyncio.iscoroutine(res):
-                            await res
-                    except Exception:  # noqa: BLE001 - the device is already back on its previous model
-                        log.exception("ota: re-serving the previous model after a failed health check failed")
+                await asyncio.to_thread(slots.activate, prev["slot"], model, prev["version"], None)
+                slots.state.previous = None
+                await asyncio.to_thread(slots.save)
+                try:
+                    await self._serve(slots.dir(prev["slot"]))
+                except Exception:  # noqa: BLE001 - the device is already back on its previous model
+                    log.exception("ota: re-serving the previous model after a failed health check failed")
                 detail += f"; rolled back to {prev['version']}"
-            await self._fail(serial, "health", detail, version)
+            await self._fail(slots, model, serial, "health", detail, version)
             return "rolled_back"
         # Report first, then record: a power cut in between re-sends the report after boot (the server
         # ignores the repeat), never the reverse (a rollout waiting forever for a report nobody sends).
-        await self.report("health", True, serial, "", version=version, error_rate=h.get("error_rate", 0.0),
-                          latency_ms=h.get("latency_ms"))
-        self.slots.state.installed_serial = serial
-        self.slots.state.extra.pop("failed_serial", None)
-        await asyncio.to_thread(self.slots.save)
+        await self.report(slots, model, "health", True, serial, "", version=version,
+                          error_rate=h.get("error_rate", 0.0), latency_ms=h.get("latency_ms"))
+        slots.state.installed_serial = serial
+        slots.state.extra.pop("failed_serial", None)
+        await asyncio.to_thread(slots.save)
         return "installed"
 
     async def _download(self, a: dict[str, Any]) -> Path:
@@ -351,12 +366,14 @@ def _check_fields(a: Any) -> None:
         raise AgentError(wrong)
     if a["serial"] < 0 or not math.isfinite(a["expires"]):
         raise AgentError("assignment serial or expiry out of range")
-    if a.get("serial"):
-        if len(a["sha256"]) != 64 or not set(a["sha256"]) <= _HEX:
+    for m in a["models"]:
+        if m["serial"] <= 0 or m["serial"] > a["serial"]:
+            raise AgentError(f"assignment serial of model {m['model']!r} is out of range")
+        if len(m["sha256"]) != 64 or not set(m["sha256"]) <= _HEX:
             raise AgentError("assignment sha256 is not a hex digest")
-        if not 0 < a["size"] <= MAX_BUNDLE_BYTES:
-            raise AgentError(f"assignment size {a['size']} is out of range (at most {MAX_BUNDLE_BYTES:,} bytes)")
+        if not 0 < m["size"] <= MAX_BUNDLE_BYTES:
+            raise AgentError(f"assignment size {m['size']} is out of range (at most {MAX_BUNDLE_BYTES:,} bytes)")
         try:
-            parse_version(a["version"])
+            parse_version(m["version"])
         except EdgewiseError as e:
             raise AgentError(f"assignment {e}") from e
