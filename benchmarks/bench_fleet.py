@@ -38,10 +38,11 @@ from tests.harness import ADMIN, FleetProc, start_postgres  # noqa: E402
 HIDDEN = 18_500  # (64 + 10) x 18,500 fp32 weights: a 5.5 MB model, a 5.1 MB archive
 
 
-def big_bundle(out: Path, version: str, key: Path) -> Path:
+def big_bundle(out: Path, version: str, key: Path, hidden: int = HIDDEN) -> Path:
+    """A signed two-layer MLP bundle; `hidden` sets its size (296 bytes per unit: 5.5 MB by default)."""
     rng = np.random.default_rng(0)
-    w1 = numpy_helper.from_array(rng.normal(0, 0.1, (64, HIDDEN)).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array(rng.normal(0, 0.1, (HIDDEN, 10)).astype(np.float32), "w2")
+    w1 = numpy_helper.from_array(rng.normal(0, 0.1, (64, hidden)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(0, 0.1, (hidden, 10)).astype(np.float32), "w2")
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
              helper.make_node("MatMul", ["r", "w2"], ["y"])]
     g = helper.make_graph(nodes, "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
@@ -111,7 +112,7 @@ def _server_rows(fleet: FleetProc, what: str) -> list[list[str]]:
 
 
 def sharded_rollout(fleet: FleetProc, kit: Path, n: int, shards: int, poll_s: float,
-                    kill_worker: bool = False) -> list[list[str]]:
+                    kill_worker: bool = False, timeout_s: float = 600.0) -> list[list[str]]:
     """The same rollout with the devices split over `shards` simulator processes; the time each wave
     started; with `kill_worker`, one server worker is killed (SIGKILL) when the third wave starts."""
     import signal
@@ -123,7 +124,7 @@ def sharded_rollout(fleet: FleetProc, kit: Path, n: int, shards: int, poll_s: fl
 
     def start() -> str:
         cpu[0] = server_cpu(fleet)
-        rid.append(fleet.admin.rollout("wide", "1.1.0", "sim", [1, 10, 50, 100], gate={"wave_timeout_s": 120})["id"])
+        rid.append(fleet.admin.rollout("wide", "1.1.0", "sim", [1, 10, 50, 100], gate={"wave_timeout_s": 600})["id"])
         waves[0] = time.perf_counter()
         threading.Thread(target=watch, daemon=True).start()
         return rid[0]
@@ -143,7 +144,7 @@ def sharded_rollout(fleet: FleetProc, kit: Path, n: int, shards: int, poll_s: fl
 
     t = time.perf_counter()
     res = run_sharded(fleet.url, ADMIN, n, shards, "sim", kit / "devices", [kit / "release.pub"], start,
-                      poll_s=poll_s)
+                      poll_s=poll_s, timeout_s=timeout_s)
     stop.set()
     end = time.perf_counter()
     took, used = res["took"], server_cpu(fleet) - cpu[0]
@@ -151,8 +152,10 @@ def sharded_rollout(fleet: FleetProc, kit: Path, n: int, shards: int, poll_s: fl
     starts = [waves[w] for w in sorted(waves)] + [end]
     per_wave = ", ".join(f"{b - a:.1f}" for a, b in zip(starts, starts[1:]))
     api, dl = np.asarray(res["api_ms"]), np.asarray(res["download_ms"])
+    size = (kit / "b110" / "model.onnx").stat().st_size
     rows = [["devices, simulator processes, server workers", f"{n:,}, {shards}, {fleet.workers}"],
             ["database", "PostgreSQL" if fleet.db else "SQLite"],
+            ["bundle (model.onnx)", f"{size / 1e6:.2f} MB"],
             ["enrolment (all simulator processes)", f"{end - t - took:.1f} s"],
             [f"rollout 1% -> 10% -> 50% -> 100% (each device polls every ~{poll_s:g} s)",
              f"{took:.1f} s to 100% installed, state {final['state']}"],
@@ -208,12 +211,15 @@ def main() -> None:
     ap.add_argument("--kill-worker", action="store_true", help="kill one server worker when the third wave starts")
     ap.add_argument("--steady", type=float, default=0, help="no rollout: every device polls for this many seconds")
     ap.add_argument("--bundle-url", help="e.g. /bundles: bundles as static files, off the device route")
+    ap.add_argument("--bundle-kb", type=float, default=0, help="the rolled-out model's size (default 5.5 MB)")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds the rollout may take")
     args = ap.parse_args()
     kit = Path(tempfile.mkdtemp(prefix="edgewise-fleet-bench-"))
     fleet, stop_pg = None, None
     try:
         generate_keys(kit, "release")
-        big_bundle(kit / "b110", "1.1.0", kit / "release.key")
+        big_bundle(kit / "b110", "1.1.0", kit / "release.key",
+                   int(args.bundle_kb * 1000 / 296) if args.bundle_kb else HIDDEN)
         db = None
         if args.postgresql:
             db, stop_pg = start_postgres()
@@ -223,7 +229,7 @@ def main() -> None:
             rows = steady(fleet, kit, args.devices, args.shards, args.poll, args.steady)
             res = None
         else:
-            rows = sharded_rollout(fleet, kit, args.devices, args.shards, args.poll, args.kill_worker)
+            rows = sharded_rollout(fleet, kit, args.devices, args.shards, args.poll, args.kill_worker, args.timeout)
             res = None
             if args.workers == 1 and args.shards == 1 and not (args.postgresql or args.bundle_url):
                 shutil.rmtree(kit / "devices", ignore_errors=True)
@@ -244,7 +250,8 @@ def main() -> None:
               "(`sim.fleet.run_sharded`); all on the same 2 cores over loopback.\n\n" + table(["measure", "value"], rows))
         print(md)
         section = ("fleet-steady" if args.steady else "fleet-workers") + f"-w{args.workers}"
-        write_section(section + ("-kill" if args.kill_worker else "") + ("-static" if args.bundle_url else ""), md)
+        write_section(section + ("-kill" if args.kill_worker else "") + ("-static" if args.bundle_url else "")
+                      + (f"-n{args.devices}" if args.devices != 1000 and not args.steady else ""), md)
         return
     md = (f"## Fleet: OTA rollout to simulated devices\n\nMachine: {machine()}. One fleet server process "
           "(uvicorn, SQLite) and one simulator process running every device as an asyncio task with the real updater "

@@ -161,6 +161,68 @@ def start_postgres() -> tuple[str, Any]:
     return f"postgresql://edgewise@127.0.0.1:{port}/postgres", stop
 
 
+NGINX_CONF = """
+worker_processes 1;
+{user}
+error_log {root}/error.log info;
+pid {root}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    client_body_temp_path {root}/body; proxy_temp_path {root}/proxy; fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi; scgi_temp_path {root}/scgi;
+    log_format short '$request_method $uri $status $body_bytes_sent';
+    access_log {root}/access.log short;
+    sendfile on;
+    upstream fleet {{ server 127.0.0.1:{fleet_port}; keepalive 16; }}
+    server {{
+        listen 127.0.0.1:{port};
+        client_max_body_size 64m;
+        location /bundles/ {{ alias {models}/; }}
+        location / {{
+            proxy_pass http://fleet;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+        }}
+    }}
+}}
+"""
+
+
+class Nginx:
+    """Debian's nginx in front of a fleet server: the API proxied to it, and `/bundles/` served by nginx
+    itself (sendfile, Range, ETag) from the fleet's DATA_DIR/models."""
+
+    def __init__(self, fleet_port: int, models: Path) -> None:
+        import tempfile
+
+        self.binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+        if self.binary is None:
+            raise FileNotFoundError("nginx")
+        self.root = Path(tempfile.mkdtemp(prefix="edgewise-nginx-"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        (self.root / "nginx.conf").write_text(NGINX_CONF.format(
+            root=self.root, port=self.port, fleet_port=fleet_port, models=models,
+            user="user root;" if os.geteuid() == 0 else ""))  # as root, its workers would not read pytest's 0700 dirs
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Nginx:
+        self.proc = spawn_until_healthy([self.binary, "-p", str(self.root), "-c", str(self.root / "nginx.conf"),
+                                         "-g", "daemon off;"], self.url, "nginx")
+        return self
+
+    def access_log(self) -> list[list[str]]:
+        """Requests nginx answered: [method, path, status, bytes]."""
+        return [line.split() for line in (self.root / "access.log").read_text().splitlines()]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 # ---- fixtures built once per test run -----------------------------------------------------------------------
 
 def shared(factory, name: str, build):  # type: ignore[no-untyped-def]

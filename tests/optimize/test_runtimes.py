@@ -170,3 +170,21 @@ def test_an_optimized_bundle_carries_the_openvino_ir_and_the_agent_serves_it(tra
     fp32 = ort.InferenceSession(str(trained_cnn_dir / "model.onnx")).run(None, {"input": digits.test.x[:32]})[0]
     assert acc >= 0.9 and ep["running_on"] == "OpenVINO:CPU"
     assert 1e-4 < np.abs(got - fp32).max() < 0.5 * np.abs(fp32).max()  # int8 arithmetic: the IR ran, not the ONNX
+
+
+def test_openvino_compiles_a_dynamic_batch_as_batch_one_and_still_answers_other_batches(trained_cnn_dir, digits):
+    """OpenVINO runs a static shape faster (1.28x on MobileNetV3-small here); a batch of 3 still answers, from
+    the dynamic graph compiled on first use, and the session still declares the model's own (any) batch."""
+    from edgewise.profile import make_session
+    from edgewise.profile.openvino import OpenVinoSession
+    from edgewise.source import fit_data, load_source
+
+    src, splits = fit_data(load_source(trained_cnn_dir), digits)
+    ov, ort = OpenVinoSession(src.model, precision="f32"), make_session(src.model, threads=1)
+    name = ort.get_inputs()[0].name
+    assert ov.get_inputs()[0].shape[0] is None and ov._static is not None
+    for n in (1, 3, 1):
+        x = splits.test.x[:n].astype(np.float32)
+        got, want = ov.run(None, {name: x})[0], ort.run(None, {name: x})[0]
+        assert got.shape == want.shape and np.allclose(got, want, atol=1e-4), n
+    assert ov._dynamic_request is not None  # the batch of 3 took the dynamic graph

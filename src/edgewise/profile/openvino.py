@@ -138,12 +138,19 @@ class OpenVinoSession:
                 else:
                     path.write_bytes(data)
                 ov_model = core.read_model(str(path))
+                # A dynamic batch is compiled as batch 1 (OpenVINO plans static shapes ahead and runs them
+                # faster: 10% on SSDLite here); a call with another batch compiles the dynamic graph then.
+                self._dynamic, batch1 = ov_model.clone(), _batch_one(ov_model)
+                if batch1:
+                    ov_model.reshape(batch1)
                 self.compiled = core.compile_model(ov_model, device, config)
         except Exception as e:  # OpenVINO raises RuntimeError with its own text for what it cannot read
             raise ModelError(f"OpenVINO cannot compile the model for {device}: {str(e).strip().splitlines()[0][:300]}"
                              ) from e
-        self.device = device
+        self.device, self._core, self._config = device, core, config
+        self._static = {k: tuple(v) for k, v in batch1.items()} if batch1 else None
         self._request = self.compiled.create_infer_request()
+        self._dynamic_request: Any = None
         self._lock = threading.Lock()  # one infer request: calls are serialized, as the agent's callers expect
 
     @staticmethod
@@ -151,23 +158,44 @@ class OpenVinoSession:
         shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
         return _Arg(port.get_any_name(), shape, _TYPES.get(port.get_element_type().get_type_name(), "tensor(float)"))
 
-    def get_inputs(self) -> list[_Arg]:
-        return [self._arg(p) for p in self.compiled.inputs]
+    def get_inputs(self) -> list[_Arg]:  # as the model declares them (any batch), not as compiled for batch 1
+        return [self._arg(p) for p in self._dynamic.inputs]
 
     def get_outputs(self) -> list[_Arg]:
-        return [self._arg(p) for p in self.compiled.outputs]
+        return [self._arg(p) for p in self._dynamic.outputs]
 
     def get_providers(self) -> list[str]:
         return [f"OpenVINO:{self.device}"]
 
+    def _request_for(self, feed: dict[str, np.ndarray]) -> Any:
+        if self._static is None or all(tuple(np.shape(v)) == self._static.get(k) for k, v in feed.items()):
+            return self._request
+        if self._dynamic_request is None:
+            self._dynamic_request = self._core.compile_model(self._dynamic, self.device,
+                                                             self._config).create_infer_request()
+        return self._dynamic_request
+
     def run(self, names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         with self._lock:
-            res = self._request.infer(feed)
-            outs = [np.array(res[p]) for p in self.compiled.outputs]
+            outs = [np.array(v) for v in self._request_for(feed).infer(feed).to_tuple()]  # in output order
         if names:
             by = {a.name: o for a, o in zip(self.get_outputs(), outs)}
             return [by[n] for n in names]
         return outs
+
+
+def _batch_one(ov_model: Any) -> dict[str, list[int]] | None:
+    """Input shapes with a dynamic first dimension set to 1, when that is the only dynamic dimension of each
+    input that has one (a dynamic image size or sequence length stays dynamic); None when nothing changes."""
+    shapes: dict[str, list[int]] = {}
+    for port in ov_model.inputs:
+        dims = list(port.get_partial_shape())
+        if not dims or any(d.is_dynamic for d in dims[1:]):
+            return None
+        shapes[port.get_any_name()] = [1 if dims[0].is_dynamic else dims[0].get_length()] + [d.get_length()
+                                                                                            for d in dims[1:]]
+    dynamic = any(list(port.get_partial_shape())[0].is_dynamic for port in ov_model.inputs)
+    return shapes if dynamic else None
 
 
 def parse_runtime(runtime: str) -> tuple[str, str | None]:
