@@ -112,7 +112,8 @@ def _server_rows(fleet: FleetProc, what: str) -> list[list[str]]:
 
 
 def sharded_rollout(fleet: FleetProc, kit: Path, n: int, shards: int, poll_s: float,
-                    kill_worker: bool = False, timeout_s: float = 600.0) -> list[list[str]]:
+                    kill_worker: bool = False, timeout_s: float = 600.0, device_timeout_s: float = 30.0
+                    ) -> list[list[str]]:
     """The same rollout with the devices split over `shards` simulator processes; the time each wave
     started; with `kill_worker`, one server worker is killed (SIGKILL) when the third wave starts."""
     import signal
@@ -144,7 +145,7 @@ def sharded_rollout(fleet: FleetProc, kit: Path, n: int, shards: int, poll_s: fl
 
     t = time.perf_counter()
     res = run_sharded(fleet.url, ADMIN, n, shards, "sim", kit / "devices", [kit / "release.pub"], start,
-                      poll_s=poll_s, timeout_s=timeout_s)
+                      poll_s=poll_s, timeout_s=timeout_s, device_timeout_s=device_timeout_s)
     stop.set()
     end = time.perf_counter()
     took, used = res["took"], server_cpu(fleet) - cpu[0]
@@ -157,7 +158,8 @@ def sharded_rollout(fleet: FleetProc, kit: Path, n: int, shards: int, poll_s: fl
             ["database", "PostgreSQL" if fleet.db else "SQLite"],
             ["bundle (model.onnx)", f"{size / 1e6:.2f} MB"],
             ["enrolment (all simulator processes)", f"{end - t - took:.1f} s"],
-            [f"rollout 1% -> 10% -> 50% -> 100% (each device polls every ~{poll_s:g} s)",
+            [f"rollout 1% -> 10% -> 50% -> 100% (each device polls every ~{poll_s:g} s, "
+             f"{device_timeout_s:g} s per call)",
              f"{took:.1f} s to 100% installed, state {final['state']}"],
             ["time per wave (1%, 10%, 50%, 100%)", f"{per_wave} s"],
             ["devices on the new version / failed", f"{res['versions'].get('wide 1.1.0', 0):,} / "
@@ -174,6 +176,7 @@ def sharded_rollout(fleet: FleetProc, kit: Path, n: int, shards: int, poll_s: fl
              ["download to first byte seen by the devices p50 / p99",
               f"{np.percentile(dl, 50):.1f} / {np.percentile(dl, 99):.1f} ms"],
              ["steps that failed on the devices", str(res["errors"])]]
+    rows += [[f"failed step: {why}", f"{k:,}"] for why, k in res["failures"].items()]
     return rows
 
 
@@ -198,7 +201,8 @@ def steady(fleet: FleetProc, kit: Path, n: int, shards: int, poll_s: float, seco
              ["fleet server CPU", f"{used:.1f} s ({used / took * 100:.0f}% of one core)"]]
             + _server_rows(fleet, "device")
             + [["seen by the devices p50 / p99", f"{np.percentile(api, 50):.1f} / {np.percentile(api, 99):.1f} ms"],
-               ["errors on the devices", str(res["errors"])]])
+               ["errors on the devices", str(res["errors"])]]
+            + [[f"failed step: {why}", f"{k:,}"] for why, k in res["failures"].items()])
 
 
 def main() -> None:
@@ -213,6 +217,7 @@ def main() -> None:
     ap.add_argument("--bundle-url", help="e.g. /bundles: bundles as static files, off the device route")
     ap.add_argument("--bundle-kb", type=float, default=0, help="the rolled-out model's size (default 5.5 MB)")
     ap.add_argument("--timeout", type=float, default=600, help="seconds the rollout may take")
+    ap.add_argument("--device-timeout", type=float, default=30, help="each simulated device's per-call timeout")
     args = ap.parse_args()
     kit = Path(tempfile.mkdtemp(prefix="edgewise-fleet-bench-"))
     fleet, stop_pg = None, None
@@ -229,7 +234,8 @@ def main() -> None:
             rows = steady(fleet, kit, args.devices, args.shards, args.poll, args.steady)
             res = None
         else:
-            rows = sharded_rollout(fleet, kit, args.devices, args.shards, args.poll, args.kill_worker, args.timeout)
+            rows = sharded_rollout(fleet, kit, args.devices, args.shards, args.poll, args.kill_worker, args.timeout,
+                                   args.device_timeout)
             res = None
             if args.workers == 1 and args.shards == 1 and not (args.postgresql or args.bundle_url):
                 shutil.rmtree(kit / "devices", ignore_errors=True)

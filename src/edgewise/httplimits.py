@@ -143,15 +143,16 @@ async def capped_body(scope: dict, receive: Any, send: Any, app: Any, limit: int
 
 
 class BodyCap:
-    """ASGI middleware: every request body at most `limit` bytes (413 otherwise, never buffered whole)."""
+    """ASGI middleware: every request body at most `limit` bytes (413 otherwise, never buffered whole);
+    `routes` gives some paths a cap of their own."""
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: Any, limit: int, routes: dict[str, int] | None = None) -> None:
+        self.app, self.limit, self.routes = app, limit, dict(routes or {})
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
-        await capped_body(scope, receive, send, self.app, self.limit)
+        await capped_body(scope, receive, send, self.app, self.routes.get(scope.get("path", ""), self.limit))
 
 
 async def _reply(send: Any, status: int, message: str, extra: dict[str, str] | None = None) -> None:

@@ -125,6 +125,32 @@ def test_the_bench_endpoints_refuse_what_they_cannot_run(trained_cnn_dir, tmp_pa
 
 
 @pytest.mark.e2e
+def test_a_model_over_the_usual_body_cap_is_uploaded_and_measured_on_the_device(bench_agent):
+    """A 40 MB candidate (a detector's size) goes to the bench routes; every other route keeps its 16 MB cap."""
+    import socket
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgewise.profile.remote import RemoteBench
+
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(64, 160_000)).astype(np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "wide",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 160_000])], [w])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    assert model.ByteSize() > 40e6
+    remote = RemoteBench.at(bench_agent.url)
+    mid = remote.upload(model)
+    stats, where = remote.run([mid], {"x": np.ones((1, 64), np.float32)}, runs=3, warmup=1, threads=1,
+                              providers=("CPUExecutionProvider",))
+    assert stats[0].p50_ms > 0 and where == ["CPUExecutionProvider"]
+    with socket.create_connection(("127.0.0.1", bench_agent.port), timeout=30) as sock:  # a 17 MB body, declared
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (17 * 2**20))
+        assert sock.recv(64).split()[1] == b"413"
+
+
+@pytest.mark.e2e
 def test_bench_remote_measures_models_side_by_side_on_the_device(bench_agent, trained_cnn_dir, tmp_path):
     from ..harness import ew
 

@@ -60,7 +60,7 @@ class RemoteBench:
             except (ValueError, AttributeError):
                 why = ""
             if e.code == 413:
-                why = why or "the model is larger than the agent accepts in one request (16 MB)"
+                why = why or "larger than the agent accepts in one request (1 GiB for a model, 16 MB otherwise)"
             raise ProfileError(f"the device at {self.url} refused {path} ({e.code}): {why or e.reason}") from e
         except (urllib.error.URLError, OSError, ValueError) as e:
             reason = getattr(e, "reason", e)

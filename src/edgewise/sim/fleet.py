@@ -9,6 +9,7 @@ import functools
 import random
 import ssl
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,10 @@ def device_client(**kw: Any) -> httpx.AsyncClient:
 
 
 async def enroll_fleet(server: str, admin_token: str, n: int, tag: str, root: Path, release: list[Path],
-                       make_client: Any = device_client, selftest: Any = model_selftest) -> Fleet:
+                       make_client: Any = device_client, selftest: Any = model_selftest,
+                       timeout_s: float = 30.0) -> Fleet:
+    """`n` devices enrolled for real. `timeout_s`: each device's per-call timeout; thousands of devices
+    sharing one simulator process wait on its event loop too, which a real device does not."""
     admin = FleetClient(server, admin_token)
     tokens = await asyncio.to_thread(admin.enroll_tokens, [tag], n)
     fleet_keys = TrustStore()
@@ -66,7 +70,7 @@ async def enroll_fleet(server: str, admin_token: str, n: int, tag: str, root: Pa
         async with sem:
             ident = await enroll(client, server, token, f"sim-{i:05d}")
         return Updater(ident, SlotSet(root / f"sim-{i:05d}"), release_keys, fleet_keys, client, selftest=selftest,
-                       timeout_s=30.0, retries=6)
+                       timeout_s=timeout_s, retries=6)
 
     return Fleet(list(await asyncio.gather(*(one(i, t) for i, t in enumerate(tokens)))))
 
@@ -108,14 +112,14 @@ def latency_hooks() -> tuple[dict[str, list[float]], dict[str, list[Any]]]:
 
 
 def _shard(server: str, admin_token: str, idx: int, n: int, tag: str, root: Path, release: list[Path],
-           poll_s: float, timeout_s: float, conn: Any) -> None:
+           poll_s: float, timeout_s: float, conn: Any, device_timeout_s: float = 30.0) -> None:
     """One simulator process: enrol `n` devices, say so, wait for the rollout id, poll until the rollout ends;
     send back how long it took, the versions the devices ended on, and what the devices saw (latency)."""
     lat, hooks = latency_hooks()
 
     async def main() -> dict[str, Any]:
         sim = await enroll_fleet(server, admin_token, n, tag, root / f"shard-{idx}", release,
-                                 lambda: device_client(event_hooks=hooks))
+                                 lambda: device_client(event_hooks=hooks), timeout_s=device_timeout_s)
         lat["api"].clear()
         conn.send(("enrolled", idx))
         rid = await asyncio.to_thread(conn.recv)
@@ -126,9 +130,9 @@ def _shard(server: str, admin_token: str, idx: int, n: int, tag: str, root: Path
             end = time.monotonic() + float(rid)
             took = await run_until(sim, lambda: time.monotonic() > end, poll_s, timeout_s)
         await sim.close()
-        errors = sum(1 for d in sim.devices for _, ok, _ in d.log if not ok)
+        failed = Counter(f"{step}: {detail[:80]}" for d in sim.devices for step, ok, detail in d.log if not ok)
         return {"took": took, "versions": sim.versions(), "api_ms": lat["api"], "download_ms": lat["download"],
-                "errors": errors}
+                "errors": sum(failed.values()), "failures": dict(failed.most_common(8))}
 
     try:
         conn.send(("done", asyncio.run(main())))
@@ -137,12 +141,13 @@ def _shard(server: str, admin_token: str, idx: int, n: int, tag: str, root: Path
 
 
 def run_sharded(server: str, admin_token: str, n: int, shards: int, tag: str, root: Path, release: list[Path],
-                start_rollout: Any, poll_s: float = 2.0, timeout_s: float = 600.0) -> dict[str, Any]:
+                start_rollout: Any, poll_s: float = 2.0, timeout_s: float = 600.0,
+                device_timeout_s: float = 30.0) -> dict[str, Any]:
     """`n` devices split over `shards` simulator processes, so one Python process is not what limits a
     large rollout. All enrol first; then `start_rollout()` runs: it returns the rollout id, and every device
     polls until the rollout ends; or a number of seconds, and every device polls that long. Returns the
     seconds it took, the versions the devices ended on, the device-side latencies (ms) of the API calls and
-    the downloads, and how many steps failed on the devices (`errors`)."""
+    the downloads, how many steps failed on the devices (`errors`) and the most frequent (`failures`)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
@@ -151,7 +156,7 @@ def run_sharded(server: str, admin_token: str, n: int, shards: int, tag: str, ro
     for i, k in enumerate(per):
         parent, child = ctx.Pipe()
         p = ctx.Process(target=_shard, args=(server, admin_token, i, k, f"{tag}", root, release, poll_s, timeout_s,
-                                             child), daemon=True)
+                                             child, device_timeout_s), daemon=True)
         p.start()
         pipes.append(parent)
         procs.append(p)
@@ -180,6 +185,9 @@ def run_sharded(server: str, admin_token: str, n: int, shards: int, tag: str, ro
     for r in results:
         for v, k in r["versions"].items():
             versions[v] = versions.get(v, 0) + k
+    failures: Counter[str] = Counter()
+    for r in results:
+        failures.update(r["failures"])
     return {"took": took, "versions": versions, "api_ms": [x for r in results for x in r["api_ms"]],
             "download_ms": [x for r in results for x in r["download_ms"]],
-            "errors": sum(r["errors"] for r in results)}
+            "errors": sum(r["errors"] for r in results), "failures": dict(failures.most_common(5))}

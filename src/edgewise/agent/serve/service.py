@@ -35,6 +35,7 @@ from edgewise.httplimits import BodyCap
 from edgewise.media.audio import PCM_TYPES, read_pcm
 
 MAX_BODY_BYTES = 16 * 2**20
+MAX_BENCH_UPLOAD_BYTES = 1 * 2**30  # a candidate model uploaded for measuring (`agent --allow-bench`)
 
 
 AUDIO_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave")
@@ -55,7 +56,9 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
                streams: list[Any] | None = None, bench: Any = None) -> FastAPI:
     app = FastAPI(title=f"edgewise agent ({tier})", version="0.1.0")
     # Bodies are read up to the cap before any handler runs: a larger one (declared or chunked) is a 413.
-    app.add_middleware(BodyCap, limit=MAX_BODY_BYTES)
+    # With --allow-bench, a candidate model and its OpenVINO IR may be larger (a device on the bench).
+    big = {path: MAX_BENCH_UPLOAD_BYTES for path in ("/v1/bench/models", "/v1/bench/ir")} if bench is not None else {}
+    app.add_middleware(BodyCap, limit=MAX_BODY_BYTES, routes=big)
     received = {"batches": 0, "events": 0, "duplicates": 0, "malformed": 0}
     errors = {"bad_input": 0, "unknown_model": 0, "overloaded": 0, "storage": 0, "model_unavailable": 0}
 
