@@ -23,9 +23,10 @@ NOTIFY_TAG_TOPIC = "edgewise/fleet/tag/{tag}"
 NOTIFY_PAYLOAD = b"assignment"
 
 # ---- steps a device reports while it installs an assignment -----------------------------------------
-STEPS = ("download", "verify", "selftest", "switch", "health", "gave_up")
+STEPS = ("download", "verify", "selftest", "switch", "health", "gave_up", "retrying")
 # A failed report of one of these settles the device's assignment as failed; `health` ok settles it healthy.
-SETTLING_STEPS = STEPS
+# `retrying`: a download the network cut short, kept to resume at the next poll (after a few, `gave_up`).
+SETTLING_STEPS = tuple(s for s in STEPS if s != "retrying")
 
 
 def device_auth(device_id: str, secret: str) -> dict[str, str]:

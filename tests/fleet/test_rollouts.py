@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import httpx
 import pytest
 
 from edgewise.bundle import verify_bundle
@@ -265,3 +266,45 @@ def test_two_models_from_two_independent_rollouts_and_a_failure_of_one_never_tou
     # the digits-lite rollback went back to 2.0.0 and did not move digits
     assert r3["state"] == "rolled_back" and r3["devices"].get("rollback_healthy") == 4, r3
     assert [m["models"] for m in fleet.admin.devices("cams")] == [{"digits": "1.1.0", "digits-lite": "2.0.0"}] * 4
+
+
+class _Flaky(httpx.AsyncBaseTransport):
+    """The fleet's app, with bundle downloads cut by the network `fail` times first."""
+
+    def __init__(self, app, fail: int) -> None:  # type: ignore[no-untyped-def]
+        self.inner, self.fail = httpx.ASGITransport(app=app), fail
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if "/bundles/" in request.url.path and self.fail > 0:
+            self.fail -= 1
+            raise httpx.ReadError("the link dropped")
+        return await self.inner.handle_async_request(request)
+
+
+@pytest.mark.parametrize("cuts, want", [(6, ["deferred", "installed"]), (100, ["deferred", "deferred", "failed"])])
+def test_a_download_the_network_cuts_short_is_resumed_at_the_next_poll_then_given_up(inproc_fleet, fleet_kit,
+                                                                                    tmp_path, cuts, want):
+    fleet = inproc_fleet
+    fleet.admin.upload(fleet_kit["bundles"]["1.1.0"])
+
+    async def go():  # type: ignore[no-untyped-def]
+        async with httpx.AsyncClient(transport=_Flaky(fleet.app, 0), base_url=fleet.url) as c:
+            dev = (await on_base(fleet, fleet_kit, tmp_path, c, n=1, download_polls=3))[0]
+            c._transport.fail = cuts  # four tries a poll (make_devices' updater)
+            r = fleet.admin.rollout("digits", "1.1.0", "cams", [100])
+            outcomes = []
+            for _ in want:
+                outcomes.append(await dev.poll_once())
+                fleet.tick()
+            return dev, outcomes, fleet.admin.get_rollout(r["id"])
+
+    dev, outcomes, r = run(go())
+    steps = [row["step"] for row in fleet.store.timeline(dev.ident.device_id)]  # newest first
+    assert outcomes == want
+    if want[-1] == "installed":  # a flaky link delays the install; it does not fail the rollout
+        assert r["state"] == "completed" and r["devices"] == {"healthy": 1}, r
+        assert on_verified_working_model(dev, fleet_kit) == "1.1.0" and steps.count("retrying") == 1
+    else:  # after three polls the device says it gave up, and the rollout counts it as failed
+        assert r["state"] in ("halted", "rolled_back") and r["devices"] == {"failed": 1}, r
+        assert steps[0] == "gave_up" and steps.count("retrying") == 2
+        assert on_verified_working_model(dev, fleet_kit) == "1.0.0"

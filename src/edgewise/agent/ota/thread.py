@@ -148,10 +148,11 @@ class OtaThread:
 
     def status(self) -> dict[str, Any]:
         models = {}
-        for name in self.slots.models():
+        outcomes = self.updater.outcomes if self.updater else {}
+        for name in sorted({*self.slots.models(), *outcomes}):  # installed, or assigned and not (yet) installed
             st = self.slots.of(name).state
             models[name] = {"version": st.version, "active_slot": st.active, "installed_serial": st.installed_serial,
-                            "outcome": self.updater.outcomes.get(name) if self.updater else None}
+                            "outcome": outcomes.get(name)}
         return {"device_id": self.ident.device_id, "models": models, "last_serial": self.slots.last_serial,
                 "recovered": self.recovered,
                 "notifications": self.notified, "notifications_by_tag": self.notified_by_tag,

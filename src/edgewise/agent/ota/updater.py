@@ -87,7 +87,13 @@ def model_selftest(bundle: Path) -> dict[str, Any]:
 
 
 # What one poll did, most telling first: a poll over several models says the worst of their outcomes.
-OUTCOMES = ("rolled_back", "failed", "installed", "current")
+OUTCOMES = ("rolled_back", "failed", "deferred", "installed", "current")
+DOWNLOAD_POLLS = 5  # polls a download cut short by the network is resumed at before the device gives up
+
+
+class TransientError(AgentError):
+    """The network or the server failed (timeouts, resets, 5xx, 429) after every retry: worth another try
+    at the next poll, unlike a download that arrived wrong."""
 
 
 class Updater:
@@ -95,11 +101,13 @@ class Updater:
                  client: httpx.AsyncClient, selftest: Callable[[Path], dict[str, Any]] = model_selftest,
                  on_switch: Callable[[Path], Awaitable[None] | None] | None = None,
                  health: Callable[[Path], dict[str, Any]] | None = None,
-                 timeout_s: float = 10.0, retries: int = 4, backoff_s: float = 0.2) -> None:
+                 timeout_s: float = 10.0, retries: int = 4, backoff_s: float = 0.2,
+                 download_polls: int = DOWNLOAD_POLLS) -> None:
         self.ident, self.slots, self.release_keys, self.fleet_keys = ident, slots, release_keys, fleet_keys
         self.client, self.selftest, self.on_switch = client, selftest, on_switch
         self.health = health or selftest
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self.download_polls = download_polls
         self.downloads = self.slots.root / "download"
         self.pending_reports = self.slots.root / "reports.jsonl"  # reports that could not be sent yet
         self.recovered = self.slots.recover()  # per model, after a power cut: its active slot, or its previous
@@ -181,7 +189,8 @@ class Updater:
 
     async def poll_once(self) -> str:
         """One round: 'idle', 'refused', or over the models assigned, the most telling of 'current',
-        'installed', 'failed' and 'rolled_back' (each model's own is in `outcomes`)."""
+        'installed', 'deferred' (a download the network cut short, resumed at the next poll), 'failed' and
+        'rolled_back' (each model's own is in `outcomes`)."""
         await self._flush_reports()
         try:
             a = await self.fetch_assignment()
@@ -221,9 +230,18 @@ class Updater:
         serial, version, model = a["serial"], a["version"], a["model"]
         try:
             archive = await self._download(a)
+        except TransientError as e:  # the part file stays: the next poll resumes it, a few times, then gives up
+            tries = slots.state.extra.get("download_polls", 0) + 1 if slots.state.extra.get("deferred_serial") == \
+                serial else 1
+            if tries >= self.download_polls:
+                return await self._fail(slots, model, serial, "gave_up", f"{e} (at {tries} polls)", version)
+            slots.state.extra.update(deferred_serial=serial, download_polls=tries)
+            await asyncio.to_thread(slots.save)
+            await self.report(slots, model, "retrying", False, serial, f"{e}; resuming at the next poll "
+                              f"({tries} of {self.download_polls})", version=version)
+            return "deferred"
         except AgentError as e:
-            return await self._fail(slots, model, serial, "gave_up" if "tries" in str(e) else "download", str(e),
-                                    version)
+            return await self._fail(slots, model, serial, "download", str(e), version)
         await self.report(slots, model, "download", True, serial, f"{a['size']} bytes", version=version)
         slot = slots.inactive
         target = await asyncio.to_thread(slots.clear_inactive)
@@ -280,7 +298,8 @@ class Updater:
         await self.report(slots, model, "health", True, serial, "", version=version,
                           error_rate=h.get("error_rate", 0.0), latency_ms=h.get("latency_ms"))
         slots.state.installed_serial = serial
-        slots.state.extra.pop("failed_serial", None)
+        for key in ("failed_serial", "deferred_serial", "download_polls"):
+            slots.state.extra.pop(key, None)
         await asyncio.to_thread(slots.save)
         return "installed"
 
@@ -307,6 +326,9 @@ class Updater:
                 async with self.client.stream("GET", a["url"], headers=headers, timeout=self.timeout_s) as r:
                     if r.status_code == 416 and have == size:
                         break
+                    if r.status_code >= 500 or r.status_code == 429:
+                        raise httpx.HTTPStatusError(f"server answered {r.status_code}", request=r.request,
+                                                    response=r)
                     if r.status_code not in (200, 206):
                         raise AgentError(f"download refused: {r.status_code}")
                     with open(part, "ab" if r.status_code == 206 else "wb") as f:
@@ -321,7 +343,7 @@ class Updater:
                 last = e
                 await asyncio.sleep(self.backoff_s * 2**attempt * (0.5 + random.random()))
         else:
-            raise AgentError(f"download failed after {self.retries} tries: {last}")
+            raise TransientError(f"download failed after {self.retries} tries: {last}")
         got = part.stat().st_size if part.exists() else 0
         if got != size:
             part.unlink(missing_ok=True)
