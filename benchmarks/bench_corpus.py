@@ -29,6 +29,7 @@ from edgewise.optimize.quantize import ORT_DEFAULTS, Quantizer  # noqa: E402
 from edgewise.optimize.search import SearchOptions  # noqa: E402
 from edgewise.profile import make_session  # noqa: E402
 from edgewise.profile.feeds import Feeder, session_inputs  # noqa: E402
+from edgewise.profile.measure import interleaved  # noqa: E402
 from edgewise.profile.fidelity import fidelity  # noqa: E402
 from edgewise.source import fit_data, load_source  # noqa: E402
 from edgewise.targets import load_target  # noqa: E402
@@ -63,16 +64,8 @@ class OpenVino:
 
 
 def _interleaved(runners: list, feed: dict[str, np.ndarray], runs: int) -> list[float]:  # type: ignore[type-arg]
-    for r in runners:
-        for _ in range(10):
-            r(feed)
-    times: list[list[float]] = [[] for _ in runners]
-    for _ in range(runs):
-        for i, r in enumerate(runners):
-            t = time.perf_counter()
-            r(feed)
-            times[i].append(time.perf_counter() - t)
-    return [float(np.median(t)) * 1e3 for t in times]
+    """Median ms of each runner, measured in turns as the search measures its candidates."""
+    return [float(np.median(t)) * 1e3 for t in interleaved([lambda r=r: r(feed) for r in runners], runs, warmup=10)]
 
 
 def _outputs(runner, feeder: Feeder, n: int) -> list[np.ndarray]:  # type: ignore[no-untyped-def]

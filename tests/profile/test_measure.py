@@ -43,3 +43,13 @@ def test_latency_and_memory_are_measured(trained_cnn_dir):
     assert stats.runs == 20 and 0 < stats.p50_ms <= stats.p90_ms <= stats.p99_ms
     mem = measure_memory(trained_cnn_dir / "model.onnx")
     assert mem["rss_delta_bytes"] > 0
+
+
+def test_models_are_timed_in_turns_of_blocks_whose_first_runs_are_not_counted():
+    from edgewise.profile.measure import interleaved
+
+    order: list[str] = []
+    times = interleaved([lambda: order.append("a"), lambda: order.append("b")], runs=20, warmup=3, block=5, skip=2)
+    assert [len(t) for t in times] == [20, 20]
+    assert order[:6] == ["a"] * 3 + ["b"] * 3  # warm-up first, then turns of five in a row
+    assert order[6:16] == ["a"] * 5 + ["b"] * 5 and len(order) == 6 + 7 * 10  # 3 counted a turn: 7 turns for 20

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -71,23 +71,39 @@ def _feed(sess: ort.InferenceSession, sample: np.ndarray | dict[str, np.ndarray]
     return Feeder(specs, x).one(0)
 
 
+# Models take turns in blocks: BLOCK runs in a row, the first SKIP of them not counted. Taking turns run by run
+# made ONNX Runtime and OpenVINO slow each other down: YOLOv8n int8 on OpenVINO ran 1.25 ms alone and 1.71-1.88
+# ms when every run followed an ONNX Runtime one (its worker thread idles and its data is evicted), which
+# tilted the search's choice between runtimes. In blocks of 10 counting the last 8 it ran 1.28 ms, and ORT
+# fp32 2.82 ms against 2.77 alone; blocks still alternate often enough that noise hits every model alike.
+BLOCK, SKIP = 10, 2
+
+
+def interleaved(calls: Sequence[Callable[[], object]], runs: int = 200, warmup: int = 20,
+                block: int = BLOCK, skip: int = SKIP) -> list[list[float]]:
+    """Seconds per call of each callable: `runs` timed calls each, taken in turns of `block` calls in a row
+    whose first `skip` are not counted (after `warmup` calls each)."""
+    for call in calls:
+        for _ in range(warmup):
+            call()
+    times: list[list[float]] = [[] for _ in calls]
+    while len(times[0]) < runs:
+        for i, call in enumerate(calls):
+            for k in range(block):
+                t = time.perf_counter()
+                call()
+                if k >= skip:
+                    times[i].append(time.perf_counter() - t)
+    return [t[:runs] for t in times]
+
+
 def measure_latency(sessions: Sequence[ort.InferenceSession], sample: np.ndarray | dict[str, np.ndarray],
                     runs: int = 200, warmup: int = 20) -> list[LatencyStats]:
-    """Batch-1 latency of several models, interleaved run by run.
-
-    Interleaving means a burst of noise on this machine hits every model alike, so their ratios hold.
-    """
+    """Batch-1 latency of several models, measured in turns (`interleaved`), so a burst of noise on this
+    machine hits every model alike and their ratios hold."""
     feeds = [_feed(s, sample) for s in sessions]
-    for s, f in zip(sessions, feeds):
-        for _ in range(warmup):
-            s.run(None, f)
-    times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(runs):
-        for i, (s, f) in enumerate(zip(sessions, feeds)):
-            t = time.perf_counter()
-            s.run(None, f)
-            times[i].append(time.perf_counter() - t)
-    return [_stats(t) for t in times]
+    calls = [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds)]
+    return [_stats(t) for t in interleaved(calls, runs, warmup)]
 
 
 def measure_throughput(sess: ort.InferenceSession, x: Dataset | np.ndarray, batch: int,
