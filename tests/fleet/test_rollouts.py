@@ -306,5 +306,5 @@ def test_a_download_the_network_cuts_short_is_resumed_at_the_next_poll_then_give
         assert on_verified_working_model(dev, fleet_kit) == "1.1.0" and steps.count("retrying") == 1
     else:  # after three polls the device says it gave up, and the rollout counts it as failed
         assert r["state"] in ("halted", "rolled_back") and r["devices"] == {"failed": 1}, r
-        assert steps[0] == "gave_up" and steps.count("retrying") == 2
+        assert steps.count("gave_up") == 1 and steps.count("retrying") == 2
         assert on_verified_working_model(dev, fleet_kit) == "1.0.0"

@@ -72,6 +72,40 @@ def test_two_workers_ticking_one_rollout_never_advance_a_wave_twice(pg_db, fleet
     b.db.close()
 
 
+def test_two_rollouts_of_two_models_started_at_once_in_two_workers_give_each_device_distinct_serials(
+        pg_db, fleet_kit, tmp_path):
+    """A device's next serial is its MAX + 1: two workers assigning the same devices for two models at the
+    same moment must not both take it (without the device lock: a duplicate-key error, a wave not started)."""
+    a, b = _store(pg_db, tmp_path, fleet_kit), _store(pg_db, tmp_path, fleet_kit)
+    for bundle in ("1.1.0", "lite-2.0.0"):
+        a.add_model(pack(fleet_kit["bundles"][bundle]), "ci")
+    ids = [a.enroll(a.enroll_token(["cams"]), f"d{i}")["device_id"] for i in range(60)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def start(store: FleetStore, model: str, version: str) -> None:
+        barrier.wait()
+        try:
+            store.create_rollout(model, version, "cams", [100], None, True, "ci")
+        except BaseException as e:  # noqa: BLE001 - asserted on below
+            errors.append(e)
+
+    threads = [threading.Thread(target=start, args=(a, "digits", "1.1.0")),
+               threading.Thread(target=start, args=(b, "digits-lite", "2.0.0"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors[:2]
+    rows = a.db.query("SELECT device_id, serial, model FROM assignments")
+    assert len(rows) == 2 * len(ids) and {(d, m) for d, _, m in rows} == {(d, m) for d in ids
+                                                                           for m in ("digits", "digits-lite")}
+    assert all({m["model"] for m in a.assignment(d)["assignment"]["models"]} == {"digits", "digits-lite"}
+               for d in ids[:5])
+    a.db.close()
+    b.db.close()
+
+
 def test_one_enrolment_token_enrols_one_device_however_many_workers_race_for_it(pg_db, fleet_kit, tmp_path):
     stores = [_store(pg_db, tmp_path, fleet_kit) for _ in range(4)]
     token = stores[0].enroll_token(["x"])

@@ -367,12 +367,24 @@ class FleetStore:
         # At least one device per wave (a 1% canary of 50 devices is one device), rounded to the nearest.
         take = targets[:min(len(targets), max(1, int(len(targets) * pct / 100 + 0.5)))]
         have = {r[0] for r in t.query("SELECT device_id FROM assignments WHERE rollout_id=?", (rid,))}
+        take = [d for d in take if d["id"] not in have]
+        self._lock_devices(t, [d["id"] for d in take])
         for d in take:
-            if d["id"] in have:
-                continue
             running = d["models"].get(model)  # this model's version there: the device's other models stay
             status = "healthy" if running == version else "pending"
             self._assign(t, d["id"], rid, model, version, False, status, "", running, model, tag=selector)
+
+    def _lock_devices(self, t: Any, ids: list[str]) -> None:
+        """Lock these devices' rows till the transaction ends, in id order: a device's next serial is its
+        MAX + 1, and two rollouts (of two models, say) assigning the same device at once in two server
+        processes would both take the same serial. One order everywhere, so two such locks never deadlock."""
+        if not t.for_update:
+            return  # SQLite: one writer at a time already
+        ids = sorted(set(ids))
+        for i in range(0, len(ids), 1000):
+            chunk = ids[i:i + 1000]
+            t.query(f"SELECT id FROM devices WHERE id IN ({','.join('?' * len(chunk))}) ORDER BY id" + t.for_update,
+                    chunk)
 
     def _assign(self, t: Any, device_id: str, rid: str, model: str, version: str, rollback: bool, status: str,
                 detail: str, prev_version: str | None, prev_model: str | None = None, tag: str | None = None) -> None:
@@ -414,6 +426,7 @@ class FleetStore:
         install active. Returns what could not be restored, for the rollout's reason ('' when all were)."""
         rows = t.query("SELECT device_id, prev_version, prev_model, model FROM assignments WHERE rollout_id=? "
                        "AND rollback=0 AND status='healthy'", (rid,))
+        self._lock_devices(t, [r[0] for r in rows])
         missing: dict[str, int] = {}
         for device_id, prev, prev_model, model in rows:
             prev_model = prev_model or model  # assignments from before prev_model was recorded
