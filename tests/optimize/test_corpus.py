@@ -44,15 +44,23 @@ def _optimize(model: Path, data: str, target: str, out: Path, task: str | None) 
     return Run(proc.returncode, proc.stdout, proc.stderr, out)
 
 
+class Runs(dict):  # type: ignore[type-arg]
+    """The runs by (model, target), and where each starting model is (`models`)."""
+
+    def __init__(self, runs: dict, models: dict) -> None:  # type: ignore[type-arg]
+        super().__init__(runs)
+        self.models = models
+
+
 @pytest.fixture(scope="module")
-def corpus_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Run]:
+def corpus_runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     root = tmp_path_factory.mktemp("corpus")
     built = {m.name: corpus.build(m.name, root / "models" / m.name) for m in corpus.CORPUS}
     jobs = {(name, t): (built[name], t, root / f"out-{name}-{t}") for name, t in RUNS}
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {k: pool.submit(_optimize, p, d, t, out, corpus.get(k[0]).task_flag)
                    for k, ((p, d), t, out) in jobs.items()}
-        return {k: f.result() for k, f in futures.items()}
+        return Runs({k: f.result() for k, f in futures.items()}, {n: p for n, (p, _) in built.items()})
 
 
 @pytest.mark.parametrize("name,target", RUNS, ids=[f"{n}@{t}" for n, t in RUNS])
@@ -83,8 +91,16 @@ def test_corpus_model_gets_a_bundle_or_one_clean_reason(corpus_runs, name, targe
     if target == "edge-node":
         chosen = man.recipe[0]["candidate"]
         # Never slower than the starting model: a candidate ships only if it measured faster in the final,
-        # side-by-side run; the starting model itself measures within noise of itself.
-        assert m["speedup"] >= (0.85 if chosen == "baseline-fp32" else 1.0), m
+        # side-by-side run, else the starting model ships itself: then the bundle holds its graph unchanged
+        # (its speed against itself is noise, 0.84x once under the suite's parallel load: not asserted).
+        if chosen == "baseline-fp32":
+            import onnx
+
+            shipped = onnx.load(str(run.out / "bundle" / "model.onnx"), load_external_data=False)
+            start = onnx.load(str(corpus_runs.models[name]), load_external_data=False)
+            assert [n.op_type for n in shipped.graph.node] == [n.op_type for n in start.graph.node]
+        else:
+            assert m["speedup"] >= 1.0, m
     table = run.stdout[run.stdout.find(" candidate"):run.stdout.find("full table")]
     assert table and max(len(line) for line in table.splitlines()) <= 80, table
 
