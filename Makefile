@@ -23,8 +23,9 @@ demo: $(STAMP)
 # (PYTHONDONTWRITEBYTECODE): compiling ~340 modules afresh cost each worker ~3.5 s of every run.
 PARALLEL := env -u PYTHONDONTWRITEBYTECODE OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n auto
 
+# loadscope here too: the corpus test's module fixture (23 optimize runs) was built by both workers at once.
 test: $(STAMP)
-	$(PARALLEL)
+	$(PARALLEL) --dist loadscope
 
 # Everything but the slow end-to-end runs (marked e2e): the loop to run while working. loadscope keeps a
 # module on one worker, so its module-scoped fixtures (trained models, optimized bundles) are built once.
