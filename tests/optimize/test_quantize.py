@@ -107,3 +107,4 @@ def test_fp16_keeps_float32_where_a_constant_is_beyond_float16s_range():
     assert np.abs(got - want).max() <= 1e-2 * np.abs(want).max(), (got, want)
     half = {t.name: t.data_type for t in to_fp16(m).graph.initializer}
     assert half["var"] == onnx.TensorProto.FLOAT and half["w"] == onnx.TensorProto.FLOAT16
+    onnx.checker.check_model(to_fp16(m))  # its Casts in order (the converter appends them at the end)

@@ -338,7 +338,45 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)  # the converter rewrites the model it is given
     try:
-        return convert_float_to_float16(m, keep_io_types=True, disable_shape_infer=False,
+        half = convert_float_to_float16(m, keep_io_types=True, disable_shape_infer=False,
                                         node_block_list=fp16_unsafe_nodes(m))
     except Exception as e:  # the converter raises assorted errors for graphs it cannot type
         raise OptimizeError(f"float16 conversion failed: {e}") from e
+    toposort(half.graph)  # the converter appends its Casts at the end: ORT runs that, ONNX's checker refuses it
+    return half
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """Every name a node reads: its inputs, and what the nodes of its subgraphs (Loop, If, Scan) read."""
+    names = set(node.input)
+    for a in node.attribute:
+        for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+            for n in g.node:
+                names |= _reads(n)
+    return names
+
+
+def toposort(graph: onnx.GraphProto) -> None:
+    """In place: every node after the nodes whose outputs it reads (subgraphs' reads of the outer scope
+    included), the original order kept where it already is."""
+    made = {o for n in graph.node for o in n.output}
+    have = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    pending, order = list(enumerate(graph.node)), []
+    while pending:
+        waiting = []
+        for i, n in pending:
+            if all(x in have or x not in made for x in _reads(n)):
+                order.append((i, n))
+                have.update(n.output)
+            else:
+                waiting.append((i, n))
+        if len(waiting) == len(pending):  # a cycle: leave the rest as it was, for the checker to name
+            order += waiting
+            break
+        pending = waiting
+    if [i for i, _ in order] != list(range(len(order))):
+        nodes = [onnx.NodeProto() for _ in order]
+        for dst, (_, src) in zip(nodes, order):
+            dst.CopyFrom(src)
+        del graph.node[:]
+        graph.node.extend(nodes)
