@@ -1,5 +1,5 @@
 """Third-party corpus: what `optimize` chooses for each model, against the peers a user would pick instead,
-all measured in the same run (batch 1, one thread, interleaved run by run).
+all measured in the same run (batch 1, one thread, in turns of blocks).
 
 Peers: ONNX Runtime fp32 (the starting model), ORT `quantize_static` at its defaults, OpenVINO fp32, and
 OpenVINO + NNCF int8 (`nncf.quantize`, default settings). Fidelity is the task's own agreement with the

@@ -2,7 +2,7 @@
 
 1. tinydet trained on `shapes` (96x96, 3 classes), then `optimize` for edge-node. On the test split, each
    runtime's mAP@0.5 and mAP@0.5:0.95 against the set's ground-truth boxes, and batch-1 one-thread latency
-   interleaved run by run: ORT fp32 (the starting model), the chosen int8 model, ORT `quantize_static` at
+   measured in turns of blocks: ORT fp32 (the starting model), the chosen int8 model, ORT `quantize_static` at
    its defaults, OpenVINO fp32 and OpenVINO + NNCF int8 (default settings).
 2. `/predict` overhead for a 640x480 JPEG: the agent's whole image path (decode at reduced scale, letterbox, inference,
    decode of the head, NMS, boxes back to the picture's pixels) against bare `session.run` on the prepared

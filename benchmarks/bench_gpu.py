@@ -1,7 +1,7 @@
 """GPU execution providers (issue 12): what `optimize --target jetson-orin` chooses where ONNX Runtime's CUDA
 provider is present, against what a user would deploy instead on the same GPU, all measured in one run.
 
-Peers (batch 1, interleaved run by run): ORT fp32 on the CPU (every core), ORT fp32 on CUDA, ORT fp16 on CUDA
+Peers (batch 1, measured in turns of blocks): ORT fp32 on the CPU (every core), ORT fp32 on CUDA, ORT fp16 on CUDA
 (ORT's float16 converter, float32 inputs and outputs) and ORT `quantize_static` at its defaults on CUDA. The
 chosen deployment runs on the providers jetson-orin names (TensorRT, CUDA, CPU: the first that starts).
 

@@ -105,6 +105,5 @@ def field_type_error(doc: dict[str, Any]) -> str | None:
 
 
 __all__ = ["ASSIGNED_FIELDS", "ASSIGNMENT", "ASSIGNMENT_FIELDS", "BUNDLES", "ENROLL", "FLEET_KEY", "MAX_MODELS",
-           "NOTIFY_PAYLOAD", "NOTIFY_TAG_TOPIC",
-           "NOTIFY_TOPIC", "REPORT", "SETTLING_STEPS", "STEPS", "bundle_url", "device_auth", "field_type_error",
-           "parse_device_auth", "same_origin"]
+           "NOTIFY_PAYLOAD", "NOTIFY_TAG_TOPIC", "NOTIFY_TOPIC", "REPORT", "SETTLING_STEPS", "STEPS", "bundle_url",
+           "device_auth", "field_type_error", "parse_device_auth", "same_origin"]

@@ -78,7 +78,8 @@ class Runner:
 
     def time(self, handles: list[Any], feed: dict[str, np.ndarray], runs: int,
              warmup: int = 20) -> tuple[list[LatencyStats], list[str]]:
-        """Batch-1 latency, interleaved run by run, and how each figure was measured (for the report)."""
+        """Batch-1 latency, measured in turns (`profile.measure.interleaved`), and how each figure was measured
+        (for the report)."""
         if self.remote is not None:
             t = self.target
             stats, ran = self.remote.run(handles, feed, runs, warmup, t.threads, t.execution_providers)

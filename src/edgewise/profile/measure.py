@@ -87,7 +87,7 @@ def interleaved(calls: Sequence[Callable[[], object]], runs: int = 200, warmup: 
         for _ in range(warmup):
             call()
     times: list[list[float]] = [[] for _ in calls]
-    while len(times[0]) < runs:
+    while calls and len(times[0]) < runs:
         for i, call in enumerate(calls):
             for k in range(block):
                 t = time.perf_counter()

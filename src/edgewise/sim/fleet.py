@@ -32,11 +32,7 @@ class Fleet:
 
     def versions(self) -> dict[str, int]:
         """How many devices run each model's version ('digits 1.1.0'), over every model they run."""
-        out: dict[str, int] = {}
-        for d in self.devices:
-            for model, version in d.slots.versions().items():
-                out[f"{model} {version}"] = out.get(f"{model} {version}", 0) + 1
-        return out
+        return dict(Counter(f"{m} {v}" for d in self.devices for m, v in d.slots.versions().items()))
 
 
 @functools.cache
@@ -181,13 +177,11 @@ def run_sharded(server: str, admin_token: str, n: int, shards: int, tag: str, ro
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()
-    versions: dict[str, int] = {}
-    for r in results:
-        for v, k in r["versions"].items():
-            versions[v] = versions.get(v, 0) + k
+    versions: Counter[str] = Counter()
     failures: Counter[str] = Counter()
     for r in results:
+        versions.update(r["versions"])
         failures.update(r["failures"])
-    return {"took": took, "versions": versions, "api_ms": [x for r in results for x in r["api_ms"]],
+    return {"took": took, "versions": dict(versions), "api_ms": [x for r in results for x in r["api_ms"]],
             "download_ms": [x for r in results for x in r["download_ms"]],
             "errors": sum(r["errors"] for r in results), "failures": dict(failures.most_common(5))}

@@ -175,9 +175,9 @@ class SlotSet:
         """Models with an installed version, by name."""
         for d in sorted(self.models_dir.iterdir()):
             if (d / "state.json").is_file():
-                st = Slots(d).state
-                if st.model and st.model not in self._slots:
-                    self._slots[st.model] = Slots(d)
+                s = Slots(d)
+                if s.state.model and s.state.model not in self._slots:
+                    self._slots[s.state.model] = s
         return sorted(m for m, s in self._slots.items() if s.state.active)
 
     def versions(self) -> dict[str, str | None]:

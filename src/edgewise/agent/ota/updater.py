@@ -231,8 +231,8 @@ class Updater:
         try:
             archive = await self._download(a)
         except TransientError as e:  # the part file stays: the next poll resumes it, a few times, then gives up
-            tries = slots.state.extra.get("download_polls", 0) + 1 if slots.state.extra.get("deferred_serial") == \
-                serial else 1
+            extra = slots.state.extra
+            tries = (extra.get("download_polls", 0) if extra.get("deferred_serial") == serial else 0) + 1
             if tries >= self.download_polls:
                 return await self._fail(slots, model, serial, "gave_up", f"{e} (at {tries} polls)", version)
             slots.state.extra.update(deferred_serial=serial, download_polls=tries)

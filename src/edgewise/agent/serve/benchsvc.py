@@ -127,7 +127,7 @@ class BenchSessions:
 
     def run(self, ids: list[str], feed: dict[str, np.ndarray], runs: int, warmup: int, threads: int,
             providers: tuple[str, ...]) -> dict[str, Any]:
-        """Batch-1 latency of the named models, interleaved run by run, as `measure_latency` does on the host."""
+        """Batch-1 latency of the named models, measured in turns, as `measure_latency` does on the host."""
         if not ids:
             raise BenchError("name at least one model")
         if not 1 <= runs <= MAX_RUNS or not 0 <= warmup <= MAX_RUNS:

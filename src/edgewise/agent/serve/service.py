@@ -206,36 +206,38 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
         return JSONResponse({"error": "measuring uploaded models is off on this agent (start it with "
                                       "--allow-bench, on a device on your bench)"}, status_code=404)
 
-    @app.post("/v1/bench/models", openapi_extra=bodies.BENCH_MODEL)
-    async def bench_upload(request: Request) -> JSONResponse:
-        """A candidate model (ONNX bytes) for `POST /v1/bench/run`; its id is its content hash."""
+    async def bench_keep(request: Request, method: str, field: str) -> JSONResponse:
+        """An upload the bench keeps (`bench.<method>` of the body), answered as {field: what it returns}."""
         if bench is None:
             return bench_off()
         try:
-            return JSONResponse({"id": await run_in_threadpool(bench.add, await request.body())})
+            return JSONResponse({field: await run_in_threadpool(getattr(bench, method), await request.body())})
         except BenchError as e:
             return failed("bad_input", 422, e)
+
+    def provider_list(providers: str) -> tuple[str, ...]:
+        return tuple(p for p in providers.split(",") if p)
+
+    @app.post("/v1/bench/models", openapi_extra=bodies.BENCH_MODEL)
+    async def bench_upload(request: Request) -> JSONResponse:
+        """A candidate model (ONNX bytes) for `POST /v1/bench/run`; its id is its content hash."""
+        return await bench_keep(request, "add", "id")
 
     @app.post("/v1/bench/ir", openapi_extra=bodies.BENCH_RUN)
     async def bench_ir(request: Request) -> JSONResponse:
         """The OpenVINO IR a candidate names (.npz of `xml` and `bin` bytes), before the candidate itself."""
-        if bench is None:
-            return bench_off()
-        try:
-            return JSONResponse({"key": await run_in_threadpool(bench.add_ir, await request.body())})
-        except BenchError as e:
-            return failed("bad_input", 422, e)
+        return await bench_keep(request, "add_ir", "key")
 
     @app.post("/v1/bench/run", openapi_extra=bodies.BENCH_RUN)
     async def bench_run(request: Request, models: str, runs: int = 200, warmup: int = 20, threads: int = 1,
                         providers: str = "CPUExecutionProvider") -> JSONResponse:
-        """Batch-1 latency of uploaded models (comma-separated ids), interleaved; the body is the feed (.npz)."""
+        """Batch-1 latency of uploaded models (comma-separated ids), in turns; the body is the feed (.npz)."""
         if bench is None:
             return bench_off()
         try:
             feed = parse_npz(await request.body())
             out = await run_in_threadpool(bench.run, [m for m in models.split(",") if m], feed, runs, warmup,
-                                          threads, tuple(p for p in providers.split(",") if p))
+                                          threads, provider_list(providers))
         except (BadInput, BenchError, DataError) as e:
             return failed("bad_input", 422, e)
         return JSONResponse(out)
@@ -248,8 +250,7 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
             return bench_off()
         try:
             feed = parse_npz(await request.body())
-            outs, where = await run_in_threadpool(bench.infer, model, feed, threads,
-                                                  tuple(p for p in providers.split(",") if p))
+            outs, where = await run_in_threadpool(bench.infer, model, feed, threads, provider_list(providers))
         except (BadInput, BenchError, DataError) as e:
             return failed("bad_input", 422, e)
         buf = io.BytesIO()
