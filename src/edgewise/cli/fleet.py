@@ -84,7 +84,7 @@ def fleet_devices(tag: Annotated[str | None, typer.Option(help="only devices wit
     """
     table = Table()
     for col in ("id", "name", "tags", "models", "last step"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold" if col == "models" else "ellipsis")  # a model's name in full
     for d in _client(server, token).devices(tag):
         models = "\n".join(f"{m} {v}" for m, v in d["models"].items())  # one line per model
         table.add_row(d["id"][:12], d["name"], ", ".join(d["tags"]), models, d["state"] or "")
