@@ -69,13 +69,7 @@ def _interleaved(runners: list, feed: dict[str, np.ndarray], runs: int) -> list[
 
 
 def _outputs(runner, feeder: Feeder, n: int) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
-    per: list[list[np.ndarray]] = []
-    for i in range(min(n, len(feeder))):
-        outs = runner(feeder.one(i))
-        per = per or [[] for _ in outs]
-        for k, o in enumerate(outs):
-            per[k].append(np.asarray(o)[None] if feeder.named else np.asarray(o))
-    return [np.concatenate(p) for p in per]
+    return feeder.run_each(runner, range(min(n, len(feeder))))
 
 
 def bench_model(name: str, budget: float, target: str = "edge-node") -> dict:

@@ -188,3 +188,48 @@ def test_openvino_compiles_a_dynamic_batch_as_batch_one_and_still_answers_other_
         got, want = ov.run(None, {name: x})[0], ort.run(None, {name: x})[0]
         assert got.shape == want.shape and np.allclose(got, want, atol=1e-4), n
     assert ov._dynamic_request is not None  # the batch of 3 took the dynamic graph
+
+
+def test_nncf_accuracy_control_is_tried_when_nncf_misses_the_tolerance(trained_cnn_dir, digits):
+    """A tolerance nothing int8 can meet (-1 points): NNCF's default misses it, so its accuracy control runs,
+    scored with the search's own validation score, puts layers back in float and is tagged to run them at
+    f32 as NNCF validated them."""
+    from edgewise.optimize.search import SearchOptions, search
+    from edgewise.profile.openvino import ir_files, runtime_of
+    from edgewise.source import fit_data, load_source
+
+    opts = SearchOptions(latency_runs=5, measure_memory=False, torch_passes=False, calibration_samples=64,
+                         only=("baseline-openvino-nncf*",), max_accuracy_drop=-1)
+    src, splits = fit_data(load_source(trained_cnn_dir), digits)
+    r = search(src, splits, load_target("x86-server"), opts)
+    by = {c.id: c for c in r.candidates}
+    plain, ac = by["baseline-openvino-nncf-int8"], by["baseline-openvino-nncf-int8-accuracy"]
+    assert plain.status == ac.status == "ok", (plain.reason, ac.reason)
+    assert runtime_of(ac.model) == "openvino:CPU:f32" and runtime_of(plain.model) == "openvino:CPU"
+    assert any(s.get("accuracy_control") for s in ac.recipe), ac.recipe
+
+    def quantizers(c) -> int:  # type: ignore[no-untyped-def]
+        return ir_files(c.model)["model.xml"].count(b'type="FakeQuantize"')
+
+    assert 0 < quantizers(ac) < quantizers(plain)  # some layers went back to float, not all
+    assert ac.metrics["accuracy_drop_points"] <= plain.metrics["accuracy_drop_points"]
+
+
+def test_nncf_accuracy_control_stops_at_the_time_budget(trained_cnn_dir, digits):
+    import pytest
+
+    from edgewise.errors import OptimizeError
+    from edgewise.optimize.plan import Parent, Planner
+    from edgewise.optimize.search import SearchOptions
+    from edgewise.source import fit_data, load_source
+
+    src, splits = fit_data(load_source(trained_cnn_dir), digits)
+    calls: list[int] = []
+    state = {"score": lambda outs, samples=None: calls.append(len(outs[0])) or 1.0, "building_over": lambda: True,
+             "drops": {}, "notes": []}
+    planner = Planner(src, splits, load_target("x86-server"), SearchOptions(calibration_samples=32), state,
+                      lambda _m: None)
+    parent = Parent("baseline", "starting model", lambda: (src.model, 0, []))
+    with pytest.raises(OptimizeError, match="stopped at the time budget after 2 validation calls"):
+        planner._nncf_plan(parent, accuracy_control=True).build()
+    assert calls == [1, len(splits.val)]  # NNCF's probe on one sample, then the float model on all of them

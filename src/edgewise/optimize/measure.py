@@ -155,6 +155,7 @@ def build_all(plans: list[Plan], baseline: Candidate, runner: Runner, val: Datas
             spent = time.monotonic() - start - (calibration_s(plan.parent) - calibrating)
             took["static" if plan.method else plan.precision] = spent
         c.metrics.update(fidelity_metrics(fid, base_fid))
+        state["drops"][c.id] = c.metrics["accuracy_drop_points"]
         if c.precision == "int8" and c.metrics["accuracy_drop_points"] <= opts.max_accuracy_drop:
             state["int8_within_tolerance"] = True
     progress("building and scoring candidates", len(plans), len(plans))

@@ -210,6 +210,7 @@ class Planner:
                                      lambda p=p, cfg=cfg: self.quant(p).static(cfg), method=cfg.method))
                     if k == 1 and primary and "openvino" in t.runtimes and allowed("int8", t):
                         out.append(self._nncf_plan(p))  # as promising as ORT's best two: tried early
+                        out.append(self._nncf_plan(p, accuracy_control=True))
             if primary and allowed("int8", t) and t.runs_onnxruntime:
                 for ops in (("MatMul", "Gemm"), ("Conv", "MatMul", "Gemm")):
                     cid = "baseline-int8-dynamic" + ("-conv" if "Conv" in ops else "")
@@ -241,14 +242,23 @@ class Planner:
         return Plan("baseline-fp16", "float16 weights and activations, float32 inputs and outputs", p, "fp16",
                     [{"pass": "convert", "precision": "fp16", "keep_io_types": True}], lambda: to_fp16(p.get()))
 
-    def _nncf_plan(self, p: Parent) -> Plan:
-        dev = self.target.openvino_device
-        return Plan("baseline-openvino-nncf-int8", f"OpenVINO on {dev}, int8 by NNCF post-training quantization", p,
-                    "int8", [{"pass": "quantize", "tool": "nncf", "mode": "static", "format": "OpenVINO IR",
-                              "calibration_samples": self.opts.calibration_samples},
-                             {"pass": "runtime", "runtime": "openvino", "device": dev,
-                              "files": ["model.xml", "model.bin"], "fallback": "model.onnx (fp32)"}],
-                    lambda: self._openvino(p, "int8"))
+    def _nncf_plan(self, p: Parent, accuracy_control: bool = False) -> Plan:
+        """NNCF's int8 at its defaults; or, only when that missed the tolerance, NNCF's accuracy control: int8,
+        then the layers that cost the most accuracy put back in float one by one until the validation score
+        is within the tolerance again (scored as every candidate is)."""
+        dev, plain = self.target.openvino_device, "baseline-openvino-nncf-int8"
+        how = "with accuracy control (layers back in float until within tolerance)" if accuracy_control else \
+            "post-training quantization"
+        step: dict[str, Any] = {"pass": "quantize", "tool": "nncf", "mode": "static", "format": "OpenVINO IR",
+                                "calibration_samples": self.opts.calibration_samples}
+        if accuracy_control:
+            step.update(accuracy_control=True, max_drop_points=self.opts.max_accuracy_drop)
+        return Plan(plain + ("-accuracy" if accuracy_control else ""), f"OpenVINO on {dev}, int8 by NNCF {how}", p,
+                    "int8", [step, {"pass": "runtime", "runtime": "openvino", "device": dev,
+                                    "files": ["model.xml", "model.bin"], "fallback": "model.onnx (fp32)"}],
+                    lambda: self._openvino(p, "int8-accuracy" if accuracy_control else "int8"),
+                    when=(lambda: self.state["drops"].get(plain, 0.0) > self.opts.max_accuracy_drop)
+                    if accuracy_control else (lambda: True))
 
     def _openvino(self, p: Parent, precision: str | None) -> onnx.ModelProto:
         """The model tagged for OpenVINO on the target's device: as it is, with precision hint f32 (None) or
@@ -281,12 +291,58 @@ class Planner:
             with tempfile.TemporaryDirectory(prefix="edgewise-ov-") as tmp:
                 onnx.save(model, str(Path(tmp) / "model.onnx"))
                 ov_model = openvino.convert_model(str(Path(tmp) / "model.onnx"))
-            q = nncf.quantize(ov_model, nncf.Dataset([feeder.one(i) for i in range(len(train))]),
-                              subset_size=len(train))
+            calibration = nncf.Dataset([feeder.one(i) for i in range(len(train))])
+            if precision == "int8-accuracy":
+                q = self._nncf_accuracy_control(ov_model, calibration, len(train))
+            else:
+                q = nncf.quantize(ov_model, calibration, subset_size=len(train))
+        except EdgewiseError:
+            raise
         except Exception as e:  # NNCF and OpenVINO raise assorted errors for graphs they cannot handle
             raise OptimizeError(f"NNCF quantization failed: {str(e).strip().splitlines()[0][:200]}") from e
-        # the bundle carries the IR for OpenVINO and the fp32 ONNX for a device without it
-        return ov.with_ir(model, q, f"openvino:{dev}")
+        # the bundle carries the IR for OpenVINO and the fp32 ONNX for a device without it. Accuracy control
+        # validates its layers left in float at f32 (not OpenVINO's bf16 default), so they run so.
+        return ov.with_ir(model, q, f"openvino:{dev}" + (":f32" if precision == "int8-accuracy" else ""))
+
+    def _nncf_accuracy_control(self, ov_model: Any, calibration: Any, samples: int) -> Any:
+        """`nncf.quantize_with_accuracy_control`, validated with the search's own score on its validation
+        split. Its data items are sample numbers, so a score on some of them compares with the same samples
+        of the starting model."""
+        import nncf
+        from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+        from edgewise.profile.feeds import Feeder, model_inputs
+
+        val, score = self.splits.val, self.state["score"]
+        feeder = Feeder(model_inputs(self.source.model), val)
+        everything = list(range(len(val)))
+
+        passes = 0
+
+        def validate(compiled: Any, items: Any) -> tuple[float, None]:
+            nonlocal passes
+            if passes > 1 and self.state["building_over"]():  # NNCF has no deadline: a validation stops it
+                # (not the first two: NNCF probes the callback with one sample, then scores the float model)
+                raise _OutOfTime
+            passes += 1
+            samples = [int(i) for i in items]
+            outs = feeder.run_each(lambda feed: compiled(feed).to_tuple(), samples)
+            return score(outs, None if samples == everything else samples), None
+
+        self.log(f"NNCF accuracy control: int8 within {self.opts.max_accuracy_drop:g} point(s) on {len(val)} "
+                 f"validation samples, at most {ACCURACY_CONTROL_LAYERS} layers back in float")
+        try:
+            q = nncf.quantize_with_accuracy_control(
+                ov_model, calibration, nncf.Dataset(everything, feeder.one), validate,
+                max_drop=self.opts.max_accuracy_drop / 100, subset_size=samples,
+                advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                    max_num_iterations=ACCURACY_CONTROL_LAYERS, ranking_subset_size=min(len(val), 100)))
+        except _OutOfTime:
+            raise OptimizeError(f"NNCF accuracy control stopped at the time budget after {passes} validation "
+                                "calls (give a larger --time-budget to let it finish)") from None
+        kept = sum(1 for op in q.get_ops() if op.get_type_name() == "FakeQuantize")
+        self.log(f"NNCF accuracy control: {kept} quantizers left")
+        return q
 
     def _fused(self, p: Parent) -> onnx.ModelProto:
         model, info = fuse(p.get())
@@ -318,4 +374,10 @@ class Planner:
         return model
 
 
+class _OutOfTime(Exception):
+    """Raised inside NNCF's validation callback to end its accuracy control at the time budget."""
+
+
 PREP_FULL = "shape inference and graph optimization"
+ACCURACY_CONTROL_LAYERS = 16  # NNCF's accuracy control puts back at most this many layers in float (each costs a
+# validation pass)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import onnx
 
 from edgewise.data import Splits
@@ -65,8 +66,16 @@ def search(source: Source, splits: Splits, target: TargetProfile, opts: SearchOp
         fid = fidelity(task, runner.outputs(model, val), base_val, y_val)
         return (base_fid.score - fid.score) * 100 <= opts.max_accuracy_drop
 
+    def score(outs: list[np.ndarray], samples: list[int] | None = None) -> float:
+        """The task's score of outputs for the validation samples (all, or those listed), as candidates are
+        scored: for tools that search with their own runtime (NNCF's accuracy control)."""
+        if samples is None:
+            return fidelity(task, outs, base_val, y_val).score
+        return fidelity(task, outs, [r[samples] for r in base_val], _subset(y_val, samples)).score
+
     state: dict[str, Any] = {"notes": result.notes, "exclusions": {}, "sensitivity": {}, "recipe": None,
-                             "int8_within_tolerance": False, "acceptable": acceptable}
+                             "int8_within_tolerance": False, "acceptable": acceptable, "score": score,
+                             "drops": {}, "building_over": clock.building_over}
     planner = Planner(source, splits, target, opts, state, log)
     base_parent = Parent("baseline", "starting model", lambda: (source.model, baseline.params, []))
     parents = [base_parent]
@@ -89,6 +98,13 @@ def search(source: Source, splits: Splits, target: TargetProfile, opts: SearchOp
     measure_candidates(result.candidates, baseline, target, opts, runner, splits, clock, log, progress)
     decide(result, opts)
     return result
+
+
+def _subset(y: Any, samples: list[int]) -> Any:
+    """Ground truth for some samples: labels (an array) or per-image boxes (a list)."""
+    if y is None:
+        return None
+    return y[samples] if isinstance(y, np.ndarray) else [y[i] for i in samples]
 
 
 def final_runs(result: SearchResult, budget_s: float | None, wanted: int = 300) -> int:

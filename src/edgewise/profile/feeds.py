@@ -7,7 +7,7 @@ output k of sample i is `outs[k][i]`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,6 +138,17 @@ class Feeder:
             return cast_feed(self.specs, {k: v[i] for k, v in self.named.items()})
         spec = self.specs[0]
         return {spec.name: _cast(spec.name, self.x[i : i + 1], spec.dtype)}
+
+    def run_each(self, call: Callable[[dict[str, np.ndarray]], Sequence[Any]],
+                 indices: Iterable[int]) -> list[np.ndarray]:
+        """What `call` answers for each sample alone (batch 1), sample-major as `run` gives it."""
+        per_output: list[list[np.ndarray]] = []
+        for i in indices:
+            outs = [np.asarray(o) for o in call(self.one(i))]
+            per_output = per_output or [[] for _ in outs]
+            for k, o in enumerate(outs):
+                per_output[k].append(o[None] if self.named or o.ndim == 0 else o)
+        return [np.concatenate(parts) for parts in per_output]
 
     def run(self, sess: Any, batch: int = 64, limit: int | None = None) -> list[np.ndarray]:
         """Every output for every sample, sample-major."""
