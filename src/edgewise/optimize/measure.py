@@ -154,6 +154,7 @@ def build_all(plans: list[Plan], baseline: Candidate, runner: Runner, val: Datas
         finally:  # what this kind of step costs once calibrated: the estimate for the next one
             spent = time.monotonic() - start - (calibration_s(plan.parent) - calibrating)
             took["static" if plan.method else plan.precision] = spent
+            c.metrics["build_s"] = time.monotonic() - start
         c.metrics.update(fidelity_metrics(fid, base_fid))
         state["drops"][c.id] = c.metrics["accuracy_drop_points"]
         if c.precision == "int8" and c.metrics["accuracy_drop_points"] <= opts.max_accuracy_drop:

@@ -3,8 +3,10 @@ parent (the starting model, or a pruned / distilled one) only when its turn come
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -292,10 +294,11 @@ class Planner:
                 onnx.save(model, str(Path(tmp) / "model.onnx"))
                 ov_model = openvino.convert_model(str(Path(tmp) / "model.onnx"))
             calibration = nncf.Dataset([feeder.one(i) for i in range(len(train))])
-            if precision == "int8-accuracy":
-                q = self._nncf_accuracy_control(ov_model, calibration, len(train))
-            else:
-                q = nncf.quantize(ov_model, calibration, subset_size=len(train))
+            with _quiet_nncf():
+                if precision == "int8-accuracy":
+                    q = self._nncf_accuracy_control(ov_model, calibration, len(train))
+                else:
+                    q = nncf.quantize(ov_model, calibration, subset_size=len(train))
         except EdgewiseError:
             raise
         except Exception as e:  # NNCF and OpenVINO raise assorted errors for graphs they cannot handle
@@ -372,6 +375,22 @@ class Planner:
         mcfg = replace(cfg, exclude=keep)
         self.state["recipe"] = [recipe_static(mcfg, self.opts.calibration_samples)]
         return model
+
+
+@contextlib.contextmanager
+def _quiet_nncf() -> Iterator[None]:
+    """NNCF logs every step and draws its own progress bars on stdout; the search reports its own progress."""
+    import logging
+
+    import nncf
+
+    level = logging.getLogger("nncf").level
+    nncf.set_log_level(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        nncf.set_log_level(level)
 
 
 class _OutOfTime(Exception):
