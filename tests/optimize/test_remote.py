@@ -119,7 +119,17 @@ def test_the_bench_endpoints_refuse_what_they_cannot_run(trained_cnn_dir, tmp_pa
                                  (f"models={mid}", b"PK garbage", "not a valid .npz")):
             r = c.post(f"/v1/bench/run?{query}", content=body)
             assert r.status_code == 422 and why in r.json()["error"], (query, r.text)
-        assert json.loads(c.get("/health").text)["bench"] == {"uploads": 1, "runs": 1, "inferences": 1}
+        r = c.post(f"/v1/bench/memory?model={mid}", content=good)  # a fresh process on the device
+        assert r.status_code == 200 and r.json()["running_on"] == "CPUExecutionProvider", r.text
+        assert r.json()["rss_delta_bytes"] > 0 and r.json()["machine"]["cores"] >= 1
+        for query, body, why in ((f"model=ffff{mid[4:]}", good, "no uploaded model"),
+                                 (f"model={mid}&threads=0", good, "threads must be >= 1"),
+                                 (f"model={mid}", npz(other=np.zeros(3, np.float32)), "memory probe failed"),
+                                 (f"model={mid}", b"PK garbage", "not a valid .npz")):
+            r = c.post(f"/v1/bench/memory?{query}", content=body)
+            assert r.status_code == 422 and why in r.json()["error"], (query, r.text)
+        assert json.loads(c.get("/health").text)["bench"] == {"uploads": 1, "runs": 1, "inferences": 1,
+                                                               "memory_probes": 1}
     finally:
         agent.close()
 
@@ -158,10 +168,11 @@ def test_bench_remote_measures_models_side_by_side_on_the_device(bench_agent, tr
     proc = ew("bench", str(trained_cnn_dir), "--data", "digits", "--runs", "20", "--remote", bench_agent.url,
               "--json", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert "measured on the device (ONNX Runtime CPU" in proc.stdout and "not measured remotely" in proc.stdout
+    assert "latency and peak memory measured on the device (ONNX Runtime CPU" in proc.stdout, proc.stdout
     row = json.loads(out.read_text())[0]
     assert row["latency_1t"]["runs"] == 20 and row["measured_on"].endswith(f"via {bench_agent.url})")
-    assert "peak_memory" not in row and "throughput_b1_1t" not in row
+    assert row["peak_memory"]["running_on"] == "CPUExecutionProvider" and row["peak_memory"]["rss_delta_bytes"] > 0
+    assert "throughput_b1_1t" not in row
 
 
 @pytest.mark.e2e
@@ -171,14 +182,19 @@ def test_an_nncf_candidate_travels_with_its_openvino_ir_and_runs_on_the_device(b
     from edgewise.optimize.search import SearchOptions, search
     from edgewise.source import fit_data, load_source
 
-    opts = SearchOptions(latency_runs=20, measure_memory=False, torch_passes=False, calibration_samples=64,
+    opts = SearchOptions(latency_runs=20, measure_memory=True, torch_passes=False, calibration_samples=64,
                          only=("baseline-fp32", "baseline-openvino-nncf-int8"), measure_on=bench_agent.url,
                          max_accuracy_drop=100)
+    probes = bench_agent.get("/health")["bench"]["memory_probes"]
     src, splits = fit_data(load_source(trained_cnn_dir), digits)
     r = search(src, splits, load_target("x86-server"), opts)
     nncf = next(c for c in r.candidates if c.id == "baseline-openvino-nncf-int8")
     assert nncf.status == "ok", nncf.reason
     assert nncf.metrics["latency_source"].startswith("measured on the device (OpenVINO CPU, "), nncf.metrics
+    # peak memory too, in a fresh process on the device, with the IR it runs (not the fp32 ONNX it carries)
+    assert nncf.metrics["peak_memory_source"] == nncf.metrics["latency_source"] and nncf.metrics["peak_memory_bytes"] > 0
+    assert r.baseline.metrics["peak_memory_source"].startswith("measured on the device (ONNX Runtime CPU, ")
+    assert bench_agent.get("/health")["bench"]["memory_probes"] == probes + 2
 
 
 def test_a_model_the_device_cannot_load_is_a_clear_422_not_a_crash(trained_cnn_dir, tmp_path):

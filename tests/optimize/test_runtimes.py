@@ -233,3 +233,25 @@ def test_nncf_accuracy_control_stops_at_the_time_budget(trained_cnn_dir, digits)
     with pytest.raises(OptimizeError, match="stopped at the time budget after 2 validation calls"):
         planner._nncf_plan(parent, accuracy_control=True).build()
     assert calls == [1, len(splits.val)]  # NNCF's probe on one sample, then the float model on all of them
+
+
+def test_peak_memory_of_an_openvino_candidate_is_measured_on_openvino_with_its_ir(x86_result, tmp_path):
+    """The memory probe runs a candidate as it will run: NNCF's int8 as the IR on OpenVINO, not the fp32 ONNX
+    it carries for devices without OpenVINO; without the IR beside it, it says so instead of measuring that."""
+    from edgewise.errors import ModelError
+    from edgewise.modelio import save_model
+    from edgewise.profile.measure import measure_memory
+    from edgewise.profile.openvino import ir_files
+
+    by = {c.id: c for c in x86_result.candidates}
+    nncf, ort_int8 = by["baseline-openvino-nncf-int8"], by["baseline-int8-minmax"]
+    path = tmp_path / "nncf.onnx"
+    save_model(nncf.model, path)
+    with pytest.raises(ModelError, match="not beside it"):
+        measure_memory(path)
+    for name, data in ir_files(nncf.model).items():
+        path.with_suffix(name[-4:]).write_bytes(data)
+    probe = measure_memory(path)
+    assert probe["running_on"] == "OpenVINO:CPU" and probe["rss_delta_bytes"] > 0
+    save_model(ort_int8.model, tmp_path / "ort.onnx")
+    assert measure_memory(tmp_path / "ort.onnx")["running_on"] == "CPUExecutionProvider"

@@ -172,7 +172,7 @@ def bench(
                       _kb(r["peak_memory"]["rss_delta_bytes"]) if "peak_memory" in r else "-")
     out_console.print(table)
     if remote:
-        out_console.print(f"latency {rows[0]['measured_on']}; throughput and peak memory are not measured remotely")
+        out_console.print(f"latency and peak memory {rows[0]['measured_on']}; throughput is not measured remotely")
     table = Table(title="throughput and energy", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("model", "thr b1", f"thr b{batch}", "MACs", "energy*"):
         table.add_column(col, no_wrap=col != "model", overflow="fold", justify="left" if col == "model" else "right")

@@ -3,9 +3,7 @@ peak memory (a fresh process each) or, for MCUs, the C compiler's own RAM and fl
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,15 +11,17 @@ import onnx
 
 from edgewise.data import Dataset, Splits
 from edgewise.errors import EdgewiseError
-from edgewise.modelio import save_model, weight_bytes
+from edgewise.modelio import weight_bytes
 from edgewise.optimize.candidates import Candidate, allowed
 from edgewise.optimize.choose import violations_of
 from edgewise.optimize.compact import compact
 from edgewise.optimize.options import Log, Progress, SearchOptions, SearchResult
 from edgewise.optimize.plan import NotApplicable, Parent, Plan, Planner, static_id
 from edgewise.optimize.sensitivity import layer_sensitivity, quantizable_nodes
-from edgewise.profile import fallback_note, make_session, measure_latency, measure_memory, measured_on, running_on
+from edgewise.profile import fallback_note, make_session, measure_latency, measured_on, model_memory, running_on
 from edgewise.profile.measure import LatencyStats
+from edgewise.profile.openvino import ir_size
+from edgewise.profile.runtime import describe
 from edgewise.profile.arena import live_tensor_peak
 from edgewise.profile.feeds import Feeder, model_inputs, session_inputs
 from edgewise.profile.fidelity import Fidelity, Task, fidelity
@@ -33,8 +33,6 @@ BUILD_SHARE = 0.75
 
 def _size(model: onnx.ModelProto) -> int:
     """What the device stores: the ONNX file, plus the OpenVINO IR it carries for OpenVINO, if any."""
-    from edgewise.profile.openvino import ir_size
-
     return model.ByteSize() + (ir_size(model) or 0)
 
 
@@ -85,6 +83,16 @@ class Runner:
             stats, ran = self.remote.run(handles, feed, runs, warmup, t.threads, t.execution_providers)
             return stats, [self.remote.label(r) for r in ran]
         return measure_latency(handles, feed, runs=runs, warmup=warmup), [measured_on(h) for h in handles]
+
+    def memory(self, model: onnx.ModelProto, handle: Any, feed: dict[str, np.ndarray]) -> tuple[int, str]:
+        """Peak memory of loading and running the model in a fresh process, on the runtime it names: here, or
+        on the device (`handle`: its id there); and where it was measured."""
+        threads = max(1, self.target.threads)
+        if self.remote is not None:
+            probe = self.remote.memory(handle, feed, threads)
+            return probe["rss_delta_bytes"], self.remote.label(probe["running_on"])
+        probe = model_memory(model, threads, feed=feed)
+        return probe["rss_delta_bytes"], f"measured ({describe(probe['running_on'])}, this machine)"
 
     def provider_note(self) -> str | None:
         """Said when the target's first execution provider is not what ran here (after `outputs`)."""
@@ -226,26 +234,25 @@ def measure_candidates(cands: list[Candidate], baseline: Candidate, target: Targ
         if target.objective == "latency":
             runoff(dict(zip((c.id for c in ok), handles)), ok, baseline, target, opts, feed, runs, runner, clock,
                    log)
-        if opts.measure_memory and runner.remote is None:
-            log("measuring peak memory in a fresh process per candidate")
+        if opts.measure_memory:
+            log("measuring peak memory in a fresh process per candidate"
+                + (f", on the device at {runner.remote.url}" if runner.remote is not None else ""))
+            handle = dict(zip((c.id for c in ok), handles))
             # Fastest first: when the time budget runs out, the likely winners have their figure.
             order = [baseline] + sorted((c for c in ok if c is not baseline), key=lambda c: c.metrics["latency_p50_ms"])
-            with tempfile.TemporaryDirectory(prefix="edgewise-mem-") as tmp:
-                for i, c in enumerate(order):
-                    progress("measuring peak memory", i, len(ok))
-                    if c is not baseline and clock.left() == 0.0:
-                        c.metrics["peak_memory_bytes"] = None
-                        c.metrics["peak_memory_note"] = "not measured (time budget)"
-                        continue
-                    path = Path(tmp) / f"{c.id}.onnx"
-                    save_model(c.model, path)
-                    try:
-                        c.metrics["peak_memory_bytes"] = measure_memory(path, max(1, target.threads), feed=feed)[
-                            "rss_delta_bytes"]
-                    except EdgewiseError as e:
-                        c.metrics["peak_memory_bytes"] = None
-                        c.reason = f"memory probe failed: {e}"
-                progress("measuring peak memory", len(ok), len(ok))
+            for i, c in enumerate(order):
+                progress("measuring peak memory", i, len(ok))
+                if c is not baseline and clock.left() == 0.0:
+                    c.metrics["peak_memory_bytes"] = None
+                    c.metrics["peak_memory_note"] = "not measured (time budget)"
+                    continue
+                try:
+                    c.metrics["peak_memory_bytes"], c.metrics["peak_memory_source"] = runner.memory(
+                        c.model, handle[c.id], feed)
+                except EdgewiseError as e:
+                    c.metrics["peak_memory_bytes"] = None
+                    c.reason = f"memory probe failed: {e}"
+            progress("measuring peak memory", len(ok), len(ok))
     else:
         from edgewise.codegen import figures
 

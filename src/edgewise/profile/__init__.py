@@ -8,6 +8,7 @@ from edgewise.profile.measure import (
     measure_latency,
     measure_memory,
     measure_throughput,
+    model_memory,
     run_model,
     run_outputs,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "measure_latency",
     "measure_memory",
     "measure_throughput",
+    "model_memory",
     "run_model",
     "run_outputs",
 ]

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import onnx
 
 from edgewise.data import Splits
-from edgewise.modelio import save_model
 from edgewise.profile.feeds import Feeder, model_inputs, session_inputs
 from edgewise.profile.fidelity import fidelity, ground_truth, infer_task
 from edgewise.profile.macs import count_macs
-from edgewise.profile.measure import measure_latency, measure_memory, measure_throughput, run_outputs
+from edgewise.profile.measure import measure_latency, measure_throughput, model_memory, run_outputs
 from edgewise.profile.runtime import make_session
 from edgewise.targets import TargetProfile
 
@@ -30,7 +27,7 @@ def bench(models: list[tuple[str, onnx.ModelProto]], splits: Splits, target: Tar
     semantics, as the device's integer kernels compute; their latency is still ORT's on this machine.
 
     `remote` (an agent started with --allow-bench): latency is measured on that device instead, with the
-    target's execution providers; throughput and peak memory are then not measured.
+    target's execution providers, and peak memory there too; throughput is then not measured.
     """
     reference = reference or set()
     test = splits.test
@@ -62,6 +59,8 @@ def bench(models: list[tuple[str, onnx.ModelProto]], splits: Splits, target: Tar
             stats, ran = device.run(ids, feed, runs, min(20, runs), threads, target.execution_providers)
             for row, st, where in zip(rows, stats, ran):
                 row[key], row["measured_on"] = st.as_dict(), device.label(where)
+        for row, mid in zip(rows, ids):  # a fresh process per model on the device
+            row["peak_memory"] = device.memory(mid, feed, threads=1)
         rows[0]["all_cores"] = (device.machine or {}).get("cores", "?")
         memory = False
     else:
@@ -76,11 +75,8 @@ def bench(models: list[tuple[str, onnx.ModelProto]], splits: Splits, target: Tar
                 row[f"throughput_b{batch}_{suffix}"] = measure_throughput(sess, test, batch, seconds=0.5)
         rows[0]["all_cores"] = cores
     if memory:
-        with tempfile.TemporaryDirectory(prefix="edgewise-bench-") as tmp:
-            for i, (row, (_, model)) in enumerate(zip(rows, models)):
-                path = Path(tmp) / f"m{i}.onnx"
-                save_model(model, path)
-                row["peak_memory"] = measure_memory(path, threads=1, feed=feed)
+        for row, (_, model) in zip(rows, models):
+            row["peak_memory"] = model_memory(model, threads=1, feed=feed)
     base = rows[0]["latency_1t"]["p50_ms"]
     for row in rows:
         row["speedup_1t"] = base / row["latency_1t"]["p50_ms"]

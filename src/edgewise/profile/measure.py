@@ -10,8 +10,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from edgewise.data import Dataset
@@ -127,13 +129,13 @@ def measure_throughput(sess: ort.InferenceSession, x: Dataset | np.ndarray, batc
 
 
 def measure_memory(model_path: Path, threads: int = 1, batch: int = 1,
-                   feed: dict[str, np.ndarray] | None = None) -> dict[str, int]:
-    """Peak memory of loading and running the model, measured in a fresh process.
+                   feed: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Peak memory of loading and running the model, measured in a fresh process, on the runtime the model
+    names (ONNX Runtime's CPU provider, or OpenVINO with the IR saved beside it: `<stem>.xml`, `<stem>.bin`).
 
-    Returns `rss_delta_bytes` (peak RSS minus RSS before the session existed: weights, ORT arena,
-    kernels' scratch) and `arena_bytes` where ORT reports it. A fresh process keeps other models'
-    allocations out of the figure. `feed` is a real batch-1 input (random values of the right shapes
-    and dtypes otherwise).
+    Returns `rss_delta_bytes` (peak RSS minus RSS before the session existed: weights, the runtime's arena,
+    kernels' scratch), `load_delta_bytes` and `running_on`. A fresh process keeps other models' allocations
+    out of the figure. `feed` is a real batch-1 input (random values of the right shapes and dtypes otherwise).
     """
     with tempfile.TemporaryDirectory(prefix="edgewise-memfeed-") as tmp:
         cmd = [sys.executable, "-m", "edgewise.profile.memprobe", str(model_path), str(threads), str(batch)]
@@ -144,3 +146,16 @@ def measure_memory(model_path: Path, threads: int = 1, batch: int = 1,
     if proc.returncode != 0:
         raise ModelError(f"memory probe failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:300]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def model_memory(model: onnx.ModelProto, threads: int = 1, feed: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """`measure_memory` of a model held here, saved with the OpenVINO IR it carries, if any."""
+    from edgewise.modelio import save_model
+    from edgewise.profile.openvino import ir_files
+
+    with tempfile.TemporaryDirectory(prefix="edgewise-mem-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        save_model(model, path)
+        for name, data in ir_files(model).items():  # model.xml, model.bin: beside model.onnx
+            (Path(tmp) / name).write_bytes(data)
+        return measure_memory(path, threads, feed=feed)

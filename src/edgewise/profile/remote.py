@@ -118,6 +118,15 @@ class RemoteBench:
         except (KeyError, TypeError) as e:
             raise ProfileError(f"the device at {self.url} answered without the figures asked for ({e})") from e
 
+    def memory(self, mid: str, feed: dict[str, np.ndarray], threads: int) -> dict[str, Any]:
+        """Peak memory of one uploaded model, probed in a fresh process on the device (as `measure_memory`
+        answers here: rss_delta_bytes, load_delta_bytes, running_on)."""
+        out = self._ask("/v1/bench/memory", {"model": mid, "threads": threads}, [mid], feed)
+        self.machine = out.get("machine", self.machine)
+        if not isinstance(out.get("rss_delta_bytes"), int) or not isinstance(out.get("running_on"), str):
+            raise ProfileError(f"the device at {self.url} answered without a memory figure ({sorted(out)})")
+        return out
+
     def infer(self, mid: str, feed: dict[str, np.ndarray], threads: int,
               providers: tuple[str, ...]) -> tuple[list[np.ndarray], str]:
         """One uploaded model's outputs for a batch, computed on the device; and where they were computed."""

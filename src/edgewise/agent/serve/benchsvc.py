@@ -20,7 +20,7 @@ import onnx
 
 from edgewise.errors import EdgewiseError
 from edgewise.profile.feeds import cast_feed, session_inputs
-from edgewise.profile.measure import measure_latency
+from edgewise.profile.measure import measure_latency, model_memory
 from edgewise.profile.runtime import make_session, running_on
 
 # Sessions kept for later runs (the oldest goes first), and the most runs one request may ask for.
@@ -62,7 +62,7 @@ class BenchSessions:
         self._models: OrderedDict[str, onnx.ModelProto] = OrderedDict()
         self._sessions: dict[tuple[str, int, tuple[str, ...]], Any] = {}
         self._lock = threading.Lock()  # one run at a time: two interleaved runs would measure each other
-        self.counts = {"uploads": 0, "runs": 0, "inferences": 0}
+        self.counts = {"uploads": 0, "runs": 0, "inferences": 0, "memory_probes": 0}
 
     def add(self, data: bytes) -> str:
         """Keep an uploaded ONNX model; its id is its content hash (uploading it again is free)."""
@@ -98,14 +98,18 @@ class BenchSessions:
 
         return register_ir(xml, weights)
 
+    def _model(self, mid: str) -> onnx.ModelProto:
+        if mid not in self._models:
+            raise BenchError(f"no uploaded model {mid!r} (upload it first; the device keeps the last "
+                             f"{self.max_models})")
+        return self._models[mid]
+
     def _session(self, mid: str, threads: int, providers: tuple[str, ...]) -> Any:
         key = (mid, threads, providers)
         if key not in self._sessions:
-            if mid not in self._models:
-                raise BenchError(f"no uploaded model {mid!r} (upload it first; the device keeps the last "
-                                 f"{self.max_models})")
+            model = self._model(mid)
             try:
-                self._sessions[key] = make_session(self._models[mid], threads=threads, providers=providers)
+                self._sessions[key] = make_session(model, threads=threads, providers=providers)
             except EdgewiseError as e:  # a runtime or IR this device lacks
                 raise BenchError(f"the model cannot be loaded here: {e}") from e
         return self._sessions[key]
@@ -124,6 +128,20 @@ class BenchSessions:
                 raise BenchError(f"the model cannot run on this input: {str(e).splitlines()[0][:300]}") from e
             self.counts["inferences"] += 1
             return [np.asarray(o) for o in outs], running_on(sess)
+
+    def memory(self, mid: str, feed: dict[str, np.ndarray], threads: int) -> dict[str, Any]:
+        """Peak memory of loading and running one uploaded model in a fresh process on this device, on the
+        runtime it names (`profile.measure.model_memory`; ONNX Runtime models on its CPU provider)."""
+        if threads < 1:
+            raise BenchError("threads must be >= 1 for a memory probe")
+        with self._lock:  # not beside a latency run: each would disturb the other
+            model = self._model(mid)
+            try:
+                probe = model_memory(model, threads, feed=feed)
+            except EdgewiseError as e:
+                raise BenchError(f"the memory probe failed here: {e}") from e
+            self.counts["memory_probes"] += 1
+        return {**probe, "threads": threads, "machine": machine()}
 
     def run(self, ids: list[str], feed: dict[str, np.ndarray], runs: int, warmup: int, threads: int,
             providers: tuple[str, ...]) -> dict[str, Any]:

@@ -242,6 +242,18 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
             return failed("bad_input", 422, e)
         return JSONResponse(out)
 
+    @app.post("/v1/bench/memory", openapi_extra=bodies.BENCH_RUN)
+    async def bench_memory(request: Request, model: str, threads: int = 1) -> JSONResponse:
+        """Peak memory of loading and running an uploaded model once in a fresh process here (the body is
+        the feed, .npz): `rss_delta_bytes`, `load_delta_bytes`, `running_on`."""
+        if bench is None:
+            return bench_off()
+        try:
+            feed = parse_npz(await request.body())
+            return JSONResponse(await run_in_threadpool(bench.memory, model, feed, threads))
+        except (BadInput, BenchError, DataError) as e:
+            return failed("bad_input", 422, e)
+
     @app.post("/v1/bench/infer", response_model=None, openapi_extra=bodies.BENCH_RUN)
     async def bench_infer(request: Request, model: str, threads: int = 1,
                           providers: str = "CPUExecutionProvider") -> Response:
