@@ -36,6 +36,28 @@ def test_help_on_every_verb():
     assert proc.returncode == 0 and "Usage" in proc.stdout and "quickstart" in proc.stdout
 
 
+def test_help_text_wraps_to_the_terminal_not_to_the_docstring():
+    """Typer keeps a docstring's line breaks; help reads as paragraphs at 80 columns, examples one a line."""
+    from edgewise.cli.app import reflow
+
+    doc = """First line.
+
+    A paragraph wrapped
+    in the source at
+    some width.
+
+    - a list item
+    - another one
+    Example: edgewise a
+    Example: edgewise b
+    """
+    assert reflow(doc) == ("First line.\n\nA paragraph wrapped in the source at some width.\n\n- a list item\n"
+                           "- another one\nExample: edgewise a\nExample: edgewise b")
+    from edgewise.cli.model import optimize
+
+    assert "name, samples stacked on a new leading axis" in optimize.__doc__  # the registered verbs are reflowed
+
+
 @pytest.mark.e2e
 def test_train_optimize_bench_end_to_end(trained: Path, tmp_path: Path):
     # Execute

@@ -9,7 +9,7 @@ import sys
 
 from edgewise.cli import model  # noqa: F401 - registers train, optimize, bench, compile, import, quickstart
 from edgewise.cli.agent import agent_app, cascade_app, device_app
-from edgewise.cli.app import app
+from edgewise.cli.app import app, reflow_help
 from edgewise.cli.bundle import bundle_app, keys_app, targets_app
 from edgewise.cli.common import console
 from edgewise.cli.federate import federate_app
@@ -24,6 +24,7 @@ app.add_typer(cascade_app, name="cascade")
 app.add_typer(fleet_app, name="fleet")
 app.add_typer(device_app, name="device")
 app.add_typer(federate_app, name="federate")
+reflow_help(app)
 
 
 def main() -> None:
