@@ -212,7 +212,6 @@ class Planner:
                                      lambda p=p, cfg=cfg: self.quant(p).static(cfg), method=cfg.method))
                     if k == 1 and primary and "openvino" in t.runtimes and allowed("int8", t):
                         out.append(self._nncf_plan(p))  # as promising as ORT's best two: tried early
-                        out.append(self._nncf_plan(p, accuracy_control=True))
             if primary and allowed("int8", t) and t.runs_onnxruntime:
                 for ops in (("MatMul", "Gemm"), ("Conv", "MatMul", "Gemm")):
                     cid = "baseline-int8-dynamic" + ("-conv" if "Conv" in ops else "")
@@ -233,6 +232,9 @@ class Planner:
                 out.append(Plan("baseline-mixed-sensitivity", cfg.label() + " (by sensitivity)", p, "mixed", [],
                                  lambda p=p, cfg=cfg: self._mixed_sensitivity(p, cfg),
                                  when=lambda: not self.state["int8_within_tolerance"]))
+        if parents and parents[0].name == "baseline" and "openvino" in t.runtimes and allowed("int8", t):
+            # the costly fallback (a validation pass per layer put back): after every cheaper candidate
+            out.append(self._nncf_plan(parents[0], accuracy_control=True))
         return [pl for pl in out if opts.wants(pl.id)]
 
     def first_static(self) -> StaticConfig:
