@@ -82,3 +82,14 @@ def test_graphs_with_loop_and_if_keep_their_outer_scope_weights(tmp_path, fast_o
     assert cands["baseline-fused"].status == "ok" and outcome.bundle is not None
     rejected = [c for c in cands.values() if c.status != "ok"]
     assert all(c.precision != "fp32" and c.reason for c in rejected)
+
+
+def test_a_drop_of_exactly_the_tolerance_is_within_it_everywhere_the_search_asks():
+    """(0.99 - 0.98) * 100 is 1.0000000000000009 in floats: the choice, the int8 bookkeeping and the trigger for
+    NNCF's accuracy control all ask the same question, so a candidate the choice accepts does not also count
+    as having missed."""
+    from edgewise.optimize.search import SearchOptions
+
+    opts = SearchOptions(max_accuracy_drop=1.0)
+    assert (0.99 - 0.98) * 100 > 1.0 and opts.within_tolerance((0.99 - 0.98) * 100)
+    assert not opts.within_tolerance(1.001) and opts.within_tolerance(-3.0)

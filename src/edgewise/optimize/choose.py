@@ -19,7 +19,7 @@ def violations_of(c: Candidate, target: TargetProfile, opts: SearchOptions, is_b
     v: list[str] = []
     if not allowed(c.precision, target):
         v.append(f"{c.precision} not allowed (runs {', '.join(target.precisions)})")
-    if not is_baseline and m["accuracy_drop_points"] > opts.max_accuracy_drop + 1e-9:
+    if not is_baseline and not opts.within_tolerance(m["accuracy_drop_points"]):
         v.append(f"{m['fidelity_kind'].replace('_', ' ')} drop {m['accuracy_drop_points']:.2f} points > "
                  f"{opts.max_accuracy_drop:g}")
     flash = m.get("flash_bytes", m["size_bytes"])

@@ -165,7 +165,7 @@ def build_all(plans: list[Plan], baseline: Candidate, runner: Runner, val: Datas
             c.metrics["build_s"] = time.monotonic() - start
         c.metrics.update(fidelity_metrics(fid, base_fid))
         state["drops"][c.id] = c.metrics["accuracy_drop_points"]
-        if c.precision == "int8" and c.metrics["accuracy_drop_points"] <= opts.max_accuracy_drop:
+        if c.precision == "int8" and opts.within_tolerance(c.metrics["accuracy_drop_points"]):
             state["int8_within_tolerance"] = True
     progress("building and scoring candidates", len(plans), len(plans))
     if result.not_tried:

@@ -42,6 +42,10 @@ class SearchOptions:
     # An agent started with --allow-bench (http://device:8080): latency is measured there, not here.
     measure_on: str | None = None
 
+    def within_tolerance(self, drop_points: float) -> bool:
+        """A fidelity drop the user accepts (a drop of exactly the tolerance is one, despite float rounding)."""
+        return drop_points <= self.max_accuracy_drop + 1e-9
+
     def wants(self, candidate_id: str) -> bool:
         return not self.only or any(fnmatch.fnmatch(candidate_id, p) for p in self.only)
 

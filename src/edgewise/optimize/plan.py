@@ -261,7 +261,7 @@ class Planner:
                     "int8", [step, {"pass": "runtime", "runtime": "openvino", "device": dev,
                                     "files": ["model.xml", "model.bin"], "fallback": "model.onnx (fp32)"}],
                     lambda: self._openvino(p, "int8-accuracy" if accuracy_control else "int8"),
-                    when=(lambda: self.state["drops"].get(plain, 0.0) > self.opts.max_accuracy_drop)
+                    when=(lambda: not self.opts.within_tolerance(self.state["drops"].get(plain, 0.0)))
                     if accuracy_control else (lambda: True))
 
     def _openvino(self, p: Parent, precision: str | None) -> onnx.ModelProto:
