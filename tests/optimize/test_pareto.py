@@ -8,7 +8,11 @@ def test_dominance_and_front():
 
 
 def test_choice_by_objective_with_near_ties():
-    pts = [(0.99, 100, 1.00, 0), (0.98, 40, 1.02, 0), (0.97, 30, 2.0, 0)]
-    assert choose(pts, "latency") == 1, "within 3% on latency, the smaller model wins"
+    pts = [(0.99, 100, 1.00, 0), (0.99, 40, 1.02, 0), (0.97, 30, 2.0, 0)]
+    assert choose(pts, "latency") == 1, "within 3% on latency and as accurate, the smaller model wins"
     assert choose(pts, "size") == 2
-    assert choose(pts, "accuracy") == 0
+    assert choose(pts, "accuracy") == 0, "as accurate: the faster"
+    pts = [(0.99, 100, 1.00, 0), (0.98, 40, 1.02, 0), (0.97, 39, 3.0, 0)]
+    assert choose(pts, "latency") == 0, "within 3% on latency, accuracy is not traded for size"
+    assert choose(pts, "size") == 1, "within 3% on size, the more accurate"
+    assert choose([(0.98, 40, 1.0, 0), (0.99, 100, 1.05, 0)], "latency") == 0, "outside the band, speed decides"

@@ -20,10 +20,12 @@ def pareto_front(points: Sequence[Point]) -> list[int]:
 
 
 def choose(points: Sequence[Point], objective: str, tie: float = 0.03) -> int:
-    """Index of the best point for the objective; near-ties (within `tie`, relative) go to the next axis.
+    """Index of the best point for the objective. Near-ties (within `tie`, relative: the noise of a measurement)
+    go to the higher score first, so no accuracy is given up for a difference nobody could measure; then to
+    the next axis.
 
-    latency: lowest latency, then smallest size; size: smallest size, then lowest latency;
-    accuracy: highest score, then lowest latency.
+    latency: lowest latency, then highest score, then smallest size; size: smallest size, then highest score,
+    then lowest latency; accuracy: highest score, then lowest latency.
     """
     if not points:
         raise ValueError("no candidates to choose from")
@@ -34,4 +36,4 @@ def choose(points: Sequence[Point], objective: str, tie: float = 0.03) -> int:
     else:
         best = min(p[axis] for p in points)
         near = [i for i, p in enumerate(points) if p[axis] <= best * (1 + tie)]
-    return min(near, key=lambda i: (points[i][then], -points[i][0]))
+    return min(near, key=lambda i: (-round(points[i][0], 9), points[i][then]))
