@@ -32,6 +32,8 @@ def _session(path: str, threads: int):  # type: ignore[no-untyped-def]
         so.intra_op_num_threads = threads
         so.log_severity_level = 3
         return lambda: ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    import openvino  # noqa: F401 - imported before the count starts, as onnxruntime is: a library, not the model
+
     from edgewise.profile.openvino import OpenVinoSession
 
     device, precision = parse_runtime(runtime)
