@@ -8,6 +8,7 @@ import io
 import json
 
 import numpy as np
+import onnx
 import pytest
 
 from edgewise.errors import ProfileError
@@ -218,3 +219,29 @@ def test_a_model_the_device_cannot_load_is_a_clear_422_not_a_crash(trained_cnn_d
         assert c.post("/v1/bench/ir", content=b"not an npz").status_code == 422
     finally:
         agent.close()
+
+
+@pytest.mark.e2e
+def test_more_candidates_than_the_device_keeps_are_measured_in_groups(bench_agent):
+    """The device holds 24 uploaded models; a search with pruned and distilled students has ~30 candidates.
+    Found trying `optimize --measure-on` on a zoo CNN: the run failed with 'no uploaded model'. Now they are
+    measured in groups, each with the first model (the search's starting model)."""
+    from onnx import TensorProto, helper
+
+    from edgewise.profile.remote import RemoteBench
+
+    def tiny(k: int) -> onnx.ModelProto:  # distinct bytes, so distinct ids
+        g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], f"relu{k}",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    remote = RemoteBench.at(bench_agent.url)
+    ids = [remote.upload(tiny(k)) for k in range(30)]
+    assert len(set(ids)) == 30 and remote.keeps == 24  # the device said how many it keeps
+    runs_before = bench_agent.get("/health")["bench"]["runs"]
+    stats, where = remote.run(ids, {"x": np.ones((1, 8), np.float32)}, runs=3, warmup=1, threads=1,
+                              providers=("CPUExecutionProvider",))
+    assert len(stats) == 30 and all(s.runs == 3 and s.p50_ms > 0 for s in stats)
+    assert where == ["CPUExecutionProvider"] * 30
+    assert bench_agent.get("/health")["bench"]["runs"] == runs_before + 2  # 1 + 23, then 1 + 6

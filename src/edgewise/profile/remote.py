@@ -24,6 +24,7 @@ from edgewise.profile.feeds import Feeder, model_inputs
 from edgewise.profile.measure import LatencyStats
 
 ID_LEN = 16  # as the agent's benchsvc.model_id
+KEEPS = 24  # the agent's default for how many uploaded models it holds (benchsvc.MAX_MODELS), until it says
 
 
 class RemoteBench:
@@ -48,6 +49,7 @@ class RemoteBench:
         self._uploaded: set[str] = set()
         self._bytes: dict[str, bytes] = {}  # to upload again if the device has let a model go
         self._irs: dict[str, tuple[bytes, bytes]] = {}  # model id -> the OpenVINO IR it names (xml, bin)
+        self.keeps = KEEPS  # how many uploaded models the device holds at once (it says so with each upload)
 
     def _post(self, path: str, body: bytes, ctype: str, raw: bool = False) -> Any:
         req = urllib.request.Request(self.url + path, data=body, method="POST", headers={"Content-Type": ctype})
@@ -85,7 +87,8 @@ class RemoteBench:
             xml, weights = self._irs[mid]
             np.savez(buf, xml=np.frombuffer(xml, np.uint8), bin=np.frombuffer(weights, np.uint8))
             self._post("/v1/bench/ir", buf.getvalue(), "application/octet-stream")
-        got = self._post("/v1/bench/models", self._bytes[mid], "application/octet-stream")["id"]
+        answer = self._post("/v1/bench/models", self._bytes[mid], "application/octet-stream")
+        got, self.keeps = answer["id"], max(2, int(answer.get("keeps", self.keeps)))
         if got != mid:
             raise ProfileError(f"the device at {self.url} stored the model under {got!r}, not {mid!r}")
         self._uploaded.add(mid)
@@ -108,7 +111,24 @@ class RemoteBench:
 
     def run(self, ids: list[str], feed: dict[str, np.ndarray], runs: int, warmup: int, threads: int,
             providers: tuple[str, ...]) -> tuple[list[LatencyStats], list[str]]:
-        """Latency of the uploaded models, interleaved on the device; and where each ran ("CUDAExecutionProvider")."""
+        """Latency of the uploaded models, interleaved on the device; and where each ran ("CUDAExecutionProvider").
+        More models than the device keeps at once are measured in groups, each with the first model (the
+        starting model, in the search), whose figure from the first group stands."""
+        if len(ids) <= self.keeps:
+            return self._run(ids, feed, runs, warmup, threads, providers)
+        stats: dict[int, LatencyStats] = {}
+        ran: dict[int, str] = {}
+        rest = list(range(1, len(ids)))
+        for k in range(0, len(rest), self.keeps - 1):
+            group = [0, *rest[k:k + self.keeps - 1]]
+            got, where = self._run([ids[i] for i in group], feed, runs, warmup, threads, providers)
+            for i, s, w in zip(group, got, where):
+                stats.setdefault(i, s)
+                ran.setdefault(i, w)
+        return [stats[i] for i in range(len(ids))], [ran[i] for i in range(len(ids))]
+
+    def _run(self, ids: list[str], feed: dict[str, np.ndarray], runs: int, warmup: int, threads: int,
+             providers: tuple[str, ...]) -> tuple[list[LatencyStats], list[str]]:
         out = self._ask("/v1/bench/run", {"models": ",".join(ids), "runs": runs, "warmup": warmup, "threads": threads,
                                           "providers": ",".join(providers)}, ids, feed)
         self.machine = out.get("machine")

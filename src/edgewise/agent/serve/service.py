@@ -207,11 +207,13 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
                                       "--allow-bench, on a device on your bench)"}, status_code=404)
 
     async def bench_keep(request: Request, method: str, field: str) -> JSONResponse:
-        """An upload the bench keeps (`bench.<method>` of the body), answered as {field: what it returns}."""
+        """An upload the bench keeps (`bench.<method>` of the body), answered as {field: what it returns} and
+        how many models it keeps at once (`keeps`: a longer run must be measured in groups)."""
         if bench is None:
             return bench_off()
         try:
-            return JSONResponse({field: await run_in_threadpool(getattr(bench, method), await request.body())})
+            kept = await run_in_threadpool(getattr(bench, method), await request.body())
+            return JSONResponse({field: kept, "keeps": bench.max_models})
         except BenchError as e:
             return failed("bad_input", 422, e)
 
