@@ -230,7 +230,7 @@ def test_nncf_accuracy_control_stops_at_the_time_budget(trained_cnn_dir, digits)
     planner = Planner(src, splits, load_target("x86-server"), SearchOptions(calibration_samples=32), state,
                       lambda _m: None)
     parent = Parent("baseline", "starting model", lambda: (src.model, 0, []))
-    with pytest.raises(OptimizeError, match="stopped at the time budget after 2 validation calls"):
+    with pytest.raises(OptimizeError, match="stopped at the time budget after 1 validation pass and 1 sample scores"):
         planner._nncf_plan(parent, accuracy_control=True).build()
     assert calls == [1, len(splits.val)]  # NNCF's probe on one sample, then the float model on all of them
 

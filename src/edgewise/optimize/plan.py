@@ -322,15 +322,14 @@ class Planner:
         feeder = Feeder(model_inputs(self.source.model), val)
         everything = list(range(len(val)))
 
-        passes = 0
+        calls = {"all": 0, "some": 0}  # validations of the whole split, and of some samples (NNCF's ranking)
 
         def validate(compiled: Any, items: Any) -> tuple[float, None]:
-            nonlocal passes
-            if passes > 1 and self.state["building_over"]():  # NNCF has no deadline: a validation stops it
-                # (not the first two: NNCF probes the callback with one sample, then scores the float model)
+            if sum(calls.values()) > 1 and self.state["building_over"]():  # NNCF has no deadline: a validation
+                # stops it (not the first two: NNCF probes the callback with one sample, then scores the float model)
                 raise _OutOfTime
-            passes += 1
             samples = [int(i) for i in items]
+            calls["all" if samples == everything else "some"] += 1
             outs = feeder.run_each(lambda feed: compiled(feed).to_tuple(), samples)
             return score(outs, None if samples == everything else samples), None
 
@@ -343,8 +342,10 @@ class Planner:
                 advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
                     max_num_iterations=ACCURACY_CONTROL_LAYERS, ranking_subset_size=min(len(val), 100)))
         except _OutOfTime:
-            raise OptimizeError(f"NNCF accuracy control stopped at the time budget after {passes} validation "
-                                "calls (give a larger --time-budget to let it finish)") from None
+            passes = f"{calls['all']} validation pass" + ("" if calls["all"] == 1 else "es")
+            raise OptimizeError(f"NNCF accuracy control stopped at the time budget after {passes} and "
+                                f"{calls['some']} sample scores (give a larger --time-budget to let it finish)"
+                                ) from None
         kept = sum(1 for op in q.get_ops() if op.get_type_name() == "FakeQuantize")
         self.log(f"NNCF accuracy control: {kept} quantizers left")
         return q
