@@ -58,6 +58,24 @@ def test_help_text_wraps_to_the_terminal_not_to_the_docstring():
     assert "name, samples stacked on a new leading axis" in optimize.__doc__  # the registered verbs are reflowed
 
 
+def test_search_steps_fold_under_their_own_text_at_80_columns(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from edgewise.cli import common
+
+    buf = io.StringIO()
+    monkeypatch.setattr(common, "console", Console(file=buf, width=80, soft_wrap=True))
+    with common._SearchProgress("t") as sp:
+        sp.log("baseline-openvino-auto: OpenVINO on CPU, its default precision (bf16 on CPUs with AVX-512 BF16 "
+               "or AMX, else f32) [1, 84, A]")
+    lines = [ln for ln in buf.getvalue().splitlines() if ln.strip()]  # the bar leaves a blank line when it goes
+    assert len(lines) == 2 and all(len(ln) <= 80 for ln in lines), lines
+    assert lines[0].startswith("    0s baseline-openvino-auto:") and lines[1].startswith("       CPUs")
+    assert lines[1].endswith("[1, 84, A]")  # brackets in a step are text, not markup
+
+
 @pytest.mark.e2e
 def test_train_optimize_bench_end_to_end(trained: Path, tmp_path: Path):
     # Execute

@@ -3,6 +3,7 @@ the small readers of option files."""
 
 from __future__ import annotations
 
+import textwrap
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -130,7 +131,11 @@ class _SearchProgress:
         self.bar.__exit__(*exc)  # type: ignore[arg-type]
 
     def log(self, msg: str) -> None:
-        self.bar.console.print(f"[dim]{time.monotonic() - self.start:5.0f}s[/] {msg}", highlight=False)
+        """One step, folded to the terminal's width under its own text (not under the time stamp)."""
+        stamp = f"{time.monotonic() - self.start:5.0f}s "
+        lines = textwrap.wrap(msg, max(30, self.bar.console.width - len(stamp)), break_long_words=False,
+                              break_on_hyphens=False) or [""]
+        self.bar.console.print(f"[dim]{stamp}[/]" + escape(("\n" + " " * len(stamp)).join(lines)), highlight=False)
 
     def progress(self, what: str, done: int, total: int) -> None:
         if what not in self.tasks:
