@@ -112,6 +112,13 @@ def _anomaly_line(m: dict[str, Any]) -> str:
     return line
 
 
+def print_folded(con: Console, head: str, text: str, indent: int) -> None:
+    """`head` (rich markup, `indent` columns wide), then `text` folded to the console's width and indented under
+    itself; brackets in `text` are printed as they are."""
+    lines = textwrap.wrap(text, max(30, con.width - indent), break_long_words=False, break_on_hyphens=False) or [""]
+    con.print(head + escape(("\n" + " " * indent).join(lines)), highlight=False)
+
+
 class _SearchProgress:
     """One line per step (`log`), and a bar with an ETA for each step whose amount of work is known."""
 
@@ -133,9 +140,7 @@ class _SearchProgress:
     def log(self, msg: str) -> None:
         """One step, folded to the terminal's width under its own text (not under the time stamp)."""
         stamp = f"{time.monotonic() - self.start:5.0f}s "
-        lines = textwrap.wrap(msg, max(30, self.bar.console.width - len(stamp)), break_long_words=False,
-                              break_on_hyphens=False) or [""]
-        self.bar.console.print(f"[dim]{stamp}[/]" + escape(("\n" + " " * len(stamp)).join(lines)), highlight=False)
+        print_folded(self.bar.console, f"[dim]{stamp}[/]", msg, len(stamp))
 
     def progress(self, what: str, done: int, total: int) -> None:
         if what not in self.tasks:
@@ -189,18 +194,18 @@ def _print_search(outcome: Any) -> None:
         out_console.print(f"not tried (time budget): {', '.join(_short(c) for c in r.not_tried)}")
     for note in r.notes:
         if not note.startswith("time budget"):
-            out_console.print(f"[dim]note:[/] {note}", highlight=False)
+            print_folded(out_console, "[dim]note:[/] ", note, len("note: "))
     if r.chosen is None:
         for c in outcome.report.get("closest", []):
             out_console.print(f"closest: {_short(c['id'])} lacks " + "; ".join(c["lacks"]))
         return
     f = r.final
-    out_console.print(f"[bold green]chosen[/] {r.why}")
+    print_folded(out_console, "[bold green]chosen[/] ", r.why, len("chosen "))
     lat = "estimated p50" if estimated else "p50"
     fmt = (lambda v: f"{v:.3f}") if f["fidelity_kind"] == "auroc" else _pct
-    out_console.print(f"test split: {f['fidelity_kind'].replace('_', ' ')} {fmt(f['baseline_accuracy'])} -> "
-                      f"{fmt(f['accuracy'])}, size {_kb(f['baseline_size_bytes'])} -> {_kb(f['size_bytes'])}, "
-                      f"{lat} {f['baseline_latency_p50_ms']:.3f} -> {f['latency_p50_ms']:.3f} ms")
+    print_folded(out_console, "test split: ", f"{f['fidelity_kind'].replace('_', ' ')} {fmt(f['baseline_accuracy'])} "
+                 f"-> {fmt(f['accuracy'])}, size {_kb(f['baseline_size_bytes'])} -> {_kb(f['size_bytes'])}, "
+                 f"{lat} {f['baseline_latency_p50_ms']:.3f} -> {f['latency_p50_ms']:.3f} ms", len("test split: "))
     if "map50_95" in f.get("fidelity_details", {}):
         out_console.print(f"test split: mAP@0.5:0.95 {_pct(f['baseline_fidelity_details']['map50_95'])} -> "
                           f"{_pct(f['fidelity_details']['map50_95'])} (against the data's boxes)")
