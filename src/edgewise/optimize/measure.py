@@ -231,13 +231,12 @@ def measure_candidates(cands: list[Candidate], baseline: Candidate, target: Targ
             c.metrics["latency_ms"] = s.as_dict()
             c.metrics["latency_p50_ms"] = s.p50_ms
             c.metrics["latency_source"] = source
+        handle = dict(zip((c.id for c in ok), handles))
         if target.objective == "latency":
-            runoff(dict(zip((c.id for c in ok), handles)), ok, baseline, target, opts, feed, runs, runner, clock,
-                   log)
+            runoff(handle, ok, baseline, target, opts, feed, runs, runner, clock, log)
         if opts.measure_memory:
             log("measuring peak memory in a fresh process per candidate"
                 + (f", on the device at {runner.remote.url}" if runner.remote is not None else ""))
-            handle = dict(zip((c.id for c in ok), handles))
             # Fastest first: when the time budget runs out, the likely winners have their figure.
             order = [baseline] + sorted((c for c in ok if c is not baseline), key=lambda c: c.metrics["latency_p50_ms"])
             for i, c in enumerate(order):

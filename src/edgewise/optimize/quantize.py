@@ -361,17 +361,17 @@ def toposort(graph: onnx.GraphProto) -> None:
     included), the original order kept where it already is."""
     made = {o for n in graph.node for o in n.output}
     have = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    pending, order = list(enumerate(graph.node)), []
+    pending, order = [(i, n, _reads(n)) for i, n in enumerate(graph.node)], []  # reads found once, not per pass
     while pending:
         waiting = []
-        for i, n in pending:
-            if all(x in have or x not in made for x in _reads(n)):
+        for i, n, reads in pending:
+            if all(x in have or x not in made for x in reads):
                 order.append((i, n))
                 have.update(n.output)
             else:
-                waiting.append((i, n))
+                waiting.append((i, n, reads))
         if len(waiting) == len(pending):  # a cycle: leave the rest as it was, for the checker to name
-            order += waiting
+            order += [(i, n) for i, n, _ in waiting]
             break
         pending = waiting
     if [i for i, _ in order] != list(range(len(order))):

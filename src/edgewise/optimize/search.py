@@ -63,8 +63,7 @@ def search(source: Source, splits: Splits, target: TargetProfile, opts: SearchOp
         result.notes.append(note)
 
     def acceptable(model: onnx.ModelProto) -> bool:
-        fid = fidelity(task, runner.outputs(model, val), base_val, y_val)
-        return opts.within_tolerance((base_fid.score - fid.score) * 100)
+        return opts.within_tolerance((base_fid.score - score(runner.outputs(model, val))) * 100)
 
     def score(outs: list[np.ndarray], samples: list[int] | None = None) -> float:
         """The task's score of outputs for the validation samples (all, or those listed), as candidates are
