@@ -150,6 +150,37 @@ def torch_parents(source: Source, splits: Splits, opts: SearchOptions, log: Log)
     return out
 
 
+def graph_parents(source: Source, splits: Splits, opts: SearchOptions, log: Log,
+                  over: Callable[[], bool]) -> list[Parent]:
+    """A channel-pruned copy of the ONNX graph itself, fine-tuned to the starting model's outputs on the
+    training split: for models of any task that come without a torch module (imports, zoo detectors)."""
+
+    def pruned() -> tuple[onnx.ModelProto, int, list[dict[str, Any]]]:
+        from edgewise.optimize.graph_finetune import finetune_to_outputs
+        from edgewise.optimize.graph_prune import prune_channels
+        from edgewise.profile.measure import run_outputs
+        from edgewise.profile.runtime import make_session
+
+        model, step = prune_channels(source.model, opts.prune_keep)
+        train = splits.train
+        log(f"channel pruning of the graph (keep {opts.prune_keep:.0%} of {step['channels_before']} channels in "
+            f"{step['groups']} groups) + fine-tuning to the starting model's outputs on {len(train)} samples")
+        teacher = run_outputs(make_session(source.model), train)
+        model, ft = finetune_to_outputs(model, np.asarray(train.x), teacher, opts.finetune_epochs, over=over)
+        step["finetune"] = ft.as_dict()
+        if ft.stopped_early:
+            log(f"fine-tuning stopped by the time budget after {ft.steps} steps")
+        n = param_count(model)
+        return model, n, [dict(step, **{"pass": "prune", "params_before": param_count(source.model),
+                                        "params_after": n})]
+
+    inputs = source.model.graph.input
+    if (not opts.wants_parent("pruned") or splits.train.named or len(inputs) != 1
+            or inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT):
+        return []
+    return [Parent("pruned", "graph channel pruning, fine-tuned to the starting model", pruned)]
+
+
 def static_id(parent: str, cfg: StaticConfig, target: TargetProfile) -> str:
     if cfg == ORT_DEFAULTS and not target.int8_only:
         return f"{parent}-int8-ort-defaults"
@@ -204,6 +235,8 @@ class Planner:
                                  "with AVX-512 BF16 or AMX, else f32)", p, "fp32",
                                  [{"pass": "runtime", "runtime": "openvino", "device": dev, "precision": "auto"}],
                                  lambda p=p: self._openvino(p, "auto")))
+            if not primary and "openvino" in t.runtimes and allowed("int8", t):
+                out.append(self._nncf_plan(p))  # a smaller model on the runtime that won for the larger one
             if allowed("int8", t) or allowed("mixed", t):
                 cfgs = sorted(static_configs(t, primary), key=promise)
                 for k, cfg in enumerate(cfgs):
@@ -250,7 +283,7 @@ class Planner:
         """NNCF's int8 at its defaults; or, only when that missed the tolerance, NNCF's accuracy control: int8,
         then the layers that cost the most accuracy put back in float one by one until the validation score
         is within the tolerance again (scored as every candidate is)."""
-        dev, plain = self.target.openvino_device, "baseline-openvino-nncf-int8"
+        dev, plain = self.target.openvino_device, f"{p.name}-openvino-nncf-int8"
         how = "with accuracy control (layers back in float until within tolerance)" if accuracy_control else \
             "post-training quantization"
         step: dict[str, Any] = {"pass": "quantize", "tool": "nncf", "mode": "static", "format": "OpenVINO IR",

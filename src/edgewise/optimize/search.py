@@ -25,7 +25,7 @@ from edgewise.optimize.measure import (
     measure_sensitivity,
 )
 from edgewise.optimize.options import Log, Progress, SearchOptions, SearchResult
-from edgewise.optimize.plan import Parent, Planner, param_count, torch_parents
+from edgewise.optimize.plan import Parent, Planner, graph_parents, param_count, torch_parents
 from edgewise.profile import count_macs
 from edgewise.profile.fidelity import TRUTH_KINDS, check_task, fidelity, ground_truth, infer_task
 from edgewise.source import Source
@@ -78,11 +78,10 @@ def search(source: Source, splits: Splits, target: TargetProfile, opts: SearchOp
     planner = Planner(source, splits, target, opts, state, log)
     base_parent = Parent("baseline", "starting model", lambda: (source.model, baseline.params, []))
     parents = [base_parent]
-    if source.trained is not None and opts.torch_passes:
-        if task.name == "classification":
-            parents += torch_parents(source, splits, opts, log)
-        else:  # pruning's fine-tune and distillation's loss are written for classifiers
-            result.notes.append(f"pruning and distillation are not tried for {task.name} models yet")
+    if source.trained is not None and opts.torch_passes and task.name == "classification":
+        parents += torch_parents(source, splits, opts, log)
+    elif opts.torch_passes:  # no torch module, or a task the zoo's fine-tune and distillation loss do not fit
+        parents += graph_parents(source, splits, opts, log, clock.building_over)
     plans = planner.plans(parents)
     state["measure_sensitivity"] = lambda: measure_sensitivity(base_parent, planner, runner, val, base_val, opts, clock,
                                                         state, result, log, progress)

@@ -1,0 +1,180 @@
+"""Fine-tune an ONNX model to reproduce another model's outputs (distillation without a torch module).
+
+The graph is turned into torch modules (onnx2torch) only to train: the weights of its convolutions, fully
+connected layers and batch norms are fitted, then written back into the same ONNX graph, so the model that
+ships has exactly the structure that was pruned and checked. Any task: the loss compares every output
+element with the teacher's, each divided by how much that element varies across the training samples, so
+boxes in pixels and class scores near zero count alike, and an element the input does not change cannot
+dominate.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgewise.errors import OptimizeError
+
+Clock = Callable[[], bool]  # True once the time for building is over
+
+
+@dataclass
+class FinetuneReport:
+    epochs: int
+    steps: int
+    batch: int
+    seconds: float
+    loss_first: float
+    loss_last: float
+    stopped_early: bool = False
+
+    def as_dict(self) -> dict:
+        return {"epochs": self.epochs, "steps": self.steps, "batch": self.batch, "seconds": round(self.seconds, 1),
+                "loss_first_epoch": round(self.loss_first, 5), "loss_last_epoch": round(self.loss_last, 5),
+                "stopped_by_time_budget": self.stopped_early}
+
+
+def _torch_module(model: onnx.ModelProto):  # type: ignore[no-untyped-def]
+    """onnx2torch's module for `model`, its nodes named n0, n1, ... so each maps back to its node."""
+    from edgewise.zoo.corpus import import_torchvision
+
+    import_torchvision()  # onnx2torch imports torchvision, which needs help beside a CPU-only torch
+    try:
+        from onnx2torch import convert
+    except ImportError as e:
+        raise OptimizeError("fine-tuning an ONNX graph needs onnx2torch (pip install 'edgewise[torch]')") from e
+    named = onnx.ModelProto()
+    named.CopyFrom(model)
+    for k, n in enumerate(named.graph.node):
+        n.name = f"n{k}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return convert(named)
+    except Exception as e:  # onnx2torch raises NotImplementedError, KeyError, ... for what it cannot map
+        raise OptimizeError(f"this graph cannot be turned into torch modules to fine-tune it: {e}") from e
+
+
+def _trainable(module, model: onnx.ModelProto) -> list[tuple[int, object]]:  # type: ignore[no-untyped-def]
+    """(node index, torch module) for nodes whose weights can be trained and written back."""
+    import torch
+
+    out = []
+    for k, n in enumerate(model.graph.node):
+        try:
+            sub = module.get_submodule(f"n{k}")
+        except AttributeError:
+            continue
+        if n.op_type == "Conv" and isinstance(sub, torch.nn.modules.conv._ConvNd):
+            out.append((k, sub))
+        elif n.op_type == "Gemm" and isinstance(sub, torch.nn.Linear) and all(
+                a.f == 1.0 for a in n.attribute if a.name in ("alpha", "beta")):
+            out.append((k, sub))
+        elif n.op_type == "BatchNormalization" and isinstance(sub, torch.nn.modules.batchnorm._BatchNorm):
+            out.append((k, sub))
+    return out
+
+
+def _write_back(model: onnx.ModelProto, trained: list[tuple[int, object]]) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {i.name: i for i in out.graph.initializer}
+    for k, sub in trained:
+        n = out.graph.node[k]
+        if n.op_type == "BatchNormalization":
+            values = [sub.weight, sub.bias]  # type: ignore[attr-defined]
+        else:
+            w = sub.weight.detach().numpy()  # type: ignore[attr-defined]
+            if n.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in n.attribute):
+                w = w.T
+            values = [w, sub.bias]  # type: ignore[attr-defined]
+        for j, v in enumerate(values, start=1):
+            if v is None or len(n.input) <= j or n.input[j] not in inits:
+                continue
+            arr = v if isinstance(v, np.ndarray) else v.detach().numpy()
+            init = inits[n.input[j]]
+            init.CopyFrom(numpy_helper.from_array(arr.astype(numpy_helper.to_array(init).dtype)
+                                                  .reshape(tuple(init.dims)), init.name))
+    return out
+
+
+def finetune_to_outputs(student: onnx.ModelProto, x: np.ndarray, targets: list[np.ndarray], epochs: int,
+                        lr: float = 5e-4, over: Clock = lambda: False, seed: int = 0,
+                        progress: Callable[[int, int], None] = lambda _d, _t: None,
+                        ) -> tuple[onnx.ModelProto, FinetuneReport]:
+    """Train `student` (one float input) so its outputs follow `targets` (the teacher's, sample-major, one
+    array per output) on inputs `x`. Stops early, keeping what it learnt, once `over()` says so."""
+    import torch
+
+    if epochs < 1 or len(x) == 0:
+        raise OptimizeError("fine-tuning needs at least one epoch and one sample")
+    module = _torch_module(student)
+    trained = _trainable(module, student)
+    if not trained:
+        raise OptimizeError("no convolution or dense layer of this graph can be trained after conversion")
+    for p in module.parameters():
+        p.requires_grad_(False)
+    params = [p for _, sub in trained for p in sub.parameters()]  # type: ignore[attr-defined]
+    for p in params:
+        p.requires_grad_(True)
+    module.eval()  # batch norms keep their statistics; the gradient still reaches their scale and shift
+    xs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    ys = [torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32)) for t in targets]
+    scales = []
+    for t in targets:
+        sd = t.astype(np.float64).std(0)
+        floor = 0.1 * float(np.median(sd)) + 1e-6 * float(np.abs(t).mean() + 1e-12)
+        scales.append(torch.from_numpy((1.0 / (sd + floor)).astype(np.float32)))
+
+    def forward(xb):  # type: ignore[no-untyped-def]
+        with warnings.catch_warnings():  # onnx2torch's Slice warns about a torch indexing deprecation
+            warnings.simplefilter("ignore")
+            out = module(xb)
+        return list(out) if isinstance(out, (tuple, list)) else [out]
+
+    batch = 8
+    try:
+        with torch.no_grad():
+            got = forward(xs[:batch])
+        if len(x) < 2 or any(g.shape[0] != min(batch, len(x)) for g in got):
+            batch = 1
+    except Exception:  # a graph exported for batch 1 (fixed reshapes) trains one sample at a time
+        batch = 1
+    steps_per_epoch = -(-len(x) // batch)
+    total = epochs * steps_per_epoch
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.1)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    start, step, losses, stopped = time.perf_counter(), 0, [], False
+    done_epochs = 0
+    for _ in range(epochs):
+        order, tot = rng.permutation(len(x)), 0.0
+        for b in range(steps_per_epoch):
+            idx = torch.from_numpy(order[b * batch:(b + 1) * batch])
+            outs = forward(xs[idx])
+            loss = sum((((o - y[idx]) * s) ** 2).mean() for o, y, s in zip(outs, ys, scales)) / len(ys)
+            if not torch.isfinite(loss):
+                raise OptimizeError("fine-tuning diverged (the loss is not finite)")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += loss.item()
+            step += 1
+            progress(step, total)
+            if over():
+                stopped = True
+                break
+        losses.append(tot / max(1, b + 1))
+        done_epochs += 1
+        if stopped:
+            break
+    report = FinetuneReport(done_epochs, step, batch, time.perf_counter() - start, losses[0], losses[-1], stopped)
+    return _write_back(student, trained), report
