@@ -66,7 +66,8 @@ def optimize(
     data: Annotated[str, typer.Option("--data", "-d", help="calibration/validation/test data (bundled name or file)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output directory: bundle/, report.html, report.json")],
     max_accuracy_drop: Annotated[float, typer.Option(help="tolerated accuracy drop, percentage points")] = 1.0,
-    torch_passes: Annotated[bool, typer.Option(help="try structured pruning and distillation (zoo models)")] = True,
+    torch_passes: Annotated[bool, typer.Option(help="try structured pruning and distillation (zoo classifiers), "
+                                                           "or pruning of the ONNX graph, fine-tuned (others)")] = True,
     calibration_samples: Annotated[int, typer.Option(help="upper bound on calibration samples")] = 256,
     recipe: Annotated[list[str] | None, typer.Option(help="only candidates whose id matches this glob, e.g. "
                                                        "'baseline-int8-percentile*' or 'pruned-*' (repeatable)")] = None,

@@ -99,6 +99,9 @@ class _Graph:
                     grp.excites.append(excite)  # x * s(x), s a squeeze-and-excitation branch's per-channel scale
                 elif r.op_type in ("GlobalAveragePool", "GlobalMaxPool") and t not in pooled:
                     pooled.add(outs[0])
+                elif r.op_type in ("ReduceMean", "ReduceMax") and len(r.input) == 1 and t not in pooled and all(
+                        int(a) >= 2 for a in _attr(r, "axes", [0])):  # x.mean((2, 3)): a global pooling
+                    pooled.add(outs[0])
                 elif r.op_type == "Flatten" and t in pooled and _attr(r, "axis", 1) == 1:
                     pooled.add(outs[0])
                 elif r.op_type == "Gemm" and t in pooled and r.input[0] == t and self.weight(r, 1) is not None:
@@ -213,6 +216,14 @@ def groups(model: onnx.ModelProto) -> list[Group]:
     """The prunable groups of a model whose weights are initializers (call on a normalized copy)."""
     gr = _Graph(model)
     return [grp for n in gr.g.node if n.op_type == "Conv" for grp in [gr.group(n)] if grp is not None]
+
+
+def prunable(model: onnx.ModelProto) -> bool:
+    """Whether `prune_channels` finds anything to remove in `model`."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    _own_weights(m)
+    return bool(groups(m))
 
 
 def _kept(score: np.ndarray, ratio: float, multiple: int) -> np.ndarray:

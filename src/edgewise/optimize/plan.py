@@ -150,8 +150,8 @@ def torch_parents(source: Source, splits: Splits, opts: SearchOptions, log: Log)
     return out
 
 
-def graph_parents(source: Source, splits: Splits, opts: SearchOptions, log: Log,
-                  over: Callable[[], bool]) -> list[Parent]:
+def graph_parents(source: Source, splits: Splits, opts: SearchOptions, log: Log, over: Callable[[], bool],
+                  progress: Callable[[str, int, int], None] = lambda _w, _d, _t: None) -> list[Parent]:
     """A channel-pruned copy of the ONNX graph itself, fine-tuned to the starting model's outputs on the
     training split: for models of any task that come without a torch module (imports, zoo detectors)."""
 
@@ -166,7 +166,8 @@ def graph_parents(source: Source, splits: Splits, opts: SearchOptions, log: Log,
         log(f"channel pruning of the graph (keep {opts.prune_keep:.0%} of {step['channels_before']} channels in "
             f"{step['groups']} groups) + fine-tuning to the starting model's outputs on {len(train)} samples")
         teacher = run_outputs(make_session(source.model), train)
-        model, ft = finetune_to_outputs(model, np.asarray(train.x), teacher, opts.finetune_epochs, over=over)
+        model, ft = finetune_to_outputs(model, np.asarray(train.x), teacher, opts.finetune_epochs, over=over,
+                                        progress=lambda d, t: progress("fine-tuning the pruned graph", d, t))
         step["finetune"] = ft.as_dict()
         if ft.stopped_early:
             log(f"fine-tuning stopped by the time budget after {ft.steps} steps")
@@ -174,9 +175,15 @@ def graph_parents(source: Source, splits: Splits, opts: SearchOptions, log: Log,
         return model, n, [dict(step, **{"pass": "prune", "params_before": param_count(source.model),
                                         "params_after": n})]
 
+    from edgewise.optimize.graph_prune import prunable
+
     inputs = source.model.graph.input
     if (not opts.wants_parent("pruned") or splits.train.named or len(inputs) != 1
             or inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT):
+        return []
+    if not prunable(source.model):
+        log("graph pruning not tried: no convolution's channels can be removed without touching a residual, "
+            "concat or output")
         return []
     return [Parent("pruned", "graph channel pruning, fine-tuned to the starting model", pruned)]
 

@@ -81,7 +81,7 @@ def search(source: Source, splits: Splits, target: TargetProfile, opts: SearchOp
     if source.trained is not None and opts.torch_passes and task.name == "classification":
         parents += torch_parents(source, splits, opts, log)
     elif opts.torch_passes:  # no torch module, or a task the zoo's fine-tune and distillation loss do not fit
-        parents += graph_parents(source, splits, opts, log, clock.building_over)
+        parents += graph_parents(source, splits, opts, log, clock.building_over, progress)
     plans = planner.plans(parents)
     state["measure_sensitivity"] = lambda: measure_sensitivity(base_parent, planner, runner, val, base_val, opts, clock,
                                                         state, result, log, progress)
