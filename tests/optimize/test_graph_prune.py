@@ -112,7 +112,7 @@ def test_removing_dead_channels_changes_no_output(net_onnx):
 
 def test_kept_channels_round_to_the_multiple_and_the_input_model_is_untouched(net_onnx):
     before = net_onnx.SerializeToString()
-    pruned, step = prune_channels(net_onnx, 0.3, multiple=8)
+    pruned, _ = prune_channels(net_onnx, 0.3, multiple=8)
     assert net_onnx.SerializeToString() == before
     convs = [n for n in pruned.graph.node if n.op_type == "Conv"]
     w = {i.name: i.dims for i in pruned.graph.initializer}

@@ -71,12 +71,13 @@ def _trainable(module, model: onnx.ModelProto) -> list[tuple[int, object]]:  # t
             sub = module.get_submodule(f"n{k}")
         except AttributeError:
             continue
-        if n.op_type == "Conv" and isinstance(sub, torch.nn.modules.conv._ConvNd):
-            out.append((k, sub))
-        elif n.op_type == "Gemm" and isinstance(sub, torch.nn.Linear) and all(
-                a.f == 1.0 for a in n.attribute if a.name in ("alpha", "beta")):
-            out.append((k, sub))
-        elif n.op_type == "BatchNormalization" and isinstance(sub, torch.nn.modules.batchnorm._BatchNorm):
+        trainable = {
+            "Conv": isinstance(sub, torch.nn.modules.conv._ConvNd),
+            "Gemm": isinstance(sub, torch.nn.Linear) and all(a.f == 1.0 for a in n.attribute
+                                                               if a.name in ("alpha", "beta")),
+            "BatchNormalization": isinstance(sub, torch.nn.modules.batchnorm._BatchNorm),
+        }
+        if trainable.get(n.op_type, False):
             out.append((k, sub))
     return out
 
@@ -144,7 +145,7 @@ def finetune_to_outputs(student: onnx.ModelProto, x: np.ndarray, targets: list[n
             got = forward(xs[:batch])
         if len(x) < 2 or any(g.shape[0] != min(batch, len(x)) for g in got):
             batch = 1
-    except Exception:  # a graph exported for batch 1 (fixed reshapes) trains one sample at a time
+    except Exception:  # noqa: BLE001 - a graph exported for batch 1 (fixed reshapes) trains one at a time
         batch = 1
     steps_per_epoch = -(-len(x) // batch)
     total = epochs * steps_per_epoch

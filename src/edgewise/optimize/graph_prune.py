@@ -97,12 +97,7 @@ class _Graph:
                     inside.update(r.input)  # x * f(x): SiLU, Swish
                 elif r.op_type == "Mul" and (excite := self._excite(r, t, grp.channels)) is not None:
                     grp.excites.append(excite)  # x * s(x), s a squeeze-and-excitation branch's per-channel scale
-                elif r.op_type in ("GlobalAveragePool", "GlobalMaxPool") and t not in pooled:
-                    pooled.add(outs[0])
-                elif r.op_type in ("ReduceMean", "ReduceMax") and len(r.input) == 1 and t not in pooled and all(
-                        int(a) >= 2 for a in _attr(r, "axes", [0])):  # x.mean((2, 3)): a global pooling
-                    pooled.add(outs[0])
-                elif r.op_type == "Flatten" and t in pooled and _attr(r, "axis", 1) == 1:
+                elif self._pools(r, t, pooled):
                     pooled.add(outs[0])
                 elif r.op_type == "Gemm" and t in pooled and r.input[0] == t and self.weight(r, 1) is not None:
                     grp.consumers.append(r)
@@ -114,6 +109,16 @@ class _Graph:
                         inside.add(o)
                         todo.append(o)
         return grp if grp.consumers else None
+
+    @staticmethod
+    def _pools(r: onnx.NodeProto, t: str, pooled: set[str]) -> bool:
+        """r pools t over space, keeping one value per channel (or flattens what was pooled)."""
+        if r.op_type in ("GlobalAveragePool", "GlobalMaxPool"):
+            return t not in pooled
+        if r.op_type in ("ReduceMean", "ReduceMax"):  # x.mean((2, 3)), axes as an attribute (opset < 18)
+            axes = _attr(r, "axes", [0])
+            return len(r.input) == 1 and t not in pooled and all(int(a) >= 2 for a in axes)  # type: ignore[union-attr]
+        return r.op_type == "Flatten" and t in pooled and _attr(r, "axis", 1) == 1
 
     def _scalar(self, t: str) -> bool:
         if t in self.weights:
