@@ -108,3 +108,25 @@ def test_fp16_keeps_float32_where_a_constant_is_beyond_float16s_range():
     half = {t.name: t.data_type for t in to_fp16(m).graph.initializer}
     assert half["var"] == onnx.TensorProto.FLOAT and half["w"] == onnx.TensorProto.FLOAT16
     onnx.checker.check_model(to_fp16(m))  # its Casts in order (the converter appends them at the end)
+
+
+def test_entropy_thresholds_match_ort_and_a_grown_histogram_stays_cheap():
+    """Our numpy search returns ORT's own entropy thresholds; a histogram that grew to 50,000 bins (ORT widens
+    it whenever a later batch reaches further) is coarsened first instead of searched bin by bin."""
+    from onnxruntime.quantization import calibrate
+
+    from edgewise.optimize.quantize import MAX_ENTROPY_BINS, _WideHistograms, entropy_threshold
+
+    ort_search = super(_WideHistograms, _WideHistograms).get_entropy_threshold
+    rng = np.random.default_rng(0)
+    for bins in (128, 130, 600, 2048):
+        data = np.concatenate([rng.normal(0, 1, 5000), rng.normal(0, 8, 50)]).astype(np.float32)
+        top = np.abs(data).max()
+        hist, edges = np.histogram(data, bins, range=(-top, top))
+        hist[:7] = 0  # empty bins exercise the smoothing
+        h = (hist, edges, data.min(), data.max(), top)
+        assert tuple(map(float, entropy_threshold(h, 128))) == tuple(map(float, ort_search(None, h, 128))), bins
+    assert calibrate.HistogramCollector is _WideHistograms
+    wide = np.histogram(rng.normal(0, 1, 20000), 50_000, range=(-40, 40))
+    low, high = entropy_threshold((wide[0], wide[1], -40.0, 40.0, 40.0), 128)
+    assert -40 <= low < -1 and 1 < high <= 40 and MAX_ENTROPY_BINS <= 4096

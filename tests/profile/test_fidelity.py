@@ -89,6 +89,20 @@ def test_iou_of_maps_and_character_error_rate():
     assert f.details["exact_sequences"] == 0.0
 
 
+def test_empty_maps_are_compared_on_their_highest_pixels_not_counted_as_agreeing():
+    """A text detector shown photos without text marks no pixel: two empty maps must not score 100%."""
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(0.0, 0.3, (3, 1, 20, 20)).astype(np.float32)  # nothing above 0.5 anywhere
+    task = check_task("segmentation", [ref])
+    same = fidelity(task, [ref + 0.01], [ref], None)
+    other = fidelity(task, [rng.uniform(0.0, 0.3, ref.shape).astype(np.float32)], [ref], None)
+    assert same.value == pytest.approx(1.0) and "highest-scoring pixels" in same.details["note"]
+    assert other.value < 0.2, other.value
+    marked = ref.copy()
+    marked[:, :, :5] = 0.9  # a map with foreground is judged at 0.5, as before, with no note
+    assert "note" not in fidelity(task, [marked], [marked], None).details
+
+
 def test_every_output_counts_for_regression_and_classification_uses_labels():
     a = np.ones((3, 4), np.float32)
     b = np.ones((3, 2), np.float32)

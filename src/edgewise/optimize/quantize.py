@@ -29,6 +29,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization import calibrate as _calibrate
+from onnxruntime.quantization.quant_utils import smooth_distribution
 
 from edgewise.data import Dataset
 from edgewise.errors import OptimizeError
@@ -82,6 +83,61 @@ class _WideHistograms(_calibrate.HistogramCollector):  # type: ignore[misc]
     def compute_collection_result(self) -> dict[str, Any]:
         return {k: tuple(_f32(x) for x in v) if isinstance(v, tuple) else _f32(v)
                 for k, v in super().compute_collection_result().items()}
+
+    def get_entropy_threshold(self, histogram: tuple, num_quantized_bins: int) -> tuple[Any, Any]:
+        return entropy_threshold(histogram, num_quantized_bins)
+
+
+MAX_ENTROPY_BINS = 4096
+
+
+def _coarsened(hist: np.ndarray, edges: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """A histogram over [-T, T] with at most `limit` bins: adjacent bins summed k at a time, each half padded
+    with empty bins on its outer side so the bins stay aligned to zero."""
+    n = len(hist)
+    if n <= limit:
+        return hist, edges
+    k = -(-n // limit)
+    pad = (-(n // 2)) % k
+    width = edges[1] - edges[0]
+    hist = np.concatenate([np.zeros(pad, hist.dtype), hist, np.zeros(pad, hist.dtype)])
+    edges = np.concatenate([edges[0] - width * np.arange(pad, 0, -1), edges, edges[-1] + width * np.arange(1, pad + 1)])
+    return hist.reshape(-1, k).sum(1), edges[::k].astype(edges.dtype)
+
+
+def entropy_threshold(histogram: tuple, num_quantized_bins: int) -> tuple[Any, Any]:
+    """ORT's KL-divergence threshold search (`HistogramCollector.get_entropy_threshold`), same results, in
+    numpy instead of Python loops. ORT's collector widens a tensor's histogram with bins of the same width
+    whenever a later batch reaches further, so a tensor whose range grows ends with tens of thousands of bins,
+    and ORT's search, quadratic in them and looping in Python, took 70 s for YOLOv8n at 16 samples (1.3 s
+    for MinMax). Histograms over MAX_ENTROPY_BINS are coarsened first, which bounds the cost."""
+    hist, edges = _coarsened(np.asarray(histogram[0]), np.asarray(histogram[1]), MAX_ENTROPY_BINS)
+    n, q_bins = hist.size, num_quantized_bins
+    zero, half_q = n // 2, q_bins // 2
+    outside = np.concatenate([[0], np.cumsum(hist)])
+    kl = np.zeros(zero - half_q + 1)
+    thresholds = []
+    for i in range(half_q, zero + 1):
+        start, end = zero - i, min(zero + i + 1, n)
+        thresholds.append((edges[start], edges[end]))
+        sliced = hist[start:end]
+        p = sliced.copy()
+        p[0] += outside[start]
+        p[-1] += outside[n] - outside[end]
+        size, merged = end - start, (end - start) // q_bins
+        quantized = sliced[:q_bins * merged].reshape(q_bins, merged).sum(1)
+        quantized[-1] += sliced[q_bins * merged:].sum()
+        norm = (p[:q_bins * merged] != 0).reshape(q_bins, merged).sum(1)
+        per_bin = np.zeros(q_bins, dtype=np.int64)  # ORT stores q in int64: the quotient is truncated
+        np.divide(quantized, norm, out=per_bin, where=norm != 0, casting="unsafe")
+        q = np.zeros(size, dtype=np.int64)
+        q[:q_bins * merged] = np.repeat(per_bin, merged)
+        ps, qs = smooth_distribution(p), smooth_distribution(q)
+        kl[i - half_q] = np.inf if ps is None or qs is None else _calibrate.entropy(ps, qs)
+    low, high = thresholds[int(np.argmin(kl))]
+    low = histogram[2] if low < histogram[2] else low
+    high = histogram[3] if high > histogram[3] else high
+    return np.asarray(low, dtype=edges.dtype), np.asarray(high, dtype=edges.dtype)
 
 
 # HistogramCalibrater looks the collector up in its module when it first collects.

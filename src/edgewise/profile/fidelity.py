@@ -155,24 +155,39 @@ def _edit_distance(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     return prev[-1]
 
 
-def _iou_maps(out: np.ndarray, ref: np.ndarray) -> float:
+TOP_PIXELS_FALLBACK = 0.05
+
+
+def _iou_maps(out: np.ndarray, ref: np.ndarray) -> tuple[float, str | None]:
     """Mean IoU over classes present: argmax for multi-class maps, a threshold for one-channel maps
-    (0.5 for probabilities, 0 for logits)."""
+    (0.5 for probabilities, 0 for logits). Where the starting model marks no pixel of a one-channel map on
+    any sample (a text detector shown photos without text), two empty maps would agree perfectly whatever
+    the candidate did: each sample's highest-scoring pixels (the top 5% of each map) are compared instead.
+    Returns the IoU and, then, a note saying so."""
     out, ref = detection.squeeze_lead(out, 3), detection.squeeze_lead(ref, 3)
     channels = out.shape[1] if out.ndim == 4 else 1
+    note = None
     if channels > 1:
         a, b = out.argmax(1), ref.argmax(1)
         classes = np.union1d(np.unique(a), np.unique(b))
     else:
         thr = 0.5 if ref.min() >= 0 and ref.max() <= 1 else 0.0
-        a, b = out.reshape(len(out), -1) > thr, ref.reshape(len(ref), -1) > thr
+        o, r = out.reshape(len(out), -1), ref.reshape(len(ref), -1)
+        if (r > thr).any():
+            a, b = o > thr, r > thr
+        else:
+            q = 1 - TOP_PIXELS_FALLBACK
+            a = o > np.quantile(o, q, axis=1, keepdims=True)
+            b = r > np.quantile(r, q, axis=1, keepdims=True)
+            note = (f"the starting model marks no pixel above the threshold on any sample; compared on each "
+                    f"sample's {TOP_PIXELS_FALLBACK:.0%} highest-scoring pixels in each map")
         classes = np.array([True])
     ious = []
     for c in classes:
         ia, ib = a == c, b == c
         union = np.logical_or(ia, ib).sum()
         ious.append(1.0 if union == 0 else np.logical_and(ia, ib).sum() / union)
-    return float(np.mean(ious))
+    return float(np.mean(ious)), note
 
 
 def _detections(outs: list[np.ndarray], refs: list[np.ndarray], layout: detection.Layout) -> dict[str, Any]:
@@ -243,7 +258,10 @@ def fidelity(task: Task, outs: list[np.ndarray], refs: list[np.ndarray], y: Any)
             accuracy = value = gt["map50"]
             kind = "map50"
     elif task.name == "segmentation":
-        value, kind = _iou_maps(first, ref0), "iou_agreement"
+        value, note = _iou_maps(first, ref0)
+        kind = "iou_agreement"
+        if note:
+            details["note"] = note
     elif task.name == "ctc":
         a, b = _ctc_decode(detection.squeeze_lead(first, 3)), _ctc_decode(detection.squeeze_lead(ref0, 3))
         errors = sum(_edit_distance(p, r) for p, r in zip(a, b))

@@ -63,7 +63,28 @@ def import_torchvision():  # type: ignore[no-untyped-def]
             _TORCHVISION_SHIM = False
     import torchvision
 
+    if _TORCHVISION_SHIM:  # ultralytics' validation calls NMS: give it one in plain torch
+        import torchvision.ops.boxes
+
+        torchvision.ops.nms = torchvision.ops.boxes.nms = _nms
     return torchvision
+
+
+def _nms(boxes, scores, iou_threshold: float):  # type: ignore[no-untyped-def]
+    """torchvision.ops.nms in plain torch: indices of the boxes kept, highest score first."""
+    import torch
+
+    order, keep = scores.argsort(descending=True), []
+    x1, y1, x2, y2 = boxes.unbind(1)
+    area = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+    while order.numel():
+        i, rest = order[0], order[1:]
+        keep.append(i)
+        w = (torch.minimum(x2[i], x2[rest]) - torch.maximum(x1[i], x1[rest])).clamp(min=0)
+        h = (torch.minimum(y2[i], y2[rest]) - torch.maximum(y1[i], y1[rest])).clamp(min=0)
+        inter = w * h
+        order = rest[inter / (area[i] + area[rest] - inter + 1e-9) <= iou_threshold]
+    return torch.stack(keep) if keep else torch.zeros(0, dtype=torch.long)
 
 
 def _export(module, args: tuple, path: Path, inputs: list[str], outputs: list[str], opset: int = 17,  # type: ignore[no-untyped-def]
@@ -174,6 +195,57 @@ def yolov8n_onnx(path: Path, size: int) -> Path:
     _bn_from_photos(model, size)
     head = model.model[-1]
     head.export, head.format = True, "onnx"  # one [1, 84, A] tensor: boxes (cx, cy, w, h) + class scores
+    return _export(model, (torch.zeros(1, 3, size, size),), path, ["images"], ["output0"])
+
+
+YOLO_SHAPES_EPOCHS = 40
+
+
+def _yolov8n_shapes(d: Path) -> tuple[Path, str]:
+    return yolov8n_shapes_onnx(d / "model.onnx", 160, YOLO_SHAPES_EPOCHS), "shapes:160"
+
+
+def yolov8n_shapes_onnx(path: Path, size: int, epochs: int) -> Path:
+    """YOLOv8n trained from scratch by ultralytics on 800 `shapes` images drawn with another seed than the
+    bundled set (so the splits a search scores on are unseen): a detector whose answers have margins, unlike
+    a random-weight one. Training takes minutes on a CPU; its weights are cached."""
+    import shutil
+    import tempfile
+
+    import torch
+
+    from edgewise.data.dataset import Dataset
+    from edgewise.data.keywords import cache_dir
+    from edgewise.data.shapes import shapes, write_yolo_folder
+
+    cached = cache_dir().parent / f"yolov8n-shapes-{size}-e{epochs}.pt"
+    os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="edgewise-yolo-"))
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+    import_torchvision()
+    from ultralytics import YOLO
+
+    if not cached.is_file():
+        ds = shapes(size, seed=11)
+        with tempfile.TemporaryDirectory(prefix="edgewise-yolo-train-") as tmp:
+            root = Path(tmp)
+            for part, rows in (("train", slice(0, 640)), ("val", slice(640, None))):
+                sub = Dataset(ds.name, ds.x[rows], None, ds.labels, ds.preprocessing, boxes=ds.boxes[rows])
+                folder = write_yolo_folder(sub, root / f"yolo-{part}")
+                for kind in ("images", "labels"):
+                    (root / kind).mkdir(exist_ok=True)
+                    (folder / kind).rename(root / kind / part)
+            names = "".join(f"  {i}: {n}\n" for i, n in enumerate(ds.labels))
+            (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n{names}")
+            _seeded()
+            YOLO("yolov8n.yaml").train(data=str(root / "data.yaml"), epochs=epochs, imgsz=size, batch=32, workers=0,
+                                       device="cpu", plots=False, amp=False, val=False, seed=0, verbose=False,
+                                       project=str(root / "runs"), name="r", exist_ok=True, pretrained=False)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / "runs" / "r" / "weights" / "last.pt", cached)
+    model = YOLO(str(cached)).model.float().eval()
+    head = model.model[-1]
+    head.export, head.format = True, "onnx"
     return _export(model, (torch.zeros(1, 3, size, size),), path, ["images"], ["output0"])
 
 
@@ -408,11 +480,18 @@ CORPUS: tuple[CorpusModel, ...] = (
 )
 
 
+# Models that take minutes to build (they train): for the benchmarks, not the test suite's corpus run.
+TRAINED: tuple[CorpusModel, ...] = (
+    CorpusModel("yolov8n-shapes", "detection", f"ultralytics YOLOv8n trained on shapes ({YOLO_SHAPES_EPOCHS} epochs), "
+                "160x160", _yolov8n_shapes, pretrained=True),
+)
+
+
 def get(name: str) -> CorpusModel:
-    for m in CORPUS:
+    for m in CORPUS + TRAINED:
         if m.name == name:
             return m
-    raise KeyError(f"no corpus model {name!r}: {', '.join(m.name for m in CORPUS)}")
+    raise KeyError(f"no corpus model {name!r}: {', '.join(m.name for m in CORPUS + TRAINED)}")
 
 
 def build(name: str, directory: Path) -> tuple[Path, str]:
