@@ -176,3 +176,36 @@ def test_finetuning_stops_when_the_time_is_over_and_keeps_what_it_learnt(net_onn
     tuned, report = finetune_to_outputs(pruned, x, [_run(net_onnx, x)], epochs=50, over=over)
     assert report.stopped_early and report.steps == 3 and report.epochs == 1
     assert _run(tuned, x).shape == (32, 5)
+
+
+def test_a_graph_exported_at_batch_one_still_trains_in_batches(tmp_path):
+    """An export at batch 1 bakes the batch into every Reshape (YOLOv8n's head does this): fine-tuning trains
+    a copy whose Reshapes copy the batch, once it answers a batch as it answers each sample; what ships keeps
+    the model's own Reshapes."""
+    import torch
+    from torch import nn
+
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 1)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            y = self.b(torch.relu(self.a(x)))
+            return y.reshape(x.shape[0], 2, 4, -1).softmax(1).reshape(x.shape[0], 8, -1)
+
+    torch.manual_seed(0)
+    path = tmp_path / "head.onnx"
+    torch.onnx.export(Head().eval(), (torch.zeros(1, 3, 8, 8),), str(path), input_names=["x"], output_names=["y"],
+                      opset_version=17, dynamo=False)
+    model = onnx.load(path)
+    x = np.random.default_rng(0).normal(size=(24, 3, 8, 8)).astype(np.float32)
+    sess = ort.InferenceSession(model.SerializeToString())
+    teacher = np.concatenate([sess.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])
+    pruned, _ = prune_channels(model, 0.5)
+    tuned, report = finetune_to_outputs(pruned, x, [teacher], epochs=2)
+    assert report.batch == 8 and report.steps == 6
+    shapes = [numpy_helper.to_array(i).tolist() for i in tuned.graph.initializer if i.dims == [3]]
+    assert shapes and all(s[0] == 1 for s in shapes), shapes  # the shipped graph keeps its batch-1 Reshapes
+    out = ort.InferenceSession(tuned.SerializeToString()).run(None, {"x": x[:1]})[0]
+    assert out.shape == (1, 8, 64)

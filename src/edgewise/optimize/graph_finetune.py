@@ -105,6 +105,66 @@ def _write_back(model: onnx.ModelProto, trained: list[tuple[int, object]]) -> on
     return out
 
 
+BATCH = 8
+
+
+def _run(module, xb):  # type: ignore[no-untyped-def]
+    with warnings.catch_warnings():  # onnx2torch's Slice warns about a torch indexing deprecation
+        warnings.simplefilter("ignore")
+        out = module(xb)
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+def _takes_batches(module, xs) -> bool:  # type: ignore[no-untyped-def]
+    import torch
+
+    n = min(BATCH, len(xs))
+    try:
+        with torch.no_grad():
+            return n > 1 and all(o.shape[0] == n for o in _run(module, xs[:n]))
+    except Exception:  # noqa: BLE001 - onnx2torch modules raise whatever torch raises on a wrong shape
+        return False
+
+
+def _batch_free(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """A copy whose Reshapes copy the batch dimension (0) where the export fixed it at 1, or None when no
+    Reshape did: a graph exported at batch 1 (YOLOv8n's head) otherwise trains one sample at a time."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = {i.name: i for i in m.graph.initializer}
+    changed = False
+    for n in m.graph.node:
+        if n.op_type == "Reshape" and len(n.input) > 1 and n.input[1] in inits:
+            shape = numpy_helper.to_array(inits[n.input[1]])
+            if shape.ndim == 1 and shape.size > 1 and shape[0] == 1:
+                inits[n.input[1]].CopyFrom(numpy_helper.from_array(np.concatenate([[0], shape[1:]]).astype(shape.dtype),
+                                                                   n.input[1]))
+                changed = True
+    return m if changed else None
+
+
+def _module_for_batches(model: onnx.ModelProto, xs):  # type: ignore[no-untyped-def]
+    """(torch module, batch size): batches of BATCH where the graph takes them as it is, or once its
+    batch-1 Reshapes copy the batch instead and it answers a batch exactly as it answers each sample."""
+    import torch
+
+    module = _torch_module(model)
+    if _takes_batches(module, xs):
+        return module, BATCH
+    free = _batch_free(model)
+    if free is None or len(xs) < 2:
+        return module, 1
+    batched = _torch_module(free)
+    if not _takes_batches(batched, xs):
+        return module, 1
+    with torch.no_grad():
+        together = _run(batched, xs[:2])
+        apart = [torch.cat(o) for o in zip(*(_run(module, xs[i:i + 1]) for i in range(2)))]
+    same = all(a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max() + 1))
+               for a, b in zip(together, apart))
+    return (batched, BATCH) if same else (module, 1)
+
+
 def finetune_to_outputs(student: onnx.ModelProto, x: np.ndarray, targets: list[np.ndarray], epochs: int,
                         lr: float = 5e-4, over: Clock = lambda: False, seed: int = 0,
                         progress: Callable[[int, int], None] = lambda _d, _t: None,
@@ -115,7 +175,8 @@ def finetune_to_outputs(student: onnx.ModelProto, x: np.ndarray, targets: list[n
 
     if epochs < 1 or len(x) == 0:
         raise OptimizeError("fine-tuning needs at least one epoch and one sample")
-    module = _torch_module(student)
+    xs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    module, batch = _module_for_batches(student, xs)
     trained = _trainable(module, student)
     if not trained:
         raise OptimizeError("no convolution or dense layer of this graph can be trained after conversion")
@@ -125,7 +186,6 @@ def finetune_to_outputs(student: onnx.ModelProto, x: np.ndarray, targets: list[n
     for p in params:
         p.requires_grad_(True)
     module.eval()  # batch norms keep their statistics; the gradient still reaches their scale and shift
-    xs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     ys = [torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32)) for t in targets]
     scales = []
     for t in targets:
@@ -134,19 +194,8 @@ def finetune_to_outputs(student: onnx.ModelProto, x: np.ndarray, targets: list[n
         scales.append(torch.from_numpy((1.0 / (sd + floor)).astype(np.float32)))
 
     def forward(xb):  # type: ignore[no-untyped-def]
-        with warnings.catch_warnings():  # onnx2torch's Slice warns about a torch indexing deprecation
-            warnings.simplefilter("ignore")
-            out = module(xb)
-        return list(out) if isinstance(out, (tuple, list)) else [out]
+        return _run(module, xb)
 
-    batch = 8
-    try:
-        with torch.no_grad():
-            got = forward(xs[:batch])
-        if len(x) < 2 or any(g.shape[0] != min(batch, len(x)) for g in got):
-            batch = 1
-    except Exception:  # noqa: BLE001 - a graph exported for batch 1 (fixed reshapes) trains one at a time
-        batch = 1
     steps_per_epoch = -(-len(x) // batch)
     total = epochs * steps_per_epoch
     opt = torch.optim.Adam(params, lr=lr)
