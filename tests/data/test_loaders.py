@@ -86,3 +86,25 @@ def test_textlines_are_labelled_upright_and_flipped():
     ds = load("textlines:20")
     assert ds.x.shape == (20, 3, 48, 192) and ds.y.tolist() == [i % 2 for i in range(20)]
     assert -1.0 <= ds.x.min() and ds.x.max() <= 1.0
+
+
+def test_textscenes_are_the_photos_with_words_printed_on_them():
+    """A text detector sees text in them: PP-OCRv4's detector marks text on every image, and on no photo."""
+    import onnxruntime as ort
+
+    from edgewise.data.photos import photos
+    from edgewise.zoo.corpus import rapidocr_model
+
+    scenes, plain = load("textscenes:64"), photos(64, n=500, seed=5)
+    assert scenes.x.shape == (500, 3, 64, 64) and scenes.y is None and scenes.name == "textscenes:64"
+    changed = np.abs(scenes.x - plain.x).reshape(500, -1).max(1)
+    assert (changed > 0.2).all()  # every image has a word on it
+    sess = ort.InferenceSession(str(rapidocr_model("ch_PP-OCRv4_det_infer.onnx")))
+
+    def found(x: np.ndarray) -> float:
+        return float(np.mean([(sess.run(None, {sess.get_inputs()[0].name: x[i:i + 1]})[0] > 0.5).any()
+                              for i in range(12)]))
+
+    assert found(scenes.x) >= 0.75 and found(plain.x) == 0.0
+    with pytest.raises(DataError, match="integer"):
+        load("textscenes:big")

@@ -22,6 +22,8 @@ BUNDLED = {
     "vibration": "predictive maintenance: a motor's 3-axis accelerometer at 1 kHz, 3x1000 windows, normal "
                  "running and 5 faults (imbalance, misalignment, looseness, bearing races), synthesized; "
                  "test split = 6 unseen normal runs and every fault run",
+    "textscenes": "the photos crops with 1-3 words printed on each, 3xSIZExSIZE (textscenes:SIZE, default 160), "
+                  "unlabelled: for text detectors",
     "shapes": "detection: circles, squares and triangles composited onto the sample photos, with boxes, "
               "3xSIZExSIZE (shapes:SIZE, default 96), 800 images",
 }
@@ -157,7 +159,8 @@ def _user_dataset(path: Path, x: np.ndarray, y: np.ndarray | None) -> Dataset:
 
 
 def load(spec: str) -> Dataset:
-    """A bundled name (`digits`, `digits:64`, `basicmotions`, `textlines`, `photos:SIZE`, `shapes:SIZE`), a
+    """A bundled name (`digits`, `digits:64`, `basicmotions`, `textlines`, `photos:SIZE`, `textscenes:SIZE`,
+    `shapes:SIZE`), a
     `.npz` / `.csv` path, or a folder of images (`DIR` or `DIR:SIZE`): one subfolder per class, or YOLO
     format (images/, labels/, classes.txt) for detection."""
     name, _, arg = spec.partition(":")
@@ -167,6 +170,12 @@ def load(spec: str) -> Dataset:
         return _digits(int(arg) if arg else None)
     if name in AEON_SETS:
         return _aeon(name)
+    if name == "textscenes":
+        from edgewise.data.textscenes import textscenes
+
+        if arg and not arg.isdigit():
+            raise DataError(f"textscenes size must be an integer, got {arg!r}")
+        return textscenes(int(arg) if arg else 160)
     if name == "photos":
         from edgewise.data.photos import photos
 

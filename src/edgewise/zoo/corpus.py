@@ -474,7 +474,7 @@ CORPUS: tuple[CorpusModel, ...] = (
     CorpusModel("ppocr-cls", "classification", "PaddleOCR text-direction classifier (rapidocr wheel)",
                 _rapidocr("ch_ppocr_mobile_v2.0_cls_infer.onnx", "textlines"), pretrained=True, mcu=True),
     CorpusModel("ppocr-det", "segmentation", "PaddleOCR PP-OCRv4 DBNet text detector (rapidocr wheel)",
-                _rapidocr("ch_PP-OCRv4_det_infer.onnx", "photos:160"), pretrained=True),
+                _rapidocr("ch_PP-OCRv4_det_infer.onnx", "textscenes:160"), pretrained=True),
     CorpusModel("ppocr-rec", "ctc", "PaddleOCR PP-OCRv4 text recognizer, CTC (rapidocr wheel)",
                 _rapidocr("ch_PP-OCRv4_rec_infer.onnx", "textlines"), pretrained=True),
 )
