@@ -101,6 +101,11 @@ def test_empty_maps_are_compared_on_their_highest_pixels_not_counted_as_agreeing
     marked = ref.copy()
     marked[:, :, :5] = 0.9  # a map with foreground is judged at 0.5, as before, with no note
     assert "note" not in fidelity(task, [marked], [marked], None).details
+    # a sigmoid that rounds to 1.0000001 is still a probability map, judged at 0.5, not at 0 as logits
+    sigmoid = np.zeros_like(ref)
+    sigmoid[:, :, :5] = 0.9
+    sigmoid[0, 0, 0, 0] = np.float32(1.0000001)
+    assert fidelity(task, [sigmoid + np.float32(0.01)], [sigmoid], None).value == pytest.approx(1.0)
 
 
 def test_every_output_counts_for_regression_and_classification_uses_labels():
