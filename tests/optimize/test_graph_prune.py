@@ -209,3 +209,34 @@ def test_a_graph_exported_at_batch_one_still_trains_in_batches(tmp_path):
     assert shapes and all(s[0] == 1 for s in shapes), shapes  # the shipped graph keeps its batch-1 Reshapes
     out = ort.InferenceSession(tuned.SerializeToString()).run(None, {"x": x[:1]})[0]
     assert out.shape == (1, 8, 64)
+
+
+def test_a_weight_a_loop_body_reads_survives_pruning(tmp_path):
+    """The corpus's Loop/If graph reads an outer-scope weight from inside its Loop: normalizing the graph's
+    weights for pruning must not drop the tensor the body reads."""
+    from onnx import TensorProto, helper
+
+    w = numpy_helper.from_array(np.full((1,), 2.0, np.float32), "w")
+    conv_w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(16, 3, 1, 1)).astype(np.float32), "cw")
+    conv_w2 = numpy_helper.from_array(np.random.default_rng(1).normal(size=(4, 16, 1, 1)).astype(np.float32), "cw2")
+    body = helper.make_graph(
+        [helper.make_node("Mul", ["v_in", "w_alias"], ["v_out"]), helper.make_node("Identity", ["cond"], ["c_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1, 4, 4, 4])],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1, 4, 4, 4])])
+    nodes = [helper.make_node("Identity", ["w"], ["w_alias"]),
+             helper.make_node("Conv", ["x", "cw"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Conv", ["r", "cw2"], ["c"]),
+             helper.make_node("Constant", [], ["n"], value=numpy_helper.from_array(np.array(2, np.int64))),
+             helper.make_node("Constant", [], ["t"], value=numpy_helper.from_array(np.array(True))),
+             helper.make_node("Loop", ["n", "t", "c"], ["y"], body=body)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])], [w, conv_w, conv_w2])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    pruned, step = prune_channels(model, 0.5)
+    assert step["groups"] == 1
+    x = np.ones((1, 3, 4, 4), np.float32)
+    out = ort.InferenceSession(pruned.SerializeToString()).run(None, {"x": x})[0]
+    assert out.shape == (1, 4, 4, 4)

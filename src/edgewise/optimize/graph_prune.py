@@ -166,6 +166,17 @@ class _Graph:
         return False
 
 
+def _reads(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name the graph's nodes read, inside Loop and If bodies too (they read outer names)."""
+    names: set[str] = set()
+    for n in graph.node:
+        names.update(n.input)
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                names |= _reads(sub)
+    return names
+
+
 def _own_weights(model: onnx.ModelProto) -> None:
     """Give every Conv/BatchNormalization/Gemm its own initializers: exporters share equal tensors (two zero
     biases) and route some through Identity nodes; pruning one user must not reshape another's. Constant
@@ -206,12 +217,12 @@ def _own_weights(model: onnx.ModelProto) -> None:
                 n.input[j] = src
             taken.add(n.input[j])
     g.initializer.extend(fresh)
-    used = {t for n in g.node for t in n.input}
+    used = _reads(g)
     keep = [n for n in g.node if not (n.op_type == "Identity" and n.output[0] in alias and n.output[0] not in used
                                       and n.output[0] not in {o.name for o in g.output})]
     del g.node[:]
     g.node.extend(keep)
-    used = {t for n in g.node for t in n.input} | {o.name for o in g.output}
+    used = _reads(g) | {o.name for o in g.output}
     live = [i for i in g.initializer if i.name in used]
     del g.initializer[:]
     g.initializer.extend(live)
