@@ -56,12 +56,14 @@ def _fuzz(app, headers: dict[str, str] | None = None) -> dict[str, int]:  # type
     return seen
 
 
+@pytest.mark.e2e  # a sweep of the whole API (about 5 s): `make test` runs it, `make test-fast` does not
 def test_the_agent_api_never_answers_5xx(agent_app):
     seen = _fuzz(agent_app)
     assert {"POST /predict", "POST /v1/events", "POST /v1/samples", "POST /v1/bench/models",
             "POST /v1/bench/run"} <= set(seen)
 
 
+@pytest.mark.e2e  # a sweep of the whole API (about 5 s)
 def test_the_fleet_api_never_answers_5xx(fleet_app):
     seen = _fuzz(fleet_app, {"Authorization": f"Bearer {ADMIN}"})
     assert {"POST /v1/admin/rollouts", "POST /v1/device/enroll", "POST /v1/device/report"} <= set(seen)
