@@ -17,6 +17,7 @@ from edgewise.errors import OptimizeError
 from edgewise.optimize.candidates import Candidate
 from edgewise.optimize.choose import closest, decide
 from edgewise.optimize.measure import (
+    BUILD_SHARE,
     Clock,
     Runner,
     build_all,
@@ -30,6 +31,8 @@ from edgewise.profile import count_macs
 from edgewise.profile.fidelity import TRUTH_KINDS, check_task, fidelity, ground_truth, infer_task
 from edgewise.source import Source
 from edgewise.targets import TargetProfile
+
+FINETUNE_RESERVE = 0.2  # of the building time, kept from fine-tuning a pruned graph for its candidates
 
 __all__ = ["Log", "Progress", "SearchOptions", "SearchResult", "closest", "final_runs", "finalize", "search"]
 
@@ -81,7 +84,9 @@ def search(source: Source, splits: Splits, target: TargetProfile, opts: SearchOp
     if source.trained is not None and opts.torch_passes and task.name == "classification":
         parents += torch_parents(source, splits, opts, log)
     elif opts.torch_passes:  # no torch module, or a task the zoo's fine-tune and distillation loss do not fit
-        parents += graph_parents(source, splits, opts, log, clock.building_over, progress)
+        # fine-tuning stops early enough to leave the pruned model's own candidates (int8, NNCF) time to build
+        reserve = FINETUNE_RESERVE * opts.time_budget_s * BUILD_SHARE if opts.time_budget_s else 0.0
+        parents += graph_parents(source, splits, opts, log, lambda: clock.building_over(reserve), progress)
     plans = planner.plans(parents)
     state["measure_sensitivity"] = lambda: measure_sensitivity(base_parent, planner, runner, val, base_val, opts, clock,
                                                         state, result, log, progress)
