@@ -240,3 +240,22 @@ def test_a_weight_a_loop_body_reads_survives_pruning(tmp_path):
     x = np.ones((1, 3, 4, 4), np.float32)
     out = ort.InferenceSession(pruned.SerializeToString()).run(None, {"x": x})[0]
     assert out.shape == (1, 4, 4, 4)
+
+
+def test_without_torch_or_onnx2torch_the_pruned_parent_is_not_offered_and_the_log_says_why(net_onnx, monkeypatch):
+    """A device-side install has neither: the search goes on without the parent instead of failing mid-way."""
+    import importlib.util
+
+    from edgewise.data import Dataset, split
+    from edgewise.optimize.plan import graph_parents
+    from edgewise.optimize.search import SearchOptions
+    from edgewise.source import Source
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx2torch" else real(name, *a))
+    x = np.zeros((20, 3, 12, 12), np.float32)
+    splits = split(Dataset("x", x, None, [], {}))
+    lines: list[str] = []
+    source = Source("net", net_onnx, [], {})
+    assert graph_parents(source, splits, SearchOptions(), lines.append, lambda: False) == []
+    assert lines and "onnx2torch" in lines[0] and "edgewise[train]" in lines[0]

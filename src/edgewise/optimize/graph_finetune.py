@@ -48,7 +48,7 @@ def _torch_module(model: onnx.ModelProto):  # type: ignore[no-untyped-def]
     try:
         from onnx2torch import convert
     except ImportError as e:
-        raise OptimizeError("fine-tuning an ONNX graph needs onnx2torch (pip install 'edgewise[torch]')") from e
+        raise OptimizeError("fine-tuning an ONNX graph needs onnx2torch (pip install 'edgewise[train]')") from e
     named = onnx.ModelProto()
     named.CopyFrom(model)
     for k, n in enumerate(named.graph.node):

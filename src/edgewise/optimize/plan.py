@@ -4,6 +4,7 @@ parent (the starting model, or a pruned / distilled one) only when its turn come
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import tempfile
 from collections.abc import Callable, Iterator
@@ -180,6 +181,10 @@ def graph_parents(source: Source, splits: Splits, opts: SearchOptions, log: Log,
     inputs = source.model.graph.input
     if (not opts.wants_parent("pruned") or splits.train.named or len(inputs) != 1
             or inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT):
+        return []
+    missing = [m for m in ("torch", "onnx2torch") if importlib.util.find_spec(m) is None]
+    if missing:  # a device-side install (the core and [agent]) has neither
+        log(f"graph pruning not tried: fine-tuning needs {' and '.join(missing)} (pip install 'edgewise[train]')")
         return []
     if not prunable(source.model):
         log("graph pruning not tried: no convolution's channels can be removed without touching a residual, "
