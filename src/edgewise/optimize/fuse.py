@@ -84,7 +84,7 @@ def fold_conv_bn(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     keep = [n for n in m.graph.node if id(n) not in removed]
     del m.graph.node[:]
     m.graph.node.extend(keep)
-    return _drop_unused_initializers(m), folded
+    return drop_unused_initializers(m), folded
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -112,7 +112,7 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
             nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [node.output[0]], name=node.name))
     del m.graph.node[:]
     m.graph.node.extend(nodes)
-    return _drop_unused_initializers(m)
+    return drop_unused_initializers(m)
 
 
 def subgraphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
@@ -125,8 +125,9 @@ def subgraphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
     return out
 
 
-def _drop_unused_initializers(m: onnx.ModelProto) -> onnx.ModelProto:
-    # A Loop body or If branch may read the outer graph's initializers by name.
+def drop_unused_initializers(m: onnx.ModelProto) -> onnx.ModelProto:
+    """In place (and returned): initializers no node reads go, with their graph-input entries. A Loop body or
+    If branch may read the outer graph's initializers by name."""
     graphs = [m.graph, *subgraphs(m.graph)]
     used = {n for g in graphs for node in g.node for n in node.input} | {o.name for o in m.graph.output}
     keep = [i for i in m.graph.initializer if i.name in used]

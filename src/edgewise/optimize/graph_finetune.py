@@ -193,9 +193,6 @@ def finetune_to_outputs(student: onnx.ModelProto, x: np.ndarray, targets: list[n
         floor = 0.1 * float(np.median(sd)) + 1e-6 * float(np.abs(t).mean() + 1e-12)
         scales.append(torch.from_numpy((1.0 / (sd + floor)).astype(np.float32)))
 
-    def forward(xb):  # type: ignore[no-untyped-def]
-        return _run(module, xb)
-
     steps_per_epoch = -(-len(x) // batch)
     total = epochs * steps_per_epoch
     opt = torch.optim.Adam(params, lr=lr)
@@ -208,7 +205,7 @@ def finetune_to_outputs(student: onnx.ModelProto, x: np.ndarray, targets: list[n
         order, tot = rng.permutation(len(x)), 0.0
         for b in range(steps_per_epoch):
             idx = torch.from_numpy(order[b * batch:(b + 1) * batch])
-            outs = forward(xs[idx])
+            outs = _run(module, xs[idx])
             loss = sum((((o - y[idx]) * s) ** 2).mean() for o, y, s in zip(outs, ys, scales)) / len(ys)
             if not torch.isfinite(loss):
                 raise OptimizeError("fine-tuning diverged (the loss is not finite)")

@@ -22,6 +22,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgewise.errors import OptimizeError
+from edgewise.optimize.fuse import drop_unused_initializers, subgraphs
 
 # Ops that map channel c of their input to channel c of their output, and nothing else.
 # (Their other inputs, Clip's bounds, are scalars by the ONNX spec.)
@@ -166,17 +167,6 @@ class _Graph:
         return False
 
 
-def _reads(graph: onnx.GraphProto) -> set[str]:
-    """Every tensor name the graph's nodes read, inside Loop and If bodies too (they read outer names)."""
-    names: set[str] = set()
-    for n in graph.node:
-        names.update(n.input)
-        for a in n.attribute:
-            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                names |= _reads(sub)
-    return names
-
-
 def _own_weights(model: onnx.ModelProto) -> None:
     """Give every Conv/BatchNormalization/Gemm its own initializers: exporters share equal tensors (two zero
     biases) and route some through Identity nodes; pruning one user must not reshape another's. Constant
@@ -217,29 +207,34 @@ def _own_weights(model: onnx.ModelProto) -> None:
                 n.input[j] = src
             taken.add(n.input[j])
     g.initializer.extend(fresh)
-    used = _reads(g)
-    keep = [n for n in g.node if not (n.op_type == "Identity" and n.output[0] in alias and n.output[0] not in used
-                                      and n.output[0] not in {o.name for o in g.output})]
+    used = {t for sub in [g, *subgraphs(g)] for n in sub.node for t in n.input} | {o.name for o in g.output}
+    keep = [n for n in g.node if not (n.op_type == "Identity" and n.output[0] in alias and n.output[0] not in used)]
     del g.node[:]
     g.node.extend(keep)
-    used = _reads(g) | {o.name for o in g.output}
-    live = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(live)
+    drop_unused_initializers(model)
+
+
+def _groups(gr: _Graph) -> list[Group]:
+    return [grp for n in gr.g.node if n.op_type == "Conv" for grp in [gr.group(n)] if grp is not None]
 
 
 def groups(model: onnx.ModelProto) -> list[Group]:
     """The prunable groups of a model whose weights are initializers (call on a normalized copy)."""
-    gr = _Graph(model)
-    return [grp for n in gr.g.node if n.op_type == "Conv" for grp in [gr.group(n)] if grp is not None]
+    return _groups(_Graph(model))
+
+
+def _normalized(model: onnx.ModelProto) -> tuple[onnx.ModelProto, _Graph, list[Group]]:
+    """A copy with its own weights per layer (`_own_weights`), its graph, and its prunable groups."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    _own_weights(m)
+    gr = _Graph(m)
+    return m, gr, _groups(gr)
 
 
 def prunable(model: onnx.ModelProto) -> bool:
     """Whether `prune_channels` finds anything to remove in `model`."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    _own_weights(m)
-    return bool(groups(m))
+    return bool(_normalized(model)[2])
 
 
 def _kept(score: np.ndarray, ratio: float, multiple: int) -> np.ndarray:
@@ -254,11 +249,7 @@ def prune_channels(model: onnx.ModelProto, keep_ratio: float, multiple: int = 8)
     Returns the model and what was done: groups, channels before/after."""
     if not 0.0 < keep_ratio < 1.0:
         raise OptimizeError(f"keep ratio must be between 0 and 1, got {keep_ratio}")
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    _own_weights(m)
-    gr = _Graph(m)
-    found = [grp for n in m.graph.node if n.op_type == "Conv" for grp in [gr.group(n)] if grp is not None]
+    m, gr, found = _normalized(model)
     if not found:
         raise OptimizeError("no convolution's channels can be removed without touching a residual, concat or "
                             "output: nothing to prune in this graph")
@@ -270,10 +261,10 @@ def prune_channels(model: onnx.ModelProto, keep_ratio: float, multiple: int = 8)
     before = after = 0
     for grp, idx in plan:
         before, after = before + grp.channels, after + len(idx)
-        p = grp.producer
-        for j in (1, 2):
-            if len(p.input) > j and p.input[j] in w:
-                w[p.input[j]] = w[p.input[j]][idx]
+        for node in (grp.producer, *grp.excites):  # their output channels: weights and bias
+            for j in (1, 2):
+                if len(node.input) > j and node.input[j] in w:
+                    w[node.input[j]] = w[node.input[j]][idx]
         for node in grp.passes:
             for j in range(1, len(node.input)):
                 if node.input[j] in w and w[node.input[j]].ndim >= 1 and len(w[node.input[j]]) == grp.channels:
@@ -282,10 +273,6 @@ def prune_channels(model: onnx.ModelProto, keep_ratio: float, multiple: int = 8)
                 for a in node.attribute:
                     if a.name == "group":
                         a.i = len(idx)
-        for node in grp.excites:
-            for j in (1, 2):
-                if len(node.input) > j and node.input[j] in w:
-                    w[node.input[j]] = w[node.input[j]][idx]
         for node in grp.consumers:
             cw = w[node.input[1]]
             if node.op_type == "Gemm":

@@ -179,23 +179,33 @@ def _yolov8n(d: Path) -> tuple[Path, str]:
     return yolov8n_onnx(d / "model.onnx", 160), "photos:160"
 
 
-def yolov8n_onnx(path: Path, size: int) -> Path:
-    """YOLOv8n from the ultralytics package's own model yaml (no weights are fetched), SIZE x SIZE."""
+def _ultralytics_offline() -> None:
+    """ultralytics' settings for a machine without network: its own config dir, no downloads, quiet."""
     import tempfile
-
-    import torch
 
     os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="edgewise-yolo-"))
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_VERBOSE", "False")
+
+
+def _export_yolo(model, path: Path, size: int) -> Path:  # type: ignore[no-untyped-def]
+    """An ultralytics detector exported with one [1, 4 + classes, A] tensor: boxes (cx, cy, w, h) + scores."""
+    import torch
+
+    head = model.model[-1]
+    head.export, head.format = True, "onnx"
+    return _export(model, (torch.zeros(1, 3, size, size),), path, ["images"], ["output0"])
+
+
+def yolov8n_onnx(path: Path, size: int) -> Path:
+    """YOLOv8n from the ultralytics package's own model yaml (no weights are fetched), SIZE x SIZE."""
+    _ultralytics_offline()
     from ultralytics.nn.tasks import DetectionModel
 
     _seeded()
     model = DetectionModel("yolov8n.yaml", nc=80, verbose=False)
     _bn_from_photos(model, size)
-    head = model.model[-1]
-    head.export, head.format = True, "onnx"  # one [1, 84, A] tensor: boxes (cx, cy, w, h) + class scores
-    return _export(model, (torch.zeros(1, 3, size, size),), path, ["images"], ["output0"])
+    return _export_yolo(model, path, size)
 
 
 YOLO_SHAPES_EPOCHS = 40
@@ -212,16 +222,12 @@ def yolov8n_shapes_onnx(path: Path, size: int, epochs: int) -> Path:
     import shutil
     import tempfile
 
-    import torch
-
     from edgewise.data.dataset import Dataset
     from edgewise.data.keywords import cache_dir
     from edgewise.data.shapes import shapes, write_yolo_folder
 
     cached = cache_dir().parent / f"yolov8n-shapes-{size}-e{epochs}.pt"
-    os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="edgewise-yolo-"))
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_VERBOSE", "False")
+    _ultralytics_offline()
     import_torchvision()
     from ultralytics import YOLO
 
@@ -243,10 +249,7 @@ def yolov8n_shapes_onnx(path: Path, size: int, epochs: int) -> Path:
                                        project=str(root / "runs"), name="r", exist_ok=True, pretrained=False)
             cached.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(root / "runs" / "r" / "weights" / "last.pt", cached)
-    model = YOLO(str(cached)).model.float().eval()
-    head = model.model[-1]
-    head.export, head.format = True, "onnx"
-    return _export(model, (torch.zeros(1, 3, size, size),), path, ["images"], ["output0"])
+    return _export_yolo(YOLO(str(cached)).model.float().eval(), path, size)
 
 
 def _ssdlite(d: Path) -> tuple[Path, str]:
