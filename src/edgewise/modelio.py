@@ -130,6 +130,16 @@ def sample_shape(model: onnx.ModelProto) -> tuple[int | str, ...]:
     return ins[0].shape[1:]
 
 
+def image_size(model: onnx.ModelProto) -> int | None:
+    """The side of a model's square image input (N, C, S, S with 1 or 3 channels), which an image set given
+    without a size loads at; None for anything else."""
+    ins = inputs(model)
+    shape = ins[0].shape[1:] if len(ins) == 1 else ()
+    if len(shape) == 3 and shape[0] in (1, 3) and isinstance(shape[1], int) and shape[1] > 1 and shape[1] == shape[2]:
+        return int(shape[1])
+    return None
+
+
 def pin_input_shape(model: onnx.ModelProto, shape: tuple[int, ...]) -> onnx.ModelProto:
     """Fix symbolic non-batch input dims to the data's sample shape (imported models often leave H, W open).
 

@@ -49,6 +49,30 @@ def test_empty_folders_and_broken_images_are_named(tmp_path):
         load(str(root))
 
 
+def test_images_without_a_size_load_at_the_size_asked_and_a_wrong_size_says_what_to_give(tmp_path):
+    from onnx import TensorProto, helper
+
+    from edgewise.data import load_splits
+    from edgewise.modelio import image_size
+
+    folder = _folder(tmp_path / "scenes", per_class=6)
+    assert load(str(folder), size=40).x.shape[1:] == (3, 40, 40)
+    assert load(f"{folder}:24", size=40).x.shape[1:] == (3, 24, 24)  # a size the user gave wins
+    assert load("shapes", size=64).x.shape[1:] == (3, 64, 64) and load("shapes").x.shape[1:] == (3, 96, 96)
+
+    def model(shape):  # type: ignore[no-untyped-def]
+        g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+        return helper.make_model(g)
+
+    assert image_size(model([1, 3, 40, 40])) == 40 and image_size(model(["n", 1, 28, 28])) == 28
+    assert image_size(model([1, 3, 40, 30])) is None and image_size(model([1, 64])) is None
+    assert image_size(model([1, 3, "h", "w"])) is None and image_size(model([1, 40, 40, 3])) is None
+    with pytest.raises(DataError, match=r"model's size \(DATA:40\)"):
+        load_splits(f"{folder}:24").train.reshaped((3, 40, 40))
+
+
 def test_train_optimize_and_serve_a_folder_then_post_a_jpeg(tmp_path):
     from PIL import Image
 
@@ -59,9 +83,10 @@ def test_train_optimize_and_serve_a_folder_then_post_a_jpeg(tmp_path):
     from edgewise.targets import load_target
     from edgewise.zoo import TrainConfig, train
 
-    data = f"{_folder(tmp_path / 'scenes')}:32"
-    train("cnn", load_splits(data), TrainConfig(epochs=2)).save(tmp_path / "t")
-    out = optimize(tmp_path / "t", data, load_target("cortex-a"), tmp_path / "o",
+    folder = _folder(tmp_path / "scenes")
+    train("cnn", load_splits(f"{folder}:32"), TrainConfig(epochs=2)).save(tmp_path / "t")
+    # the folder without a size loads at the model's input size (its own default, 96, would not fit)
+    out = optimize(tmp_path / "t", str(folder), load_target("cortex-a"), tmp_path / "o",
                    SearchOptions(torch_passes=False, only=("baseline-fused",), measure_memory=False, latency_runs=5))
     agent = build_agent(AgentConfig(bundles=[out.bundle], tier="server", data_dir=tmp_path / "a"))
     buf = io.BytesIO()

@@ -146,13 +146,11 @@ def bench(
     Example: edgewise bench runs/cnn runs/cnn-mcu/bundle --data digits
     Example: edgewise bench m.onnx runs/orin/bundle -d photos:320 -t jetson-orin --remote http://orin:8090
     """
-    from edgewise.data import load_splits
     from edgewise.profile.bench import bench as run_bench
     from edgewise.targets import load_target
 
     profile = load_target(target)
-    splits = load_splits(data)
-    loaded, reference = _load_models([(str(p), p) for p in models], splits)
+    loaded, reference = _load_models([(str(p), p) for p in models], data)
     sp = loaded[0][2]
     with console.status("[bold]benchmarking"):
         rows = run_bench([(n, m) for n, m, _ in loaded], sp, profile, batch=batch, runs=runs, reference=reference,
@@ -161,7 +159,9 @@ def bench(
         parts = Path(name).parts
         return "/".join(parts[-2:]) if len(parts) > 1 else name
 
-    kind = rows[0].get("fidelity_kind", "accuracy").replace("_agreement", "").replace("_", " ")
+    from edgewise.profile.fidelity import label
+
+    kind = label(rows[0].get("fidelity_kind", "accuracy")).removesuffix(" agreement")
     table = Table(title=f"benchmark on {data} (test split, {rows[0]['test_samples']} samples): latency",
                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("model", kind[:9], "size", "p50 1t", "p99 1t", f"p50 {rows[0]['all_cores']}t", "speed", "peak mem"):
@@ -308,7 +308,6 @@ def quickstart(
     Example: edgewise quickstart --out demo-out
     """
 
-    from edgewise.data import load_splits
     from edgewise.optimize.pipeline import optimize as run_optimize
     from edgewise.optimize.search import SearchOptions
     from edgewise.profile.bench import bench as run_bench
@@ -334,9 +333,8 @@ def quickstart(
     out_console.print(f"{f['ops']} ops, {f['macs']:,} MACs; arena {f['arena_bytes']:,} B RAM (lower bound "
                       f"{f['arena_lower_bound_bytes']:,} B), weights {f['constants_bytes']:,} B flash -> {out / 'mcu-256k-c'}")
     out_console.rule("[bold]4/4 benchmark fp32 vs optimized (same machine, same run)")
-    splits = load_splits("digits")
     models = [("fp32 trained", out / "train")] + [(t, out / t / "bundle") for t in outcomes]
-    loaded, reference = _load_models(models, splits)
+    loaded, reference = _load_models(models, "digits")
     with console.status("[bold]benchmarking"):
         rows = run_bench([(n, m) for n, m, _ in loaded], loaded[0][2], load_target("edge-node"), runs=200,
                          reference=reference)

@@ -82,8 +82,11 @@ class Dataset:
         if self.sample_shape == tuple(sample_shape) or self.named:
             return self
         if int(np.prod(self.sample_shape)) != int(np.prod(sample_shape)):
+            hint = ""
+            if "resize" in self.preprocessing and len(sample_shape) == 3 and sample_shape[1] == sample_shape[2]:
+                hint = f": give the images at the model's size (DATA:{sample_shape[2]}), or no size at all"
             raise DataError(
-                f"data samples have shape {self.sample_shape} but the model expects {tuple(sample_shape)}"
+                f"data samples have shape {self.sample_shape} but the model expects {tuple(sample_shape)}{hint}"
             )
         x = self.x.reshape((len(self.x), *sample_shape))
         return Dataset(self.name, x, self.y, self.labels, self.preprocessing, boxes=self.boxes)

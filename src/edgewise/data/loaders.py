@@ -158,11 +158,12 @@ def _user_dataset(path: Path, x: np.ndarray, y: np.ndarray | None) -> Dataset:
     return Dataset(path.stem, x.astype(np.float32), y, labels, {"source": str(path)})
 
 
-def load(spec: str) -> Dataset:
+def load(spec: str, size: int | None = None) -> Dataset:
     """A bundled name (`digits`, `digits:64`, `basicmotions`, `textlines`, `photos:SIZE`, `textscenes:SIZE`,
     `shapes:SIZE`), a
     `.npz` / `.csv` path, or a folder of images (`DIR` or `DIR:SIZE`): one subfolder per class, or YOLO
-    format (images/, labels/, classes.txt) for detection."""
+    format (images/, labels/, classes.txt) for detection. An image set given without a SIZE loads at `size`
+    (the model's input size, when the caller knows it), else at its own default."""
     name, _, arg = spec.partition(":")
     if name == "digits":
         if arg and not arg.isdigit():
@@ -175,13 +176,13 @@ def load(spec: str) -> Dataset:
 
         if arg and not arg.isdigit():
             raise DataError(f"textscenes size must be an integer, got {arg!r}")
-        return textscenes(int(arg) if arg else 160)
+        return textscenes(int(arg) if arg else size or 160)
     if name == "photos":
         from edgewise.data.photos import photos
 
         if arg and not arg.isdigit():
             raise DataError(f"photos size must be an integer, got {arg!r}")
-        return photos(int(arg) if arg else 224)
+        return photos(int(arg) if arg else size or 224)
     if name == "keywords":
         from edgewise.data.keywords import keywords
 
@@ -195,25 +196,25 @@ def load(spec: str) -> Dataset:
 
         if arg and not arg.isdigit():
             raise DataError(f"shapes size must be an integer, got {arg!r}")
-        return shapes(int(arg) if arg else 96)
+        return shapes(int(arg) if arg else size or 96)
     if name == "textlines":
         from edgewise.data.textlines import textlines
 
         return textlines(int(arg) if arg.isdigit() else 600)
     path = Path(spec)
-    head, _, size = spec.rpartition(":")
-    if head.lower().endswith(".csv") and Path(head).is_file() and "=" in size:  # log.csv:window=2000,...
+    head, _, tail = spec.rpartition(":")
+    if head.lower().endswith(".csv") and Path(head).is_file() and "=" in tail:  # log.csv:window=2000,...
         from edgewise.data.sensorlog import sensor_log
 
-        return sensor_log(Path(head), size)
-    if size.isdigit() and Path(head).is_dir():
+        return sensor_log(Path(head), tail)
+    if tail.isdigit() and Path(head).is_dir():
         path = Path(head)
     if path.is_dir():
         from edgewise.data.audiofolder import audio_folder, is_audio_folder
         from edgewise.data.imagefolder import image_folder
         from edgewise.data.yolo import is_yolo_folder, yolo_folder
 
-        given = int(size) if size.isdigit() and path != Path(spec) else None
+        given = int(tail) if tail.isdigit() and path != Path(spec) else size
         if is_audio_folder(path):
             return audio_folder(path)
         if is_yolo_folder(path):
@@ -231,9 +232,10 @@ def load(spec: str) -> Dataset:
     return _npz(path)
 
 
-def load_splits(spec: str, seed: int = 0) -> Splits:
-    """Load and split; per-channel standardisation uses train statistics only (no leakage)."""
-    ds = load(spec)
+def load_splits(spec: str, seed: int = 0, size: int | None = None) -> Splits:
+    """Load and split; per-channel standardisation uses train statistics only (no leakage). `size`: what
+    an image set without its own SIZE loads at (`load`)."""
+    ds = load(spec, size)
     parts = split(ds, seed=seed)
     if ds.preprocessing.get("standardize"):
         axes = tuple(i for i in range(parts.train.x.ndim) if i != 1)

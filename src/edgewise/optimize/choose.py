@@ -6,6 +6,7 @@ from __future__ import annotations
 from edgewise.optimize.candidates import Candidate, allowed
 from edgewise.optimize.options import SearchOptions, SearchResult
 from edgewise.optimize.pareto import choose, pareto_front
+from edgewise.profile.fidelity import label
 from edgewise.targets import TargetProfile
 
 
@@ -20,7 +21,7 @@ def violations_of(c: Candidate, target: TargetProfile, opts: SearchOptions, is_b
     if not allowed(c.precision, target):
         v.append(f"{c.precision} not allowed (runs {', '.join(target.precisions)})")
     if not is_baseline and not opts.within_tolerance(m["accuracy_drop_points"]):
-        v.append(f"{m['fidelity_kind'].replace('_', ' ')} drop {m['accuracy_drop_points']:.2f} points > "
+        v.append(f"{label(m['fidelity_kind'])} drop {m['accuracy_drop_points']:.2f} points > "
                  f"{opts.max_accuracy_drop:g}")
     flash = m.get("flash_bytes", m["size_bytes"])
     if flash > target.flash_bytes:
@@ -77,7 +78,7 @@ def why_chosen(c: Candidate, baseline: Candidate, target: TargetProfile) -> str:
         speed = f"{b['latency_p50_ms'] / max(m['latency_p50_ms'], 1e-9):.2f}x the starting model's measured speed"
     else:
         speed = f"estimated {m['latency_p50_ms']:.1f} ms from MACs"
-    kind = m["fidelity_kind"].replace("_", " ")
+    kind = label(m["fidelity_kind"])
     return (f"{c.id}: best {target.objective} among candidates that fit {target.name} "
             f"({speed}, {size:.2f}x smaller, {m['accuracy_drop_points']:+.2f} points {kind} drop on validation)")
 

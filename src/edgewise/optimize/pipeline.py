@@ -13,7 +13,7 @@ from edgewise.bundle import Manifest, write_bundle
 from edgewise.data import Dataset, Splits, load_splits
 from edgewise.fsutil import atomic_dir, check_out
 from edgewise.media import ImageSpec, postprocessing_for, spec_from_data
-from edgewise.modelio import inputs, outputs
+from edgewise.modelio import image_size, inputs, outputs
 from edgewise.optimize.search import (
     Log,
     Progress,
@@ -24,7 +24,7 @@ from edgewise.optimize.search import (
     finalize,
     search,
 )
-from edgewise.profile.fidelity import KINDS
+from edgewise.profile.fidelity import KINDS, TRUTH_KIND
 from edgewise.profile.report import render_html, render_json
 from edgewise.source import Source, fit_data, load_source
 from edgewise.targets import TargetProfile
@@ -48,7 +48,7 @@ def _report(source: Source, result: SearchResult, opts: SearchOptions, splits: S
         "target": asdict(result.target),
         "max_accuracy_drop": opts.max_accuracy_drop,
         "task": task.as_dict() if task else None,
-        "accuracy_kind": ("map50" if task and task.name == "detection" else "accuracy") if labelled else (
+        "accuracy_kind": TRUTH_KIND.get(task.name, "accuracy") if task and labelled else (
             "top1_agreement_with_fp32" if task is None or task.name == "classification"
             else f"{KINDS[task.name]}_with_fp32"),
         "budgets": {"max_latency_ms": opts.max_latency_ms, "max_ram_bytes": opts.max_ram_bytes,
@@ -79,7 +79,8 @@ def optimize(model_path: Path, data: str, target: TargetProfile, out: Path, opts
     check_out(out, inputs=(model_path,))
     if declared and "image" in declared:
         ImageSpec.from_dict(declared["image"])  # a malformed declaration fails before the search, not after
-    source, splits = fit_data(load_source(model_path), load_splits(data))
+    source = load_source(model_path)
+    source, splits = fit_data(source, load_splits(data, size=image_size(source.model)))
     if labels:
         source.labels = list(labels)
     if source.postprocessing.get("kind") == "anomaly" and not opts.task:

@@ -8,6 +8,8 @@ import io
 import json
 from typing import Any
 
+from edgewise.profile.fidelity import label
+
 
 def _fmt_bytes(n: float | None) -> str:
     if n is None:
@@ -59,7 +61,7 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
         for p, col in colors.items():
             ax.scatter([], [], color=col, label=p)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("accuracy (%)" if report["accuracy_kind"] == "accuracy" else "top-1 agreement with fp32 (%)")
+        ax.set_ylabel(f"{label(report['accuracy_kind'])} (%)")
         ax.set_title(f"{report['target']['name']}: accuracy vs {key} (star = chosen, square = start)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
@@ -124,7 +126,7 @@ tr.bad td{{color:#777}}.ok{{color:#16621a}}.bad{{color:#9a1c1c}}img{{max-width:4
 <h1>edgewise optimize: {e(report['model'])} for {e(t['name'])}</h1>
 <p>{e(t['description'])} &mdash; RAM {_fmt_bytes(t['ram_bytes'])}, flash {_fmt_bytes(t['flash_bytes'])},
 latency budget {t['latency_budget_ms']} ms, precisions {', '.join(t['precisions'])}, objective: {e(t['objective'])}.
-Tolerance: {report['max_accuracy_drop']} points ({e(report['accuracy_kind'])}, validation split).</p>
+Tolerance: {report['max_accuracy_drop']} points ({e(label(report['accuracy_kind']))}, validation split).</p>
 {summary}{final_rows}<h2>Plots</h2>{imgs}
 <h2>Candidates</h2><table><tr><th>id</th><th>precision</th><th>recipe</th><th>score %</th><th>drop (pts)</th>
 <th>size</th><th>p50 ms</th><th>peak mem</th><th>Pareto</th><th>verdict</th></tr>{''.join(rows)}</table>

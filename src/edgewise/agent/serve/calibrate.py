@@ -85,17 +85,19 @@ def calibrate_bundles(bundles: list[Path], data: str, max_drop_points: float = 0
     """Score every tier's bundle on DATA's validation and test splits and choose the thresholds."""
     from edgewise.agent.serve.cascade import probabilities
     from edgewise.data import load_splits
+    from edgewise.modelio import image_size
     from edgewise.profile import make_session, run_model
     from edgewise.source import fit_data, load_source
 
     if len(bundles) < 2:
         raise AgentError("calibration needs at least two tiers (--bundle given twice or more)")
-    splits = load_splits(data)
+    sources = [load_source(b) for b in bundles]
+    splits = load_splits(data, size=image_size(sources[0].model))  # images without a size: the first tier's
     if splits.val.y is None or splits.test.y is None:
         raise AgentError("calibration needs labelled data")
     probs: dict[str, list[np.ndarray]] = {"val": [], "test": []}
-    for b in bundles:
-        src, sp = fit_data(load_source(b), splits)
+    for source in sources:
+        src, sp = fit_data(source, splits)
         sess = make_session(src.model)
         for part in ("val", "test"):
             probs[part].append(probabilities(run_model(sess, getattr(sp, part).x)))
