@@ -191,9 +191,9 @@ def test_openvino_compiles_a_dynamic_batch_as_batch_one_and_still_answers_other_
 
 
 def test_nncf_accuracy_control_is_tried_when_nncf_misses_the_tolerance(trained_cnn_dir, digits):
-    """A tolerance nothing int8 can meet (-1 points): NNCF's default misses it, so its accuracy control runs,
-    scored with the search's own validation score, puts layers back in float and is tagged to run them at
-    f32 as NNCF validated them."""
+    """A tolerance nothing int8 can meet (-1 points): NNCF's default misses it, so NNCF with the output tail in
+    float is tried, misses too, and then its accuracy control runs, scored with the search's own validation
+    score, puts layers back in float and is tagged to run them at f32 as NNCF validated them."""
     from edgewise.optimize.search import SearchOptions, search
     from edgewise.profile.openvino import ir_files, runtime_of
     from edgewise.source import fit_data, load_source
@@ -204,7 +204,8 @@ def test_nncf_accuracy_control_is_tried_when_nncf_misses_the_tolerance(trained_c
     r = search(src, splits, load_target("x86-server"), opts)
     by = {c.id: c for c in r.candidates}
     plain, ac = by["baseline-openvino-nncf-int8"], by["baseline-openvino-nncf-int8-accuracy"]
-    assert plain.status == ac.status == "ok", (plain.reason, ac.reason)
+    tail = by["baseline-openvino-nncf-int8-tail"]
+    assert plain.status == ac.status == tail.status == "ok", (plain.reason, ac.reason, tail.reason)
     assert runtime_of(ac.model) == "openvino:CPU:f32" and runtime_of(plain.model) == "openvino:CPU"
     assert any(s.get("accuracy_control") for s in ac.recipe), ac.recipe
 
@@ -212,6 +213,7 @@ def test_nncf_accuracy_control_is_tried_when_nncf_misses_the_tolerance(trained_c
         return ir_files(c.model)["model.xml"].count(b'type="FakeQuantize"')
 
     assert 0 < quantizers(ac) < quantizers(plain)  # some layers went back to float, not all
+    assert 0 < quantizers(tail) < quantizers(plain) and any(s.get("float_ops") for s in tail.recipe)
     assert ac.metrics["accuracy_drop_points"] <= plain.metrics["accuracy_drop_points"]
 
 
@@ -231,7 +233,7 @@ def test_nncf_accuracy_control_stops_at_the_time_budget(trained_cnn_dir, digits)
                       lambda _m: None)
     parent = Parent("baseline", "starting model", lambda: (src.model, 0, []))
     with pytest.raises(OptimizeError, match="stopped at the time budget after 1 validation pass and 1 sample scores"):
-        planner._nncf_plan(parent, accuracy_control=True).build()
+        planner._nncf_plan(parent, "accuracy").build()
     assert calls == [1, len(splits.val)]  # NNCF's probe on one sample, then the float model on all of them
 
 

@@ -8,6 +8,7 @@ from edgewise.optimize.sensitivity import (
     auto_exclusions,
     layer_sensitivity,
     mixed_precision,
+    output_tail,
     quantizable_nodes,
     relative_error,
 )
@@ -30,6 +31,29 @@ def _two_layer_head() -> onnx.ModelProto:
 def test_output_adjacent_layers_are_found_through_softmax():
     reasons = auto_exclusions(_two_layer_head(), {}, {})
     assert set(reasons) == {"head"} and "output-adjacent" in reasons["head"]
+
+
+def test_the_output_tail_is_a_detector_decode_and_the_layers_that_feed_it():
+    """A YOLO-style head: box distances (one conv) become pixel boxes by arithmetic on anchors, scores (another
+    conv, unnamed as some exporters leave nodes) go through a sigmoid, both are concatenated. The tail is every
+    node from the two convs on; the body before them is not in it."""
+    rng = np.random.default_rng(0)
+    w = lambda n, *s: numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)  # noqa: E731
+    inits = [w("wb", 8, 3, 1, 1), w("w1", 4, 8, 1, 1), w("w2", 2, 8, 1, 1), w("anchors", 1, 4, 4, 4)]
+    nodes = [helper.make_node("Conv", ["x", "wb"], ["f"], name="body"),
+             helper.make_node("Relu", ["f"], ["r"], name="act"),
+             helper.make_node("Conv", ["r", "w1"], ["d"], name="box_conv"),
+             helper.make_node("Sub", ["anchors", "d"], ["xy"], name="decode_sub"),
+             helper.make_node("Mul", ["xy", "anchors"], ["px"], name="stride_mul"),
+             helper.make_node("Conv", ["r", "w2"], ["s"], name=""),
+             helper.make_node("Sigmoid", ["s"], ["p"], name="score_sigmoid"),
+             helper.make_node("Concat", ["px", "p"], ["out"], axis=1, name="cat")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 6, 4, 4])], inits)
+    tail = output_tail(helper.make_model(g))
+    assert tail == {"cat": "Concat", "score_sigmoid": "Sigmoid", "stride_mul": "Mul", "decode_sub": "Sub",
+                    "box_conv": "Conv"}  # the unnamed conv was walked (its sigmoid is in) but has no name to give
+    assert set(auto_exclusions(helper.make_model(g), {}, {})) == {"box_conv"}
 
 
 def test_high_range_inputs_are_flagged():

@@ -21,7 +21,7 @@ from edgewise.optimize.candidates import allowed, has_weight_matmul, recipe_stat
 from edgewise.optimize.fuse import fuse
 from edgewise.optimize.options import Log, SearchOptions
 from edgewise.optimize.quantize import ORT_DEFAULTS, Quantizer, StaticConfig, quantize_int4_weights, to_fp16
-from edgewise.optimize.sensitivity import auto_exclusions, mixed_precision
+from edgewise.optimize.sensitivity import auto_exclusions, mixed_precision, output_tail
 from edgewise.profile import count_macs
 from edgewise.source import Source
 from edgewise.targets import TargetProfile
@@ -248,7 +248,8 @@ class Planner:
                                  [{"pass": "runtime", "runtime": "openvino", "device": dev, "precision": "auto"}],
                                  lambda p=p: self._openvino(p, "auto")))
             if not primary and "openvino" in t.runtimes and allowed("int8", t):
-                out.append(self._nncf_plan(p))  # a smaller model on the runtime that won for the larger one
+                out += [self._nncf_plan(p), self._nncf_plan(p, "tail")]  # a smaller model on the runtime that
+                # won for the larger one
             if allowed("int8", t) or allowed("mixed", t):
                 cfgs = sorted(static_configs(t, primary), key=promise)
                 for k, cfg in enumerate(cfgs):
@@ -256,7 +257,8 @@ class Planner:
                                      [recipe_static(cfg, opts.calibration_samples)],
                                      lambda p=p, cfg=cfg: self.quant(p).static(cfg), method=cfg.method))
                     if k == 1 and primary and "openvino" in t.runtimes and allowed("int8", t):
-                        out.append(self._nncf_plan(p))  # as promising as ORT's best two: tried early
+                        out += [self._nncf_plan(p), self._nncf_plan(p, "tail")]  # as promising as ORT's best
+                        # two: tried early
             if primary and allowed("int8", t) and t.runs_onnxruntime:
                 for ops in (("MatMul", "Gemm"), ("Conv", "MatMul", "Gemm")):
                     cid = "baseline-int8-dynamic" + ("-conv" if "Conv" in ops else "")
@@ -279,7 +281,7 @@ class Planner:
                                  when=lambda: not self.state["int8_within_tolerance"]))
         if parents and parents[0].name == "baseline" and "openvino" in t.runtimes and allowed("int8", t):
             # the costly fallback (a validation pass per layer put back): after every cheaper candidate
-            out.append(self._nncf_plan(parents[0], accuracy_control=True))
+            out.append(self._nncf_plan(parents[0], "accuracy"))
         return [pl for pl in out if opts.wants(pl.id)]
 
     def first_static(self) -> StaticConfig:
@@ -291,23 +293,31 @@ class Planner:
         return Plan("baseline-fp16", "float16 weights and activations, float32 inputs and outputs", p, "fp16",
                     [{"pass": "convert", "precision": "fp16", "keep_io_types": True}], lambda: to_fp16(p.get()))
 
-    def _nncf_plan(self, p: Parent, accuracy_control: bool = False) -> Plan:
-        """NNCF's int8 at its defaults; or, only when that missed the tolerance, NNCF's accuracy control: int8,
-        then the layers that cost the most accuracy put back in float one by one until the validation score
-        is within the tolerance again (scored as every candidate is)."""
+    def _nncf_plan(self, p: Parent, variant: str = "") -> Plan:
+        """NNCF's int8 at its defaults. Only when that missed the tolerance: the same with the output tail
+        (`sensitivity.output_tail`: a detector's box decode, the last layers) left in float ("tail"); and,
+        when that missed too, NNCF's accuracy control ("accuracy"): int8, then the layers that cost the most
+        accuracy put back in float one by one until the validation score is within the tolerance again
+        (scored as every candidate is)."""
         dev, plain = self.target.openvino_device, f"{p.name}-openvino-nncf-int8"
-        how = "with accuracy control (layers back in float until within tolerance)" if accuracy_control else \
-            "post-training quantization"
+        how = {"": "post-training quantization", "tail": "post-training quantization, the output tail in float",
+               "accuracy": "with accuracy control (layers back in float until within tolerance)"}[variant]
         step: dict[str, Any] = {"pass": "quantize", "tool": "nncf", "mode": "static", "format": "OpenVINO IR",
                                 "calibration_samples": self.opts.calibration_samples}
-        if accuracy_control:
+        if variant == "accuracy":
             step.update(accuracy_control=True, max_drop_points=self.opts.max_accuracy_drop)
-        return Plan(plain + ("-accuracy" if accuracy_control else ""), f"OpenVINO on {dev}, int8 by NNCF {how}", p,
+        if variant == "tail":
+            step.update(float_ops="the output tail: the last compute layers and what follows them")
+
+        def missed(cid: str) -> bool:  # a candidate not built counts as missed only for the costly fallback
+            return not self.opts.within_tolerance(self.state["drops"].get(cid, float("inf") if cid != plain else 0))
+
+        when = {"": lambda: True, "tail": lambda: missed(plain),
+                "accuracy": lambda: missed(plain) and missed(f"{plain}-tail")}[variant]
+        return Plan(plain + (f"-{variant}" if variant else ""), f"OpenVINO on {dev}, int8 by NNCF {how}", p,
                     "int8", [step, {"pass": "runtime", "runtime": "openvino", "device": dev,
                                     "files": ["model.xml", "model.bin"], "fallback": "model.onnx (fp32)"}],
-                    lambda: self._openvino(p, "int8-accuracy" if accuracy_control else "int8"),
-                    when=(lambda: not self.opts.within_tolerance(self.state["drops"].get(plain, 0.0)))
-                    if accuracy_control else (lambda: True))
+                    lambda: self._openvino(p, f"int8-{variant}" if variant else "int8"), when=when)
 
     def _openvino(self, p: Parent, precision: str | None) -> onnx.ModelProto:
         """The model tagged for OpenVINO on the target's device: as it is, with precision hint f32 (None) or
@@ -345,7 +355,9 @@ class Planner:
                 if precision == "int8-accuracy":
                     q = self._nncf_accuracy_control(ov_model, calibration, len(train))
                 else:
-                    q = nncf.quantize(ov_model, calibration, subset_size=len(train))
+                    q = nncf.quantize(ov_model, calibration, subset_size=len(train),
+                                      ignored_scope=self._tail_scope(model, ov_model) if precision == "int8-tail"
+                                      else None)
         except EdgewiseError:
             raise
         except Exception as e:  # NNCF and OpenVINO raise assorted errors for graphs they cannot handle
@@ -353,6 +365,20 @@ class Planner:
         # the bundle carries the IR for OpenVINO and the fp32 ONNX for a device without it. Accuracy control
         # validates its layers left in float at f32 (not OpenVINO's bf16 default), so they run so.
         return ov.with_ir(model, q, f"openvino:{dev}" + (":f32" if precision == "int8-accuracy" else ""))
+
+    def _tail_scope(self, model: onnx.ModelProto, ov_model: Any) -> Any:
+        """NNCF's ignored scope for the output tail: OpenVINO names the ops it converts after the ONNX nodes
+        (a Conv or Gemm with a bias becomes `NAME/WithoutBiases` and an Add), so the tail's names carry over;
+        what it folded into constants has none."""
+        import nncf
+
+        ends = set(output_tail(model))
+        tail = sorted(n for n in (op.get_friendly_name() for op in ov_model.get_ops())
+                      if n in ends or n.rpartition("/")[0] in ends)
+        if not tail:
+            raise NotApplicable("no output tail to keep in float")
+        self.log(f"NNCF: {len(tail)} ops of the output tail left in float")
+        return nncf.IgnoredScope(names=tail, validate=False)
 
     def _nncf_accuracy_control(self, ov_model: Any, calibration: Any, samples: int) -> Any:
         """`nncf.quantize_with_accuracy_control`, validated with the search's own score on its validation

@@ -49,6 +49,27 @@ def layer_sensitivity(quantizer: Quantizer, cfg: StaticConfig, run: Callable[[on
     return dict(sorted(scores.items(), key=lambda kv: -kv[1]))
 
 
+def output_tail(model: onnx.ModelProto) -> dict[str, str]:
+    """The nodes between the last compute layers and the graph outputs, those layers included (name ->
+    op type): a detector's decode (box arithmetic on pixel coordinates, sigmoid scores, concat) and a
+    classifier's last Gemm and softmax. Found by walking back from every output through ops that only
+    reshape, normalise or combine what those layers computed."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    tail: dict[str, str] = {}
+    seen: set[int] = set()  # by identity: exporters may leave node names empty
+    frontier = [o.name for o in model.graph.output]
+    while frontier:
+        node = producers.get(frontier.pop())
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.name:
+            tail[node.name] = node.op_type
+        if node.op_type not in COMPUTE_OPS and node.op_type in _PASSTHROUGH:
+            frontier.extend(node.input)
+    return tail
+
+
 def auto_exclusions(model: onnx.ModelProto, minmax: dict[str, tuple[float, float]],
                     percentile: dict[str, tuple[float, float]]) -> dict[str, str]:
     """Nodes that are better kept in float, each with the reason, found without the user's help.
@@ -57,20 +78,8 @@ def auto_exclusions(model: onnx.ModelProto, minmax: dict[str, tuple[float, float
       where detector heads and post-processing lose most to int8;
     - high-range: layers whose input's full range is far wider than its 99.99th percentile.
     """
-    producers = {o: n for n in model.graph.node for o in n.output}
-    reasons: dict[str, str] = {}
-    frontier = [o.name for o in model.graph.output]
-    seen: set[str] = set()
-    while frontier:
-        tensor = frontier.pop()
-        node = producers.get(tensor)
-        if node is None or node.name in seen:
-            continue
-        seen.add(node.name)
-        if node.op_type in COMPUTE_OPS:
-            reasons[node.name] = "output-adjacent: feeds the model output"
-        elif node.op_type in _PASSTHROUGH:
-            frontier.extend(node.input)
+    reasons = {name: "output-adjacent: feeds the model output"
+               for name, op in output_tail(model).items() if op in COMPUTE_OPS}
     for node in model.graph.node:
         if node.op_type not in COMPUTE_OPS or node.name in reasons:
             continue
