@@ -309,11 +309,13 @@ class Planner:
         if variant == "tail":
             step.update(float_ops="the output tail: the last compute layers and what follows them")
 
-        def missed(cid: str) -> bool:  # a candidate not built counts as missed only for the costly fallback
-            return not self.opts.within_tolerance(self.state["drops"].get(cid, float("inf") if cid != plain else 0))
+        def missed(cid: str) -> bool:  # built, scored, and outside the tolerance
+            drops = self.state["drops"]
+            return cid in drops and not self.opts.within_tolerance(drops[cid])
 
+        tail_kept = lambda: self.opts.within_tolerance(self.state["drops"].get(f"{plain}-tail", float("inf")))  # noqa: E731
         when = {"": lambda: True, "tail": lambda: missed(plain),
-                "accuracy": lambda: missed(plain) and missed(f"{plain}-tail")}[variant]
+                "accuracy": lambda: missed(plain) and not tail_kept()}[variant]
         return Plan(plain + (f"-{variant}" if variant else ""), f"OpenVINO on {dev}, int8 by NNCF {how}", p,
                     "int8", [step, {"pass": "runtime", "runtime": "openvino", "device": dev,
                                     "files": ["model.xml", "model.bin"], "fallback": "model.onnx (fp32)"}],
@@ -368,11 +370,12 @@ class Planner:
 
     def _tail_scope(self, model: onnx.ModelProto, ov_model: Any) -> Any:
         """NNCF's ignored scope for the output tail: OpenVINO names the ops it converts after the ONNX nodes
-        (a Conv or Gemm with a bias becomes `NAME/WithoutBiases` and an Add), so the tail's names carry over;
-        what it folded into constants has none."""
+        (a Conv or Gemm with a bias becomes `NAME/WithoutBiases` and an Add), or after the tensor they make
+        when that is a graph output or the node has no name, so the tail's names carry over; what it folded
+        into constants has none."""
         import nncf
 
-        ends = set(output_tail(model))
+        ends = {name for n in output_tail(model) for name in (n.name, *n.output) if name}
         tail = sorted(n for n in (op.get_friendly_name() for op in ov_model.get_ops())
                       if n in ends or n.rpartition("/")[0] in ends)
         if not tail:

@@ -49,13 +49,13 @@ def layer_sensitivity(quantizer: Quantizer, cfg: StaticConfig, run: Callable[[on
     return dict(sorted(scores.items(), key=lambda kv: -kv[1]))
 
 
-def output_tail(model: onnx.ModelProto) -> dict[str, str]:
-    """The nodes between the last compute layers and the graph outputs, those layers included (name ->
-    op type): a detector's decode (box arithmetic on pixel coordinates, sigmoid scores, concat) and a
+def output_tail(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The nodes between the last compute layers and the graph outputs, those layers included: a detector's
+    decode (box arithmetic on pixel coordinates, sigmoid scores, concat) and a
     classifier's last Gemm and softmax. Found by walking back from every output through ops that only
     reshape, normalise or combine what those layers computed."""
     producers = {o: n for n in model.graph.node for o in n.output}
-    tail: dict[str, str] = {}
+    tail: list[onnx.NodeProto] = []
     seen: set[int] = set()  # by identity: exporters may leave node names empty
     frontier = [o.name for o in model.graph.output]
     while frontier:
@@ -63,8 +63,7 @@ def output_tail(model: onnx.ModelProto) -> dict[str, str]:
         if node is None or id(node) in seen:
             continue
         seen.add(id(node))
-        if node.name:
-            tail[node.name] = node.op_type
+        tail.append(node)
         if node.op_type not in COMPUTE_OPS and node.op_type in _PASSTHROUGH:
             frontier.extend(node.input)
     return tail
@@ -78,8 +77,8 @@ def auto_exclusions(model: onnx.ModelProto, minmax: dict[str, tuple[float, float
       where detector heads and post-processing lose most to int8;
     - high-range: layers whose input's full range is far wider than its 99.99th percentile.
     """
-    reasons = {name: "output-adjacent: feeds the model output"
-               for name, op in output_tail(model).items() if op in COMPUTE_OPS}
+    reasons = {n.name: "output-adjacent: feeds the model output"
+               for n in output_tail(model) if n.op_type in COMPUTE_OPS and n.name}
     for node in model.graph.node:
         if node.op_type not in COMPUTE_OPS or node.name in reasons:
             continue
