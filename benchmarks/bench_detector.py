@@ -188,7 +188,8 @@ def main() -> None:
         print(r, flush=True)
     md = (
         f"Machine: {machine()}; CPU flags: {cpu_flags()}. tinydet ({meta['params']:,} parameters) trained "
-        f"{meta['epochs']} epochs on `shapes` (480 training images) in {meta['train_s']:.0f} s; `optimize "
+        f"{meta['epochs']} epochs on `shapes` (480 training images)"
+        + (f" in {meta['train_s']:.0f} s" if meta["train_s"] >= 1 else " (cached from an earlier run)") + "; `optimize "
         f"--target edge-node` (its tolerance: 1 point of mAP@0.5:0.95 on the validation split). Test split: "
         f"{meta['test']} images; mAP against the set's boxes; latency batch 1, one thread, interleaved, p50:\n\n"
         + table(["runtime", "mAP@0.5", "mAP@0.5:0.95", "mAP@0.5:0.95 drop (points)", "ms", "speed vs start"], rows)

@@ -353,13 +353,12 @@ class Planner:
                 onnx.save(model, str(Path(tmp) / "model.onnx"))
                 ov_model = openvino.convert_model(str(Path(tmp) / "model.onnx"))
             calibration = nncf.Dataset([feeder.one(i) for i in range(len(train))])
+            ignored = self._tail_scope(model, ov_model) if precision == "int8-tail" else None
             with _quiet_nncf():
                 if precision == "int8-accuracy":
                     q = self._nncf_accuracy_control(ov_model, calibration, len(train))
                 else:
-                    q = nncf.quantize(ov_model, calibration, subset_size=len(train),
-                                      ignored_scope=self._tail_scope(model, ov_model) if precision == "int8-tail"
-                                      else None)
+                    q = nncf.quantize(ov_model, calibration, subset_size=len(train), ignored_scope=ignored)
         except EdgewiseError:
             raise
         except Exception as e:  # NNCF and OpenVINO raise assorted errors for graphs they cannot handle
