@@ -3,6 +3,7 @@ the small readers of option files."""
 
 from __future__ import annotations
 
+import re
 import textwrap
 import time
 from pathlib import Path
@@ -159,8 +160,9 @@ def _verdict(c: Any, chosen: Any) -> str:
     if c.status != "ok":
         reason = c.reason if len(c.reason) <= 70 else c.reason[:67] + "..."
         return "[red]rejected[/]: " + escape(reason)
-    if c.violations:
-        return escape("; ".join(c.violations))
+    if c.violations:  # the drop itself is in its own column: the tolerance needs naming only
+        return escape("; ".join(re.sub(r"^.+ drop -?[\d.]+ points > (\S+)$", r"over \1 pt", v)
+                                for v in c.violations))
     if c is chosen:
         return "[green]chosen[/]"
     return "fits, slower than start" if c.metrics.get("slower_than_start") else "fits"
