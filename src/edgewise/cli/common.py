@@ -165,7 +165,7 @@ def _verdict(c: Any, chosen: Any) -> str:
                                 for v in c.violations))
     if c is chosen:
         return "[green]chosen[/]"
-    return "fits, slower than start" if c.metrics.get("slower_than_start") else "fits"
+    return "fits, slower" if c.metrics.get("slower_than_start") else "fits"  # than the starting model
 
 
 def _print_search(outcome: Any) -> None:

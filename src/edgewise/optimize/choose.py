@@ -80,7 +80,8 @@ def why_chosen(c: Candidate, baseline: Candidate, target: TargetProfile) -> str:
         speed = f"estimated {m['latency_p50_ms']:.1f} ms from MACs"
     kind = label(m["fidelity_kind"])
     return (f"{c.id}: best {target.objective} among candidates that fit {target.name} "
-            f"({speed}, {size:.2f}x smaller, {m['accuracy_drop_points']:+.2f} points {kind} drop on validation)")
+            f"({speed}, {f'{size:.2f}x smaller' if size >= 1 else f'{1 / size:.2f}x larger'}, "
+            f"{m['accuracy_drop_points']:+.2f} points {kind} drop on validation)")
 
 
 def closest(measured: list[Candidate], n: int = 3) -> list[Candidate]:
