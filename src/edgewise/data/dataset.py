@@ -83,7 +83,8 @@ class Dataset:
             return self
         if int(np.prod(self.sample_shape)) != int(np.prod(sample_shape)):
             hint = ""
-            if "resize" in self.preprocessing and len(sample_shape) == 3 and sample_shape[1] == sample_shape[2]:
+            if ("resize" in self.preprocessing and len(sample_shape) == 3 and sample_shape[1] == sample_shape[2]
+                    and self.sample_shape[0] == sample_shape[0]):  # only the size differs, not the channels
                 hint = f": give the images at the model's size (DATA:{sample_shape[2]}), or no size at all"
             raise DataError(
                 f"data samples have shape {self.sample_shape} but the model expects {tuple(sample_shape)}{hint}"

@@ -51,9 +51,9 @@ def layer_sensitivity(quantizer: Quantizer, cfg: StaticConfig, run: Callable[[on
 
 def output_tail(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """The nodes between the last compute layers and the graph outputs, those layers included: a detector's
-    decode (box arithmetic on pixel coordinates, sigmoid scores, concat) and a
-    classifier's last Gemm and softmax. Found by walking back from every output through ops that only
-    reshape, normalise or combine what those layers computed."""
+    decode (box arithmetic on pixel coordinates, sigmoid scores, concat), a classifier's last Gemm and
+    softmax. Found by walking back from every output through ops that only reshape, normalise or combine
+    what those layers computed."""
     producers = {o: n for n in model.graph.node for o in n.output}
     tail: list[onnx.NodeProto] = []
     seen: set[int] = set()  # by identity: exporters may leave node names empty

@@ -36,7 +36,7 @@ KINDS = {"classification": "top1_agreement", "detection": "map50_agreement", "se
          "ctc": "cer_agreement", "regression": "cosine", "anomaly": "score_agreement"}
 TRUTH_KIND = {"classification": "accuracy", "detection": "map50_95", "anomaly": "auroc"}  # the figure with labels
 LABELS = {"map50_95": "mAP50-95", "map50": "mAP50", "map50_agreement": "mAP50 agreement", "auroc": "AUROC",
-          "iou_agreement": "IoU agreement", "cer_agreement": "CER agreement"}
+          "iou_agreement": "IoU agreement", "cer_agreement": "1 - CER"}
 TOP_K_FALLBACK = 100
 
 
