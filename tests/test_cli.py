@@ -236,6 +236,7 @@ def test_careless_use_gets_one_line_not_an_internal_error(trained: Path, tmp_pat
                             "--no-update-bundle"), "would overwrite the input")
 
 
+@pytest.mark.e2e  # several seconds: in `make test`, out of `make test-fast`
 def test_window_and_stride_cut_a_sensor_log_and_refuse_anything_else(tmp_path):
     from tests.harness import sensor_log_csv
 

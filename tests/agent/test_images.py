@@ -162,6 +162,7 @@ def test_letterbox_and_stretch_follow_the_declaration():
     assert s.tensor.shape == (1, 50, 100, 3) and s.tensor[0, 10, 10].tolist() == pytest.approx([0, 0, 1])
 
 
+@pytest.mark.e2e  # several seconds: in `make test`, out of `make test-fast`
 def test_an_unsure_detection_goes_up_as_a_crop_and_the_answer_replaces_it(tmp_path):
     """Endpoint: the kite detector (0.9 < threshold 0.95), escalate = raw. Node (a real process): a model
     of the same name that always sees a 'dog' at 0.99, box (60, 70, 100, 90) in its 160x160 frame."""

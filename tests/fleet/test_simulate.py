@@ -12,6 +12,7 @@ from edgewise.sim.fleet import enroll_fleet, run_until
 from ..harness import ADMIN
 
 
+@pytest.mark.e2e  # several seconds: in `make test`, out of `make test-fast`
 def test_forty_simulated_devices_complete_a_four_wave_rollout(fleet, fleet_kit, tmp_path):
     fleet.admin.upload(fleet_kit["bundles"]["1.1.0"])
 

@@ -190,6 +190,7 @@ def test_openvino_compiles_a_dynamic_batch_as_batch_one_and_still_answers_other_
     assert ov._dynamic_request is not None  # the batch of 3 took the dynamic graph
 
 
+@pytest.mark.e2e  # several seconds: in `make test`, out of `make test-fast`
 def test_nncf_accuracy_control_is_tried_when_nncf_misses_the_tolerance(trained_cnn_dir, digits):
     """A tolerance nothing int8 can meet (-1 points): NNCF's default misses it, so NNCF with the output tail in
     float is tried, misses too, and then its accuracy control runs, scored with the search's own validation
