@@ -38,13 +38,30 @@ def load_source(path: Path) -> Source:
         from edgewise.bundle import read_bundle
 
         man = read_bundle(path)
-        return Source(man.name, load_onnx(path / "model.onnx"), man.labels, man.preprocessing,
-                      postprocessing=dict(man.postprocessing or {}))
+        model = load_onnx(path / "model.onnx")
+        _register_bundle_ir(path, model)
+        return Source(man.name, model, man.labels, man.preprocessing, postprocessing=dict(man.postprocessing or {}))
     if path.suffix.lower() in (".pt", ".pth"):
         raise ModelError(f"{path}: convert torch models first with `edgewise import {path} --input-shape ...`")
     # "model.onnx" says little: a model kept as <name>/model.onnx is called <name>
     name = path.parent.name if path.stem == "model" and path.parent.name not in ("", ".") else path.stem
     return Source(name, load_onnx(path), [], {})
+
+
+def _register_bundle_ir(bundle: Path, model: onnx.ModelProto) -> None:
+    """A bundle whose model runs as an OpenVINO IR carries it beside the ONNX (model.xml, model.bin): keep it
+    in this process under the key the model names, so the model runs here as it runs on the device (`bench`
+    on a bundle, a bundle re-optimized), not only in the process that built it."""
+    from edgewise.profile.openvino import ir_key, register_ir
+
+    want = ir_key(model)
+    if want is None:
+        return
+    xml, weights = bundle / "model.xml", bundle / "model.bin"
+    if not (xml.is_file() and weights.is_file()):
+        raise ModelError(f"{bundle}: the model runs as an OpenVINO IR, but model.xml or model.bin is missing")
+    if register_ir(xml.read_bytes(), weights.read_bytes()) != want:
+        raise ModelError(f"{bundle}: model.xml and model.bin are not the IR the model names")
 
 
 def fit_data(source: Source, splits: Splits) -> tuple[Source, Splits]:

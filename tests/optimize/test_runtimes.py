@@ -170,6 +170,18 @@ def test_an_optimized_bundle_carries_the_openvino_ir_and_the_agent_serves_it(tra
     fp32 = ort.InferenceSession(str(trained_cnn_dir / "model.onnx")).run(None, {"input": digits.test.x[:32]})[0]
     assert acc >= 0.9 and ep["running_on"] == "OpenVINO:CPU"
     assert 1e-4 < np.abs(got - fp32).max() < 0.5 * np.abs(fp32).max()  # int8 arithmetic: the IR ran, not the ONNX
+    # another process (`edgewise bench BUNDLE`) has not built the IR: loading the bundle brings it along
+    from edgewise.errors import ModelError
+    from edgewise.profile import make_session
+    from edgewise.profile import openvino as ov_runtime
+    from edgewise.source import load_source
+
+    ov_runtime._IR_CACHE.clear()
+    again = make_session(load_source(bundle).model).run(None, {"input": digits.test.x[:32]})[0]
+    assert np.allclose(again, got, atol=1e-5)
+    (bundle / "model.bin").write_bytes((bundle / "model.bin").read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ModelError, match="not the IR the model names"):  # read_bundle checks no hashes: this does
+        load_source(bundle)
 
 
 def test_openvino_compiles_a_dynamic_batch_as_batch_one_and_still_answers_other_batches(trained_cnn_dir, digits):
