@@ -230,10 +230,9 @@ def test_nncf_accuracy_control_is_tried_when_nncf_misses_the_tolerance(trained_c
     assert ac.metrics["accuracy_drop_points"] <= plain.metrics["accuracy_drop_points"]
 
 
-def test_a_graph_that_decodes_boxes_gets_nncf_with_its_tail_in_float_first(digits):
-    """A head doing arithmetic on its last layer's output (a box decode) plans NNCF with that tail in float
-    before NNCF's default, unconditionally; a classifier plans it only after the default missed, and accuracy
-    control only when both missed. Planning only: nothing is built."""
+def _planned(splits, decode: bool, drops: dict[str, float], parents=("baseline",), only=("*",)):  # type: ignore[no-untyped-def]
+    """What a Planner plans for a one-conv model (with a box-decode Mul after it when `decode`), and whether
+    each plan would be built given the validation drops so far. Planning only: nothing is built."""
     from onnx import TensorProto, helper, numpy_helper
 
     from edgewise.optimize.plan import Parent, Planner
@@ -243,21 +242,25 @@ def test_a_graph_that_decodes_boxes_gets_nncf_with_its_tail_in_float_first(digit
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w")
     stride = numpy_helper.from_array(np.full((1, 4, 1, 1), 8.0, np.float32), "stride")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c" if decode else "y"], name="head")]
+    nodes += [helper.make_node("Mul", ["c", "stride"], ["y"], name="to_pixels")] if decode else []
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], [w, stride])
+    src = Source("m", helper.make_model(g), [], {})
+    state = {"drops": drops, "notes": [], "int8_within_tolerance": False}
+    planner = Planner(src, splits, load_target("x86-server"), SearchOptions(only=only), state, lambda _m: None)
+    out = planner.plans([Parent(name, name, lambda: (src.model, 0, [])) for name in parents])
+    return [(pl.id, pl.when()) for pl in out], state["notes"]
 
-    def model(decode: bool):  # type: ignore[no-untyped-def]
-        nodes = [helper.make_node("Conv", ["x", "w"], ["c" if decode else "y"], name="head")]
-        nodes += [helper.make_node("Mul", ["c", "stride"], ["y"], name="to_pixels")] if decode else []
-        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], [w, stride])
-        return helper.make_model(g)
+
+def test_a_graph_that_decodes_boxes_gets_nncf_with_its_tail_in_float_first(digits):
+    """A head doing arithmetic on its last layer's output (a box decode) plans NNCF with that tail in float
+    before NNCF's default, unconditionally; a classifier plans it only after the default missed, and accuracy
+    control only when both missed."""
 
     def plans(decode: bool, drops: dict[str, float]):  # type: ignore[no-untyped-def]
-        state = {"drops": drops, "notes": [], "int8_within_tolerance": False}
-        src = Source("m", model(decode), [], {})
-        planner = Planner(src, digits, load_target("x86-server"), SearchOptions(only=("baseline-openvino-nncf*",)),
-                          state, lambda _m: None)
-        out = planner.plans([Parent("baseline", "starting model", lambda: (src.model, 0, []))])
-        return [(pl.id.removeprefix("baseline-openvino-nncf-int8") or "default", pl.when()) for pl in out]
+        out, _ = _planned(digits, decode, drops, only=("baseline-openvino-nncf*",))
+        return [(cid.removeprefix("baseline-openvino-nncf-int8") or "default", when) for cid, when in out]
 
     nothing: dict[str, float] = {}
     assert plans(True, nothing) == [("-tail", True), ("default", True), ("-accuracy", False)]
@@ -265,6 +268,18 @@ def test_a_graph_that_decodes_boxes_gets_nncf_with_its_tail_in_float_first(digit
     missed = {"baseline-openvino-nncf-int8": 3.0}
     assert plans(False, missed) == [("default", True), ("-tail", True), ("-accuracy", True)]
     assert plans(True, {**missed, "baseline-openvino-nncf-int8-tail": 0.2})[2] == ("-accuracy", False)
+
+
+def test_a_pruned_parent_far_past_the_tolerance_gets_no_quantized_children(digits):
+    """A derived parent whose fp32 model is more than a point past the tolerance gets its fp32 candidate
+    only (quantizing adds error), and a note says so; just past it, its children are still built."""
+    far, notes = _planned(digits, True, {"pruned-fp32": 4.9}, parents=("baseline", "pruned"))
+    pruned = {cid: when for cid, when in far if cid.startswith("pruned-")}
+    assert pruned.pop("pruned-fp32") and pruned and not any(pruned.values()), pruned
+    assert notes == ["pruned: its fp32 model is 4.90 points down, so its quantized candidates were not built"]
+    near, notes = _planned(digits, True, {"pruned-fp32": 1.8}, parents=("baseline", "pruned"))
+    assert dict(near)["pruned-int8-minmax"] and not notes
+    assert dict(far)["baseline-int8-minmax"]  # the starting model's own candidates are untouched
 
 
 def test_nncf_accuracy_control_stops_at_the_time_budget(trained_cnn_dir, digits):

@@ -209,6 +209,9 @@ def promise(cfg: StaticConfig) -> tuple[int, int, int]:
     return (method, int(cfg.reduce_range), int(not cfg.weights_per_channel))
 
 
+PARENT_SLACK_POINTS = 1.0  # how far past the tolerance a derived parent's fp32 may be and still get children
+
+
 class Planner:
     """The candidates to try for one target, in the order they are worth trying."""
 
@@ -280,7 +283,28 @@ class Planner:
         if parents and parents[0].name == "baseline" and "openvino" in t.runtimes and allowed("int8", t):
             # the costly fallback (a validation pass per layer put back): after every cheaper candidate
             out.append(self._nncf_plan(parents[0], "accuracy"))
+        for pl in out:
+            if pl.parent.name != "baseline" and pl.id != f"{pl.parent.name}-fp32":
+                pl.when = self._while_parent_holds(pl.parent, pl.when)
         return [pl for pl in out if opts.wants(pl.id)]
+
+    def _while_parent_holds(self, parent: Parent, when: Callable[[], bool]) -> Callable[[], bool]:
+        """A pruned or distilled parent's own candidates are built only while its fp32 model is within the
+        tolerance plus a point (`PARENT_SLACK_POINTS`): quantizing adds error, and a graph-pruned detector 5
+        to 10 points down in fp32 had every quantized child as far down or further, at their building time."""
+        fp32 = f"{parent.name}-fp32"
+
+        def holds() -> bool:
+            drop = self.state["drops"].get(fp32)
+            if drop is not None and drop > self.opts.max_accuracy_drop + PARENT_SLACK_POINTS:
+                note = (f"{parent.name}: its fp32 model is {drop:.2f} points down, so its quantized candidates "
+                        "were not built")
+                if note not in self.state["notes"]:
+                    self.state["notes"].append(note)
+                return False
+            return when()
+
+        return holds
 
     def first_static(self) -> StaticConfig:
         """The static setting tried first for this target: the base of mixed precision and sensitivity."""
