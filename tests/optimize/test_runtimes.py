@@ -128,7 +128,8 @@ def test_an_agent_without_openvino_serves_the_same_bundle_on_onnx_runtime(traine
     assert ep["running_on"] == "CPUExecutionProvider" and "not installed" in ep["fallback"], ep
 
 
-def test_an_optimized_bundle_carries_the_openvino_ir_and_the_agent_serves_it(trained_cnn_dir, tmp_path, digits):
+def test_an_optimized_bundle_carries_the_openvino_ir_and_the_agent_serves_it(trained_cnn_dir, tmp_path, digits,
+                                                                               monkeypatch):
     """The NNCF int8 candidate's bundle carries model.xml/model.bin beside the fp32 ONNX, and the agent runs
     the IR on OpenVINO (the IR is what it runs: its outputs are int8-close, not the fp32 ONNX's)."""
     from fastapi.testclient import TestClient
@@ -176,7 +177,7 @@ def test_an_optimized_bundle_carries_the_openvino_ir_and_the_agent_serves_it(tra
     from edgewise.profile import openvino as ov_runtime
     from edgewise.source import load_source
 
-    ov_runtime._IR_CACHE.clear()
+    monkeypatch.setattr(ov_runtime, "_IR_CACHE", {})  # this process's other IRs stay for the other tests
     again = make_session(load_source(bundle).model).run(None, {"input": digits.test.x[:32]})[0]
     assert np.allclose(again, got, atol=1e-5)
     (bundle / "model.bin").write_bytes((bundle / "model.bin").read_bytes()[:-4] + b"\0\0\0\0")
