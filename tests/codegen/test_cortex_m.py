@@ -27,6 +27,7 @@ if missing and not os.environ.get("CI"):
     pytest.skip(f"not installed: {', '.join(missing)} (see .ci/run)", allow_module_level=True)
 
 
+@pytest.mark.e2e  # firmware under QEMU, as its keyword twin below: in `make test`, out of `make test-fast`
 @pytest.mark.parametrize("fixture, data", [("digits_bundle", "digits"), ("motion_bundle", "basicmotions")])
 def test_cortex_m4_build_runs_under_qemu_and_matches_the_host(request, tmp_path, fixture, data):
     # Prepare

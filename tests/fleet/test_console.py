@@ -30,6 +30,7 @@ def browser():
         b.close()
 
 
+@pytest.mark.e2e  # a real browser: in `make test`, out of `make test-fast`
 def test_console_shows_devices_rollouts_and_a_click_pauses_a_rollout(fleet, fleet_kit, tmp_path, browser):
     # Prepare: two devices on 1.0.0 and a running rollout of 1.1.0 whose canary has not reported yet
     async def go():  # type: ignore[no-untyped-def]
