@@ -52,7 +52,8 @@ def parse_json_inputs(body: Any) -> Inputs:
     if isinstance(value, dict):
         return {str(k): _array(str(k), v) for k, v in value.items()}
     try:
-        return np.asarray(value, dtype=np.float32)
+        with np.errstate(over="ignore"):  # 1e300 becomes inf here, and the finiteness check refuses it by name
+            return np.asarray(value, dtype=np.float32)
     except (ValueError, TypeError, OverflowError) as e:
         raise BadInput(f"inputs must be a rectangular array of numbers ({e})") from e
 
