@@ -231,7 +231,8 @@ def test_nncf_accuracy_control_is_tried_when_nncf_misses_the_tolerance(trained_c
     assert ac.metrics["accuracy_drop_points"] <= plain.metrics["accuracy_drop_points"]
 
 
-def _planned(splits, decode: bool, drops: dict[str, float], parents=("baseline",), only=("*",)):  # type: ignore[no-untyped-def]
+def _planned(splits, decode: bool, drops: dict[str, float],  # type: ignore[no-untyped-def]
+             parents=("baseline",), only=("*",)):
     """What a Planner plans for a one-conv model (with a box-decode Mul after it when `decode`), and whether
     each plan would be built given the validation drops so far. Planning only: nothing is built."""
     from onnx import TensorProto, helper, numpy_helper

@@ -371,15 +371,17 @@ def join(server: str, store: Path, model_name: str | None = None, api_port: int 
 
 
 def _supernode_once(cmd: list[str], env: dict[str, str]) -> tuple[int, str]:
-    """Run Flower's SuperNode once, its output passed through; its exit code and last lines. It runs in its
-    own process group, which stop signals reach and which is killed when it ends: Flower's SuperNode leaves
-    its SuperExec child behind when it exits."""
+    """Run Flower's SuperNode once, its output passed through; its exit code, and its API error lines
+    (`[code: NNNN]`, wherever they came) followed by its last lines: under load its SuperExec child's
+    traceback can follow the error line by a hundred lines. It runs in its own process group, which stop
+    signals reach and which is killed when it ends: Flower's SuperNode leaves its SuperExec child behind."""
     import collections
     import signal
     import threading
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     tail: collections.deque[str] = collections.deque(maxlen=40)
+    flagged: collections.deque[str] = collections.deque(maxlen=20)
 
     def forward(sig: int, _frame: Any) -> None:
         os.killpg(proc.pid, sig)
@@ -389,7 +391,10 @@ def _supernode_once(cmd: list[str], env: dict[str, str]) -> tuple[int, str]:
         for raw in proc.stdout:
             sys.stdout.buffer.write(raw)
             sys.stdout.flush()
-            tail.append(raw.decode(errors="replace"))
+            line = raw.decode(errors="replace")
+            tail.append(line)
+            if "[code: " in line:
+                flagged.append(line)
 
     old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     reader = threading.Thread(target=relay, daemon=True)
@@ -404,21 +409,23 @@ def _supernode_once(cmd: list[str], env: dict[str, str]) -> tuple[int, str]:
         except ProcessLookupError:
             pass
         reader.join(10)
-    return code, "".join(tail)
+    return code, "".join(flagged) + "".join(tail)
 
 
 def run_supernode(cmd: list[str], env: dict[str, str], max_wait_s: float | None, has_key: bool,
                   first_wait_s: float = 5.0) -> None:
-    """Run Flower's SuperNode until it ends. A SuperLink that does not know this node's key yet refuses it,
-    and Flower's SuperNode then exits: a device may well start before the operator registers it, so retry
-    with backoff (up to `max_wait_s`) instead of dying. A federation that admits only registered nodes,
-    joined without a key, is an error said in one line."""
+    """Run Flower's SuperNode until it ends. A SuperLink that is not up yet, or does not know this node's key
+    yet, refuses it (Flower says 2004 for both), and Flower's SuperNode then exits: a device may well start
+    before the SuperLink or before the operator registers it, so retry with backoff (up to `max_wait_s`)
+    instead of dying. A federation that admits only registered nodes, joined without a key, is an error
+    said in one line."""
     deadline = None if max_wait_s is None else time.monotonic() + max_wait_s
     wait = first_wait_s
     while True:
         code, said = _supernode_once(cmd, env)
         # Flower's exit codes are not what tells these apart (an activation refused may still exit 0): its
-        # API error codes in the last lines are. 2001: auth is on and this node has no key; 2004: unknown key.
+        # API error codes are. 2001: auth is on and this node has no key; 2004: not activated (unknown key, or no
+        # SuperLink listening yet).
         if "code: 2001" in said and not has_key:
             raise FederatedError("this federation admits registered nodes only: make a key with `edgewise federate "
                                  "node-key`, have the operator register NAME.pub, and join with --node-key NAME.key")
@@ -427,8 +434,9 @@ def run_supernode(cmd: list[str], env: dict[str, str], max_wait_s: float | None,
                 raise FederatedError(f"the SuperNode exited with code {code}")
             return
         if deadline is not None and time.monotonic() + wait > deadline:
-            raise FederatedError("the SuperLink still does not know this node's key: ask the operator to register "
-                                 "NAME.pub (`federate serve --node-keys`)")
-        print(f"the SuperLink does not know this node's key (yet): retrying in {wait:.0f} s", flush=True)
+            raise FederatedError("the SuperLink did not take this node within --max-wait: check that it is up, and "
+                                 "that the operator registered NAME.pub (`federate serve --node-keys`)")
+        print(f"the SuperLink did not take this node (not up yet, or its key not registered yet): retrying in "
+              f"{wait:.0f} s", flush=True)
         time.sleep(wait)
         wait = min(wait * 2, 60.0)
