@@ -25,6 +25,12 @@ def machine() -> str:
             f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}")
 
 
+def isa() -> str:
+    """The kind of x86 CPU a runtime table belongs to: "vnni" (int8 dot-product units) or "avx2"."""
+    flags = set(open("/proc/cpuinfo").read().split())
+    return "vnni" if flags & {"avx512_vnni", "avx_vnni"} else "avx2"
+
+
 def cpu_flags() -> str:
     """The ISA extensions that decide which int8 kernels win (record them with every figure)."""
     flags = set(open("/proc/cpuinfo").read().split())

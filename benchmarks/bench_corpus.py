@@ -1,8 +1,9 @@
 """Third-party corpus: what `optimize` chooses for each model, against the peers a user would pick instead,
 all measured in the same run (batch 1, one thread, in turns of blocks).
 
-Peers: ONNX Runtime fp32 (the starting model), ORT `quantize_static` at its defaults, OpenVINO fp32, and
-OpenVINO + NNCF int8 (`nncf.quantize`, default settings). Fidelity is the task's own agreement with the
+Peers: ONNX Runtime fp32 (the starting model), ORT `quantize_static` at its defaults, OpenVINO at its defaults
+(its own precision hint: bf16 on a CPU with avx512_bf16, else f32), OpenVINO held to f32, and OpenVINO + NNCF
+int8 (`nncf.quantize`, default settings). Fidelity is the task's own agreement with the
 starting model on the test split (top-1, mAP@0.5, map IoU, 1 - CER, cosine).
 
 Run: .venv/bin/python benchmarks/bench_corpus.py [--time-budget S] [model ...]
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import WORK, cpu_flags, machine, table, trained, write_section  # noqa: E402
+from _common import WORK, cpu_flags, isa, machine, table, trained, write_section  # noqa: E402
 
 from edgewise.data import load_splits  # noqa: E402
 from edgewise.modelio import load_onnx  # noqa: E402
@@ -47,14 +48,16 @@ class Ort:
 
 
 class OpenVino:
-    """An OpenVINO model compiled for the CPU with one thread and one stream (latency hint)."""
+    """An OpenVINO model compiled for the CPU with one thread and one stream (latency hint); `precision`
+    "f32" holds it to f32, None keeps OpenVINO's default hint."""
 
-    def __init__(self, ov_model, feed: dict[str, np.ndarray]) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, ov_model, feed: dict[str, np.ndarray], precision: str | None = None) -> None:  # type: ignore[no-untyped-def]
         import openvino as ov
 
         ov_model.reshape({k: list(v.shape) for k, v in feed.items()})
-        self.compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1,
-                                                                  "PERFORMANCE_HINT": "LATENCY"})
+        config = {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+                  **({"INFERENCE_PRECISION_HINT": precision} if precision else {})}
+        self.compiled = ov.Core().compile_model(ov_model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.outputs = self.compiled.outputs
 
@@ -113,6 +116,7 @@ def bench_model(name: str, budget: float, target: str = "edge-node") -> dict:
     feed = feeder.one(0)
     calib = Feeder(session_inputs(base.sess), splits.train.head(300))
     ov_fp32 = ov.convert_model(str(model_path))
+    ov_default = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()  # f32, bf16, f16
     ov_int8 = nncf.quantize(ov.convert_model(str(model_path)),
                             nncf.Dataset([calib.one(i) for i in range(len(calib))]),
                             subset_size=min(300, len(calib)))
@@ -125,13 +129,14 @@ def bench_model(name: str, budget: float, target: str = "edge-node") -> dict:
                  and c.metrics.get("latency_p50_ms")), key=lambda c: c.metrics["latency_p50_ms"], default=None)
     runners = {"ORT fp32": base, "chosen": Ort(chosen), "ORT defaults": Ort(defaults),
                **({"ORT tuned int8": Ort(tuned.model)} if tuned is not None else {}),
-               "OpenVINO fp32": OpenVino(ov_fp32, feed), "OpenVINO+NNCF int8": OpenVino(ov_int8, feed)}
+               "OpenVINO defaults": OpenVino(ov_fp32.clone(), feed),
+               "OpenVINO fp32": OpenVino(ov_fp32, feed, "f32"), "OpenVINO+NNCF int8": OpenVino(ov_int8, feed)}
     ref = _outputs(base, feeder, TEST_SAMPLES)
     y = ground_truth(task, test)  # labels, or a detector's boxes (scored at mAP50-95), as the search scores
     fid = {k: fidelity(task, _outputs(v, feeder, TEST_SAMPLES), ref, y).score for k, v in runners.items()}
     ms = dict(zip(runners, _interleaved(list(runners.values()), feed, runs=200)))
     row = {"model": name, "what": what, "task": r.task.name, "chosen": r.chosen.id, "budget": budget,
-           "runtime": runtime_of(chosen),
+           "runtime": runtime_of(chosen), "openvino_default_precision": ov_default,
            "fidelity_kind": r.final["fidelity_kind"], "fidelity": fid, "ms": ms, "search_s": seconds,
            "size_ratio": r.final["baseline_size_bytes"] / r.final["size_bytes"],
            "int8_tried": any(c.precision == "int8" and c.status == "ok" for c in r.candidates),
@@ -150,10 +155,10 @@ def main() -> None:
     ap.add_argument("--table-only", action="store_true", help="rewrite the table from the last run's JSON")
     args = ap.parse_args()
     if args.table_only:
-        return runtimes_section(json.loads((WORK / f"corpus-{args.target}.json").read_text()), args)
+        return runtimes_section(json.loads(_saved(args.target).read_text()), args)
     every = [m.name for m in corpus.CORPUS if not m.expect_error] + (
         [m.name for m in corpus.TRAINED] + list(ZOO) if args.target != "edge-node" else [])
-    saved = WORK / f"corpus-{args.target}.json"
+    saved = _saved(args.target)
     kept = {r["model"]: r for r in json.loads(saved.read_text())} if args.models and saved.exists() else {}
     for name in args.models or every:
         print(f"== {name}", flush=True)
@@ -184,24 +189,50 @@ def main() -> None:
     write_section("corpus", md)
 
 
+def _saved(target: str) -> Path:
+    """The last run's rows; a runtime table per kind of CPU (the winner changes with its int8 and bf16
+    units)."""
+    return WORK / (f"corpus-{target}.json" if target == "edge-node" else f"corpus-{target}-{isa()}.json")
+
+
 # the search's candidates that are a peer's own recipe: the same deployment measured twice, so any ratio
 # between them is this machine's noise, not a gain
-SAME_AS_PEER = {"baseline-fp32": "ORT fp32", "baseline-fused": "ORT fp32", "baseline-openvino-auto": "OpenVINO fp32",
-                "baseline-openvino-nncf-int8": "OpenVINO+NNCF int8"}
+SAME_AS_PEER = {"baseline-fp32": {"ORT fp32"}, "baseline-fused": {"ORT fp32"},
+                "baseline-openvino-auto": {"OpenVINO defaults"}, "baseline-openvino-fp32": {"OpenVINO fp32"},
+                "baseline-openvino-nncf-int8": {"OpenVINO+NNCF int8"}}
+
+
+def _same_recipe(row: dict) -> set[str]:
+    same = set(SAME_AS_PEER.get(row["chosen"], ()))
+    if row.get("openvino_default_precision") == "f32" and same & {"OpenVINO defaults", "OpenVINO fp32"}:
+        same |= {"OpenVINO defaults", "OpenVINO fp32"}  # OpenVINO's default is f32 on this CPU
+    return same
+
+
+def _upgrade(row: dict) -> dict:
+    """Rows saved before stop 28 called OpenVINO's defaults (bf16 where the CPU has it) "OpenVINO fp32"."""
+    if "OpenVINO defaults" not in row["ms"]:
+        for d in (row["ms"], row["fidelity"]):
+            d["OpenVINO defaults"] = d.pop("OpenVINO fp32")
+    return row
+
+
+ISA_NAMES = {"vnni": "AVX-512 VNNI", "avx2": "AVX2 without VNNI"}
 
 
 def runtimes_section(rows: list[dict], args: argparse.Namespace) -> None:
     """The runtime choice (issue 12): the chosen deployment against every peer, measured in the same run."""
-    peers = ["ORT fp32", "ORT defaults", "ORT tuned int8", "OpenVINO fp32", "OpenVINO+NNCF int8"]
+    peers = ["ORT fp32", "ORT defaults", "ORT tuned int8", "OpenVINO defaults", "OpenVINO fp32",
+             "OpenVINO+NNCF int8"]
     body, beat, yolo = [], 0, {}
-    for r in rows:
+    for r in map(_upgrade, rows):
         ms, fid = r["ms"], r["fidelity"]
         # a peer counts when it keeps the fidelity the search demands of its own candidates (1 point)
         fair = [p for p in peers if p in ms and fid[p] >= fid["ORT fp32"] - 0.01]
         best = min(fair, key=lambda p: ms[p])
         ratio = ms[best] / ms["chosen"]
         beat += ratio >= 0.95
-        same = SAME_AS_PEER.get(r["chosen"]) == best
+        same = best in _same_recipe(r)
         if r["model"].startswith("yolov8n"):
             yolo[r["model"]] = 1.0 if same else ratio
         own = r.get("budget", args.time_budget)
@@ -211,13 +242,16 @@ def runtimes_section(rows: list[dict], args: argparse.Namespace) -> None:
                      *[f"{ms['ORT fp32'] / ms[p]:.2f}x ({fid[p] * 100:.0f}%)" if p in ms else "-"
                        for p in ["chosen", *peers[1:]]],
                      f"**{ratio:.2f}x** ({best}" + (", the same recipe)" if same else ")")])
-    md = (f"## Runtime choice ({args.target}): ONNX Runtime or OpenVINO, by measurement\n\n"
+    md = (f"## Runtime choice ({args.target}, {ISA_NAMES[isa()]}): ONNX Runtime or OpenVINO, by "
+          "measurement\n\n"
           f"Machine: {machine()}; CPU flags: {cpu_flags()}. `optimize --target {args.target} --time-budget "
           f"{args.time_budget:g}` per model: the search measures ONNX Runtime and OpenVINO candidates in one "
           "interleaved run and keeps the fastest within tolerance. Then every deployment is measured again side by "
           "side (batch 1, one thread, median of 200 interleaved runs); speed = ORT fp32 ms / its ms. ORT tuned "
-          "int8 = the fastest int8 ONNX Runtime recipe the search accepted on the starting model itself; the OpenVINO peers are OpenVINO's "
-          "defaults (its precision hint, bf16 where the CPU has it) and NNCF's default int8 on OpenVINO's own model. "
+          "int8 = the fastest int8 ONNX Runtime recipe the search accepted on the starting model itself; the "
+          "OpenVINO peers are OpenVINO's defaults (its own precision hint: bf16 where the CPU has avx512_bf16, "
+          "else f32), OpenVINO held to f32 (`INFERENCE_PRECISION_HINT`; rows run before stop 28 have no such "
+          "column, '-'), and NNCF's default int8 on OpenVINO's own model. "
           "In brackets: the task's score on the test samples: accuracy where the data has labels (the zoo rows: "
           "`zoo-cnn` on digits, `zoo-dscnn` on keywords, `zoo-cnn1d` on BasicMotions), mAP50-95 where it has boxes "
           "(`zoo-tinydet` and `yolov8n-shapes` on `shapes`), else agreement with the starting model. The zoo rows start from the training "
@@ -233,7 +267,7 @@ def runtimes_section(rows: list[dict], args: argparse.Namespace) -> None:
           + " (a chosen deployment that is the best peer's own recipe counts as 1.00x)"
           + "; never below the starting model. Latency is measured in turns of 10 runs in a row, the first 2 not "
           "counted, as the search measures (run-by-run turns slowed OpenVINO by up to 50% next to ONNX Runtime).")
-    write_section(f"runtimes-{args.target}", md)
+    write_section(f"runtimes-{args.target}-{isa()}", md)
 
 
 if __name__ == "__main__":

@@ -38,10 +38,10 @@ from edgewise.modelio import inputs, outputs
 CLI_ENV = {"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
 
 
-def ew_process(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """`edgewise ARGS` in its own process, as a user runs it."""
+def ew_process(*args: str, cwd: Path | None = None, columns: int = 200) -> subprocess.CompletedProcess[str]:
+    """`edgewise ARGS` in its own process, as a user runs it (in a terminal `columns` wide)."""
     return subprocess.run([sys.executable, "-m", "edgewise.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=600, env=CLI_ENV)
+                          cwd=cwd, timeout=600, env={**CLI_ENV, "COLUMNS": str(columns)})
 
 
 def ew(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -5,6 +5,7 @@ train-optimize-bench path)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -79,11 +80,12 @@ def test_search_steps_fold_under_their_own_text_at_80_columns(monkeypatch):
 @pytest.mark.e2e
 def test_train_optimize_bench_end_to_end(trained: Path, tmp_path: Path):
     # Execute
+    bundle = tmp_path / "user-x86" / "bundle"
     opt = ew_process("optimize", str(trained), "--target", "edge-node", "--data", "digits", "--out",
-                     str(tmp_path / "o"), "--no-torch-passes", "--calibration-samples", "64", "--time-budget", "5")
-    verify = ew_process("bundle", "verify", str(tmp_path / "o" / "bundle"))
-    bench = ew_process("bench", str(trained), str(tmp_path / "o" / "bundle"), "--data", "digits", "--runs", "30",
-               "--json", str(tmp_path / "bench.json"))
+                     str(bundle.parent), "--no-torch-passes", "--calibration-samples", "64", "--time-budget", "5")
+    verify = ew_process("bundle", "verify", str(bundle))
+    bench = ew_process("bench", str(trained), str(bundle), "--data", "digits", "--runs", "30",
+                       "--json", str(tmp_path / "bench.json"), columns=80)
     # Assert
     assert opt.returncode == 0, opt.stderr
     assert "chosen" in opt.stdout and "bundle:" in opt.stdout
@@ -95,6 +97,10 @@ def test_train_optimize_bench_end_to_end(trained: Path, tmp_path: Path):
                 "energy_uj_estimate", "size_bytes"):
         assert key in rows[1], key
     assert rows[1]["latency_1t"]["p50_ms"] <= rows[1]["latency_1t"]["p99_ms"]
+    # at 80 columns every row names its model whole, on one line
+    assert all(len(line) <= 80 for line in bench.stdout.splitlines()), bench.stdout
+    for name in ("/".join(trained.parts[-2:]), "user-x86/bundle"):  # in the latency and the throughput table
+        assert len(re.findall(rf"^ ?{re.escape(name)} ", bench.stdout, re.M)) == 2, (name, bench.stdout)
 
 
 def test_import_upgrades_a_real_model(rapidocr_cls: Path, tmp_path: Path):

@@ -32,7 +32,13 @@ out_console = Console(soft_wrap=True)
 
 
 def _kb(n: float | None) -> str:
-    return "-" if n is None else (f"{n / 1024:,.1f} KB" if n < 10 * 2**20 else f"{n / 2**20:,.1f} MB")
+    """Bytes in the unit that keeps the figure short (a table column stays under 9 characters)."""
+    if n is None:
+        return "-"
+    for unit, scale in (("KB", 2**10), ("MB", 2**20)):
+        if abs(n) < 1000 * scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 2**30:,.1f} GB"
 
 
 def _pct(v: float | None) -> str:

@@ -163,7 +163,7 @@ def bench(
 
     kind = label(rows[0].get("fidelity_kind", "accuracy")).removesuffix(" agreement")
     table = Table(title=f"benchmark on {data} (test split, {rows[0]['test_samples']} samples): latency",
-                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for col in ("model", kind[:9], "size", "p50 1t", "p99 1t", f"p50 {rows[0]['all_cores']}t", "speed", "peak mem"):
         table.add_column(col, no_wrap=col != "model", overflow="fold", justify="left" if col == "model" else "right")
     for r in rows:
