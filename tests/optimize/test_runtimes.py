@@ -235,6 +235,12 @@ def _planned(splits, decode: bool, drops: dict[str, float],  # type: ignore[no-u
              parents=("baseline",), only=("*",)):
     """What a Planner plans for a one-conv model (with a box-decode Mul after it when `decode`), and whether
     each plan would be built given the validation drops so far. Planning only: nothing is built."""
+    out, notes = _plans(splits, decode, drops, parents, only)
+    return [(pl.id, pl.when()) for pl in out], notes
+
+
+def _plans(splits, decode: bool, drops: dict[str, float],  # type: ignore[no-untyped-def]
+           parents=("baseline",), only=("*",)):
     from onnx import TensorProto, helper, numpy_helper
 
     from edgewise.optimize.plan import Parent, Planner
@@ -252,7 +258,7 @@ def _planned(splits, decode: bool, drops: dict[str, float],  # type: ignore[no-u
     state = {"drops": drops, "notes": [], "int8_within_tolerance": False}
     planner = Planner(src, splits, load_target("x86-server"), SearchOptions(only=only), state, lambda _m: None)
     out = planner.plans([Parent(name, name, lambda: (src.model, 0, [])) for name in parents])
-    return [(pl.id, pl.when()) for pl in out], state["notes"]
+    return out, state["notes"]
 
 
 def test_a_graph_that_decodes_boxes_gets_nncf_with_its_tail_in_float_first(digits):
@@ -270,6 +276,37 @@ def test_a_graph_that_decodes_boxes_gets_nncf_with_its_tail_in_float_first(digit
     missed = {"baseline-openvino-nncf-int8": 3.0}
     assert plans(False, missed) == [("default", True), ("-tail", True), ("-accuracy", True)]
     assert plans(True, {**missed, "baseline-openvino-nncf-int8-tail": 0.2})[2] == ("-accuracy", False)
+
+
+@pytest.mark.parametrize("saturates", [True, False])
+def test_nncf_keeps_weights_to_7_bits_on_a_cpu_whose_int8_sums_saturate(digits, monkeypatch, saturates):
+    """AVX2 without VNNI: NNCF's overflow fix on every layer (its default fixes the first only), and the
+    recipe says so; a CPU with VNNI keeps NNCF's default."""
+    from nncf.quantization.advanced_parameters import OverflowFix
+
+    from edgewise.optimize import plan
+    from edgewise.profile import cpu
+
+    monkeypatch.setattr(cpu, "int8_saturates", lambda: saturates)
+    plans, _ = _plans(digits, True, {}, only=("baseline-openvino-nncf*",))
+    fixes = {pl.id: pl.recipe[0]["overflow_fix"] for pl in plans}
+    assert len(fixes) == 3 and len(set(fixes.values())) == 1
+    assert next(iter(fixes.values())).startswith("all layers" if saturates else "first layer")
+    assert plan._nncf_advanced().overflow_fix == (OverflowFix.ENABLE if saturates else OverflowFix.FIRST_LAYER)
+
+
+def test_the_cpu_is_read_for_its_int8_dot_products(monkeypatch):
+    from edgewise.profile import cpu
+
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
+    for have, saturates in ((["fma", "avx2"], True), (["avx2", "avx512f", "avx512_vnni"], False),
+                            (["avx2", "avx_vnni"], False), ([], False)):
+        monkeypatch.setattr(cpu, "_cpuinfo", lambda have=have: ("EPYC", frozenset(have)))
+        assert cpu.int8_saturates() is saturates, have
+        assert cpu.flags() == [f for f in cpu.REPORTED if f in have]
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: ("Cortex-A76", frozenset(["asimd", "asimddp"])))
+    assert not cpu.int8_saturates() and cpu.flags() == ["asimd", "asimddp"]
 
 
 def test_a_pruned_parent_far_past_the_tolerance_gets_no_quantized_children(digits):

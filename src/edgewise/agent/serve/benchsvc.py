@@ -41,16 +41,9 @@ def machine() -> dict[str, Any]:
     """What the figures were measured on, for the report."""
     import onnxruntime as ort
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-        cpu = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), cpu)
-        flags = set(text.split())
-    except OSError:
-        flags = set()
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "asimd", "asimddp")
-    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "cpu_flags": [f for f in wanted if f in flags],
+    from edgewise.profile import cpu
+
+    return {"host": platform.node(), "cpu": cpu.name(), "cores": os.cpu_count(), "cpu_flags": cpu.flags(),
             "onnxruntime": ort.__version__, "providers": ort.get_available_providers()}
 
 
