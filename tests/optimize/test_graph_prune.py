@@ -7,7 +7,7 @@ import pytest
 from onnx import numpy_helper
 
 from edgewise.errors import OptimizeError
-from edgewise.optimize.graph_finetune import finetune_to_outputs
+from edgewise.optimize.graph_finetune import box_focus, finetune_to_outputs
 from edgewise.optimize.graph_prune import _Graph, _own_weights, groups, prune_channels
 
 
@@ -164,6 +164,27 @@ def test_finetuning_brings_a_pruned_graph_back_towards_the_starting_model(net_on
     assert report.batch == 8 and report.epochs == 30 and report.loss_last < report.loss_first
 
 
+def test_a_yolo_heads_boxes_are_weighted_by_the_teachers_confidence_and_other_outputs_are_not():
+    # Prepare: a YOLOv8-style head, 6 images x [4 + 3 classes, 100 anchors], batch axis kept; two sure anchors
+    rng = np.random.default_rng(0)
+    head = np.concatenate([rng.uniform(5, 60, (6, 1, 4, 100)), rng.uniform(0, 0.02, (6, 1, 3, 100))], axis=2)
+    head[:, 0, 5, 7] = 0.9
+    head[:, 0, 6, 42] = 0.6
+    # Execute
+    weights = box_focus([head.astype(np.float32)])
+    transposed = box_focus([head.transpose(0, 1, 3, 2).astype(np.float32)])
+    # Assert: the box rows follow the top class score, average 1, and class scores keep weight 1
+    assert weights is not None and transposed is not None
+    w = weights[0]
+    assert w.shape == head.shape and np.allclose(w[:, 0, 4:], 1.0)
+    assert np.isclose(w[:, 0, :4].mean(), 1.0, rtol=1e-4)
+    assert w[0, 0, 0, 7] > 20 * w[0, 0, 0, 3]
+    assert w[0, 0, 0, 7] / w[0, 0, 0, 42] == pytest.approx(1.5, rel=1e-4)
+    assert np.allclose(transposed[0], w.transpose(0, 1, 3, 2))
+    # a classifier's logits, or boxes with scores beside them, are left as they are
+    assert box_focus([rng.normal(size=(6, 10)).astype(np.float32)]) is None
+
+
 def test_finetuning_stops_when_the_time_is_over_and_keeps_what_it_learnt(net_onnx):
     x = np.random.default_rng(2).normal(size=(32, 3, 12, 12)).astype(np.float32)
     pruned, _ = prune_channels(net_onnx, 0.5)
@@ -173,7 +194,8 @@ def test_finetuning_stops_when_the_time_is_over_and_keeps_what_it_learnt(net_onn
         calls.append(1)
         return len(calls) >= 3
 
-    tuned, report = finetune_to_outputs(pruned, x, [_run(net_onnx, x)], epochs=50, over=over)
+    tuned, report = finetune_to_outputs(pruned, x, [_run(net_onnx, x)], epochs=50, over=over,
+                                        weights=[np.ones((32, 5), np.float32)])
     assert report.stopped_early and report.steps == 3 and report.epochs == 1
     assert _run(tuned, x).shape == (32, 5)
 

@@ -5,7 +5,8 @@ connected layers and batch norms are fitted, then written back into the same ONN
 ships has exactly the structure that was pruned and checked. Any task: the loss compares every output
 element with the teacher's, each divided by how much that element varies across the training samples, so
 boxes in pixels and class scores near zero count alike, and an element the input does not change cannot
-dominate.
+dominate. A YOLO-style detector's box coordinates are weighted by how sure the teacher is that an object is
+at that anchor (`box_focus`): of thousands of anchors only the few that become boxes decide its mAP.
 """
 
 from __future__ import annotations
@@ -105,6 +106,29 @@ def _write_back(model: onnx.ModelProto, trained: list[tuple[int, object]]) -> on
     return out
 
 
+def box_focus(targets: list[np.ndarray]) -> list[np.ndarray | None] | None:
+    """Loss weights for a YOLO-style head (sample-major teacher outputs): each anchor's four box coordinates
+    count by the teacher's top class score there, scaled so they weigh as much in all as they did unweighted;
+    class scores keep weight 1. None when the outputs are not such a head."""
+    from edgewise.profile.detection import find_layout, squeeze_lead
+
+    if not targets or len(targets[0]) == 0:
+        return None
+    layout = find_layout([t[0] for t in targets])
+    if layout is None or layout.kind != "yolo":
+        return None
+    t = targets[layout.boxes]
+    m = t.reshape(len(t), *squeeze_lead(t[0], 2).shape)
+    m = m if layout.anchors_last else m.transpose(0, 2, 1)  # (N, 4+C, A)
+    conf = m[:, 4:].max(1).astype(np.float32)  # (N, A)
+    w = np.ones(m.shape, np.float32)
+    w[:, :4] = (conf / max(float(conf.mean()), 1e-12))[:, None, :]
+    w = w if layout.anchors_last else w.transpose(0, 2, 1)
+    weights: list[np.ndarray | None] = [None] * len(targets)
+    weights[layout.boxes] = np.ascontiguousarray(w).reshape(t.shape)
+    return weights
+
+
 BATCH = 8
 
 
@@ -168,9 +192,11 @@ def _module_for_batches(model: onnx.ModelProto, xs):  # type: ignore[no-untyped-
 def finetune_to_outputs(student: onnx.ModelProto, x: np.ndarray, targets: list[np.ndarray], epochs: int,
                         lr: float = 5e-4, over: Clock = lambda: False, seed: int = 0,
                         progress: Callable[[int, int], None] = lambda _d, _t: None,
+                        weights: list[np.ndarray | None] | None = None,
                         ) -> tuple[onnx.ModelProto, FinetuneReport]:
     """Train `student` (one float input) so its outputs follow `targets` (the teacher's, sample-major, one
-    array per output) on inputs `x`. Stops early, keeping what it learnt, once `over()` says so."""
+    array per output) on inputs `x`, each squared error times `weights` where given (same shapes; see
+    `box_focus`). Stops early, keeping what it learnt, once `over()` says so."""
     import torch
 
     if epochs < 1 or len(x) == 0:
@@ -187,6 +213,8 @@ def finetune_to_outputs(student: onnx.ModelProto, x: np.ndarray, targets: list[n
         p.requires_grad_(True)
     module.eval()  # batch norms keep their statistics; the gradient still reaches their scale and shift
     ys = [torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32)) for t in targets]
+    ws = [None if w is None else torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+          for w in (weights or [None] * len(targets))]
     scales = []
     for t in targets:
         sd = t.astype(np.float64).std(0)
@@ -206,7 +234,8 @@ def finetune_to_outputs(student: onnx.ModelProto, x: np.ndarray, targets: list[n
         for b in range(steps_per_epoch):
             idx = torch.from_numpy(order[b * batch:(b + 1) * batch])
             outs = _run(module, xs[idx])
-            loss = sum((((o - y[idx]) * s) ** 2).mean() for o, y, s in zip(outs, ys, scales)) / len(ys)
+            loss = sum(((((o - y[idx]) * s) ** 2) * (1.0 if w is None else w[idx])).mean()
+                       for o, y, s, w in zip(outs, ys, scales, ws)) / len(ys)
             if not torch.isfinite(loss):
                 raise OptimizeError("fine-tuning diverged (the loss is not finite)")
             opt.zero_grad()
