@@ -63,6 +63,28 @@ def write_section(name: str, markdown: str) -> None:
     print(f"updated section '{name}' in {RESULTS}")
 
 
+def model_rows(json_name: str, models: list[str], budget: float,  # type: ignore[no-untyped-def]
+               rows_of, section) -> None:
+    """The driver of a per-model benchmark: `rows_of(name, budget)` gives each model's rows, `section(rows,
+    budget)` writes RESULTS; --table-only rewrites the table from the last run's JSON."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="*", default=models)
+    ap.add_argument("--time-budget", type=float, default=budget)
+    ap.add_argument("--table-only", action="store_true", help="rewrite the table from the last run's JSON")
+    args = ap.parse_args()
+    out = WORK / json_name
+    if args.table_only:
+        return section(json.loads(out.read_text()), args.time_budget)
+    rows = []
+    for name in args.models:
+        rows += rows_of(name, args.time_budget)
+    out.write_text(json.dumps(rows, indent=1, default=float))
+    section(rows, args.time_budget)
+
+
 def table(headers: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]

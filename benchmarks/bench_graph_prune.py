@@ -8,14 +8,13 @@ Run: .venv/bin/python benchmarks/bench_graph_prune.py [--time-budget S] [model .
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import WORK, cpu_flags, machine, table, write_section  # noqa: E402
+from _common import cpu_flags, machine, model_rows, table, write_section  # noqa: E402
 from bench_corpus import model_and_data  # noqa: E402
 
 from edgewise.data import load_splits  # noqa: E402
@@ -74,22 +73,16 @@ def section(rows: list[dict], budget: float) -> None:
     write_section("graph-prune-detectors", md)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("models", nargs="*", default=MODELS)
-    ap.add_argument("--time-budget", type=float, default=600)
-    ap.add_argument("--table-only", action="store_true", help="rewrite the table from the last run's JSON")
-    args = ap.parse_args()
-    out = WORK / "graph-prune.json"
-    if args.table_only:
-        return section(json.loads(out.read_text()), args.time_budget)
+def both(name: str, budget: float) -> list[dict]:
     rows = []
-    for name in args.models:
-        for focus in (False, True):
-            print(f"== {name} ({'box focus' if focus else 'plain'})", flush=True)
-            rows.append(run(name, args.time_budget, focus))
-    out.write_text(json.dumps(rows, indent=1, default=float))
-    section(rows, args.time_budget)
+    for focus in (False, True):
+        print(f"== {name} ({'box focus' if focus else 'plain'})", flush=True)
+        rows.append(run(name, budget, focus))
+    return rows
+
+
+def main() -> None:
+    model_rows("graph-prune.json", MODELS, 600, both, section)
 
 
 if __name__ == "__main__":

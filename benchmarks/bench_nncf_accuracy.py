@@ -9,14 +9,13 @@ Run: .venv/bin/python benchmarks/bench_nncf_accuracy.py [--time-budget S] [model
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import WORK, cpu_flags, machine, table, write_section  # noqa: E402
+from _common import cpu_flags, machine, model_rows, table, write_section  # noqa: E402
 from bench_corpus import model_and_data  # noqa: E402
 
 from edgewise.data import load_splits  # noqa: E402
@@ -88,20 +87,11 @@ def section(rows: list[dict], budget: float) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("models", nargs="*", default=MODELS)
-    ap.add_argument("--time-budget", type=float, default=600)
-    ap.add_argument("--table-only", action="store_true", help="rewrite the table from the last run's JSON")
-    args = ap.parse_args()
-    out = WORK / "nncf-accuracy.json"
-    if args.table_only:
-        return section(json.loads(out.read_text()), args.time_budget)
-    rows = []
-    for name in args.models:
+    def rows_of(name: str, budget: float) -> list[dict]:
         print(f"== {name}", flush=True)
-        rows.append(bench_model(name, args.time_budget))
-    out.write_text(json.dumps(rows, indent=1, default=float))
-    section(rows, args.time_budget)
+        return [bench_model(name, budget)]
+
+    model_rows("nncf-accuracy.json", MODELS, 600, rows_of, section)
 
 
 if __name__ == "__main__":
