@@ -67,7 +67,7 @@ def test_c_features_match_the_numpy_reference_within_one_step(tmp_path, mfcc):
 
 
 def test_a_compiled_keyword_model_takes_pcm_and_answers_like_python(tmp_path, tone_bundle):
-    import onnxruntime as ort
+    from edgewise.profile import make_session
 
     from edgewise.bundle import read_bundle
     from edgewise.codegen.compile import compile_bundle
@@ -84,7 +84,7 @@ def test_a_compiled_keyword_model_takes_pcm_and_answers_like_python(tmp_path, to
     pcm, truth = tone_clips(read_bundle(bundle).labels)
     proc = subprocess.run([str(exe)], input=pcm.tobytes(), capture_output=True, timeout=120, check=True)
     c_labels = np.array([int(line.split("|")[1]) for line in proc.stdout.decode().strip().splitlines()])
-    sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    sess = make_session(str(bundle / "model.onnx"), reference=True)  # exact int8, as the C computes
     feats = np.stack([features(c.astype(np.float32) / 32768, spec)[None] for c in pcm])
     py_labels = sess.run(None, {sess.get_inputs()[0].name: feats})[0].reshape(len(feats), -1).argmax(1)
     # Assert: the device's answers are Python's, and right
@@ -99,11 +99,10 @@ def test_a_compiled_keyword_model_takes_pcm_and_answers_like_python(tmp_path, to
 def _stream(bundle, tmp_path, order: list[str], settings: dict | None = None):  # type: ignore[no-untyped-def]
     """`bundle` compiled with its front end and stream; a recording of the tone words in `order` as a WAV; what
     the C program printed streaming it, what the NumPy reference detects in it, and the compiled sources."""
-    import onnxruntime as ort
-
     from edgewise.bundle import read_bundle
     from edgewise.codegen.compile import compile_bundle
     from edgewise.media.recognize import Smoothing, detect_keywords
+    from edgewise.profile import make_session
     from edgewise.targets import load_target
 
     compiled = compile_bundle(bundle, tmp_path / "c", load_target("mcu-256k"))
@@ -114,7 +113,7 @@ def _stream(bundle, tmp_path, order: list[str], settings: dict | None = None):  
     # the C program streams the WAV file in 512-sample chunks; the reference slides over it in NumPy
     proc = subprocess.run([str(exe), str(tmp_path / "talk.wav")], capture_output=True, text=True, timeout=120)
     spec = AudioSpec.from_dict(manifest.preprocessing["audio"])
-    sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    sess = make_session(str(bundle / "model.onnx"), reference=True)  # exact int8, as the C computes
     ref = detect_keywords(pcm.astype(np.float32) / 32768, spec, manifest.labels,
                           lambda x: sess.run(None, {sess.get_inputs()[0].name: x})[0], Smoothing.from_dict(settings))
     assert proc.returncode == 0, proc.stderr
@@ -163,3 +162,21 @@ def test_the_bundle_sets_the_hop_and_smoothing_and_every_tier_follows_it(tmp_pat
     (tmp_path / "bad.toml").write_text("[postprocess.keyword_spotting]\nhop_ms = 30\n")
     assert_clean_failure(ew("optimize", str(tone_bundle), "--target", "mcu-256k", "--data", "digits", "--out",
                             str(tmp_path / "o"), "--preprocess", str(tmp_path / "bad.toml")), "multiple of")
+
+
+def test_the_agent_serves_an_mcu_bundle_with_exact_int8_where_the_cpu_saturates(monkeypatch):
+    """An x86 CPU without VNNI saturates ORT's fused int8 kernels; the agent then runs a bundle made for an MCU
+    with exact int8 semantics, as the device's C computes, and any other bundle as it was measured."""
+    from edgewise.agent.serve.models import _exact_int8
+    from edgewise.bundle import Manifest
+    from edgewise.profile import cpu
+
+    def manifest(target: str, precision: str) -> Manifest:
+        return Manifest("m", "1.0.0", target, [], [], [], {}, precision, [], {})
+
+    monkeypatch.setattr(cpu, "int8_saturates", lambda: True)
+    assert _exact_int8(manifest("mcu-256k", "int8"))
+    assert not _exact_int8(manifest("edge-node", "int8")) and not _exact_int8(manifest("mcu-256k", "fp32"))
+    assert not _exact_int8(manifest("no-such-target", "int8"))
+    monkeypatch.setattr(cpu, "int8_saturates", lambda: False)
+    assert not _exact_int8(manifest("mcu-256k", "int8"))

@@ -25,6 +25,7 @@ from edgewise.cli.common import (
     _train,
     console,
     out_console,
+    print_folded,
     with_windows,
 )
 from edgewise.errors import EdgewiseError
@@ -173,7 +174,8 @@ def bench(
                       _kb(r["peak_memory"]["rss_delta_bytes"]) if "peak_memory" in r else "-")
     out_console.print(table)
     if remote:
-        out_console.print(f"latency and peak memory {rows[0]['measured_on']}; throughput is not measured remotely")
+        print_folded(out_console, "", f"latency and peak memory {rows[0]['measured_on']}; throughput is not "
+                     "measured remotely", 0)
     table = Table(title="throughput and energy", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("model", "thr b1", f"thr b{batch}", "MACs", "energy*"):
         table.add_column(col, no_wrap=col != "model", overflow="fold", justify="left" if col == "model" else "right")
@@ -181,8 +183,9 @@ def bench(
         thr = [f"{r[k]:,.0f}/s" if k in r else "-" for k in ("throughput_b1_1t", f"throughput_b{batch}_1t")]
         table.add_row(short(r["model"]), *thr, f"{r['macs']:,}", f"{r['energy_uj_estimate']:.3f} µJ")
     out_console.print(table)
-    out_console.print(f"latency in ms at batch 1; * energy is an estimate: MACs x {profile.energy_pj_per_mac} pJ/MAC "
-                      f"({profile.name}); peak mem = RSS high-water mark of a fresh process (ORT included)")
+    print_folded(out_console, "", f"latency in ms at batch 1; * energy is an estimate: MACs x "
+                 f"{profile.energy_pj_per_mac} pJ/MAC ({profile.name}); peak mem = RSS high-water mark of a fresh "
+                 "process (ORT included)", 0)
     if json_out:
         json_out.write_text(json.dumps(rows, indent=2))
         out_console.print(f"wrote {json_out}")

@@ -247,7 +247,8 @@ class ModelManager:
             log.warning("model %s: %s", name, self._fallbacks[name])
             return make_session(data, threads=self._threads(manifest), providers=("CPUExecutionProvider",),
                                 runtime="onnxruntime")
-        return make_session(data, threads=self._threads(manifest), providers=self._providers[name], runtime="onnxruntime")
+        return make_session(data, threads=self._threads(manifest), providers=self._providers[name], runtime="onnxruntime",
+                            reference=_exact_int8(manifest))
 
     def _ir(self, name: str, manifest: Manifest) -> tuple[bytes, bytes] | None:
         """The OpenVINO IR the bundle carries (model.xml + model.bin), checked against the manifest's hashes."""
@@ -304,3 +305,20 @@ class ModelManager:
                                "providers": m.providers, "requests": m.requests} for n, m in self._loaded.items()},
                 "registered": self.names, "evictions": self.evictions, "loads": self.loads,
                 "available_providers": have, "execution_providers": eps}
+
+
+def _exact_int8(manifest: Manifest) -> bool:
+    """True for an int8 bundle made for an int8-only target (an MCU, whose C kernels compute int8 exactly)
+    served on a CPU whose fused int8 kernels saturate (x86 without VNNI): it then runs with exact int8
+    semantics, so the agent answers as the device does (on an AVX2 EPYC the fused kernels changed the labels
+    of a keyword model's clips)."""
+    from edgewise.profile.cpu import int8_saturates
+    from edgewise.targets import load_target
+
+    if manifest.precision != "int8" or not int8_saturates():
+        return False
+    try:
+        return load_target(manifest.target).int8_only
+    except EdgewiseError:  # a target this install does not know
+        return False
+
