@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import re
 import sys
 from pathlib import Path
@@ -17,25 +16,25 @@ def machine() -> str:
     import onnxruntime
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    flags = open("/proc/cpuinfo").read()
-    isa = "VNNI" if ("avx512_vnni" in flags or "avx_vnni" in flags) else ("AVX2, no VNNI" if "avx2" in flags else "?")
-    return (f"{cpu} ({isa}), {os.cpu_count()} cores; Python {sys.version.split()[0]}, "
+    from edgewise.profile import cpu
+
+    kind = "VNNI" if isa() == "vnni" else ("AVX2, no VNNI" if "avx2" in cpu.flags() else "?")
+    return (f"{cpu.name()} ({kind}), {os.cpu_count()} cores; Python {sys.version.split()[0]}, "
             f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}")
 
 
 def isa() -> str:
     """The kind of x86 CPU a runtime table belongs to: "vnni" (int8 dot-product units) or "avx2"."""
-    flags = set(open("/proc/cpuinfo").read().split())
-    return "vnni" if flags & {"avx512_vnni", "avx_vnni"} else "avx2"
+    from edgewise.profile import cpu
+
+    return "vnni" if set(cpu.flags()) & set(cpu.INT8_DOT) else "avx2"
 
 
 def cpu_flags() -> str:
     """The ISA extensions that decide which int8 kernels win (record them with every figure)."""
-    flags = set(open("/proc/cpuinfo").read().split())
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
-    return ", ".join(f for f in wanted if f in flags) or "none of " + ", ".join(wanted)
+    from edgewise.profile import cpu
+
+    return ", ".join(cpu.flags()) or "none of " + ", ".join(cpu.REPORTED)
 
 
 def trained(arch: str, data: str, epochs: int, width: float = 1.0) -> Path:

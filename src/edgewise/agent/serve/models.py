@@ -321,4 +321,3 @@ def _exact_int8(manifest: Manifest) -> bool:
         return load_target(manifest.target).int8_only
     except EdgewiseError:  # a target this install does not know
         return False
-
