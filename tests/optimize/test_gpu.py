@@ -39,6 +39,31 @@ def test_fallback_note_names_what_was_skipped():
         "CUDAExecutionProvider not available here: running on CPUExecutionProvider")
 
 
+def test_a_provider_that_cannot_start_is_asked_for_once_per_process(monkeypatch, trained_cnn_dir):
+    """ORT leaves out a provider it cannot start (TensorRT without libnvinfer) and logs the missing library;
+    the search makes hundreds of sessions, so it is not asked for again. Here ORT itself leaves out MIGraphX (AMD's), which is not built in."""
+    from edgewise.profile import runtime
+    from edgewise.source import load_source
+
+    model = load_source(trained_cnn_dir).model
+    asked: list[list[str]] = []
+    real = ort.InferenceSession
+
+    def spy(data, so, providers, **kw):  # type: ignore[no-untyped-def]
+        asked.append(list(providers))
+        return real(data, so, providers=providers, **kw)
+
+    monkeypatch.setattr(runtime, "_cannot_start", set())
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["MIGraphXExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    eps = ("MIGraphXExecutionProvider", "CPUExecutionProvider")
+    first, second = make_session(model, providers=eps), make_session(model, providers=eps)
+    assert running_on(first) == running_on(second) == "CPUExecutionProvider"
+    assert asked == [list(eps), ["CPUExecutionProvider"]], asked
+    assert fallback_note(eps, running_on(second)) == ("MIGraphXExecutionProvider not available here: "
+                                                      "running on CPUExecutionProvider")
+
+
 @pytest.mark.skipif(CUDA, reason="this machine has CUDA: the GPU tests below run instead")
 def test_a_gpu_target_is_measured_on_the_cpu_here_and_the_report_says_so(trained_cnn_dir, digits):
     from edgewise.source import load_source

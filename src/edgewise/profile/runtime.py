@@ -45,25 +45,31 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int = 1,
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if reference
                                    else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     so.log_severity_level = 3
-    have = set(ort.get_available_providers())
+    have = set(ort.get_available_providers()) - _cannot_start
     chosen = [p for p in providers if p in have and p != "CPUExecutionProvider"] + ["CPUExecutionProvider"]
     if len(chosen) > 1:
         _preload_gpu_libraries()
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    # A provider can be built in yet unable to start (TensorRT without libnvinfer, CUDA without cuDNN): then
-    # the next one is tried, quietly (ORT's own fallback prints to stdout), and `running_on` tells the truth.
+    # A provider can be built in yet unable to start (TensorRT without libnvinfer, CUDA without cuDNN): ORT
+    # then leaves it out of the session, logging the missing library, and `running_on` tells the truth. Such a
+    # provider is not asked for again in this process, so the log appears once, not at every session (a search
+    # makes hundreds). A provider that raises for one model (a graph it refuses) is skipped for that model only.
     for i, first in enumerate(chosen):
         try:
-            return ort.InferenceSession(data, so, providers=chosen[i:], enable_fallback=0)
+            sess = ort.InferenceSession(data, so, providers=chosen[i:], enable_fallback=0)
         except Exception as e:  # ORT raises its own Fail / NotImplemented / InvalidGraph types
             if first != "CPUExecutionProvider":
                 continue
             text = str(e).strip()
             first_line = text.splitlines()[0] if text else type(e).__name__
             raise ModelError(f"ONNX Runtime cannot load the model: {first_line[:300]}") from e
+        _cannot_start.update(set(chosen[i:]) - set(sess.get_providers()))
+        return sess
     raise AssertionError("unreachable: the CPU provider is always tried last")
 
 
+# providers ORT left out of a session it was asked for: they could not start here at all
+_cannot_start: set[str] = set()
 _preloaded: list[bool] = []
 
 
