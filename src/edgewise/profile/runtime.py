@@ -45,31 +45,50 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int = 1,
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if reference
                                    else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     so.log_severity_level = 3
-    have = set(ort.get_available_providers()) - _cannot_start
-    chosen = [p for p in providers if p in have and p != "CPUExecutionProvider"] + ["CPUExecutionProvider"]
-    if len(chosen) > 1:
+    have = set(ort.get_available_providers())
+    chosen = [p for p in providers if p in have and p != "CPUExecutionProvider"]
+    if chosen:
         _preload_gpu_libraries()
+    chosen = [p for p in chosen if _starts(p)] + ["CPUExecutionProvider"]
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    # A provider can be built in yet unable to start (TensorRT without libnvinfer, CUDA without cuDNN): ORT
-    # then leaves it out of the session, logging the missing library, and `running_on` tells the truth. Such a
-    # provider is not asked for again in this process, so the log appears once, not at every session (a search
-    # makes hundreds). A provider that raises for one model (a graph it refuses) is skipped for that model only.
+    # A provider that starts may still refuse one model (a graph it cannot take): then the next one is tried,
+    # for that model only, and `running_on` tells the truth.
     for i, first in enumerate(chosen):
         try:
-            sess = ort.InferenceSession(data, so, providers=chosen[i:], enable_fallback=0)
+            return ort.InferenceSession(data, so, providers=chosen[i:], enable_fallback=0)
         except Exception as e:  # ORT raises its own Fail / NotImplemented / InvalidGraph types
             if first != "CPUExecutionProvider":
                 continue
             text = str(e).strip()
             first_line = text.splitlines()[0] if text else type(e).__name__
             raise ModelError(f"ONNX Runtime cannot load the model: {first_line[:300]}") from e
-        _cannot_start.update(set(chosen[i:]) - set(sess.get_providers()))
-        return sess
     raise AssertionError("unreachable: the CPU provider is always tried last")
 
 
-# providers ORT left out of a session it was asked for: they could not start here at all
-_cannot_start: set[str] = set()
+_started: dict[str, bool] = {}
+
+
+def _starts(provider: str) -> bool:
+    """Whether a provider built into this ONNX Runtime can start here (TensorRT without libnvinfer, CUDA
+    without cuDNN cannot), found once per process with a one-node model: ORT logs the missing library at
+    every session that asks for such a provider, and a search makes hundreds."""
+    if provider not in _started:
+        from onnx import TensorProto, helper
+
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+        probe = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y]))
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        try:
+            sess = ort.InferenceSession(probe.SerializeToString(), so, providers=[provider, "CPUExecutionProvider"],
+                                        enable_fallback=0)
+            _started[provider] = provider in sess.get_providers()  # ORT may leave it out instead of raising
+        except Exception:  # noqa: BLE001 - whatever ORT raises, the provider did not start
+            _started[provider] = False
+    return _started[provider]
+
+
 _preloaded: list[bool] = []
 
 
