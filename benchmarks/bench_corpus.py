@@ -190,13 +190,12 @@ def main() -> None:
           + f"\n\nGoals: 0 crashes ({len(rows)} of {len(rows)} ran); chosen >= 1.0x the starting model: "
           f"{n_chosen_ok} of {len(rows)} within 5% noise; fidelity within the default tolerance (1 point) on models "
           f"with an int8 candidate: {n_fid} of {sum(r['int8_tried'] for r in rows)}.")
-    write_section("corpus", md)
+    write_section(f"corpus-{isa()}", md)
 
 
 def _saved(target: str) -> Path:
-    """The last run's rows; a runtime table per kind of CPU (the winner changes with its int8 and bf16
-    units)."""
-    return WORK / (f"corpus-{target}.json" if target == "edge-node" else f"corpus-{target}-{isa()}.json")
+    """The last run's rows, per target and kind of CPU (the winner changes with its int8 and bf16 units)."""
+    return WORK / f"corpus-{target}-{isa()}.json"
 
 
 # the search's candidates that are a peer's own recipe: the same deployment measured twice, so any ratio

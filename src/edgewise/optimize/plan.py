@@ -245,17 +245,17 @@ class Planner:
                                  p, "fp32", [{"pass": "fuse"}], lambda p=p: self._fused(p)))
             if primary and allowed("fp16", t) and t.accelerated:  # native on a GPU: tried before any int8
                 out.append(self._fp16_plan(p))
-            if primary and "openvino" in t.runtimes:
-                dev = t.openvino_device
-                out.append(Plan("baseline-openvino-fp32", f"OpenVINO on {dev}, fp32 (precision hint f32)", p, "fp32",
-                                 [{"pass": "runtime", "runtime": "openvino", "device": dev, "precision": "f32"}],
+            if "openvino" in t.runtimes:  # a pruned or distilled parent too: a smaller model on that runtime
+                dev, on = t.openvino_device, "" if primary else f"{p.description}; "
+                out.append(Plan(f"{p.name}-openvino-fp32", f"{on}OpenVINO on {dev}, fp32 (precision hint f32)", p,
+                                 "fp32", [{"pass": "runtime", "runtime": "openvino", "device": dev, "precision": "f32"}],
                                  lambda p=p: self._openvino(p, None)))
-                out.append(Plan("baseline-openvino-auto", f"OpenVINO on {dev}, its default precision (bf16 on CPUs "
-                                 "with AVX-512 BF16 or AMX, else f32)", p, "fp32",
+                out.append(Plan(f"{p.name}-openvino-auto", f"{on}OpenVINO on {dev}, its default precision (bf16 on "
+                                 "CPUs with AVX-512 BF16 or AMX, else f32)", p, "fp32",
                                  [{"pass": "runtime", "runtime": "openvino", "device": dev, "precision": "auto"}],
                                  lambda p=p: self._openvino(p, "auto")))
             if not primary and "openvino" in t.runtimes and allowed("int8", t):
-                out += self._nncf_plans(p)  # a smaller model on the runtime that won for the larger one
+                out += self._nncf_plans(p)
             if allowed("int8", t) or allowed("mixed", t):
                 cfgs = sorted(static_configs(t, primary), key=promise)
                 for k, cfg in enumerate(cfgs):
@@ -293,7 +293,7 @@ class Planner:
         return [pl for pl in out if opts.wants(pl.id)]
 
     def _while_parent_holds(self, parent: Parent, when: Callable[[], bool]) -> Callable[[], bool]:
-        """A pruned or distilled parent's own candidates are built only while its fp32 model is within the
+        """A pruned or distilled parent's other candidates are built only while its fp32 model is within the
         tolerance plus a point (`PARENT_SLACK_POINTS`): quantizing adds error, and a graph-pruned detector 5
         to 10 points down in fp32 had every quantized child as far down or further, at their building time."""
         fp32 = f"{parent.name}-fp32"
@@ -301,8 +301,8 @@ class Planner:
         def holds() -> bool:
             drop = self.state["drops"].get(fp32)
             if drop is not None and drop > self.opts.max_accuracy_drop + PARENT_SLACK_POINTS:
-                note = (f"{parent.name}: its fp32 model is {drop:.2f} points down, so its quantized candidates "
-                        "were not built")
+                note = (f"{parent.name}: its fp32 model is {drop:.2f} points down, so its other candidates "
+                        "(quantized, other runtimes) were not built")
                 if note not in self.state["notes"]:
                     self.state["notes"].append(note)
                 return False
