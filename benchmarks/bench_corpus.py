@@ -182,7 +182,8 @@ def main() -> None:
                      *[f"{speed[p]:.2f}x ({r['fidelity'][p] * 100:.0f}%)" for p in peers], f"{r['search_s']:.0f}"])
     n_chosen_ok = sum(r["ms"]["chosen"] <= r["ms"]["ORT fp32"] * 1.05 for r in rows)
     n_fid = sum(r["within_tolerance"] for r in rows if r["int8_tried"])
-    md = (f"Machine: {machine()}; CPU flags: {cpu_flags()}. Search: `optimize --target edge-node "
+    md = (f"## Third-party corpus on edge-node ({ISA_NAMES[isa()]}): ONNX Runtime only\n\n"
+          f"Machine: {machine()}; CPU flags: {cpu_flags()}. Search: `optimize --target edge-node "
           f"--time-budget {args.time_budget:g}` per model. Latency: batch 1, one thread, median of 200 runs "
           f"interleaved across the five runtimes in one process; speed = ORT fp32 ms / runtime ms. Fidelity on "
           f"{TEST_SAMPLES} test samples, the task's agreement with the starting model (peers in brackets).\n\n"
