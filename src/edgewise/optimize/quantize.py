@@ -395,8 +395,57 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
                                         node_block_list=fp16_unsafe_nodes(m))
     except Exception as e:  # the converter raises assorted errors for graphs it cannot type
         raise OptimizeError(f"float16 conversion failed: {e}") from e
+    drop_cast_round_trips(half.graph)
     toposort(half.graph)  # the converter appends its Casts at the end: ORT runs that, ONNX's checker refuses it
     return half
+
+
+def drop_cast_round_trips(graph: onnx.GraphProto) -> int:
+    """In place: where a float32 tensor is cast to float16 and straight back to float32, its readers read the
+    float32 tensor itself. The converter puts such a pair between two nodes it keeps in float32 (a Constant
+    beyond float16's range and the BatchNorm that reads it, in PaddleOCR's detector), and the value it was
+    keeping became inf on the way. Returns how many pairs were bypassed; Casts left unread are removed."""
+    f32 = _float32_names(graph)
+    producer = {o: n for n in graph.node for o in n.output}
+    rename: dict[str, str] = {}
+    outputs = {o.name for o in graph.output}
+    for n in graph.node:
+        if n.op_type != "Cast" or _cast_to(n) != onnx.TensorProto.FLOAT or n.output[0] in outputs:
+            continue
+        inner = producer.get(n.input[0])
+        if inner is not None and inner.op_type == "Cast" and _cast_to(inner) == onnx.TensorProto.FLOAT16 \
+                and inner.input[0] in f32:
+            rename[n.output[0]] = inner.input[0]
+    if not rename:
+        return 0
+    for n in graph.node:
+        for i, x in enumerate(n.input):
+            if x in rename:
+                n.input[i] = rename[x]
+    read = {x for n in graph.node for x in _reads(n)} | outputs
+    while True:  # the bypassed Casts, then the float16 Casts only they read
+        dead = [n for n in graph.node if n.op_type == "Cast" and not any(o in read for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+        read = {x for n in graph.node for x in _reads(n)} | outputs
+    return len(rename)
+
+
+def _cast_to(node: onnx.NodeProto) -> int | None:
+    return next((a.i for a in node.attribute if a.name == "to"), None)
+
+
+def _float32_names(graph: onnx.GraphProto) -> set[str]:
+    """Names known to hold float32: inputs, initializers, Constants and typed value_info."""
+    names = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    names |= {v.name for v in list(graph.input) + list(graph.value_info)
+              if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    names |= {n.output[0] for n in graph.node if n.op_type == "Constant" and n.attribute
+              and n.attribute[0].type == onnx.AttributeProto.TENSOR
+              and n.attribute[0].t.data_type == onnx.TensorProto.FLOAT}
+    return names
 
 
 def _reads(node: onnx.NodeProto) -> set[str]:
