@@ -64,6 +64,13 @@ def test_the_search_times_its_candidates_on_a_remote_agent(bench_agent, trained_
     assert bench["uploads"] == len(RemoteBench.at(bench_agent.url)._uploaded) >= len(ONLY) - 1, bench
     assert bench["runs"] >= 2, bench
     assert bench["inferences"] >= 2 * len(ONLY), bench  # every candidate's validation outputs, computed there
+    # what the device is (its CPU decides NNCF's weight bits): this machine, here
+    import platform
+
+    from edgewise.profile import cpu
+
+    assert RemoteBench.at(bench_agent.url).device_machine()["cpu_flags"] == bench["machine"]["cpu_flags"] == cpu.flags()
+    assert bench["machine"]["arch"] == platform.machine()
 
 
 @pytest.mark.e2e
@@ -86,6 +93,7 @@ def test_the_bench_endpoints_refuse_what_they_cannot_run(trained_cnn_dir, tmp_pa
     from fastapi.testclient import TestClient
 
     from edgewise.agent.runner import AgentConfig, build_agent
+    from edgewise.profile import cpu
     from edgewise.profile import make_session as build_session
     from edgewise.source import load_source
 
@@ -129,8 +137,9 @@ def test_the_bench_endpoints_refuse_what_they_cannot_run(trained_cnn_dir, tmp_pa
                                  (f"model={mid}", b"PK garbage", "not a valid .npz")):
             r = c.post(f"/v1/bench/memory?{query}", content=body)
             assert r.status_code == 422 and why in r.json()["error"], (query, r.text)
-        assert json.loads(c.get("/health").text)["bench"] == {"uploads": 1, "runs": 1, "inferences": 1,
-                                                               "memory_probes": 1}
+        bench = json.loads(c.get("/health").text)["bench"]
+        assert bench.pop("machine")["cpu_flags"] == cpu.flags()  # what the device is, for recipes that depend on it
+        assert bench == {"uploads": 1, "runs": 1, "inferences": 1, "memory_probes": 1}
     finally:
         agent.close()
 

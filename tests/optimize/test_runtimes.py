@@ -241,7 +241,7 @@ def _planned(splits, decode: bool, drops: dict[str, float],  # type: ignore[no-u
 
 
 def _plans(splits, decode: bool, drops: dict[str, float],  # type: ignore[no-untyped-def]
-           parents=("baseline",), only=("*",)):
+           parents=("baseline",), only=("*",), **options):
     from onnx import TensorProto, helper, numpy_helper
 
     from edgewise.optimize.plan import Parent, Planner
@@ -257,7 +257,8 @@ def _plans(splits, decode: bool, drops: dict[str, float],  # type: ignore[no-unt
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], [w, stride])
     src = Source("m", helper.make_model(g), [], {})
     state = {"drops": drops, "notes": [], "int8_within_tolerance": False}
-    planner = Planner(src, splits, load_target("x86-server"), SearchOptions(only=only), state, lambda _m: None)
+    planner = Planner(src, splits, load_target("x86-server"), SearchOptions(only=only, **options), state,
+                      lambda _m: None)
     out = planner.plans([Parent(name, name, lambda: (src.model, 0, [])) for name in parents])
     return out, state["notes"]
 
@@ -293,7 +294,26 @@ def test_nncf_keeps_weights_to_7_bits_on_a_cpu_whose_int8_sums_saturate(digits, 
     fixes = {pl.id: pl.recipe[0]["overflow_fix"] for pl in plans}
     assert len(fixes) == 3 and len(set(fixes.values())) == 1
     assert next(iter(fixes.values())).startswith("all layers" if saturates else "first layer")
-    assert plan._nncf_advanced().overflow_fix == (OverflowFix.ENABLE if saturates else OverflowFix.FIRST_LAYER)
+    assert plan._nncf_advanced(saturates).overflow_fix == (OverflowFix.ENABLE if saturates
+                                                           else OverflowFix.FIRST_LAYER)
+
+
+@pytest.mark.parametrize("device_flags", [["avx2"], ["avx2", "avx512f", "avx512_vnni"]])
+def test_with_measure_on_the_overflow_fix_follows_the_devices_cpu(digits, monkeypatch, device_flags):
+    """Built on one kind of CPU, judged on another (`--measure-on`): the device's agent says what its CPU is,
+    and NNCF's weights keep to 7 bits where the device's int8 sums saturate, whatever this machine is."""
+    from edgewise.profile import cpu
+    from edgewise.profile.remote import RemoteBench
+
+    url = "http://device.invalid:8080"
+    device = RemoteBench(url)
+    device.machine = {"arch": "x86_64", "cpu": "EPYC", "cpu_flags": device_flags}  # as its /health says
+    monkeypatch.setitem(RemoteBench._open, url, device)
+    saturates = "avx512_vnni" not in device_flags
+    monkeypatch.setattr(cpu, "int8_saturates", lambda: not saturates)  # this machine: the other kind
+    plans, _ = _plans(digits, True, {}, only=("baseline-openvino-nncf*",), measure_on=url)
+    fixes = {pl.recipe[0]["overflow_fix"] for pl in plans}
+    assert fixes == {"all layers (7-bit weights: the device's CPU has no VNNI)" if saturates else "first layer"}
 
 
 def test_the_cpu_is_read_for_its_int8_dot_products(monkeypatch):
@@ -305,6 +325,8 @@ def test_the_cpu_is_read_for_its_int8_dot_products(monkeypatch):
         monkeypatch.setattr(cpu, "_cpuinfo", lambda have=have: ("EPYC", frozenset(have)))
         assert cpu.int8_saturates() is saturates, have
         assert cpu.flags() == [f for f in cpu.REPORTED if f in have]
+    assert cpu.saturates("x86_64", ["avx2"]) and not cpu.saturates("aarch64", ["asimd"])  # a device's report
+    assert not cpu.saturates("AMD64", ["avx2", "avx_vnni"]) and not cpu.saturates("x86_64", [])
     monkeypatch.setattr(cpu.platform, "machine", lambda: "aarch64")
     monkeypatch.setattr(cpu, "_cpuinfo", lambda: ("Cortex-A76", frozenset(["asimd", "asimddp"])))
     assert not cpu.int8_saturates() and cpu.flags() == ["asimd", "asimddp"]

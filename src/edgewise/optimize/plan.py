@@ -223,6 +223,21 @@ class Planner:
                  state: dict[str, Any], log: Log) -> None:
         self.source, self.splits, self.target, self.opts, self.state, self.log = source, splits, target, opts, state, log
 
+    def saturates(self) -> bool:
+        """Whether the CPU the candidates are judged on has int8 sums that saturate (x86 without VNNI): the
+        device's with `--measure-on` (its agent says what it is), else this machine's."""
+        if "saturates" not in self.state:
+            from edgewise.profile import cpu
+
+            if self.opts.measure_on:
+                from edgewise.profile.remote import RemoteBench
+
+                m = RemoteBench.at(self.opts.measure_on).device_machine()
+                self.state["saturates"] = cpu.saturates(str(m.get("arch", "")), m.get("cpu_flags") or [])
+            else:
+                self.state["saturates"] = cpu.int8_saturates()
+        return bool(self.state["saturates"])
+
     def quant(self, parent: Parent) -> Quantizer:
         first = parent.quantizer is None and parent.quant_error is None
         if first:
@@ -344,7 +359,8 @@ class Planner:
             step.update(accuracy_control=True, max_drop_points=self.opts.max_accuracy_drop)
         if variant == "tail":
             step.update(float_ops="the output tail: the last compute layers and what follows them")
-        step["overflow_fix"] = ("all layers (7-bit weights: this CPU has no VNNI)" if _saturates()
+        where = "the device's CPU" if self.opts.measure_on else "this CPU"
+        step["overflow_fix"] = (f"all layers (7-bit weights: {where} has no VNNI)" if self.saturates()
                                 else "first layer")
 
         def kept(cid: str) -> bool:  # built, scored, and within the tolerance
@@ -393,10 +409,11 @@ class Planner:
                 ov_model = openvino.convert_model(str(Path(tmp) / "model.onnx"))
             calibration = nncf.Dataset([feeder.one(i) for i in range(len(train))])
             ignored = self._tail_scope(model, ov_model) if precision == "int8-tail" else None
-            advanced = _nncf_advanced()
-            if _saturates() and not self.state.get("overflow_logged"):
+            advanced = _nncf_advanced(self.saturates())
+            if self.saturates() and not self.state.get("overflow_logged"):
                 self.state["overflow_logged"] = True
-                self.log("NNCF: this CPU has no VNNI, so int8 weights keep to 7 bits in every layer (NNCF's "
+                where = "the device's CPU" if self.opts.measure_on else "this CPU"
+                self.log(f"NNCF: {where} has no VNNI, so int8 weights keep to 7 bits in every layer (NNCF's "
                          "overflow fix; its default fixes the first layer only)")
             with _quiet_nncf():
                 if precision == "int8-accuracy":
@@ -499,19 +516,13 @@ class Planner:
         return model
 
 
-def _saturates() -> bool:
-    from edgewise.profile.cpu import int8_saturates
-
-    return int8_saturates()
-
-
-def _nncf_advanced() -> Any:
-    """NNCF's overflow fix on every layer where this CPU's int8 sums saturate (AVX2 without VNNI: there the
+def _nncf_advanced(saturates: bool) -> Any:
+    """NNCF's overflow fix on every layer where the CPU's int8 sums saturate (AVX2 without VNNI: there the
     trained YOLOv8n's int8 lost 8.6 mAP@0.5:0.95 points with NNCF's default, a first-layer-only fix); else
     NNCF's default."""
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
-    fix = OverflowFix.ENABLE if _saturates() else OverflowFix.FIRST_LAYER
+    fix = OverflowFix.ENABLE if saturates else OverflowFix.FIRST_LAYER
     return AdvancedQuantizationParameters(overflow_fix=fix)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import platform
+from collections.abc import Iterable
 
 REPORTED = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "asimd", "asimddp")
 INT8_DOT = ("avx512_vnni", "avx_vnni", "amx_int8")  # x86 int8 dot products that accumulate in int32
@@ -36,5 +37,11 @@ def flags() -> list[str]:
 def int8_saturates() -> bool:
     """True on an x86 CPU without int8 dot-product instructions (AVX2 without VNNI): 8-bit weights there can
     overflow the int16 intermediate sums, so int8 built for it keeps its weights to 7 bits."""
-    have = _cpuinfo()[1]
-    return platform.machine().lower() in ("x86_64", "amd64", "i686") and bool(have) and not have & set(INT8_DOT)
+    return saturates(platform.machine(), _cpuinfo()[1])
+
+
+def saturates(arch: str, flags: Iterable[str]) -> bool:
+    """`int8_saturates` for any CPU: its architecture (`platform.machine()`) and flags, as a device's agent
+    reports them. Unknown flags (none read) say nothing."""
+    have = set(flags)
+    return arch.lower() in ("x86_64", "amd64", "i686") and bool(have) and not have & set(INT8_DOT)

@@ -51,6 +51,23 @@ class RemoteBench:
         self._irs: dict[str, tuple[bytes, bytes]] = {}  # model id -> the OpenVINO IR it names (xml, bin)
         self.keeps = KEEPS  # how many uploaded models the device holds at once (it says so with each upload)
 
+    def device_machine(self) -> dict[str, Any]:
+        """What the device is (`/health`'s bench.machine: architecture, CPU, its flags, ONNX Runtime), asked
+        once, before any run: some recipes depend on the device's CPU (int8 weights' bits without VNNI)."""
+        if self.machine is None:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=min(self.timeout, 30.0)) as r:
+                    health = json.loads(r.read())
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                raise ProfileError(f"cannot measure on the device at {self.url}: "
+                                   f"{getattr(e, 'reason', e)}") from e
+            bench = health.get("bench") if isinstance(health, dict) else None
+            if not isinstance(bench, dict):
+                raise ProfileError(f"the agent at {self.url} does not measure for others: start it with "
+                                   "--allow-bench")
+            self.machine = bench.get("machine") or {}
+        return self.machine
+
     def _post(self, path: str, body: bytes, ctype: str, raw: bool = False) -> Any:
         req = urllib.request.Request(self.url + path, data=body, method="POST", headers={"Content-Type": ctype})
         try:

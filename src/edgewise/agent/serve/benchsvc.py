@@ -43,7 +43,8 @@ def machine() -> dict[str, Any]:
 
     from edgewise.profile import cpu
 
-    return {"host": platform.node(), "cpu": cpu.name(), "cores": os.cpu_count(), "cpu_flags": cpu.flags(),
+    return {"host": platform.node(), "arch": platform.machine(), "cpu": cpu.name(), "cores": os.cpu_count(),
+            "cpu_flags": cpu.flags(),
             "onnxruntime": ort.__version__, "providers": ort.get_available_providers()}
 
 

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from edgewise import openapi_bodies as bodies
 from edgewise.agent.forward.receiver import EventStore
 from edgewise.agent.serve.benchsvc import BenchError
+from edgewise.agent.serve.benchsvc import machine as bench_machine
 from edgewise.agent.forward.upstream import decode_batch
 from edgewise.agent.serve.inputs import (
     readings_csv,
@@ -295,8 +296,8 @@ def create_app(events: EventStore | None = None, syncer: Any = None, queue: Any 
             out["samples"] = samples.counts()
         if streams:
             out["streams"] = {s.name: s.stats.as_dict() for s in streams}
-        if bench is not None:
-            out["bench"] = bench.counts
+        if bench is not None:  # the machine too: the build host builds for its CPU (int8 weights' bits)
+            out["bench"] = {**bench.counts, "machine": bench_machine()}
         return out
 
     @app.post("/v1/readings/{model}/{device}", response_model=None, openapi_extra=bodies.READINGS)
