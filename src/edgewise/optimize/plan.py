@@ -233,7 +233,8 @@ class Planner:
                 from edgewise.profile.remote import RemoteBench
 
                 m = RemoteBench.at(self.opts.measure_on).device_machine()
-                self.state["saturates"] = cpu.saturates(str(m.get("arch", "")), m.get("cpu_flags") or [])
+                self.state["saturates"] = (cpu.saturates(str(m.get("arch", "")), m["cpu_flags"]) if m.get("cpu_flags")
+                                           else cpu.int8_saturates())  # an agent too old to say: this machine
             else:
                 self.state["saturates"] = cpu.int8_saturates()
         return bool(self.state["saturates"])

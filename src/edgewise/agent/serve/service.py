@@ -16,8 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from edgewise import openapi_bodies as bodies
 from edgewise.agent.forward.receiver import EventStore
-from edgewise.agent.serve.benchsvc import BenchError
-from edgewise.agent.serve.benchsvc import machine as bench_machine
+from edgewise.agent.serve.benchsvc import BenchError, machine as bench_machine
 from edgewise.agent.forward.upstream import decode_batch
 from edgewise.agent.serve.inputs import (
     readings_csv,
