@@ -70,15 +70,17 @@ def model_rows(json_name: str, models: list[str], budget: float,  # type: ignore
     import json
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("models", nargs="*", default=models)
+    ap.add_argument("models", nargs="*", help=f"default: {', '.join(models)}; naming some reruns only "
+                    "those and keeps the last run's rows of the others")
     ap.add_argument("--time-budget", type=float, default=budget)
     ap.add_argument("--table-only", action="store_true", help="rewrite the table from the last run's JSON")
     args = ap.parse_args()
     out = WORK / json_name
     if args.table_only:
         return section(json.loads(out.read_text()), args.time_budget)
-    rows = []
-    for name in args.models:
+    kept = json.loads(out.read_text()) if args.models and out.exists() else []
+    rows = [r for r in kept if r.get("model") not in args.models]
+    for name in args.models or models:
         rows += rows_of(name, args.time_budget)
     out.write_text(json.dumps(rows, indent=1, default=float))
     section(rows, args.time_budget)

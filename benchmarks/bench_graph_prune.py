@@ -42,7 +42,7 @@ def run(name: str, budget: float, focus: bool) -> dict:
     base = r.baseline.metrics
     c = next(c for c in r.candidates if c.id == "pruned-fp32")
     step = next((s for s in c.recipe if s.get("pass") == "prune"), {})
-    row = {"model": name, "focus": focus, "status": c.status, "reason": c.reason,
+    row = {"model": name, "focus": focus, "budget": budget, "status": c.status, "reason": c.reason,
            "baseline": base.get("score"), "drop": c.metrics.get("accuracy_drop_points"),
            "speed": (base["latency_p50_ms"] / c.metrics["latency_p50_ms"]) if c.metrics.get("latency_p50_ms")
            else None,
@@ -52,17 +52,21 @@ def run(name: str, budget: float, focus: bool) -> dict:
 
 
 def section(rows: list[dict], budget: float) -> None:
+    budgets = sorted({r.get("budget", budget) for r in rows})
+    mixed = len(budgets) > 1
     body = []
     for r in rows:
         ft = r["finetune"]
-        body.append([r["model"], "box focus" if r["focus"] else "plain (until stop 28)",
+        body.append([r["model"] + (f" ({r['budget']:g} s)" if mixed else ""),
+                     "box focus" if r["focus"] else "plain (until stop 28)",
                      f"{r['baseline'] * 100:.1f}%" if r["baseline"] is not None else "-",
                      f"{r['drop']:+.2f}" if r["drop"] is not None else f"{r['status']}: {r['reason'][:50]}",
                      f"{r['speed']:.2f}x" if r["speed"] else "-",
                      f"{ft.get('epochs', '-')} / {ft.get('seconds', '-')} s"])
     md = ("## Graph pruning on detectors: box focus in the fine-tuning loss\n\n"
           f"Machine: {machine()}; CPU flags: {cpu_flags()}. `optimize --target edge-node --time-budget "
-          f"{budget:g}` limited to the starting model and the graph-pruned parent (65% of channels kept, "
+          f"{' or '.join(f'{b:g}' for b in budgets)}`{' (per row, in brackets)' if mixed else ''} limited to "
+          "the starting model and the graph-pruned parent (65% of channels kept, "
           "fine-tuned to the starting model's outputs on the training split). Drop: mAP@0.5:0.95 points on "
           "the validation split against the data's boxes (the search's own judgement; the tolerance is 1 "
           "point). Plain: every output element whitened alike. Box focus: each anchor's four box coordinates "
