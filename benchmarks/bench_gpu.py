@@ -10,11 +10,12 @@ Three steps, because the GPU machine has neither network nor ultralytics:
     python3 benchmarks/bench_gpu.py run DIR --json OUT.json        # there, with onnxruntime-gpu
     .venv/bin/python benchmarks/bench_gpu.py record OUT.json       # here: the 'gpu' section of RESULTS.md
 
-On this project's GPU machines (Python 3.12, no network, 64 MB carried per call): onnxruntime-gpu's wheel
-(255 MB) went as its files in a tar, xz-compressed (204 MB), split in four parts carried by four calls in a
-row (the machine keeps /tmp while it stays warm), with the wheels of cryptography, cffi, pycparser and
-onnx2torch (the rest edgewise needs is there). Installed under /tmp/site, first on PYTHONPATH with src/.
-All of it, the tests in tests/optimize/test_gpu.py and 8 models, took 12 of the 15 minutes of device time.
+On this project's GPU machines (Python 3.12, no network, 64 MB carried per call), `benchmarks/gpu/pack.sh`
+does the first step and packs the rest: onnxruntime-gpu's wheel (255 MB) as an xz tar (204 MB) in parts of
+63.5 MB, one carried per call in calls close enough that the machine stays warm (it keeps /tmp), and the
+wheels edgewise needs there beyond the image's (cryptography, cffi, pycparser, onnx2torch). The last call
+carries the last part, the models and the wheels, and runs `benchmarks/gpu/device.sh`: ORT under /tmp/site,
+the GPU tests, then `run`. In stop 29 that took 12 of the 15 minutes of device time for 8 models.
 """
 
 from __future__ import annotations
@@ -214,8 +215,9 @@ def record(json_files: list[Path]) -> None:
           f"(time budget {budgets}; no memory probe): the search measures every candidate on the first of "
           f"TensorRT, CUDA, CPU that starts here ({trt}). Then every deployment is measured "
           "again side by side (batch 1, median of 200 interleaved runs, NumPy in and out, so host-device copies are "
-          f"included; CPU fp32 on all {info['cores']} cores); speed = ORT CUDA fp32 ms / its ms. Scores are on the test split's first "
-          f"{TEST_SAMPLES} samples at most: against the truth where the data has it (top-1 against the labels, "
+          f"included; CPU fp32 on all {info['cores']} cores); speed = ORT CUDA fp32 ms / its ms. Scores are on "
+          f"the test split's first {TEST_SAMPLES} samples at most: against the truth where the data has it "
+          "(top-1 against the labels, "
           "mAP50-95 against the boxes), else agreement with ORT CPU fp32 (random-weight models: such a score "
           "says the numerics held, not that the model is any good). The last column is the search's own fp16 "
           "candidate on CUDA. This is an H200 server GPU, not a Jetson: the figures show the search choosing "
@@ -224,8 +226,8 @@ def record(json_files: list[Path]) -> None:
                    "chosen / best peer", "search's fp16"], body)
           + f"\n\nChosen >= 1.0x the best peer that keeps within 1 point (5% noise): {beat} of {len(ok)}; "
           f"{len(rows) - len(ok)} model(s) failed. "
-          + (f"Below it: {'; '.join(misses)} (the search measures a GPU target's candidates on the GPU only). "
-             if misses else "")
+          + (f"Below it: {'; '.join(misses)} (the search measures a GPU target's candidates on the GPU "
+             "only). " if misses else "")
           + (f"{', '.join(same)} ship the starting model itself, so their "
              f"{min(spread):.2f}-{max(spread):.2f}x over CUDA fp32 is one model measured twice: the spread of this "
              "measurement (run order, noise), not a gain." if same else ""))
