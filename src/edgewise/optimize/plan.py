@@ -239,6 +239,9 @@ class Planner:
                 self.state["saturates"] = cpu.int8_saturates()
         return bool(self.state["saturates"])
 
+    def _whose_cpu(self) -> str:
+        return "the device's CPU" if self.opts.measure_on else "this CPU"
+
     def quant(self, parent: Parent) -> Quantizer:
         first = parent.quantizer is None and parent.quant_error is None
         if first:
@@ -360,9 +363,8 @@ class Planner:
             step.update(accuracy_control=True, max_drop_points=self.opts.max_accuracy_drop)
         if variant == "tail":
             step.update(float_ops="the output tail: the last compute layers and what follows them")
-        where = "the device's CPU" if self.opts.measure_on else "this CPU"
-        step["overflow_fix"] = (f"all layers (7-bit weights: {where} has no VNNI)" if self.saturates()
-                                else "first layer")
+        step["overflow_fix"] = (f"all layers (7-bit weights: {self._whose_cpu()} has no VNNI)"
+                                if self.saturates() else "first layer")
 
         def kept(cid: str) -> bool:  # built, scored, and within the tolerance
             drops = self.state["drops"]
@@ -413,9 +415,8 @@ class Planner:
             advanced = _nncf_advanced(self.saturates())
             if self.saturates() and not self.state.get("overflow_logged"):
                 self.state["overflow_logged"] = True
-                where = "the device's CPU" if self.opts.measure_on else "this CPU"
-                self.log(f"NNCF: {where} has no VNNI, so int8 weights keep to 7 bits in every layer (NNCF's "
-                         "overflow fix; its default fixes the first layer only)")
+                self.log(f"NNCF: {self._whose_cpu()} has no VNNI, so int8 weights keep to 7 bits in every "
+                         "layer (NNCF's overflow fix; its default fixes the first layer only)")
             with _quiet_nncf():
                 if precision == "int8-accuracy":
                     q = self._nncf_accuracy_control(ov_model, calibration, len(train), advanced)

@@ -370,11 +370,9 @@ def fp16_unsafe_nodes(model: onnx.ModelProto) -> list[str]:
     for t in model.graph.initializer:
         if t.data_type == onnx.TensorProto.FLOAT and np.abs(numpy_helper.to_array(t)).max(initial=0.0) > FP16_MAX:
             big[t.name] = None
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR:
-            t = n.attribute[0].t
-            if t.data_type == onnx.TensorProto.FLOAT and np.abs(numpy_helper.to_array(t)).max(initial=0.0) > FP16_MAX:
-                big[n.output[0]] = n.name
+    for out, (n, t) in _float_constants(model.graph).items():
+        if np.abs(numpy_helper.to_array(t)).max(initial=0.0) > FP16_MAX:
+            big[out] = n.name
     if not big:
         return []
     return sorted({n.name for n in model.graph.node if any(i in big for i in n.input)}
@@ -442,10 +440,14 @@ def _float32_names(graph: onnx.GraphProto) -> set[str]:
     names = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
     names |= {v.name for v in list(graph.input) + list(graph.value_info)
               if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
-    names |= {n.output[0] for n in graph.node if n.op_type == "Constant" and n.attribute
-              and n.attribute[0].type == onnx.AttributeProto.TENSOR
-              and n.attribute[0].t.data_type == onnx.TensorProto.FLOAT}
-    return names
+    return names | set(_float_constants(graph))
+
+
+def _float_constants(graph: onnx.GraphProto) -> dict[str, tuple[onnx.NodeProto, onnx.TensorProto]]:
+    """The float32 tensors Constant nodes hold, by the name they output."""
+    return {n.output[0]: (n, n.attribute[0].t) for n in graph.node
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR
+            and n.attribute[0].t.data_type == onnx.TensorProto.FLOAT}
 
 
 def _reads(node: onnx.NodeProto) -> set[str]:

@@ -55,12 +55,7 @@ class RemoteBench:
         """What the device is (`/health`'s bench.machine: architecture, CPU, its flags, ONNX Runtime), asked
         once, before any run: some recipes depend on the device's CPU (int8 weights' bits without VNNI)."""
         if self.machine is None:
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=min(self.timeout, 30.0)) as r:
-                    health = json.loads(r.read())
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                raise ProfileError(f"cannot measure on the device at {self.url}: "
-                                   f"{getattr(e, 'reason', e)}") from e
+            health = self._request(urllib.request.Request(self.url + "/health"), "/health", timeout=30.0)
             bench = health.get("bench") if isinstance(health, dict) else None
             if not isinstance(bench, dict):
                 raise ProfileError(f"the agent at {self.url} does not measure for others: start it with "
@@ -70,8 +65,13 @@ class RemoteBench:
 
     def _post(self, path: str, body: bytes, ctype: str, raw: bool = False) -> Any:
         req = urllib.request.Request(self.url + path, data=body, method="POST", headers={"Content-Type": ctype})
+        return self._request(req, path, raw)
+
+    def _request(self, req: urllib.request.Request, path: str, raw: bool = False,
+                 timeout: float | None = None) -> Any:
+        """The answer's JSON (or, `raw`, its bytes and the provider it ran on); else a readable error."""
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+            with urllib.request.urlopen(req, timeout=min(self.timeout, timeout or self.timeout)) as r:
                 return (r.read(), r.headers.get("X-Running-On", "")) if raw else json.loads(r.read())
         except urllib.error.HTTPError as e:
             try:
