@@ -201,13 +201,15 @@ def _print_search(outcome: Any) -> None:
                       _kb(size), ms, _verdict(c, r.chosen))
     out_console.print(table)
     if r.not_tried:
-        out_console.print(f"not tried (time budget): {', '.join(_short(c) for c in r.not_tried)}")
+        print_folded(out_console, "not tried (time budget): ", ", ".join(_short(c) for c in r.not_tried),
+                     len("not tried (time budget): "))
     for note in r.notes:
         if not note.startswith("time budget"):
             print_folded(out_console, "[dim]note:[/] ", note, len("note: "))
     if r.chosen is None:
         for c in outcome.report.get("closest", []):
-            out_console.print(f"closest: {_short(c['id'])} lacks " + "; ".join(c["lacks"]))
+            print_folded(out_console, "closest: ", f"{_short(c['id'])} lacks " + "; ".join(c["lacks"]),
+                         len("closest: "))
         return
     f = r.final
     print_folded(out_console, "[bold green]chosen[/] ", r.why, len("chosen "))
