@@ -110,3 +110,74 @@ def test_a_jetson_search_measures_on_the_gpu_and_fp16_keeps_the_answers(trained_
     # TensorRT is first in jetson-orin's list: if it could not start here, the report says where it ran instead
     assert (here == "TensorrtExecutionProvider") != any("TensorrtExecutionProvider not available here" in n
                                                          for n in r.notes), r.notes
+
+
+# ORT's pip CPU build carries the Azure provider: ORT lists it first in a session that asks for it, while the
+# CPU provider computes every node. It stands in for an accelerator below, so that a GPU target's candidate
+# pinned to the CPU is told apart from the others on a machine without a GPU.
+AZURE = "AzureExecutionProvider" in ort.get_available_providers()
+STAND_IN = """name = "stand-in-accelerator"
+description = "a GPU target whose accelerator is ORT's Azure provider (this machine has no GPU)"
+tier = "node"
+ram_bytes = 8589934592
+flash_bytes = 68719476736
+latency_budget_ms = 10.0
+precisions = ["fp32"]
+threads = 1
+execution_providers = ["AzureExecutionProvider", "CPUExecutionProvider"]
+"""
+
+
+@pytest.mark.skipif(CUDA, reason="this machine has CUDA: the fused model on the CPU is a real candidate here")
+def test_without_the_accelerator_the_cpu_candidate_is_not_built_and_the_report_says_why(trained_cnn_dir, digits):
+    r = _search(trained_cnn_dir, digits, ("baseline-fused-cpu",), runs=5)
+    assert "baseline-fused-cpu" not in {c.id for c in r.candidates}
+    assert any(n.startswith("baseline-fused-cpu not built: TensorrtExecutionProvider did not run the starting "
+                            "model here") and "--measure-on" in n for n in r.notes), r.notes
+
+
+@pytest.mark.skipif(not AZURE, reason="this ONNX Runtime build has no Azure provider to stand in for a GPU")
+def test_a_gpu_targets_model_chosen_for_the_cpu_runs_on_the_cpu_in_the_search_the_bundle_and_the_agent(
+        trained_cnn_dir, digits, tmp_path):
+    """A small model can finish on the device's CPU before a GPU has launched its kernels (the digits CNN on an
+    H200 host: 1.9x faster on the CPU). The candidate pinned to the CPU is measured there beside the others on
+    the accelerator, and if chosen, its bundle says so and the agent runs it on the CPU, not the GPU."""
+    from dataclasses import replace
+
+    from fastapi.testclient import TestClient
+
+    from edgewise.agent.runner import AgentConfig, build_agent
+    from edgewise.bundle import read_bundle, write_bundle
+    from edgewise.optimize.pipeline import _runtime, optimize
+    from edgewise.optimize.search import SearchOptions
+    from edgewise.profile.openvino import runtime_of
+
+    (tmp_path / "t.toml").write_text(STAND_IN)
+    target = load_target(str(tmp_path / "t.toml"))
+    opts = SearchOptions(latency_runs=5, measure_memory=False, torch_passes=False, only=("baseline-fused-cpu",))
+    out = optimize(trained_cnn_dir, "digits", target, tmp_path / "o", opts)
+    c = next(c for c in out.result.candidates if c.id == "baseline-fused-cpu")
+    assert c.status == "ok" and c.metrics["accuracy_drop_points"] == 0, c.reason
+    assert runtime_of(c.model) == "onnxruntime:CPUExecutionProvider"
+    assert c.recipe[-2:][0]["pass"] == "runtime" and c.recipe[-2]["providers"] == ["CPUExecutionProvider"]
+    assert c.metrics["latency_source"] == "measured (ONNX Runtime CPU, this machine)"
+    assert out.result.baseline.metrics["latency_source"] == "measured (ONNX Runtime Azure, this machine)"
+    # bundled as optimize bundles the chosen model (the starting model may have measured faster here)
+    man = replace(read_bundle(out.bundle), files={}, runtime=_runtime(c.model, target), target=str(tmp_path / "t.toml"))
+    assert man.runtime == {"engine": "onnxruntime", "providers": ["CPUExecutionProvider"], "threads": 1}
+    cpu = write_bundle(tmp_path / "cpu", replace(man, name="on-cpu"), {"model.onnx": c.model.SerializeToString()})
+    accel = write_bundle(tmp_path / "accel", replace(man, name="on-accel", runtime=_runtime(out.result.baseline.model,
+                                                                                             target)),
+                         {"model.onnx": out.result.baseline.model.SerializeToString()})
+    agent = build_agent(AgentConfig(bundles=[cpu, accel], tier="node", data_dir=tmp_path / "a"))
+    try:
+        client = TestClient(agent.app)
+        for name in ("on-cpu", "on-accel"):
+            r = client.post(f"/predict?model={name}", json={"inputs": digits.test.x[:8].tolist()})
+            assert r.status_code == 200, r.text
+        eps = client.get("/health").json()["models"]["execution_providers"]
+    finally:
+        agent.close()
+    assert eps["on-cpu"]["wanted"] == ["CPUExecutionProvider"] and eps["on-cpu"]["running_on"] == "CPUExecutionProvider"
+    assert eps["on-accel"]["running_on"] == "AzureExecutionProvider", eps
+    assert not eps["on-cpu"].get("fallback"), eps

@@ -254,3 +254,27 @@ def test_more_candidates_than_the_device_keeps_are_measured_in_groups(bench_agen
     assert len(stats) == 30 and all(s.runs == 3 and s.p50_ms > 0 for s in stats)
     assert where == ["CPUExecutionProvider"] * 30
     assert bench_agent.get("/health")["bench"]["runs"] == runs_before + 2  # 1 + 23, then 1 + 6
+
+
+def test_a_gpu_targets_cpu_candidate_is_timed_on_the_devices_cpu(bench_agent, trained_cnn_dir, digits, tmp_path):
+    """With --measure-on, the device itself decides whether its accelerator ran the starting model, and the
+    candidate pinned to its CPU is timed there on the CPU (ORT's Azure provider stands in for the GPU, as in
+    test_gpu)."""
+    import onnxruntime as ort
+
+    from edgewise.optimize.search import SearchOptions, search
+    from edgewise.source import fit_data, load_source
+
+    from .test_gpu import STAND_IN
+
+    if "AzureExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime build has no Azure provider to stand in for a GPU")
+    (tmp_path / "t.toml").write_text(STAND_IN)
+    opts = SearchOptions(latency_runs=5, measure_memory=False, torch_passes=False, only=("baseline-fused-cpu",),
+                         measure_on=bench_agent.url)
+    src, splits = fit_data(load_source(trained_cnn_dir), digits)
+    r = search(src, splits, load_target(str(tmp_path / "t.toml")), opts)
+    c = next(c for c in r.candidates if c.id == "baseline-fused-cpu")
+    assert c.status == "ok", c.reason
+    assert c.metrics["latency_source"].startswith("measured on the device (ONNX Runtime CPU, "), c.metrics
+    assert r.baseline.metrics["latency_source"].startswith("measured on the device (ONNX Runtime Azure, "), r.baseline

@@ -176,8 +176,9 @@ def _anomaly_threshold(source: Source, chosen: Any, result: SearchResult, splits
 
 def _runtime(model: Any, target: TargetProfile) -> dict[str, Any]:
     """How the chosen model was measured, for the device to run it the same way: the engine (and OpenVINO's
-    device and precision hint) and the thread count. Empty for targets that run generated C."""
+    device and precision hint, or ORT's providers) and the thread count. Empty for targets that run generated C."""
     from edgewise.profile.openvino import parse_runtime, runtime_of
+    from edgewise.profile.runtime import pinned_providers
 
     if not target.runs_onnxruntime:
         return {}
@@ -186,7 +187,9 @@ def _runtime(model: Any, target: TargetProfile) -> dict[str, Any]:
         device, precision = parse_runtime(rt)
         return {"engine": "openvino", "device": device, **({"precision": precision} if precision else {}),
                 "threads": target.threads, "fallback": "onnxruntime:CPUExecutionProvider"}
-    return {"engine": "onnxruntime", "providers": list(target.execution_providers), "threads": target.threads}
+    pinned = pinned_providers(rt)  # a GPU target's model chosen on the device's CPU
+    return {"engine": "onnxruntime", "providers": list(pinned or target.execution_providers),
+            "threads": target.threads}
 
 
 def _detector_classes(specs: list[Any], layout: Any) -> int | None:

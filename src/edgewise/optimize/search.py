@@ -45,6 +45,7 @@ def search(source: Source, splits: Splits, target: TargetProfile, opts: SearchOp
     val = splits.val
     log(f"running the starting model on {len(val)} validation samples")
     base_val = runner.outputs(source.model, val)
+    ran_on = runner.ran_on  # the target's accelerator, or the CPU it fell back to (here, or on the device)
     task = check_task(opts.task, base_val) if opts.task else infer_task(
         base_val, val.sample_shape if not val.named else None, val.y is not None)
     y_val = ground_truth(task, val)
@@ -77,7 +78,7 @@ def search(source: Source, splits: Splits, target: TargetProfile, opts: SearchOp
 
     state: dict[str, Any] = {"notes": result.notes, "exclusions": {}, "sensitivity": {}, "recipe": None,
                              "int8_within_tolerance": False, "acceptable": acceptable, "score": score,
-                             "drops": {}, "building_over": clock.building_over}
+                             "drops": {}, "building_over": clock.building_over, "baseline_ran_on": ran_on}
     planner = Planner(source, splits, target, opts, state, log)
     base_parent = Parent("baseline", "starting model", lambda: (source.model, baseline.params, []))
     parents = [base_parent]

@@ -25,7 +25,7 @@ def _session(path: str, threads: int):  # type: ignore[no-untyped-def]
 
     meta = onnx.load(path, load_external_data=False)
     runtime = runtime_of(meta)
-    if runtime == ORT:
+    if runtime == ORT or runtime.startswith(ORT + ":"):  # ORT on the CPU, whatever providers the tag pins
         import onnxruntime as ort
 
         so = ort.SessionOptions()

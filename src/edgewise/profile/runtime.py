@@ -18,7 +18,9 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int = 1,
     """A session with full graph optimization; `threads=0` lets ORT use every core.
 
     `runtime` (default: what a ModelProto's metadata says, `profile.openvino.runtime_of`): `openvino:<DEVICE>`
-    compiles the model with OpenVINO instead, behind the same interface (reference semantics are ORT's).
+    compiles the model with OpenVINO instead, behind the same interface (reference semantics are ORT's);
+    `onnxruntime:<Provider>[,...]` pins the model to those providers in place of `providers`
+    (`pinned_providers`).
 
     `reference=True` stops at basic optimizations, so a QDQ model runs as Dequantize -> float op ->
     Quantize: exact int8 semantics up to rounding, without the fused x86 kernels (whose u8 x s8 products
@@ -35,6 +37,7 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int = 1,
 
         data = Path(model).read_bytes() if isinstance(model, str) else model
         return session_for(data, runtime, threads)  # type: ignore[return-value]
+    providers = pinned_providers(runtime) or providers
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     if threads != 1:
@@ -63,6 +66,14 @@ def make_session(model: onnx.ModelProto | bytes | str, threads: int = 1,
             first_line = text.splitlines()[0] if text else type(e).__name__
             raise ModelError(f"ONNX Runtime cannot load the model: {first_line[:300]}") from e
     raise AssertionError("unreachable: the CPU provider is always tried last")
+
+
+def pinned_providers(runtime: str | None) -> tuple[str, ...] | None:
+    """The providers a runtime tag `onnxruntime:<Provider>[,<Provider>...]` pins a model to (a GPU target's
+    candidate that runs on the device's CPU); None for plain `onnxruntime`, OpenVINO, or no tag."""
+    if runtime and runtime.startswith("onnxruntime:"):
+        return tuple(p for p in runtime.partition(":")[2].split(",") if p) or None
+    return None
 
 
 _started: dict[str, bool] = {}

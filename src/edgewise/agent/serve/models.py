@@ -119,16 +119,20 @@ class ModelManager:
         if need > self.budget:
             raise ModelBudgetExceeded(f"model {manifest.name} needs {need:,} bytes; the budget is {self.budget:,}")
         self._bundles[manifest.name] = (Path(bundle), manifest, need)
-        self._providers[manifest.name] = self._target_providers(manifest.target)
+        self._providers[manifest.name] = self._wanted_providers(manifest)
         return manifest.name
 
-    def _target_providers(self, target: str) -> tuple[str, ...]:
-        """Execution providers the bundle's target profile asks for (CUDA/TensorRT on an edge node, ...),
-        falling back to this manager's default for targets this install does not know."""
+    def _wanted_providers(self, manifest: Manifest) -> tuple[str, ...]:
+        """Execution providers the bundle was chosen on (`runtime.providers`: a GPU target's model can be
+        chosen for the device's CPU), else those its target profile asks for (CUDA/TensorRT on an edge node,
+        ...), else this manager's default for targets this install does not know."""
         from edgewise.targets import load_target
 
+        rt = manifest.runtime or {}
+        if rt.get("engine", "onnxruntime") == "onnxruntime" and rt.get("providers"):
+            return tuple(str(p) for p in rt["providers"])
         try:
-            return load_target(target).execution_providers
+            return load_target(manifest.target).execution_providers
         except EdgewiseError:
             return self.providers
 
