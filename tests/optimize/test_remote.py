@@ -278,3 +278,8 @@ def test_a_gpu_targets_cpu_candidate_is_timed_on_the_devices_cpu(bench_agent, tr
     assert c.status == "ok", c.reason
     assert c.metrics["latency_source"].startswith("measured on the device (ONNX Runtime CPU, "), c.metrics
     assert r.baseline.metrics["latency_source"].startswith("measured on the device (ONNX Runtime Azure, "), r.baseline
+    # a device whose accelerator does not start (jetson-orin's TensorRT and CUDA on this CPU-only agent)
+    r = search(src, splits, load_target("jetson-orin"), opts)
+    assert "baseline-fused-cpu" not in {c.id for c in r.candidates} | set(r.not_tried)
+    assert ("baseline-fused-cpu not built: TensorrtExecutionProvider did not run the starting model on the device "
+            "either") in r.notes, r.notes

@@ -103,8 +103,10 @@ class Runner:
             return (f"latency and fidelity are measured on the device at {self.remote.url} "
                     f"(running on {self.ran_on})")
         note = fallback_note(t.execution_providers, self.ran_on)
-        return note and (f"{t.name}: {note}, so fidelity and latency are this machine's, not the device's "
-                         "(measure on the device to choose by its figures: --measure-on URL)")
+        cpu_too = "CPUExecutionProvider" in t.execution_providers[1:] and self.ran_on == "CPUExecutionProvider"
+        return note and (f"{t.name}: {note}, so fidelity and latency are this machine's, not the device's"
+                         + (", and its CPU is not tried beside its accelerator" if cpu_too else "")
+                         + " (measure on the device to choose by its figures: --measure-on URL)")
 
 
 class Clock:
