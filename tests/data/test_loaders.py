@@ -88,6 +88,35 @@ def test_textlines_are_labelled_upright_and_flipped():
     assert -1.0 <= ds.x.min() and ds.x.max() <= 1.0
 
 
+def test_upright_textlines_carry_their_text_and_paddleocrs_recognizer_reads_it():
+    """The recognizer's ground truth: every line upright, with the words printed on it. PP-OCRv4's recognizer
+    reads them (its alphabet from the model's own metadata), so a CER against the text measures something."""
+    import onnxruntime as ort
+
+    from edgewise.profile.fidelity import _ctc_decode, _edit_distance, ctc_alphabet
+    from edgewise.zoo.corpus import rapidocr_model
+
+    ds, mixed = load("textlines:upright:24"), load("textlines:24")
+    assert ds.y is None and ds.name == "textlines:upright" and len(ds.texts) == 24 and ds.x.shape[1:] == (3, 48, 320)
+    assert ds.texts == mixed.texts and all(t.strip() for t in ds.texts)  # the same words, none turned over
+    assert ds.subset(np.arange(3, 6), "s").texts == ds.texts[3:6]
+    path = rapidocr_model("ch_PP-OCRv4_rec_infer.onnx")
+    sess = ort.InferenceSession(str(path))
+    probs = sess.run(None, {sess.get_inputs()[0].name: ds.x})[0]
+    import onnx
+
+    alphabet = ctc_alphabet(onnx.load(str(path), load_external_data=False), probs.shape[-1])
+    def cer(probs: np.ndarray, texts: list[str]) -> float:
+        read = [tuple(alphabet[c] for c in seq) for seq in _ctc_decode(probs)]
+        return sum(_edit_distance(r, tuple(t)) for r, t in zip(read, texts)) / sum(len(t) for t in texts)
+
+    assert cer(probs, ds.texts) <= 0.03  # 1.1% on all 600 lines: mostly a space read before the first word
+    upside_down = sess.run(None, {sess.get_inputs()[0].name: mixed.x[1::2]})[0]
+    assert cer(upside_down, mixed.texts[1::2]) >= 0.5
+    with pytest.raises(DataError, match="upright"):
+        load("textlines:sideways")
+
+
 def test_textscenes_are_the_photos_with_words_printed_on_them():
     """A text detector sees text in them: PP-OCRv4's detector marks text on every image, and on no photo."""
     import onnxruntime as ort

@@ -89,6 +89,34 @@ def test_iou_of_maps_and_character_error_rate():
     assert f.details["exact_sequences"] == 0.0
 
 
+def test_a_ctc_recognizer_is_scored_against_the_text_when_the_data_and_model_say_it():
+    """PaddleOCR's exports carry their alphabet (`character` metadata, space last); a dataset with texts is
+    then the truth, and a reading that repeats the starting model's mistake is not 100%."""
+    import onnx
+
+    from edgewise.data import Dataset
+    from edgewise.profile.fidelity import ctc_alphabet, ground_truth, with_alphabet
+
+    model = onnx.ModelProto()
+    model.metadata_props.add(key="character", value="a\nb\nc\n")
+    assert ctc_alphabet(model, 5) == ("", "a", "b", "c", " ") and ctc_alphabet(model, 4) == ("", "a", "b", "c")
+    assert ctc_alphabet(model, 9) is None and ctc_alphabet(onnx.ModelProto(), 5) is None
+
+    def onehot(seq: list[int]) -> np.ndarray:
+        return np.eye(5, dtype=np.float32)[seq][None]
+
+    ref, out = onehot([1, 0, 2, 4, 3]), onehot([1, 0, 2, 4, 2])  # "ab c", then "ab b"
+    task = with_alphabet(check_task("ctc", [ref]), model, [ref])
+    ds = Dataset("t", np.zeros((1, 1, 4, 4), np.float32), None, [], texts=["ab c"])
+    truth = ground_truth(task, ds)
+    assert truth == [(1, 2, 4, 3)] and ground_truth(check_task("ctc", [ref]), ds) is None  # no alphabet: none
+    f = fidelity(task, [out], [ref], truth)
+    assert f.kind == "char_accuracy" and f.value == pytest.approx(0.75) and f.accuracy == pytest.approx(0.75)
+    assert f.details["cer"] == pytest.approx(0.25) and f.details["exact_lines"] == 0.0
+    assert fidelity(task, [ref], [ref], [(1, 2, 4, 2)]).value == pytest.approx(0.75)  # the model's own slip counts
+    assert ground_truth(task, Dataset("t", np.zeros((1, 1, 4, 4), np.float32), None, [], texts=["aé"])) == [(1, -1)]
+
+
 def test_empty_maps_are_compared_on_their_highest_pixels_not_counted_as_agreeing():
     """A text detector shown photos without text marks no pixel: two empty maps must not score 100%."""
     rng = np.random.default_rng(0)

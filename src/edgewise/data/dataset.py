@@ -32,6 +32,7 @@ class Dataset:
     named: dict[str, np.ndarray] = field(default_factory=dict)
     boxes: list[np.ndarray] | None = None
     groups: np.ndarray | None = None  # who or where each sample came from (a speaker): kept apart by `split`
+    texts: list[str] | None = None  # the text each sample shows (a text line): truth for CTC recognizers
 
     def __post_init__(self) -> None:
         if self.named:
@@ -48,6 +49,8 @@ class Dataset:
             self.x = np.ascontiguousarray(self.x, dtype=np.float32)
         if self.y is not None:
             self.y = np.asarray(self.y, dtype=np.int64)
+        if self.texts is not None and len(self.texts) != len(self.x):
+            raise DataError(f"dataset {self.name!r}: {len(self.x)} samples but texts for {len(self.texts)}")
         if self.boxes is not None:
             if len(self.boxes) != len(self.x):
                 raise DataError(f"dataset {self.name!r}: {len(self.x)} images but boxes for {len(self.boxes)}")
@@ -71,7 +74,9 @@ class Dataset:
         named = {k: v[idx] for k, v in self.named.items()}
         boxes = None if self.boxes is None else [self.boxes[int(i)] for i in idx]
         groups = None if self.groups is None else self.groups[idx]
-        return Dataset(f"{self.name}:{suffix}", self.x[idx], y, self.labels, self.preprocessing, named, boxes, groups)
+        texts = None if self.texts is None else [self.texts[int(i)] for i in idx]
+        return Dataset(f"{self.name}:{suffix}", self.x[idx], y, self.labels, self.preprocessing, named, boxes, groups,
+                       texts)
 
     def head(self, n: int) -> Dataset:
         """The first `n` samples (all of them when there are fewer)."""
@@ -90,7 +95,7 @@ class Dataset:
                 f"data samples have shape {self.sample_shape} but the model expects {tuple(sample_shape)}{hint}"
             )
         x = self.x.reshape((len(self.x), *sample_shape))
-        return Dataset(self.name, x, self.y, self.labels, self.preprocessing, boxes=self.boxes)
+        return Dataset(self.name, x, self.y, self.labels, self.preprocessing, boxes=self.boxes, texts=self.texts)
 
 
 @dataclass

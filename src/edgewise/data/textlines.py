@@ -1,7 +1,11 @@
-"""Realistic inputs for text-direction classifiers: rendered words on crops of real photographs.
+"""Realistic inputs for text-direction classifiers and text recognizers: rendered words on crops of real
+photographs, each with the text it shows (`Dataset.texts`).
 
-Half of the crops are turned by 180 degrees, so the set has true labels ("0", "180"). Images follow
-PaddleOCR's classifier preprocessing: height 48, width up to 192 (right-padded), (x/255 - 0.5) / 0.5.
+Half of the crops are turned by 180 degrees, so the set has true labels ("0", "180"); `upright=True` keeps
+every crop upright, as a recognizer sees lines once the direction classifier has turned them (read upside
+down, a recognizer's answer is noise, and scoring an int8 model by how well it repeats that noise says
+nothing). Images follow PaddleOCR's preprocessing: height 48, width up to 192 (right-padded),
+(x/255 - 0.5) / 0.5.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ _WORDS = (
 ).split()
 
 
-def textlines(n: int = 600, seed: int = 7, height: int = 48, width: int = 192) -> Dataset:
+def textlines(n: int = 600, seed: int = 7, height: int = 48, width: int = 192, upright: bool = False) -> Dataset:
     from PIL import Image, ImageDraw, ImageFont
     from sklearn.datasets import load_sample_images
 
@@ -25,8 +29,10 @@ def textlines(n: int = 600, seed: int = 7, height: int = 48, width: int = 192) -
     photos = [Image.fromarray(im) for im in load_sample_images().images]
     x = np.zeros((n, 3, height, width), dtype=np.float32)
     y = np.zeros(n, dtype=np.int64)
+    texts = []
     for i in range(n):
         words = " ".join(rng.choice(_WORDS, size=int(rng.integers(1, 4))))
+        texts.append(str(words))
         font = ImageFont.load_default(size=int(rng.integers(22, 36)))
         left, top, right, bottom = font.getbbox(words)
         w, h = right - left + 12, bottom - top + 12
@@ -37,11 +43,13 @@ def textlines(n: int = 600, seed: int = 7, height: int = 48, width: int = 192) -
         crop = Image.blend(crop, Image.new("RGB", crop.size, (235, 235, 230)), float(rng.uniform(0.55, 0.85)))
         ink = tuple(int(v) for v in rng.integers(0, 70, size=3))
         ImageDraw.Draw(crop).text((6 - left, 6 - top), words, font=font, fill=ink)
-        if i % 2:
+        if i % 2 and not upright:
             crop = crop.rotate(180)
             y[i] = 1
         resized_w = min(width, int(np.ceil(height * crop.width / crop.height)))
         arr = np.asarray(crop.resize((resized_w, height), Image.BILINEAR), dtype=np.float32)
         x[i, :, :, :resized_w] = ((arr / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)
     pre = {"layout": "NCHW", "resize_height": height, "max_width": width, "scale": 1 / 127.5, "offset": -1.0}
-    return Dataset("textlines", x, y, ["0", "180"], pre)
+    if upright:
+        return Dataset("textlines:upright", x, None, [], pre, texts=texts)
+    return Dataset("textlines", x, y, ["0", "180"], pre, texts=texts)

@@ -28,7 +28,7 @@ from edgewise.optimize.measure import (
 from edgewise.optimize.options import Log, Progress, SearchOptions, SearchResult
 from edgewise.optimize.plan import Parent, Planner, graph_parents, param_count, torch_parents
 from edgewise.profile import count_macs
-from edgewise.profile.fidelity import TRUTH_KINDS, check_task, fidelity, ground_truth, infer_task
+from edgewise.profile.fidelity import TRUTH_KINDS, check_task, fidelity, ground_truth, infer_task, with_alphabet
 from edgewise.source import Source
 from edgewise.targets import TargetProfile
 
@@ -48,6 +48,7 @@ def search(source: Source, splits: Splits, target: TargetProfile, opts: SearchOp
     ran_on = runner.ran_on  # the target's accelerator, or the CPU it fell back to (here, or on the device)
     task = check_task(opts.task, base_val) if opts.task else infer_task(
         base_val, val.sample_shape if not val.named else None, val.y is not None)
+    task = with_alphabet(task, source.model, base_val)
     y_val = ground_truth(task, val)
     base_fid = fidelity(task, base_val, base_val, y_val)
     baseline = Candidate("baseline-fp32", "starting model, as given", "baseline", "fp32", [], source.model,

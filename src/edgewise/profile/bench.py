@@ -9,7 +9,7 @@ import onnx
 
 from edgewise.data import Splits
 from edgewise.profile.feeds import Feeder, model_inputs, session_inputs
-from edgewise.profile.fidelity import fidelity, ground_truth, infer_task
+from edgewise.profile.fidelity import fidelity, ground_truth, infer_task, with_alphabet
 from edgewise.profile.macs import count_macs
 from edgewise.profile.measure import measure_latency, measure_throughput, model_memory, run_outputs
 from edgewise.profile.runtime import make_session
@@ -39,7 +39,8 @@ def bench(models: list[tuple[str, onnx.ModelProto]], splits: Splits, target: Tar
         out = run_outputs(sess, test)
         if ref_out is None:
             ref_out = out
-            task = infer_task(out, test.sample_shape if not test.named else None, test.y is not None)
+            task = with_alphabet(infer_task(out, test.sample_shape if not test.named else None, test.y is not None),
+                                 model, out)
         fid = fidelity(task, out, ref_out, ground_truth(task, test))
         macs = count_macs(model)
         rows.append({"model": name, "size_bytes": model.ByteSize(), "accuracy": fid.accuracy,

@@ -8,7 +8,7 @@ accuracy, when there are labels), so "drop in points" means the same for every t
 | classification | top-1 accuracy | top-1 agreement                                                      |
 | detection      | mAP@0.5:0.95   | mAP@0.5 of the candidate's boxes against the starting model's boxes |
 | segmentation   | -              | mean IoU of the thresholded (or argmax) maps                         |
-| ctc            | -              | 1 - character error rate of the greedy decode (exact lines beside)  |
+| ctc            | 1 - CER (text) | 1 - character error rate of the greedy decode (exact lines beside)  |
 | regression     | -              | cosine similarity, the worst output (relative L2 beside)            |
 | anomaly        | AUROC          | 1 - mean relative error of the anomaly scores                        |
 
@@ -17,13 +17,16 @@ quantization loosen boxes long before they lose objects, and mAP@0.5 does not se
 99.7% mAP@0.5 while falling 7 points at 0.5:0.95). Agreement with the starting model stays at mAP@0.5: its own
 boxes are no ground truth to be tight against.
 
+A CTC recognizer is scored against the text itself where the data carries it (`Dataset.texts`) and the
+model carries its alphabet (`ctc_alphabet`: PaddleOCR's exports hold it in their `character` metadata).
+
 An anomaly model's output is a residual whose mean square is the score (`media.anomaly`); its ground
 truth is "not the normal class", and AUROC needs both kinds in the split.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -34,9 +37,10 @@ from edgewise.profile import detection
 TASKS = ("classification", "detection", "segmentation", "ctc", "regression", "anomaly")
 KINDS = {"classification": "top1_agreement", "detection": "map50_agreement", "segmentation": "iou_agreement",
          "ctc": "cer_agreement", "regression": "cosine", "anomaly": "score_agreement"}
-TRUTH_KIND = {"classification": "accuracy", "detection": "map50_95", "anomaly": "auroc"}  # the figure with labels
+TRUTH_KIND = {"classification": "accuracy", "detection": "map50_95", "anomaly": "auroc",  # the figure with labels
+              "ctc": "char_accuracy"}
 LABELS = {"map50_95": "mAP50-95", "map50": "mAP50", "map50_agreement": "mAP50 agreement", "auroc": "AUROC",
-          "iou_agreement": "IoU agreement", "cer_agreement": "1 - CER"}
+          "iou_agreement": "IoU agreement", "cer_agreement": "1 - CER", "char_accuracy": "1 - CER (text)"}
 TOP_K_FALLBACK = 100
 
 
@@ -74,6 +78,7 @@ class Task:
     name: str
     why: str
     layout: detection.Layout | None = None
+    alphabet: tuple[str, ...] | None = None  # a CTC model's classes as characters (0: blank), when it says
 
     def as_dict(self) -> dict[str, str]:
         return {"task": self.name, "why": self.why, "fidelity_kind": KINDS[self.name]}
@@ -149,6 +154,26 @@ def _output_agreement(outs: list[np.ndarray], refs: list[np.ndarray]) -> dict[st
     rel = [float(np.linalg.norm((o - r).astype(np.float64)) / max(np.linalg.norm(r.astype(np.float64)), 1e-12))
            for o, r in zip(outs, refs)]
     return {"cosine": min(cos), "rel_l2": max(rel), "cosine_per_output": cos, "rel_l2_per_output": rel}
+
+
+def ctc_alphabet(model: Any, classes: int | None = None) -> tuple[str, ...] | None:
+    """A CTC model's classes as characters, blank first, from PaddleOCR's `character` metadata (one character
+    per line; a last class beyond them is the space), or None when the model does not say or the count
+    does not match its `classes`."""
+    chars = next((p.value for p in getattr(model, "metadata_props", []) if p.key == "character"), None)
+    if not chars:
+        return None
+    alphabet = ("",) + tuple(chars.removesuffix("\n").split("\n"))
+    if classes is not None and classes == len(alphabet) + 1:
+        alphabet += (" ",)
+    return alphabet if classes is None or classes == len(alphabet) else None
+
+
+def with_alphabet(task: Task, model: Any, outs: list[np.ndarray]) -> Task:
+    """A CTC task with the model's alphabet (`ctc_alphabet`), so texts can be its ground truth."""
+    if task.name != "ctc" or task.alphabet is not None or not outs:
+        return task
+    return replace(task, alphabet=ctc_alphabet(model, int(outs[0].shape[-1])))
 
 
 def _ctc_decode(probs: np.ndarray) -> list[tuple[int, ...]]:
@@ -234,11 +259,14 @@ TRUTH_KINDS = tuple(TRUTH_KIND.values())  # fidelity kinds measured against grou
 
 def ground_truth(task: Task, ds: Any) -> Any:
     """What a dataset holds to score this task against, or None: class labels for classification, boxes
-    for detection."""
+    for detection, the texts as the model's class sequences for a CTC recognizer that names its alphabet."""
     if task.name == "classification":
         return ds.y
     if task.name == "detection" and getattr(ds, "boxes", None) is not None:
         return detection.truth(ds.boxes)
+    if task.name == "ctc" and task.alphabet and getattr(ds, "texts", None) is not None:
+        index = {ch: i for i, ch in enumerate(task.alphabet) if i}
+        return [tuple(index.get(ch, -1) for ch in text) for text in ds.texts]  # -1: a character it cannot write
     if task.name == "anomaly" and ds.y is not None and ds.labels:
         from edgewise.media.anomaly import normal_index
 
@@ -286,6 +314,12 @@ def fidelity(task: Task, outs: list[np.ndarray], refs: list[np.ndarray], y: Any)
         cer = errors / chars if chars else float(any(a))
         details.update({"cer": cer, "exact_sequences": float(np.mean([p == r for p, r in zip(a, b)]))})
         value, kind = max(0.0, 1.0 - cer), "cer_agreement"
+        if y is not None:
+            truth_chars = sum(len(t) for t in y)
+            cer_text = sum(_edit_distance(p, t) for p, t in zip(a, y)) / max(truth_chars, 1)
+            details.update({"cer_text": cer_text, "exact_lines": float(np.mean([p == t for p, t in zip(a, y)]))})
+            accuracy = value = max(0.0, 1.0 - cer_text)
+            kind = "char_accuracy"
     elif task.name == "anomaly":
         from edgewise.media.anomaly import auroc, scores
 
@@ -302,5 +336,5 @@ def fidelity(task: Task, outs: list[np.ndarray], refs: list[np.ndarray], y: Any)
     return Fidelity(accuracy, top1, agree["cosine"], kind, float(value), details)
 
 
-__all__ = ["KINDS", "TASKS", "TRUTH_KIND", "TRUTH_KINDS", "Fidelity", "Task", "check_task", "fidelity", "ground_truth",
-           "infer_task", "label"]
+__all__ = ["KINDS", "TASKS", "TRUTH_KIND", "TRUTH_KINDS", "Fidelity", "Task", "check_task", "ctc_alphabet", "fidelity",
+           "ground_truth", "infer_task", "label", "with_alphabet"]

@@ -479,7 +479,7 @@ CORPUS: tuple[CorpusModel, ...] = (
     CorpusModel("ppocr-det", "segmentation", "PaddleOCR PP-OCRv4 DBNet text detector (rapidocr wheel)",
                 _rapidocr("ch_PP-OCRv4_det_infer.onnx", "textscenes:160"), pretrained=True),
     CorpusModel("ppocr-rec", "ctc", "PaddleOCR PP-OCRv4 text recognizer, CTC (rapidocr wheel)",
-                _rapidocr("ch_PP-OCRv4_rec_infer.onnx", "textlines"), pretrained=True),
+                _rapidocr("ch_PP-OCRv4_rec_infer.onnx", "textlines:upright"), pretrained=True),
 )
 
 
