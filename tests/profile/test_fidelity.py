@@ -95,7 +95,7 @@ def test_a_ctc_recognizer_is_scored_against_the_text_when_the_data_and_model_say
     import onnx
 
     from edgewise.data import Dataset
-    from edgewise.profile.fidelity import ctc_alphabet, ground_truth, with_alphabet
+    from edgewise.profile.fidelity import column_label, ctc_alphabet, ground_truth, with_alphabet
 
     model = onnx.ModelProto()
     model.metadata_props.add(key="character", value="a\nb\nc\n")
@@ -115,6 +115,9 @@ def test_a_ctc_recognizer_is_scored_against_the_text_when_the_data_and_model_say
     assert f.details["cer"] == pytest.approx(0.25) and f.details["exact_lines"] == 0.0
     assert fidelity(task, [ref], [ref], [(1, 2, 4, 2)]).value == pytest.approx(0.75)  # the model's own slip counts
     assert ground_truth(task, Dataset("t", np.zeros((1, 1, 4, 4), np.float32), None, [], texts=["aé"])) == [(1, -1)]
+    # the CLI's tables name the score in 9 columns: both CERs read "1 - CER" there, top-1 agreement "top1"
+    assert column_label(f.kind) == column_label("cer_agreement") == "1 - CER"
+    assert column_label("top1_agreement") == "top1" and column_label("map50_95") == "mAP50-95"
 
 
 def test_empty_maps_are_compared_on_their_highest_pixels_not_counted_as_agreeing():

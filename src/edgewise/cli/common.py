@@ -179,15 +179,15 @@ def _print_search(outcome: Any) -> None:
     decision used (flash on MCUs), and an estimated latency is marked as such."""
     r = outcome.result
     estimated = not r.target.runs_onnxruntime
-    from edgewise.profile.fidelity import label
+    from edgewise.profile.fidelity import column_label, label
 
-    kind = label(r.baseline.metrics.get("fidelity_kind", "score")).removesuffix(" agreement")
+    kind = column_label(r.baseline.metrics.get("fidelity_kind", "score"))
     task = f", task {r.task.name}" if r.task else ""
     table = Table(title=f"{outcome.report['model']} on {r.target.name}{task}", title_justify="left",
                   caption=("~ latency estimated from MACs, not measured; " if estimated else "")
                   + "full table: report.html", caption_justify="left", pad_edge=False, box=box.SIMPLE_HEAD)
     table.add_column("candidate", no_wrap=True, overflow="ellipsis", max_width=26)
-    table.add_column(kind[:9], justify="right", no_wrap=True)
+    table.add_column(kind, justify="right", no_wrap=True)
     table.add_column("drop", justify="right", no_wrap=True)
     table.add_column("flash" if estimated else "size", justify="right", no_wrap=True)
     table.add_column("ms", justify="right", no_wrap=True)

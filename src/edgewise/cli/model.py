@@ -160,12 +160,12 @@ def bench(
         parts = Path(name).parts
         return "/".join(parts[-2:]) if len(parts) > 1 else name
 
-    from edgewise.profile.fidelity import label
+    from edgewise.profile.fidelity import column_label
 
-    kind = label(rows[0].get("fidelity_kind", "accuracy")).removesuffix(" agreement")
+    kind = column_label(rows[0].get("fidelity_kind", "accuracy"))
     table = Table(title=f"benchmark on {data} (test split, {rows[0]['test_samples']} samples): latency",
                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for col in ("model", kind[:9], "size", "p50 1t", "p99 1t", f"p50 {rows[0]['all_cores']}t", "speed", "peak mem"):
+    for col in ("model", kind, "size", "p50 1t", "p99 1t", f"p50 {rows[0]['all_cores']}t", "speed", "peak mem"):
         table.add_column(col, no_wrap=col != "model", overflow="fold", justify="left" if col == "model" else "right")
     for r in rows:
         l1, la = r["latency_1t"], r["latency_all"]

@@ -51,6 +51,12 @@ def label(kind: str) -> str:
     return LABELS.get(kind, kind.replace("_", " "))
 
 
+def column_label(kind: str) -> str:
+    """`label` cut to a table column's 9 characters: 'top1' for top1 agreement, '1 - CER' for 1 - CER
+    (text)."""
+    return label(kind).removesuffix(" agreement").split(" (")[0][:9]
+
+
 @dataclass
 class Fidelity:
     """How a model scores: `value` is the task's metric (`kind`), with the classic figures beside it."""
@@ -336,5 +342,5 @@ def fidelity(task: Task, outs: list[np.ndarray], refs: list[np.ndarray], y: Any)
     return Fidelity(accuracy, top1, agree["cosine"], kind, float(value), details)
 
 
-__all__ = ["KINDS", "TASKS", "TRUTH_KIND", "TRUTH_KINDS", "Fidelity", "Task", "check_task", "ctc_alphabet", "fidelity",
+__all__ = ["KINDS", "TASKS", "TRUTH_KIND", "TRUTH_KINDS", "Fidelity", "Task", "check_task", "column_label", "ctc_alphabet", "fidelity",
            "ground_truth", "infer_task", "label", "with_alphabet"]
