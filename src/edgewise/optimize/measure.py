@@ -103,7 +103,7 @@ class Runner:
             return (f"latency and fidelity are measured on the device at {self.remote.url} "
                     f"(running on {self.ran_on})")
         note = fallback_note(t.execution_providers, self.ran_on)
-        cpu_too = "CPUExecutionProvider" in t.execution_providers[1:] and self.ran_on == "CPUExecutionProvider"
+        cpu_too = t.cpu_beside_accelerator and self.ran_on == "CPUExecutionProvider"
         return note and (f"{t.name}: {note}, so fidelity and latency are this machine's, not the device's"
                          + (", and its CPU is not tried beside its accelerator" if cpu_too else "")
                          + " (measure on the device to choose by its figures: --measure-on URL)")

@@ -25,6 +25,7 @@ from edgewise.optimize.sensitivity import auto_exclusions, mixed_precision, outp
 from edgewise.profile import count_macs
 from edgewise.source import Source
 from edgewise.targets import TargetProfile
+from edgewise.targets.profile import CPU
 
 # Histogram calibration against MinMax calibration of the same samples, measured on this project's
 # corpus (YOLOv8n, PP-OCR det/rec): Percentile 4.5-6x, Entropy 3-4x.
@@ -213,7 +214,6 @@ def promise(cfg: StaticConfig) -> tuple[int, int, int]:
     return (method, int(cfg.reduce_range), int(not cfg.weights_per_channel))
 
 
-CPU = "CPUExecutionProvider"
 PARENT_SLACK_POINTS = 1.0  # how far past the tolerance a derived parent's fp32 may be and still get children
 
 
@@ -263,7 +263,7 @@ class Planner:
             if "fp32" in t.precisions:
                 out.append(Plan(f"{p.name}-fused", f"{p.description}; Conv+BN folded, ORT offline graph optimization",
                                  p, "fp32", [{"pass": "fuse"}], lambda p=p: self._fused(p)))
-            if primary and self._cpu_beside_accelerator() and self._accelerator_ran():
+            if primary and t.cpu_beside_accelerator and self._accelerator_ran():
                 out.append(self._cpu_plan(p))
             if primary and allowed("fp16", t) and t.accelerated:  # native on a GPU: tried before any int8
                 out.append(self._fp16_plan(p))
@@ -332,17 +332,11 @@ class Planner:
 
         return holds
 
-    def _cpu_beside_accelerator(self) -> bool:
-        """The target runs ONNX Runtime on an accelerator first and lists the CPU as a choice too."""
-        eps = self.target.execution_providers
-        return self.target.runs_onnxruntime and len(eps) > 1 and eps[0] != CPU and CPU in eps
-
     def _accelerator_ran(self) -> bool:
         """Whether the target's accelerator ran the starting model (here, or on the device with --measure-on):
         anywhere else a candidate pinned to the CPU would be timed on the same CPU as the others. Here, the
         provider note already says the figures are this machine's; on a device, a note says why."""
-        ran = self.state.get("baseline_ran_on")
-        if not ran or ran != CPU:
+        if self.state.get("baseline_ran_on") != CPU:
             return True
         if self.opts.measure_on:
             self.state["notes"].append(f"baseline-fused-cpu not built: {self.target.execution_providers[0]} did "

@@ -342,5 +342,5 @@ def fidelity(task: Task, outs: list[np.ndarray], refs: list[np.ndarray], y: Any)
     return Fidelity(accuracy, top1, agree["cosine"], kind, float(value), details)
 
 
-__all__ = ["KINDS", "TASKS", "TRUTH_KIND", "TRUTH_KINDS", "Fidelity", "Task", "check_task", "column_label", "ctc_alphabet", "fidelity",
-           "ground_truth", "infer_task", "label", "with_alphabet"]
+__all__ = ["KINDS", "TASKS", "TRUTH_KIND", "TRUTH_KINDS", "Fidelity", "Task", "check_task", "column_label",
+           "ctc_alphabet", "fidelity", "ground_truth", "infer_task", "label", "with_alphabet"]

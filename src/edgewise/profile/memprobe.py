@@ -21,11 +21,11 @@ def _session(path: str, threads: int):  # type: ignore[no-untyped-def]
 
     import onnx
 
-    from edgewise.profile.openvino import ORT, ir_key, parse_runtime, runtime_of
+    from edgewise.profile.openvino import ir_key, parse_runtime, runtime_of
 
     meta = onnx.load(path, load_external_data=False)
     runtime = runtime_of(meta)
-    if runtime == ORT or runtime.startswith(ORT + ":"):  # ORT on the CPU, whatever providers the tag pins
+    if not runtime.startswith("openvino"):  # as make_session dispatches; ORT here on the CPU, whatever it pins
         import onnxruntime as ort
 
         so = ort.SessionOptions()

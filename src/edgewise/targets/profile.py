@@ -14,6 +14,7 @@ OBJECTIVES = ("latency", "size", "accuracy")
 TIERS = ("endpoint", "node", "server")
 RUNTIMES = ("onnxruntime", "openvino")
 # execution providers that run on an accelerator, where fp16 is native and int8 depends on the provider
+CPU = "CPUExecutionProvider"
 ACCELERATOR_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "ROCMExecutionProvider",
                          "MIGraphXExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider")
 
@@ -45,6 +46,12 @@ class TargetProfile:
     def accelerated(self) -> bool:
         """Its first choice of execution provider is a GPU or NPU one."""
         return bool(self.execution_providers) and self.execution_providers[0] in ACCELERATOR_PROVIDERS
+
+    @property
+    def cpu_beside_accelerator(self) -> bool:
+        """It runs ONNX Runtime on another provider first (a GPU) and lists the CPU as a later choice."""
+        eps = self.execution_providers
+        return self.runs_onnxruntime and bool(eps) and eps[0] != CPU and CPU in eps[1:]
 
     @property
     def runs_onnxruntime(self) -> bool:
