@@ -84,7 +84,7 @@ def test_train_optimize_bench_end_to_end(trained: Path, tmp_path: Path):
     opt = ew_process("optimize", str(trained), "--target", "edge-node", "--data", "digits", "--out",
                      str(bundle.parent), "--no-torch-passes", "--calibration-samples", "64", "--time-budget", "5")
     verify = ew_process("bundle", "verify", str(bundle))
-    bench = ew_process("bench", str(trained), str(bundle), "--data", "digits", "--runs", "30",
+    bench = ew_process("bench", str(trained), str(bundle), "--data", "digits", "--runs", "30", "-t", "edge-node",
                        "--json", str(tmp_path / "bench.json"), columns=80)
     # Assert
     assert opt.returncode == 0, opt.stderr
@@ -93,6 +93,7 @@ def test_train_optimize_bench_end_to_end(trained: Path, tmp_path: Path):
     assert bench.returncode == 0, bench.stderr
     rows = json.loads((tmp_path / "bench.json").read_text())
     assert len(rows) == 2 and rows[0]["accuracy"] > 0.8
+    assert rows[0]["energy_pj_per_mac"] == 1.0  # -t, as `optimize` takes it: edge-node's, not cortex-a's 3.0
     for key in ("latency_1t", "latency_all", "throughput_b1_1t", "throughput_b32_1t", "peak_memory",
                 "energy_uj_estimate", "size_bytes"):
         assert key in rows[1], key

@@ -134,7 +134,7 @@ def optimize(
 def bench(
     models: Annotated[list[Path], typer.Argument(help="one or more .onnx files, bundles or train directories; the first is the reference")],
     data: Annotated[str, typer.Option("--data", "-d", help="bundled dataset name or file; the test split is used")],
-    target: Annotated[str, typer.Option(help="target whose energy per MAC prices the estimate")] = "cortex-a",
+    target: Annotated[str, typer.Option("--target", "-t", help="target whose energy per MAC prices the estimate")] = "cortex-a",
     batch: Annotated[int, typer.Option(help="larger batch for the throughput figure")] = 32,
     runs: Annotated[int, typer.Option(help="latency runs per model after warm-up")] = 300,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the figures as JSON")] = None,
