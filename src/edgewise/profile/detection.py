@@ -8,6 +8,7 @@ x1, y1, x2, y2 and scores [A, C] (or [C, A]).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,17 +96,23 @@ def candidates(per_image: list[np.ndarray], layout: Layout) -> tuple[np.ndarray,
     return boxes, scores.T if layout.anchors_last else scores
 
 
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every xyxy box in `a` [N, 4] against every one in `b` [M, 4]: [N, M]."""
+    a, b = a[:, None, :], b[None, :, :]
+    x1 = np.maximum(a[..., 0], b[..., 0])
+    y1 = np.maximum(a[..., 1], b[..., 1])
+    x2 = np.minimum(a[..., 2], b[..., 2])
+    y2 = np.minimum(a[..., 3], b[..., 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda v: np.clip(v[..., 2] - v[..., 0], 0, None) * np.clip(v[..., 3] - v[..., 1], 0, None)  # noqa: E731
+    union = area(a) + area(b) - inter
+    # Degenerate (zero-area) boxes overlap only themselves.
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), np.all(a == b, axis=-1).astype(np.float64))
+
+
 def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """IoU of one xyxy box against many."""
-    x1 = np.maximum(box[0], boxes[:, 0])
-    y1 = np.maximum(box[1], boxes[:, 1])
-    x2 = np.minimum(box[2], boxes[:, 2])
-    y2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda b: np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)  # noqa: E731
-    union = area(box) + area(boxes) - inter
-    # Degenerate (zero-area) boxes overlap only themselves.
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), np.all(boxes == box, axis=1).astype(np.float64))
+    return iou_matrix(np.asarray(box)[None], boxes)[0]
 
 
 def nms(xyxy: np.ndarray, scores: np.ndarray, cls: np.ndarray, iou_thres: float = IOU,
@@ -149,7 +156,7 @@ def truth(boxes: list[np.ndarray]) -> list[Boxes]:
 def against_truth(per_image_outs: list[list[np.ndarray]], layout: Layout, gt: list[Boxes]) -> dict[str, float]:
     """mAP@0.5 and mAP@0.5:0.95 (COCO's ten thresholds) of a detector's outputs against ground truth."""
     preds = [decode(o, layout, conf=EVAL_CONF, max_det=EVAL_MAX_DET) for o in per_image_outs]
-    maps = [mean_ap(preds, gt, t) for t in np.linspace(0.5, 0.95, 10)]
+    maps = mean_aps(preds, gt, np.linspace(0.5, 0.95, 10))
     return {"map50": maps[0], "map50_95": float(np.mean(maps)), "map75": maps[5]}
 
 
@@ -164,28 +171,44 @@ def _average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
 
 def mean_ap(preds: list[Boxes], truth: list[Boxes], iou_thres: float = 0.5) -> float:
     """mAP at one IoU threshold over the classes present in `truth`; 1.0 when both are empty."""
+    return mean_aps(preds, truth, [iou_thres])[0]
+
+
+def mean_aps(preds: list[Boxes], truth: list[Boxes], thresholds: Sequence[float]) -> list[float]:
+    """mAP at each IoU threshold, over the classes present in `truth` (1.0 when both are empty).
+
+    Detections of a class are taken best score first; each is matched to the truth box of its image it
+    overlaps most, and counts as a hit when that overlap reaches the threshold and no better-scored detection
+    took the box. The overlaps are computed once for every threshold."""
     classes = sorted({int(c) for t in truth for c in t.cls})
     if not classes:
-        return 1.0 if all(len(p) == 0 for p in preds) else 0.0
-    aps = []
-    for c in classes:
+        return [1.0 if all(len(p) == 0 for p in preds) else 0.0 for _ in thresholds]
+    aps = np.zeros((len(classes), len(thresholds)))
+    for ci, c in enumerate(classes):
         n_true = sum(int((t.cls == c).sum()) for t in truth)
-        dets = [(float(s), img, box) for img, p in enumerate(preds)
-                for s, box, k in zip(p.score, p.xyxy, p.cls) if k == c]
-        dets.sort(key=lambda d: -d[0])
-        used = [np.zeros(int((t.cls == c).sum()), bool) for t in truth]
-        gts = [t.xyxy[t.cls == c] for t in truth]
-        tp = np.zeros(len(dets))
-        for k, (_, img, box) in enumerate(dets):
-            if len(gts[img]) == 0:
+        scores, best, key = [], [], []  # per detection: score, overlap with its best truth box, (image, box)
+        for img, (p, t) in enumerate(zip(preds, truth)):
+            mine = p.cls == c
+            if not mine.any():
                 continue
-            ious = iou(box, gts[img])
-            j = int(ious.argmax())
-            if ious[j] >= iou_thres and not used[img][j]:
-                used[img][j] = True
-                tp[k] = 1
-        ctp = np.cumsum(tp)
-        recall = ctp / max(n_true, 1)
-        precision = ctp / np.arange(1, len(dets) + 1) if dets else np.zeros(0)
-        aps.append(_average_precision(recall, precision))
-    return float(np.mean(aps))
+            gts = t.xyxy[t.cls == c]
+            scores.append(p.score[mine].astype(np.float64))
+            if len(gts):
+                m = iou_matrix(p.xyxy[mine], gts)
+                best.append(m.max(axis=1))
+                key.append(img * (1 << 20) + m.argmax(axis=1))
+            else:  # nothing of this class here: never a hit
+                best.append(np.full(int(mine.sum()), -1.0))
+                key.append(np.full(int(mine.sum()), -1, np.int64))
+        if not scores:
+            continue
+        order = np.argsort(-np.concatenate(scores), kind="stable")
+        best_o, key_o = np.concatenate(best)[order], np.concatenate(key)[order]
+        ranks = np.arange(1, len(order) + 1)
+        for ti, thres in enumerate(thresholds):
+            hit = np.flatnonzero(best_o >= thres)
+            tp = np.zeros(len(order))
+            tp[hit[np.unique(key_o[hit], return_index=True)[1]]] = 1  # the first to reach each truth box
+            ctp = np.cumsum(tp)
+            aps[ci, ti] = _average_precision(ctp / max(n_true, 1), ctp / ranks)
+    return [float(v) for v in aps.mean(axis=0)]
