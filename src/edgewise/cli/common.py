@@ -250,7 +250,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _read_labels(path: Path) -> list[str]:
     try:
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        # ASCII blanks only: a character dictionary's U+3000 (ideographic space) is a character, not padding
+        names = [name for line in path.read_text(encoding="utf-8").splitlines() if (name := line.strip(" \t"))]
     except (OSError, UnicodeDecodeError) as e:
         raise EdgewiseError(f"cannot read labels from {path}: {e}") from e
     if not names:

@@ -64,7 +64,9 @@ def train(
 def optimize(
     model: Annotated[Path, typer.Argument(help="an .onnx file, a `train` output directory, or a bundle")],
     target: Annotated[str, typer.Option("--target", "-t", help="mcu-256k, cortex-a, edge-node, edge-server, x86-server, intel-igpu, jetson-orin or a .toml")],
-    data: Annotated[str, typer.Option("--data", "-d", help="calibration/validation/test data (bundled name or file)")],
+    data: Annotated[str, typer.Option("--data", "-d", help="calibration/validation/test data: a bundled name, a .npz/.csv "
+                                                       "file, a folder of images or WAVs, or a text-line label file "
+                                                       "(image<TAB>text per line)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output directory: bundle/, report.html, report.json")],
     max_accuracy_drop: Annotated[float, typer.Option(help="tolerated accuracy drop, percentage points")] = 1.0,
     torch_passes: Annotated[bool, typer.Option(help="try structured pruning and distillation (zoo classifiers), "
@@ -85,7 +87,8 @@ def optimize(
     preprocess: Annotated[Path | None, typer.Option(help="a TOML declaring how raw input becomes the tensor: [image] "
                                                           "size, resize (letterbox|stretch), color, scale, mean, "
                                                           "std, layout; and [postprocess] conf, iou, top_k")] = None,
-    labels: Annotated[Path | None, typer.Option(help="class names, one per line (e.g. a detector's)")] = None,
+    labels: Annotated[Path | None, typer.Option(help="class names, one per line (e.g. a detector's); for a "
+                                                     "text recognizer, its character dictionary (PaddleOCR's)")] = None,
     window: Window = None,
     stride: Stride = None,
     measure_memory: Annotated[bool, typer.Option(help="measure each candidate's peak memory in a fresh process "

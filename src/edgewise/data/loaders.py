@@ -162,8 +162,9 @@ def _user_dataset(path: Path, x: np.ndarray, y: np.ndarray | None) -> Dataset:
 def load(spec: str, size: int | None = None) -> Dataset:
     """A bundled name (`digits`, `digits:64`, `basicmotions`, `textlines`, `photos:SIZE`, `textscenes:SIZE`,
     `shapes:SIZE`), a
-    `.npz` / `.csv` path, or a folder of images (`DIR` or `DIR:SIZE`): one subfolder per class, or YOLO
-    format (images/, labels/, classes.txt) for detection. An image set given without a SIZE loads at `size`
+    `.npz` / `.csv` path, a folder of images (`DIR` or `DIR:SIZE`): one subfolder per class, or YOLO
+    format (images/, labels/, classes.txt) for detection; or a text-line label file (`rec_gt.txt` or
+    `rec_gt.txt:HxW`: `image<TAB>text` per line, PaddleOCR's format, for recognizers). An image set given without a SIZE loads at `size`
     (the model's input size, when the caller knows it), else at its own default."""
     name, _, arg = spec.partition(":")
     if name == "digits":
@@ -213,6 +214,17 @@ def load(spec: str, size: int | None = None) -> Dataset:
         from edgewise.data.sensorlog import sensor_log
 
         return sensor_log(Path(head), tail)
+    if head.lower().endswith(".txt") and Path(head).is_file():  # rec_gt.txt:32x100
+        from edgewise.data.ocrlabels import ocr_labels, parse_size
+
+        return ocr_labels(Path(head), parse_size(tail))
+    if path.suffix.lower() == ".txt" and path.is_file():
+        from edgewise.data.ocrlabels import is_ocr_labels, ocr_labels
+
+        if not is_ocr_labels(path):
+            raise DataError(f"{path}: a .txt dataset is a text-line label file, one 'image path<TAB>text' per line "
+                            "(PaddleOCR's format)")
+        return ocr_labels(path)
     if tail.isdigit() and Path(head).is_dir():
         path = Path(head)
     if path.is_dir():
@@ -228,7 +240,8 @@ def load(spec: str, size: int | None = None) -> Dataset:
         return image_folder(path, given or 96)
     if path.suffix.lower() not in (".npz", ".csv"):
         known = ", ".join(BUNDLED)
-        raise DataError(f"unknown dataset {spec!r}: use one of {known}, a .npz / .csv file, or a folder of images")
+        raise DataError(f"unknown dataset {spec!r}: use one of {known}, a .npz / .csv file, a folder of images, "
+                        "or a text-line label file (.txt)")
     if not path.is_file():
         raise DataError(f"dataset file not found: {path}")
     if path.suffix.lower() == ".csv":

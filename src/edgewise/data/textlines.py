@@ -4,8 +4,8 @@ photographs, each with the text it shows (`Dataset.texts`).
 Half of the crops are turned by 180 degrees, so the set has true labels ("0", "180"); `upright=True` keeps
 every crop upright, as a recognizer sees lines once the direction classifier has turned them (read upside
 down, a recognizer's answer is noise, and scoring an int8 model by how well it repeats that noise says
-nothing). Images follow PaddleOCR's preprocessing: height 48, width up to 192 (right-padded),
-(x/255 - 0.5) / 0.5.
+nothing). Images follow PaddleOCR's preprocessing, through the agent's own code (`edgewise.media`, resize
+"height"): height 48, width up to 192 (320 for the recognizer), (x/255 - 0.5) / 0.5, then zeros to the width.
 """
 
 from __future__ import annotations
@@ -21,12 +21,22 @@ _WORDS = (
 ).split()
 
 
+def line_spec(height: int = 48, width: int = 320) -> dict:
+    """The preprocessing record of a set of text lines (`media.spec_from_data` reads it): PaddleOCR's."""
+    return {"color": "RGB", "layout": "NCHW", "resize": [height, width], "fit": "height", "scale": 1 / 255,
+            "mean": [0.5] * 3, "std": [0.5] * 3}
+
+
 def textlines(n: int = 600, seed: int = 7, height: int = 48, width: int = 192, upright: bool = False) -> Dataset:
     from PIL import Image, ImageDraw, ImageFont
     from sklearn.datasets import load_sample_images
 
+    from edgewise.media import ImageSpec, prepare
+
     rng = np.random.default_rng(seed)
     photos = [Image.fromarray(im) for im in load_sample_images().images]
+    pre = line_spec(height, width)
+    spec = ImageSpec(size=(height, width), resize="height", scale=pre["scale"], mean=(0.5,) * 3, std=(0.5,) * 3)
     x = np.zeros((n, 3, height, width), dtype=np.float32)
     y = np.zeros(n, dtype=np.int64)
     texts = []
@@ -46,10 +56,7 @@ def textlines(n: int = 600, seed: int = 7, height: int = 48, width: int = 192, u
         if i % 2 and not upright:
             crop = crop.rotate(180)
             y[i] = 1
-        resized_w = min(width, int(np.ceil(height * crop.width / crop.height)))
-        arr = np.asarray(crop.resize((resized_w, height), Image.BILINEAR), dtype=np.float32)
-        x[i, :, :, :resized_w] = ((arr / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)
-    pre = {"layout": "NCHW", "resize_height": height, "max_width": width, "scale": 1 / 127.5, "offset": -1.0}
+        x[i] = prepare(crop, spec).tensor[0]
     if upright:
         return Dataset("textlines:upright", x, None, [], pre, texts=texts)
     return Dataset("textlines", x, y, ["0", "180"], pre, texts=texts)

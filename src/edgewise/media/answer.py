@@ -2,6 +2,7 @@
 
     {"kind": "classification", "top_k": 5}
     {"kind": "detection", "layout": {"kind": "yolo", "boxes": 0, ...}, "conf": 0.25, "iou": 0.45, "max_det": 100}
+    {"kind": "ctc"}         a text recognizer: the manifest's labels are its alphabet, blank first
 
 Detections come back in the original image's pixels (the letterbox undone), with class names.
 """
@@ -28,6 +29,8 @@ def postprocessing_for(task: Task, labels: list[str]) -> dict[str, Any]:
         return {"kind": "detection", "layout": {"kind": lay.kind, "boxes": lay.boxes, "scores": lay.scores,
                                                 "anchors_last": lay.anchors_last},
                 "conf": detection.CONF, "iou": detection.IOU, "max_det": 100}
+    if task.name == "ctc" and task.alphabet:
+        return {"kind": "ctc"}
     return {}
 
 
@@ -44,6 +47,23 @@ def classify(out: np.ndarray, labels: list[str], top_k: int = 5) -> dict[str, An
     order = np.argsort(-s)[:top_k]
     top = [{"label": _name(labels, int(k)), "class": int(k), "score": float(s[k])} for k in order]
     return {"label": top[0]["label"], "class": top[0]["class"], "score": top[0]["score"], "top": top}
+
+
+def read_text(out: np.ndarray, alphabet: list[str]) -> dict[str, Any]:
+    """A CTC recognizer's text from one sample's scores [T, C] (class 0 the blank): the best class at each step,
+    repeats collapsed, blanks dropped, as PaddleOCR decodes. `score`: the mean probability of the steps kept
+    (softmax applied unless they are probabilities already); 0 for an empty read."""
+    s = np.asarray(out, np.float64)
+    s = s.reshape(-1, s.shape[-1])
+    if len(alphabet) != s.shape[-1]:
+        raise DataError(f"the recognizer has {s.shape[-1]} classes but its alphabet {len(alphabet)} characters")
+    if not (s.min() >= 0 and np.allclose(s.sum(-1), 1, atol=1e-3)):
+        e = np.exp(s - s.max(-1, keepdims=True))
+        s = e / e.sum(-1, keepdims=True)
+    best = s.argmax(-1)
+    keep = np.concatenate([[True], best[1:] != best[:-1]]) & (best != 0)
+    return {"text": "".join(alphabet[k] for k in best[keep]).strip(),  # spaces read in the margins are not text
+            "score": float(s[np.flatnonzero(keep), best[keep]].mean()) if keep.any() else 0.0}
 
 
 def detect(outs: list[np.ndarray], post: dict[str, Any], prepared: Prepared, labels: list[str]) -> dict[str, Any]:

@@ -3,7 +3,9 @@ tensor. NumPy and Pillow only, so a device runs exactly what training and evalua
 
 The declaration (manifest `preprocessing["image"]`):
     size: [H, W]            the model's input size
-    resize: "letterbox"     keep the aspect ratio, pad with `pad` (as YOLO exports expect), or "stretch"
+    resize: "letterbox"     keep the aspect ratio, pad with `pad` (as YOLO exports expect), "stretch", or
+            "height"        keep the aspect ratio at the model's height, as wide as that makes it up to the
+                            model's width, the rest zero after normalisation (PaddleOCR's text recognizer)
     color: "RGB" | "BGR" | "L"
     scale: 1/255            multiply pixel values (0..255) by this
     mean, std: [..] | None  then (x - mean) / std per channel
@@ -13,6 +15,7 @@ The declaration (manifest `preprocessing["image"]`):
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -22,7 +25,7 @@ import numpy as np
 from edgewise.errors import DataError
 
 MAX_PIXELS = 40_000_000  # a 40 MP photo decodes to 120 MB of RGB; anything larger is refused before decoding
-RESIZES = ("letterbox", "stretch")
+RESIZES = ("letterbox", "stretch", "height")
 COLORS = ("RGB", "BGR", "L")
 
 
@@ -93,6 +96,8 @@ def fitted_size(w0: int, h0: int, spec: ImageSpec) -> tuple[int, int]:
     th, tw = spec.size
     if spec.resize == "stretch":
         return tw, th
+    if spec.resize == "height":
+        return min(tw, math.ceil(th * w0 / h0)), th
     r = min(th / h0, tw / w0)
     return max(1, round(w0 * r)), max(1, round(h0 * r))
 
@@ -141,6 +146,10 @@ def prepare(im: Any, spec: ImageSpec) -> Prepared:
     if spec.resize == "stretch":
         canvas = im.resize((tw, th), Image.BILINEAR)
         ratio, offset = (th / h0, tw / w0), (0.0, 0.0)
+    elif spec.resize == "height":  # padded below, after normalisation
+        nw, _ = fitted_size(w0, h0, spec)
+        canvas = im.resize((nw, th), Image.BILINEAR)
+        ratio, offset = (th / h0, nw / w0), (0.0, 0.0)
     else:
         nw, nh = fitted_size(w0, h0, spec)
         top, left = (th - nh) // 2, (tw - nw) // 2
@@ -157,6 +166,8 @@ def prepare(im: Any, spec: ImageSpec) -> Prepared:
         x = x - np.asarray(spec.mean, np.float32)
     if spec.std is not None:
         x = x / np.asarray(spec.std, np.float32)
+    if x.shape[1] < tw:  # "height": zeros to the model's width
+        x = np.concatenate([x, np.zeros((th, tw - x.shape[1], x.shape[2]), np.float32)], axis=1)
     if spec.layout == "NCHW":
         x = x.transpose(2, 0, 1)
     return Prepared(np.ascontiguousarray(x[None], dtype=np.float32), (h0, w0), ratio, offset)
@@ -164,12 +175,13 @@ def prepare(im: Any, spec: ImageSpec) -> Prepared:
 
 def spec_from_data(preprocessing: dict[str, Any], sample_shape: tuple[int, ...]) -> ImageSpec | None:
     """The image preprocessing a dataset's own record implies, when it is one of edgewise's image sets
-    (RGB in [0, 1], channels first, resized to a square: `photos`)."""
+    (RGB in [0, 1], channels first, resized to a square: `photos`; or normalised text lines, `textlines`)."""
     if preprocessing.get("color") in COLORS and preprocessing.get("layout") in ("NCHW", "NHWC") and len(sample_shape) == 3:
         size = preprocessing.get("resize") or list(sample_shape[1:] if preprocessing["layout"] == "NCHW" else sample_shape[:2])
+        norm = {k: tuple(float(v) for v in preprocessing[k]) for k in ("mean", "std") if preprocessing.get(k)}
         return ImageSpec(size=(int(size[0]), int(size[1])), resize=preprocessing.get("fit", "stretch"),
                          color=preprocessing["color"], scale=float(preprocessing.get("scale", 1 / 255)),
-                         layout=preprocessing["layout"])
+                         layout=preprocessing["layout"], **norm)
     return None
 
 

@@ -123,13 +123,15 @@ def _manifest(source: Source, result: SearchResult, name: str, version: str, tra
         preprocessing["input_range"] = [lo - pad, hi + pad]
     task = result.task
     image = declared.get("image") if declared else None
-    if image is None and task is not None and task.name in ("classification", "detection") and not train.named:
+    if image is None and task is not None and task.name in ("classification", "detection", "ctc") and not train.named:
         spec = spec_from_data(source.preprocessing, train.sample_shape)
         if spec is not None:  # detectors are fed letterboxed images, as YOLO exports expect
             image = replace(spec, resize="letterbox" if task.name == "detection" else spec.resize).as_dict()
     if image is not None:
         preprocessing["image"] = ImageSpec.from_dict(image).as_dict()
     labels = list(source.labels)
+    if task is not None and task.name == "ctc" and task.alphabet:  # what the agent reads its answers with
+        labels = list(task.alphabet)
     if task is not None and task.name == "detection" and task.layout is not None:
         classes = _detector_classes(outputs(chosen.model), task.layout)
         if classes and len(labels) != classes:  # numbered from the head's anchor axis by fit_data: renumber

@@ -48,7 +48,7 @@ def search(source: Source, splits: Splits, target: TargetProfile, opts: SearchOp
     ran_on = runner.ran_on  # the target's accelerator, or the CPU it fell back to (here, or on the device)
     task = check_task(opts.task, base_val) if opts.task else infer_task(
         base_val, val.sample_shape if not val.named else None, val.y is not None)
-    task = with_alphabet(task, source.model, base_val)
+    task = with_alphabet(task, source.model, base_val, source.labels)
     y_val = ground_truth(task, val)
     base_fid = fidelity(task, base_val, base_val, y_val)
     baseline = Candidate("baseline-fp32", "starting model, as given", "baseline", "fp32", [], source.model,
@@ -56,6 +56,13 @@ def search(source: Source, splits: Splits, target: TargetProfile, opts: SearchOp
     baseline.logical = source.model
     baseline.metrics.update(fidelity_metrics(base_fid, base_fid))
     result = SearchResult(target, baseline, [], None, "", task=task, measure_on=opts.measure_on)
+    classes = int(base_val[0].shape[-1]) if base_val else 0
+    if task.name == "ctc" and task.alphabet is None and val.texts is not None:
+        # one label per class is fit_data's numbering (a dictionary leaves class 0 to the blank)
+        given = f"the {len(source.labels)} labels given do not fit its {classes} classes (blank first, then one " \
+                "character per line, space last)" if len(source.labels) not in (0, classes) else "it carries no alphabet"
+        result.notes.append(f"the recognizer is scored by agreement with itself, not against the data's texts: {given}"
+                            "; pass its character dictionary with --labels")
     if y_val is None and task.name == "anomaly":
         result.notes.append("the validation split has no anomalies (as in practice): candidates are compared by how "
                             "closely their anomaly scores follow the starting model's")

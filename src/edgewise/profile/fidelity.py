@@ -18,7 +18,9 @@ quantization loosen boxes long before they lose objects, and mAP@0.5 does not se
 boxes are no ground truth to be tight against.
 
 A CTC recognizer is scored against the text itself where the data carries it (`Dataset.texts`) and the
-model carries its alphabet (`ctc_alphabet`: PaddleOCR's exports hold it in their `character` metadata).
+model carries its alphabet (`ctc_alphabet`: PaddleOCR's exports hold it in their `character` metadata; a
+dictionary file given with `--labels` stands in for it). Spaces read in the margins before and after the text
+are not counted: PP-OCRv4 reads one before most lines, and PaddleOCR's own metric ignores spaces altogether.
 
 An anomaly model's output is a residual whose mean square is the score (`media.anomaly`); its ground
 truth is "not the normal class", and AUROC needs both kinds in the split.
@@ -26,6 +28,7 @@ truth is "not the normal class", and AUROC needs both kinds in the split.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -162,24 +165,26 @@ def _output_agreement(outs: list[np.ndarray], refs: list[np.ndarray]) -> dict[st
     return {"cosine": min(cos), "rel_l2": max(rel), "cosine_per_output": cos, "rel_l2_per_output": rel}
 
 
-def ctc_alphabet(model: Any, classes: int | None = None) -> tuple[str, ...] | None:
-    """A CTC model's classes as characters, blank first, from PaddleOCR's `character` metadata (one character
-    per line; a last class beyond them is the space), or None when the model does not say or the count
-    does not match its `classes`."""
-    chars = next((p.value for p in getattr(model, "metadata_props", []) if p.key == "character"), None)
-    if not chars:
+def ctc_alphabet(model: Any, classes: int | None = None, chars: Sequence[str] = ()) -> tuple[str, ...] | None:
+    """A CTC model's classes as characters, blank first, as PaddleOCR keeps them: the model's `character`
+    metadata (one character per line), else `chars` (its dictionary file's lines: `--labels`); a last class
+    beyond them is the space. None when neither says, or the count does not match the model's `classes`."""
+    meta = next((p.value for p in getattr(model, "metadata_props", []) if p.key == "character"), None)
+    listed = tuple(meta.removesuffix("\n").split("\n")) if meta else tuple(chars)
+    if not listed:
         return None
-    alphabet = ("",) + tuple(chars.removesuffix("\n").split("\n"))
+    alphabet = ("",) + listed
     if classes is not None and classes == len(alphabet) + 1:
         alphabet += (" ",)
     return alphabet if classes is None or classes == len(alphabet) else None
 
 
-def with_alphabet(task: Task, model: Any, outs: list[np.ndarray]) -> Task:
-    """A CTC task with the model's alphabet (`ctc_alphabet`), so texts can be its ground truth."""
+def with_alphabet(task: Task, model: Any, outs: list[np.ndarray], chars: Sequence[str] = ()) -> Task:
+    """A CTC task with the model's alphabet (`ctc_alphabet`: its metadata, else `chars`), so texts can be its
+    ground truth and its answers read as text."""
     if task.name != "ctc" or task.alphabet is not None or not outs:
         return task
-    return replace(task, alphabet=ctc_alphabet(model, int(outs[0].shape[-1])))
+    return replace(task, alphabet=ctc_alphabet(model, int(outs[0].shape[-1]), chars))
 
 
 def _ctc_decode(probs: np.ndarray) -> list[tuple[int, ...]]:
@@ -189,6 +194,16 @@ def _ctc_decode(probs: np.ndarray) -> list[tuple[int, ...]]:
         keep = np.concatenate([[True], row[1:] != row[:-1]]) & (row != 0)
         seqs.append(tuple(int(v) for v in row[keep]))
     return seqs
+
+
+def _strip_ends(seq: tuple[int, ...], blanks: set[int]) -> tuple[int, ...]:
+    """A decoded line without the spaces a recognizer reads in the margins before and after the text."""
+    lo, hi = 0, len(seq)
+    while lo < hi and seq[lo] in blanks:
+        lo += 1
+    while hi > lo and seq[hi - 1] in blanks:
+        hi -= 1
+    return seq[lo:hi]
 
 
 def _edit_distance(a: tuple[int, ...], b: tuple[int, ...]) -> int:
@@ -272,7 +287,8 @@ def ground_truth(task: Task, ds: Any) -> Any:
         return detection.truth(ds.boxes)
     if task.name == "ctc" and task.alphabet and getattr(ds, "texts", None) is not None:
         index = {ch: i for i, ch in enumerate(task.alphabet) if i}
-        return [tuple(index.get(ch, -1) for ch in text) for text in ds.texts]  # -1: a character it cannot write
+        # -1: a character it cannot write. Blanks at the ends are margins, not text (as `read_text` answers)
+        return [tuple(index.get(ch, -1) for ch in text.strip()) for text in ds.texts]
     if task.name == "anomaly" and ds.y is not None and ds.labels:
         from edgewise.media.anomaly import normal_index
 
@@ -321,6 +337,8 @@ def fidelity(task: Task, outs: list[np.ndarray], refs: list[np.ndarray], y: Any)
         details.update({"cer": cer, "exact_sequences": float(np.mean([p == r for p, r in zip(a, b)]))})
         value, kind = max(0.0, 1.0 - cer), "cer_agreement"
         if y is not None:
+            blanks = {i for i, ch in enumerate(task.alphabet or ()) if i and not ch.strip()}
+            a = [_strip_ends(p, blanks) for p in a]
             truth_chars = sum(len(t) for t in y)
             cer_text = sum(_edit_distance(p, t) for p, t in zip(a, y)) / max(truth_chars, 1)
             details.update({"cer_text": cer_text, "exact_lines": float(np.mean([p == t for p, t in zip(a, y)]))})

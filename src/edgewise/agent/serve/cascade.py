@@ -21,7 +21,7 @@ from edgewise.agent.serve.inputs import BadInput, outputs_json
 from edgewise.agent.serve.models import ModelManager
 from edgewise.bundle.split import tail_name
 from edgewise.errors import AgentError, DataError
-from edgewise.media import ImageSpec, classify, decode, detect, prepare
+from edgewise.media import ImageSpec, classify, decode, detect, prepare, read_text
 
 TIERS = ("endpoint", "node", "server")
 # An unsure detection goes up as a square crop this many times the box's longer side (clipped to the
@@ -133,7 +133,7 @@ class Inference:
 
     def answer(self, name: str, feed: dict[str, np.ndarray]) -> dict[str, Any]:
         """Every output by name (dtype, shape, values); for a classifier also `results` (label, score,
-        cascade), as `predict` gives them."""
+        cascade), as `predict` gives them; for a text recognizer the text each sample reads."""
         t0 = time.perf_counter()
         m = self.models.get(name)
         m.requests += 1
@@ -145,6 +145,14 @@ class Inference:
             answer["results"] = self._classify(name, m, feed, outs, t0)
         elif answer["task"] == "anomaly":  # feature vectors sent as they are: one verdict per sample
             answer["results"] = self._anomalies(name, m, np.asarray(outs[0]), None)
+        elif answer["task"] == "ctc" and (m.manifest.postprocessing or {}).get("kind") == "ctc":  # one text per line
+            try:
+                answer["results"] = [read_text(o, list(m.manifest.labels)) for o in np.asarray(outs[0])]
+            except DataError as e:
+                raise AgentError(f"model {name}: {e}") from e
+            self.counts["requests"] += 1
+            self.counts["samples"] += len(answer["results"])
+            self.counts["local"] += len(answer["results"])
         else:
             self.counts["requests"] += 1
             self.counts["samples"] += 1
@@ -302,6 +310,8 @@ class Inference:
         labels = list(m.manifest.labels)
         if task_of(m.manifest) == "classification":
             return {**self._labelled(name, m, prepared.tensor), "image_size": list(prepared.original)}
+        if post.get("kind") == "ctc":
+            return {**self._read(name, m, prepared.tensor, queue), "image_size": list(prepared.original)}
         if post.get("kind") != "detection":
             raise BadInput(f"model {name} ({task_of(m.manifest)}) has no image answer yet; send its input tensor")
         t0 = time.perf_counter()
@@ -320,6 +330,24 @@ class Inference:
                      "boxes": [{k: b[k] for k in ("label", "score", "box", "tier") if k in b} for b in found["boxes"]]}
             self.committer.submit([NewItem(json.dumps(event, separators=(",", ":")).encode(), topic="detection")])
         return answer
+
+    def _read(self, name: str, m: Any, x: np.ndarray, queue: bool) -> dict[str, Any]:
+        """A text recognizer's answer to one prepared line: its text and score, read with the bundle's
+        alphabet. With `queue`, the text (never the picture) is queued upstream as one `text` event."""
+        t0 = time.perf_counter()
+        m.requests += 1
+        try:
+            read = read_text(np.asarray(m.session.run(None, {m.input_name: x})[0])[0], list(m.manifest.labels))
+        except DataError as e:
+            raise AgentError(f"model {name}: {e}") from e
+        self.counts["requests"] += 1
+        self.counts["samples"] += 1
+        self.counts["local"] += 1
+        if queue and self.policy.send_results and self.committer is not None:
+            event = {"m": name, "v": m.manifest.version, "ts": round(time.time(), 3), "text": read["text"],
+                     "s": round(read["score"], 5)}
+            self.committer.submit([NewItem(json.dumps(event, separators=(",", ":")).encode(), topic="text")])
+        return {"task": "ctc", "tier": self.cascade.tier, **read, "latency_ms": (time.perf_counter() - t0) * 1e3}
 
     def _escalate_boxes(self, name: str, picture: Callable[[], Any], boxes: list[dict[str, Any]]) -> None:
         """Send a crop around each unsure box up; the tier above's best box (in the crop's pixels) or label
