@@ -135,6 +135,36 @@ def test_a_slower_choice_is_caught_by_the_confirmation_run(trained_cnn_dir, digi
     assert any("never slower" in n for n in r.notes)
 
 
+def test_a_choice_further_down_on_test_than_the_tolerance_says_so(trained_cnn_dir, digits, fast_opts):
+    """Chosen on validation, checked on test: a model over the tolerance there is named, with both figures."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgewise.optimize.search import finalize
+
+    fast_opts.only = ("baseline-fused",)
+    src, splits = fit_data(load_source(trained_cnn_dir), digits)
+    r = search(src, splits, load_target("edge-server"), fast_opts)  # accuracy objective: no latency swap
+    fused = r.chosen = r.candidates[0]
+    finalize(r, splits, runs=20, tolerance=1.0)
+    assert r.final["accuracy"] == r.final["baseline_accuracy"]
+    assert not any("points down on the test split" in n for n in r.notes), r.notes
+    # the same graph, but it never answers 3 (as if validation had hidden it): about 10 points down on test
+    damaged = onnx.ModelProto()
+    damaged.CopyFrom(fused.model)
+    (gemm,) = [n for n in damaged.graph.node if n.op_type == "Gemm"]
+    (bias,) = [t for t in damaged.graph.initializer if t.name == gemm.input[2]]
+    b = numpy_helper.to_array(bias).copy()
+    b[3] = -1e4
+    bias.CopyFrom(numpy_helper.from_array(b, bias.name))
+    fused.model = damaged
+    finalize(r, splits, runs=20, tolerance=1.0)
+    (note,) = [n for n in r.notes if "points down on the test split" in n]
+    drop = (r.final["baseline_accuracy"] - r.final["accuracy"]) * 100
+    assert drop > 5 and f"{drop:.2f} points down on the test split ({len(splits.test)} samples), over the " \
+        "1-point tolerance it met on validation (0.00 down)" in note, note
+
+
 def test_the_close_contenders_are_measured_again_among_themselves():
     """Candidates within 15% of the fastest (and the starting model) get a longer run of their own; one far
     behind keeps its first figure, and so does one that breaks the fidelity tolerance."""

@@ -88,7 +88,7 @@ def optimize(model_path: Path, data: str, target: TargetProfile, out: Path, opts
     result = search(source, splits, target, opts, log, progress)
     if result.chosen is not None:
         log("measuring the chosen model against the starting model on the test split")
-        finalize(result, splits, final_runs(result, opts.time_budget_s))
+        finalize(result, splits, final_runs(result, opts.time_budget_s), opts.max_accuracy_drop)
         if result.task is not None and result.task.name == "anomaly":
             source.postprocessing = _anomaly_threshold(source, result.chosen, result, splits)
     report = _report(source, result, opts, splits)

@@ -128,8 +128,10 @@ def final_runs(result: SearchResult, budget_s: float | None, wanted: int = 300) 
     return int(max(30, min(wanted, 0.1 * budget_s * 1000 / (2 * ms))))
 
 
-def finalize(result: SearchResult, splits: Splits, runs: int = 300) -> dict[str, Any]:
-    """Chosen vs starting model on the held-out test split, and their latency measured side by side."""
+def finalize(result: SearchResult, splits: Splits, runs: int = 300, tolerance: float | None = None) -> dict[str, Any]:
+    """Chosen vs starting model on the held-out test split, and their latency measured side by side. A chosen
+    model further down on test than `tolerance` (points) gets a note: it was chosen on validation, and the
+    best of many candidates scored on one split looks better there than it is."""
     c, b = result.chosen, result.baseline
     if c is None or c.model is None or b.model is None:
         raise OptimizeError(result.why)
@@ -152,6 +154,12 @@ def finalize(result: SearchResult, splits: Splits, runs: int = 300) -> dict[str,
              "energy_uj_estimate": c.metrics["energy_uj_estimate"], "split": "test", "test_samples": len(test)}
     if task.name == "classification" and fid_c.kind == "top1_agreement":
         final["accuracy_kind"] = "top1_agreement_with_fp32"
+    drop = (fid_b.score - fid_c.score) * 100
+    if tolerance is not None and c is not b and drop > tolerance + 1e-9:
+        result.notes.append(f"{c.id} is {drop:.2f} points down on the test split ({len(test)} samples), over the "
+                            f"{tolerance:g}-point tolerance it met on validation "
+                            f"({c.metrics.get('accuracy_drop_points', 0.0):.2f} down): more data, or a stricter "
+                            "--max-accuracy-drop, narrows that gap")
     if result.target.runs_onnxruntime:
         handles = runner.timed([b.model, c.model])
         feed = runner.feed(b.model, test)
@@ -166,7 +174,7 @@ def finalize(result: SearchResult, splits: Splits, runs: int = 300) -> dict[str,
                 result.chosen = b
                 result.why = (f"{b.id}: no candidate beat the starting model's latency on {result.target.name} "
                               "when measured again")
-                return finalize(result, splits, runs)
+                return finalize(result, splits, runs, tolerance)
         final.update({"latency_ms": sc.as_dict(), "baseline_latency_ms": sb.as_dict(),
                       "latency_p50_ms": sc.p50_ms, "baseline_latency_p50_ms": sb.p50_ms,
                       "speedup": sb.p50_ms / sc.p50_ms, "latency_threads": result.target.threads or "all",
