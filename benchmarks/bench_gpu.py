@@ -97,7 +97,7 @@ def _interleaved(sessions: dict, feed: dict[str, np.ndarray], runs: int) -> dict
     return {k: float(np.median(t)) * 1e3 for k, t in zip(sessions, times)}
 
 
-def bench(d: Path, budget: float, out: Path, runs: int) -> dict:
+def bench(d: Path, budget: float, out: Path, runs: int, chosen_first: bool = False) -> dict:
     from edgewise.data import load_splits
     from edgewise.modelio import load_onnx
     from edgewise.optimize.pipeline import optimize
@@ -136,7 +136,8 @@ def bench(d: Path, budget: float, out: Path, runs: int) -> dict:
     ref = feeder.run(ref_sess)
     y = ground_truth(r.task, test)  # labels, or boxes scored at mAP50-95; None: agreement with CPU fp32
     fid = {k: fidelity(r.task, Feeder(session_inputs(s), test).run(s), ref, y).score for k, s in sessions.items()}
-    ms = _interleaved(sessions, feeder.one(0), runs=runs)
+    order = (["chosen"] if chosen_first else []) + [k for k in sessions if k != "chosen" or not chosen_first]
+    ms = _interleaved({k: sessions[k] for k in order}, feeder.one(0), runs=runs)
     row = {"model": d.name, "task": r.task.name, "chosen": r.chosen.id, "runs_on": running_on(sessions["chosen"]),
            "fidelity_kind": r.final["fidelity_kind"], "fidelity": fid,
            "scored_against": "truth" if y is not None else "CPU fp32", "ms": ms, "search_s": seconds,
@@ -148,13 +149,13 @@ def bench(d: Path, budget: float, out: Path, runs: int) -> dict:
     return row
 
 
-def run(directory: Path, budget: float, json_out: Path, names: list[str], runs: int) -> None:
+def run(directory: Path, budget: float, json_out: Path, names: list[str], runs: int, chosen_first: bool = False) -> None:
     import onnxruntime as ort
 
     info = {"gpu": _gpu_name(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "python": platform.python_version(),
             "onnxruntime": f"{ort.__version__} ({', '.join(ort.get_available_providers())})",
             "cpu": next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-                        "?"), "time_budget_s": budget, "runs": runs}
+                        "?"), "time_budget_s": budget, "runs": runs, "chosen_first": chosen_first}
     print(json.dumps(info), flush=True)
     rows = []
     order = names or list(MODELS)  # as given, else the detector first: a GPU session may end early
@@ -163,7 +164,7 @@ def run(directory: Path, budget: float, json_out: Path, names: list[str], runs: 
     for d in dirs:
         print(f"== {d.name}", flush=True)
         try:
-            rows.append(bench(d, budget, json_out.parent / "gpu-bundles", runs))
+            rows.append(bench(d, budget, json_out.parent / "gpu-bundles", runs, chosen_first))
         except Exception as e:  # one model's failure is a row, not the end of a scarce GPU session
             rows.append({"model": d.name, "error": f"{type(e).__name__}: {e}"[:400]})
             print(rows[-1], flush=True)
@@ -282,6 +283,8 @@ def main() -> None:
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--time-budget", type=float, default=30)
     p.add_argument("--runs", type=int, default=200, help="interleaved runs of each deployment (default: 200)")
+    p.add_argument("--chosen-first", action="store_true", help="measure the chosen deployment first in each turn "
+                   "(default: last), to see whether its place in the turn moves its figure")
     p.add_argument("models", nargs="*", help="only these, in this order (a GPU session may end early); "
                    "default: all, in the order above, then by name")
     p = sub.add_parser("record")
@@ -290,7 +293,7 @@ def main() -> None:
     if a.step == "prepare":
         prepare(a.dir, a.models)
     elif a.step == "run":
-        run(a.dir, a.time_budget, a.json, a.models, a.runs)
+        run(a.dir, a.time_budget, a.json, a.models, a.runs, a.chosen_first)
     else:
         record(a.json)
 
