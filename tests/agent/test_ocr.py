@@ -54,6 +54,13 @@ def test_their_recognizer_is_scored_on_their_texts_and_the_device_reads_a_photo_
     # scored against the texts in the label file, with the dictionary as the alphabet (blank first, space last)
     assert report["accuracy_kind"] == "char_accuracy", report["accuracy_kind"]
     assert report["final"]["accuracy"] >= 0.9, report["final"]
+    # bench takes the dictionary too: the starting model and the bundle, both read against the texts
+    proc = ew("bench", str(u["model"]), str(out / "bundle"), "-d", str(u["labels"]), "--labels", str(u["keys"]),
+              "--runs", "5", "--batch", "1", "--json", str(u["root"] / "bench.json"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads((u["root"] / "bench.json").read_text())
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    assert [r["fidelity_kind"] for r in rows] == ["char_accuracy"] * 2 and "1 - CER" in proc.stdout, proc.stdout
     manifest = read_bundle(out / "bundle")
     keys = u["keys"].read_text(encoding="utf-8").splitlines()
     assert manifest.task == "ctc" and manifest.postprocessing == {"kind": "ctc"}

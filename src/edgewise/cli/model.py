@@ -144,6 +144,8 @@ def bench(
     remote: Annotated[str | None, typer.Option(help="measure latency on the device itself: the URL of an agent "
                                                     "started with --allow-bench (with --target's execution "
                                                     "providers; no throughput or memory figures then)")] = None,
+    labels: Annotated[Path | None, typer.Option(help="a text recognizer's character dictionary (PaddleOCR's), "
+                                                     "when its model carries none: scored against the data's texts")] = None,
 ) -> None:
     """Measure models side by side: latency p50/p90/p99, throughput, size, peak memory, accuracy, energy.
 
@@ -158,7 +160,7 @@ def bench(
     sp = loaded[0][2]
     with console.status("[bold]benchmarking"):
         rows = run_bench([(n, m) for n, m, _ in loaded], sp, profile, batch=batch, runs=runs, reference=reference,
-                         remote=remote)
+                         remote=remote, labels=_read_labels(labels) if labels else None)
     def short(name: str) -> str:  # a path's last two parts are what tells the rows apart
         parts = Path(name).parts
         return "/".join(parts[-2:]) if len(parts) > 1 else name

@@ -18,11 +18,12 @@ from edgewise.targets import TargetProfile
 
 def bench(models: list[tuple[str, onnx.ModelProto]], splits: Splits, target: TargetProfile, batch: int = 32,
           runs: int = 300, memory: bool = True, reference: set[str] | None = None,
-          remote: str | None = None) -> list[dict[str, Any]]:
+          remote: str | None = None, labels: list[str] | None = None) -> list[dict[str, Any]]:
     """Latency p50/p90/p99 (batch 1, one thread and all cores, interleaved across models), throughput at
     batch 1 and `batch`, size on disk, peak memory, test accuracy and an energy estimate per inference.
 
     The first model is the reference for fidelity (top-1 agreement, cosine) when the data has no labels.
+    `labels`: a text recognizer's dictionary, when its model carries no alphabet (`fidelity.ctc_alphabet`).
     Models named in `reference` (bundles for int8-only MCU targets) are scored with int8 reference
     semantics, as the device's integer kernels compute; their latency is still ORT's on this machine.
 
@@ -40,7 +41,7 @@ def bench(models: list[tuple[str, onnx.ModelProto]], splits: Splits, target: Tar
         if ref_out is None:
             ref_out = out
             task = with_alphabet(infer_task(out, test.sample_shape if not test.named else None, test.y is not None),
-                                 model, out)
+                                 model, out, labels or ())
         fid = fidelity(task, out, ref_out, ground_truth(task, test))
         macs = count_macs(model)
         rows.append({"model": name, "size_bytes": model.ByteSize(), "accuracy": fid.accuracy,
