@@ -70,10 +70,10 @@ def read_labels(path: Path) -> list[tuple[Path, str]]:
 
 def ocr_labels(path: Path, size: tuple[int, int] = (HEIGHT, WIDTH), max_lines: int = MAX_LINES,
                seed: int = 0) -> Dataset:
-    from edgewise.media import ImageSpec
+    from edgewise.media import spec_from_data
 
     entries = seeded_sample(read_labels(path), max_lines, seed)
     pre = line_spec(*size)
-    spec = ImageSpec(size=size, resize="height", scale=pre["scale"], mean=tuple(pre["mean"]), std=tuple(pre["std"]))
+    spec = spec_from_data(pre, (3, *size))
     x = np.stack([p.tensor[0] for p in prepared_images([f for f, _ in entries], spec)])
     return Dataset(path.name, x, None, [], pre, texts=[t for _, t in entries])

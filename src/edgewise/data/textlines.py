@@ -31,12 +31,12 @@ def textlines(n: int = 600, seed: int = 7, height: int = 48, width: int = 192, u
     from PIL import Image, ImageDraw, ImageFont
     from sklearn.datasets import load_sample_images
 
-    from edgewise.media import ImageSpec, prepare
+    from edgewise.media import prepare, spec_from_data
 
     rng = np.random.default_rng(seed)
     photos = [Image.fromarray(im) for im in load_sample_images().images]
     pre = line_spec(height, width)
-    spec = ImageSpec(size=(height, width), resize="height", scale=pre["scale"], mean=(0.5,) * 3, std=(0.5,) * 3)
+    spec = spec_from_data(pre, (3, height, width))
     x = np.zeros((n, 3, height, width), dtype=np.float32)
     y = np.zeros(n, dtype=np.int64)
     texts = []

@@ -17,7 +17,7 @@ import numpy as np
 from edgewise.errors import DataError
 from edgewise.media.image import Prepared
 from edgewise.profile import detection
-from edgewise.profile.fidelity import Task
+from edgewise.profile.fidelity import Task, ctc_kept
 
 
 def postprocessing_for(task: Task, labels: list[str]) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def read_text(out: np.ndarray, alphabet: list[str]) -> dict[str, Any]:
         e = np.exp(s - s.max(-1, keepdims=True))
         s = e / e.sum(-1, keepdims=True)
     best = s.argmax(-1)
-    keep = np.concatenate([[True], best[1:] != best[:-1]]) & (best != 0)
+    keep = ctc_kept(best)
     return {"text": "".join(alphabet[k] for k in best[keep]).strip(),  # spaces read in the margins are not text
             "score": float(s[np.flatnonzero(keep), best[keep]].mean()) if keep.any() else 0.0}
 

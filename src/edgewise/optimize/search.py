@@ -56,8 +56,8 @@ def search(source: Source, splits: Splits, target: TargetProfile, opts: SearchOp
     baseline.logical = source.model
     baseline.metrics.update(fidelity_metrics(base_fid, base_fid))
     result = SearchResult(target, baseline, [], None, "", task=task, measure_on=opts.measure_on)
-    classes = int(base_val[0].shape[-1]) if base_val else 0
     if task.name == "ctc" and task.alphabet is None and val.texts is not None:
+        classes = int(base_val[0].shape[-1])
         # one label per class is fit_data's numbering (a dictionary leaves class 0 to the blank)
         given = f"the {len(source.labels)} labels given do not fit its {classes} classes (blank first, then one " \
                 "character per line, space last)" if len(source.labels) not in (0, classes) else "it carries no alphabet"

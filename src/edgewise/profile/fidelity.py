@@ -187,13 +187,14 @@ def with_alphabet(task: Task, model: Any, outs: list[np.ndarray], chars: Sequenc
     return replace(task, alphabet=ctc_alphabet(model, int(outs[0].shape[-1]), chars))
 
 
+def ctc_kept(best: np.ndarray) -> np.ndarray:
+    """Which steps of one sample's best classes greedy CTC keeps: repeats collapsed, blanks (class 0) dropped."""
+    return np.concatenate([[True], best[1:] != best[:-1]]) & (best != 0)
+
+
 def _ctc_decode(probs: np.ndarray) -> list[tuple[int, ...]]:
     """Greedy CTC per sample: argmax per step, repeats collapsed, blanks (class 0) dropped."""
-    seqs = []
-    for row in probs.argmax(-1).reshape(len(probs), -1):
-        keep = np.concatenate([[True], row[1:] != row[:-1]]) & (row != 0)
-        seqs.append(tuple(int(v) for v in row[keep]))
-    return seqs
+    return [tuple(int(v) for v in row[ctc_kept(row)]) for row in probs.argmax(-1).reshape(len(probs), -1)]
 
 
 def _strip_ends(seq: tuple[int, ...], blanks: set[int]) -> tuple[int, ...]:
@@ -361,4 +362,4 @@ def fidelity(task: Task, outs: list[np.ndarray], refs: list[np.ndarray], y: Any)
 
 
 __all__ = ["KINDS", "TASKS", "TRUTH_KIND", "TRUTH_KINDS", "Fidelity", "Task", "check_task", "column_label",
-           "ctc_alphabet", "fidelity", "ground_truth", "infer_task", "label", "with_alphabet"]
+           "ctc_alphabet", "ctc_kept", "fidelity", "ground_truth", "infer_task", "label", "with_alphabet"]
